@@ -1,0 +1,276 @@
+//! Token credentials. This version speaks the client-credentials grant with a client secret
+//! (`POST {authority}/{tenant}/oauth2/v2.0/token`, form-encoded, one scope per request: CC doc,
+//! facts sheet §6a), caches one token per (tenant, scope) until shortly before `expires_in`, and is
+//! told by the HTTP policy to drop a token that ARM or Graph rejected.
+//!
+//! Written over reqwest rather than with `azure_identity`: that crate rejects non-https authority hosts
+//! and hard-codes the IMDS address, so it cannot be pointed at the simulator (facts sheet §8).
+
+use super::http::{RetryPolicy, is_transient, send_once, server_delay};
+use super::{Api, AzureError, Counters};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A secret that never prints.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Self(s)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// An access token (also never printed).
+#[derive(Clone)]
+pub struct AccessToken(Arc<str>);
+
+impl AccessToken {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
+}
+
+/// Refresh this long before expiry; Microsoft's SDKs use five minutes (RUST `azure_identity` cache).
+const REFRESH_MARGIN: Duration = Duration::from_secs(300);
+
+struct Cached {
+    token: AccessToken,
+    refresh_at: Instant,
+}
+
+/// Acquires and caches tokens for the configured application.
+pub struct TokenProvider {
+    client: reqwest::Client,
+    authority_host: String,
+    client_id: String,
+    secret: Secret,
+    policy: RetryPolicy,
+    counters: Arc<Counters>,
+    cache: Mutex<HashMap<(String, String), Cached>>,
+    /// One token request at a time per provider, so a burst of callers with a cold cache makes one request.
+    fetch: tokio::sync::Mutex<()>,
+}
+
+#[derive(serde::Deserialize)]
+struct TokenResponse {
+    access_token: String,
+    /// Seconds; Entra sends a number, some endpoints a string (IMDS, facts sheet §6b).
+    #[serde(default, deserialize_with = "number_or_string")]
+    expires_in: Option<u64>,
+}
+
+#[derive(serde::Deserialize, Default)]
+struct TokenError {
+    #[serde(default)]
+    error: String,
+    #[serde(default)]
+    error_description: String,
+    #[serde(default)]
+    correlation_id: String,
+}
+
+fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(untagged)]
+    enum N {
+        U(u64),
+        S(String),
+    }
+    Ok(match Option::<N>::deserialize(d)? {
+        Some(N::U(n)) => Some(n),
+        Some(N::S(s)) => s.trim().parse().ok(),
+        None => None,
+    })
+}
+
+use serde::Deserialize;
+
+impl TokenProvider {
+    pub fn new(
+        client: reqwest::Client,
+        authority_host: &str,
+        client_id: String,
+        secret: Secret,
+        policy: RetryPolicy,
+        counters: Arc<Counters>,
+    ) -> Self {
+        Self {
+            client,
+            authority_host: authority_host.trim_end_matches('/').to_owned(),
+            client_id,
+            secret,
+            policy,
+            counters,
+            cache: Mutex::new(HashMap::new()),
+            fetch: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn cached(&self, key: &(String, String)) -> Option<AccessToken> {
+        let cache = self.cache.lock().expect("token cache lock");
+        cache
+            .get(key)
+            .filter(|c| Instant::now() < c.refresh_at)
+            .map(|c| c.token.clone())
+    }
+
+    /// Drops a cached token, so the next call fetches a new one.
+    pub fn invalidate(&self, tenant: &str, scope: &str) {
+        self.cache
+            .lock()
+            .expect("token cache lock")
+            .remove(&(tenant.to_owned(), scope.to_owned()));
+    }
+
+    /// A valid token for `scope` in `tenant`, from the cache or the token endpoint.
+    pub async fn token(&self, tenant: &str, scope: &str) -> Result<AccessToken, AzureError> {
+        let key = (tenant.to_owned(), scope.to_owned());
+        if let Some(t) = self.cached(&key) {
+            return Ok(t);
+        }
+        let _guard = self.fetch.lock().await;
+        if let Some(t) = self.cached(&key) {
+            return Ok(t);
+        }
+        let (token, expires_in) = self.request(tenant, scope).await?;
+        let lifetime = Duration::from_secs(expires_in);
+        // Short-lived tokens refresh at half-life rather than never being cached.
+        let margin = REFRESH_MARGIN.min(lifetime / 2);
+        self.cache.lock().expect("token cache lock").insert(
+            key,
+            Cached {
+                token: token.clone(),
+                refresh_at: Instant::now() + lifetime - margin,
+            },
+        );
+        Ok(token)
+    }
+
+    async fn request(&self, tenant: &str, scope: &str) -> Result<(AccessToken, u64), AzureError> {
+        let url = format!("{}/{}/oauth2/v2.0/token", self.authority_host, tenant);
+        let form = [
+            ("client_id", self.client_id.as_str()),
+            ("scope", scope),
+            ("client_secret", self.secret.expose()),
+            ("grant_type", "client_credentials"),
+        ];
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let req = self.client.post(&url).form(&form);
+            self.counters.request(Api::Token);
+            let why = match send_once(req, self.policy.timeout).await {
+                Ok(reply) if reply.is_success() => {
+                    match serde_json::from_slice::<TokenResponse>(&reply.body) {
+                        Ok(t) if !t.access_token.is_empty() => {
+                            return Ok((
+                                AccessToken(t.access_token.into()),
+                                t.expires_in.unwrap_or(3599),
+                            ));
+                        }
+                        Ok(_) => "token response without access_token".to_owned(),
+                        Err(e) => format!("token response does not decode: {e}"),
+                    }
+                }
+                Ok(reply) if is_transient(reply.status) => {
+                    if reply.status == 429 {
+                        self.counters.throttled(Api::Token);
+                    }
+                    if attempts <= self.policy.max_retries {
+                        self.counters.retry(Api::Token);
+                        let d = server_delay(&reply)
+                            .map(|d| d.min(self.policy.max_retry_after))
+                            .unwrap_or(self.policy.base_delay * attempts);
+                        tokio::time::sleep(d).await;
+                        continue;
+                    }
+                    format!("HTTP {}", reply.status)
+                }
+                Ok(reply) => {
+                    // AADSTS errors: one clear line with code, description and correlation id; the form
+                    // we sent (with the secret) is never echoed.
+                    let e: TokenError = serde_json::from_slice(&reply.body).unwrap_or_default();
+                    self.counters.failure(Api::Token);
+                    let first_line = e
+                        .error_description
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_owned();
+                    return Err(AzureError::Auth(format!(
+                        "token request for tenant {tenant} failed: HTTP {} {}{}{}",
+                        reply.status,
+                        if e.error.is_empty() {
+                            "(no error code)"
+                        } else {
+                            &e.error
+                        },
+                        if first_line.is_empty() {
+                            String::new()
+                        } else {
+                            format!(": {first_line}")
+                        },
+                        if e.correlation_id.is_empty() {
+                            String::new()
+                        } else {
+                            format!(" (correlation id {})", e.correlation_id)
+                        }
+                    )));
+                }
+                Err(e) => e,
+            };
+            if attempts > self.policy.max_retries {
+                self.counters.failure(Api::Token);
+                return Err(AzureError::Exhausted {
+                    api: Api::Token,
+                    attempts,
+                    last: why,
+                });
+            }
+            self.counters.retry(Api::Token);
+            tokio::time::sleep(self.policy.base_delay * attempts).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secrets_and_tokens_never_print() {
+        let s = Secret::new("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+        let t = AccessToken("eyJ0eXAi".into());
+        assert!(!format!("{t:?}").contains("eyJ0"));
+    }
+
+    #[test]
+    fn expires_in_may_be_a_string() {
+        let t: TokenResponse =
+            serde_json::from_str(r#"{"access_token":"a","expires_in":"3599"}"#).expect("decodes");
+        assert_eq!(t.expires_in, Some(3599));
+        let t: TokenResponse =
+            serde_json::from_str(r#"{"access_token":"a","expires_in":3599,"ext_expires_in":3599}"#)
+                .expect("decodes");
+        assert_eq!(t.expires_in, Some(3599));
+    }
+}

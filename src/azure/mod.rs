@@ -1,0 +1,213 @@
+//! Everything every Azure call shares: which API a call goes to, the error type, the reply with its
+//! request ids, request counters, the retry policy (`http`) and token credentials (`auth`).
+//! Graph and ARM share the `{"error":{"code","message"}}` error body (RPC; Graph errors doc), so one
+//! type serves both.
+
+pub mod auth;
+pub mod http;
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// The four services miaudit talks to. Used for counters, metrics labels and token audiences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    Token,
+    Graph,
+    ResourceGraph,
+    Arm,
+}
+
+impl Api {
+    pub const ALL: [Api; 4] = [Api::Token, Api::Graph, Api::ResourceGraph, Api::Arm];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Graph => "graph",
+            Self::ResourceGraph => "resource_graph",
+            Self::Arm => "arm",
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+impl std::fmt::Display for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Errors of Azure calls that callers act on.
+#[derive(Debug, thiserror::Error)]
+pub enum AzureError {
+    /// Retries are used up (throttling, 5xx, timeouts, connection errors, unreadable bodies).
+    #[error("{api} request gave no usable answer after {attempts} attempts (last: {last})")]
+    Exhausted {
+        api: Api,
+        attempts: u32,
+        last: String,
+    },
+    /// The token endpoint refused the credentials; the message names the AADSTS code, never the secret.
+    #[error("{0}")]
+    Auth(String),
+    /// A final, non-retryable error status.
+    #[error("{api} answered HTTP {status} {code}: {message}")]
+    Status {
+        api: Api,
+        status: u16,
+        code: String,
+        message: String,
+    },
+    /// A 2xx answer whose body is not what the API documents.
+    #[error("{api} answered with a body that does not decode as {what}: {detail}")]
+    Decode {
+        api: Api,
+        what: &'static str,
+        detail: String,
+    },
+    /// A paging link that points away from the configured endpoint (we never send tokens elsewhere).
+    #[error("refusing to follow a {api} paging link to another host: {link}")]
+    ForeignLink { api: Api, link: String },
+}
+
+impl AzureError {
+    /// A bounded label for metrics and the report.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Exhausted { .. } => "retries_exhausted",
+            Self::Auth(_) => "auth",
+            Self::Status { .. } => "status",
+            Self::Decode { .. } => "decode",
+            Self::ForeignLink { .. } => "foreign_link",
+        }
+    }
+}
+
+/// A final HTTP answer: status, the headers we keep as evidence, the body.
+#[derive(Debug, Clone)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: bytes::Bytes,
+}
+
+impl Reply {
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// ARM's `x-ms-request-id`, or Graph's `request-id` (RPC; G-BP).
+    pub fn request_id(&self) -> Option<String> {
+        self.header("x-ms-request-id")
+            .or_else(|| self.header("request-id"))
+            .map(str::to_owned)
+    }
+
+    pub fn correlation_request_id(&self) -> Option<String> {
+        self.header("x-ms-correlation-request-id")
+            .map(str::to_owned)
+    }
+
+    /// `error.code` and `error.message` of an ARM / Graph error body, when it parses.
+    pub fn error_body(&self) -> Option<(String, String)> {
+        #[derive(serde::Deserialize)]
+        struct Body {
+            error: Inner,
+        }
+        #[derive(serde::Deserialize)]
+        struct Inner {
+            code: Option<String>,
+            message: Option<String>,
+        }
+        let b: Body = serde_json::from_slice(&self.body).ok()?;
+        let code = b.error.code.filter(|c| !c.is_empty())?;
+        Some((code, b.error.message.unwrap_or_default()))
+    }
+
+    pub fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        api: Api,
+        what: &'static str,
+    ) -> Result<T, AzureError> {
+        serde_json::from_slice(&self.body).map_err(|e| AzureError::Decode {
+            api,
+            what,
+            detail: e.to_string(),
+        })
+    }
+
+    pub fn into_status_error(self, api: Api) -> AzureError {
+        let (code, message) = self.error_body().unwrap_or_else(|| {
+            (
+                String::new(),
+                String::from_utf8_lossy(&self.body)
+                    .chars()
+                    .take(200)
+                    .collect(),
+            )
+        });
+        AzureError::Status {
+            api,
+            status: self.status,
+            code,
+            message,
+        }
+    }
+}
+
+/// Request counters per API, shared by every client of one scan (and later, the metrics).
+#[derive(Debug, Default)]
+pub struct Counters {
+    requests: [AtomicU64; 4],
+    throttled: [AtomicU64; 4],
+    retries: [AtomicU64; 4],
+    failures: [AtomicU64; 4],
+}
+
+/// A snapshot of [`Counters`] for one API.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ApiCounts {
+    pub requests: u64,
+    pub throttled: u64,
+    pub retries: u64,
+    pub failures: u64,
+}
+
+impl Counters {
+    pub(crate) fn request(&self, api: Api) {
+        self.requests[api.index()].fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn throttled(&self, api: Api) {
+        self.throttled[api.index()].fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn retry(&self, api: Api) {
+        self.retries[api.index()].fetch_add(1, Ordering::Relaxed);
+    }
+    pub(crate) fn failure(&self, api: Api) {
+        self.failures[api.index()].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn get(&self, api: Api) -> ApiCounts {
+        let i = api.index();
+        ApiCounts {
+            requests: self.requests[i].load(Ordering::Relaxed),
+            throttled: self.throttled[i].load(Ordering::Relaxed),
+            retries: self.retries[i].load(Ordering::Relaxed),
+            failures: self.failures[i].load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn snapshot(&self) -> std::collections::BTreeMap<String, ApiCounts> {
+        Api::ALL
+            .into_iter()
+            .map(|a| (a.as_str().to_owned(), self.get(a)))
+            .collect()
+    }
+}

@@ -1,0 +1,769 @@
+//! Typed configuration: a TOML file, then `MIAUDIT_<SECTION>__<KEY>` environment overrides, then the
+//! standard Azure SDK variables (`AZURE_TENANT_ID`, `AZURE_CLIENT_ID`, `AZURE_CLIENT_SECRET`,
+//! `AZURE_AUTHORITY_HOST`) for whatever the file and overrides leave unset.
+//!
+//! Read against an explicit schema rather than straight into serde structs, so that *every* problem
+//! (unknown key, wrong type, bad value) is reported at once, one line each naming the key.
+
+use crate::azure::auth::Secret;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Every problem found, one line each.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigError(pub Vec<String>);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cloud {
+    Public,
+    UsGovernment,
+    China,
+}
+
+impl Cloud {
+    /// Authority host, Graph root and ARM root of each national cloud (G-NAT; facts sheet §6d).
+    pub fn endpoints(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Self::Public => (
+                "https://login.microsoftonline.com",
+                "https://graph.microsoft.com",
+                "https://management.azure.com",
+            ),
+            Self::UsGovernment => (
+                "https://login.microsoftonline.us",
+                "https://graph.microsoft.us",
+                "https://management.usgovcloudapi.net",
+            ),
+            Self::China => (
+                "https://login.chinacloudapi.cn",
+                "https://microsoftgraph.chinacloudapi.cn",
+                "https://management.chinacloudapi.cn",
+            ),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AzureSettings {
+    pub cloud: Cloud,
+    pub authority_host: String,
+    pub graph_endpoint: String,
+    pub arm_endpoint: String,
+    pub graph_scope: String,
+    pub arm_scope: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMethod {
+    ClientSecret,
+    ClientCertificate,
+    WorkloadIdentity,
+    ManagedIdentity,
+    AzureCli,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    pub method: AuthMethod,
+    pub client_id: Option<String>,
+    pub client_secret: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TenantSettings {
+    pub id: String,
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct DatabaseSettings {
+    pub url: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpSettings {
+    pub listen: SocketAddr,
+    pub api_token: Option<Secret>,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScheduleSettings {
+    pub cron: String,
+    pub scan_on_start: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct LifecycleSettings {
+    pub confirm_after: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct ScanSettings {
+    /// ARM checks in flight at once per tenant.
+    pub concurrency: usize,
+    pub request_timeout: Duration,
+    pub max_retries: u32,
+    pub retry_base_delay: Duration,
+    pub retry_max_delay: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogSettings {
+    pub level: String,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub azure: AzureSettings,
+    pub auth: AuthSettings,
+    pub tenants: Vec<TenantSettings>,
+    pub database: DatabaseSettings,
+    pub http: HttpSettings,
+    pub schedule: ScheduleSettings,
+    pub lifecycle: LifecycleSettings,
+    pub scan: ScanSettings,
+    pub log: LogSettings,
+}
+
+/// Known sections and keys. `tenants` is an array of tables with `id` and `name`.
+const SCHEMA: &[(&str, &[&str])] = &[
+    (
+        "azure",
+        &[
+            "cloud",
+            "authority_host",
+            "graph_endpoint",
+            "arm_endpoint",
+            "graph_scope",
+            "arm_scope",
+        ],
+    ),
+    (
+        "auth",
+        &["method", "client_id", "client_secret", "client_secret_file"],
+    ),
+    ("database", &["url"]),
+    ("http", &["listen", "api_token"]),
+    ("schedule", &["cron", "scan_on_start"]),
+    ("lifecycle", &["confirm_after"]),
+    (
+        "scan",
+        &[
+            "concurrency",
+            "request_timeout",
+            "max_retries",
+            "retry_base_delay",
+            "retry_max_delay",
+        ],
+    ),
+    ("log", &["level", "format"]),
+];
+
+/// Parses `"0s"`, `"500ms"`, `"30s"`, `"30m"`, `"2h"`, `"1h30m"`, `"1d"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    if s.is_empty() {
+        return None;
+    }
+    let mut total = Duration::ZERO;
+    let mut num = String::new();
+    let mut chars = s.chars().peekable();
+    let mut any = false;
+    while let Some(c) = chars.next() {
+        if c.is_ascii_digit() {
+            num.push(c);
+            continue;
+        }
+        let n: u64 = num.parse().ok()?;
+        num.clear();
+        let unit = match c {
+            'm' if chars.peek() == Some(&'s') => {
+                chars.next();
+                Duration::from_millis(n)
+            }
+            's' => Duration::from_secs(n),
+            'm' => Duration::from_secs(n.checked_mul(60)?),
+            'h' => Duration::from_secs(n.checked_mul(3600)?),
+            'd' => Duration::from_secs(n.checked_mul(86_400)?),
+            _ => return None,
+        };
+        total = total.checked_add(unit)?;
+        any = true;
+    }
+    (num.is_empty() && any).then_some(total)
+}
+
+/// `http` is only for loopback (tests, the simulator); everything else must be `https`.
+fn check_endpoint(key: &str, v: &str, errors: &mut Vec<String>) -> String {
+    let trimmed = v.trim().trim_end_matches('/').to_owned();
+    match url::Url::parse(&trimmed) {
+        Ok(u) => {
+            let loopback = match u.host() {
+                Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                None => false,
+            };
+            if u.host().is_none() {
+                errors.push(format!("{key}: {v:?} has no host"));
+            } else if u.scheme() == "http" && !loopback {
+                errors.push(format!(
+                    "{key}: {v:?} must use https (http is allowed only for loopback addresses)"
+                ));
+            } else if u.scheme() != "http" && u.scheme() != "https" {
+                errors.push(format!("{key}: {v:?} must be an http(s) URL"));
+            } else if u.query().is_some() || u.fragment().is_some() {
+                errors.push(format!("{key}: {v:?} must be a bare root URL"));
+            }
+        }
+        Err(e) => errors.push(format!("{key}: {v:?} is not a URL ({e})")),
+    }
+    trimmed
+}
+
+/// Reads typed values out of the merged table, collecting problems.
+struct Reader<'a> {
+    root: &'a toml::Table,
+    errors: Vec<String>,
+}
+
+impl Reader<'_> {
+    fn get(&self, section: &str, key: &str) -> Option<&toml::Value> {
+        self.root.get(section)?.as_table()?.get(key)
+    }
+
+    fn string(&mut self, section: &str, key: &str) -> Option<String> {
+        match self.get(section, key)? {
+            toml::Value::String(s) => Some(s.clone()),
+            other => {
+                self.errors.push(format!(
+                    "{section}.{key}: expected a string, found {}",
+                    other.type_str()
+                ));
+                None
+            }
+        }
+    }
+
+    fn boolean(&mut self, section: &str, key: &str) -> Option<bool> {
+        match self.get(section, key)? {
+            toml::Value::Boolean(b) => Some(*b),
+            toml::Value::String(s) if s.eq_ignore_ascii_case("true") => Some(true),
+            toml::Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
+            other => {
+                self.errors.push(format!(
+                    "{section}.{key}: expected true or false, found {other}"
+                ));
+                None
+            }
+        }
+    }
+
+    fn int(&mut self, section: &str, key: &str, min: i64, max: i64) -> Option<i64> {
+        let v = match self.get(section, key)? {
+            toml::Value::Integer(i) => Some(*i),
+            toml::Value::String(s) => s.trim().parse().ok(),
+            _ => None,
+        };
+        match v {
+            Some(i) if (min..=max).contains(&i) => Some(i),
+            _ => {
+                let found = self
+                    .get(section, key)
+                    .map(ToString::to_string)
+                    .unwrap_or_default();
+                self.errors.push(format!(
+                    "{section}.{key}: expected a whole number from {min} to {max}, found {found}"
+                ));
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, section: &str, key: &str) -> Option<Duration> {
+        let v = self.get(section, key)?;
+        let parsed = match v {
+            toml::Value::String(s) => parse_duration(s),
+            toml::Value::Integer(i) if *i >= 0 => Some(Duration::from_secs(i.unsigned_abs())),
+            _ => None,
+        };
+        if parsed.is_none() {
+            self.errors.push(format!(
+                "{section}.{key}: expected a duration such as \"0s\", \"30m\" or \"2h\", found {v}"
+            ));
+        }
+        parsed
+    }
+}
+
+/// Where environment values come from; a map in tests, the process environment otherwise.
+pub type Env = BTreeMap<String, String>;
+
+pub fn process_env() -> Env {
+    std::env::vars().collect()
+}
+
+impl Settings {
+    /// Loads the file (if any) and the environment. A missing `path` means built-in defaults.
+    pub fn load(path: Option<&Path>, env: &Env) -> Result<Self, ConfigError> {
+        let mut root = match path {
+            None => toml::Table::new(),
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .map_err(|e| ConfigError(vec![format!("config file {}: {e}", p.display())]))?;
+                text.parse::<toml::Table>().map_err(|e| {
+                    ConfigError(vec![format!(
+                        "config file {}: {}",
+                        p.display(),
+                        e.to_string().trim().replace('\n', " ")
+                    )])
+                })?
+            }
+        };
+        let mut errors = Vec::new();
+        // Unknown sections and keys in the file.
+        for (section, value) in &root {
+            if section == "tenants" {
+                match value.as_array() {
+                    Some(items) => {
+                        for (n, t) in items.iter().enumerate() {
+                            match t.as_table() {
+                                Some(t) => {
+                                    for k in t.keys().filter(|k| *k != "id" && *k != "name") {
+                                        errors.push(format!("tenants[{n}].{k}: unknown key"));
+                                    }
+                                }
+                                None => errors.push(format!("tenants[{n}]: expected a table")),
+                            }
+                        }
+                    }
+                    None => errors.push("tenants: expected an array of [[tenants]] tables".into()),
+                }
+                continue;
+            }
+            match SCHEMA.iter().find(|(s, _)| s == section) {
+                None => errors.push(format!("{section}: unknown section")),
+                Some((_, keys)) => match value.as_table() {
+                    None => errors.push(format!("{section}: expected a table")),
+                    Some(t) => {
+                        for k in t.keys().filter(|k| !keys.contains(&k.as_str())) {
+                            errors.push(format!("{section}.{k}: unknown key"));
+                        }
+                    }
+                },
+            }
+        }
+        // MIAUDIT_<SECTION>__<KEY> overrides.
+        for (name, value) in env {
+            let Some(rest) = name.strip_prefix("MIAUDIT_") else {
+                continue;
+            };
+            let Some((section, key)) = rest.split_once("__") else {
+                continue;
+            };
+            let (section, key) = (section.to_ascii_lowercase(), key.to_ascii_lowercase());
+            let known = SCHEMA
+                .iter()
+                .any(|(s, keys)| *s == section && keys.contains(&key.as_str()));
+            if !known {
+                errors.push(format!("{name}: unknown key {section}.{key}"));
+                continue;
+            }
+            let table = root
+                .entry(section.clone())
+                .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+            if let Some(t) = table.as_table_mut() {
+                t.insert(key, toml::Value::String(value.clone()));
+            }
+        }
+
+        let mut r = Reader {
+            root: &root,
+            errors: Vec::new(),
+        };
+
+        // [azure]
+        let cloud = match r.string("azure", "cloud").as_deref() {
+            None | Some("public") => Cloud::Public,
+            Some("usgovernment") => Cloud::UsGovernment,
+            Some("china") => Cloud::China,
+            Some(other) => {
+                r.errors.push(format!(
+                    "azure.cloud: {other:?} is not one of public, usgovernment, china"
+                ));
+                Cloud::Public
+            }
+        };
+        let (d_auth, d_graph, d_arm) = cloud.endpoints();
+        let authority = r
+            .string("azure", "authority_host")
+            .or_else(|| env.get("AZURE_AUTHORITY_HOST").cloned())
+            .unwrap_or_else(|| d_auth.to_owned());
+        let graph = r
+            .string("azure", "graph_endpoint")
+            .unwrap_or_else(|| d_graph.to_owned());
+        let arm = r
+            .string("azure", "arm_endpoint")
+            .unwrap_or_else(|| d_arm.to_owned());
+        let graph_scope = r
+            .string("azure", "graph_scope")
+            .unwrap_or_else(|| format!("{d_graph}/.default"));
+        let arm_scope = r
+            .string("azure", "arm_scope")
+            .unwrap_or_else(|| format!("{d_arm}/.default"));
+        let mut url_errors = Vec::new();
+        let azure = AzureSettings {
+            cloud,
+            authority_host: check_endpoint("azure.authority_host", &authority, &mut url_errors),
+            graph_endpoint: check_endpoint("azure.graph_endpoint", &graph, &mut url_errors),
+            arm_endpoint: check_endpoint("azure.arm_endpoint", &arm, &mut url_errors),
+            graph_scope,
+            arm_scope,
+        };
+
+        // [auth]
+        let method = match r.string("auth", "method").as_deref() {
+            None | Some("client_secret") => AuthMethod::ClientSecret,
+            Some("client_certificate") => AuthMethod::ClientCertificate,
+            Some("workload_identity") => AuthMethod::WorkloadIdentity,
+            Some("managed_identity") => AuthMethod::ManagedIdentity,
+            Some("azure_cli") => AuthMethod::AzureCli,
+            Some(other) => {
+                r.errors.push(format!("auth.method: {other:?} is not one of client_secret, client_certificate, workload_identity, managed_identity, azure_cli"));
+                AuthMethod::ClientSecret
+            }
+        };
+        if method != AuthMethod::ClientSecret {
+            r.errors
+                .push("auth.method: only \"client_secret\" is implemented in this version".into());
+        }
+        let client_id = r
+            .string("auth", "client_id")
+            .or_else(|| env.get("AZURE_CLIENT_ID").cloned())
+            .filter(|s| !s.trim().is_empty());
+        let inline = r.string("auth", "client_secret");
+        let file = r.string("auth", "client_secret_file");
+        if inline.is_some() && file.is_some() {
+            r.errors.push(
+                "auth.client_secret_file: set either client_secret or client_secret_file, not both"
+                    .into(),
+            );
+        }
+        let from_file = file.and_then(|f| match std::fs::read_to_string(&f) {
+            Ok(s) => Some(s.trim_end_matches(['\r', '\n']).to_owned()),
+            Err(e) => {
+                r.errors
+                    .push(format!("auth.client_secret_file: cannot read {f}: {e}"));
+                None
+            }
+        });
+        let client_secret = inline
+            .or(from_file)
+            .or_else(|| env.get("AZURE_CLIENT_SECRET").cloned())
+            .filter(|s| !s.is_empty())
+            .map(Secret::new);
+
+        // [[tenants]]
+        let mut tenants = Vec::new();
+        if let Some(items) = root.get("tenants").and_then(toml::Value::as_array) {
+            for (n, t) in items.iter().enumerate() {
+                let Some(t) = t.as_table() else { continue };
+                match t.get("id").and_then(toml::Value::as_str) {
+                    Some(id) if is_tenant_id(id) => tenants.push(TenantSettings {
+                        id: id.to_ascii_lowercase(),
+                        name: t
+                            .get("name")
+                            .and_then(toml::Value::as_str)
+                            .map(str::to_owned),
+                    }),
+                    Some(id) => r.errors.push(format!(
+                        "tenants[{n}].id: {id:?} is not a tenant id (a GUID or a domain name)"
+                    )),
+                    None => r.errors.push(format!("tenants[{n}].id: missing")),
+                }
+            }
+        }
+        if tenants.is_empty()
+            && let Some(id) = env.get("AZURE_TENANT_ID").filter(|s| !s.trim().is_empty())
+        {
+            if is_tenant_id(id) {
+                tenants.push(TenantSettings {
+                    id: id.trim().to_ascii_lowercase(),
+                    name: None,
+                });
+            } else {
+                r.errors
+                    .push(format!("AZURE_TENANT_ID: {id:?} is not a tenant id"));
+            }
+        }
+
+        // [database]
+        let db_url = r
+            .string("database", "url")
+            .unwrap_or_else(|| "sqlite://miaudit.db".into());
+        if !db_url.starts_with("sqlite:") {
+            r.errors.push(format!(
+                "database.url: {db_url:?} must be a sqlite: URL such as \"sqlite://miaudit.db\""
+            ));
+        }
+
+        // [http]
+        let listen = r
+            .string("http", "listen")
+            .unwrap_or_else(|| "127.0.0.1:9464".into());
+        let listen = listen.parse::<SocketAddr>().unwrap_or_else(|_| {
+            r.errors.push(format!(
+                "http.listen: {listen:?} is not an address such as \"127.0.0.1:9464\""
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 9464))
+        });
+        let api_token = r
+            .string("http", "api_token")
+            .filter(|s| !s.is_empty())
+            .map(Secret::new);
+
+        // [schedule]
+        let cron = r
+            .string("schedule", "cron")
+            .unwrap_or_else(|| "0 */30 * * * *".into());
+        let fields = cron.split_whitespace().count();
+        if !(cron.trim_start().starts_with('@') || fields == 6 || fields == 7) {
+            r.errors.push(format!(
+                "schedule.cron: {cron:?} needs 6 or 7 fields, seconds first (e.g. \"0 */30 * * * *\")"
+            ));
+        }
+        let scan_on_start = r.boolean("schedule", "scan_on_start").unwrap_or(true);
+
+        // [lifecycle]
+        let confirm_after = r
+            .duration("lifecycle", "confirm_after")
+            .unwrap_or(Duration::from_secs(7200));
+
+        // [scan]
+        let concurrency = r.int("scan", "concurrency", 1, 256).unwrap_or(8);
+        let request_timeout = r
+            .duration("scan", "request_timeout")
+            .unwrap_or(Duration::from_secs(30));
+        if request_timeout.is_zero() {
+            r.errors
+                .push("scan.request_timeout: must be more than 0s".into());
+        }
+        let max_retries = r.int("scan", "max_retries", 0, 20).unwrap_or(5);
+        let retry_base_delay = r
+            .duration("scan", "retry_base_delay")
+            .unwrap_or(Duration::from_millis(500));
+        let retry_max_delay = r
+            .duration("scan", "retry_max_delay")
+            .unwrap_or(Duration::from_secs(30));
+
+        // [log]
+        let level = r.string("log", "level").unwrap_or_else(|| "info".into());
+        let json = match r.string("log", "format").as_deref() {
+            None | Some("text") => false,
+            Some("json") => true,
+            Some(other) => {
+                r.errors
+                    .push(format!("log.format: {other:?} is not one of text, json"));
+                false
+            }
+        };
+
+        errors.extend(r.errors);
+        errors.extend(url_errors);
+        if !errors.is_empty() {
+            return Err(ConfigError(errors));
+        }
+        Ok(Self {
+            azure,
+            auth: AuthSettings {
+                method,
+                client_id,
+                client_secret,
+            },
+            tenants,
+            database: DatabaseSettings { url: db_url },
+            http: HttpSettings { listen, api_token },
+            schedule: ScheduleSettings {
+                cron,
+                scan_on_start,
+            },
+            lifecycle: LifecycleSettings { confirm_after },
+            scan: ScanSettings {
+                concurrency: usize::try_from(concurrency).unwrap_or(8),
+                request_timeout,
+                max_retries: u32::try_from(max_retries).unwrap_or(5),
+                retry_base_delay,
+                retry_max_delay,
+            },
+            log: LogSettings { level, json },
+        })
+    }
+
+    /// What a scan needs on top of a valid file: tenants and credentials.
+    pub fn check_scan_ready(&self) -> Result<(), ConfigError> {
+        let mut errors = Vec::new();
+        if self.tenants.is_empty() {
+            errors.push("tenants: no tenant configured (add [[tenants]] id = \"...\" or set AZURE_TENANT_ID)".into());
+        }
+        if self.auth.client_id.is_none() {
+            errors.push("auth.client_id: missing (or set AZURE_CLIENT_ID)".into());
+        }
+        if self.auth.client_secret.is_none() {
+            errors.push("auth.client_secret: missing (set AZURE_CLIENT_SECRET, auth.client_secret_file or auth.client_secret)".into());
+        }
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(ConfigError(errors))
+        }
+    }
+
+    pub fn tenant_ids(&self) -> Vec<String> {
+        self.tenants.iter().map(|t| t.id.clone()).collect()
+    }
+}
+
+/// A GUID or a verified domain name: the two forms the token endpoint takes as `{tenant}`.
+fn is_tenant_id(s: &str) -> bool {
+    let s = s.trim();
+    let guid = s.len() == 36
+        && s.chars().enumerate().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        });
+    let domain = s.contains('.')
+        && s.len() <= 253
+        && s.split('.')
+            .all(|l| !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+    guid || domain
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn file(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::NamedTempFile::new().expect("temp file");
+        f.write_all(text.as_bytes()).expect("write");
+        f
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> Env {
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect()
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+        assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+        assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+        assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+        for bad in ["", "2", "h", "2x", "-1s", "1.5h"] {
+            assert_eq!(parse_duration(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn defaults_follow_the_public_cloud() {
+        let s = Settings::load(None, &Env::new()).expect("defaults are valid");
+        assert_eq!(s.azure.graph_endpoint, "https://graph.microsoft.com");
+        assert_eq!(s.azure.arm_scope, "https://management.azure.com/.default");
+        assert_eq!(s.lifecycle.confirm_after, Duration::from_secs(7200));
+        assert!(s.check_scan_ready().is_err());
+    }
+
+    #[test]
+    fn endpoint_overrides_keep_cloud_scopes() {
+        let f =
+            file("[azure]\ncloud = \"usgovernment\"\ngraph_endpoint = \"http://127.0.0.1:8080\"\n");
+        let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+        assert_eq!(s.azure.graph_endpoint, "http://127.0.0.1:8080");
+        assert_eq!(s.azure.graph_scope, "https://graph.microsoft.us/.default");
+        assert_eq!(s.azure.authority_host, "https://login.microsoftonline.us");
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_naming_the_key() {
+        let f = file(
+            "[azure]\ncloud = \"mars\"\narm_endpoint = \"http://example.com\"\nbogus = 1\n[scan]\nconcurrency = 0\n[lifecycle]\nconfirm_after = \"soon\"\n[extra]\nx = 1\n",
+        );
+        let err = Settings::load(Some(f.path()), &env(&[("MIAUDIT_HTTP__NOPE", "1")]))
+            .expect_err("invalid");
+        let text = err.0.join("\n");
+        for key in [
+            "azure.cloud",
+            "azure.arm_endpoint",
+            "azure.bogus",
+            "scan.concurrency",
+            "lifecycle.confirm_after",
+            "extra",
+            "MIAUDIT_HTTP__NOPE",
+        ] {
+            assert!(text.contains(key), "{key} missing from:\n{text}");
+        }
+        assert_eq!(err.0.len(), 7, "{text}");
+    }
+
+    #[test]
+    fn environment_overrides_the_file_and_sdk_variables_fill_gaps() {
+        let f = file("[database]\nurl = \"sqlite://a.db\"\n[auth]\nclient_id = \"from-file\"\n");
+        let s = Settings::load(
+            Some(f.path()),
+            &env(&[
+                ("MIAUDIT_DATABASE__URL", "sqlite://b.db"),
+                ("MIAUDIT_SCHEDULE__SCAN_ON_START", "false"),
+                ("AZURE_CLIENT_ID", "from-env"),
+                ("AZURE_CLIENT_SECRET", "s3cret"),
+                ("AZURE_TENANT_ID", "00000000-0000-0000-0000-0000000000aa"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(s.database.url, "sqlite://b.db");
+        assert!(!s.schedule.scan_on_start);
+        assert_eq!(s.auth.client_id.as_deref(), Some("from-file"));
+        assert_eq!(s.tenants[0].id, "00000000-0000-0000-0000-0000000000aa");
+        assert!(s.check_scan_ready().is_ok());
+        assert!(!format!("{s:?}").contains("s3cret"));
+    }
+
+    #[test]
+    fn secret_file_is_read_and_trimmed() {
+        let secret = file("abc\n");
+        let f = file(&format!(
+            "[auth]\nclient_secret_file = {:?}\n",
+            secret.path().display().to_string()
+        ));
+        let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+        assert_eq!(
+            s.auth.client_secret.as_ref().map(Secret::expose),
+            Some("abc")
+        );
+    }
+
+    #[test]
+    fn unimplemented_auth_methods_are_refused() {
+        let f = file("[auth]\nmethod = \"managed_identity\"\n");
+        let err = Settings::load(Some(f.path()), &Env::new()).expect_err("refused");
+        assert!(err.0[0].starts_with("auth.method"));
+    }
+
+    #[test]
+    fn tenant_ids_are_guids_or_domains() {
+        assert!(is_tenant_id("72f988bf-86f1-41af-91ab-2d7cd011db47"));
+        assert!(is_tenant_id("contoso.onmicrosoft.com"));
+        assert!(!is_tenant_id("not a tenant"));
+        assert!(!is_tenant_id("../etc"));
+    }
+}

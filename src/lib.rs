@@ -1,0 +1,29 @@
+//! miaudit finds orphaned managed identities in Microsoft Entra ID tenants: service principals of type
+//! `ManagedIdentity` whose Azure resource is gone, or now carries another identity.
+//!
+//! # Layout
+//! One scan flows through six stages, each a module:
+//!
+//! - [`graph`] — inventory: the tenant's managed-identity service principals from Microsoft Graph;
+//! - [`domain`] — parse: `alternativeNames` into a typed [`domain::ResourceId`] and identity type;
+//! - [`arm`] — resolve: subscriptions, Resource Graph in bulk, an ARM GET of each candidate;
+//! - [`classify`] — judge: a pure function from identity and evidence to a verdict;
+//! - [`store`] — record: SQLite, one transaction per scan;
+//! - [`report`] — publish: the CLI report as a table or JSON.
+//!
+//! Around them: [`scan`] runs one scan through the stages, [`azure`] holds what every Azure call shares
+//! (retry policy, tokens, errors), [`config`] the typed settings, [`cli`] the commands, and
+//! [`simulator`] a faithful fake of the Azure endpoints for tests and `miaudit demo`.
+
+pub mod arm;
+pub mod azure;
+pub mod classify;
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod graph;
+pub mod report;
+pub mod scan;
+pub mod simulator;
+pub mod store;
+pub mod telemetry;

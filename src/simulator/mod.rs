@@ -1,0 +1,1281 @@
+//! A faithful fake of the Azure endpoints miaudit uses, served on a loopback port: the Entra token
+//! endpoint, Microsoft Graph `servicePrincipals`, ARM (`/subscriptions`, providers, resource GETs) and
+//! Azure Resource Graph. Used by the tests, `miaudit demo` and benchmarks.
+//!
+//! Built from Microsoft's documentation (sources beside each handler and in the facts sheet), not from
+//! what miaudit sends: it validates parameters as the services do, pages as they page, answers errors
+//! with their status codes and bodies, and sends their request-id and quota headers.
+
+// Handlers return the service's error response as their `Err`; boxing it would only add noise.
+#![allow(clippy::result_large_err)]
+
+pub mod kql;
+pub mod model;
+
+use crate::azure::{Api, Counters};
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
+use axum::response::Response;
+use base64::Engine;
+use model::{SubAccess, World};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
+
+/// Knobs of the simulated services.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// The most service principals Graph returns per page, whatever `$top` asks (Graph may return
+    /// fewer than asked: G-PAGE). 999 is the documented maximum.
+    pub graph_max_page: usize,
+    /// Subscriptions per `GET /subscriptions` page.
+    pub subscriptions_page: usize,
+    /// The most rows Resource Graph returns per page (documented maximum 1000).
+    pub arg_max_page: usize,
+    /// Resource Graph queries per window per user (documented example: 15 per 5 s, ARG-THR).
+    pub arg_quota: u32,
+    pub arg_window: Duration,
+    /// Lifetime of issued tokens in seconds (Entra: 3599 typical, CC doc).
+    pub token_lifetime_secs: u64,
+    /// Added to every response.
+    pub latency: Duration,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            graph_max_page: 999,
+            subscriptions_page: 100,
+            arg_max_page: 1000,
+            arg_quota: 15,
+            arg_window: Duration::from_secs(5),
+            token_lifetime_secs: 3599,
+            latency: Duration::ZERO,
+        }
+    }
+}
+
+/// An injected failure.
+#[derive(Debug, Clone)]
+pub enum Fault {
+    /// 429 with this `Retry-After` value (seconds; Graph sends fractions, G-THR).
+    Throttle { retry_after: String },
+    /// An error status (500, 502, 503, 504, ...) with the service's error body.
+    Status(u16),
+}
+
+/// Applies `fault` to requests of `api` whose path contains `path_contains`, `times` times (None: always).
+#[derive(Debug, Clone)]
+pub struct FaultRule {
+    pub api: Api,
+    pub path_contains: Option<String>,
+    pub times: Option<u32>,
+    pub fault: Fault,
+}
+
+struct TokenInfo {
+    tenant: String,
+    audience: Audience,
+    expires: Instant,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Audience {
+    Graph,
+    Arm,
+}
+
+struct Inner {
+    world: RwLock<World>,
+    config: RwLock<SimConfig>,
+    faults: Mutex<Vec<FaultRule>>,
+    counters: Counters,
+    tokens: Mutex<HashMap<String, TokenInfo>>,
+    arg_window: Mutex<(Instant, u32)>,
+    base_url: String,
+    seq: AtomicU64,
+}
+
+/// A running simulator.
+pub struct SimHandle {
+    inner: Arc<Inner>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SimHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl SimHandle {
+    /// Starts the simulator on `127.0.0.1:0`.
+    pub async fn start(world: World, config: SimConfig) -> std::io::Result<Self> {
+        Self::start_on("127.0.0.1:0", world, config).await
+    }
+
+    pub async fn start_on(addr: &str, world: World, config: SimConfig) -> std::io::Result<Self> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let inner = Arc::new(Inner {
+            world: RwLock::new(world),
+            config: RwLock::new(config),
+            faults: Mutex::new(Vec::new()),
+            counters: Counters::default(),
+            tokens: Mutex::new(HashMap::new()),
+            arg_window: Mutex::new((Instant::now(), 0)),
+            base_url: format!("http://{local}"),
+            seq: AtomicU64::new(0),
+        });
+        let state = inner.clone();
+        let app = axum::Router::new().fallback(move |req: Request<Body>| {
+            let s = state.clone();
+            async move { handle(s, req).await }
+        });
+        let task = tokio::spawn(async move {
+            if let Err(e) = axum::serve(listener, app).await {
+                tracing::error!(error = %e, "simulator stopped");
+            }
+        });
+        Ok(Self { inner, task })
+    }
+
+    /// `http://127.0.0.1:PORT`: authority host, Graph and ARM root at once.
+    pub fn base_url(&self) -> &str {
+        &self.inner.base_url
+    }
+
+    pub fn tenant_id(&self) -> String {
+        self.inner
+            .world
+            .read()
+            .expect("world lock")
+            .tenant_id
+            .clone()
+    }
+
+    /// Changes the world (deletes, recreations, ...) between scans.
+    pub fn with_world<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
+        f(&mut self.inner.world.write().expect("world lock"))
+    }
+
+    pub fn with_config(&self, f: impl FnOnce(&mut SimConfig)) {
+        f(&mut self.inner.config.write().expect("config lock"));
+    }
+
+    pub fn add_fault(&self, rule: FaultRule) {
+        self.inner.faults.lock().expect("faults lock").push(rule);
+    }
+
+    pub fn clear_faults(&self) {
+        self.inner.faults.lock().expect("faults lock").clear();
+    }
+
+    /// Requests received per API.
+    pub fn requests(&self, api: Api) -> u64 {
+        self.inner.counters.get(api).requests
+    }
+
+    /// A configuration (TOML) that points miaudit at this simulator.
+    pub fn config_toml(&self, database_url: &str) -> String {
+        let (tenant, client, secret) = {
+            let w = self.inner.world.read().expect("world lock");
+            (
+                w.tenant_id.clone(),
+                w.client_id.clone(),
+                w.client_secret.clone(),
+            )
+        };
+        let b = self.base_url();
+        format!(
+            "[azure]\nauthority_host = \"{b}\"\ngraph_endpoint = \"{b}\"\narm_endpoint = \"{b}\"\n\n\
+             [auth]\nclient_id = \"{client}\"\nclient_secret = \"{secret}\"\n\n\
+             [[tenants]]\nid = \"{tenant}\"\nname = \"simulated\"\n\n\
+             [database]\nurl = \"{database_url}\"\n"
+        )
+    }
+}
+
+fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
+}
+
+fn respond(status: u16, headers: Vec<(&'static str, String)>, body: &Value) -> Response {
+    let mut res = Response::new(Body::from(body.to_string()));
+    *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    let h = res.headers_mut();
+    h.insert(
+        "content-type",
+        HeaderValue::from_static("application/json; charset=utf-8"),
+    );
+    for (k, v) in headers {
+        if let Ok(v) = HeaderValue::from_str(&v) {
+            h.insert(k, v);
+        }
+    }
+    res
+}
+
+/// ARM's error envelope and evidence headers (RPC common API details: `x-ms-request-id`,
+/// `x-ms-correlation-request-id`, `x-ms-routing-request-id`).
+fn arm_headers(req: &HeaderMap) -> Vec<(&'static str, String)> {
+    let rid = new_id();
+    let corr = req
+        .get("x-ms-correlation-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(new_id, str::to_owned);
+    let mut h = vec![
+        ("x-ms-request-id", rid.clone()),
+        ("x-ms-correlation-request-id", corr),
+        (
+            "x-ms-routing-request-id",
+            format!(
+                "WESTEUROPE:{}:{rid}",
+                chrono::Utc::now().format("%Y%m%dT%H%M%SZ")
+            ),
+        ),
+    ];
+    if let Some(c) = req
+        .get("x-ms-client-request-id")
+        .and_then(|v| v.to_str().ok())
+    {
+        h.push(("x-ms-client-request-id", c.to_owned()));
+    }
+    h
+}
+
+fn arm_error(req: &HeaderMap, status: u16, code: &str, message: &str) -> Response {
+    respond(
+        status,
+        arm_headers(req),
+        &json!({ "error": { "code": code, "message": message } }),
+    )
+}
+
+/// Graph's error body with `innerError` (G-ERR; Graph error response schema).
+fn graph_error(req: &HeaderMap, status: u16, code: &str, message: &str) -> Response {
+    let rid = new_id();
+    let crid = req
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| rid.clone(), str::to_owned);
+    respond(
+        status,
+        vec![
+            ("request-id", rid.clone()),
+            ("client-request-id", crid.clone()),
+        ],
+        &json!({ "error": { "code": code, "message": message, "innerError": {
+            "date": chrono::Utc::now().format("%Y-%m-%dT%H:%M:%S").to_string(),
+            "request-id": rid, "client-request-id": crid } } }),
+    )
+}
+
+fn classify_route(method: &Method, path: &str) -> Option<Api> {
+    let lower = path.to_ascii_lowercase();
+    if method == Method::POST && lower.ends_with("/oauth2/v2.0/token") {
+        Some(Api::Token)
+    } else if lower.starts_with("/v1.0/") {
+        Some(Api::Graph)
+    } else if lower == "/providers/microsoft.resourcegraph/resources" {
+        Some(Api::ResourceGraph)
+    } else if lower.starts_with("/subscriptions") || lower.starts_with("/providers/") {
+        Some(Api::Arm)
+    } else {
+        None
+    }
+}
+
+fn take_fault(inner: &Inner, api: Api, path: &str) -> Option<Fault> {
+    let mut faults = inner.faults.lock().expect("faults lock");
+    let pos = faults.iter().position(|r| {
+        r.api == api
+            && r.path_contains
+                .as_ref()
+                .is_none_or(|p| path.to_ascii_lowercase().contains(&p.to_ascii_lowercase()))
+            && r.times != Some(0)
+    })?;
+    let rule = &mut faults[pos];
+    if let Some(t) = rule.times.as_mut() {
+        *t -= 1;
+    }
+    Some(rule.fault.clone())
+}
+
+fn fault_response(api: Api, fault: &Fault, req: &HeaderMap) -> Response {
+    let (status, retry_after) = match fault {
+        Fault::Throttle { retry_after } => (429, Some(retry_after.clone())),
+        Fault::Status(s) => (*s, None),
+    };
+    let code = match status {
+        429 => "TooManyRequests",
+        500 => "InternalServerError",
+        502 => "BadGateway",
+        503 => "ServiceUnavailable",
+        504 => "GatewayTimeout",
+        _ => "Error",
+    };
+    let mut res = match api {
+        Api::Graph => graph_error(
+            req,
+            status,
+            if status == 429 {
+                "TooManyRequests"
+            } else {
+                "serviceNotAvailable"
+            },
+            "Please retry again later.",
+        ),
+        Api::Token => respond(
+            status,
+            vec![],
+            &json!({"error": "temporarily_unavailable", "error_description": "AADSTS50196: The server is temporarily unavailable."}),
+        ),
+        _ => arm_error(
+            req,
+            status,
+            code,
+            "The request could not be processed now. Please retry later.",
+        ),
+    };
+    if let Some(ra) = retry_after
+        && let Ok(v) = HeaderValue::from_str(&ra)
+    {
+        res.headers_mut().insert("retry-after", v);
+    }
+    res
+}
+
+async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
+    let (parts, body) = req.into_parts();
+    let latency = inner.config.read().expect("config lock").latency;
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let path = parts.uri.path().to_owned();
+    let query: HashMap<String, String> =
+        form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let Some(api) = classify_route(&parts.method, &path) else {
+        return arm_error(
+            &parts.headers,
+            404,
+            "NotFound",
+            "The requested path is not served here.",
+        );
+    };
+    inner.counters.request(api);
+    inner.seq.fetch_add(1, Ordering::Relaxed);
+    if let Some(f) = take_fault(&inner, api, &path) {
+        return fault_response(api, &f, &parts.headers);
+    }
+    // ARM accepts request bodies up to 4 MB (RPC).
+    let Ok(bytes) = axum::body::to_bytes(body, 4 * 1024 * 1024).await else {
+        return arm_error(
+            &parts.headers,
+            413,
+            "RequestEntityTooLarge",
+            "The request body is larger than 4 MB.",
+        );
+    };
+    match api {
+        Api::Token => token(&inner, &path, &bytes),
+        Api::Graph => graph(&inner, &parts.method, &path, &query, &parts.headers),
+        Api::ResourceGraph => resource_graph(&inner, &parts.method, &query, &parts.headers, &bytes),
+        Api::Arm => arm(&inner, &parts.method, &path, &query, &parts.headers),
+    }
+}
+
+/// The client-credentials grant (CC doc): form body, one `.default` scope; AADSTS errors with
+/// `error`, `error_description`, `error_codes`, `timestamp`, `trace_id`, `correlation_id`.
+fn token(inner: &Inner, path: &str, body: &[u8]) -> Response {
+    let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
+    let tenant = path
+        .trim_start_matches('/')
+        .split('/')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
+    let aad = |status: u16, error: &str, code: u32, text: &str| {
+        respond(
+            status,
+            vec![],
+            &json!({
+                "error": error,
+                "error_description": format!("AADSTS{code}: {text}\r\nTrace ID: {}\r\nCorrelation ID: {}\r\nTimestamp: {}", new_id(), new_id(), chrono::Utc::now().to_rfc3339()),
+                "error_codes": [code],
+                "timestamp": chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string(),
+                "trace_id": new_id(),
+                "correlation_id": new_id(),
+            }),
+        )
+    };
+    let w = inner.world.read().expect("world lock");
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return aad(
+            400,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type.",
+        );
+    }
+    if tenant != w.tenant_id {
+        return aad(
+            400,
+            "invalid_request",
+            90002,
+            &format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID."
+            ),
+        );
+    }
+    if form.get("client_id") != Some(&w.client_id) {
+        return aad(
+            400,
+            "unauthorized_client",
+            700_016,
+            &format!(
+                "Application with identifier '{}' was not found in the directory.",
+                form.get("client_id").map_or("", String::as_str)
+            ),
+        );
+    }
+    if form.get("client_secret") != Some(&w.client_secret) {
+        return aad(
+            401,
+            "invalid_client",
+            7_000_215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+        );
+    }
+    let scope = form.get("scope").map(String::as_str).unwrap_or("");
+    let audience = if scope.ends_with("graph.microsoft.com/.default")
+        || scope.ends_with("graph.microsoft.us/.default")
+        || scope.ends_with("microsoftgraph.chinacloudapi.cn/.default")
+    {
+        Audience::Graph
+    } else if scope.ends_with("management.azure.com/.default")
+        || scope.ends_with("management.azure.com//.default")
+        || scope.ends_with("management.usgovcloudapi.net/.default")
+        || scope.ends_with("management.chinacloudapi.cn/.default")
+        || scope.ends_with("management.core.windows.net/.default")
+    {
+        Audience::Arm
+    } else {
+        return aad(
+            400,
+            "invalid_scope",
+            70011,
+            &format!(
+                "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
+            ),
+        );
+    };
+    let lifetime = inner
+        .config
+        .read()
+        .expect("config lock")
+        .token_lifetime_secs;
+    let value = format!(
+        "sim.{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(new_id())
+    );
+    inner.tokens.lock().expect("tokens lock").insert(
+        value.clone(),
+        TokenInfo {
+            tenant: w.tenant_id.clone(),
+            audience,
+            expires: Instant::now() + Duration::from_secs(lifetime),
+        },
+    );
+    respond(
+        200,
+        vec![],
+        &json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": value}),
+    )
+}
+
+/// Checks the bearer token; `Err` is the response the service gives.
+fn authorize(inner: &Inner, headers: &HeaderMap, want: Audience) -> Result<String, Response> {
+    let token = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let tokens = inner.tokens.lock().expect("tokens lock");
+    let info = token.and_then(|t| tokens.get(t));
+    let fail = |code: &str, msg: &str| match want {
+        Audience::Graph => graph_error(headers, 401, "InvalidAuthenticationToken", msg),
+        Audience::Arm => arm_error(headers, 401, code, msg),
+    };
+    match (token, info) {
+        (None, _) => Err(fail(
+            "AuthenticationFailed",
+            "Authentication failed. The 'Authorization' header is missing.",
+        )),
+        (Some(_), None) => Err(fail(
+            "InvalidAuthenticationToken",
+            "The access token is invalid.",
+        )),
+        (Some(_), Some(i)) if Instant::now() >= i.expires => Err(fail(
+            "ExpiredAuthenticationToken",
+            "The access token expiry UTC time is earlier than current UTC time.",
+        )),
+        (Some(_), Some(i)) if i.audience != want => Err(fail(
+            "InvalidAuthenticationTokenAudience",
+            "The access token has been obtained for wrong audience or resource.",
+        )),
+        (Some(_), Some(i)) => Ok(i.tenant.clone()),
+    }
+}
+
+const SP_PROPERTIES: &[&str] = &[
+    "id",
+    "appId",
+    "displayName",
+    "alternativeNames",
+    "servicePrincipalType",
+    "accountEnabled",
+    "servicePrincipalNames",
+    "appOwnerOrganizationId",
+    "tags",
+    "appDisplayName",
+    "deletedDateTime",
+    "signInAudience",
+    "description",
+    "notes",
+];
+
+fn b64(v: &Value) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+fn unb64(s: &str) -> Option<Value> {
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(s)
+        .ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// `GET /v1.0/servicePrincipals` (G-LIST): `$filter` on `servicePrincipalType`, `$select`, `$top`
+/// 1..999, absolute `@odata.nextLink` with `$skiptoken`.
+fn graph(
+    inner: &Inner,
+    method: &Method,
+    path: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Response {
+    if let Err(r) = authorize(inner, headers, Audience::Graph) {
+        return r;
+    }
+    if method != Method::GET || !path.eq_ignore_ascii_case("/v1.0/servicePrincipals") {
+        return graph_error(
+            headers,
+            400,
+            "BadRequest",
+            &format!(
+                "Resource not found for the segment '{}'.",
+                path.rsplit('/').next().unwrap_or("")
+            ),
+        );
+    }
+    let (filter_type, select, top, offset) = if let Some(tok) = q.get("$skiptoken") {
+        let Some(v) = unb64(tok) else {
+            return graph_error(
+                headers,
+                400,
+                "Directory_ExpiredPageToken",
+                "The specified page token value has expired and can no longer be included in your request.",
+            );
+        };
+        (
+            v["f"].as_str().map(str::to_owned),
+            v["s"].as_str().map(str::to_owned),
+            usize::try_from(v["t"].as_u64().unwrap_or(100)).unwrap_or(100),
+            usize::try_from(v["o"].as_u64().unwrap_or(0)).unwrap_or(0),
+        )
+    } else {
+        let filter = match q.get("$filter") {
+            None => None,
+            Some(f) => {
+                let f = f
+                    .trim()
+                    .trim_start_matches('(')
+                    .trim_end_matches(')')
+                    .trim();
+                let parts: Vec<&str> = f.splitn(3, ' ').collect();
+                match parts.as_slice() {
+                    [prop, op, val]
+                        if prop.eq_ignore_ascii_case("servicePrincipalType")
+                            && op.eq_ignore_ascii_case("eq")
+                            && val.starts_with('\'')
+                            && val.ends_with('\'')
+                            && val.len() >= 2 =>
+                    {
+                        Some(val[1..val.len() - 1].to_owned())
+                    }
+                    _ => {
+                        return graph_error(
+                            headers,
+                            400,
+                            "Request_UnsupportedQuery",
+                            "Unsupported or invalid query filter clause specified for property 'servicePrincipalType' of resource 'ServicePrincipal'.",
+                        );
+                    }
+                }
+            }
+        };
+        let top = match q.get("$top") {
+            None => 100,
+            Some(t) => match t.parse::<usize>() {
+                Ok(n) if (1..=999).contains(&n) => n,
+                _ => {
+                    return graph_error(
+                        headers,
+                        400,
+                        "Request_BadRequest",
+                        &format!(
+                            "Invalid page size specified: '{t}'. Must be between 1 and 999 inclusive."
+                        ),
+                    );
+                }
+            },
+        };
+        if let Some(sel) = q.get("$select") {
+            for p in sel.split(',').map(str::trim) {
+                if !SP_PROPERTIES.iter().any(|k| k.eq_ignore_ascii_case(p)) {
+                    return graph_error(
+                        headers,
+                        400,
+                        "Request_BadRequest",
+                        &format!(
+                            "Could not find a property named '{p}' on type 'microsoft.graph.servicePrincipal'."
+                        ),
+                    );
+                }
+            }
+        }
+        (filter, q.get("$select").cloned(), top, 0)
+    };
+    let page_size = top
+        .min(inner.config.read().expect("config lock").graph_max_page)
+        .max(1);
+    let w = inner.world.read().expect("world lock");
+    let matching: Vec<&model::SimPrincipal> = w
+        .principals
+        .iter()
+        .filter(|p| {
+            filter_type
+                .as_ref()
+                .is_none_or(|t| p.sp_type.eq_ignore_ascii_case(t))
+        })
+        .collect();
+    let selected: Option<Vec<String>> = select
+        .as_ref()
+        .map(|s| s.split(',').map(|p| p.trim().to_owned()).collect());
+    let page: Vec<Value> = matching
+        .iter()
+        .skip(offset)
+        .take(page_size)
+        .map(|p| {
+            let full = p.to_json();
+            match &selected {
+                None => full,
+                Some(props) => {
+                    let mut m = serde_json::Map::new();
+                    m.insert("id".into(), full["id"].clone());
+                    for prop in props {
+                        if let Some((k, v)) = full
+                            .as_object()
+                            .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(prop)))
+                        {
+                            m.insert(k.clone(), v.clone());
+                        }
+                    }
+                    Value::Object(m)
+                }
+            }
+        })
+        .collect();
+    let mut body = json!({
+        "@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#servicePrincipals{}", select.as_ref().map(|s| format!("({s})")).unwrap_or_default()),
+        "value": page,
+    });
+    if offset + page_size < matching.len() {
+        let token = b64(&json!({"o": offset + page_size, "f": filter_type, "s": select, "t": top}));
+        let mut qs = form_urlencoded::Serializer::new(String::new());
+        if let Some(f) = &filter_type {
+            qs.append_pair("$filter", &format!("servicePrincipalType eq '{f}'"));
+        }
+        if let Some(s) = &select {
+            qs.append_pair("$select", s);
+        }
+        qs.append_pair("$top", &top.to_string());
+        qs.append_pair("$skiptoken", &token);
+        body["@odata.nextLink"] = json!(format!(
+            "{}/v1.0/servicePrincipals?{}",
+            inner.base_url,
+            qs.finish()
+        ));
+    }
+    let rid = new_id();
+    let crid = headers
+        .get("client-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map_or_else(|| rid.clone(), str::to_owned);
+    respond(200, vec![
+        ("request-id", rid),
+        ("client-request-id", crid),
+        ("x-ms-ags-diagnostic", r#"{"ServerInfo":{"DataCenter":"West Europe","Slice":"E","Ring":"5","ScaleUnit":"000","RoleInstance":"SIM"}}"#.to_owned()),
+        ("content-type", "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8".to_owned()),
+    ], &body)
+}
+
+fn readable(w: &World, tenant: &str, sub: &model::SimSubscription) -> bool {
+    sub.access == SubAccess::Reader && w.tenant_id == tenant
+}
+
+/// The answer ARM gives for a subscription the caller cannot use, if any.
+fn subscription_gate(
+    w: &World,
+    headers: &HeaderMap,
+    sub_id: &str,
+    action: &str,
+    scope: &str,
+) -> Option<Response> {
+    let Some(sub) = w.subscription(sub_id) else {
+        return Some(arm_error(
+            headers,
+            404,
+            "SubscriptionNotFound",
+            &format!("The subscription '{sub_id}' could not be found."),
+        ));
+    };
+    match &sub.access {
+        SubAccess::Reader => None,
+        SubAccess::Deleted => Some(arm_error(
+            headers,
+            404,
+            "SubscriptionNotFound",
+            &format!("The subscription '{sub_id}' could not be found."),
+        )),
+        // TRANSFER / .NET SDK capture (facts sheet §4).
+        SubAccess::Transferred { to_tenant } => Some(arm_error(
+            headers,
+            401,
+            "InvalidAuthenticationTokenTenant",
+            &format!(
+                "The access token is from the wrong issuer 'https://sts.windows.net/{}/'. It must match the tenant 'https://sts.windows.net/{to_tenant}/' associated with this subscription. Please use the authority (URL) 'https://login.windows.net/{to_tenant}' to get the token. Note, if the subscription is transferred to another tenant there is no impact to the services, but information about new tenant could take time to propagate (up to an hour). If you just transferred your subscription and see this error message, please try back later.",
+                w.tenant_id
+            ),
+        )),
+        SubAccess::NoAccess => Some(authorization_failed(w, headers, action, scope)),
+    }
+}
+
+fn authorization_failed(w: &World, headers: &HeaderMap, action: &str, scope: &str) -> Response {
+    arm_error(
+        headers,
+        403,
+        "AuthorizationFailed",
+        &format!(
+            "The client '{}' with object id '{}' does not have authorization to perform action '{action}' over scope '{scope}' or the scope is invalid. If access was recently granted, please refresh your credentials.",
+            w.client_id, w.client_id
+        ),
+    )
+}
+
+fn api_version<'a>(
+    q: &'a HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<&'a str, Response> {
+    match q.get("api-version") {
+        Some(v) if !v.is_empty() => Ok(v),
+        // Azure REST API guidelines: 400 MissingApiVersionParameter.
+        _ => Err(arm_error(
+            headers,
+            400,
+            "MissingApiVersionParameter",
+            "The api-version query parameter (?api-version=) is required for all requests.",
+        )),
+    }
+}
+
+/// ARM: `GET /subscriptions`, providers, and resource GETs.
+fn arm(
+    inner: &Inner,
+    method: &Method,
+    path: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Response {
+    let tenant = match authorize(inner, headers, Audience::Arm) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    let version = match api_version(q, headers) {
+        Ok(v) => v.to_owned(),
+        Err(r) => return r,
+    };
+    if method != Method::GET {
+        return arm_error(
+            headers,
+            405,
+            "MethodNotAllowed",
+            "The simulator serves reads only.",
+        );
+    }
+    let w = inner.world.read().expect("world lock");
+    let trimmed = path.trim_end_matches('/');
+    let segs: Vec<&str> = trimmed.split('/').skip(1).collect();
+    // GET /subscriptions (RES-SPEC subscriptions.json, paged by nextLink).
+    if segs.len() == 1 && segs[0].eq_ignore_ascii_case("subscriptions") {
+        let page = inner
+            .config
+            .read()
+            .expect("config lock")
+            .subscriptions_page
+            .max(1);
+        let offset: usize = q
+            .get("$skiptoken")
+            .and_then(|t| t.parse().ok())
+            .unwrap_or(0);
+        let visible: Vec<&model::SimSubscription> = w
+            .subscriptions
+            .iter()
+            .filter(|s| readable(&w, &tenant, s))
+            .collect();
+        let value: Vec<Value> = visible.iter().skip(offset).take(page).map(|s| json!({
+            "id": format!("/subscriptions/{}", s.id),
+            "authorizationSource": "RoleBased",
+            "managedByTenants": [],
+            "subscriptionId": s.id,
+            "tenantId": w.tenant_id,
+            "displayName": s.display_name,
+            "state": "Enabled",
+            "subscriptionPolicies": {"locationPlacementId": "Public_2014-09-01", "quotaId": "EnterpriseAgreement_2014-09-01", "spendingLimit": "Off"},
+            "tags": {},
+        })).collect();
+        let mut body =
+            json!({ "value": value, "count": {"type": "Total", "value": visible.len()} });
+        if offset + page < visible.len() {
+            body["nextLink"] = json!(format!(
+                "{}/subscriptions?api-version={version}&%24skiptoken={}",
+                inner.base_url,
+                offset + page
+            ));
+        }
+        return respond(200, arm_headers(headers), &body);
+    }
+    // Providers: /subscriptions/{s}/providers/{ns} and /providers/{ns} (RES-SPEC GetProvider.json,
+    // GetNamedProviderAtTenant.json).
+    let provider_ns = match segs.as_slice() {
+        [s, sub, p, ns]
+            if s.eq_ignore_ascii_case("subscriptions") && p.eq_ignore_ascii_case("providers") =>
+        {
+            if let Some(r) = subscription_gate(
+                &w,
+                headers,
+                sub,
+                "Microsoft.Resources/subscriptions/providers/read",
+                &format!("/subscriptions/{sub}"),
+            ) {
+                return r;
+            }
+            Some((format!("/subscriptions/{sub}/providers/"), *ns))
+        }
+        [p, ns] if p.eq_ignore_ascii_case("providers") => Some(("/providers/".to_owned(), *ns)),
+        _ => None,
+    };
+    if let Some((prefix, ns)) = provider_ns {
+        let Some((name, types)) = w.providers.iter().find(|(k, _)| k.eq_ignore_ascii_case(ns))
+        else {
+            return arm_error(
+                headers,
+                404,
+                "InvalidResourceNamespace",
+                &format!("The resource namespace '{ns}' is invalid."),
+            );
+        };
+        let rt: Vec<Value> = types.iter().map(|(t, v)| json!({"resourceType": t, "locations": ["West Europe", "East US", "Sweden Central"], "apiVersions": v, "capabilities": "None"})).collect();
+        return respond(
+            200,
+            arm_headers(headers),
+            &json!({
+                "id": format!("{prefix}{name}"), "namespace": name, "registrationState": "Registered",
+                "registrationPolicy": "RegistrationRequired", "resourceTypes": rt,
+            }),
+        );
+    }
+    resource_get(&w, &tenant, trimmed, &segs, &version, headers)
+}
+
+/// `GET {resourceId}?api-version=` with ARM's order of checks: subscription, type and version,
+/// authorization, resource group, parent, resource (ARM-ERR error-not-found.md; RPC).
+fn resource_get(
+    w: &World,
+    tenant: &str,
+    path: &str,
+    segs: &[&str],
+    version: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let Some(rid) = crate::domain::ResourceId::parse(path) else {
+        return arm_error(
+            headers,
+            400,
+            "InvalidRequestUri",
+            &format!("The request URI '{path}' is not valid."),
+        );
+    };
+    let action = format!("{}/{}/read", rid.namespace(), rid.type_path());
+    if let Some(sub) = rid.subscription_id()
+        && let Some(r) = subscription_gate(w, headers, sub, &action, path)
+    {
+        return r;
+    }
+    if let crate::domain::Scope::ManagementGroup(mg) = rid.scope()
+        && !w.management_groups.contains(&mg.to_ascii_lowercase())
+    {
+        return arm_error(
+            headers,
+            404,
+            "ManagementGroupNotFound",
+            &format!("Management group '{mg}' not found."),
+        );
+    }
+    let Some((_, types)) = w
+        .providers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(rid.namespace()))
+    else {
+        return arm_error(
+            headers,
+            404,
+            "InvalidResourceNamespace",
+            &format!("The resource namespace '{}' is invalid.", rid.namespace()),
+        );
+    };
+    let Some((tname, versions)) = types
+        .iter()
+        .find(|(t, _)| t.eq_ignore_ascii_case(&rid.type_path()))
+    else {
+        return arm_error(
+            headers,
+            404,
+            "InvalidResourceType",
+            &format!(
+                "The resource type '{}' could not be found in the namespace '{}' for api version '{version}'.",
+                rid.type_path(),
+                rid.namespace()
+            ),
+        );
+    };
+    if !versions.iter().any(|v| v == version) {
+        return arm_error(
+            headers,
+            400,
+            "NoRegisteredProviderFound",
+            &format!(
+                "No registered resource provider found for location 'westeurope' and API version '{version}' for type '{tname}'. The supported api-versions are '{}'. The supported locations are 'westeurope, eastus, swedencentral'.",
+                versions.join(", ")
+            ),
+        );
+    }
+    if let (Some(sub), Some(rg)) = (rid.subscription_id(), rid.resource_group()) {
+        let rg_key = format!("/subscriptions/{sub}/resourcegroups/{rg}").to_ascii_lowercase();
+        if w.denied_resource_groups.contains(&rg_key) {
+            return authorization_failed(w, headers, &action, path);
+        }
+        if !w.resource_groups.contains(&rg_key) {
+            return arm_error(
+                headers,
+                404,
+                "ResourceGroupNotFound",
+                &format!("Resource group '{rg}' could not be found."),
+            );
+        }
+    }
+    let key = rid.key().to_owned();
+    if let Some(r) = w.resources.get(&key) {
+        let mut h = arm_headers(headers);
+        h.push((
+            "x-ms-ratelimit-remaining-subscription-reads",
+            "249".to_owned(),
+        ));
+        return respond(200, h, &r.body(tenant));
+    }
+    // A nested child whose parent is gone.
+    let provider_at = segs
+        .iter()
+        .rposition(|s| s.eq_ignore_ascii_case("providers"))
+        .unwrap_or(0);
+    if segs.len() > provider_at + 4 {
+        let parent = format!("/{}", segs[..segs.len() - 2].join("/")).to_ascii_lowercase();
+        if !w.resources.contains_key(&parent) {
+            return arm_error(
+                headers,
+                404,
+                "ParentResourceNotFound",
+                &format!(
+                    "Can not perform requested operation on nested resource. Parent resource '{}' not found.",
+                    segs[segs.len() - 3]
+                ),
+            );
+        }
+    }
+    // Resource providers use their own not-found codes (ARM-ERR; captures in the facts sheet §4).
+    let (code, message) = if rid
+        .namespace()
+        .eq_ignore_ascii_case("Microsoft.Authorization")
+    {
+        (
+            "PolicyAssignmentNotFound",
+            format!("The policy assignment '{}' is not found.", rid.name()),
+        )
+    } else if rid.namespace().eq_ignore_ascii_case("Microsoft.Web") {
+        (
+            "ResourceNotFound",
+            format!(
+                "The Resource 'Microsoft.Web/{}/{}' under resource group '{}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+                rid.type_path(),
+                rid.name(),
+                rid.resource_group().unwrap_or("")
+            ),
+        )
+    } else if rid.namespace().eq_ignore_ascii_case("Microsoft.Sql") {
+        (
+            "NotFound",
+            format!("Cannot find Server with name {}.", rid.name()),
+        )
+    } else {
+        (
+            "ResourceNotFound",
+            format!(
+                "The Resource '{}/{}/{}' under resource group '{}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+                rid.namespace(),
+                rid.type_path(),
+                rid.name(),
+                rid.resource_group().unwrap_or("")
+            ),
+        )
+    };
+    arm_error(headers, 404, code, &message)
+}
+
+fn hms(d: Duration) -> String {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    format!("{:02}:{:02}:{:02}", s / 3600, (s / 60) % 60, s % 60)
+}
+
+/// Resource Graph `POST /providers/Microsoft.ResourceGraph/resources` (ARG-SPEC 2024-04-01): the query
+/// is evaluated over the tables by [`kql`], scoped to readable subscriptions, paged by `$skipToken`,
+/// throttled per user with `x-ms-user-quota-remaining` / `x-ms-user-quota-resets-after` (ARG-THR).
+fn resource_graph(
+    inner: &Inner,
+    method: &Method,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Response {
+    let tenant = match authorize(inner, headers, Audience::Arm) {
+        Ok(t) => t,
+        Err(r) => return r,
+    };
+    if let Err(r) = api_version(q, headers) {
+        return r;
+    }
+    if method != Method::POST {
+        return arm_error(headers, 405, "MethodNotAllowed", "Use POST.");
+    }
+    // A content type other than JSON is answered with HTTP 500 (ARG troubleshoot).
+    let json_ct = headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with("application/json"));
+    if !json_ct {
+        return arm_error(
+            headers,
+            500,
+            "InternalServerError",
+            "Encountered internal server error.",
+        );
+    }
+    let cfg = inner.config.read().expect("config lock").clone();
+    // Quota window per user.
+    let (remaining, resets) = {
+        let mut win = inner.arg_window.lock().expect("window lock");
+        if win.0.elapsed() >= cfg.arg_window {
+            *win = (Instant::now(), 0);
+        }
+        let resets = cfg.arg_window.saturating_sub(win.0.elapsed());
+        if win.1 >= cfg.arg_quota {
+            let mut h = arm_headers(headers);
+            h.push(("x-ms-user-quota-remaining", "0".into()));
+            h.push(("x-ms-user-quota-resets-after", hms(resets)));
+            return respond(
+                429,
+                h,
+                &json!({"error": {"code": "RateLimiting", "message": format!("Please provide below info when asking for support: timestamp = {}, correlationId = {}. Details: Client application has been throttled and should not attempt to repeat the request until an amount of time has elapsed. Please see https://aka.ms/resourcegraph-throttling for help.", chrono::Utc::now().to_rfc3339(), new_id())}}),
+            );
+        }
+        win.1 += 1;
+        (cfg.arg_quota - win.1, resets)
+    };
+    let mut h = arm_headers(headers);
+    h.push(("x-ms-user-quota-remaining", remaining.to_string()));
+    h.push(("x-ms-user-quota-resets-after", hms(resets)));
+    let bad = |h: Vec<(&'static str, String)>, detail_code: &str, detail: &str| {
+        respond(
+            400,
+            h,
+            &json!({"error": {"code": "BadRequest", "message": format!("Please provide below info when asking for support: timestamp = {}, correlationId = {}.", chrono::Utc::now().to_rfc3339(), new_id()),
+            "details": [{"code": "InvalidQuery", "message": "Query is invalid. Please refer to the documentation for the Azure Resource Graph service and fix the error before retrying."}, {"code": detail_code, "message": detail}]}}),
+        )
+    };
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return bad(
+            h,
+            "InvalidRequestContent",
+            "The request content was invalid and could not be deserialized.",
+        );
+    };
+    let Some(query_text) = req.get("query").and_then(Value::as_str) else {
+        return bad(h, "MissingQuery", "The query is required.");
+    };
+    let query = match kql::parse(query_text) {
+        Ok(q) => q,
+        Err(e) => return bad(h, "ParserFailure", &e),
+    };
+    let table = query.table.to_ascii_lowercase();
+    if table != "resources" && table != "policyresources" {
+        return bad(
+            h,
+            "UnknownTable",
+            &format!("Table '{}' is not supported by the simulator.", query.table),
+        );
+    }
+    let w = inner.world.read().expect("world lock");
+    let listed: Option<Vec<String>> = req.get("subscriptions").and_then(Value::as_array).map(|a| {
+        a.iter()
+            .filter_map(|v| v.as_str().map(str::to_ascii_lowercase))
+            .collect()
+    });
+    let scope: Vec<String> = match &listed {
+        Some(l) => l
+            .iter()
+            .filter(|s| w.subscription(s).is_some_and(|x| readable(&w, &tenant, x)))
+            .cloned()
+            .collect(),
+        None => w
+            .subscriptions
+            .iter()
+            .filter(|s| readable(&w, &tenant, s))
+            .map(|s| s.id.to_ascii_lowercase())
+            .collect(),
+    };
+    if listed.as_ref().is_some_and(|l| !l.is_empty()) && scope.is_empty() {
+        return arm_error(
+            headers,
+            403,
+            "AuthorizationFailed",
+            "The client does not have authorization to read any of the requested subscriptions.",
+        );
+    }
+    let opts = req.get("options").cloned().unwrap_or(Value::Null);
+    let top = match opts.get("$top") {
+        None | Some(Value::Null) => 100,
+        Some(v) => match v.as_u64() {
+            Some(n) if (1..=1000).contains(&n) => usize::try_from(n).unwrap_or(1000),
+            _ => return bad(h, "InvalidTop", "$top must be between 1 and 1000."),
+        },
+    };
+    let skip = opts
+        .get("$skip")
+        .and_then(Value::as_u64)
+        .map_or(0, |n| usize::try_from(n).unwrap_or(0));
+    let fingerprint = format!("{:x}", fxhash(&format!("{query_text}|{scope:?}")));
+    let offset = match opts.get("$skipToken").and_then(Value::as_str) {
+        None => skip,
+        Some(t) => match unb64(t) {
+            Some(v) if v["h"].as_str() == Some(fingerprint.as_str()) => {
+                usize::try_from(v["o"].as_u64().unwrap_or(0)).unwrap_or(0)
+            }
+            _ => {
+                return bad(
+                    h,
+                    "InvalidSkipToken",
+                    "The skip token is not valid for this query.",
+                );
+            }
+        },
+    };
+    let tenant_id = w.tenant_id.clone();
+    let rows = w
+        .resources
+        .iter()
+        .filter(|(k, r)| {
+            let in_table = if r
+                .arm_type
+                .eq_ignore_ascii_case("Microsoft.Authorization/policyAssignments")
+            {
+                table == "policyresources"
+            } else {
+                table == "resources"
+            };
+            let sub = k.split('/').nth(2).unwrap_or("");
+            // Resource Graph honours RBAC: what the caller cannot read is silently left out (ARG overview).
+            let denied = w
+                .denied_resource_groups
+                .iter()
+                .any(|rg| k.starts_with(&format!("{rg}/")));
+            in_table
+                && k.starts_with("/subscriptions/")
+                && scope.iter().any(|s| s == sub)
+                && !w.arg_lag.contains(*k)
+                && !denied
+        })
+        .map(|(_, r)| r.arg_row(&tenant_id));
+    let data = match query.run(rows) {
+        Ok(d) => d,
+        Err(e) => return bad(h, "EvaluationFailure", &e),
+    };
+    let page_size = top.min(cfg.arg_max_page).max(1);
+    let page: Vec<Value> = data.iter().skip(offset).take(page_size).cloned().collect();
+    let more = offset + page.len() < data.len() && query.pageable();
+    let mut out = json!({
+        "totalRecords": data.len(),
+        "count": page.len(),
+        "resultTruncated": if more || query.pageable() { "false" } else { "true" },
+        "facets": [],
+    });
+    if opts.get("resultFormat").and_then(Value::as_str) == Some("table") {
+        let cols: Vec<String> = page
+            .first()
+            .and_then(Value::as_object)
+            .map(|o| o.keys().cloned().collect())
+            .unwrap_or_default();
+        let rows: Vec<Value> = page
+            .iter()
+            .map(|r| Value::Array(cols.iter().map(|c| r[c].clone()).collect()))
+            .collect();
+        out["data"] = json!({"columns": cols.iter().map(|c| json!({"name": c, "type": "string"})).collect::<Vec<_>>(), "rows": rows});
+    } else {
+        out["data"] = Value::Array(page);
+    }
+    if more {
+        out["$skipToken"] = json!(b64(&json!({"o": offset + page_size, "h": fingerprint})));
+    }
+    respond(200, h, &out)
+}
+
+/// A small stable hash for skip-token fingerprints.
+fn fxhash(s: &str) -> u64 {
+    s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}

@@ -1,0 +1,733 @@
+//! The simulated cloud: one directory tenant with its service principals, the subscriptions and
+//! resources ARM knows, who may read what, and what Resource Graph has indexed. Tests build worlds
+//! scenario by scenario; [`World::generate`] builds a realistic seeded tenant.
+//!
+//! Shapes follow the documented ones: service principals as G-SP / the captures in the facts sheet §1
+//! (`alternativeNames` = `isExplicit=...` + the resource id, resource-group segment often lower-case);
+//! resources as ARM returns them (`identity.principalId` for system-assigned, user-assigned identity
+//! resources with `properties.principalId`, MSI-SPEC).
+
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// A deterministic generator (SplitMix64): the simulator must be repeatable from a seed.
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed ^ 0x9E37_79B9_7F4A_7C15)
+    }
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        if n == 0 { 0 } else { self.next_u64() % n }
+    }
+    pub fn chance(&mut self, per_thousand: u64) -> bool {
+        self.below(1000) < per_thousand
+    }
+    pub fn guid(&mut self) -> String {
+        let a = self.next_u64();
+        let b = self.next_u64();
+        format!(
+            "{:08x}-{:04x}-4{:03x}-{:04x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0x0fff,
+            ((b >> 48) & 0x3fff) | 0x8000,
+            b & 0xffff_ffff_ffff
+        )
+    }
+}
+
+/// What the auditing application may do in a subscription.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SubAccess {
+    /// Reader: listed by `GET /subscriptions`, readable.
+    Reader,
+    /// In this tenant, but no role: not listed; ARM answers 403 `AuthorizationFailed`.
+    NoAccess,
+    /// Moved to another directory: not listed; ARM answers 401 `InvalidAuthenticationTokenTenant`.
+    Transferred { to_tenant: String },
+    /// Cancelled and gone: not listed; ARM answers 404 `SubscriptionNotFound`.
+    Deleted,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimSubscription {
+    pub id: String,
+    pub display_name: String,
+    pub access: SubAccess,
+}
+
+/// An ARM resource.
+#[derive(Debug, Clone)]
+pub struct SimResource {
+    /// As ARM spells it (`resourceGroups`, provider casing).
+    pub id: String,
+    /// `Namespace/type[/child]` in ARM casing.
+    pub arm_type: String,
+    pub location: String,
+    /// `identity.principalId`: system-assigned principal (or a policy assignment's).
+    pub system_principal: Option<String>,
+    /// `properties.principalId` of a user-assigned identity resource.
+    pub uami_principal: Option<String>,
+    pub uami_client_id: Option<String>,
+}
+
+impl SimResource {
+    pub fn key(&self) -> String {
+        self.id.to_ascii_lowercase()
+    }
+
+    /// The ARM GET body (RPC resource envelope).
+    pub fn body(&self, tenant: &str) -> Value {
+        let name = self.id.rsplit('/').next().unwrap_or("");
+        let mut v = json!({
+            "id": self.id,
+            "name": name,
+            "type": self.arm_type,
+            "location": self.location,
+            "tags": {},
+            "properties": { "provisioningState": "Succeeded" },
+        });
+        if let Some(p) = &self.system_principal {
+            v["identity"] =
+                json!({ "type": "SystemAssigned", "principalId": p, "tenantId": tenant });
+        } else if self.uami_principal.is_none()
+            && !self
+                .arm_type
+                .eq_ignore_ascii_case("Microsoft.Authorization/policyAssignments")
+        {
+            v["identity"] = json!({ "type": "None" });
+        }
+        if let Some(p) = &self.uami_principal {
+            v["properties"] = json!({
+                "principalId": p,
+                "clientId": self.uami_client_id,
+                "tenantId": tenant,
+                "isolationScope": "None",
+            });
+        }
+        v
+    }
+
+    /// The Resource Graph row (ARG-SPEC example shape: lower-case `type`, `resourceGroup`).
+    pub fn arg_row(&self, tenant: &str) -> Value {
+        let mut v = self.body(tenant);
+        let segs: Vec<&str> = self.id.split('/').collect();
+        let sub = segs.get(2).copied().unwrap_or("");
+        let rg = segs
+            .iter()
+            .position(|s| s.eq_ignore_ascii_case("resourceGroups"))
+            .and_then(|i| segs.get(i + 1))
+            .map(|s| s.to_ascii_lowercase())
+            .unwrap_or_default();
+        v["type"] = json!(self.arm_type.to_ascii_lowercase());
+        v["subscriptionId"] = json!(sub);
+        v["resourceGroup"] = json!(rg);
+        v["tenantId"] = json!(tenant);
+        if v.get("identity").is_none() {
+            v["identity"] = Value::Null;
+        }
+        v
+    }
+}
+
+/// A service principal as Graph returns it.
+#[derive(Debug, Clone)]
+pub struct SimPrincipal {
+    pub id: String,
+    pub app_id: String,
+    pub display_name: String,
+    pub sp_type: String,
+    pub alternative_names: Option<Vec<String>>,
+}
+
+impl SimPrincipal {
+    pub fn to_json(&self) -> Value {
+        json!({
+            "@odata.type": "#microsoft.graph.servicePrincipal",
+            "id": self.id,
+            "appId": self.app_id,
+            "displayName": self.display_name,
+            "servicePrincipalType": self.sp_type,
+            "alternativeNames": self.alternative_names,
+            "accountEnabled": true,
+            "servicePrincipalNames": [self.app_id],
+        })
+    }
+}
+
+/// Resource types the simulated providers API knows, with api versions as the providers API lists
+/// them (previews mixed in; RES-SPEC `GetProvider.json`).
+pub fn default_providers() -> BTreeMap<String, Vec<(String, Vec<String>)>> {
+    let v = |xs: &[&str]| xs.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>();
+    let mut m = BTreeMap::new();
+    m.insert(
+        "Microsoft.Compute".to_owned(),
+        vec![
+            (
+                "virtualMachines".to_owned(),
+                v(&[
+                    "2024-07-01",
+                    "2024-11-01-preview",
+                    "2023-09-01",
+                    "2021-03-01",
+                ]),
+            ),
+            (
+                "virtualMachineScaleSets".to_owned(),
+                v(&["2024-07-01", "2023-09-01"]),
+            ),
+        ],
+    );
+    m.insert(
+        "Microsoft.Web".to_owned(),
+        vec![
+            (
+                "sites".to_owned(),
+                v(&[
+                    "2023-12-01",
+                    "2024-04-01",
+                    "2022-09-01",
+                    "2024-11-01-preview",
+                ]),
+            ),
+            (
+                "sites/slots".to_owned(),
+                v(&["2023-12-01", "2024-04-01", "2022-09-01"]),
+            ),
+        ],
+    );
+    m.insert(
+        "Microsoft.Storage".to_owned(),
+        vec![(
+            "storageAccounts".to_owned(),
+            v(&["2023-05-01", "2023-01-01", "2024-01-01"]),
+        )],
+    );
+    m.insert(
+        "Microsoft.Sql".to_owned(),
+        vec![(
+            "servers".to_owned(),
+            v(&["2021-11-01", "2023-08-01", "2024-05-01-preview"]),
+        )],
+    );
+    m.insert(
+        "Microsoft.Logic".to_owned(),
+        vec![("workflows".to_owned(), v(&["2019-05-01", "2016-06-01"]))],
+    );
+    m.insert(
+        "Microsoft.DataFactory".to_owned(),
+        vec![(
+            "factories".to_owned(),
+            v(&["2018-06-01", "2017-09-01-preview"]),
+        )],
+    );
+    m.insert(
+        "Microsoft.HybridCompute".to_owned(),
+        vec![(
+            "machines".to_owned(),
+            v(&["2024-07-10", "2022-12-27", "2025-01-13-preview"]),
+        )],
+    );
+    m.insert(
+        "Microsoft.ManagedIdentity".to_owned(),
+        vec![
+            (
+                "userAssignedIdentities".to_owned(),
+                v(&["2023-01-31", "2024-11-30", "2025-01-31-preview"]),
+            ),
+            ("identities".to_owned(), v(&["2023-01-31", "2024-11-30"])),
+        ],
+    );
+    m.insert(
+        "Microsoft.Authorization".to_owned(),
+        vec![(
+            "policyAssignments".to_owned(),
+            v(&[
+                "2022-06-01",
+                "2023-04-01",
+                "2024-04-01",
+                "2025-01-01-preview",
+            ]),
+        )],
+    );
+    m.insert(
+        "Microsoft.Automation".to_owned(),
+        vec![(
+            "automationAccounts".to_owned(),
+            v(&["2023-11-01", "2024-10-23"]),
+        )],
+    );
+    m
+}
+
+/// The simulated directory and cloud.
+#[derive(Debug, Clone)]
+pub struct World {
+    pub tenant_id: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub subscriptions: Vec<SimSubscription>,
+    /// Lower-case `/subscriptions/{s}/resourcegroups/{rg}` of existing resource groups.
+    pub resource_groups: BTreeSet<String>,
+    /// Lower-case of the same form, for groups where the auditor gets 403.
+    pub denied_resource_groups: BTreeSet<String>,
+    /// Lower-case management group names.
+    pub management_groups: BTreeSet<String>,
+    /// Keyed by lower-case id, ordered (Resource Graph orders by id).
+    pub resources: BTreeMap<String, SimResource>,
+    /// Lower-case ids ARM has that Resource Graph does not show yet.
+    pub arg_lag: BTreeSet<String>,
+    pub principals: Vec<SimPrincipal>,
+    pub providers: BTreeMap<String, Vec<(String, Vec<String>)>>,
+    rng: Rng,
+}
+
+/// The credentials the simulator accepts, for configs that point at it.
+pub const SIM_CLIENT_ID: &str = "5e3ce6c0-2b1f-4285-8d4b-75ee78787346";
+pub const SIM_CLIENT_SECRET: &str = "sim-secret-not-a-real-one";
+pub const SIM_TENANT_ID: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+impl World {
+    pub fn new(tenant_id: &str, seed: u64) -> Self {
+        Self {
+            tenant_id: tenant_id.to_ascii_lowercase(),
+            client_id: SIM_CLIENT_ID.to_owned(),
+            client_secret: SIM_CLIENT_SECRET.to_owned(),
+            subscriptions: Vec::new(),
+            resource_groups: BTreeSet::new(),
+            denied_resource_groups: BTreeSet::new(),
+            management_groups: BTreeSet::new(),
+            resources: BTreeMap::new(),
+            arg_lag: BTreeSet::new(),
+            principals: Vec::new(),
+            providers: default_providers(),
+            rng: Rng::new(seed),
+        }
+    }
+
+    pub fn guid(&mut self) -> String {
+        self.rng.guid()
+    }
+
+    pub fn subscription(&self, id: &str) -> Option<&SimSubscription> {
+        self.subscriptions
+            .iter()
+            .find(|s| s.id.eq_ignore_ascii_case(id))
+    }
+
+    /// Adds a subscription and returns its id.
+    pub fn add_subscription(&mut self, name: &str, access: SubAccess) -> String {
+        let id = self.guid();
+        self.subscriptions.push(SimSubscription {
+            id: id.clone(),
+            display_name: name.to_owned(),
+            access,
+        });
+        id
+    }
+
+    pub fn set_access(&mut self, sub: &str, access: SubAccess) {
+        if let Some(s) = self
+            .subscriptions
+            .iter_mut()
+            .find(|s| s.id.eq_ignore_ascii_case(sub))
+        {
+            s.access = access;
+        }
+    }
+
+    pub fn add_resource_group(&mut self, sub: &str, rg: &str) {
+        self.resource_groups
+            .insert(format!("/subscriptions/{sub}/resourcegroups/{rg}").to_ascii_lowercase());
+    }
+
+    pub fn delete_resource_group(&mut self, sub: &str, rg: &str) {
+        let key = format!("/subscriptions/{sub}/resourcegroups/{rg}").to_ascii_lowercase();
+        self.resource_groups.remove(&key);
+        let prefix = format!("{key}/");
+        self.resources.retain(|k, _| !k.starts_with(&prefix));
+    }
+
+    pub fn deny_resource_group(&mut self, sub: &str, rg: &str) {
+        self.denied_resource_groups
+            .insert(format!("/subscriptions/{sub}/resourcegroups/{rg}").to_ascii_lowercase());
+    }
+
+    pub fn add_management_group(&mut self, mg: &str) {
+        self.management_groups.insert(mg.to_ascii_lowercase());
+    }
+
+    /// `/subscriptions/{sub}/resourceGroups/{rg}/providers/{arm_type-with-names}`.
+    pub fn resource_id(sub: &str, rg: &str, namespace: &str, path: &str) -> String {
+        format!("/subscriptions/{sub}/resourceGroups/{rg}/providers/{namespace}/{path}")
+    }
+
+    /// The `alternativeNames` Graph shows for a resource's identity: lower-case `resourcegroups`
+    /// as in the captured responses.
+    pub fn alternative_names(resource_id: &str, explicit: bool) -> Vec<String> {
+        let graph_form = resource_id.replace("/resourceGroups/", "/resourcegroups/");
+        vec![
+            format!("isExplicit={}", if explicit { "True" } else { "False" }),
+            graph_form,
+        ]
+    }
+
+    fn arm_type_of(id: &str) -> String {
+        // Namespace + types of the last provider block.
+        let segs: Vec<&str> = id.split('/').collect();
+        let p = segs
+            .iter()
+            .rposition(|s| s.eq_ignore_ascii_case("providers"))
+            .expect("resource ids have a provider");
+        let ns = segs[p + 1];
+        let types: Vec<&str> = segs[p + 2..].iter().step_by(2).copied().collect();
+        format!("{ns}/{}", types.join("/"))
+    }
+
+    fn ensure_container(&mut self, id: &str) {
+        let segs: Vec<&str> = id.split('/').collect();
+        if segs.len() > 4
+            && segs[1].eq_ignore_ascii_case("subscriptions")
+            && segs[3].eq_ignore_ascii_case("resourceGroups")
+        {
+            let (sub, rg) = (segs[2].to_owned(), segs[4].to_owned());
+            self.add_resource_group(&sub, &rg);
+        }
+        if segs.len() > 4
+            && segs[1] == "providers"
+            && segs[2].eq_ignore_ascii_case("Microsoft.Management")
+        {
+            let mg = segs[4].to_owned();
+            self.add_management_group(&mg);
+        }
+    }
+
+    /// Adds a resource with a system-assigned identity and its service principal; returns the
+    /// principal's object id.
+    pub fn add_system_assigned(&mut self, id: &str) -> String {
+        self.ensure_container(id);
+        let principal = self.guid();
+        let app = self.guid();
+        let location = ["westeurope", "eastus", "swedencentral"]
+            [usize::try_from(self.rng.below(3)).unwrap_or(0)];
+        self.resources.insert(
+            id.to_ascii_lowercase(),
+            SimResource {
+                id: id.to_owned(),
+                arm_type: Self::arm_type_of(id),
+                location: location.to_owned(),
+                system_principal: Some(principal.clone()),
+                uami_principal: None,
+                uami_client_id: None,
+            },
+        );
+        let name = id.rsplit('/').next().unwrap_or("").to_owned();
+        self.principals.push(SimPrincipal {
+            id: principal.clone(),
+            app_id: app,
+            display_name: name,
+            sp_type: "ManagedIdentity".into(),
+            alternative_names: Some(Self::alternative_names(id, false)),
+        });
+        principal
+    }
+
+    /// Adds a user-assigned identity resource and its service principal; returns the object id.
+    pub fn add_user_assigned(&mut self, sub: &str, rg: &str, name: &str) -> String {
+        let id = Self::resource_id(
+            sub,
+            rg,
+            "Microsoft.ManagedIdentity",
+            &format!("userAssignedIdentities/{name}"),
+        );
+        self.ensure_container(&id);
+        let principal = self.guid();
+        let client = self.guid();
+        self.resources.insert(
+            id.to_ascii_lowercase(),
+            SimResource {
+                id: id.clone(),
+                arm_type: "Microsoft.ManagedIdentity/userAssignedIdentities".into(),
+                location: "westeurope".into(),
+                system_principal: None,
+                uami_principal: Some(principal.clone()),
+                uami_client_id: Some(client.clone()),
+            },
+        );
+        // UAMI principalId = SP id, clientId = SP appId, name = displayName (facts sheet §1).
+        self.principals.push(SimPrincipal {
+            id: principal.clone(),
+            app_id: client,
+            display_name: name.to_owned(),
+            sp_type: "ManagedIdentity".into(),
+            alternative_names: Some(Self::alternative_names(&id, true)),
+        });
+        principal
+    }
+
+    pub fn add_principal(
+        &mut self,
+        sp_type: &str,
+        name: &str,
+        alternative_names: Option<Vec<String>>,
+    ) -> String {
+        let id = self.guid();
+        let app = self.guid();
+        self.principals.push(SimPrincipal {
+            id: id.clone(),
+            app_id: app,
+            display_name: name.to_owned(),
+            sp_type: sp_type.to_owned(),
+            alternative_names,
+        });
+        id
+    }
+
+    pub fn delete_resource(&mut self, id: &str) {
+        self.resources.remove(&id.to_ascii_lowercase());
+    }
+
+    /// Deletes and recreates a resource with the same name: it gets a new principal, the old
+    /// service principal lingers (MicrosoftDocs/azure-docs#82404).
+    pub fn recreate_resource(&mut self, id: &str) -> String {
+        let new = self.guid();
+        if let Some(r) = self.resources.get_mut(&id.to_ascii_lowercase()) {
+            if r.uami_principal.is_some() {
+                r.uami_principal = Some(new.clone());
+            } else {
+                r.system_principal = Some(new.clone());
+            }
+        }
+        new
+    }
+
+    pub fn disable_system_identity(&mut self, id: &str) {
+        if let Some(r) = self.resources.get_mut(&id.to_ascii_lowercase()) {
+            r.system_principal = None;
+        }
+    }
+
+    pub fn hide_from_resource_graph(&mut self, id: &str) {
+        self.arg_lag.insert(id.to_ascii_lowercase());
+    }
+
+    /// Removes a service principal from the directory (what support does for an orphan).
+    pub fn remove_principal(&mut self, object_id: &str) {
+        self.principals
+            .retain(|p| !p.id.eq_ignore_ascii_case(object_id));
+    }
+
+    /// A realistic seeded tenant of about `identities` managed identities over several subscriptions,
+    /// with ~0.5 % orphans of every kind and every edge case the scan must handle.
+    pub fn generate(seed: u64, identities: usize) -> Self {
+        let mut w = Self::new(SIM_TENANT_ID, seed);
+        let n_subs = (identities / 400).clamp(3, 500);
+        let subs: Vec<String> = (0..n_subs)
+            .map(|i| w.add_subscription(&format!("sub-{i:03}"), SubAccess::Reader))
+            .collect();
+        let mg = "contoso-root";
+        w.add_management_group(mg);
+        let kinds: [(&str, &str, u64); 9] = [
+            ("Microsoft.Compute", "virtualMachines", 30),
+            ("Microsoft.Web", "sites", 20),
+            ("Microsoft.Web", "sites/slots", 6),
+            ("Microsoft.Storage", "storageAccounts", 10),
+            ("Microsoft.Sql", "servers", 6),
+            ("Microsoft.Logic", "workflows", 6),
+            ("Microsoft.DataFactory", "factories", 4),
+            ("Microsoft.HybridCompute", "machines", 6),
+            ("Microsoft.ManagedIdentity", "userAssignedIdentities", 12),
+        ];
+        let total_weight: u64 = kinds.iter().map(|k| k.2).sum();
+        let mut made = 0usize;
+        let mut n = 0u64;
+        let mut ids: Vec<(String, String)> = Vec::new(); // (resource id, principal)
+        while made < identities.saturating_sub(4) {
+            n += 1;
+            let sub = subs[usize::try_from(w.rng.below(subs.len() as u64)).unwrap_or(0)].clone();
+            let rg = format!("rg-{}", w.rng.below(20));
+            let mut pick = w.rng.below(total_weight);
+            let mut kind = kinds[0];
+            for k in kinds {
+                if pick < k.2 {
+                    kind = k;
+                    break;
+                }
+                pick -= k.2;
+            }
+            let (ns, t, _) = kind;
+            let principal = if t == "userAssignedIdentities" {
+                let p = w.add_user_assigned(&sub, &rg, &format!("id-{n}"));
+                let id = Self::resource_id(&sub, &rg, ns, &format!("{t}/id-{n}"));
+                ids.push((id, p.clone()));
+                p
+            } else {
+                let path = if t == "sites/slots" {
+                    format!("sites/app-{n}/slots/staging")
+                } else {
+                    format!(
+                        "{t}/{}-{n}",
+                        t.split('/').next().unwrap_or("r").to_ascii_lowercase()
+                    )
+                };
+                let id = Self::resource_id(&sub, &rg, ns, &path);
+                if t == "sites/slots" {
+                    // The parent site exists (without identity of its own here).
+                    let parent = Self::resource_id(&sub, &rg, ns, &format!("sites/app-{n}"));
+                    w.resources.insert(
+                        parent.to_ascii_lowercase(),
+                        SimResource {
+                            id: parent.clone(),
+                            arm_type: "Microsoft.Web/sites".into(),
+                            location: "westeurope".into(),
+                            system_principal: None,
+                            uami_principal: None,
+                            uami_client_id: None,
+                        },
+                    );
+                }
+                let p = w.add_system_assigned(&id);
+                ids.push((id, p.clone()));
+                p
+            };
+            let _ = principal;
+            made += 1;
+        }
+        // Policy assignments with identities: subscription and management-group scope.
+        let pa_sub = format!(
+            "/subscriptions/{}/providers/Microsoft.Authorization/policyAssignments/deploy-diagnostics",
+            subs[0]
+        );
+        w.add_system_assigned(&pa_sub);
+        let pa_mg = format!(
+            "/providers/Microsoft.Management/managementGroups/{mg}/providers/Microsoft.Authorization/policyAssignments/enforce-tags"
+        );
+        w.add_system_assigned(&pa_mg);
+        let pa_mg_gone = format!(
+            "/providers/Microsoft.Management/managementGroups/{mg}/providers/Microsoft.Authorization/policyAssignments/retired-initiative"
+        );
+        w.add_system_assigned(&pa_mg_gone);
+        w.delete_resource(&pa_mg_gone);
+
+        // ~0.5 % orphans, spread over the kinds of orphan.
+        let orphans = (identities / 200).max(4);
+        for i in 0..orphans.min(ids.len()) {
+            let idx = usize::try_from(w.rng.below(ids.len() as u64)).unwrap_or(0);
+            let (id, _) = ids[idx].clone();
+            match i % 4 {
+                0 | 1 => w.delete_resource(&id),
+                2 => {
+                    w.recreate_resource(&id);
+                }
+                _ => w.disable_system_identity(&id),
+            }
+        }
+        // A deleted resource group.
+        let gone_sub = subs[1 % subs.len()].clone();
+        w.add_system_assigned(&Self::resource_id(
+            &gone_sub,
+            "rg-decommissioned",
+            "Microsoft.Compute",
+            "virtualMachines/legacy-vm",
+        ));
+        w.delete_resource_group(&gone_sub, "rg-decommissioned");
+        // Resource Graph lag: a brand-new resource ARM already has.
+        if let Some((id, _)) = ids.get(ids.len() / 2).cloned() {
+            w.hide_from_resource_graph(&id);
+        }
+        // A resource group the auditor cannot read.
+        let locked = subs[2 % subs.len()].clone();
+        w.add_system_assigned(&Self::resource_id(
+            &locked,
+            "rg-restricted",
+            "Microsoft.Compute",
+            "virtualMachines/secret-vm",
+        ));
+        w.deny_resource_group(&locked, "rg-restricted");
+        // A subscription nobody gave us, and one transferred to another tenant.
+        let hidden = w.add_subscription("sub-hidden", SubAccess::NoAccess);
+        w.add_system_assigned(&Self::resource_id(
+            &hidden,
+            "rg-x",
+            "Microsoft.Storage",
+            "storageAccounts/hiddenstore",
+        ));
+        let other_tenant = w.guid();
+        let moved = w.add_subscription(
+            "sub-moved",
+            SubAccess::Transferred {
+                to_tenant: other_tenant,
+            },
+        );
+        w.add_system_assigned(&Self::resource_id(
+            &moved,
+            "rg-y",
+            "Microsoft.Web",
+            "sites/moved-app",
+        ));
+        // Principals that are not managed identities, and one with unreadable alternativeNames.
+        w.add_principal("Application", "contoso-portal", None);
+        w.add_principal(
+            "Legacy",
+            "old-app",
+            Some(vec!["https://old.contoso.com".into()]),
+        );
+        w.add_principal(
+            "ManagedIdentity",
+            "mystery",
+            Some(vec!["isExplicit=False".into(), "not-a-resource-id".into()]),
+        );
+        w
+    }
+
+    /// A stable per-principal lookup by lower-case id, used by churn.
+    pub fn principal_index(&self) -> HashMap<String, usize> {
+        self.principals
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.id.to_ascii_lowercase(), i))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generation_is_repeatable_from_the_seed() {
+        let a = World::generate(7, 500);
+        let b = World::generate(7, 500);
+        let c = World::generate(8, 500);
+        let ids = |w: &World| {
+            w.principals
+                .iter()
+                .map(|p| p.id.clone())
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(ids(&a), ids(&b));
+        assert_ne!(ids(&a), ids(&c));
+        let mi = a
+            .principals
+            .iter()
+            .filter(|p| p.sp_type == "ManagedIdentity")
+            .count();
+        assert!((490..=520).contains(&mi), "{mi}");
+    }
+
+    #[test]
+    fn guids_look_like_guids() {
+        let g = Rng::new(1).guid();
+        assert_eq!(g.len(), 36);
+        assert_eq!(g.matches('-').count(), 4);
+    }
+}

@@ -1,0 +1,364 @@
+//! Record: SQLite via sqlx. All SQL lives here. The schema is in `migrations/`, embedded and applied at
+//! start. WAL journal, foreign keys on, a busy timeout. A scan is written in one transaction, so a crash
+//! mid-write leaves the previous state intact.
+
+use crate::domain::{IdentityType, Reason, Verdict};
+use crate::scan::{EvidenceReport, Finding, ScanReport, Summary, TenantReport, Trigger};
+use chrono::{DateTime, Utc};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+use std::str::FromStr;
+use std::time::Duration;
+
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database error: {0}")]
+    Sqlx(#[from] sqlx::Error),
+    #[error("database migration failed: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("stored row in {table} is not valid: {reason}")]
+    Corrupt { table: &'static str, reason: String },
+}
+
+#[derive(Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+/// A scan as listed, without its verdicts.
+#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+pub struct ScanRecord {
+    pub scan_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: Option<DateTime<Utc>>,
+    pub complete: bool,
+    pub trigger: Trigger,
+    pub summary: Summary,
+    pub tenants: Vec<TenantReport>,
+}
+
+fn corrupt(table: &'static str, reason: impl Into<String>) -> StoreError {
+    StoreError::Corrupt {
+        table,
+        reason: reason.into(),
+    }
+}
+
+fn parse_time(table: &'static str, s: &str) -> Result<DateTime<Utc>, StoreError> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| corrupt(table, format!("time {s:?}: {e}")))
+}
+
+fn parse_trigger(s: &str) -> Result<Trigger, StoreError> {
+    Ok(match s {
+        "schedule" => Trigger::Schedule,
+        "manual" => Trigger::Manual,
+        "startup" => Trigger::Startup,
+        "cli" => Trigger::Cli,
+        other => return Err(corrupt("scans", format!("trigger {other:?}"))),
+    })
+}
+
+fn count(n: i64) -> u64 {
+    u64::try_from(n).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (creating if missing) and migrates the database at `url` (`sqlite://path` or
+    /// `sqlite::memory:`).
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(5));
+        // An in-memory database exists per connection: keep exactly one.
+        let max = if url.contains(":memory:") { 1 } else { 4 };
+        let pool = SqlitePoolOptions::new()
+            .max_connections(max)
+            .connect_with(opts)
+            .await?;
+        Self::from_pool(pool).await
+    }
+
+    pub async fn from_pool(pool: SqlitePool) -> Result<Self, StoreError> {
+        MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+
+    /// Writes a finished scan, its tenants and every verdict in one transaction.
+    pub async fn record_scan(&self, report: &ScanReport) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "insert into scans (scan_id, started_at, finished_at, complete, trigger, total, healthy, orphaned, unknown)
+             values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&report.scan_id)
+        .bind(report.started_at.to_rfc3339())
+        .bind(report.finished_at.to_rfc3339())
+        .bind(report.complete)
+        .bind(report.trigger.as_str())
+        .bind(i64::try_from(report.summary.total).unwrap_or(i64::MAX))
+        .bind(i64::try_from(report.summary.healthy).unwrap_or(i64::MAX))
+        .bind(i64::try_from(report.summary.orphaned).unwrap_or(i64::MAX))
+        .bind(i64::try_from(report.summary.unknown).unwrap_or(i64::MAX))
+        .execute(&mut *tx)
+        .await?;
+        for t in &report.tenants {
+            sqlx::query(
+                "insert into scan_tenants (scan_id, tenant_id, complete, identities, errors, requests)
+                 values (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&report.scan_id)
+            .bind(&t.tenant_id)
+            .bind(t.complete)
+            .bind(i64::try_from(t.identities).unwrap_or(i64::MAX))
+            .bind(serde_json::to_string(&t.errors).unwrap_or_else(|_| "[]".into()))
+            .bind(serde_json::to_string(&t.requests).unwrap_or_else(|_| "{}".into()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        for f in &report.findings {
+            sqlx::query(
+                "insert into scan_verdicts (scan_id, tenant_id, object_id, app_id, display_name, identity_type,
+                     resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)
+                 values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&report.scan_id)
+            .bind(&f.tenant_id)
+            .bind(&f.object_id)
+            .bind(&f.app_id)
+            .bind(&f.display_name)
+            .bind(f.identity_type.as_str())
+            .bind(&f.resource_id)
+            .bind(&f.subscription_id)
+            .bind(&f.resource_type)
+            .bind(f.verdict.as_str())
+            .bind(f.reason.as_str())
+            .bind(&f.detail)
+            .bind(serde_json::to_string(&f.evidence).unwrap_or_else(|_| "{}".into()))
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn load_tenants(&self, scan_id: &str) -> Result<Vec<TenantReport>, StoreError> {
+        let rows = sqlx::query(
+            "select tenant_id, complete, identities, errors, requests from scan_tenants
+             where scan_id = ? order by tenant_id",
+        )
+        .bind(scan_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|r| {
+                Ok(TenantReport {
+                    tenant_id: r.try_get("tenant_id")?,
+                    complete: r.try_get("complete")?,
+                    identities: count(r.try_get("identities")?),
+                    errors: serde_json::from_str(&r.try_get::<String, _>("errors")?)
+                        .map_err(|e| corrupt("scan_tenants", e.to_string()))?,
+                    requests: serde_json::from_str(&r.try_get::<String, _>("requests")?)
+                        .map_err(|e| corrupt("scan_tenants", e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+
+    fn scan_record(r: &sqlx::sqlite::SqliteRow) -> Result<ScanRecord, StoreError> {
+        let finished: Option<String> = r.try_get("finished_at")?;
+        Ok(ScanRecord {
+            scan_id: r.try_get("scan_id")?,
+            started_at: parse_time("scans", &r.try_get::<String, _>("started_at")?)?,
+            finished_at: finished.map(|f| parse_time("scans", &f)).transpose()?,
+            complete: r.try_get("complete")?,
+            trigger: parse_trigger(&r.try_get::<String, _>("trigger")?)?,
+            summary: Summary {
+                total: count(r.try_get("total")?),
+                healthy: count(r.try_get("healthy")?),
+                orphaned: count(r.try_get("orphaned")?),
+                unknown: count(r.try_get("unknown")?),
+            },
+            tenants: Vec::new(),
+        })
+    }
+
+    /// One scan with its tenants, or `None`.
+    pub async fn load_scan(&self, scan_id: &str) -> Result<Option<ScanRecord>, StoreError> {
+        let Some(row) = sqlx::query("select * from scans where scan_id = ?")
+            .bind(scan_id)
+            .fetch_optional(&self.pool)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let mut rec = Self::scan_record(&row)?;
+        rec.tenants = self.load_tenants(scan_id).await?;
+        Ok(Some(rec))
+    }
+
+    /// The newest scans first.
+    pub async fn list_scans(&self, limit: u32) -> Result<Vec<ScanRecord>, StoreError> {
+        let rows =
+            sqlx::query("select * from scans order by started_at desc, scan_id desc limit ?")
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let mut rec = Self::scan_record(r)?;
+            rec.tenants = self.load_tenants(&rec.scan_id).await?;
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// The verdicts of one scan, ordered by tenant and object id.
+    pub async fn load_verdicts(&self, scan_id: &str) -> Result<Vec<Finding>, StoreError> {
+        let rows = sqlx::query(
+            "select * from scan_verdicts where scan_id = ? order by tenant_id, object_id",
+        )
+        .bind(scan_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let t = "scan_verdicts";
+                let identity_type: String = r.try_get("identity_type")?;
+                let verdict: String = r.try_get("verdict")?;
+                let reason: String = r.try_get("reason")?;
+                let evidence: String = r.try_get("evidence")?;
+                Ok(Finding {
+                    tenant_id: r.try_get("tenant_id")?,
+                    object_id: r.try_get("object_id")?,
+                    app_id: r.try_get("app_id")?,
+                    display_name: r.try_get("display_name")?,
+                    identity_type: IdentityType::parse(&identity_type)
+                        .ok_or_else(|| corrupt(t, format!("identity_type {identity_type:?}")))?,
+                    resource_id: r.try_get("resource_id")?,
+                    subscription_id: r.try_get("subscription_id")?,
+                    resource_type: r.try_get("resource_type")?,
+                    verdict: Verdict::parse(&verdict)
+                        .ok_or_else(|| corrupt(t, format!("verdict {verdict:?}")))?,
+                    reason: Reason::parse(&reason)
+                        .ok_or_else(|| corrupt(t, format!("reason {reason:?}")))?,
+                    detail: r.try_get("detail")?,
+                    evidence: serde_json::from_str::<EvidenceReport>(&evidence)
+                        .map_err(|e| corrupt(t, e.to_string()))?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::EvidenceSource;
+
+    fn report(scan_id: &str, complete: bool) -> ScanReport {
+        let now = Utc::now();
+        let f = Finding {
+            tenant_id: "t1".into(),
+            object_id: "o1".into(),
+            app_id: "a1".into(),
+            display_name: "vm1".into(),
+            identity_type: IdentityType::SystemAssigned,
+            resource_id: Some("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm1".into()),
+            subscription_id: Some("s".into()),
+            resource_type: Some("microsoft.compute/virtualmachines".into()),
+            verdict: Verdict::Orphaned,
+            reason: Reason::ResourceNotFound,
+            detail: "gone".into(),
+            evidence: EvidenceReport {
+                source: EvidenceSource::Arm,
+                status: Some(404),
+                code: Some("ResourceNotFound".into()),
+                request_id: Some("rid".into()),
+                correlation_request_id: Some("cid".into()),
+                checked_at: Some(now),
+            },
+        };
+        ScanReport {
+            scan_id: scan_id.into(),
+            started_at: now,
+            finished_at: now,
+            complete,
+            trigger: Trigger::Cli,
+            tenants: vec![TenantReport {
+                tenant_id: "t1".into(),
+                complete,
+                identities: 1,
+                errors: vec!["e".into()],
+                requests: Default::default(),
+            }],
+            summary: Summary {
+                total: 1,
+                healthy: 0,
+                orphaned: 1,
+                unknown: 0,
+            },
+            findings: vec![f],
+        }
+    }
+
+    #[sqlx::test]
+    async fn a_recorded_scan_reads_back_whole(pool: SqlitePool) {
+        let store = Store::from_pool(pool).await.expect("store");
+        let r = report("scan-1", true);
+        store.record_scan(&r).await.expect("recorded");
+        let rec = store
+            .load_scan("scan-1")
+            .await
+            .expect("load")
+            .expect("present");
+        assert!(rec.complete);
+        assert_eq!(rec.summary, r.summary);
+        assert_eq!(rec.tenants, r.tenants);
+        let verdicts = store.load_verdicts("scan-1").await.expect("verdicts");
+        assert_eq!(verdicts, r.findings);
+        assert!(store.load_scan("nope").await.expect("load").is_none());
+    }
+
+    #[sqlx::test]
+    async fn scans_list_newest_first(pool: SqlitePool) {
+        let store = Store::from_pool(pool).await.expect("store");
+        let mut a = report("a", true);
+        a.started_at -= chrono::Duration::hours(1);
+        store.record_scan(&a).await.expect("a");
+        store.record_scan(&report("b", false)).await.expect("b");
+        let list = store.list_scans(10).await.expect("list");
+        assert_eq!(
+            list.iter().map(|s| s.scan_id.as_str()).collect::<Vec<_>>(),
+            ["b", "a"]
+        );
+        assert_eq!(store.list_scans(1).await.expect("list").len(), 1);
+    }
+
+    #[sqlx::test]
+    async fn a_failed_write_leaves_nothing_behind(pool: SqlitePool) {
+        let store = Store::from_pool(pool).await.expect("store");
+        let mut r = report("dup", true);
+        // The same identity twice violates the primary key half-way through the transaction.
+        r.findings.push(r.findings[0].clone());
+        assert!(store.record_scan(&r).await.is_err());
+        assert!(store.load_scan("dup").await.expect("load").is_none());
+        assert!(
+            store
+                .load_verdicts("dup")
+                .await
+                .expect("verdicts")
+                .is_empty()
+        );
+    }
+}
