@@ -975,14 +975,19 @@ fn resource_get(
             ),
         );
     };
-    if !versions.iter().any(|v| v == version) {
+    let accepted: Vec<&str> = versions
+        .iter()
+        .map(String::as_str)
+        .filter(|v| !w.refused_versions.contains(*v))
+        .collect();
+    if !accepted.contains(&version) {
         return arm_error(
             headers,
             400,
             "NoRegisteredProviderFound",
             &format!(
                 "No registered resource provider found for location 'westeurope' and API version '{version}' for type '{tname}'. The supported api-versions are '{}'. The supported locations are 'westeurope, eastus, swedencentral'.",
-                versions.join(", ")
+                accepted.join(", ")
             ),
         );
     }

@@ -288,6 +288,9 @@ pub struct World {
     pub arg_lag: BTreeSet<String>,
     pub principals: Vec<SimPrincipal>,
     pub providers: BTreeMap<String, Vec<(String, Vec<String>)>>,
+    /// Versions the providers API still lists but resource GETs refuse (`NoRegisteredProviderFound`),
+    /// as when the providers metadata lags a retired version.
+    pub refused_versions: BTreeSet<String>,
     rng: Rng,
 }
 
@@ -310,6 +313,7 @@ impl World {
             arg_lag: BTreeSet::new(),
             principals: Vec::new(),
             providers: default_providers(),
+            refused_versions: BTreeSet::new(),
             rng: Rng::new(seed),
         }
     }

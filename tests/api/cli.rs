@@ -1,0 +1,253 @@
+//! The real binary: exit codes, the JSON report schema, configuration errors.
+
+use crate::helpers::*;
+use miaudit::azure::Api;
+use miaudit::simulator::model::World;
+use miaudit::simulator::{Fault, FaultRule, SimConfig};
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_miaudit");
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+async fn miaudit(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("binary runs");
+    Run {
+        code: out.status.code().expect("exit code"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+fn orphan_world() -> (World, String, String) {
+    let (mut w, sub) = world();
+    let healthy =
+        w.add_system_assigned(&rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/ok"));
+    let gone_id = rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/gone");
+    let gone = w.add_system_assigned(&gone_id);
+    w.delete_resource(&gone_id);
+    (w, healthy, gone)
+}
+
+#[tokio::test]
+async fn scan_json_follows_the_promised_schema_and_exit_codes() {
+    let (w, healthy, gone) = orphan_world();
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    let cfg = env.config_path.to_str().expect("utf-8 path");
+    let run = miaudit(&["--config", cfg, "scan", "--output", "json"], &[]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: Value = serde_json::from_str(&run.stdout).expect("stdout is JSON");
+    for key in [
+        "scan_id",
+        "started_at",
+        "finished_at",
+        "complete",
+        "tenants",
+        "summary",
+        "findings",
+    ] {
+        assert!(v.get(key).is_some(), "{key} missing");
+    }
+    assert_eq!(v["complete"], true);
+    assert!(
+        chrono::DateTime::parse_from_rfc3339(v["started_at"].as_str().expect("string")).is_ok()
+    );
+    assert_eq!(v["tenants"][0]["tenant_id"], TENANT);
+    assert_eq!(v["tenants"][0]["identities"], 2);
+    assert_eq!(v["tenants"][0]["errors"], Value::Array(vec![]));
+    assert_eq!(
+        v["summary"],
+        serde_json::json!({"total": 2, "healthy": 1, "orphaned": 1, "unknown": 0})
+    );
+    let findings = v["findings"].as_array().expect("array");
+    assert_eq!(
+        findings.len(),
+        1,
+        "healthy identities are left out without --all"
+    );
+    let f = &findings[0];
+    assert_eq!(f["object_id"], gone.as_str());
+    assert_eq!(f["identity_type"], "system_assigned");
+    assert_eq!(f["verdict"], "orphaned");
+    assert_eq!(f["reason"], "resource_not_found");
+    assert!(
+        f["resource_id"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("/subscriptions/"))
+    );
+    for key in ["tenant_id", "app_id", "display_name", "detail"] {
+        assert!(f[key].is_string(), "{key}");
+    }
+    assert_eq!(f["evidence"]["status"], 404);
+    assert_eq!(f["evidence"]["code"], "ResourceNotFound");
+    assert!(f["evidence"]["request_id"].is_string() && f["evidence"]["checked_at"].is_string());
+
+    let all = miaudit(&["--config", cfg, "scan", "--output", "json", "--all"], &[]).await;
+    let v: Value = serde_json::from_str(&all.stdout).expect("JSON");
+    assert!(
+        v["findings"]
+            .as_array()
+            .expect("array")
+            .iter()
+            .any(|f| f["object_id"] == healthy.as_str())
+    );
+
+    let fail = miaudit(&["--config", cfg, "scan", "--fail-on-orphans"], &[]).await;
+    assert_eq!(fail.code, 1);
+    assert!(
+        fail.stdout.contains("ORPHANED (1)") && fail.stdout.contains(&gone),
+        "{}",
+        fail.stdout
+    );
+
+    // Every scan was recorded.
+    let store = miaudit::store::Store::connect(&env.settings().database.url)
+        .await
+        .expect("db");
+    assert_eq!(store.list_scans(10).await.expect("scans").len(), 3);
+}
+
+#[tokio::test]
+async fn exhausted_retries_exit_3_and_never_report_the_orphan() {
+    let (w, _, gone) = orphan_world();
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    env.sim.add_fault(FaultRule {
+        api: Api::Arm,
+        path_contains: Some("virtualMachines/gone".into()),
+        times: None,
+        fault: Fault::Status(504),
+    });
+    let cfg = env.config_path.to_str().expect("utf-8 path");
+    let run = miaudit(
+        &[
+            "--config",
+            cfg,
+            "scan",
+            "--output",
+            "json",
+            "--fail-on-orphans",
+        ],
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let v: Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(v["complete"], false);
+    assert_eq!(v["summary"]["orphaned"], 0);
+    let f = v["findings"]
+        .as_array()
+        .expect("array")
+        .iter()
+        .find(|f| f["object_id"] == gone.as_str())
+        .expect("listed");
+    assert_eq!(f["verdict"], "unknown");
+    assert_eq!(f["reason"], "check_failed");
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_2_naming_every_key() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("bad.toml");
+    std::fs::write(
+        &path,
+        "[azure]\ncloud = \"moon\"\n[scan]\nconcurency = 3\n[[tenants]]\nid = \"not a tenant\"\n",
+    )
+    .expect("write");
+    let run = miaudit(
+        &["--config", path.to_str().expect("utf-8"), "scan"],
+        &[("MIAUDIT_HTTP__LISTEN", "nowhere")],
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    assert!(run.stdout.is_empty());
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    for key in [
+        "azure.cloud",
+        "scan.concurency",
+        "tenants[0].id",
+        "http.listen",
+    ] {
+        assert!(
+            lines.iter().any(|l| l.contains(key)),
+            "{key} not named in:\n{}",
+            run.stderr
+        );
+    }
+    assert_eq!(lines.len(), 4, "one line per problem:\n{}", run.stderr);
+
+    let missing = miaudit(&["--config", "/nonexistent/miaudit.toml", "scan"], &[]).await;
+    assert_eq!(missing.code, 2);
+    assert!(missing.stderr.contains("/nonexistent/miaudit.toml"));
+
+    let no_creds = miaudit(&["scan"], &[]).await;
+    assert_eq!(no_creds.code, 2);
+    assert!(
+        no_creds.stderr.contains("tenants") && no_creds.stderr.contains("auth.client_secret"),
+        "{}",
+        no_creds.stderr
+    );
+
+    let usage = miaudit(&["scan", "--output", "yaml"], &[]).await;
+    assert_eq!(usage.code, 2);
+}
+
+#[tokio::test]
+async fn credentials_from_the_sdk_variables_work_and_never_show_up_in_output() {
+    let (mut w, _, _) = orphan_world();
+    w.client_secret = "s3cr3t-value-from-env".into();
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    // A config without credentials; they come from AZURE_* variables.
+    let base = env.sim.base_url().to_owned();
+    let db = format!("sqlite://{}", env.dir.path().join("env.db").display());
+    let path = env.dir.path().join("env.toml");
+    std::fs::write(&path, format!("[azure]\nauthority_host = \"{base}\"\ngraph_endpoint = \"{base}\"\narm_endpoint = \"{base}\"\n[database]\nurl = \"{db}\"\n")).expect("write");
+    let cfg = path.to_str().expect("utf-8");
+    let vars = [
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", miaudit::simulator::model::SIM_CLIENT_ID),
+        ("AZURE_CLIENT_SECRET", "s3cr3t-value-from-env"),
+        ("RUST_LOG", "miaudit=trace"),
+    ];
+    let ok = miaudit(
+        &["--config", cfg, "scan", "--output", "json", "--all"],
+        &vars,
+    )
+    .await;
+    assert_eq!(ok.code, 0, "{}", ok.stderr);
+    assert!(!ok.stdout.contains("s3cr3t") && !ok.stderr.contains("s3cr3t"));
+    assert!(!ok.stderr.contains("Bearer"), "no token in logs");
+
+    let wrong = miaudit(
+        &["--config", cfg, "scan"],
+        &[
+            ("AZURE_TENANT_ID", TENANT),
+            ("AZURE_CLIENT_ID", miaudit::simulator::model::SIM_CLIENT_ID),
+            ("AZURE_CLIENT_SECRET", "wrong-s3cr3t"),
+        ],
+    )
+    .await;
+    assert_eq!(wrong.code, 3);
+    assert!(wrong.stdout.contains("AADSTS7000215"), "{}", wrong.stdout);
+    assert!(!wrong.stdout.contains("wrong-s3cr3t") && !wrong.stderr.contains("wrong-s3cr3t"));
+}
+
+#[tokio::test]
+async fn demo_scans_the_built_in_tenant_without_azure() {
+    let run = miaudit(&["demo", "--identities", "300", "--output", "json"], &[]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let v: Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(v["complete"], true);
+    assert!(v["summary"]["orphaned"].as_u64().expect("count") > 0);
+    assert!(run.stderr.contains("http://127.0.0.1:"));
+}

@@ -1,0 +1,9 @@
+//! Integration tests: the real library and the real binary against the simulator on loopback.
+//! One test binary (each file in tests/ would be another crate to link).
+
+mod cli;
+mod faults;
+mod helpers;
+mod kql;
+mod paging;
+mod verdicts;
