@@ -1,5 +1,6 @@
 //! Every Resource Graph query miaudit can send is checked by Microsoft's Kusto language service
-//! (npm `@kusto/language-service-next`, installed by .ci/run into tests/kql/node_modules).
+//! (npm `@kusto/language-service-next`, pinned in tests/kql/package-lock.json; the test installs it
+//! with `npm ci` when tests/kql/node_modules is missing, so `cargo test` needs only Node.js).
 
 use miaudit::arm::{ArgTable, identity_query};
 use miaudit::simulator::model::default_providers;
@@ -28,6 +29,17 @@ fn resource_graph_queries_have_no_kusto_syntax_diagnostics() {
     let dir = tempfile::tempdir().expect("temp dir");
     let file = dir.path().join("queries.json");
     std::fs::write(&file, serde_json::to_string(&queries).expect("json")).expect("write");
+    let kql_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kql");
+    if !std::path::Path::new(kql_dir)
+        .join("node_modules/@kusto/language-service-next")
+        .exists()
+    {
+        let npm = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund", "--prefix", kql_dir])
+            .status()
+            .expect("npm runs (install Node.js and npm)");
+        assert!(npm.success(), "npm ci in tests/kql failed");
+    }
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/kql/check.js");
     let out = std::process::Command::new("node")
         .arg(script)

@@ -1,0 +1,27 @@
+# syntax=docker/dockerfile:1
+# Multi-stage build: a Rust builder, then a slim runtime with CA certificates and a non-root user.
+# reqwest uses rustls (no OpenSSL) and SQLite is bundled, so the binary needs only libc.
+
+FROM rust:1.95-bookworm AS build
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY src ./src
+COPY migrations ./migrations
+RUN cargo build --release --locked
+
+FROM debian:bookworm-slim
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends ca-certificates \
+ && rm -rf /var/lib/apt/lists/* \
+ && useradd --system --uid 10001 --home-dir /var/lib/miaudit --create-home miaudit
+COPY --from=build /src/target/release/miaudit /usr/local/bin/miaudit
+COPY config/ /etc/miaudit/
+USER miaudit
+WORKDIR /var/lib/miaudit
+ENV MIAUDIT_DATABASE__URL=sqlite:///var/lib/miaudit/miaudit.db
+EXPOSE 9464
+ENTRYPOINT ["/usr/local/bin/miaudit"]
+# Without configuration the image runs the demo against the built-in simulated tenant.
+# For a real tenant: docker run -v /path/miaudit.toml:/etc/miaudit/miaudit.toml -e AZURE_CLIENT_SECRET=... \
+#   miaudit --config /etc/miaudit/miaudit.toml scan
+CMD ["demo"]
