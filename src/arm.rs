@@ -10,7 +10,7 @@
 //!   providers API (newest non-preview, cached per namespace), or from the list a
 //!   `NoRegisteredProviderFound` message gives (facts sheet §4). This is the authoritative answer.
 
-use crate::azure::http::{AzureHttp, Call, Handled};
+use crate::azure::http::{AzureHttp, Call, Handled, follow_link};
 use crate::azure::{Api, AzureError, Reply};
 use crate::domain::{Answer, ResourceId, USER_ASSIGNED_IDENTITY_TYPE};
 use serde::Deserialize;
@@ -22,6 +22,8 @@ use std::time::Instant;
 pub const SUBSCRIPTIONS_API_VERSION: &str = "2022-12-01";
 pub const PROVIDERS_API_VERSION: &str = "2021-04-01";
 pub const RESOURCE_GRAPH_API_VERSION: &str = "2024-04-01";
+/// An api-version no resource provider accepts, sent only to learn the supported ones from the refusal.
+pub const PROBE_API_VERSION: &str = "1900-01-01";
 /// Rows per Resource Graph page: the documented maximum (ARG work-with-data).
 pub const ARG_PAGE_SIZE: u32 = 1000;
 /// Subscriptions per Resource Graph request: the REST API's documented batch (ARG troubleshoot).
@@ -246,20 +248,6 @@ impl ArmClient {
         }
     }
 
-    fn same_origin(&self, link: &str) -> bool {
-        let a = url::Url::parse(&self.endpoint).ok();
-        let b = url::Url::parse(link).ok();
-        match (a, b) {
-            (Some(a), Some(b)) => {
-                a.scheme() == b.scheme()
-                    && a.host_str().map(str::to_ascii_lowercase)
-                        == b.host_str().map(str::to_ascii_lowercase)
-                    && a.port_or_known_default() == b.port_or_known_default()
-            }
-            _ => false,
-        }
-    }
-
     /// Every subscription these credentials can see, keyed by lower-case id.
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]
     pub async fn fetch_subscriptions(
@@ -295,13 +283,10 @@ impl ArmClient {
             }
             match page.next_link {
                 Some(next) if !next.is_empty() => {
-                    if !self.same_origin(&next) {
-                        return Err(AzureError::ForeignLink {
-                            api: Api::Arm,
-                            link: next,
-                        });
-                    }
-                    url = next;
+                    url = follow_link(&self.endpoint, &next).ok_or(AzureError::ForeignLink {
+                        api: Api::Arm,
+                        link: next,
+                    })?;
                 }
                 _ => break,
             }
@@ -547,15 +532,15 @@ impl ArmClient {
             correlation_request_id: None,
             checked_at: chrono::Utc::now(),
         };
-        let mut version = match self
+        // Without a discovered version, ask with one no provider can accept: ARM's refusal lists the
+        // versions it takes (NoRegisteredProviderFound / UnsupportedApiVersionValue), and the answer to
+        // the probe itself is never taken as evidence.
+        let (mut version, mut probing, discovery_error) = match self
             .api_version(tenant, resource, provider_subscription)
             .await
         {
-            Ok(v) => v,
-            Err(e) => {
-                check.answer = Answer::Failed { what: e };
-                return check;
-            }
+            Ok(v) => (v, false, None),
+            Err(e) => (PROBE_API_VERSION.to_owned(), true, Some(e)),
         };
         let is_uami = resource.is_user_assigned_identity();
         for _ in 0..2 {
@@ -638,7 +623,17 @@ impl ArmClient {
                             v.clone(),
                         );
                         version = v;
+                        probing = false;
                         continue;
+                    }
+                    if probing {
+                        check.answer = Answer::Failed {
+                            what: format!(
+                                "{}; ARM's answer to a probe did not list supported versions",
+                                discovery_error.unwrap_or_default()
+                            ),
+                        };
+                        return check;
                     }
                     check.answer = answer;
                     return check;

@@ -99,6 +99,27 @@ pub fn parse_hms(v: &str) -> Option<Duration> {
     Some(Duration::from_secs(h * 3600 + m * 60) + Duration::from_secs_f64(s))
 }
 
+/// The URL to request for a paging link (`@odata.nextLink`, `nextLink`). A link on the configured
+/// endpoint is followed as is; a relative link, or one naming another host (a gateway that rewrote it,
+/// say), is rebased onto the endpoint's origin, so a bearer token never goes anywhere but the configured
+/// endpoint. `None` when the link is not a URL at all.
+pub fn follow_link(endpoint: &str, link: &str) -> Option<String> {
+    let base = url::Url::parse(endpoint).ok()?;
+    let target = base.join(link).ok()?;
+    let same = target.scheme() == base.scheme()
+        && target.host_str().map(str::to_ascii_lowercase)
+            == base.host_str().map(str::to_ascii_lowercase)
+        && target.port_or_known_default() == base.port_or_known_default();
+    if same {
+        return Some(target.into());
+    }
+    let mut rebased = base;
+    rebased.set_path(target.path());
+    rebased.set_query(target.query());
+    tracing::debug!("paging link on another host rebased onto the configured endpoint");
+    Some(rebased.into())
+}
+
 /// What a caller makes of a final reply.
 pub enum Handled<T> {
     Done(T),
@@ -398,6 +419,27 @@ mod tests {
             let d5 = p.backoff(5);
             assert!(d5 >= Duration::from_millis(200) && d5 <= Duration::from_millis(400));
         }
+    }
+
+    #[test]
+    fn paging_links_stay_on_the_configured_endpoint() {
+        let e = "http://127.0.0.1:8080";
+        assert_eq!(
+            follow_link(e, "http://127.0.0.1:8080/v1.0/x?$skiptoken=a").as_deref(),
+            Some("http://127.0.0.1:8080/v1.0/x?$skiptoken=a")
+        );
+        assert_eq!(
+            follow_link(e, "https://graph.microsoft.com/v1.0/x?$skiptoken=a").as_deref(),
+            Some("http://127.0.0.1:8080/v1.0/x?$skiptoken=a")
+        );
+        assert_eq!(
+            follow_link(e, "/subscriptions?api-version=1&$skiptoken=2").as_deref(),
+            Some("http://127.0.0.1:8080/subscriptions?api-version=1&$skiptoken=2")
+        );
+        assert_eq!(
+            follow_link("https://graph.microsoft.com", "https://evil.example/v1.0/x").as_deref(),
+            Some("https://graph.microsoft.com/v1.0/x")
+        );
     }
 
     #[test]

@@ -66,7 +66,8 @@ pub enum Fault {
     Status(u16),
 }
 
-/// Applies `fault` to requests of `api` whose path contains `path_contains`, `times` times (None: always).
+/// Applies `fault` to requests of `api` whose path and query (`/path?query`) contain `path_contains`
+/// (case-insensitively), `times` times (None: always).
 #[derive(Debug, Clone)]
 pub struct FaultRule {
     pub api: Api,
@@ -369,7 +370,8 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
     };
     inner.counters.request(api);
     inner.seq.fetch_add(1, Ordering::Relaxed);
-    if let Some(f) = take_fault(&inner, api, &path) {
+    let target = format!("{path}?{}", parts.uri.query().unwrap_or(""));
+    if let Some(f) = take_fault(&inner, api, &target) {
         return fault_response(api, &f, &parts.headers);
     }
     // ARM accepts request bodies up to 4 MB (RPC).

@@ -342,3 +342,28 @@ async fn the_generated_demo_tenant_gives_every_kind_of_verdict() {
     // One token per audience, cached for the whole scan.
     assert_eq!(env.sim.requests(Api::Token), 2);
 }
+
+#[tokio::test]
+async fn without_the_providers_api_the_version_is_learnt_from_a_refusal_never_from_a_probe_answer()
+{
+    use miaudit::simulator::{Fault, FaultRule};
+    let (mut w, sub) = world();
+    let live_id = rid(&sub, "rg1", "Microsoft.Compute", "virtualMachines/live");
+    let live = w.add_system_assigned(&live_id);
+    w.hide_from_resource_graph(&live_id);
+    let gone_id = rid(&sub, "rg1", "Microsoft.Compute", "virtualMachines/gone");
+    let gone = w.add_system_assigned(&gone_id);
+    w.delete_resource(&gone_id);
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    // Both providers endpoints (subscription and tenant level) fail for good.
+    env.sim.add_fault(FaultRule {
+        api: Api::Arm,
+        path_contains: Some("/providers/Microsoft.Compute?".into()),
+        times: None,
+        fault: Fault::Status(500),
+    });
+    let r = env.scan().await;
+    assert!(r.complete, "{:?}", r.tenants);
+    assert_eq!(outcome(&r, &live), ("healthy", "resource_present"));
+    assert_eq!(outcome(&r, &gone), ("orphaned", "resource_not_found"));
+}
