@@ -269,13 +269,7 @@ impl ArmClient {
                     detail: "more than 10000 pages".into(),
                 });
             }
-            let call = Call {
-                api: Api::Arm,
-                tenant,
-                method: reqwest::Method::GET,
-                url: &url,
-                json: None,
-            };
+            let call = Call::get(Api::Arm, tenant, &url);
             let (page, _): (ListPage<Subscription>, _) =
                 self.http.json(&call, "a subscription list").await?;
             for s in page.value {
@@ -439,13 +433,7 @@ impl ArmClient {
         ));
         let mut found = None;
         for url in &urls {
-            let call = Call {
-                api: Api::Arm,
-                tenant,
-                method: reqwest::Method::GET,
-                url,
-                json: None,
-            };
+            let call = Call::get(Api::Arm, tenant, url);
             match self
                 .http
                 .json::<Provider>(&call, "a resource provider")
@@ -550,13 +538,7 @@ impl ArmClient {
                 };
                 return check;
             };
-            let call = Call {
-                api: Api::Arm,
-                tenant,
-                method: reqwest::Method::GET,
-                url: &url,
-                json: None,
-            };
+            let call = Call::get(Api::Arm, tenant, &url);
             let res = self
                 .http
                 .execute(&call, |reply| {

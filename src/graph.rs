@@ -79,13 +79,7 @@ impl GraphClient {
         let mut seen_ids = HashSet::new();
         let mut inv = Inventory::default();
         loop {
-            let call = Call {
-                api: Api::Graph,
-                tenant,
-                method: reqwest::Method::GET,
-                url: &url,
-                json: None,
-            };
+            let call = Call::get(Api::Graph, tenant, &url);
             let (page, _reply): (Page, _) =
                 self.http.json(&call, "a servicePrincipal page").await?;
             inv.pages += 1;

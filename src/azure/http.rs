@@ -136,6 +136,18 @@ pub struct Call<'a> {
     pub json: Option<&'a serde_json::Value>,
 }
 
+impl<'a> Call<'a> {
+    pub fn get(api: Api, tenant: &'a str, url: &'a str) -> Self {
+        Self {
+            api,
+            tenant,
+            method: reqwest::Method::GET,
+            url,
+            json: None,
+        }
+    }
+}
+
 /// The client every Azure call goes through.
 #[derive(Clone)]
 pub struct AzureHttp {
