@@ -78,6 +78,8 @@ pub struct SimResource {
     /// `properties.principalId` of a user-assigned identity resource.
     pub uami_principal: Option<String>,
     pub uami_client_id: Option<String>,
+    /// ARM `kind`, e.g. `functionapp` for a function app (a `Microsoft.Web/sites` resource).
+    pub kind: Option<String>,
 }
 
 impl SimResource {
@@ -96,6 +98,9 @@ impl SimResource {
             "tags": {},
             "properties": { "provisioningState": "Succeeded" },
         });
+        if let Some(k) = &self.kind {
+            v["kind"] = json!(k);
+        }
         if let Some(p) = &self.system_principal {
             v["identity"] =
                 json!({ "type": "SystemAssigned", "principalId": p, "tenantId": tenant });
@@ -432,6 +437,7 @@ impl World {
                 system_principal: Some(principal.clone()),
                 uami_principal: None,
                 uami_client_id: None,
+                kind: None,
             },
         );
         let name = id.rsplit('/').next().unwrap_or("").to_owned();
@@ -465,6 +471,7 @@ impl World {
                 system_principal: None,
                 uami_principal: Some(principal.clone()),
                 uami_client_id: Some(client.clone()),
+                kind: None,
             },
         );
         // UAMI principalId = SP id, clientId = SP appId, name = displayName (facts sheet §1).
@@ -596,10 +603,18 @@ impl World {
                             system_principal: None,
                             uami_principal: None,
                             uami_client_id: None,
+                            kind: None,
                         },
                     );
                 }
                 let p = w.add_system_assigned(&id);
+                // Every third web site is a function app.
+                if t == "sites"
+                    && n.is_multiple_of(3)
+                    && let Some(r) = w.resources.get_mut(&id.to_ascii_lowercase())
+                {
+                    r.kind = Some("functionapp".into());
+                }
                 ids.push((id, p.clone()));
                 p
             };
