@@ -134,7 +134,10 @@ pub async fn scan_and_print(
         Err(e) => return config_error(&[format!("{e:#}")]),
     };
     let report = scanner.run(&settings.tenant_ids(), trigger).await;
-    if let Err(e) = store.record_scan(&report).await {
+    if let Err(e) = store
+        .record_scan(&report, settings.lifecycle.confirm_after)
+        .await
+    {
         eprintln!("miaudit: could not record the scan: {e}");
         print_report(&report, output, all);
         return ExitCode::from(EXIT_INCOMPLETE);

@@ -8,6 +8,7 @@
 //! - [`domain`] — parse: `alternativeNames` into a typed [`domain::ResourceId`] and identity type;
 //! - [`arm`] — resolve: subscriptions, Resource Graph in bulk, an ARM GET of each candidate;
 //! - [`classify`] — judge: a pure function from identity and evidence to a verdict;
+//! - [`lifecycle`] — pure rules that move findings (suspected, confirmed, resolved, ...) scan by scan;
 //! - [`store`] — record: SQLite, one transaction per scan;
 //! - [`report`] — publish: the CLI report as a table or JSON.
 //!
@@ -22,6 +23,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod graph;
+pub mod lifecycle;
 pub mod report;
 pub mod scan;
 pub mod simulator;

@@ -88,10 +88,17 @@ pub struct Finding {
 pub struct TenantReport {
     pub tenant_id: String,
     pub complete: bool,
+    /// The Graph inventory was read to the end (checks may still have failed).
+    #[serde(default = "yes")]
+    pub inventory_complete: bool,
     pub identities: u64,
     pub errors: Vec<String>,
     /// Requests made per API during this tenant's scan.
     pub requests: BTreeMap<String, ApiCounts>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -189,9 +196,20 @@ impl Scanner {
 
     /// Scans every tenant, one after the other.
     pub async fn run(&self, tenants: &[String], trigger: Trigger) -> ScanReport {
+        self.run_as(uuid::Uuid::new_v4().to_string(), tenants, trigger)
+            .await
+    }
+
+    /// [`Scanner::run`] with a scan id chosen by the caller (the daemon announces it before the scan).
+    pub async fn run_as(
+        &self,
+        scan_id: String,
+        tenants: &[String],
+        trigger: Trigger,
+    ) -> ScanReport {
         let started_at = Utc::now();
         let mut report = ScanReport {
-            scan_id: uuid::Uuid::new_v4().to_string(),
+            scan_id,
             started_at,
             finished_at: started_at,
             complete: true,
@@ -235,6 +253,7 @@ impl Scanner {
         let mut tr = TenantReport {
             tenant_id: tenant.to_owned(),
             complete: true,
+            inventory_complete: true,
             identities: 0,
             errors: Vec::new(),
             requests: BTreeMap::new(),
@@ -244,6 +263,7 @@ impl Scanner {
             Err(e) => {
                 tracing::warn!(error = %e, "inventory failed");
                 tr.complete = false;
+                tr.inventory_complete = false;
                 tr.errors.push(format!("inventory: {e}"));
                 return (tr, Vec::new());
             }

@@ -115,7 +115,7 @@ async fn scan_json_follows_the_promised_schema_and_exit_codes() {
     let store = miaudit::store::Store::connect(&env.settings().database.url)
         .await
         .expect("db");
-    assert_eq!(store.list_scans(10).await.expect("scans").len(), 3);
+    assert_eq!(store.list_scans(10, None).await.expect("scans").len(), 3);
 }
 
 #[tokio::test]

@@ -1,6 +1,9 @@
-//! Record: SQLite via sqlx. All SQL lives here. The schema is in `migrations/`, embedded and applied at
-//! start. WAL journal, foreign keys on, a busy timeout. A scan is written in one transaction, so a crash
+//! Record: SQLite via sqlx. All SQL lives here (`findings` holds the lifecycle side). The schema is in
+//! `migrations/`, embedded and applied at start. WAL journal, foreign keys on, a busy timeout. A scan —
+//! its verdicts and every lifecycle change it causes — is written in one transaction, so a crash
 //! mid-write leaves the previous state intact.
+
+pub mod findings;
 
 use crate::domain::{IdentityType, Reason, Verdict};
 use crate::scan::{EvidenceReport, Finding, ScanReport, Summary, TenantReport, Trigger};
@@ -34,10 +37,15 @@ pub struct ScanRecord {
     pub started_at: DateTime<Utc>,
     pub finished_at: Option<DateTime<Utc>>,
     pub complete: bool,
+    /// running | completed | incomplete | abandoned
+    pub outcome: String,
     pub trigger: Trigger,
     pub summary: Summary,
     pub tenants: Vec<TenantReport>,
 }
+
+/// How many scans keep their per-identity verdicts; older scans keep their summary rows only.
+pub const KEEP_SCAN_VERDICTS: i64 = 20;
 
 fn corrupt(table: &'static str, reason: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
@@ -94,12 +102,52 @@ impl Store {
         &self.pool
     }
 
-    /// Writes a finished scan, its tenants and every verdict in one transaction.
-    pub async fn record_scan(&self, report: &ScanReport) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
+    /// Notes a scan that has started (`finished_at` null, outcome `running`), so the API can show it.
+    pub async fn begin_scan(
+        &self,
+        scan_id: &str,
+        started_at: DateTime<Utc>,
+        trigger: Trigger,
+    ) -> Result<(), StoreError> {
         sqlx::query(
-            "insert into scans (scan_id, started_at, finished_at, complete, trigger, total, healthy, orphaned, unknown)
-             values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "insert into scans (scan_id, started_at, finished_at, complete, trigger, outcome)
+             values (?, ?, null, 0, ?, 'running')",
+        )
+        .bind(scan_id)
+        .bind(started_at.to_rfc3339())
+        .bind(trigger.as_str())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Marks scans left `running` by a process that died as `abandoned`; returns how many.
+    pub async fn abandon_running_scans(&self) -> Result<u64, StoreError> {
+        let r = sqlx::query("update scans set outcome = 'abandoned' where outcome = 'running'")
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    /// Writes a finished scan — its tenants, every verdict, and the lifecycle changes it causes — in one
+    /// transaction. Returns, per tenant, how many findings entered `confirmed`.
+    pub async fn record_scan(
+        &self,
+        report: &ScanReport,
+        confirm_after: std::time::Duration,
+    ) -> Result<findings::Recorded, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let outcome = if report.complete {
+            "completed"
+        } else {
+            "incomplete"
+        };
+        sqlx::query(
+            "insert into scans (scan_id, started_at, finished_at, complete, trigger, total, healthy, orphaned, unknown, outcome)
+             values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+             on conflict (scan_id) do update set finished_at = excluded.finished_at, complete = excluded.complete,
+                 total = excluded.total, healthy = excluded.healthy, orphaned = excluded.orphaned,
+                 unknown = excluded.unknown, outcome = excluded.outcome",
         )
         .bind(&report.scan_id)
         .bind(report.started_at.to_rfc3339())
@@ -110,12 +158,13 @@ impl Store {
         .bind(i64::try_from(report.summary.healthy).unwrap_or(i64::MAX))
         .bind(i64::try_from(report.summary.orphaned).unwrap_or(i64::MAX))
         .bind(i64::try_from(report.summary.unknown).unwrap_or(i64::MAX))
+        .bind(outcome)
         .execute(&mut *tx)
         .await?;
         for t in &report.tenants {
             sqlx::query(
-                "insert into scan_tenants (scan_id, tenant_id, complete, identities, errors, requests)
-                 values (?, ?, ?, ?, ?, ?)",
+                "insert into scan_tenants (scan_id, tenant_id, complete, identities, errors, requests, inventory_complete)
+                 values (?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&report.scan_id)
             .bind(&t.tenant_id)
@@ -123,6 +172,7 @@ impl Store {
             .bind(i64::try_from(t.identities).unwrap_or(i64::MAX))
             .bind(serde_json::to_string(&t.errors).unwrap_or_else(|_| "[]".into()))
             .bind(serde_json::to_string(&t.requests).unwrap_or_else(|_| "{}".into()))
+            .bind(t.inventory_complete)
             .execute(&mut *tx)
             .await?;
         }
@@ -148,13 +198,21 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
+        let recorded = findings::apply_lifecycle(&mut tx, report, confirm_after).await?;
+        sqlx::query(
+            "delete from scan_verdicts where scan_id not in
+                 (select scan_id from scans where outcome != 'running' order by started_at desc limit ?)",
+        )
+        .bind(KEEP_SCAN_VERDICTS)
+        .execute(&mut *tx)
+        .await?;
         tx.commit().await?;
-        Ok(())
+        Ok(recorded)
     }
 
     async fn load_tenants(&self, scan_id: &str) -> Result<Vec<TenantReport>, StoreError> {
         let rows = sqlx::query(
-            "select tenant_id, complete, identities, errors, requests from scan_tenants
+            "select tenant_id, complete, identities, errors, requests, inventory_complete from scan_tenants
              where scan_id = ? order by tenant_id",
         )
         .bind(scan_id)
@@ -165,6 +223,7 @@ impl Store {
                 Ok(TenantReport {
                     tenant_id: r.try_get("tenant_id")?,
                     complete: r.try_get("complete")?,
+                    inventory_complete: r.try_get("inventory_complete")?,
                     identities: count(r.try_get("identities")?),
                     errors: serde_json::from_str(&r.try_get::<String, _>("errors")?)
                         .map_err(|e| corrupt("scan_tenants", e.to_string()))?,
@@ -182,6 +241,7 @@ impl Store {
             started_at: parse_time("scans", &r.try_get::<String, _>("started_at")?)?,
             finished_at: finished.map(|f| parse_time("scans", &f)).transpose()?,
             complete: r.try_get("complete")?,
+            outcome: r.try_get("outcome")?,
             trigger: parse_trigger(&r.try_get::<String, _>("trigger")?)?,
             summary: Summary {
                 total: count(r.try_get("total")?),
@@ -207,13 +267,31 @@ impl Store {
         Ok(Some(rec))
     }
 
-    /// The newest scans first.
-    pub async fn list_scans(&self, limit: u32) -> Result<Vec<ScanRecord>, StoreError> {
-        let rows =
-            sqlx::query("select * from scans order by started_at desc, scan_id desc limit ?")
+    /// The newest scans first; `before` is the (started_at, scan_id) of the last scan of a previous page.
+    pub async fn list_scans(
+        &self,
+        limit: u32,
+        before: Option<(&str, &str)>,
+    ) -> Result<Vec<ScanRecord>, StoreError> {
+        let rows = match before {
+            None => {
+                sqlx::query("select * from scans order by started_at desc, scan_id desc limit ?")
+                    .bind(i64::from(limit))
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            Some((at, id)) => {
+                sqlx::query(
+                    "select * from scans where (started_at, scan_id) < (?, ?)
+                     order by started_at desc, scan_id desc limit ?",
+                )
+                .bind(at)
+                .bind(id)
                 .bind(i64::from(limit))
                 .fetch_all(&self.pool)
-                .await?;
+                .await?
+            }
+        };
         let mut out = Vec::with_capacity(rows.len());
         for r in &rows {
             let mut rec = Self::scan_record(r)?;
@@ -221,6 +299,30 @@ impl Store {
             out.push(rec);
         }
         Ok(out)
+    }
+
+    /// Identities per verdict and tenant in the newest finished scan that covered each tenant.
+    pub async fn latest_verdict_counts(&self) -> Result<Vec<(String, Verdict, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "select v.tenant_id, v.verdict, count(*) as n from scan_verdicts v
+             where v.scan_id = (select t.scan_id from scan_tenants t join scans s on s.scan_id = t.scan_id
+                                where t.tenant_id = v.tenant_id and s.outcome != 'running'
+                                order by s.started_at desc limit 1)
+             group by v.tenant_id, v.verdict",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let v: String = r.try_get("verdict")?;
+                Ok((
+                    r.try_get("tenant_id")?,
+                    Verdict::parse(&v)
+                        .ok_or_else(|| corrupt("scan_verdicts", format!("verdict {v:?}")))?,
+                    count(r.try_get("n")?),
+                ))
+            })
+            .collect()
     }
 
     /// The verdicts of one scan, ordered by tenant and object id.
@@ -298,6 +400,7 @@ mod tests {
             tenants: vec![TenantReport {
                 tenant_id: "t1".into(),
                 complete,
+                inventory_complete: true,
                 identities: 1,
                 errors: vec!["e".into()],
                 requests: Default::default(),
@@ -316,7 +419,10 @@ mod tests {
     async fn a_recorded_scan_reads_back_whole(pool: SqlitePool) {
         let store = Store::from_pool(pool).await.expect("store");
         let r = report("scan-1", true);
-        store.record_scan(&r).await.expect("recorded");
+        store
+            .record_scan(&r, std::time::Duration::ZERO)
+            .await
+            .expect("recorded");
         let rec = store
             .load_scan("scan-1")
             .await
@@ -335,14 +441,30 @@ mod tests {
         let store = Store::from_pool(pool).await.expect("store");
         let mut a = report("a", true);
         a.started_at -= chrono::Duration::hours(1);
-        store.record_scan(&a).await.expect("a");
-        store.record_scan(&report("b", false)).await.expect("b");
-        let list = store.list_scans(10).await.expect("list");
+        store
+            .record_scan(&a, std::time::Duration::ZERO)
+            .await
+            .expect("a");
+        store
+            .record_scan(&report("b", false), std::time::Duration::ZERO)
+            .await
+            .expect("b");
+        let list = store.list_scans(10, None).await.expect("list");
         assert_eq!(
             list.iter().map(|s| s.scan_id.as_str()).collect::<Vec<_>>(),
             ["b", "a"]
         );
-        assert_eq!(store.list_scans(1).await.expect("list").len(), 1);
+        let first = store.list_scans(1, None).await.expect("list");
+        assert_eq!(first.len(), 1);
+        let at = first[0].started_at.to_rfc3339();
+        let rest = store
+            .list_scans(10, Some((&at, &first[0].scan_id)))
+            .await
+            .expect("list");
+        assert_eq!(
+            rest.iter().map(|s| s.scan_id.as_str()).collect::<Vec<_>>(),
+            ["a"]
+        );
     }
 
     #[sqlx::test]
@@ -351,7 +473,12 @@ mod tests {
         let mut r = report("dup", true);
         // The same identity twice violates the primary key half-way through the transaction.
         r.findings.push(r.findings[0].clone());
-        assert!(store.record_scan(&r).await.is_err());
+        assert!(
+            store
+                .record_scan(&r, std::time::Duration::ZERO)
+                .await
+                .is_err()
+        );
         assert!(store.load_scan("dup").await.expect("load").is_none());
         assert!(
             store

@@ -1,0 +1,765 @@
+//! Findings: the lifecycle side of the store. Applies [`crate::lifecycle::advance`] to every identity of
+//! a recorded scan inside the scan's transaction, and answers the API's and the export's queries.
+
+use super::{StoreError, corrupt, count, parse_time};
+use crate::domain::{IdentityType, Reason, Verdict};
+use crate::lifecycle::{self, AckRefused, Observation, Resolution, State, Step, Tracked};
+use crate::scan::{EvidenceReport, Finding, ScanReport};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{Row, Sqlite, Transaction};
+use std::collections::{BTreeMap, HashMap};
+
+/// What recording a scan changed, per tenant.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recorded {
+    /// Findings that entered `confirmed`.
+    pub newly_confirmed: BTreeMap<String, u64>,
+}
+
+/// A finding as the API and the export show it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredFinding {
+    pub tenant_id: String,
+    pub object_id: String,
+    pub app_id: String,
+    pub display_name: String,
+    pub identity_type: IdentityType,
+    pub resource_id: Option<String>,
+    pub subscription_id: Option<String>,
+    pub resource_type: Option<String>,
+    pub verdict: Verdict,
+    pub reason: Reason,
+    pub detail: String,
+    pub state: Option<State>,
+    pub episode: u32,
+    pub resolution: Option<Resolution>,
+    pub ticket: Option<String>,
+    pub note: Option<String>,
+    pub first_detected_at: Option<DateTime<Utc>>,
+    pub last_seen_at: DateTime<Utc>,
+    pub last_orphaned_at: Option<DateTime<Utc>>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub last_scan_id: String,
+    pub evidence: EvidenceReport,
+}
+
+/// One transition of a finding.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub scan_id: Option<String>,
+    pub episode: u32,
+    pub from: Option<State>,
+    pub to: State,
+    pub resolution: Option<Resolution>,
+}
+
+/// Filters of the findings list; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct FindingFilter {
+    pub states: Vec<State>,
+    pub verdict: Option<Verdict>,
+    pub reason: Option<Reason>,
+    pub tenant_id: Option<String>,
+    pub identity_type: Option<IdentityType>,
+    pub subscription_id: Option<String>,
+    pub resource_type: Option<String>,
+}
+
+/// The outcome of an acknowledgement.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Acknowledged {
+    Done(Box<StoredFinding>),
+    NotFound,
+    Refused(AckRefused),
+}
+
+fn time_opt(s: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
+    s.map(|v| parse_time("findings", &v)).transpose()
+}
+
+fn tracked_of(r: &sqlx::sqlite::SqliteRow) -> Result<Tracked, StoreError> {
+    let state: Option<String> = r.try_get("state")?;
+    let resolution: Option<String> = r.try_get("resolution")?;
+    Ok(Tracked {
+        state: state
+            .map(|s| State::parse(&s).ok_or_else(|| corrupt("findings", format!("state {s:?}"))))
+            .transpose()?,
+        episode: u32::try_from(r.try_get::<i64, _>("episode")?).unwrap_or(1),
+        first_detected_at: time_opt(r.try_get("first_detected_at")?)?,
+        last_orphaned_at: time_opt(r.try_get("last_orphaned_at")?)?,
+        confirmed_at: time_opt(r.try_get("confirmed_at")?)?,
+        resolved_at: time_opt(r.try_get("resolved_at")?)?,
+        resolution: resolution
+            .map(|s| {
+                Resolution::parse(&s)
+                    .ok_or_else(|| corrupt("findings", format!("resolution {s:?}")))
+            })
+            .transpose()?,
+        ticket: r.try_get("ticket")?,
+        note: r.try_get("note")?,
+    })
+}
+
+fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> {
+    let t = "findings";
+    let tracked = tracked_of(r)?;
+    let identity_type: String = r.try_get("identity_type")?;
+    let verdict: String = r.try_get("verdict")?;
+    let reason: String = r.try_get("reason")?;
+    let evidence: String = r.try_get("evidence")?;
+    Ok(StoredFinding {
+        tenant_id: r.try_get("tenant_id")?,
+        object_id: r.try_get("object_id")?,
+        app_id: r.try_get("app_id")?,
+        display_name: r.try_get("display_name")?,
+        identity_type: IdentityType::parse(&identity_type)
+            .ok_or_else(|| corrupt(t, format!("identity_type {identity_type:?}")))?,
+        resource_id: r.try_get("resource_id")?,
+        subscription_id: r.try_get("subscription_id")?,
+        resource_type: r.try_get("resource_type")?,
+        verdict: Verdict::parse(&verdict)
+            .ok_or_else(|| corrupt(t, format!("verdict {verdict:?}")))?,
+        reason: Reason::parse(&reason).ok_or_else(|| corrupt(t, format!("reason {reason:?}")))?,
+        detail: r.try_get("detail")?,
+        state: tracked.state,
+        episode: tracked.episode,
+        resolution: tracked.resolution,
+        ticket: tracked.ticket,
+        note: tracked.note,
+        first_detected_at: tracked.first_detected_at,
+        last_seen_at: parse_time(t, &r.try_get::<String, _>("last_seen_at")?)?,
+        last_orphaned_at: tracked.last_orphaned_at,
+        confirmed_at: tracked.confirmed_at,
+        resolved_at: tracked.resolved_at,
+        last_scan_id: r.try_get("last_scan_id")?,
+        evidence: serde_json::from_str(&evidence).map_err(|e| corrupt(t, e.to_string()))?,
+    })
+}
+
+fn ts(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(|t| t.to_rfc3339())
+}
+
+async fn write_history(
+    tx: &mut Transaction<'_, Sqlite>,
+    tenant: &str,
+    object: &str,
+    step: &Step,
+    at: DateTime<Utc>,
+    scan_id: Option<&str>,
+) -> Result<(), StoreError> {
+    if let Some(t) = &step.transition {
+        sqlx::query(
+            "insert into finding_history (tenant_id, object_id, episode, at, scan_id, from_state, to_state, resolution)
+             values (?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(tenant)
+        .bind(object)
+        .bind(i64::from(t.episode))
+        .bind(at.to_rfc3339())
+        .bind(scan_id)
+        .bind(t.from.map(State::as_str))
+        .bind(t.to.as_str())
+        .bind(t.resolution.map(Resolution::as_str))
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+async fn write_lifecycle(
+    tx: &mut Transaction<'_, Sqlite>,
+    tenant: &str,
+    object: &str,
+    next: &Tracked,
+    scan_id: Option<&str>,
+) -> Result<(), StoreError> {
+    let q = sqlx::query(
+        "update findings set state = ?, episode = ?, resolution = ?, ticket = ?, note = ?,
+             first_detected_at = ?, last_orphaned_at = ?, confirmed_at = ?, resolved_at = ?,
+             last_scan_id = coalesce(?, last_scan_id)
+         where tenant_id = ? and object_id = ?",
+    )
+    .bind(next.state.map(State::as_str))
+    .bind(i64::from(next.episode))
+    .bind(next.resolution.map(Resolution::as_str))
+    .bind(&next.ticket)
+    .bind(&next.note)
+    .bind(ts(next.first_detected_at))
+    .bind(ts(next.last_orphaned_at))
+    .bind(ts(next.confirmed_at))
+    .bind(ts(next.resolved_at))
+    .bind(scan_id)
+    .bind(tenant)
+    .bind(object);
+    q.execute(&mut **tx).await?;
+    Ok(())
+}
+
+/// Upserts the identity columns (and, with `take_verdict`, the verdict and evidence) of a finding.
+async fn write_identity(
+    tx: &mut Transaction<'_, Sqlite>,
+    f: &Finding,
+    object: &str,
+    take_verdict: bool,
+    seen_at: DateTime<Utc>,
+    scan_id: &str,
+) -> Result<(), StoreError> {
+    let sql = if take_verdict {
+        "insert into findings (tenant_id, object_id, app_id, display_name, identity_type, resource_id,
+             subscription_id, resource_type, verdict, reason, detail, evidence, last_seen_at, last_scan_id)
+         values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         on conflict (tenant_id, object_id) do update set app_id = excluded.app_id,
+             display_name = excluded.display_name, identity_type = excluded.identity_type,
+             resource_id = excluded.resource_id, subscription_id = excluded.subscription_id,
+             resource_type = excluded.resource_type, verdict = excluded.verdict, reason = excluded.reason,
+             detail = excluded.detail, evidence = excluded.evidence, last_seen_at = excluded.last_seen_at,
+             last_scan_id = excluded.last_scan_id"
+    } else {
+        "insert into findings (tenant_id, object_id, app_id, display_name, identity_type, resource_id,
+             subscription_id, resource_type, verdict, reason, detail, evidence, last_seen_at, last_scan_id)
+         values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+         on conflict (tenant_id, object_id) do update set app_id = excluded.app_id,
+             display_name = excluded.display_name, last_seen_at = excluded.last_seen_at,
+             last_scan_id = excluded.last_scan_id"
+    };
+    sqlx::query(sql)
+        .bind(&f.tenant_id)
+        .bind(object)
+        .bind(&f.app_id)
+        .bind(&f.display_name)
+        .bind(f.identity_type.as_str())
+        .bind(&f.resource_id)
+        .bind(&f.subscription_id)
+        .bind(&f.resource_type)
+        .bind(f.verdict.as_str())
+        .bind(f.reason.as_str())
+        .bind(&f.detail)
+        .bind(serde_json::to_string(&f.evidence).unwrap_or_else(|_| "{}".into()))
+        .bind(seen_at.to_rfc3339())
+        .bind(scan_id)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
+}
+
+/// Applies one scan to the findings of every tenant it covered. `now` is the scan's finish time.
+pub(super) async fn apply_lifecycle(
+    tx: &mut Transaction<'_, Sqlite>,
+    report: &ScanReport,
+    confirm_after: std::time::Duration,
+) -> Result<Recorded, StoreError> {
+    let now = report.finished_at;
+    let mut recorded = Recorded::default();
+    for tenant in &report.tenants {
+        let tid = tenant.tenant_id.as_str();
+        let rows = sqlx::query("select * from findings where tenant_id = ?")
+            .bind(tid)
+            .fetch_all(&mut **tx)
+            .await?;
+        let mut existing: HashMap<String, Tracked> = HashMap::with_capacity(rows.len());
+        for r in &rows {
+            existing.insert(r.try_get("object_id")?, tracked_of(r)?);
+        }
+        let mut confirmed = 0u64;
+        for f in report.findings.iter().filter(|f| f.tenant_id == tid) {
+            let object = f.object_id.to_ascii_lowercase();
+            let prev = existing.remove(&object);
+            let step = lifecycle::advance(
+                prev.as_ref(),
+                Observation::Judged {
+                    verdict: f.verdict,
+                    reason: f.reason,
+                },
+                now,
+                confirm_after,
+            );
+            let Some(next) = &step.next else { continue };
+            // A new identity always gets its columns, even from an unknown verdict.
+            write_identity(
+                tx,
+                f,
+                &object,
+                step.take_verdict || prev.is_none(),
+                now,
+                &report.scan_id,
+            )
+            .await?;
+            write_lifecycle(tx, tid, &object, next, Some(&report.scan_id)).await?;
+            write_history(tx, tid, &object, &step, now, Some(&report.scan_id)).await?;
+            confirmed += u64::from(step.newly_confirmed);
+        }
+        // Identities of earlier scans that this inventory did not list.
+        let obs = Observation::Absent {
+            inventory_complete: tenant.inventory_complete,
+        };
+        if tenant.inventory_complete {
+            for (object, prev) in existing {
+                let step = lifecycle::advance(Some(&prev), obs, now, confirm_after);
+                match &step.next {
+                    None => {
+                        sqlx::query("delete from findings where tenant_id = ? and object_id = ?")
+                            .bind(tid)
+                            .bind(&object)
+                            .execute(&mut **tx)
+                            .await?;
+                    }
+                    Some(next) if step.transition.is_some() => {
+                        write_lifecycle(tx, tid, &object, next, Some(&report.scan_id)).await?;
+                        write_history(tx, tid, &object, &step, now, Some(&report.scan_id)).await?;
+                    }
+                    Some(_) => {}
+                }
+            }
+        }
+        recorded.newly_confirmed.insert(tid.to_owned(), confirmed);
+    }
+    Ok(recorded)
+}
+
+/// Keyset cursor of the findings list: the last (tenant_id, object_id) of the previous page.
+pub type FindingCursor = (String, String);
+
+impl super::Store {
+    /// Findings in (tenant_id, object_id) order. With no state and no verdict filter: the non-healthy,
+    /// unresolved ones. `after` continues from a previous page.
+    pub async fn list_findings(
+        &self,
+        f: &FindingFilter,
+        after: Option<&FindingCursor>,
+        limit: u32,
+    ) -> Result<Vec<StoredFinding>, StoreError> {
+        let mut sql = String::from("select * from findings where 1 = 1");
+        let mut binds: Vec<String> = Vec::new();
+        if f.states.is_empty() && f.verdict.is_none() {
+            sql.push_str(" and verdict != 'healthy' and (state is null or state != 'resolved')");
+        }
+        if !f.states.is_empty() {
+            sql.push_str(" and state in (");
+            sql.push_str(&vec!["?"; f.states.len()].join(", "));
+            sql.push(')');
+            binds.extend(f.states.iter().map(|s| s.as_str().to_owned()));
+        }
+        let mut eq = |col: &str, v: Option<String>| {
+            if let Some(v) = v {
+                sql.push_str(&format!(" and {col} = ?"));
+                binds.push(v);
+            }
+        };
+        eq("verdict", f.verdict.map(|v| v.as_str().to_owned()));
+        eq("reason", f.reason.map(|v| v.as_str().to_owned()));
+        eq(
+            "identity_type",
+            f.identity_type.map(|v| v.as_str().to_owned()),
+        );
+        eq(
+            "tenant_id",
+            f.tenant_id.clone().map(|s| s.to_ascii_lowercase()),
+        );
+        if let Some(s) = &f.subscription_id {
+            sql.push_str(" and lower(subscription_id) = ?");
+            binds.push(s.to_ascii_lowercase());
+        }
+        if let Some(t) = &f.resource_type {
+            sql.push_str(" and resource_type = ?");
+            binds.push(t.to_ascii_lowercase());
+        }
+        if let Some((t, o)) = after {
+            sql.push_str(" and (tenant_id, object_id) > (?, ?)");
+            binds.push(t.clone());
+            binds.push(o.clone());
+        }
+        sql.push_str(" order by tenant_id, object_id limit ?");
+        // Only static fragments and placeholders went into `sql`; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in &binds {
+            q = q.bind(b.as_str());
+        }
+        let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(finding_of).collect()
+    }
+
+    pub async fn load_finding(
+        &self,
+        tenant: &str,
+        object: &str,
+    ) -> Result<Option<StoredFinding>, StoreError> {
+        let row = sqlx::query("select * from findings where tenant_id = ? and object_id = ?")
+            .bind(tenant.to_ascii_lowercase())
+            .bind(object.to_ascii_lowercase())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(finding_of).transpose()
+    }
+
+    /// Every transition of a finding, across episodes, oldest first.
+    pub async fn load_history(
+        &self,
+        tenant: &str,
+        object: &str,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query(
+            "select * from finding_history where tenant_id = ? and object_id = ? order by id",
+        )
+        .bind(tenant.to_ascii_lowercase())
+        .bind(object.to_ascii_lowercase())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let t = "finding_history";
+                let from: Option<String> = r.try_get("from_state")?;
+                let to: String = r.try_get("to_state")?;
+                let resolution: Option<String> = r.try_get("resolution")?;
+                Ok(HistoryEntry {
+                    at: parse_time(t, &r.try_get::<String, _>("at")?)?,
+                    scan_id: r.try_get("scan_id")?,
+                    episode: u32::try_from(r.try_get::<i64, _>("episode")?).unwrap_or(1),
+                    from: from
+                        .map(|s| State::parse(&s).ok_or_else(|| corrupt(t, format!("state {s:?}"))))
+                        .transpose()?,
+                    to: State::parse(&to).ok_or_else(|| corrupt(t, format!("state {to:?}")))?,
+                    resolution: resolution.as_deref().and_then(Resolution::parse),
+                })
+            })
+            .collect()
+    }
+
+    /// Records a support ticket on a suspected or confirmed finding.
+    pub async fn acknowledge(
+        &self,
+        tenant: &str,
+        object: &str,
+        ticket: String,
+        note: Option<String>,
+        now: DateTime<Utc>,
+    ) -> Result<Acknowledged, StoreError> {
+        let (tenant, object) = (tenant.to_ascii_lowercase(), object.to_ascii_lowercase());
+        let mut tx = self.pool.begin().await?;
+        let Some(row) = sqlx::query("select * from findings where tenant_id = ? and object_id = ?")
+            .bind(&tenant)
+            .bind(&object)
+            .fetch_optional(&mut *tx)
+            .await?
+        else {
+            return Ok(Acknowledged::NotFound);
+        };
+        let prev = tracked_of(&row)?;
+        let step = match lifecycle::acknowledge(&prev, ticket, note) {
+            Ok(s) => s,
+            Err(refused) => return Ok(Acknowledged::Refused(refused)),
+        };
+        let next = step.next.as_ref().expect("acknowledge keeps the finding");
+        write_lifecycle(&mut tx, &tenant, &object, next, None).await?;
+        write_history(&mut tx, &tenant, &object, &step, now, None).await?;
+        tx.commit().await?;
+        match self.load_finding(&tenant, &object).await? {
+            Some(f) => Ok(Acknowledged::Done(Box::new(f))),
+            None => Ok(Acknowledged::NotFound),
+        }
+    }
+
+    /// Findings per tenant and state (`None`: healthy identities).
+    pub async fn count_findings_by_state(
+        &self,
+    ) -> Result<Vec<(String, Option<State>, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "select tenant_id, state, count(*) as n from findings group by tenant_id, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let s: Option<String> = r.try_get("state")?;
+                Ok((
+                    r.try_get("tenant_id")?,
+                    s.as_deref().and_then(State::parse),
+                    count(r.try_get("n")?),
+                ))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::EvidenceSource;
+    use crate::scan::{Summary, TenantReport, Trigger};
+    use crate::store::Store;
+    use sqlx::SqlitePool;
+    use std::time::Duration;
+
+    const T: &str = "00000000-0000-0000-0000-00000000000a";
+
+    fn finding(object: &str, verdict: Verdict, reason: Reason) -> Finding {
+        Finding {
+            tenant_id: T.into(),
+            object_id: object.into(),
+            app_id: format!("app-{object}"),
+            display_name: format!("name-{object}"),
+            identity_type: IdentityType::SystemAssigned,
+            resource_id: Some(format!(
+                "/subscriptions/S1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{object}"
+            )),
+            subscription_id: Some("S1".into()),
+            resource_type: Some("microsoft.compute/virtualmachines".into()),
+            verdict,
+            reason,
+            detail: "d".into(),
+            evidence: EvidenceReport {
+                source: EvidenceSource::Arm,
+                status: Some(404),
+                code: Some("ResourceNotFound".into()),
+                request_id: Some(format!("req-{object}")),
+                correlation_request_id: None,
+                checked_at: None,
+            },
+        }
+    }
+
+    fn scan(id: &str, hours: i64, findings: Vec<Finding>, inventory_complete: bool) -> ScanReport {
+        let at = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
+            .expect("time")
+            .with_timezone(&Utc)
+            + chrono::Duration::hours(hours);
+        ScanReport {
+            scan_id: id.into(),
+            started_at: at,
+            finished_at: at,
+            complete: inventory_complete,
+            trigger: Trigger::Schedule,
+            tenants: vec![TenantReport {
+                tenant_id: T.into(),
+                complete: inventory_complete,
+                inventory_complete,
+                identities: findings.len() as u64,
+                errors: vec![],
+                requests: Default::default(),
+            }],
+            summary: Summary::default(),
+            findings,
+        }
+    }
+
+    const TWO_H: Duration = Duration::from_secs(7200);
+
+    #[sqlx::test]
+    async fn orphan_is_suspected_then_confirmed_then_resolved_by_removal(pool: SqlitePool) {
+        let store = Store::from_pool(pool).await.expect("store");
+        let orphan = || finding("o1", Verdict::Orphaned, Reason::ResourceNotFound);
+        let healthy = || finding("h1", Verdict::Healthy, Reason::ResourcePresent);
+        let r = store
+            .record_scan(&scan("s1", 0, vec![orphan(), healthy()], true), TWO_H)
+            .await
+            .expect("s1");
+        assert_eq!(r.newly_confirmed[T], 0);
+        let f = store
+            .load_finding(T, "O1")
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(f.state, Some(State::Suspected));
+        assert_eq!(f.evidence.request_id.as_deref(), Some("req-o1"));
+        let r = store
+            .record_scan(&scan("s2", 3, vec![orphan(), healthy()], true), TWO_H)
+            .await
+            .expect("s2");
+        assert_eq!(r.newly_confirmed[T], 1);
+        // An incomplete inventory without the orphan changes nothing.
+        store
+            .record_scan(&scan("s3", 4, vec![], false), TWO_H)
+            .await
+            .expect("s3");
+        assert_eq!(
+            store
+                .load_finding(T, "o1")
+                .await
+                .expect("load")
+                .expect("f")
+                .state,
+            Some(State::Confirmed)
+        );
+        // A complete inventory without it resolves it; the healthy identity that left is forgotten.
+        store
+            .record_scan(&scan("s4", 5, vec![], true), TWO_H)
+            .await
+            .expect("s4");
+        let f = store.load_finding(T, "o1").await.expect("load").expect("f");
+        assert_eq!(f.state, Some(State::Resolved));
+        assert_eq!(f.resolution, Some(Resolution::IdentityRemoved));
+        assert!(store.load_finding(T, "h1").await.expect("load").is_none());
+        let h = store.load_history(T, "o1").await.expect("history");
+        let path: Vec<_> = h
+            .iter()
+            .map(|e| (e.from, e.to, e.scan_id.clone()))
+            .collect();
+        assert_eq!(
+            path,
+            vec![
+                (None, State::Suspected, Some("s1".into())),
+                (Some(State::Suspected), State::Confirmed, Some("s2".into())),
+                (Some(State::Confirmed), State::Resolved, Some("s4".into())),
+            ]
+        );
+    }
+
+    #[sqlx::test]
+    async fn failed_checks_keep_state_and_last_authoritative_verdict(pool: SqlitePool) {
+        let store = Store::from_pool(pool).await.expect("store");
+        store
+            .record_scan(
+                &scan(
+                    "s1",
+                    0,
+                    vec![finding("o1", Verdict::Orphaned, Reason::ResourceNotFound)],
+                    true,
+                ),
+                TWO_H,
+            )
+            .await
+            .expect("s1");
+        let mut failed = finding("o1", Verdict::Unknown, Reason::CheckFailed);
+        failed.evidence.status = None;
+        store
+            .record_scan(&scan("s2", 5, vec![failed], false), TWO_H)
+            .await
+            .expect("s2");
+        let f = store.load_finding(T, "o1").await.expect("load").expect("f");
+        assert_eq!(f.state, Some(State::Suspected));
+        assert_eq!(f.verdict, Verdict::Orphaned);
+        assert_eq!(f.evidence.status, Some(404));
+        assert_eq!(f.last_scan_id, "s2", "seen in s2");
+    }
+
+    #[sqlx::test]
+    async fn acknowledge_reopen_and_filters(pool: SqlitePool) {
+        let store = Store::from_pool(pool).await.expect("store");
+        let now = Utc::now();
+        store
+            .record_scan(
+                &scan(
+                    "s1",
+                    0,
+                    vec![
+                        finding("o1", Verdict::Orphaned, Reason::ResourceNotFound),
+                        finding("u1", Verdict::Unknown, Reason::AccessDenied),
+                        finding("h1", Verdict::Healthy, Reason::ResourcePresent),
+                    ],
+                    true,
+                ),
+                Duration::ZERO,
+            )
+            .await
+            .expect("s1");
+        assert_eq!(
+            store
+                .acknowledge(T, "nope", "x".into(), None, now)
+                .await
+                .expect("ack"),
+            Acknowledged::NotFound
+        );
+        assert!(matches!(
+            store
+                .acknowledge(T, "u1", "x".into(), None, now)
+                .await
+                .expect("ack"),
+            Acknowledged::Refused(_)
+        ));
+        let Acknowledged::Done(f) = store
+            .acknowledge(T, "o1", "TKT-9".into(), Some("n".into()), now)
+            .await
+            .expect("ack")
+        else {
+            panic!("acknowledged");
+        };
+        assert_eq!(f.state, Some(State::Acknowledged));
+        assert_eq!(f.ticket.as_deref(), Some("TKT-9"));
+        // Default list: non-healthy, unresolved.
+        let all = store
+            .list_findings(&FindingFilter::default(), None, 100)
+            .await
+            .expect("list");
+        assert_eq!(
+            all.iter().map(|f| f.object_id.as_str()).collect::<Vec<_>>(),
+            ["o1", "u1"]
+        );
+        let healthy = store
+            .list_findings(
+                &FindingFilter {
+                    verdict: Some(Verdict::Healthy),
+                    ..Default::default()
+                },
+                None,
+                100,
+            )
+            .await
+            .expect("list");
+        assert_eq!(healthy.len(), 1);
+        let page1 = store
+            .list_findings(&FindingFilter::default(), None, 1)
+            .await
+            .expect("list");
+        let cursor = (page1[0].tenant_id.clone(), page1[0].object_id.clone());
+        let page2 = store
+            .list_findings(&FindingFilter::default(), Some(&cursor), 1)
+            .await
+            .expect("list");
+        assert_eq!(page2[0].object_id, "u1");
+        // Restored, then orphaned again: a new episode without the ticket.
+        store
+            .record_scan(
+                &scan(
+                    "s2",
+                    1,
+                    vec![finding("o1", Verdict::Healthy, Reason::ResourcePresent)],
+                    true,
+                ),
+                Duration::ZERO,
+            )
+            .await
+            .expect("s2");
+        let resolved = store
+            .list_findings(
+                &FindingFilter {
+                    states: vec![State::Resolved],
+                    ..Default::default()
+                },
+                None,
+                100,
+            )
+            .await
+            .expect("list");
+        assert_eq!(resolved.len(), 1);
+        assert!(matches!(
+            store
+                .acknowledge(T, "o1", "x".into(), None, now)
+                .await
+                .expect("ack"),
+            Acknowledged::Refused(_)
+        ));
+        store
+            .record_scan(
+                &scan(
+                    "s3",
+                    2,
+                    vec![finding("o1", Verdict::Orphaned, Reason::PrincipalMismatch)],
+                    true,
+                ),
+                Duration::ZERO,
+            )
+            .await
+            .expect("s3");
+        let f = store.load_finding(T, "o1").await.expect("load").expect("f");
+        assert_eq!(
+            (f.state, f.episode, f.ticket.clone()),
+            (Some(State::Confirmed), 2, None)
+        );
+        assert_eq!(store.load_history(T, "o1").await.expect("h").len(), 4);
+        let counts = store.count_findings_by_state().await.expect("counts");
+        assert!(counts.contains(&(T.to_owned(), Some(State::Confirmed), 1)));
+    }
+}
