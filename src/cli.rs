@@ -51,7 +51,21 @@ pub enum Command {
         #[arg(long)]
         fail_on_orphans: bool,
     },
-    /// Scan the built-in simulated tenant (no Azure account needed) and print the report.
+    /// The daemon: scans on the schedule, serves metrics and the JSON API.
+    Serve,
+    /// The support-ticket list of open orphans (suspected, confirmed, acknowledged) on stdout.
+    Export {
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only these states (comma-separated: suspected, confirmed, acknowledged, resolved).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// The daemon against a built-in simulated tenant that changes every few minutes (no Azure
+    /// account needed). With --once: one scan, report on stdout.
     Demo {
         /// Managed identities in the simulated tenant.
         #[arg(long, default_value_t = 1000)]
@@ -59,9 +73,24 @@ pub enum Command {
         /// Seed of the simulated tenant.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Scan once, print the report and exit.
+        #[arg(long)]
+        once: bool,
         #[arg(long, value_enum, default_value = "table")]
         output: Output,
+        /// Address of the HTTP server (metrics, API).
+        #[arg(long, default_value = "127.0.0.1:9464")]
+        listen: std::net::SocketAddr,
+        /// Seconds between changes of the simulated tenant.
+        #[arg(long, default_value_t = 120)]
+        churn_every: u64,
     },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Json,
 }
 
 fn config_error(lines: &[String]) -> ExitCode {
@@ -87,6 +116,10 @@ pub fn main() -> ExitCode {
     runtime.block_on(run(cli))
 }
 
+fn load(config: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
+    Settings::load(config, &process_env()).map_err(|e| config_error(&e.0))
+}
+
 async fn run(cli: Cli) -> ExitCode {
     match cli.command {
         Command::Scan {
@@ -94,9 +127,9 @@ async fn run(cli: Cli) -> ExitCode {
             all,
             fail_on_orphans,
         } => {
-            let settings = match Settings::load(cli.config.as_deref(), &process_env()) {
+            let settings = match load(cli.config.as_deref()) {
                 Ok(s) => s,
-                Err(e) => return config_error(&e.0),
+                Err(code) => return code,
             };
             if let Err(e) = settings.check_scan_ready() {
                 return config_error(&e.0);
@@ -104,11 +137,114 @@ async fn run(cli: Cli) -> ExitCode {
             crate::telemetry::init(&settings.log.level, settings.log.json);
             scan_and_print(&settings, output, all, fail_on_orphans, Trigger::Cli).await
         }
+        Command::Serve => {
+            let settings = match load(cli.config.as_deref()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            serve(settings).await
+        }
+        Command::Export {
+            format,
+            tenant,
+            state,
+        } => {
+            let settings = match load(cli.config.as_deref()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            export(&settings, format, tenant.as_deref(), state.as_deref()).await
+        }
         Command::Demo {
             identities,
             seed,
+            once,
             output,
-        } => demo(identities, seed, output).await,
+            listen,
+            churn_every,
+        } => demo(identities, seed, once, output, listen, churn_every).await,
+    }
+}
+
+async fn serve(settings: Settings) -> ExitCode {
+    if let Err(e) = settings.check_scan_ready() {
+        return config_error(&e.0);
+    }
+    if let Err(e) = crate::scheduler::validate_cron(&settings.schedule.cron) {
+        return config_error(&[format!(
+            "schedule.cron: {:?} does not parse: {e}",
+            settings.schedule.cron
+        )]);
+    }
+    crate::telemetry::init(&settings.log.level, settings.log.json);
+    let app = match crate::app::App::build(settings).await {
+        Ok(a) => a,
+        Err(e) => return config_error(&[format!("{e:#}")]),
+    };
+    eprintln!(
+        "miaudit: serving http://{}/metrics and http://{}/api/v1/findings",
+        app.http_addr(),
+        app.http_addr()
+    );
+    match app.run_until_stopped(crate::app::shutdown_signal()).await {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("miaudit: {e:#}");
+            ExitCode::from(EXIT_INCOMPLETE)
+        }
+    }
+}
+
+async fn export(
+    settings: &Settings,
+    format: ExportFormat,
+    tenant: Option<&str>,
+    state: Option<&str>,
+) -> ExitCode {
+    let mut states = Vec::new();
+    for s in state
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        match crate::lifecycle::State::parse(s) {
+            Some(st) => states.push(st),
+            None => {
+                return config_error(&[format!(
+                    "--state: {s:?} is not one of suspected, confirmed, acknowledged, resolved, unverified"
+                )]);
+            }
+        }
+    }
+    let store = match Store::connect(&settings.database.url).await {
+        Ok(s) => s,
+        Err(e) => {
+            return config_error(&[format!(
+                "database.url: cannot open {}: {e}",
+                settings.database.url
+            )]);
+        }
+    };
+    let fmt = match format {
+        ExportFormat::Csv => crate::export::Format::Csv,
+        ExportFormat::Json => crate::export::Format::Json,
+    };
+    match crate::export::load_rows(
+        &store,
+        tenant.map(str::to_ascii_lowercase).as_deref(),
+        &states,
+    )
+    .await
+    {
+        Ok(rows) => {
+            print!("{}", crate::export::render(&rows, fmt));
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("miaudit: export failed: {e}");
+            ExitCode::from(EXIT_INCOMPLETE)
+        }
     }
 }
 
@@ -163,8 +299,15 @@ fn print_report(report: &ScanReport, output: Output, all: bool) {
     }
 }
 
-async fn demo(identities: usize, seed: u64, output: Output) -> ExitCode {
-    crate::telemetry::init("warn", false);
+async fn demo(
+    identities: usize,
+    seed: u64,
+    once: bool,
+    output: Output,
+    listen: std::net::SocketAddr,
+    churn_every: u64,
+) -> ExitCode {
+    crate::telemetry::init(if once { "warn" } else { "info" }, false);
     let world = World::generate(seed, identities);
     let sim = match SimHandle::start(world, SimConfig::default()).await {
         Ok(s) => s,
@@ -179,7 +322,11 @@ async fn demo(identities: usize, seed: u64, output: Output) -> ExitCode {
         return ExitCode::from(EXIT_INCOMPLETE);
     }
     let db = format!("sqlite://{}", dir.join("demo.db").display());
-    let toml = sim.config_toml(&db);
+    // A short confirmation window and a scan every minute, so findings visibly move.
+    let toml = format!(
+        "{}\n[http]\nlisten = \"{listen}\"\napi_token = \"demo-token\"\n\n[schedule]\ncron = \"0 * * * * *\"\nscan_on_start = true\n\n[lifecycle]\nconfirm_after = \"2m\"\n",
+        sim.config_toml(&db)
+    );
     let path = dir.join("demo.toml");
     if let Err(e) = std::fs::write(&path, toml) {
         eprintln!("miaudit: cannot write {}: {e}", path.display());
@@ -190,13 +337,50 @@ async fn demo(identities: usize, seed: u64, output: Output) -> ExitCode {
         Err(e) => return config_error(&e.0),
     };
     eprintln!(
-        "miaudit demo: scanning a simulated tenant of {identities} managed identities served at {} (seed {seed})",
+        "miaudit demo: a simulated tenant of {identities} managed identities served at {} (seed {seed})",
         sim.base_url()
     );
-    let code = scan_and_print(&settings, output, false, false, Trigger::Cli).await;
+    if once {
+        let code = scan_and_print(&settings, output, false, false, Trigger::Cli).await;
+        eprintln!(
+            "miaudit demo: database at {}",
+            dir.join("demo.db").display()
+        );
+        return code;
+    }
+    let app = match crate::app::App::build(settings).await {
+        Ok(a) => a,
+        Err(e) => return config_error(&[format!("{e:#}")]),
+    };
+    let addr = app.http_addr();
     eprintln!(
-        "miaudit demo: database at {}",
-        dir.join("demo.db").display()
+        "miaudit demo: scans every minute; findings confirm after 2 minutes; the tenant changes every {churn_every} s"
     );
-    code
+    eprintln!("  metrics   http://{addr}/metrics");
+    eprintln!("  findings  http://{addr}/api/v1/findings");
+    eprintln!("  scans     http://{addr}/api/v1/scans");
+    eprintln!("  export    http://{addr}/api/v1/export?format=csv");
+    eprintln!(
+        "  scan now  curl -X POST -H 'Authorization: Bearer demo-token' http://{addr}/api/v1/scans"
+    );
+    eprintln!("  database  {}", dir.join("demo.db").display());
+    let churn = tokio::spawn(async move {
+        let mut tick = tokio::time::interval(std::time::Duration::from_secs(churn_every.max(1)));
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            for e in sim.with_world(World::churn) {
+                eprintln!("miaudit demo: the simulated tenant changed: {e}");
+            }
+        }
+    });
+    let res = app.run_until_stopped(crate::app::shutdown_signal()).await;
+    churn.abort();
+    match res {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("miaudit: {e:#}");
+            ExitCode::from(EXIT_INCOMPLETE)
+        }
+    }
 }

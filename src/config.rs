@@ -108,6 +108,8 @@ pub struct ScanSettings {
     pub max_retries: u32,
     pub retry_base_delay: Duration,
     pub retry_max_delay: Duration,
+    /// Overall time one scan may take before it is abandoned (nothing of it is recorded).
+    pub timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -158,6 +160,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "max_retries",
             "retry_base_delay",
             "retry_max_delay",
+            "timeout",
         ],
     ),
     ("log", &["level", "format"]),
@@ -560,6 +563,13 @@ impl Settings {
             .duration("scan", "retry_max_delay")
             .unwrap_or(Duration::from_secs(30));
 
+        let scan_timeout = r
+            .duration("scan", "timeout")
+            .unwrap_or(Duration::from_secs(3600));
+        if scan_timeout.is_zero() {
+            r.errors.push("scan.timeout: must be more than 0s".into());
+        }
+
         // [log]
         let level = r.string("log", "level").unwrap_or_else(|| "info".into());
         let json = match r.string("log", "format").as_deref() {
@@ -598,6 +608,7 @@ impl Settings {
                 max_retries: u32::try_from(max_retries).unwrap_or(5),
                 retry_base_delay,
                 retry_max_delay,
+                timeout: scan_timeout,
             },
             log: LogSettings { level, json },
         })

@@ -10,22 +10,29 @@
 //! - [`classify`] — judge: a pure function from identity and evidence to a verdict;
 //! - [`lifecycle`] — pure rules that move findings (suspected, confirmed, resolved, ...) scan by scan;
 //! - [`store`] — record: SQLite, one transaction per scan;
-//! - [`report`] — publish: the CLI report as a table or JSON.
+//! - publish: [`report`] (the CLI report), [`api`] (HTTP JSON API), [`metrics`] (Prometheus),
+//!   [`export`] (the support-ticket list).
 //!
-//! Around them: [`scan`] runs one scan through the stages, [`azure`] holds what every Azure call shares
+//! Around them: [`scan`] runs one scan through the stages, [`scheduler`] runs scans for the daemon
+//! (cron, overlap guard, timeout), [`app`] assembles the daemon, [`azure`] holds what every Azure call shares
 //! (retry policy, tokens, errors), [`config`] the typed settings, [`cli`] the commands, and
 //! [`simulator`] a faithful fake of the Azure endpoints for tests and `miaudit demo`.
 
+pub mod api;
+pub mod app;
 pub mod arm;
 pub mod azure;
 pub mod classify;
 pub mod cli;
 pub mod config;
 pub mod domain;
+pub mod export;
 pub mod graph;
 pub mod lifecycle;
+pub mod metrics;
 pub mod report;
 pub mod scan;
+pub mod scheduler;
 pub mod simulator;
 pub mod store;
 pub mod telemetry;

@@ -176,7 +176,10 @@ impl TokenProvider {
             attempts += 1;
             let req = self.client.post(&url).form(&form);
             self.counters.request(Api::Token);
-            let why = match send_once(req, self.policy.timeout).await {
+            let sent = send_once(req, self.policy.timeout).await;
+            self.counters
+                .answered(Api::Token, sent.as_ref().ok().map(|r| r.status));
+            let why = match sent {
                 Ok(reply) if reply.is_success() => {
                     match serde_json::from_slice::<TokenResponse>(&reply.body) {
                         Ok(t) if !t.access_token.is_empty() => {

@@ -87,6 +87,18 @@ pub fn server_delay(reply: &Reply) -> Option<Duration> {
         .and_then(parse_hms)
 }
 
+/// The remaining request budget a reply announces: Resource Graph's `x-ms-user-quota-remaining`
+/// (ARG-THR) or ARM's `x-ms-ratelimit-remaining-subscription-reads` / `-tenant-reads` (ARM-THR).
+pub fn quota_remaining(reply: &Reply) -> Option<i64> {
+    [
+        "x-ms-user-quota-remaining",
+        "x-ms-ratelimit-remaining-subscription-reads",
+        "x-ms-ratelimit-remaining-tenant-reads",
+    ]
+    .iter()
+    .find_map(|h| reply.header(h).and_then(|v| v.trim().parse().ok()))
+}
+
 /// Parses `hh:mm:ss` (optionally with fractional seconds), the format of `x-ms-user-quota-resets-after`.
 pub fn parse_hms(v: &str) -> Option<Duration> {
     let mut parts = v.trim().split(':');
@@ -216,9 +228,14 @@ impl AzureHttp {
             }
             let outcome = send_once(req, self.policy.timeout).await;
             self.counters.request(api);
+            self.counters
+                .answered(api, outcome.as_ref().ok().map(|r| r.status));
             let failure = match outcome {
                 Err(e) => e,
                 Ok(reply) => {
+                    if let Some(q) = quota_remaining(&reply) {
+                        self.counters.quota_remaining(api, q);
+                    }
                     if reply.status == 429 {
                         self.counters.throttled(api);
                     }

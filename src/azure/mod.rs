@@ -162,13 +162,33 @@ impl Reply {
     }
 }
 
-/// Request counters per API, shared by every client of one scan (and later, the metrics).
-#[derive(Debug, Default)]
+/// Status classes of answers, for metrics: `2xx`, `3xx`, `4xx`, `5xx`, and `error` (no answer).
+pub const STATUS_CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "5xx", "error"];
+
+/// Request counters per API, shared by every client of a scanner (and read by the metrics).
+#[derive(Debug)]
 pub struct Counters {
     requests: [AtomicU64; 4],
     throttled: [AtomicU64; 4],
     retries: [AtomicU64; 4],
     failures: [AtomicU64; 4],
+    by_class: [[AtomicU64; 5]; 4],
+    /// Last quota remaining seen (`x-ms-user-quota-remaining`, `x-ms-ratelimit-remaining-*-reads`);
+    /// `i64::MIN` when none was seen.
+    quota: [std::sync::atomic::AtomicI64; 4],
+}
+
+impl Default for Counters {
+    fn default() -> Self {
+        Self {
+            requests: Default::default(),
+            throttled: Default::default(),
+            retries: Default::default(),
+            failures: Default::default(),
+            by_class: Default::default(),
+            quota: std::array::from_fn(|_| std::sync::atomic::AtomicI64::new(i64::MIN)),
+        }
+    }
 }
 
 /// A snapshot of [`Counters`] for one API.
@@ -184,6 +204,33 @@ impl Counters {
     pub(crate) fn request(&self, api: Api) {
         self.requests[api.index()].fetch_add(1, Ordering::Relaxed);
     }
+    /// Counts an answer (`Some(status)`) or a request that got none (`None`).
+    pub(crate) fn answered(&self, api: Api, status: Option<u16>) {
+        let class = match status {
+            Some(200..=299) => 0,
+            Some(300..=399) => 1,
+            Some(400..=499) => 2,
+            Some(_) => 3,
+            None => 4,
+        };
+        self.by_class[api.index()][class].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn quota_remaining(&self, api: Api, remaining: i64) {
+        self.quota[api.index()].store(remaining, Ordering::Relaxed);
+    }
+
+    /// Answers per status class (see [`STATUS_CLASSES`]).
+    pub fn by_class(&self, api: Api) -> [u64; 5] {
+        std::array::from_fn(|i| self.by_class[api.index()][i].load(Ordering::Relaxed))
+    }
+
+    /// The last quota remaining seen, if any.
+    pub fn last_quota(&self, api: Api) -> Option<i64> {
+        let v = self.quota[api.index()].load(Ordering::Relaxed);
+        (v != i64::MIN).then_some(v)
+    }
+
     pub(crate) fn throttled(&self, api: Api) {
         self.throttled[api.index()].fetch_add(1, Ordering::Relaxed);
     }

@@ -296,6 +296,8 @@ pub struct World {
     /// Versions the providers API still lists but resource GETs refuse (`NoRegisteredProviderFound`),
     /// as when the providers metadata lags a retired version.
     pub refused_versions: BTreeSet<String>,
+    /// Resources deleted by [`World::churn`], some of which it brings back.
+    graveyard: Vec<SimResource>,
     rng: Rng,
 }
 
@@ -319,6 +321,7 @@ impl World {
             principals: Vec::new(),
             providers: default_providers(),
             refused_versions: BTreeSet::new(),
+            graveyard: Vec::new(),
             rng: Rng::new(seed),
         }
     }
@@ -708,6 +711,72 @@ impl World {
         w
     }
 
+    /// One round of the demo's churn: deletes two resources and recreates one (new orphans), brings one
+    /// deleted resource back (a restoration), and has "support" remove up to two principals whose
+    /// resource is gone (removals). Returns a line per event.
+    pub fn churn(&mut self) -> Vec<String> {
+        let mut events = Vec::new();
+        let with_identity: Vec<String> = self
+            .resources
+            .iter()
+            .filter(|(_, r)| r.system_principal.is_some() || r.uami_principal.is_some())
+            .filter(|(k, _)| k.starts_with("/subscriptions/"))
+            .map(|(k, _)| k.clone())
+            .collect();
+        if with_identity.is_empty() {
+            return events;
+        }
+        let pick = |rng: &mut Rng| {
+            with_identity[usize::try_from(rng.below(with_identity.len() as u64)).unwrap_or(0)]
+                .clone()
+        };
+        for _ in 0..2 {
+            let k = pick(&mut self.rng);
+            if let Some(r) = self.resources.remove(&k) {
+                events.push(format!("deleted {}", r.id));
+                self.graveyard.push(r);
+            }
+        }
+        let k = pick(&mut self.rng);
+        if let Some(id) = self.resources.get(&k).map(|r| r.id.clone()) {
+            self.recreate_resource(&id);
+            events.push(format!("recreated {id} with a new identity"));
+        }
+        if self.graveyard.len() > 3 {
+            let r = self.graveyard.remove(0);
+            events.push(format!("restored {}", r.id));
+            self.resources.insert(r.key(), r);
+        }
+        // Support deletes lingering principals whose resource is gone.
+        let gone: Vec<String> = self
+            .principals
+            .iter()
+            .filter(|p| p.sp_type == "ManagedIdentity")
+            .filter(|p| {
+                p.alternative_names
+                    .as_ref()
+                    .and_then(|n| n.get(1))
+                    .is_some_and(|id| {
+                        id.starts_with("/subscriptions/")
+                            && !self.resources.contains_key(&id.to_ascii_lowercase())
+                    })
+            })
+            .filter(|p| {
+                !self.graveyard.iter().any(|r| {
+                    r.system_principal.as_deref() == Some(p.id.as_str())
+                        || r.uami_principal.as_deref() == Some(p.id.as_str())
+                })
+            })
+            .take(2)
+            .map(|p| p.id.clone())
+            .collect();
+        for id in gone {
+            self.remove_principal(&id);
+            events.push(format!("support removed orphaned principal {id}"));
+        }
+        events
+    }
+
     /// A stable per-principal lookup by lower-case id, used by churn.
     pub fn principal_index(&self) -> HashMap<String, usize> {
         self.principals
@@ -741,6 +810,18 @@ mod tests {
             .filter(|p| p.sp_type == "ManagedIdentity")
             .count();
         assert!((490..=520).contains(&mi), "{mi}");
+    }
+
+    #[test]
+    fn churn_deletes_recreates_restores_and_removes() {
+        let mut w = World::generate(5, 200);
+        let mut all = Vec::new();
+        for _ in 0..4 {
+            all.extend(w.churn());
+        }
+        for what in ["deleted", "recreated", "restored", "support removed"] {
+            assert!(all.iter().any(|e| e.starts_with(what)), "{what}: {all:?}");
+        }
     }
 
     #[test]

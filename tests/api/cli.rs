@@ -244,7 +244,11 @@ async fn credentials_from_the_sdk_variables_work_and_never_show_up_in_output() {
 
 #[tokio::test]
 async fn demo_scans_the_built_in_tenant_without_azure() {
-    let run = miaudit(&["demo", "--identities", "300", "--output", "json"], &[]).await;
+    let run = miaudit(
+        &["demo", "--once", "--identities", "300", "--output", "json"],
+        &[],
+    )
+    .await;
     assert_eq!(run.code, 0, "{}", run.stderr);
     let v: Value = serde_json::from_str(&run.stdout).expect("JSON");
     assert_eq!(v["complete"], true);

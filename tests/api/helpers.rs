@@ -76,3 +76,79 @@ pub fn world() -> (World, String) {
 pub fn rid(sub: &str, rg: &str, ns: &str, path: &str) -> String {
     World::resource_id(sub, rg, ns, path)
 }
+
+/// A daemon (`App`) running in this process on a random loopback port.
+pub struct Daemon {
+    pub base: String,
+    pub runner: std::sync::Arc<miaudit::scheduler::ScanRunner>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Daemon {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Runs a scan to its end, as the schedule would.
+    pub async fn scan(&self) -> ScanReport {
+        self.runner
+            .run_now(Trigger::Manual)
+            .await
+            .expect("no scan running")
+            .expect("scan finished")
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.await.expect("joined").expect("clean stop");
+        }
+    }
+}
+
+impl TestEnv {
+    /// Starts the daemon with `extra` TOML (e.g. `[lifecycle]` or `[http] api_token`); no schedule runs
+    /// during a test (a cron of 1 January) and no start-up scan unless `extra` asks.
+    pub async fn daemon(&self, extra: &str) -> Daemon {
+        let path = self.dir.path().join("daemon.toml");
+        let base = std::fs::read_to_string(&self.config_path).expect("config");
+        let mut text = format!("{base}\n{extra}\n");
+        if !extra.contains("[http]") {
+            text.push_str("\n[http]\nlisten = \"127.0.0.1:0\"\n");
+        }
+        if !extra.contains("[schedule]") {
+            text.push_str("\n[schedule]\ncron = \"0 0 0 1 1 *\"\nscan_on_start = false\n");
+        }
+        std::fs::write(&path, text).expect("config");
+        let settings = Settings::load(Some(&path), &Default::default()).expect("valid");
+        let app = miaudit::app::App::build(settings)
+            .await
+            .expect("app builds");
+        let addr = app.http_addr();
+        assert!(addr.ip().is_loopback());
+        let runner = app.runner();
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(app.run_until_stopped(async move {
+            let _ = rx.await;
+        }));
+        Daemon {
+            base: format!("http://{addr}"),
+            runner,
+            stop: Some(tx),
+            task: Some(task),
+        }
+    }
+}
+
+pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
+    let r = reqwest::get(url).await.expect("request");
+    let status = r.status().as_u16();
+    let body = r.text().await.expect("body");
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
+    )
+}

@@ -1,0 +1,253 @@
+//! Publish (HTTP): the JSON API under `/api/v1`, `/metrics`, `/healthz`, `/readyz` (axum).
+//!
+//! Errors are `application/problem+json` (RFC 9457) and never carry internal error text. Lists are
+//! `{ "items": [...], "next_cursor": "opaque" | null }` with `limit` 1–1000 (default 100). Mutating
+//! endpoints need `Authorization: Bearer <token>` (`[http] api_token`); without a configured token they
+//! are disabled (403), reads stay open.
+
+mod routes;
+
+use crate::azure::auth::Secret;
+use crate::metrics::Metrics;
+use crate::scheduler::ScanRunner;
+use crate::store::Store;
+use axum::Router;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// What handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub metrics: Metrics,
+    pub runner: Arc<ScanRunner>,
+    pub api_token: Option<Secret>,
+    pub tenants: Arc<Vec<String>>,
+}
+
+/// Largest request body accepted (the only bodies are small JSON documents).
+pub const BODY_LIMIT: usize = 64 * 1024;
+/// Longest a request may take before it is answered 503.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn router(state: AppState) -> Router {
+    routes::routes()
+        .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            Problem::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
+        })
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(BODY_LIMIT))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .with_state(state)
+}
+
+/// An RFC 9457 problem.
+#[derive(Debug)]
+pub struct Problem {
+    status: StatusCode,
+    detail: String,
+    headers: Vec<(header::HeaderName, HeaderValue)>,
+}
+
+impl Problem {
+    pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            detail: detail.into(),
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, detail)
+    }
+
+    /// A store failure: logged and counted once here; the client learns only that it failed.
+    pub fn internal(metrics: &Metrics, e: &dyn std::fmt::Display) -> Self {
+        metrics.store_errors.inc();
+        tracing::error!(error = %e, "request failed");
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the database is not available right now; retry later",
+        )
+    }
+}
+
+impl IntoResponse for Problem {
+    fn into_response(self) -> Response {
+        let body = serde_json::json!({
+            "type": "about:blank",
+            "title": self.status.canonical_reason().unwrap_or("Error"),
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut res = (self.status, body.to_string()).into_response();
+        res.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        for (k, v) in self.headers {
+            res.headers_mut().insert(k, v);
+        }
+        res
+    }
+}
+
+/// Compares without an early exit on the first differing byte.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let mut diff = a.len() ^ b.len();
+    for (i, x) in a.iter().enumerate() {
+        diff |= usize::from(x ^ b.get(i % b.len().max(1)).copied().unwrap_or(0));
+    }
+    diff == 0
+}
+
+/// Checks the bearer token of a mutating request.
+pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
+    let Some(expected) = &state.api_token else {
+        return Err(Problem::new(
+            StatusCode::FORBIDDEN,
+            "mutating endpoints are disabled: no API token is configured (http.api_token)",
+        ));
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    match given {
+        Some(t) if constant_time_eq(t.as_bytes(), expected.expose().as_bytes()) => Ok(()),
+        _ => {
+            let mut p = Problem::new(StatusCode::UNAUTHORIZED, "a valid bearer token is required");
+            p.headers
+                .push((header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer")));
+            Err(p)
+        }
+    }
+}
+
+/// Query parameters, each at most once, only the names an endpoint knows.
+pub struct Params(HashMap<String, String>);
+
+impl Params {
+    pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, Problem> {
+        let mut map = HashMap::new();
+        for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
+            if !allowed.contains(&k.as_ref()) {
+                return Err(Problem::bad_request(format!(
+                    "unknown query parameter {:?}; this endpoint takes: {}",
+                    truncate(&k),
+                    allowed.join(", ")
+                )));
+            }
+            if map.insert(k.clone().into_owned(), v.into_owned()).is_some() {
+                return Err(Problem::bad_request(format!(
+                    "query parameter {k:?} given twice"
+                )));
+            }
+        }
+        Ok(Self(map))
+    }
+
+    pub fn get(&self, k: &str) -> Option<&str> {
+        self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
+    }
+
+    /// `limit`: 1–1000, default 100.
+    pub fn limit(&self) -> Result<u32, Problem> {
+        match self.get("limit") {
+            None => Ok(100),
+            Some(v) => match v.parse::<u32>() {
+                Ok(n) if (1..=1000).contains(&n) => Ok(n),
+                _ => Err(Problem::bad_request(
+                    "limit must be a whole number from 1 to 1000",
+                )),
+            },
+        }
+    }
+
+    /// Parses an enumerated value, naming the allowed ones on error.
+    pub fn one_of<T>(
+        &self,
+        k: &str,
+        parse: impl Fn(&str) -> Option<T>,
+        allowed: &str,
+    ) -> Result<Option<T>, Problem> {
+        match self.get(k) {
+            None => Ok(None),
+            Some(v) => parse(v)
+                .map(Some)
+                .ok_or_else(|| Problem::bad_request(format!("{k} must be one of {allowed}"))),
+        }
+    }
+}
+
+/// Shortens echoed input so a hostile parameter never bloats an answer.
+fn truncate(s: &str) -> String {
+    s.chars().take(64).collect()
+}
+
+/// Opaque cursors: base64url of a JSON array of strings.
+pub fn encode_cursor(parts: &[&str]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(serde_json::to_vec(parts).unwrap_or_default())
+}
+
+pub fn decode_cursor(c: &str, n: usize) -> Result<Vec<String>, Problem> {
+    let bad = || Problem::bad_request("cursor is not valid; use next_cursor from a previous page");
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(c)
+        .map_err(|_| bad())?;
+    let parts: Vec<String> = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    if parts.len() != n || parts.iter().any(|p| p.len() > 512) {
+        return Err(bad());
+    }
+    Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn constant_time_eq_compares_whole_strings() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"abcd"));
+        assert!(!constant_time_eq(b"", b"a"));
+        assert!(constant_time_eq(b"", b""));
+    }
+
+    #[test]
+    fn cursors_round_trip_and_reject_garbage() {
+        let c = encode_cursor(&["t", "o"]);
+        assert_eq!(decode_cursor(&c, 2).expect("valid"), vec!["t", "o"]);
+        assert!(decode_cursor("!!!", 2).is_err());
+        assert!(decode_cursor(&c, 3).is_err());
+        assert!(decode_cursor(&encode_cursor(&["x"]), 2).is_err());
+    }
+
+    #[test]
+    fn params_refuse_unknown_and_repeated_names() {
+        assert!(Params::parse(Some("limit=5"), &["limit"]).is_ok());
+        assert!(Params::parse(Some("limti=5"), &["limit"]).is_err());
+        assert!(Params::parse(Some("limit=5&limit=6"), &["limit"]).is_err());
+        let p = Params::parse(Some("limit=0"), &["limit"]).expect("parsed");
+        assert!(p.limit().is_err());
+        let p = Params::parse(Some("limit=1001"), &["limit"]).expect("parsed");
+        assert!(p.limit().is_err());
+    }
+}

@@ -1,0 +1,412 @@
+//! The endpoints. Handlers parse and check input, call the store or the runner, and shape answers.
+
+use super::{AppState, Params, Problem, authorize, decode_cursor, encode_cursor};
+use crate::domain::{IdentityType, Reason, Verdict};
+use crate::export;
+use crate::lifecycle::{AckRefused, State};
+use crate::scan::Trigger;
+use crate::scheduler::Busy;
+use crate::store::findings::{Acknowledged, FindingFilter};
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State as S};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/findings", get(list_findings))
+        .route("/api/v1/findings/{tenant_id}/{object_id}", get(one_finding))
+        .route(
+            "/api/v1/findings/{tenant_id}/{object_id}/acknowledge",
+            post(acknowledge),
+        )
+        .route("/api/v1/scans", get(list_scans).post(start_scan))
+        .route("/api/v1/scans/{scan_id}", get(one_scan))
+        .route("/api/v1/export", get(export_findings))
+}
+
+fn json_ok(status: StatusCode, v: &Value) -> Response {
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        v.to_string(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> Response {
+    json_ok(StatusCode::OK, &json!({"status": "ok"}))
+}
+
+/// Ready once the database answers and every migration is applied (not waiting for a first scan).
+async fn readyz(S(st): S<AppState>) -> Response {
+    let applied: Result<i64, _> =
+        sqlx::query_scalar("select count(*) from _sqlx_migrations where success = 1")
+            .fetch_one(st.store.pool())
+            .await;
+    let expected = crate::store::MIGRATOR.iter().count() as i64;
+    match applied {
+        Ok(n) if n >= expected => json_ok(StatusCode::OK, &json!({"status": "ready"})),
+        Ok(_) => Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "database migrations are not applied",
+        )
+        .into_response(),
+        Err(e) => {
+            st.metrics.store_errors.inc();
+            tracing::warn!(error = %e, "readiness check failed");
+            Problem::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the database is not reachable",
+            )
+            .into_response()
+        }
+    }
+}
+
+async fn metrics(S(st): S<AppState>) -> Response {
+    st.metrics.sync_azure(st.runner.counters());
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        st.metrics.render(),
+    )
+        .into_response()
+}
+
+const STATES: &str = "suspected, confirmed, acknowledged, resolved, unverified";
+const VERDICTS: &str = "healthy, orphaned, unknown";
+
+fn states_param(p: &Params) -> Result<Vec<State>, Problem> {
+    match p.get("state") {
+        None => Ok(Vec::new()),
+        Some(v) => v
+            .split(',')
+            .map(|s| {
+                State::parse(s.trim()).ok_or_else(|| {
+                    Problem::bad_request(format!("state must be one of {STATES} (comma-separated)"))
+                })
+            })
+            .collect(),
+    }
+}
+
+fn tenant_param(p: &Params, k: &str) -> Result<Option<String>, Problem> {
+    match p.get(k) {
+        None => Ok(None),
+        Some(v)
+            if v.len() <= 256
+                && v.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) =>
+        {
+            Ok(Some(v.to_ascii_lowercase()))
+        }
+        Some(_) => Err(Problem::bad_request(format!("{k} is not a valid id"))),
+    }
+}
+
+async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Response, Problem> {
+    let p = Params::parse(
+        q.as_deref(),
+        &[
+            "state",
+            "verdict",
+            "reason",
+            "tenant_id",
+            "identity_type",
+            "subscription_id",
+            "resource_type",
+            "limit",
+            "cursor",
+        ],
+    )?;
+    let limit = p.limit()?;
+    let filter = FindingFilter {
+        states: states_param(&p)?,
+        verdict: p.one_of("verdict", Verdict::parse, VERDICTS)?,
+        reason: p.one_of(
+            "reason",
+            Reason::parse,
+            "a reason code such as resource_not_found",
+        )?,
+        tenant_id: tenant_param(&p, "tenant_id")?,
+        identity_type: p.one_of(
+            "identity_type",
+            IdentityType::parse,
+            "system_assigned, user_assigned",
+        )?,
+        subscription_id: tenant_param(&p, "subscription_id")?,
+        resource_type: match p.get("resource_type") {
+            Some(t) if crate::arm::is_queryable_type(t) => Some(t.to_ascii_lowercase()),
+            Some(_) => {
+                return Err(Problem::bad_request(
+                    "resource_type must look like microsoft.compute/virtualmachines",
+                ));
+            }
+            None => None,
+        },
+    };
+    let after = match p.get("cursor") {
+        Some(c) => {
+            let v = decode_cursor(c, 2)?;
+            Some((v[0].clone(), v[1].clone()))
+        }
+        None => None,
+    };
+    // One more than asked tells whether another page exists.
+    let mut items = st
+        .store
+        .list_findings(&filter, after.as_ref(), limit + 1)
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next = more
+        .then(|| {
+            items
+                .last()
+                .map(|f| encode_cursor(&[&f.tenant_id, &f.object_id]))
+        })
+        .flatten();
+    Ok(json_ok(
+        StatusCode::OK,
+        &json!({"items": items, "next_cursor": next}),
+    ))
+}
+
+fn check_path_id(v: &str, what: &str) -> Result<(), Problem> {
+    if v.is_empty()
+        || v.len() > 256
+        || !v
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+    {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            format!("no finding with that {what}"),
+        ));
+    }
+    Ok(())
+}
+
+async fn finding_with_history(
+    st: &AppState,
+    tenant: &str,
+    object: &str,
+) -> Result<Option<Value>, Problem> {
+    let Some(f) = st
+        .store
+        .load_finding(tenant, object)
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?
+    else {
+        return Ok(None);
+    };
+    let history = st
+        .store
+        .load_history(tenant, object)
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    let mut v = serde_json::to_value(&f).unwrap_or(Value::Null);
+    v["history"] = serde_json::to_value(&history).unwrap_or(Value::Null);
+    Ok(Some(v))
+}
+
+async fn one_finding(
+    S(st): S<AppState>,
+    Path((tenant, object)): Path<(String, String)>,
+) -> Result<Response, Problem> {
+    check_path_id(&tenant, "tenant id")?;
+    check_path_id(&object, "object id")?;
+    match finding_with_history(&st, &tenant, &object).await? {
+        Some(v) => Ok(json_ok(StatusCode::OK, &v)),
+        None => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "no finding for that tenant and object id",
+        )),
+    }
+}
+
+async fn acknowledge(
+    S(st): S<AppState>,
+    Path((tenant, object)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    authorize(&st, &headers)?;
+    check_path_id(&tenant, "tenant id")?;
+    check_path_id(&object, "object id")?;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Ack {
+        ticket: String,
+        #[serde(default)]
+        note: Option<String>,
+    }
+    let ack: Ack = serde_json::from_slice(&body).map_err(|_| {
+        Problem::bad_request(
+            "body must be JSON: {\"ticket\": \"support case number\", \"note\": \"optional text\"}",
+        )
+    })?;
+    let ticket = ack.ticket.trim().to_owned();
+    if ticket.is_empty() || ticket.chars().count() > 128 || ticket.chars().any(char::is_control) {
+        return Err(Problem::bad_request(
+            "ticket must be 1 to 128 printable characters",
+        ));
+    }
+    if ack.note.as_ref().is_some_and(|n| n.chars().count() > 4096) {
+        return Err(Problem::bad_request("note must be at most 4096 characters"));
+    }
+    let done = st
+        .store
+        .acknowledge(&tenant, &object, ticket, ack.note, chrono::Utc::now())
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    match done {
+        Acknowledged::Done(_) => {
+            let counts = st
+                .store
+                .count_findings_by_state()
+                .await
+                .map_err(|e| Problem::internal(&st.metrics, &e))?;
+            st.metrics.set_findings(&st.tenants, &counts);
+            let v = finding_with_history(&st, &tenant, &object)
+                .await?
+                .unwrap_or(Value::Null);
+            Ok(json_ok(StatusCode::OK, &v))
+        }
+        Acknowledged::NotFound => Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "no finding for that tenant and object id",
+        )),
+        Acknowledged::Refused(AckRefused::NotOpen(state)) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            format!(
+                "only suspected or confirmed findings can be acknowledged; this one is {}",
+                state.map_or("not a finding", State::as_str)
+            ),
+        )),
+    }
+}
+
+fn scan_json(r: &crate::store::ScanRecord) -> Value {
+    json!({
+        "scan_id": r.scan_id,
+        "started_at": r.started_at,
+        "finished_at": r.finished_at,
+        "complete": r.complete,
+        "outcome": r.outcome,
+        "trigger": r.trigger,
+        "summary": r.summary,
+        "tenants": r.tenants,
+    })
+}
+
+async fn list_scans(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Response, Problem> {
+    let p = Params::parse(q.as_deref(), &["limit", "cursor"])?;
+    let limit = p.limit()?;
+    let before = match p.get("cursor") {
+        Some(c) => Some(decode_cursor(c, 2)?),
+        None => None,
+    };
+    let mut items = st
+        .store
+        .list_scans(
+            limit + 1,
+            before.as_ref().map(|v| (v[0].as_str(), v[1].as_str())),
+        )
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    let more = items.len() > limit as usize;
+    items.truncate(limit as usize);
+    let next = more
+        .then(|| {
+            items
+                .last()
+                .map(|s| encode_cursor(&[&s.started_at.to_rfc3339(), &s.scan_id]))
+        })
+        .flatten();
+    let items: Vec<Value> = items.iter().map(scan_json).collect();
+    Ok(json_ok(
+        StatusCode::OK,
+        &json!({"items": items, "next_cursor": next}),
+    ))
+}
+
+async fn one_scan(S(st): S<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+    if id.len() > 64 {
+        return Err(Problem::new(StatusCode::NOT_FOUND, "no scan with that id"));
+    }
+    match st
+        .store
+        .load_scan(&id)
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?
+    {
+        Some(r) => Ok(json_ok(StatusCode::OK, &scan_json(&r))),
+        None => Err(Problem::new(StatusCode::NOT_FOUND, "no scan with that id")),
+    }
+}
+
+async fn start_scan(S(st): S<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
+    authorize(&st, &headers)?;
+    match st.runner.try_start(Trigger::Manual) {
+        Ok(id) => {
+            let mut res = json_ok(
+                StatusCode::ACCEPTED,
+                &json!({"scan_id": id, "status": "running", "href": format!("/api/v1/scans/{id}")}),
+            );
+            if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/scans/{id}")) {
+                res.headers_mut().insert(header::LOCATION, v);
+            }
+            Ok(res)
+        }
+        Err(Busy::AlreadyRunning) => Err(Problem::new(
+            StatusCode::CONFLICT,
+            "a scan is already running",
+        )),
+        Err(Busy::ShuttingDown) => Err(Problem::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "shutting down",
+        )),
+    }
+}
+
+async fn export_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Response, Problem> {
+    let p = Params::parse(q.as_deref(), &["format", "tenant_id", "state"])?;
+    let format = match p.get("format") {
+        None | Some("csv") => export::Format::Csv,
+        Some("json") => export::Format::Json,
+        Some(_) => return Err(Problem::bad_request("format must be csv or json")),
+    };
+    let tenant = tenant_param(&p, "tenant_id")?;
+    let states = states_param(&p)?;
+    let rows = export::load_rows(&st.store, tenant.as_deref(), &states)
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    let (ctype, ext) = match format {
+        export::Format::Csv => ("text/csv; charset=utf-8", "csv"),
+        export::Format::Json => ("application/json", "json"),
+    };
+    Ok((
+        StatusCode::OK,
+        [
+            (header::CONTENT_TYPE, ctype.to_owned()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"miaudit-orphans.{ext}\""),
+            ),
+        ],
+        export::render(&rows, format),
+    )
+        .into_response())
+}

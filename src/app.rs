@@ -1,0 +1,147 @@
+//! The daemon, assembled: `App::build` binds the listener, opens and migrates the store, builds the Azure
+//! clients, metrics and scan runner, and returns without running anything; `App::run_until_stopped`
+//! serves HTTP and runs the schedule until the shutdown future resolves.
+
+use crate::api::{self, AppState};
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::scan::{Scanner, Trigger};
+use crate::scheduler::{ScanRunner, start_cron};
+use crate::store::Store;
+use anyhow::Context;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub struct App {
+    listener: tokio::net::TcpListener,
+    settings: Arc<Settings>,
+    state: AppState,
+    cancel: CancellationToken,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let settings = Arc::new(settings);
+        let store = Store::connect(&settings.database.url)
+            .await
+            .with_context(|| format!("opening the database {}", settings.database.url))?;
+        let abandoned = store.abandon_running_scans().await?;
+        if abandoned > 0 {
+            tracing::warn!(
+                abandoned,
+                "scans left running by a previous process were marked abandoned"
+            );
+        }
+        let tenants = settings.tenant_ids();
+        let metrics = Metrics::new(&tenants);
+        // Gauges start from what the database holds, so a restart does not zero them.
+        for (tenant, verdict, n) in store.latest_verdict_counts().await? {
+            metrics
+                .managed_identities
+                .with_label_values(&[&tenant, verdict.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+        metrics.set_findings(&tenants, &store.count_findings_by_state().await?);
+        let cancel = CancellationToken::new();
+        let scanner = Scanner::new(&settings)?;
+        let runner = Arc::new(ScanRunner::new(
+            scanner,
+            store.clone(),
+            metrics.clone(),
+            settings.clone(),
+            cancel.clone(),
+        ));
+        let listener = tokio::net::TcpListener::bind(settings.http.listen)
+            .await
+            .with_context(|| format!("listening on {}", settings.http.listen))?;
+        let state = AppState {
+            store,
+            metrics,
+            runner,
+            api_token: settings.http.api_token.clone(),
+            tenants: Arc::new(tenants),
+        };
+        Ok(Self {
+            listener,
+            settings,
+            state,
+            cancel,
+        })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.listener
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn runner(&self) -> Arc<ScanRunner> {
+        self.state.runner.clone()
+    }
+
+    pub fn store(&self) -> crate::store::Store {
+        self.state.store.clone()
+    }
+
+    /// Serves until `shutdown` resolves: stops accepting, cancels a running scan (nothing partial is
+    /// recorded), stops the schedule, returns.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let cancel = self.cancel.clone();
+        tokio::spawn({
+            let cancel = cancel.clone();
+            async move {
+                shutdown.await;
+                tracing::info!("shutting down");
+                cancel.cancel();
+            }
+        });
+        let mut sched = start_cron(
+            self.state.runner.clone(),
+            self.state.metrics.clone(),
+            &self.settings.schedule.cron,
+        )
+        .await
+        .context("starting the schedule")?;
+        if self.settings.schedule.scan_on_start {
+            let _ = self.state.runner.try_start(Trigger::Startup);
+        }
+        let runner = self.state.runner.clone();
+        let app = api::router(self.state);
+        tracing::info!(addr = %self.listener.local_addr()?, "serving");
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(cancel.clone().cancelled_owned())
+            .await
+            .context("serving HTTP")?;
+        cancel.cancel();
+        let _ = sched.shutdown().await;
+        runner.wait_idle().await;
+        Ok(())
+    }
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+}

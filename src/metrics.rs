@@ -1,0 +1,268 @@
+//! Publish (Prometheus): the daemon's metrics in its own registry (never the global one), rendered in
+//! the text exposition format 0.0.4. Labels are bounded: tenant ids from configuration, verdicts,
+//! states, API names, status classes, outcomes. No per-identity label, ever.
+
+use crate::azure::{Api, Counters, STATUS_CLASSES};
+use crate::domain::Verdict;
+use crate::lifecycle::State;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
+    TextEncoder,
+};
+use std::sync::Mutex;
+
+/// Outcomes of scan runs.
+pub const SCAN_OUTCOMES: [&str; 5] = ["completed", "incomplete", "failed", "timeout", "cancelled"];
+
+/// Per API: answers per status class, and 429s, as last exported.
+type Exported = ([[u64; 5]; 4], [u64; 4]);
+
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub managed_identities: IntGaugeVec,
+    pub new_orphans: IntCounterVec,
+    pub last_success: IntGaugeVec,
+    pub scan_duration: Histogram,
+    pub findings: IntGaugeVec,
+    pub scan_runs: IntCounterVec,
+    pub scans_skipped: IntCounter,
+    pub azure_requests: IntCounterVec,
+    pub azure_throttled: IntCounterVec,
+    pub azure_quota: IntGaugeVec,
+    pub store_errors: IntCounter,
+    pub build_info: IntGaugeVec,
+    /// Azure counters already exported, so only deltas are added.
+    seen: std::sync::Arc<Mutex<Exported>>,
+}
+
+fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T) -> T {
+    r.register(Box::new(c.clone()))
+        .expect("metric names are unique within the registry");
+    c
+}
+
+impl Metrics {
+    /// Creates every metric, with zeroed series for each configured tenant.
+    pub fn new(tenants: &[String]) -> Self {
+        let r = Registry::new();
+        let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            register(
+                &r,
+                IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric"),
+            )
+        };
+        let m = Self {
+            managed_identities: gauge_vec(
+                "miaudit_managed_identities",
+                "Managed identities by verdict in the latest scan of each tenant (cached, not live).",
+                &["tenant_id", "verdict"],
+            ),
+            new_orphans: counter_vec(
+                "miaudit_new_orphans_total",
+                "Findings that entered the confirmed state since this process started.",
+                &["tenant_id"],
+            ),
+            last_success: gauge_vec(
+                "miaudit_last_scan_success_timestamp_seconds",
+                "Unix time of the latest complete scan of each tenant (0: none yet).",
+                &["tenant_id"],
+            ),
+            scan_duration: register(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new("miaudit_scan_duration_seconds", "Duration of scan runs.")
+                        .buckets(vec![
+                            1.0, 5.0, 15.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1200.0, 3600.0,
+                        ]),
+                )
+                .expect("valid metric"),
+            ),
+            findings: gauge_vec(
+                "miaudit_findings",
+                "Findings by lifecycle state after the latest scan (cached, not live).",
+                &["tenant_id", "state"],
+            ),
+            scan_runs: counter_vec(
+                "miaudit_scan_runs_total",
+                "Scan runs by outcome: completed, incomplete, failed, timeout, cancelled.",
+                &["outcome"],
+            ),
+            scans_skipped: register(
+                &r,
+                IntCounter::new(
+                    "miaudit_scans_skipped_total",
+                    "Scheduled scans skipped because a scan was still running.",
+                )
+                .expect("valid metric"),
+            ),
+            azure_requests: counter_vec(
+                "miaudit_azure_requests_total",
+                "Requests to Azure APIs by API and answer status class (error: no answer).",
+                &["api", "status_class"],
+            ),
+            azure_throttled: counter_vec(
+                "miaudit_azure_throttled_total",
+                "HTTP 429 answers from Azure APIs.",
+                &["api"],
+            ),
+            azure_quota: gauge_vec(
+                "miaudit_azure_quota_remaining",
+                "Last remaining request quota an Azure API announced (Resource Graph user quota, ARM reads).",
+                &["api"],
+            ),
+            store_errors: register(
+                &r,
+                IntCounter::new(
+                    "miaudit_store_errors_total",
+                    "Database errors while recording scans or answering the API.",
+                )
+                .expect("valid metric"),
+            ),
+            build_info: gauge_vec(
+                "miaudit_build_info",
+                "Build information; the value is always 1.",
+                &["version"],
+            ),
+            registry: r,
+            seen: Default::default(),
+        };
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        for t in tenants {
+            for v in Verdict::ALL {
+                m.managed_identities
+                    .with_label_values(&[t, v.as_str()])
+                    .set(0);
+            }
+            for s in State::ALL {
+                m.findings.with_label_values(&[t, s.as_str()]).set(0);
+            }
+            m.new_orphans.with_label_values(&[t]);
+            m.last_success.with_label_values(&[t]).set(0);
+        }
+        for o in SCAN_OUTCOMES {
+            m.scan_runs.with_label_values(&[o]);
+        }
+        for api in Api::ALL {
+            m.azure_throttled.with_label_values(&[api.as_str()]);
+            for c in STATUS_CLASSES {
+                m.azure_requests.with_label_values(&[api.as_str(), c]);
+            }
+        }
+        m
+    }
+
+    /// Adds what the Azure counters gained since the last call.
+    pub fn sync_azure(&self, counters: &Counters) {
+        let mut seen = self.seen.lock().expect("metrics lock");
+        for api in Api::ALL {
+            let i = api as usize;
+            let classes = counters.by_class(api);
+            for (c, now) in classes.iter().enumerate() {
+                let delta = now.saturating_sub(seen.0[i][c]);
+                if delta > 0 {
+                    self.azure_requests
+                        .with_label_values(&[api.as_str(), STATUS_CLASSES[c]])
+                        .inc_by(delta);
+                }
+                seen.0[i][c] = *now;
+            }
+            let throttled = counters.get(api).throttled;
+            let delta = throttled.saturating_sub(seen.1[i]);
+            if delta > 0 {
+                self.azure_throttled
+                    .with_label_values(&[api.as_str()])
+                    .inc_by(delta);
+            }
+            seen.1[i] = throttled;
+            if let Some(q) = counters.last_quota(api) {
+                self.azure_quota.with_label_values(&[api.as_str()]).set(q);
+            }
+        }
+    }
+
+    /// Sets the finding gauges from the store's counts (states absent from the counts are zero).
+    pub fn set_findings(&self, tenants: &[String], counts: &[(String, Option<State>, u64)]) {
+        for t in tenants {
+            for s in State::ALL {
+                let n = counts
+                    .iter()
+                    .find(|(ct, cs, _)| ct == t && *cs == Some(s))
+                    .map_or(0, |c| c.2);
+                self.findings
+                    .with_label_values(&[t, s.as_str()])
+                    .set(i64::try_from(n).unwrap_or(i64::MAX));
+            }
+        }
+    }
+
+    /// Sets the identity gauges of one tenant from its latest scan.
+    pub fn set_identities(&self, tenant: &str, counts: &[(Verdict, u64)]) {
+        for v in Verdict::ALL {
+            let n = counts.iter().find(|(cv, _)| *cv == v).map_or(0, |c| c.1);
+            self.managed_identities
+                .with_label_values(&[tenant, v.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// The text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if let Err(e) = encoder.encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "metrics encoding failed");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_tenant_has_zero_series_from_the_start() {
+        let m = Metrics::new(&["t1".into()]);
+        let text = m.render();
+        assert!(
+            text.contains(r#"miaudit_managed_identities{tenant_id="t1",verdict="orphaned"} 0"#)
+        );
+        assert!(text.contains(r#"miaudit_findings{state="confirmed",tenant_id="t1"} 0"#));
+        assert!(text.contains(r#"miaudit_new_orphans_total{tenant_id="t1"} 0"#));
+        assert!(text.contains(r#"miaudit_last_scan_success_timestamp_seconds{tenant_id="t1"} 0"#));
+        assert!(text.contains("miaudit_build_info{version="));
+        assert!(text.contains("# HELP miaudit_findings Findings by lifecycle state after the latest scan (cached, not live)."));
+    }
+
+    #[test]
+    fn azure_counters_are_added_as_deltas() {
+        let m = Metrics::new(&[]);
+        let c = Counters::default();
+        c.answered(Api::Graph, Some(200));
+        c.answered(Api::Graph, Some(429));
+        c.throttled(Api::Graph);
+        m.sync_azure(&c);
+        m.sync_azure(&c);
+        c.answered(Api::Graph, None);
+        m.sync_azure(&c);
+        let text = m.render();
+        assert!(
+            text.contains(r#"miaudit_azure_requests_total{api="graph",status_class="2xx"} 1"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"miaudit_azure_requests_total{api="graph",status_class="4xx"} 1"#));
+        assert!(
+            text.contains(r#"miaudit_azure_requests_total{api="graph",status_class="error"} 1"#)
+        );
+        assert!(text.contains(r#"miaudit_azure_throttled_total{api="graph"} 1"#));
+    }
+}

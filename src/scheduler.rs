@@ -1,0 +1,249 @@
+//! Runs scans for the daemon: on the cron schedule, at start-up, and on demand through the API. The only
+//! importer of `tokio_cron_scheduler`.
+//!
+//! One scan at a time (an overlap guard: a scheduled run that finds a scan going is skipped and counted;
+//! an API request gets 409), an overall timeout, and cancellation on shutdown. A scan that times out or is
+//! cancelled records nothing of its verdicts: its row is marked `abandoned`, the previous state stays.
+
+use crate::config::Settings;
+use crate::metrics::Metrics;
+use crate::scan::{ScanReport, Scanner, Trigger};
+use crate::store::Store;
+use std::sync::Arc;
+use tokio::sync::Mutex;
+use tokio_cron_scheduler::{Job, JobScheduler};
+use tokio_util::sync::CancellationToken;
+
+/// Checks a cron expression the way the scheduler will read it (seconds field first).
+pub fn validate_cron(expr: &str) -> Result<(), String> {
+    Job::new_async(expr, |_, _| Box::pin(async {}))
+        .map(|_| ())
+        .map_err(|e| format!("{e:?}"))
+}
+
+/// Why a scan could not start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Busy {
+    AlreadyRunning,
+    ShuttingDown,
+}
+
+pub struct ScanRunner {
+    scanner: Scanner,
+    store: Store,
+    metrics: Metrics,
+    settings: Arc<Settings>,
+    guard: Arc<Mutex<()>>,
+    cancel: CancellationToken,
+    /// The running scan task, awaited at shutdown.
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+}
+
+impl ScanRunner {
+    pub fn new(
+        scanner: Scanner,
+        store: Store,
+        metrics: Metrics,
+        settings: Arc<Settings>,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            scanner,
+            store,
+            metrics,
+            settings,
+            guard: Arc::new(Mutex::new(())),
+            cancel,
+            task: std::sync::Mutex::new(None),
+        }
+    }
+
+    pub fn counters(&self) -> &Arc<crate::azure::Counters> {
+        self.scanner.counters()
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.guard.try_lock().is_err()
+    }
+
+    /// Starts a scan in the background; returns its id, or why it cannot start.
+    pub fn try_start(self: &Arc<Self>, trigger: Trigger) -> Result<String, Busy> {
+        if self.cancel.is_cancelled() {
+            return Err(Busy::ShuttingDown);
+        }
+        let Ok(guard) = self.guard.clone().try_lock_owned() else {
+            return Err(Busy::AlreadyRunning);
+        };
+        let scan_id = uuid::Uuid::new_v4().to_string();
+        let me = self.clone();
+        let id = scan_id.clone();
+        let handle = tokio::spawn(async move {
+            let _guard = guard;
+            me.execute(id, trigger).await;
+        });
+        *self.task.lock().expect("task lock") = Some(handle);
+        Ok(scan_id)
+    }
+
+    /// Runs a scan now and waits for it (tests, CLI); `None` when one is already running.
+    pub async fn run_now(self: &Arc<Self>, trigger: Trigger) -> Option<Option<ScanReport>> {
+        let guard = self.guard.clone().try_lock_owned().ok()?;
+        let report = self
+            .execute(uuid::Uuid::new_v4().to_string(), trigger)
+            .await;
+        drop(guard);
+        Some(report)
+    }
+
+    /// Waits for a running scan task to end (it ends promptly once `cancel` fires).
+    pub async fn wait_idle(&self) {
+        let task = self.task.lock().expect("task lock").take();
+        if let Some(t) = task {
+            let _ = t.await;
+        }
+    }
+
+    #[tracing::instrument(skip_all, fields(scan_id = %scan_id, trigger = trigger.as_str()))]
+    async fn execute(&self, scan_id: String, trigger: Trigger) -> Option<ScanReport> {
+        let started = std::time::Instant::now();
+        if let Err(e) = self
+            .store
+            .begin_scan(&scan_id, chrono::Utc::now(), trigger)
+            .await
+        {
+            self.metrics.store_errors.inc();
+            tracing::error!(error = %e, "could not record the start of the scan");
+        }
+        let tenants = self.settings.tenant_ids();
+        let run = self.scanner.run_as(scan_id.clone(), &tenants, trigger);
+        let outcome = tokio::select! {
+            r = tokio::time::timeout(self.settings.scan.timeout, run) => r.ok(),
+            () = self.cancel.cancelled() => None,
+        };
+        let elapsed = started.elapsed().as_secs_f64();
+        self.metrics.scan_duration.observe(elapsed);
+        self.metrics.sync_azure(self.scanner.counters());
+        let Some(report) = outcome else {
+            let why = if self.cancel.is_cancelled() {
+                "cancelled"
+            } else {
+                "timeout"
+            };
+            tracing::warn!(outcome = why, "scan abandoned; nothing of it is recorded");
+            self.metrics.scan_runs.with_label_values(&[why]).inc();
+            if let Err(e) = self.store.abandon_running_scans().await {
+                self.metrics.store_errors.inc();
+                tracing::error!(error = %e, "could not mark the scan abandoned");
+            }
+            return None;
+        };
+        match self
+            .store
+            .record_scan(&report, self.settings.lifecycle.confirm_after)
+            .await
+        {
+            Ok(recorded) => {
+                let outcome = if report.complete {
+                    "completed"
+                } else {
+                    "incomplete"
+                };
+                self.metrics.scan_runs.with_label_values(&[outcome]).inc();
+                for (tenant, n) in &recorded.newly_confirmed {
+                    self.metrics
+                        .new_orphans
+                        .with_label_values(&[tenant])
+                        .inc_by(*n);
+                }
+                self.publish(&report).await;
+                tracing::info!(
+                    complete = report.complete,
+                    identities = report.summary.total,
+                    orphaned = report.summary.orphaned,
+                    unknown = report.summary.unknown,
+                    seconds = elapsed,
+                    "scan recorded"
+                );
+            }
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                self.metrics.scan_runs.with_label_values(&["failed"]).inc();
+                tracing::error!(error = %e, "could not record the scan");
+            }
+        }
+        Some(report)
+    }
+
+    /// Updates the cached gauges after a recorded scan.
+    async fn publish(&self, report: &ScanReport) {
+        for t in &report.tenants {
+            if t.inventory_complete {
+                let mut counts = Vec::new();
+                for v in crate::domain::Verdict::ALL {
+                    let n = report
+                        .findings
+                        .iter()
+                        .filter(|f| f.tenant_id == t.tenant_id && f.verdict == v)
+                        .count() as u64;
+                    counts.push((v, n));
+                }
+                self.metrics.set_identities(&t.tenant_id, &counts);
+            }
+            if t.complete {
+                self.metrics
+                    .last_success
+                    .with_label_values(&[&t.tenant_id])
+                    .set(report.finished_at.timestamp());
+            }
+        }
+        match self.store.count_findings_by_state().await {
+            Ok(c) => self.metrics.set_findings(&self.settings.tenant_ids(), &c),
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::error!(error = %e, "could not count findings");
+            }
+        }
+    }
+}
+
+/// Starts the cron job: "on `[schedule] cron`, start a scan unless one is running".
+pub async fn start_cron(
+    runner: Arc<ScanRunner>,
+    metrics: Metrics,
+    cron: &str,
+) -> anyhow::Result<JobScheduler> {
+    let sched = JobScheduler::new().await?;
+    let job = Job::new_async(cron, move |_, _| {
+        let runner = runner.clone();
+        let metrics = metrics.clone();
+        Box::pin(async move {
+            match runner.try_start(Trigger::Schedule) {
+                Ok(id) => tracing::info!(scan_id = %id, "scheduled scan started"),
+                Err(Busy::AlreadyRunning) => {
+                    metrics.scans_skipped.inc();
+                    tracing::warn!("scheduled scan skipped: the previous scan is still running");
+                }
+                Err(Busy::ShuttingDown) => {}
+            }
+        })
+    })?;
+    sched.add(job).await?;
+    sched.start().await?;
+    Ok(sched)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cron_expressions_need_a_seconds_field() {
+        assert!(validate_cron("0 */30 * * * *").is_ok());
+        assert!(validate_cron("*/5 * * * * *").is_ok());
+        assert!(
+            validate_cron("0 0 * * *").is_err(),
+            "5-field cron is refused"
+        );
+        assert!(validate_cron("every minute").is_err());
+    }
+}
