@@ -67,6 +67,9 @@ pub fn judge(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
         );
     };
     let invisible = evidence.subscription_visible == Some(false);
+    // The subscription list could not be read: a 403 cannot be told apart from an invisible subscription.
+    let visibility_unknown =
+        resource.subscription_id().is_some() && evidence.subscription_visible.is_none();
     let sub = resource.subscription_id().unwrap_or("-");
     match &evidence.answer {
         Answer::NotChecked => {
@@ -129,7 +132,10 @@ pub fn judge(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
                     ),
                 };
             }
-            if invisible {
+            // A subscription we cannot see answers 403 (no role) or 404 (not found): that says the
+            // subscription is out of reach, not that the resource is gone. Anything else (a 401 about the
+            // token, a 400) is no answer at all and follows the rules below (check_failed).
+            if invisible && matches!(*status, 403 | 404) {
                 return judgement(
                     Unknown,
                     SubscriptionNotAccessible,
@@ -156,6 +162,13 @@ pub fn judge(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
                     Orphaned,
                     ResourceNotFound,
                     format!("ARM answers 404 {code_str}: the resource no longer exists"),
+                ),
+                403 if visibility_unknown => judgement(
+                    Unknown,
+                    CheckFailed,
+                    format!(
+                        "ARM denies access ({code_str}) and the subscription list could not be read to tell why"
+                    ),
                 ),
                 403 => judgement(
                     Unknown,
@@ -400,6 +413,30 @@ mod tests {
                 (Verdict::Unknown, Reason::SubscriptionNotAccessible)
             );
         }
+    }
+
+    #[test]
+    fn a_token_problem_in_an_invisible_subscription_is_a_failed_check() {
+        let mut e = arm_error(401, "ExpiredAuthenticationToken");
+        e.subscription_visible = Some(false);
+        assert_eq!(verdict(&vm(), &e), (Verdict::Unknown, Reason::CheckFailed));
+        let mut e = arm_error(400, "NoRegisteredProviderFound");
+        e.subscription_visible = Some(false);
+        assert_eq!(verdict(&vm(), &e), (Verdict::Unknown, Reason::CheckFailed));
+    }
+
+    #[test]
+    fn a_403_without_the_subscription_list_is_a_failed_check() {
+        let mut e = arm_error(403, "AuthorizationFailed");
+        e.subscription_visible = None;
+        assert_eq!(verdict(&vm(), &e), (Verdict::Unknown, Reason::CheckFailed));
+        // Proof of absence stays proof, whatever the list said.
+        let mut e = arm_error(404, "ResourceNotFound");
+        e.subscription_visible = None;
+        assert_eq!(
+            verdict(&vm(), &e),
+            (Verdict::Orphaned, Reason::ResourceNotFound)
+        );
     }
 
     #[test]

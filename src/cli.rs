@@ -73,6 +73,9 @@ pub enum Command {
         /// Seed of the simulated tenant.
         #[arg(long, default_value_t = 42)]
         seed: u64,
+        /// Orphans in the simulated tenant (default: 0.5 % of the identities).
+        #[arg(long)]
+        orphans: Option<usize>,
         /// Scan once, print the report and exit.
         #[arg(long)]
         once: bool,
@@ -158,11 +161,18 @@ async fn run(cli: Cli) -> ExitCode {
         Command::Demo {
             identities,
             seed,
+            orphans,
             once,
             output,
             listen,
             churn_every,
-        } => demo(identities, seed, once, output, listen, churn_every).await,
+        } => {
+            let world = match orphans {
+                Some(n) => World::generate_with_orphans(seed, identities, n),
+                None => World::generate(seed, identities),
+            };
+            demo(world, seed, once, output, listen, churn_every).await
+        }
     }
 }
 
@@ -300,7 +310,7 @@ fn print_report(report: &ScanReport, output: Output, all: bool) {
 }
 
 async fn demo(
-    identities: usize,
+    world: World,
     seed: u64,
     once: bool,
     output: Output,
@@ -308,7 +318,11 @@ async fn demo(
     churn_every: u64,
 ) -> ExitCode {
     crate::telemetry::init(if once { "warn" } else { "info" }, false);
-    let world = World::generate(seed, identities);
+    let identities = world
+        .principals
+        .iter()
+        .filter(|p| p.sp_type == "ManagedIdentity")
+        .count();
     let sim = match SimHandle::start(world, SimConfig::default()).await {
         Ok(s) => s,
         Err(e) => {

@@ -45,7 +45,12 @@ pub struct Inventory {
     pub pages: u32,
     /// Principals of another type that a page carried anyway.
     pub ignored: u64,
+    /// Restarts from the first page after an expired page token.
+    pub restarts: u32,
 }
+
+/// Restarts of the inventory after `Directory_ExpiredPageToken` before giving up.
+pub const MAX_RESTARTS: u32 = 3;
 
 pub struct GraphClient {
     http: AzureHttp,
@@ -78,10 +83,29 @@ impl GraphClient {
         let mut seen_links = HashSet::new();
         let mut seen_ids = HashSet::new();
         let mut inv = Inventory::default();
+        let first = url.clone();
         loop {
             let call = Call::get(Api::Graph, tenant, &url);
-            let (page, _reply): (Page, _) =
-                self.http.json(&call, "a servicePrincipal page").await?;
+            let page: Page = match self.http.json(&call, "a servicePrincipal page").await {
+                Ok((page, _)) => page,
+                // A page token that expired: start over from the first page, as Graph asks (G-ERR), a
+                // bounded number of times. Principals already read stay; repeats are skipped below.
+                Err(AzureError::Status { code, .. })
+                    if code.eq_ignore_ascii_case("Directory_ExpiredPageToken")
+                        && url != first
+                        && inv.restarts < MAX_RESTARTS =>
+                {
+                    inv.restarts += 1;
+                    tracing::info!(
+                        restarts = inv.restarts,
+                        "page token expired; restarting the inventory"
+                    );
+                    seen_links.clear();
+                    url.clone_from(&first);
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             inv.pages += 1;
             for sp in page.value {
                 // The server filtered by type; a principal that names another type anyway is skipped, one

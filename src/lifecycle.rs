@@ -285,9 +285,13 @@ pub fn advance(
         },
         Observation::Judged {
             verdict: Verdict::Unknown,
-            ..
+            reason,
         } => {
-            if orphan_lifecycle(from) {
+            // A failed check is no evidence at all: it changes nothing of a known identity; an
+            // identity seen for the first time is unverified.
+            if reason == Reason::CheckFailed && prev.is_some() {
+                unchanged(false)
+            } else if orphan_lifecycle(from) {
                 // Neither confirmed nor resolved by what could not be seen.
                 unchanged(false)
             } else {
@@ -519,6 +523,26 @@ mod tests {
             2 * H,
         );
         assert!(gone.next.is_none(), "nothing to remember");
+    }
+
+    #[test]
+    fn a_failed_check_keeps_the_last_authoritative_verdict_of_any_known_identity() {
+        let unverified = advance(
+            None,
+            judged(Verdict::Unknown, Reason::SubscriptionNotAccessible),
+            t(0),
+            2 * H,
+        )
+        .next
+        .expect("kept");
+        for prev in [Tracked::new(), unverified] {
+            let s = advance(Some(&prev), failed(), t(1), 2 * H);
+            assert_eq!(s.next.as_ref(), Some(&prev));
+            assert!(!s.take_verdict);
+        }
+        let fresh = advance(None, failed(), t(0), 2 * H);
+        assert_eq!(fresh.next.expect("kept").state, Some(State::Unverified));
+        assert!(fresh.take_verdict);
     }
 
     #[test]

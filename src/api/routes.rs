@@ -9,6 +9,7 @@ use crate::scheduler::Busy;
 use crate::store::findings::{Acknowledged, FindingFilter};
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State as S};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -183,6 +184,12 @@ async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Resp
     ))
 }
 
+/// Path parameters, with axum's own rejection (e.g. a segment that is not UTF-8) turned into a problem.
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, Problem> {
+    p.map(|Path(v)| v)
+        .map_err(|_| Problem::new(StatusCode::NOT_FOUND, "no such resource"))
+}
+
 fn check_path_id(v: &str, what: &str) -> Result<(), Problem> {
     if v.is_empty()
         || v.len() > 256
@@ -223,8 +230,9 @@ async fn finding_with_history(
 
 async fn one_finding(
     S(st): S<AppState>,
-    Path((tenant, object)): Path<(String, String)>,
+    p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, Problem> {
+    let (tenant, object) = path(p)?;
     check_path_id(&tenant, "tenant id")?;
     check_path_id(&object, "object id")?;
     match finding_with_history(&st, &tenant, &object).await? {
@@ -238,10 +246,11 @@ async fn one_finding(
 
 async fn acknowledge(
     S(st): S<AppState>,
-    Path((tenant, object)): Path<(String, String)>,
+    p: Result<Path<(String, String)>, PathRejection>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
+    let (tenant, object) = path(p)?;
     authorize(&st, &headers)?;
     check_path_id(&tenant, "tenant id")?;
     check_path_id(&object, "object id")?;
@@ -342,7 +351,11 @@ async fn list_scans(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Respons
     ))
 }
 
-async fn one_scan(S(st): S<AppState>, Path(id): Path<String>) -> Result<Response, Problem> {
+async fn one_scan(
+    S(st): S<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> Result<Response, Problem> {
+    let id = path(p)?;
     if id.len() > 64 {
         return Err(Problem::new(StatusCode::NOT_FOUND, "no scan with that id"));
     }

@@ -64,6 +64,73 @@ pub enum Fault {
     Throttle { retry_after: String },
     /// An error status (500, 502, 503, 504, ...) with the service's error body.
     Status(u16),
+    /// The connection breaks in the middle of the body.
+    Reset,
+    /// The answer comes only after this delay (meant to exceed the client's timeout).
+    Slow(Duration),
+    /// Status 200 with the first half of the real body.
+    Truncated,
+    /// Status 200 with an HTML page instead of JSON (a proxy's error page).
+    NotJson,
+    /// Graph or Resource Graph list: a page with no items whose continuation picks up where it was.
+    EmptyPage,
+    /// Graph: 400 `Directory_ExpiredPageToken` for a request that carries a `$skiptoken` (G-ERR).
+    ExpiredPageToken,
+    /// Resource Graph: a request that carries a `$skipToken` fails with 500.
+    SkipTokenError,
+    /// The bearer token is revoked: 401 `ExpiredAuthenticationToken` (ARM) / `InvalidAuthenticationToken`
+    /// (Graph).
+    ExpireToken,
+}
+
+impl Fault {
+    /// A short name for reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Throttle { .. } => "throttle_429",
+            Self::Status(500) => "status_500",
+            Self::Status(502) => "status_502",
+            Self::Status(503) => "status_503",
+            Self::Status(504) => "status_504",
+            Self::Status(_) => "status_other",
+            Self::Reset => "connection_reset",
+            Self::Slow(_) => "slow_response",
+            Self::Truncated => "truncated_body",
+            Self::NotJson => "non_json_body",
+            Self::EmptyPage => "empty_page",
+            Self::ExpiredPageToken => "expired_page_token",
+            Self::SkipTokenError => "skip_token_error",
+            Self::ExpireToken => "token_expired",
+        }
+    }
+
+    /// Whether the fault can happen to this request.
+    fn applies(&self, req: &ReqInfo) -> bool {
+        match self {
+            Self::EmptyPage => matches!(req.api, Api::Graph | Api::ResourceGraph),
+            Self::ExpiredPageToken => req.api == Api::Graph && req.has_skip_token,
+            Self::SkipTokenError => req.api == Api::ResourceGraph && req.has_skip_token,
+            Self::ExpireToken => req.api != Api::Token,
+            Self::Truncated | Self::NotJson | Self::Reset => true,
+            Self::Throttle { .. } | Self::Status(_) | Self::Slow(_) => true,
+        }
+    }
+}
+
+/// What fault selection needs to know of a request.
+struct ReqInfo {
+    api: Api,
+    has_skip_token: bool,
+}
+
+/// Random faults from a seed: each request of `apis` gets one of `kinds` (that applies to it) with
+/// probability `per_thousand`/1000. Repeatable for a given request order.
+#[derive(Debug, Clone)]
+pub struct FaultPlan {
+    pub seed: u64,
+    pub per_thousand: u64,
+    pub apis: Vec<Api>,
+    pub kinds: Vec<Fault>,
 }
 
 /// Applies `fault` to requests of `api` whose path and query (`/path?query`) contain `path_contains`
@@ -92,6 +159,9 @@ struct Inner {
     world: RwLock<World>,
     config: RwLock<SimConfig>,
     faults: Mutex<Vec<FaultRule>>,
+    plan: Mutex<Option<(FaultPlan, model::Rng)>>,
+    /// Faults injected so far, by name.
+    injected: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     counters: Counters,
     tokens: Mutex<HashMap<String, TokenInfo>>,
     arg_window: Mutex<(Instant, u32)>,
@@ -124,6 +194,8 @@ impl SimHandle {
             world: RwLock::new(world),
             config: RwLock::new(config),
             faults: Mutex::new(Vec::new()),
+            plan: Mutex::new(None),
+            injected: Mutex::new(std::collections::BTreeMap::new()),
             counters: Counters::default(),
             tokens: Mutex::new(HashMap::new()),
             arg_window: Mutex::new((Instant::now(), 0)),
@@ -172,6 +244,18 @@ impl SimHandle {
 
     pub fn clear_faults(&self) {
         self.inner.faults.lock().expect("faults lock").clear();
+        *self.inner.plan.lock().expect("plan lock") = None;
+    }
+
+    /// Injects random faults from now on (replacing any earlier plan).
+    pub fn set_fault_plan(&self, plan: FaultPlan) {
+        let rng = model::Rng::new(plan.seed);
+        *self.inner.plan.lock().expect("plan lock") = Some((plan, rng));
+    }
+
+    /// Faults injected so far, by name.
+    pub fn injected(&self) -> std::collections::BTreeMap<&'static str, u64> {
+        self.inner.injected.lock().expect("injected lock").clone()
     }
 
     /// Requests received per API.
@@ -289,26 +373,72 @@ fn classify_route(method: &Method, path: &str) -> Option<Api> {
     }
 }
 
-fn take_fault(inner: &Inner, api: Api, path: &str) -> Option<Fault> {
-    let mut faults = inner.faults.lock().expect("faults lock");
-    let pos = faults.iter().position(|r| {
-        r.api == api
-            && r.path_contains
-                .as_ref()
-                .is_none_or(|p| path.to_ascii_lowercase().contains(&p.to_ascii_lowercase()))
-            && r.times != Some(0)
+fn take_fault(inner: &Inner, req: &ReqInfo, target: &str) -> Option<Fault> {
+    let chosen = {
+        let mut faults = inner.faults.lock().expect("faults lock");
+        let pos = faults.iter().position(|r| {
+            r.api == req.api
+                && r.path_contains.as_ref().is_none_or(|p| {
+                    target
+                        .to_ascii_lowercase()
+                        .contains(&p.to_ascii_lowercase())
+                })
+                && r.times != Some(0)
+                && r.fault.applies(req)
+        });
+        pos.map(|pos| {
+            let rule = &mut faults[pos];
+            if let Some(t) = rule.times.as_mut() {
+                *t -= 1;
+            }
+            rule.fault.clone()
+        })
+    };
+    let chosen = chosen.or_else(|| {
+        let mut plan = inner.plan.lock().expect("plan lock");
+        let (p, rng) = plan.as_mut()?;
+        if !p.apis.contains(&req.api) || !rng.chance(p.per_thousand) {
+            return None;
+        }
+        let applicable: Vec<&Fault> = p.kinds.iter().filter(|f| f.applies(req)).collect();
+        if applicable.is_empty() {
+            return None;
+        }
+        let pick = usize::try_from(rng.below(applicable.len() as u64)).unwrap_or(0);
+        Some(applicable[pick].clone())
     })?;
-    let rule = &mut faults[pos];
-    if let Some(t) = rule.times.as_mut() {
-        *t -= 1;
-    }
-    Some(rule.fault.clone())
+    *inner
+        .injected
+        .lock()
+        .expect("injected lock")
+        .entry(chosen.name())
+        .or_default() += 1;
+    Some(chosen)
 }
 
 fn fault_response(api: Api, fault: &Fault, req: &HeaderMap) -> Response {
     let (status, retry_after) = match fault {
         Fault::Throttle { retry_after } => (429, Some(retry_after.clone())),
         Fault::Status(s) => (*s, None),
+        Fault::SkipTokenError => (500, None),
+        Fault::ExpiredPageToken => {
+            return graph_error(
+                req,
+                400,
+                "Directory_ExpiredPageToken",
+                "The specified page token value has expired and can no longer be included in your request.",
+            );
+        }
+        Fault::NotJson => {
+            let mut res = Response::new(Body::from(
+                "<html><head><title>502 Bad Gateway</title></head><body>upstream error</body></html>",
+            ));
+            res.headers_mut()
+                .insert("content-type", HeaderValue::from_static("text/html"));
+            return res;
+        }
+        // The others change a real answer; see `handle`.
+        _ => (500, None),
     };
     let code = match status {
         429 => "TooManyRequests",
@@ -370,10 +500,6 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
     };
     inner.counters.request(api);
     inner.seq.fetch_add(1, Ordering::Relaxed);
-    let target = format!("{path}?{}", parts.uri.query().unwrap_or(""));
-    if let Some(f) = take_fault(&inner, api, &target) {
-        return fault_response(api, &f, &parts.headers);
-    }
     // ARM accepts request bodies up to 4 MB (RPC).
     let Ok(bytes) = axum::body::to_bytes(body, 4 * 1024 * 1024).await else {
         return arm_error(
@@ -383,11 +509,98 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
             "The request body is larger than 4 MB.",
         );
     };
-    match api {
+    let target = format!("{path}?{}", parts.uri.query().unwrap_or(""));
+    let info = ReqInfo {
+        api,
+        has_skip_token: query.contains_key("$skiptoken")
+            || (api == Api::ResourceGraph && bytes.windows(10).any(|w| w == b"$skipToken")),
+    };
+    let fault = take_fault(&inner, &info, &target);
+    match &fault {
+        Some(
+            f @ (Fault::Throttle { .. }
+            | Fault::Status(_)
+            | Fault::ExpiredPageToken
+            | Fault::SkipTokenError
+            | Fault::NotJson),
+        ) => {
+            return fault_response(api, f, &parts.headers);
+        }
+        Some(Fault::ExpireToken) => {
+            if let Some(t) = parts
+                .headers
+                .get("authorization")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("Bearer "))
+            {
+                inner.tokens.lock().expect("tokens lock").remove(t.trim());
+            }
+            return match api {
+                Api::Graph => graph_error(
+                    &parts.headers,
+                    401,
+                    "InvalidAuthenticationToken",
+                    "Lifetime validation failed, the token is expired.",
+                ),
+                _ => arm_error(
+                    &parts.headers,
+                    401,
+                    "ExpiredAuthenticationToken",
+                    "The access token expiry UTC time is earlier than current UTC time.",
+                ),
+            };
+        }
+        Some(Fault::Slow(d)) => tokio::time::sleep(*d).await,
+        _ => {}
+    }
+    let empty_page = matches!(fault, Some(Fault::EmptyPage));
+    let res = match api {
         Api::Token => token(&inner, &path, &bytes),
-        Api::Graph => graph(&inner, &parts.method, &path, &query, &parts.headers),
-        Api::ResourceGraph => resource_graph(&inner, &parts.method, &query, &parts.headers, &bytes),
+        Api::Graph => graph(
+            &inner,
+            &parts.method,
+            &path,
+            &query,
+            &parts.headers,
+            empty_page,
+        ),
+        Api::ResourceGraph => resource_graph(
+            &inner,
+            &parts.method,
+            &query,
+            &parts.headers,
+            &bytes,
+            empty_page,
+        ),
         Api::Arm => arm(&inner, &parts.method, &path, &query, &parts.headers),
+    };
+    match fault {
+        Some(Fault::Truncated) => {
+            let (mut head, body) = res.into_parts();
+            let full = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            head.status = StatusCode::OK;
+            head.headers.remove("content-length");
+            Response::from_parts(head, Body::from(full.slice(..full.len() / 2)))
+        }
+        Some(Fault::Reset) => {
+            let (mut head, body) = res.into_parts();
+            let full = axum::body::to_bytes(body, usize::MAX)
+                .await
+                .unwrap_or_default();
+            head.headers.remove("content-length");
+            let half = full.slice(..full.len() / 2);
+            let stream = futures::stream::iter(vec![
+                Ok::<_, std::io::Error>(half),
+                Err(std::io::Error::new(
+                    std::io::ErrorKind::ConnectionReset,
+                    "injected reset",
+                )),
+            ]);
+            Response::from_parts(head, Body::from_stream(stream))
+        }
+        _ => res,
     }
 }
 
@@ -570,6 +783,7 @@ fn graph(
     path: &str,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
+    empty_page: bool,
 ) -> Response {
     if let Err(r) = authorize(inner, headers, Audience::Graph) {
         return r;
@@ -679,10 +893,16 @@ fn graph(
     let selected: Option<Vec<String>> = select
         .as_ref()
         .map(|s| s.split(',').map(|p| p.trim().to_owned()).collect());
+    // An injected empty page holds nothing and continues at the same offset.
+    let (take, advance) = if empty_page {
+        (0, 0)
+    } else {
+        (page_size, page_size)
+    };
     let page: Vec<Value> = matching
         .iter()
         .skip(offset)
-        .take(page_size)
+        .take(take)
         .map(|p| {
             let full = p.to_json();
             match &selected {
@@ -707,8 +927,11 @@ fn graph(
         "@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#servicePrincipals{}", select.as_ref().map(|s| format!("({s})")).unwrap_or_default()),
         "value": page,
     });
-    if offset + page_size < matching.len() {
-        let token = b64(&json!({"o": offset + page_size, "f": filter_type, "s": select, "t": top}));
+    if offset + advance < matching.len() {
+        let nonce = inner.seq.load(Ordering::Relaxed);
+        let token = b64(
+            &json!({"o": offset + advance, "f": filter_type, "s": select, "t": top, "n": nonce}),
+        );
         let mut qs = form_urlencoded::Serializer::new(String::new());
         if let Some(f) = &filter_type {
             qs.append_pair("$filter", &format!("servicePrincipalType eq '{f}'"));
@@ -1088,6 +1311,7 @@ fn resource_graph(
     q: &HashMap<String, String>,
     headers: &HeaderMap,
     body: &[u8],
+    empty_page: bool,
 ) -> Response {
     let tenant = match authorize(inner, headers, Audience::Arm) {
         Ok(t) => t,
@@ -1252,8 +1476,13 @@ fn resource_graph(
         Err(e) => return bad(h, "EvaluationFailure", &e),
     };
     let page_size = top.min(cfg.arg_max_page).max(1);
-    let page: Vec<Value> = data.iter().skip(offset).take(page_size).cloned().collect();
-    let more = offset + page.len() < data.len() && query.pageable();
+    let (take, advance) = if empty_page {
+        (0, 0)
+    } else {
+        (page_size, page_size)
+    };
+    let page: Vec<Value> = data.iter().skip(offset).take(take).cloned().collect();
+    let more = offset + advance < data.len() && query.pageable();
     let mut out = json!({
         "totalRecords": data.len(),
         "count": page.len(),
@@ -1275,7 +1504,10 @@ fn resource_graph(
         out["data"] = Value::Array(page);
     }
     if more {
-        out["$skipToken"] = json!(b64(&json!({"o": offset + page_size, "h": fingerprint})));
+        let nonce = inner.seq.load(Ordering::Relaxed);
+        out["$skipToken"] = json!(b64(
+            &json!({"o": offset + advance, "h": fingerprint, "n": nonce})
+        ));
     }
     respond(200, h, &out)
 }

@@ -543,6 +543,12 @@ impl World {
     /// A realistic seeded tenant of about `identities` managed identities over several subscriptions,
     /// with ~0.5 % orphans of every kind and every edge case the scan must handle.
     pub fn generate(seed: u64, identities: usize) -> Self {
+        Self::generate_with_orphans(seed, identities, (identities / 200).max(4))
+    }
+
+    /// [`World::generate`] with a chosen number of orphans made by deletion, recreation or a switched-off
+    /// identity (the fixed edge cases come on top).
+    pub fn generate_with_orphans(seed: u64, identities: usize, orphans: usize) -> Self {
         let mut w = Self::new(SIM_TENANT_ID, seed);
         let n_subs = (identities / 400).clamp(3, 500);
         let subs: Vec<String> = (0..n_subs)
@@ -640,10 +646,13 @@ impl World {
         w.add_system_assigned(&pa_mg_gone);
         w.delete_resource(&pa_mg_gone);
 
-        // ~0.5 % orphans, spread over the kinds of orphan.
-        let orphans = (identities / 200).max(4);
-        for i in 0..orphans.min(ids.len()) {
-            let idx = usize::try_from(w.rng.below(ids.len() as u64)).unwrap_or(0);
+        // Orphans spread over the kinds of orphan, each on a distinct resource.
+        let mut order: Vec<usize> = (0..ids.len()).collect();
+        for i in (1..order.len()).rev() {
+            let j = usize::try_from(w.rng.below(i as u64 + 1)).unwrap_or(0);
+            order.swap(i, j);
+        }
+        for (i, idx) in order.into_iter().take(orphans.min(ids.len())).enumerate() {
             let (id, _) = ids[idx].clone();
             match i % 4 {
                 0 | 1 => w.delete_resource(&id),

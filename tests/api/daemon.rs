@@ -652,3 +652,39 @@ async fn sigterm_during_a_scan_exits_cleanly_and_keeps_the_previous_state() {
         .expect("check");
     assert_eq!(ok, "ok");
 }
+
+#[tokio::test]
+async fn the_exposition_passes_promtool() {
+    use tokio::io::AsyncWriteExt;
+    let env = TestEnv::start(World::generate(4, 200), SimConfig::default()).await;
+    let d = env.daemon("").await;
+    d.scan().await;
+    let text = reqwest::get(d.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    d.stop().await;
+    let mut child = tokio::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("promtool runs (Debian package prometheus; .ci/run installs it)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(text.as_bytes())
+        .await
+        .expect("write");
+    let out = child.wait_with_output().await.expect("promtool");
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "promtool: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
