@@ -170,6 +170,12 @@ fn rows_of(data: &Value) -> Option<Vec<Value>> {
     }
 }
 
+/// Resource Graph rows as the client reads them (for the fuzz targets).
+#[cfg(test)]
+pub(crate) fn rows_for_fuzz(data: &Value) -> Option<usize> {
+    rows_of(data).map(|r| r.len())
+}
+
 #[derive(Deserialize)]
 struct ArgPage {
     data: Value,

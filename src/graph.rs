@@ -58,6 +58,14 @@ pub struct GraphClient {
     endpoint: String,
 }
 
+/// Decodes a page as the inventory does (for the fuzz targets).
+#[cfg(test)]
+pub(crate) fn decode_page_for_fuzz(body: &[u8]) -> Option<usize> {
+    serde_json::from_slice::<Page>(body)
+        .ok()
+        .map(|p| p.value.len())
+}
+
 impl GraphClient {
     pub fn new(http: AzureHttp, endpoint: &str) -> Self {
         Self {

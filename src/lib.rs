@@ -27,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod export;
+mod fuzz;
 pub mod graph;
 pub mod lifecycle;
 pub mod metrics;

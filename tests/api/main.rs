@@ -6,6 +6,7 @@ mod cry_wolf;
 mod daemon;
 mod faults;
 mod helpers;
+mod hostile;
 mod kql;
 mod paging;
 mod verdicts;
