@@ -168,7 +168,11 @@ impl ScanRunner {
             Err(e) => {
                 self.metrics.store_errors.inc();
                 self.metrics.scan_runs.with_label_values(&["failed"]).inc();
-                tracing::error!(error = %e, "could not record the scan");
+                tracing::error!(error = %e, "could not record the scan; the previous state stays");
+                // Best effort: the row noted at the start should not look like it is still running.
+                if self.store.abandon_running_scans().await.is_err() {
+                    self.metrics.store_errors.inc();
+                }
             }
         }
         Some(report)

@@ -2,6 +2,7 @@
 //! One test binary (each file in tests/ would be another crate to link).
 
 mod cli;
+mod crash;
 mod cry_wolf;
 mod daemon;
 mod faults;
