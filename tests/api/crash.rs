@@ -189,3 +189,113 @@ async fn a_locked_database_fails_the_record_cleanly_and_loses_nothing() {
     );
     d.stop().await;
 }
+
+/// Unmounts the test's small file system even when the test fails.
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+fn mount(args: &[&str]) {
+    let st = std::process::Command::new("mount")
+        .args(args)
+        .status()
+        .expect("mount runs");
+    assert!(
+        st.success(),
+        "mount {args:?} failed (the test needs root, as CI has)"
+    );
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_record_cleanly_and_loses_nothing() {
+    let (mut w, sub) = world();
+    let gone_id = rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/gone");
+    let gone = w.add_system_assigned(&gone_id);
+    w.delete_resource(&gone_id);
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    let fs = env.dir.path().join("smallfs");
+    std::fs::create_dir(&fs).expect("mount point");
+    let fs_str = fs.to_str().expect("utf-8").to_owned();
+    mount(&["-t", "tmpfs", "-o", "size=400k", "tmpfs", &fs_str]);
+    let _guard = Mount(fs.clone());
+    let extra = format!(
+        "[database]\nurl = \"sqlite://{fs_str}/miaudit.db\"\n[lifecycle]\nconfirm_after = \"0s\"\n"
+    );
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let without_db: String = text.split("[database]").next().expect("head").to_owned();
+    std::fs::write(&env.config_path, without_db).expect("config");
+    let d = env.daemon(&extra).await;
+    let first = d.scan().await;
+    let metric = |text: &str, name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // The tenant grows beyond what the disk holds.
+    env.sim.with_world(|w| {
+        for i in 0..1500 {
+            w.add_system_assigned(&World::resource_id(
+                &sub,
+                "rg-big",
+                "Microsoft.Storage",
+                &format!("storageAccounts/st{i}"),
+            ));
+        }
+    });
+    let r = d.scan().await;
+    assert!(r.complete);
+    let m = reqwest::get(d.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        metric(&m, "miaudit_scan_runs_total{outcome=\"failed\"}"),
+        1,
+        "disk full: {m}"
+    );
+    let (status, v) = get_json(&d.url(&format!("/api/v1/findings/{TENANT}/{gone}"))).await;
+    assert_eq!(
+        (status, v["state"].as_str()),
+        (200, Some("confirmed")),
+        "reads answer on a full disk"
+    );
+    // The fault clears: the next scan records, the first scan's findings and history are intact.
+    mount(&["-o", "remount,size=64m", &fs_str]);
+    let last = d.scan().await;
+    let (_, s) = get_json(&d.url(&format!("/api/v1/scans/{}", last.scan_id))).await;
+    assert_eq!(s["outcome"], "completed", "{s}");
+    let (_, v) = get_json(&d.url(&format!("/api/v1/findings/{TENANT}/{gone}"))).await;
+    assert_eq!(
+        (v["state"].as_str(), v["episode"].as_u64()),
+        (Some("confirmed"), Some(1))
+    );
+    assert_eq!(v["history"].as_array().expect("history").len(), 1);
+    assert_eq!(v["history"][0]["scan_id"], first.scan_id.as_str());
+    let m = reqwest::get(d.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert_eq!(
+        metric(
+            &m,
+            &format!("miaudit_managed_identities{{tenant_id=\"{TENANT}\",verdict=\"healthy\"}}")
+        ),
+        1500,
+        "the grown tenant is recorded"
+    );
+    assert_eq!(metric(&m, "miaudit_scan_runs_total{outcome=\"failed\"}"), 1);
+    d.stop().await;
+}
