@@ -22,6 +22,7 @@ pub mod api;
 pub mod app;
 pub mod arm;
 pub mod azure;
+pub mod bench;
 pub mod classify;
 pub mod cli;
 pub mod config;

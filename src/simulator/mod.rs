@@ -41,6 +41,8 @@ pub struct SimConfig {
     pub token_lifetime_secs: u64,
     /// Added to every response.
     pub latency: Duration,
+    /// Added per item of a Graph or Resource Graph page (serialisation and transfer of large pages).
+    pub per_item: Duration,
 }
 
 impl Default for SimConfig {
@@ -53,6 +55,7 @@ impl Default for SimConfig {
             arg_window: Duration::from_secs(5),
             token_lifetime_secs: 3599,
             latency: Duration::ZERO,
+            per_item: Duration::ZERO,
         }
     }
 }
@@ -160,6 +163,8 @@ struct Inner {
     config: RwLock<SimConfig>,
     faults: Mutex<Vec<FaultRule>>,
     plan: Mutex<Option<(FaultPlan, model::Rng)>>,
+    /// Resource Graph results by query fingerprint, paged by skip tokens.
+    arg_cache: Mutex<HashMap<String, Arc<Vec<Value>>>>,
     /// Faults injected so far, by name.
     injected: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     counters: Counters,
@@ -195,6 +200,7 @@ impl SimHandle {
             config: RwLock::new(config),
             faults: Mutex::new(Vec::new()),
             plan: Mutex::new(None),
+            arg_cache: Mutex::new(HashMap::new()),
             injected: Mutex::new(std::collections::BTreeMap::new()),
             counters: Counters::default(),
             tokens: Mutex::new(HashMap::new()),
@@ -231,6 +237,7 @@ impl SimHandle {
 
     /// Changes the world (deletes, recreations, ...) between scans.
     pub fn with_world<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
+        self.inner.arg_cache.lock().expect("cache lock").clear();
         f(&mut self.inner.world.write().expect("world lock"))
     }
 
@@ -574,6 +581,18 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
         ),
         Api::Arm => arm(&inner, &parts.method, &path, &query, &parts.headers),
     };
+    // The cost of a page grows with its items (the handlers say how many in `x-sim-items`).
+    let mut res = res;
+    if let Some(items) = res
+        .headers_mut()
+        .remove("x-sim-items")
+        .and_then(|v| v.to_str().ok().and_then(|v| v.parse::<u32>().ok()))
+    {
+        let per_item = inner.config.read().expect("config lock").per_item;
+        if !per_item.is_zero() {
+            tokio::time::sleep(per_item * items).await;
+        }
+    }
     match fault {
         Some(Fault::Truncated) => {
             let (mut head, body) = res.into_parts();
@@ -952,7 +971,9 @@ fn graph(
         .get("client-request-id")
         .and_then(|v| v.to_str().ok())
         .map_or_else(|| rid.clone(), str::to_owned);
+    let items = body["value"].as_array().map_or(0, Vec::len).to_string();
     respond(200, vec![
+        ("x-sim-items", items),
         ("request-id", rid),
         ("client-request-id", crid),
         ("x-ms-ags-diagnostic", r#"{"ServerInfo":{"DataCenter":"West Europe","Slice":"E","Ring":"5","ScaleUnit":"000","RoleInstance":"SIM"}}"#.to_owned()),
@@ -1445,35 +1466,59 @@ fn resource_graph(
             }
         },
     };
-    let tenant_id = w.tenant_id.clone();
-    let rows = w
-        .resources
-        .iter()
-        .filter(|(k, r)| {
-            let in_table = if r
-                .arm_type
-                .eq_ignore_ascii_case("Microsoft.Authorization/policyAssignments")
-            {
-                table == "policyresources"
-            } else {
-                table == "resources"
-            };
-            let sub = k.split('/').nth(2).unwrap_or("");
-            // Resource Graph honours RBAC: what the caller cannot read is silently left out (ARG overview).
-            let denied = w
-                .denied_resource_groups
+    // A query's result is evaluated once and paged from that snapshot, as a skip token continues the
+    // same result set (ARG paging-results); later pages do not re-run the query.
+    let cached = opts.get("$skipToken").and_then(|_| {
+        inner
+            .arg_cache
+            .lock()
+            .expect("cache lock")
+            .get(&fingerprint)
+            .cloned()
+    });
+    let data = match cached {
+        Some(d) => d,
+        None => {
+            let tenant_id = w.tenant_id.clone();
+            let scope_set: std::collections::HashSet<&str> =
+                scope.iter().map(String::as_str).collect();
+            let rows = w
+                .resources
                 .iter()
-                .any(|rg| k.starts_with(&format!("{rg}/")));
-            in_table
-                && k.starts_with("/subscriptions/")
-                && scope.iter().any(|s| s == sub)
-                && !w.arg_lag.contains(*k)
-                && !denied
-        })
-        .map(|(_, r)| r.arg_row(&tenant_id));
-    let data = match query.run(rows) {
-        Ok(d) => d,
-        Err(e) => return bad(h, "EvaluationFailure", &e),
+                .filter(|(k, r)| {
+                    let in_table = if r
+                        .arm_type
+                        .eq_ignore_ascii_case("Microsoft.Authorization/policyAssignments")
+                    {
+                        table == "policyresources"
+                    } else {
+                        table == "resources"
+                    };
+                    let sub = k.split('/').nth(2).unwrap_or("");
+                    // Resource Graph honours RBAC: what the caller cannot read is silently left out
+                    // (ARG overview).
+                    let denied = w
+                        .denied_resource_groups
+                        .iter()
+                        .any(|rg| k.starts_with(rg.as_str()) && k[rg.len()..].starts_with('/'));
+                    in_table
+                        && k.starts_with("/subscriptions/")
+                        && scope_set.contains(sub)
+                        && !w.arg_lag.contains(*k)
+                        && !denied
+                })
+                .map(|(_, r)| r.arg_row(&tenant_id));
+            let d = match query.run(rows) {
+                Ok(d) => Arc::new(d),
+                Err(e) => return bad(h, "EvaluationFailure", &e),
+            };
+            let mut cache = inner.arg_cache.lock().expect("cache lock");
+            if cache.len() >= 64 {
+                cache.clear();
+            }
+            cache.insert(fingerprint.clone(), d.clone());
+            d
+        }
     };
     let page_size = top.min(cfg.arg_max_page).max(1);
     let (take, advance) = if empty_page {
@@ -1483,6 +1528,7 @@ fn resource_graph(
     };
     let page: Vec<Value> = data.iter().skip(offset).take(take).cloned().collect();
     let more = offset + advance < data.len() && query.pageable();
+    let page_len = page.len();
     let mut out = json!({
         "totalRecords": data.len(),
         "count": page.len(),
@@ -1503,6 +1549,7 @@ fn resource_graph(
     } else {
         out["data"] = Value::Array(page);
     }
+    h.push(("x-sim-items", page_len.to_string()));
     if more {
         let nonce = inner.seq.load(Ordering::Relaxed);
         out["$skipToken"] = json!(b64(
