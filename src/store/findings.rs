@@ -199,50 +199,72 @@ async fn write_lifecycle(
     Ok(())
 }
 
-/// Upserts the identity columns (and, with `take_verdict`, the verdict and evidence) of a finding.
-async fn write_identity(
+/// Rows per multi-row statement: 23 parameters each stays well under SQLite's 32,766.
+const BATCH: usize = 400;
+
+/// Writes findings in multi-row upserts: identity, lifecycle and, with `take_verdict`, the verdict and
+/// evidence columns (otherwise the stored, last authoritative ones stay).
+async fn upsert_findings(
     tx: &mut Transaction<'_, Sqlite>,
-    f: &Finding,
-    object: &str,
+    rows: &[(&Finding, String, Tracked)],
     take_verdict: bool,
     seen_at: DateTime<Utc>,
     scan_id: &str,
 ) -> Result<(), StoreError> {
-    let sql = if take_verdict {
-        "insert into findings (tenant_id, object_id, app_id, display_name, identity_type, resource_id,
-             subscription_id, resource_type, verdict, reason, detail, evidence, last_seen_at, last_scan_id)
-         values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         on conflict (tenant_id, object_id) do update set app_id = excluded.app_id,
-             display_name = excluded.display_name, identity_type = excluded.identity_type,
-             resource_id = excluded.resource_id, subscription_id = excluded.subscription_id,
-             resource_type = excluded.resource_type, verdict = excluded.verdict, reason = excluded.reason,
-             detail = excluded.detail, evidence = excluded.evidence, last_seen_at = excluded.last_seen_at,
-             last_scan_id = excluded.last_scan_id"
-    } else {
-        "insert into findings (tenant_id, object_id, app_id, display_name, identity_type, resource_id,
-             subscription_id, resource_type, verdict, reason, detail, evidence, last_seen_at, last_scan_id)
-         values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-         on conflict (tenant_id, object_id) do update set app_id = excluded.app_id,
-             display_name = excluded.display_name, last_seen_at = excluded.last_seen_at,
-             last_scan_id = excluded.last_scan_id"
-    };
-    sqlx::query(sql)
-        .bind(&f.tenant_id)
-        .bind(object)
-        .bind(&f.app_id)
-        .bind(&f.display_name)
-        .bind(f.identity_type.as_str())
-        .bind(&f.resource_id)
-        .bind(&f.subscription_id)
-        .bind(&f.resource_type)
-        .bind(f.verdict.as_str())
-        .bind(f.reason.as_str())
-        .bind(&f.detail)
-        .bind(serde_json::to_string(&f.evidence).unwrap_or_else(|_| "{}".into()))
-        .bind(seen_at.to_rfc3339())
-        .bind(scan_id)
-        .execute(&mut **tx)
-        .await?;
+    const COLS: &str = "tenant_id, object_id, app_id, display_name, identity_type, resource_id, subscription_id,
+        resource_type, verdict, reason, detail, evidence, last_seen_at, last_scan_id, state, episode, resolution,
+        ticket, note, first_detected_at, last_orphaned_at, confirmed_at, resolved_at";
+    const LIFECYCLE: &str = "app_id = excluded.app_id, display_name = excluded.display_name,
+        last_seen_at = excluded.last_seen_at, last_scan_id = excluded.last_scan_id, state = excluded.state,
+        episode = excluded.episode, resolution = excluded.resolution, ticket = excluded.ticket,
+        note = excluded.note, first_detected_at = excluded.first_detected_at,
+        last_orphaned_at = excluded.last_orphaned_at, confirmed_at = excluded.confirmed_at,
+        resolved_at = excluded.resolved_at";
+    const VERDICT: &str =
+        ", identity_type = excluded.identity_type, resource_id = excluded.resource_id,
+        subscription_id = excluded.subscription_id, resource_type = excluded.resource_type,
+        verdict = excluded.verdict, reason = excluded.reason, detail = excluded.detail,
+        evidence = excluded.evidence";
+    let seen = seen_at.to_rfc3339();
+    for chunk in rows.chunks(BATCH) {
+        let mut sql = format!("insert into findings ({COLS}) values ");
+        let one = format!("({})", vec!["?"; 23].join(", "));
+        sql.push_str(&vec![one.as_str(); chunk.len()].join(", "));
+        sql.push_str(" on conflict (tenant_id, object_id) do update set ");
+        sql.push_str(LIFECYCLE);
+        if take_verdict {
+            sql.push_str(VERDICT);
+        }
+        // Only static fragments and placeholders are in `sql`; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for (f, object, t) in chunk {
+            q = q
+                .bind(&f.tenant_id)
+                .bind(object)
+                .bind(&f.app_id)
+                .bind(&f.display_name)
+                .bind(f.identity_type.as_str())
+                .bind(&f.resource_id)
+                .bind(&f.subscription_id)
+                .bind(&f.resource_type)
+                .bind(f.verdict.as_str())
+                .bind(f.reason.as_str())
+                .bind(&f.detail)
+                .bind(serde_json::to_string(&f.evidence).unwrap_or_else(|_| "{}".into()))
+                .bind(&seen)
+                .bind(scan_id)
+                .bind(t.state.map(State::as_str))
+                .bind(i64::from(t.episode))
+                .bind(t.resolution.map(Resolution::as_str))
+                .bind(&t.ticket)
+                .bind(&t.note)
+                .bind(ts(t.first_detected_at))
+                .bind(ts(t.last_orphaned_at))
+                .bind(ts(t.confirmed_at))
+                .bind(ts(t.resolved_at));
+        }
+        q.execute(&mut **tx).await?;
+    }
     Ok(())
 }
 
@@ -265,6 +287,8 @@ pub(super) async fn apply_lifecycle(
             existing.insert(r.try_get("object_id")?, tracked_of(r)?);
         }
         let mut confirmed = 0u64;
+        let mut taking: Vec<(&Finding, String, Tracked)> = Vec::new();
+        let mut keeping: Vec<(&Finding, String, Tracked)> = Vec::new();
         for f in report.findings.iter().filter(|f| f.tenant_id == tid) {
             let object = f.object_id.to_ascii_lowercase();
             let prev = existing.remove(&object);
@@ -277,21 +301,20 @@ pub(super) async fn apply_lifecycle(
                 now,
                 confirm_after,
             );
-            let Some(next) = &step.next else { continue };
-            // A new identity always gets its columns, even from an unknown verdict.
-            write_identity(
-                tx,
-                f,
-                &object,
-                step.take_verdict || prev.is_none(),
-                now,
-                &report.scan_id,
-            )
-            .await?;
-            write_lifecycle(tx, tid, &object, next, Some(&report.scan_id)).await?;
+            let Some(next) = step.next.clone() else {
+                continue;
+            };
             write_history(tx, tid, &object, &step, now, Some(&report.scan_id)).await?;
             confirmed += u64::from(step.newly_confirmed);
+            // A new identity always gets its columns, even from an unknown verdict.
+            if step.take_verdict || prev.is_none() {
+                taking.push((f, object, next));
+            } else {
+                keeping.push((f, object, next));
+            }
         }
+        upsert_findings(tx, &taking, true, now, &report.scan_id).await?;
+        upsert_findings(tx, &keeping, false, now, &report.scan_id).await?;
         // Identities of earlier scans that this inventory did not list.
         let obs = Observation::Absent {
             inventory_complete: tenant.inventory_complete,

@@ -176,27 +176,33 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         }
-        for f in &report.findings {
-            sqlx::query(
+        // Multi-row inserts: 13 parameters a row, 500 rows a statement.
+        for chunk in report.findings.chunks(500) {
+            let one = format!("({})", vec!["?"; 13].join(", "));
+            let sql = format!(
                 "insert into scan_verdicts (scan_id, tenant_id, object_id, app_id, display_name, identity_type,
-                     resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)
-                 values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&report.scan_id)
-            .bind(&f.tenant_id)
-            .bind(&f.object_id)
-            .bind(&f.app_id)
-            .bind(&f.display_name)
-            .bind(f.identity_type.as_str())
-            .bind(&f.resource_id)
-            .bind(&f.subscription_id)
-            .bind(&f.resource_type)
-            .bind(f.verdict.as_str())
-            .bind(f.reason.as_str())
-            .bind(&f.detail)
-            .bind(serde_json::to_string(&f.evidence).unwrap_or_else(|_| "{}".into()))
-            .execute(&mut *tx)
-            .await?;
+                     resource_id, subscription_id, resource_type, verdict, reason, detail, evidence) values {}",
+                vec![one.as_str(); chunk.len()].join(", ")
+            );
+            // Only static fragments and placeholders are in `sql`; every value is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for f in chunk {
+                q = q
+                    .bind(&report.scan_id)
+                    .bind(&f.tenant_id)
+                    .bind(&f.object_id)
+                    .bind(&f.app_id)
+                    .bind(&f.display_name)
+                    .bind(f.identity_type.as_str())
+                    .bind(&f.resource_id)
+                    .bind(&f.subscription_id)
+                    .bind(&f.resource_type)
+                    .bind(f.verdict.as_str())
+                    .bind(f.reason.as_str())
+                    .bind(&f.detail)
+                    .bind(serde_json::to_string(&f.evidence).unwrap_or_else(|_| "{}".into()));
+            }
+            q.execute(&mut *tx).await?;
         }
         let recorded = findings::apply_lifecycle(&mut tx, report, confirm_after).await?;
         sqlx::query(
