@@ -202,7 +202,14 @@ pub struct ArmClient {
     providers: tokio::sync::Mutex<HashMap<String, Option<ProviderTypes>>>,
     /// api-versions learnt from `NoRegisteredProviderFound`, per `namespace/type` (lower-case).
     learnt: Mutex<HashMap<String, String>>,
+    /// ARM reads left per subscription, as last announced, and when.
+    arm_quota: Mutex<HashMap<String, (i64, Instant)>>,
 }
+
+/// ARM refills a subscription's read bucket at 25 per second (ARM-THR, 2025).
+const ARM_REFILL_PER_S: f64 = 25.0;
+/// Reads kept in reserve for requests already in flight when pacing.
+const ARM_RESERVE: f64 = 10.0;
 
 /// The result of an ARM check of one resource.
 #[derive(Debug, Clone)]
@@ -251,6 +258,7 @@ impl ArmClient {
             pacer: Mutex::new(Pacer::default()),
             providers: tokio::sync::Mutex::new(HashMap::new()),
             learnt: Mutex::new(HashMap::new()),
+            arm_quota: Mutex::new(HashMap::new()),
         }
     }
 
@@ -511,6 +519,40 @@ impl ArmClient {
         Some(u.into())
     }
 
+    /// Waits until the subscription's read bucket, as last announced and refilled since, holds more than
+    /// the reserve: pacing instead of bouncing off 429s.
+    async fn pace_arm(&self, key: &str) {
+        let wait = {
+            let q = self.arm_quota.lock().expect("quota lock");
+            q.get(key).and_then(|(remaining, at)| {
+                let estimate = *remaining as f64 + at.elapsed().as_secs_f64() * ARM_REFILL_PER_S;
+                (estimate < ARM_RESERVE).then(|| {
+                    std::time::Duration::from_secs_f64((ARM_RESERVE - estimate) / ARM_REFILL_PER_S)
+                })
+            })
+        };
+        if let Some(w) = wait {
+            tracing::debug!(
+                ?w,
+                subscription = key,
+                "pacing ARM reads to the subscription's quota"
+            );
+            tokio::time::sleep(w).await;
+        }
+    }
+
+    fn note_arm_quota(&self, key: &str, reply: &Reply) {
+        if let Some(r) = reply
+            .header("x-ms-ratelimit-remaining-subscription-reads")
+            .and_then(|v| v.trim().parse::<i64>().ok())
+        {
+            self.arm_quota
+                .lock()
+                .expect("quota lock")
+                .insert(key.to_owned(), (r, Instant::now()));
+        }
+    }
+
     /// ARM GET of one resource: the authoritative answer. Never an error: failures become
     /// [`Answer::Failed`], which the judge turns into *unknown*.
     #[tracing::instrument(skip_all, fields(tenant = %tenant, resource = %resource))]
@@ -545,9 +587,14 @@ impl ArmClient {
                 return check;
             };
             let call = Call::get(Api::Arm, tenant, &url);
+            let quota_key = resource
+                .subscription_id()
+                .map_or_else(|| "tenant".to_owned(), str::to_ascii_lowercase);
+            self.pace_arm(&quota_key).await;
             let res = self
                 .http
                 .execute(&call, |reply| {
+                    self.note_arm_quota(&quota_key, &reply);
                     if reply.is_success() {
                         match serde_json::from_slice::<Value>(&reply.body) {
                             Ok(v) if v.is_object() => {

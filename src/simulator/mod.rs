@@ -43,6 +43,9 @@ pub struct SimConfig {
     pub latency: Duration,
     /// Added per item of a Graph or Resource Graph page (serialisation and transfer of large pages).
     pub per_item: Duration,
+    /// ARM read bucket per subscription (and one for tenant-level reads): capacity and refill per
+    /// second. ARM-THR (2025): 250 tokens, 25 per second, per subscription, principal and region.
+    pub arm_bucket: (f64, f64),
 }
 
 impl Default for SimConfig {
@@ -56,6 +59,7 @@ impl Default for SimConfig {
             token_lifetime_secs: 3599,
             latency: Duration::ZERO,
             per_item: Duration::ZERO,
+            arm_bucket: (250.0, 25.0),
         }
     }
 }
@@ -163,6 +167,8 @@ struct Inner {
     config: RwLock<SimConfig>,
     faults: Mutex<Vec<FaultRule>>,
     plan: Mutex<Option<(FaultPlan, model::Rng)>>,
+    /// ARM read buckets: scope ("sub:<id>" or "tenant") -> (tokens, last refill).
+    arm_buckets: Mutex<HashMap<String, (f64, Instant)>>,
     /// Resource Graph results by query fingerprint, paged by skip tokens.
     arg_cache: Mutex<HashMap<String, Arc<Vec<Value>>>>,
     /// Faults injected so far, by name.
@@ -201,6 +207,7 @@ impl SimHandle {
             faults: Mutex::new(Vec::new()),
             plan: Mutex::new(None),
             arg_cache: Mutex::new(HashMap::new()),
+            arm_buckets: Mutex::new(HashMap::new()),
             injected: Mutex::new(std::collections::BTreeMap::new()),
             counters: Counters::default(),
             tokens: Mutex::new(HashMap::new()),
@@ -579,7 +586,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
             &bytes,
             empty_page,
         ),
-        Api::Arm => arm(&inner, &parts.method, &path, &query, &parts.headers),
+        Api::Arm => arm_metered(&inner, &parts.method, &path, &query, &parts.headers),
     };
     // The cost of a page grows with its items (the handlers say how many in `x-sim-items`).
     let mut res = res;
@@ -1051,6 +1058,53 @@ fn api_version<'a>(
     }
 }
 
+/// ARM behind its read buckets (ARM-THR): a token per read from the subscription's bucket (tenant-level
+/// reads from the tenant's), `x-ms-ratelimit-remaining-subscription-reads` (or `-tenant-reads`) on every
+/// answer, 429 with `Retry-After` when the bucket is empty.
+fn arm_metered(
+    inner: &Inner,
+    method: &Method,
+    path: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Response {
+    let segs: Vec<&str> = path.split('/').skip(1).collect();
+    let (key, header) = match segs.as_slice() {
+        [s, id, _, ..] if s.eq_ignore_ascii_case("subscriptions") => (
+            format!("sub:{}", id.to_ascii_lowercase()),
+            "x-ms-ratelimit-remaining-subscription-reads",
+        ),
+        _ => ("tenant".to_owned(), "x-ms-ratelimit-remaining-tenant-reads"),
+    };
+    let (cap, rate) = inner.config.read().expect("config lock").arm_bucket;
+    let remaining = {
+        let mut buckets = inner.arm_buckets.lock().expect("bucket lock");
+        let now = Instant::now();
+        let b = buckets.entry(key).or_insert((cap, now));
+        b.0 = (b.0 + now.duration_since(b.1).as_secs_f64() * rate).min(cap);
+        b.1 = now;
+        if b.0 < 1.0 {
+            let wait = ((1.0 - b.0) / rate).ceil().max(1.0);
+            let mut res = arm_error(
+                headers,
+                429,
+                "TooManyRequests",
+                "The request is being throttled as the limit has been reached for operation type - Read_ObservationWindow_00:00:10.",
+            );
+            res.headers_mut()
+                .insert("retry-after", HeaderValue::from(wait as u64));
+            res.headers_mut().insert(header, HeaderValue::from(0u64));
+            return res;
+        }
+        b.0 -= 1.0;
+        b.0.floor() as u64
+    };
+    let mut res = arm(inner, method, path, q, headers);
+    res.headers_mut()
+        .insert(header, HeaderValue::from(remaining));
+    res
+}
+
 /// ARM: `GET /subscriptions`, providers, and resource GETs.
 fn arm(
     inner: &Inner,
@@ -1253,12 +1307,7 @@ fn resource_get(
     }
     let key = rid.key().to_owned();
     if let Some(r) = w.resources.get(&key) {
-        let mut h = arm_headers(headers);
-        h.push((
-            "x-ms-ratelimit-remaining-subscription-reads",
-            "249".to_owned(),
-        ));
-        return respond(200, h, &r.body(tenant));
+        return respond(200, arm_headers(headers), &r.body(tenant));
     }
     // A nested child whose parent is gone.
     let provider_at = segs

@@ -119,3 +119,35 @@ async fn resource_graph_quota_is_paced_without_throttling() {
         started.elapsed()
     );
 }
+
+#[tokio::test]
+async fn arm_reads_are_paced_to_the_subscription_bucket_without_throttling() {
+    let (mut w, sub) = world();
+    let mut ids = Vec::new();
+    for i in 0..60 {
+        let id = rid(
+            &sub,
+            "rg",
+            "Microsoft.Compute",
+            &format!("virtualMachines/gone{i}"),
+        );
+        ids.push(w.add_system_assigned(&id));
+        w.delete_resource(&id);
+    }
+    let cfg = SimConfig {
+        arm_bucket: (20.0, 100.0),
+        ..SimConfig::default()
+    };
+    let env = TestEnv::start(w, cfg).await;
+    let r = env.scan().await;
+    assert!(r.complete, "{:?}", r.tenants);
+    for id in &ids {
+        assert_eq!(outcome(&r, id), ("orphaned", "resource_not_found"));
+    }
+    let arm = &r.tenants[0].requests["arm"];
+    assert_eq!(
+        arm.throttled, 0,
+        "paced by x-ms-ratelimit-remaining-subscription-reads: {arm:?}"
+    );
+    assert!(arm.requests >= 61);
+}
