@@ -110,6 +110,15 @@ fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> 
     let verdict: String = r.try_get("verdict")?;
     let reason: String = r.try_get("reason")?;
     let evidence: String = r.try_get("evidence")?;
+    // Unchanged healthy rows are not rewritten each scan: they were seen in the tenant's latest complete
+    // inventory when that is newer than the row's own time (see migration 0004).
+    let own_seen = parse_time(t, &r.try_get::<String, _>("last_seen_at")?)?;
+    let inventory: Option<String> = r.try_get("inventory_at")?;
+    let inventory = inventory.map(|i| parse_time(t, &i)).transpose()?;
+    let (last_seen_at, last_scan_id) = match inventory {
+        Some(at) if at > own_seen => (at, r.try_get::<String, _>("inventory_scan_id")?),
+        _ => (own_seen, r.try_get::<String, _>("last_scan_id")?),
+    };
     Ok(StoredFinding {
         tenant_id: r.try_get("tenant_id")?,
         object_id: r.try_get("object_id")?,
@@ -130,11 +139,11 @@ fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> 
         ticket: tracked.ticket,
         note: tracked.note,
         first_detected_at: tracked.first_detected_at,
-        last_seen_at: parse_time(t, &r.try_get::<String, _>("last_seen_at")?)?,
+        last_seen_at,
         last_orphaned_at: tracked.last_orphaned_at,
         confirmed_at: tracked.confirmed_at,
         resolved_at: tracked.resolved_at,
-        last_scan_id: r.try_get("last_scan_id")?,
+        last_scan_id,
         evidence: serde_json::from_str(&evidence).map_err(|e| corrupt(t, e.to_string()))?,
     })
 }
@@ -278,20 +287,30 @@ pub(super) async fn apply_lifecycle(
     let mut recorded = Recorded::default();
     for tenant in &report.tenants {
         let tid = tenant.tenant_id.as_str();
-        let rows = sqlx::query("select * from findings where tenant_id = ?")
-            .bind(tid)
-            .fetch_all(&mut **tx)
-            .await?;
-        let mut existing: HashMap<String, Tracked> = HashMap::with_capacity(rows.len());
+        let rows = sqlx::query(
+            "select object_id, state, episode, resolution, ticket, note, first_detected_at, last_orphaned_at,
+                 confirmed_at, resolved_at, verdict, reason from findings where tenant_id = ?",
+        )
+        .bind(tid)
+        .fetch_all(&mut **tx)
+        .await?;
+        // Lifecycle and stored (verdict, reason) of every known identity of the tenant.
+        let mut existing: HashMap<String, (Tracked, String, String)> =
+            HashMap::with_capacity(rows.len());
         for r in &rows {
-            existing.insert(r.try_get("object_id")?, tracked_of(r)?);
+            existing.insert(
+                r.try_get("object_id")?,
+                (tracked_of(r)?, r.try_get("verdict")?, r.try_get("reason")?),
+            );
         }
+        drop(rows);
         let mut confirmed = 0u64;
         let mut taking: Vec<(&Finding, String, Tracked)> = Vec::new();
         let mut keeping: Vec<(&Finding, String, Tracked)> = Vec::new();
         for f in report.findings.iter().filter(|f| f.tenant_id == tid) {
             let object = f.object_id.to_ascii_lowercase();
-            let prev = existing.remove(&object);
+            let stored = existing.remove(&object);
+            let prev = stored.as_ref().map(|(t, _, _)| t.clone());
             let step = lifecycle::advance(
                 prev.as_ref(),
                 Observation::Judged {
@@ -306,6 +325,16 @@ pub(super) async fn apply_lifecycle(
             };
             write_history(tx, tid, &object, &step, now, Some(&report.scan_id)).await?;
             confirmed += u64::from(step.newly_confirmed);
+            // An unchanged healthy identity needs no write: its last_seen_at is the tenant's inventory
+            // time (tenant_inventory), its verdict and lifecycle are as stored.
+            let unchanged_healthy = f.verdict == Verdict::Healthy
+                && prev.as_ref() == Some(&next)
+                && stored
+                    .as_ref()
+                    .is_some_and(|(_, v, r)| v == f.verdict.as_str() && r == f.reason.as_str());
+            if unchanged_healthy {
+                continue;
+            }
             // A new identity always gets its columns, even from an unknown verdict.
             if step.take_verdict || prev.is_none() {
                 taking.push((f, object, next));
@@ -313,6 +342,9 @@ pub(super) async fn apply_lifecycle(
                 keeping.push((f, object, next));
             }
         }
+        // In key order: the upserts walk the B-tree instead of jumping around it.
+        taking.sort_unstable_by(|a, b| a.1.cmp(&b.1));
+        keeping.sort_unstable_by(|a, b| a.1.cmp(&b.1));
         upsert_findings(tx, &taking, true, now, &report.scan_id).await?;
         upsert_findings(tx, &keeping, false, now, &report.scan_id).await?;
         // Identities of earlier scans that this inventory did not list.
@@ -320,7 +352,7 @@ pub(super) async fn apply_lifecycle(
             inventory_complete: tenant.inventory_complete,
         };
         if tenant.inventory_complete {
-            for (object, prev) in existing {
+            for (object, (prev, _, _)) in existing {
                 let step = lifecycle::advance(Some(&prev), obs, now, confirm_after);
                 match &step.next {
                     None => {
@@ -337,6 +369,18 @@ pub(super) async fn apply_lifecycle(
                     Some(_) => {}
                 }
             }
+        }
+        if tenant.inventory_complete {
+            sqlx::query(
+                "insert into tenant_inventory (tenant_id, last_inventory_at, last_scan_id) values (?, ?, ?)
+                 on conflict (tenant_id) do update set last_inventory_at = excluded.last_inventory_at,
+                     last_scan_id = excluded.last_scan_id",
+            )
+            .bind(tid)
+            .bind(now.to_rfc3339())
+            .bind(&report.scan_id)
+            .execute(&mut **tx)
+            .await?;
         }
         recorded.newly_confirmed.insert(tid.to_owned(), confirmed);
     }
@@ -355,20 +399,25 @@ impl super::Store {
         after: Option<&FindingCursor>,
         limit: u32,
     ) -> Result<Vec<StoredFinding>, StoreError> {
-        let mut sql = String::from("select * from findings where 1 = 1");
+        let mut sql = String::from(
+            "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
+             from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id where 1 = 1",
+        );
         let mut binds: Vec<String> = Vec::new();
         if f.states.is_empty() && f.verdict.is_none() {
-            sql.push_str(" and verdict != 'healthy' and (state is null or state != 'resolved')");
+            sql.push_str(
+                " and f.verdict != 'healthy' and (f.state is null or f.state != 'resolved')",
+            );
         }
         if !f.states.is_empty() {
-            sql.push_str(" and state in (");
+            sql.push_str(" and f.state in (");
             sql.push_str(&vec!["?"; f.states.len()].join(", "));
             sql.push(')');
             binds.extend(f.states.iter().map(|s| s.as_str().to_owned()));
         }
         let mut eq = |col: &str, v: Option<String>| {
             if let Some(v) = v {
-                sql.push_str(&format!(" and {col} = ?"));
+                sql.push_str(&format!(" and f.{col} = ?"));
                 binds.push(v);
             }
         };
@@ -383,19 +432,19 @@ impl super::Store {
             f.tenant_id.clone().map(|s| s.to_ascii_lowercase()),
         );
         if let Some(s) = &f.subscription_id {
-            sql.push_str(" and lower(subscription_id) = ?");
+            sql.push_str(" and lower(f.subscription_id) = ?");
             binds.push(s.to_ascii_lowercase());
         }
         if let Some(t) = &f.resource_type {
-            sql.push_str(" and resource_type = ?");
+            sql.push_str(" and f.resource_type = ?");
             binds.push(t.to_ascii_lowercase());
         }
         if let Some((t, o)) = after {
-            sql.push_str(" and (tenant_id, object_id) > (?, ?)");
+            sql.push_str(" and (f.tenant_id, f.object_id) > (?, ?)");
             binds.push(t.clone());
             binds.push(o.clone());
         }
-        sql.push_str(" order by tenant_id, object_id limit ?");
+        sql.push_str(" order by f.tenant_id, f.object_id limit ?");
         // Only static fragments and placeholders went into `sql`; every value is bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for b in &binds {
@@ -410,11 +459,15 @@ impl super::Store {
         tenant: &str,
         object: &str,
     ) -> Result<Option<StoredFinding>, StoreError> {
-        let row = sqlx::query("select * from findings where tenant_id = ? and object_id = ?")
-            .bind(tenant.to_ascii_lowercase())
-            .bind(object.to_ascii_lowercase())
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
+             from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id
+             where f.tenant_id = ? and f.object_id = ?",
+        )
+        .bind(tenant.to_ascii_lowercase())
+        .bind(object.to_ascii_lowercase())
+        .fetch_optional(&self.pool)
+        .await?;
         row.as_ref().map(finding_of).transpose()
     }
 
@@ -628,6 +681,50 @@ mod tests {
                 (Some(State::Confirmed), State::Resolved, Some("s4".into())),
             ]
         );
+    }
+
+    #[sqlx::test]
+    async fn unchanged_healthy_rows_are_seen_in_the_latest_complete_inventory(pool: SqlitePool) {
+        let store = Store::from_pool(pool).await.expect("store");
+        let h = || finding("h1", Verdict::Healthy, Reason::ResourcePresent);
+        store
+            .record_scan(&scan("s1", 0, vec![h()], true), TWO_H)
+            .await
+            .expect("s1");
+        store
+            .record_scan(&scan("s2", 1, vec![h()], true), TWO_H)
+            .await
+            .expect("s2");
+        let f = store
+            .load_finding(T, "h1")
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(f.last_scan_id, "s2");
+        assert_eq!(f.last_seen_at, scan("x", 1, vec![], true).finished_at);
+        // An incomplete inventory did not see it.
+        store
+            .record_scan(&scan("s3", 2, vec![], false), TWO_H)
+            .await
+            .expect("s3");
+        let f = store
+            .load_finding(T, "h1")
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(f.last_scan_id, "s2");
+        let listed = store
+            .list_findings(
+                &FindingFilter {
+                    verdict: Some(Verdict::Healthy),
+                    ..Default::default()
+                },
+                None,
+                10,
+            )
+            .await
+            .expect("list");
+        assert_eq!(listed[0].last_scan_id, "s2");
     }
 
     #[sqlx::test]
