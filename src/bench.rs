@@ -29,6 +29,8 @@ pub struct Measured {
     pub wall_s: f64,
     pub commit_s: f64,
     pub peak_rss_mib: f64,
+    /// Peak RSS when the scan had finished, before it was recorded.
+    pub scan_peak_rss_mib: f64,
     pub requests: std::collections::BTreeMap<String, crate::azure::ApiCounts>,
     pub candidates: u64,
     pub provider_lookups: u64,
@@ -57,6 +59,7 @@ pub async fn measure_one(settings: &Settings) -> anyhow::Result<Measured> {
     let started = Instant::now();
     let report = scanner.run(&settings.tenant_ids(), Trigger::Cli).await;
     let wall = started.elapsed();
+    let scan_peak = peak_rss_mib();
     let t = Instant::now();
     store
         .record_scan(&report, settings.lifecycle.confirm_after)
@@ -74,6 +77,7 @@ pub async fn measure_one(settings: &Settings) -> anyhow::Result<Measured> {
         wall_s: wall.as_secs_f64(),
         commit_s: commit.as_secs_f64(),
         peak_rss_mib: peak_rss_mib(),
+        scan_peak_rss_mib: scan_peak,
         requests: scanner.counters().snapshot(),
         candidates,
         provider_lookups: (arm.requests - arm.retries)

@@ -220,6 +220,8 @@ pub struct ManagedIdentity {
     pub identity_type: IdentityType,
     /// `None` when no element of `alternativeNames` is a recognisable ARM resource id.
     pub resource: Option<ResourceId>,
+    /// The raw `alternativeNames`, kept only when they gave no resource (the report quotes them then);
+    /// at 100k identities keeping them all would cost ~25 MB for nothing.
     pub alternative_names: Vec<String>,
 }
 
@@ -261,6 +263,11 @@ impl ManagedIdentity {
         if matches!(explicit, Some(None)) {
             resource = None;
         }
+        let alternative_names = if resource.is_some() {
+            Vec::new()
+        } else {
+            alternative_names
+        };
         Self {
             tenant_id: tenant_id.to_owned(),
             object_id,

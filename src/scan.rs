@@ -286,8 +286,9 @@ impl Scanner {
             )
             .await;
         let mut findings = Vec::with_capacity(inventory.identities.len());
-        for (identity, ev) in inventory.identities.iter().zip(evidence) {
-            let j = judge(identity, &ev);
+        // The inventory is consumed as findings are made, so both are never whole in memory at once.
+        for (identity, ev) in inventory.identities.into_iter().zip(evidence) {
+            let j = judge(&identity, &ev);
             if j.reason == Reason::CheckFailed {
                 tr.complete = false;
             }
@@ -409,13 +410,8 @@ impl Scanner {
     }
 }
 
-fn finding(i: &ManagedIdentity, ev: &Evidence, j: crate::domain::Judgement) -> Finding {
+fn finding(i: ManagedIdentity, ev: &Evidence, j: crate::domain::Judgement) -> Finding {
     Finding {
-        tenant_id: i.tenant_id.clone(),
-        object_id: i.object_id.clone(),
-        app_id: i.app_id.clone(),
-        display_name: i.display_name.clone(),
-        identity_type: i.identity_type,
         resource_id: i.resource.as_ref().map(|r| r.as_str().to_owned()),
         subscription_id: i
             .resource
@@ -429,5 +425,10 @@ fn finding(i: &ManagedIdentity, ev: &Evidence, j: crate::domain::Judgement) -> F
         reason: j.reason,
         detail: j.detail,
         evidence: ev.into(),
+        tenant_id: i.tenant_id,
+        object_id: i.object_id,
+        app_id: i.app_id,
+        display_name: i.display_name,
+        identity_type: i.identity_type,
     }
 }
