@@ -47,33 +47,36 @@ pub enum Scope {
 
 /// A parsed ARM resource id. Keeps the original text (support tickets quote it verbatim) and compares
 /// case-insensitively, as ARM treats ids (RPC "Case Insensitivity for Requests"; facts sheet §3 casing).
+/// Only the text and the offset of the resource's provider namespace are stored; the parts are read
+/// from the text on demand (at 100k identities, owned copies of every part cost ~40 MB).
 #[derive(Debug, Clone)]
 pub struct ResourceId {
     raw: String,
     scope: Scope,
-    /// Provider namespace of the resource itself, e.g. `Microsoft.Web`.
-    namespace: String,
-    /// Type chain below the namespace, e.g. `["sites", "slots"]`.
-    types: Vec<String>,
-    /// Names matching `types`, e.g. `["app", "staging"]`.
-    names: Vec<String>,
-    /// Lower-cased canonical form used for joins and equality.
-    key: String,
+    /// Byte offset in `raw` of the namespace of the last `providers/` block (the resource itself).
+    ns_at: usize,
 }
 
 impl ResourceId {
     /// Parses an ARM id of a resource (not of a bare scope). Returns `None` for anything else.
     pub fn parse(text: &str) -> Option<Self> {
-        let trimmed = text.trim();
+        let trimmed = text.trim().trim_end_matches('/');
         if !trimmed.starts_with('/') || trimmed.len() > 4096 {
             return None;
         }
-        let segs: Vec<&str> = trimmed.trim_end_matches('/').split('/').skip(1).collect();
+        let segs: Vec<&str> = trimmed.split('/').skip(1).collect();
         if segs
             .iter()
             .any(|s| s.is_empty() || s.chars().any(char::is_whitespace))
         {
             return None;
+        }
+        // Byte offset of each segment in `trimmed`.
+        let mut offsets = Vec::with_capacity(segs.len());
+        let mut pos = 1;
+        for s in &segs {
+            offsets.push(pos);
+            pos += s.len() + 1;
         }
         let mut i: usize;
         let scope = if segs
@@ -108,37 +111,38 @@ impl ResourceId {
         };
         // The resource itself: one or more `providers/{namespace}/{type}/{name}(/{type}/{name})*` blocks;
         // the last block is the resource (earlier ones are parents of an extension resource).
-        let mut last: Option<(String, Vec<String>, Vec<String>)> = None;
+        let mut ns_at = None;
         while i < segs.len() {
             if !segs[i].eq_ignore_ascii_case("providers") {
                 return None;
             }
-            let namespace = (*segs.get(i + 1)?).to_owned();
+            let namespace = *segs.get(i + 1)?;
             if !namespace.contains('.') {
                 return None;
             }
+            let at = offsets[i + 1];
             i += 2;
-            let mut types = Vec::new();
-            let mut names = Vec::new();
+            let mut pairs = 0;
             while i < segs.len() && !segs[i].eq_ignore_ascii_case("providers") {
-                types.push(segs[i].to_owned());
-                names.push((*segs.get(i + 1)?).to_owned());
+                segs.get(i + 1)?;
                 i += 2;
+                pairs += 1;
             }
-            if types.is_empty() {
+            if pairs == 0 {
                 return None;
             }
-            last = Some((namespace, types, names));
+            ns_at = Some(at);
         }
-        let (namespace, types, names) = last?;
         Some(Self {
-            key: trimmed.trim_end_matches('/').to_ascii_lowercase(),
-            raw: trimmed.trim_end_matches('/').to_owned(),
+            raw: trimmed.to_owned(),
             scope,
-            namespace,
-            types,
-            names,
+            ns_at: ns_at?,
         })
+    }
+
+    /// `namespace/type/name(/type/name)*` of the resource itself.
+    fn provider_part(&self) -> &str {
+        &self.raw[self.ns_at..]
     }
 
     pub fn as_str(&self) -> &str {
@@ -146,8 +150,8 @@ impl ResourceId {
     }
 
     /// Lower-cased id, the join key between Graph, Resource Graph and ARM.
-    pub fn key(&self) -> &str {
-        &self.key
+    pub fn key(&self) -> String {
+        self.raw.to_ascii_lowercase()
     }
 
     pub fn scope(&self) -> &Scope {
@@ -171,21 +175,26 @@ impl ResourceId {
     }
 
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        self.provider_part().split('/').next().unwrap_or("")
     }
 
     /// The type below the namespace as the providers API spells it: `sites/slots`.
     pub fn type_path(&self) -> String {
-        self.types.join("/")
+        self.provider_part()
+            .split('/')
+            .skip(1)
+            .step_by(2)
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     /// Full lower-cased type as Resource Graph reports it: `microsoft.web/sites/slots`.
     pub fn full_type(&self) -> String {
-        format!("{}/{}", self.namespace, self.type_path()).to_ascii_lowercase()
+        format!("{}/{}", self.namespace(), self.type_path()).to_ascii_lowercase()
     }
 
     pub fn name(&self) -> &str {
-        self.names.last().map_or("", String::as_str)
+        self.raw.rsplit('/').next().unwrap_or("")
     }
 
     pub fn is_user_assigned_identity(&self) -> bool {
@@ -198,7 +207,7 @@ pub const USER_ASSIGNED_IDENTITY_TYPE: &str = "microsoft.managedidentity/userass
 
 impl PartialEq for ResourceId {
     fn eq(&self, other: &Self) -> bool {
-        self.key == other.key
+        self.raw.eq_ignore_ascii_case(&other.raw)
     }
 }
 impl Eq for ResourceId {}

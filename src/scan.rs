@@ -6,7 +6,7 @@
 //! in `check_failed`. Unknown verdicts that are answers (403, a subscription we cannot see, unreadable
 //! `alternativeNames`) do not make a scan incomplete; failures to get an answer do.
 
-use crate::arm::{ARG_SUBSCRIPTION_BATCH, ArgRow, ArgTable, ArmClient, Subscription};
+use crate::arm::{ARG_SUBSCRIPTION_BATCH, ArgRow, ArgTable, ArmClient, Subscription, fold_hash};
 use crate::azure::http::{AzureHttp, RetryPolicy};
 use crate::azure::{ApiCounts, Counters, auth::TokenProvider};
 use crate::classify::judge;
@@ -334,7 +334,7 @@ impl Scanner {
                 }
             }
         }
-        let mut arg: HashMap<String, ArgRow> = HashMap::new();
+        let mut arg: HashMap<u128, ArgRow> = HashMap::new();
         let subs: Vec<String> = bulk_subs.into_iter().collect();
         let mut tables: Vec<_> = types.into_iter().collect();
         tables.sort_by_key(|(t, _)| t.name());
@@ -360,15 +360,12 @@ impl Scanner {
             let Some(r) = &i.resource else { continue };
             let sub_visible = r.subscription_id().and_then(visible);
             evidence[idx].subscription_visible = sub_visible;
-            if let Some(row) = arg.get(r.key())
-                && row
-                    .principal_id
-                    .as_deref()
-                    .is_some_and(|p| p.eq_ignore_ascii_case(&i.object_id))
+            if let Some(row) = arg.get(&fold_hash(r.as_str()))
+                && row.principal == Some(fold_hash(&i.object_id))
             {
                 evidence[idx].source = EvidenceSource::ResourceGraph;
                 evidence[idx].answer = Answer::Present {
-                    principal_id: row.principal_id.clone(),
+                    principal_id: Some(i.object_id.clone()),
                 };
                 evidence[idx].request_id = row.request_id.as_deref().map(str::to_owned);
                 evidence[idx].checked_at = Some(Utc::now());

@@ -1305,7 +1305,7 @@ fn resource_get(
             );
         }
     }
-    let key = rid.key().to_owned();
+    let key = rid.key();
     if let Some(r) = w.resources.get(&key) {
         return respond(200, arm_headers(headers), &r.body(tenant));
     }
