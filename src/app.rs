@@ -27,15 +27,20 @@ impl App {
         let store = Store::connect(&settings.database.url)
             .await
             .with_context(|| format!("opening the database {}", settings.database.url))?;
-        let abandoned = store.abandon_running_scans().await?;
-        if abandoned > 0 {
-            tracing::warn!(
-                abandoned,
-                "scans left running by a previous process were marked abandoned"
-            );
-        }
         let tenants = settings.tenant_ids();
         let metrics = Metrics::new(&tenants);
+        match store.abandon_running_scans().await {
+            Ok(0) => {}
+            Ok(n) => tracing::warn!(
+                abandoned = n,
+                "scans left running by a previous process were marked abandoned"
+            ),
+            // A read-only database still serves reads.
+            Err(e) => {
+                metrics.store_errors.inc();
+                tracing::error!(error = %e, "could not mark abandoned scans");
+            }
+        }
         // Gauges start from what the database holds, so a restart does not zero them.
         for (tenant, verdict, n) in store.latest_verdict_counts().await? {
             metrics
@@ -111,6 +116,7 @@ impl App {
             let _ = self.state.runner.try_start(Trigger::Startup);
         }
         let runner = self.state.runner.clone();
+        let store = self.state.store.clone();
         let app = api::router(self.state);
         tracing::info!(addr = %self.listener.local_addr()?, "serving");
         axum::serve(self.listener, app)
@@ -120,6 +126,7 @@ impl App {
         cancel.cancel();
         let _ = sched.shutdown().await;
         runner.wait_idle().await;
+        store.close().await;
         Ok(())
     }
 }

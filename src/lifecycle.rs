@@ -163,6 +163,25 @@ fn orphan_lifecycle(s: Option<State>) -> bool {
     s.is_some_and(|s| s.is_open_orphan() || s == State::Resolved)
 }
 
+/// Resolves an open finding.
+fn resolve(base: &Tracked, resolution: Resolution, now: DateTime<Utc>, take_verdict: bool) -> Step {
+    let mut next = base.clone();
+    next.state = Some(State::Resolved);
+    next.resolution = Some(resolution);
+    next.resolved_at = Some(now);
+    Step {
+        transition: Some(Transition {
+            from: base.state,
+            to: State::Resolved,
+            resolution: next.resolution,
+            episode: next.episode,
+        }),
+        next: Some(next),
+        take_verdict,
+        newly_confirmed: false,
+    }
+}
+
 /// Moves one identity's finding by one scan's observation.
 pub fn advance(
     prev: Option<&Tracked>,
@@ -187,21 +206,7 @@ pub fn advance(
             inventory_complete: true,
         } => match from {
             Some(s) if s.is_open_orphan() => {
-                let mut next = base.clone();
-                next.state = Some(State::Resolved);
-                next.resolution = Some(Resolution::IdentityRemoved);
-                next.resolved_at = Some(now);
-                Step {
-                    transition: Some(Transition {
-                        from,
-                        to: State::Resolved,
-                        resolution: next.resolution,
-                        episode: next.episode,
-                    }),
-                    next: Some(next),
-                    take_verdict: false,
-                    newly_confirmed: false,
-                }
+                resolve(&base, Resolution::IdentityRemoved, now, false)
             }
             Some(State::Resolved) => unchanged(false),
             _ => Step {
@@ -255,21 +260,7 @@ pub fn advance(
             ..
         } => match from {
             Some(s) if s.is_open_orphan() => {
-                let mut next = base.clone();
-                next.state = Some(State::Resolved);
-                next.resolution = Some(Resolution::ResourceRestored);
-                next.resolved_at = Some(now);
-                Step {
-                    transition: Some(Transition {
-                        from,
-                        to: State::Resolved,
-                        resolution: next.resolution,
-                        episode: next.episode,
-                    }),
-                    next: Some(next),
-                    take_verdict: true,
-                    newly_confirmed: false,
-                }
+                resolve(&base, Resolution::ResourceRestored, now, true)
             }
             Some(State::Unverified) => {
                 let mut next = base.clone();

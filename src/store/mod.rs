@@ -78,6 +78,31 @@ impl Store {
     /// Opens (creating if missing) and migrates the database at `url` (`sqlite://path` or
     /// `sqlite::memory:`).
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        match Self::connect_read_write(url).await {
+            Ok(s) => Ok(s),
+            // A database we may read but not write (read-only file system, permissions): serve what it
+            // holds; every record will fail, be counted and logged, and the API keeps answering reads.
+            Err(e) if Self::exists(url) => match Self::connect_read_only(url).await {
+                Ok(s) => {
+                    tracing::error!(error = %e, "the database cannot be written; serving it read-only, scans will not be recorded");
+                    Ok(s)
+                }
+                Err(ro) => {
+                    tracing::error!(error = %ro, "the database cannot be opened read-only either");
+                    Err(e)
+                }
+            },
+            Err(e) => Err(e),
+        }
+    }
+
+    fn exists(url: &str) -> bool {
+        SqliteConnectOptions::from_str(url)
+            .map(|o| o.get_filename().exists())
+            .unwrap_or(false)
+    }
+
+    async fn connect_read_write(url: &str) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -93,7 +118,54 @@ impl Store {
             .max_connections(max)
             .connect_with(opts)
             .await?;
-        Self::from_pool(pool).await
+        let store = Self::from_pool(pool).await?;
+        // Opening can succeed on a file we may not write; find out now, not at the first record.
+        sqlx::query("create table if not exists _miaudit_write_check (x integer)")
+            .execute(store.pool())
+            .await?;
+        sqlx::query("drop table _miaudit_write_check")
+            .execute(store.pool())
+            .await?;
+        Ok(store)
+    }
+
+    /// Opens an existing, fully migrated database that cannot be written: read-only (SQLite reads a WAL
+    /// database so when its `-wal` and `-shm` files exist), else immutable (no lock or `-shm` needed;
+    /// nothing can change it while it is read-only).
+    async fn connect_read_only(url: &str) -> Result<Self, StoreError> {
+        let mut last = None;
+        for immutable in [false, true] {
+            let opts = SqliteConnectOptions::from_str(url)?
+                .read_only(true)
+                .immutable(immutable);
+            let attempt = async {
+                let pool = SqlitePoolOptions::new()
+                    .max_connections(2)
+                    .connect_with(opts)
+                    .await?;
+                let applied: i64 =
+                    sqlx::query_scalar("select count(*) from _sqlx_migrations where success = 1")
+                        .fetch_one(&pool)
+                        .await?;
+                if applied < MIGRATOR.iter().count() as i64 {
+                    return Err(corrupt(
+                        "_sqlx_migrations",
+                        "a read-only database is not fully migrated",
+                    ));
+                }
+                Ok(Self { pool })
+            };
+            match attempt.await {
+                Ok(s) => return Ok(s),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("two attempts were made"))
+    }
+
+    /// Closes the pool; the last connection checkpoints the WAL into the database file.
+    pub async fn close(&self) {
+        self.pool.close().await;
     }
 
     pub async fn from_pool(pool: SqlitePool) -> Result<Self, StoreError> {

@@ -299,3 +299,138 @@ async fn a_full_disk_fails_the_record_cleanly_and_loses_nothing() {
     assert_eq!(metric(&m, "miaudit_scan_runs_total{outcome=\"failed\"}"), 1);
     d.stop().await;
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn a_read_only_database_keeps_serving_reads_and_counts_failed_records() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncBufReadExt;
+    let (mut w, sub) = world();
+    let gone_id = rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/gone");
+    let gone = w.add_system_assigned(&gone_id);
+    w.delete_resource(&gone_id);
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    // A recorded scan first, written as root.
+    let d = env.daemon("[lifecycle]\nconfirm_after = \"0s\"\n[http]\nlisten = \"127.0.0.1:0\"\napi_token = \"t\"\n").await;
+    let first = d.scan().await;
+    d.stop().await;
+    let dir = env.dir.path();
+    let daemon_toml = dir.join("daemon.toml");
+    let text = std::fs::read_to_string(&daemon_toml)
+        .expect("config")
+        .replace("scan_on_start = false", "scan_on_start = true");
+    std::fs::write(&daemon_toml, text).expect("config");
+    // The binary, the config and the database readable by an unprivileged user, nothing writable.
+    let bin = dir.join("miaudit");
+    std::fs::copy(env!("CARGO_BIN_EXE_miaudit"), &bin).expect("copy binary");
+    let set = |p: &std::path::Path, mode: u32| {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod")
+    };
+    for entry in std::fs::read_dir(dir).expect("dir") {
+        let p = entry.expect("entry").path();
+        if p.is_file() {
+            set(&p, if p == bin { 0o755 } else { 0o444 });
+        }
+    }
+    set(dir, 0o555);
+    let mut child = tokio::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(&bin)
+        .args(["--config", daemon_toml.to_str().expect("utf-8"), "serve"])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("setpriv runs (util-linux)");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    let mut addr = None;
+    let mut said_read_only = false;
+    let mut early = Vec::new();
+    while let Ok(Some(l)) = lines.next_line().await {
+        early.push(l.clone());
+        said_read_only |= l.contains("cannot be written");
+        if let Some(rest) = l.split("serving http://").nth(1) {
+            addr = rest.split('/').next().map(str::to_owned);
+            break;
+        }
+    }
+    let log = tokio::spawn(async move {
+        let mut all = Vec::new();
+        while let Ok(Some(l)) = lines.next_line().await {
+            all.push(l);
+        }
+        all
+    });
+    let base = format!(
+        "http://{}",
+        addr.unwrap_or_else(|| panic!("the daemon serves a read-only database: {early:?}"))
+    );
+    assert!(
+        said_read_only,
+        "one clear line says the database is read-only"
+    );
+    // The start-up scan runs and fails to record.
+    let mut failed = 0;
+    for _ in 0..100 {
+        let m = reqwest::get(format!("{base}/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text");
+        failed = m
+            .lines()
+            .find(|l| l.starts_with("miaudit_scan_runs_total{outcome=\"failed\"}"))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if failed > 0 {
+            assert!(!m.contains("miaudit_store_errors_total 0"));
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(failed, 1);
+    let (status, v) = get_json(&format!("{base}/api/v1/findings/{TENANT}/{gone}")).await;
+    assert_eq!(
+        (status, v["state"].as_str()),
+        (200, Some("confirmed")),
+        "reads keep answering"
+    );
+    let (status, _) = get_json(&format!("{base}/readyz")).await;
+    assert_eq!(status, 200);
+    let pid = child.id().expect("pid");
+    assert!(
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .expect("kill")
+            .success()
+    );
+    let st = tokio::time::timeout(Duration::from_secs(20), child.wait())
+        .await
+        .expect("exits")
+        .expect("status");
+    assert_eq!(st.code(), Some(0), "no crash: {:?}", log.await.ok());
+    // The fault clears: writable again, the next scan records, nothing was lost.
+    set(dir, 0o755);
+    for entry in std::fs::read_dir(dir).expect("dir") {
+        let p = entry.expect("entry").path();
+        if p.is_file() {
+            set(&p, 0o644);
+        }
+    }
+    let d = env.daemon("[lifecycle]\nconfirm_after = \"0s\"\n").await;
+    d.scan().await;
+    let (_, v) = get_json(&d.url(&format!("/api/v1/findings/{TENANT}/{gone}"))).await;
+    assert_eq!(v["state"], "confirmed");
+    assert_eq!(v["history"][0]["scan_id"], first.scan_id.as_str());
+    let (_, scans) = get_json(&d.url("/api/v1/scans")).await;
+    let completed = scans["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter(|s| s["outcome"] == "completed")
+        .count();
+    assert_eq!(completed, 2);
+    d.stop().await;
+}
