@@ -134,12 +134,32 @@ pub struct ScanReport {
     pub findings: Vec<Finding>,
 }
 
-/// The Azure clients of a scan, built from settings.
-pub struct Scanner {
+/// Tenants scanned at once. Each tenant has its own principal, so its own Resource Graph and ARM
+/// quotas (ARG-THR: per user; ARM-THR: per principal), and its own token.
+pub const PARALLEL_TENANTS: usize = 4;
+
+/// One tenant's clients: its token cache, provider cache and quota pacers live as long as the scanner.
+struct TenantClients {
     graph: GraphClient,
     arm: ArmClient,
     counters: Arc<Counters>,
+}
+
+/// The Azure clients of scans, built from settings.
+pub struct Scanner {
+    client: reqwest::Client,
+    policy: RetryPolicy,
+    authority_host: String,
+    client_id: String,
+    secret: crate::azure::auth::Secret,
+    graph_endpoint: String,
+    arm_endpoint: String,
+    graph_scope: String,
+    arm_scope: String,
+    /// Every tenant's counts roll up here (metrics read it).
+    counters: Arc<Counters>,
     concurrency: usize,
+    tenants: std::sync::Mutex<HashMap<String, Arc<TenantClients>>>,
 }
 
 impl Scanner {
@@ -160,33 +180,24 @@ impl Scanner {
             max_delay: settings.scan.retry_max_delay,
             ..RetryPolicy::default()
         };
-        let counters = Arc::new(Counters::default());
         let auth = &settings.auth;
         let secret = auth
             .client_secret
             .clone()
             .ok_or_else(|| anyhow::anyhow!("auth.client_secret: no client secret configured"))?;
-        let tokens = Arc::new(TokenProvider::new(
-            client.clone(),
-            &settings.azure.authority_host,
-            auth.client_id.clone().unwrap_or_default(),
-            secret,
-            policy.clone(),
-            counters.clone(),
-        ));
-        let http = AzureHttp::new(
+        Ok(Self {
             client,
             policy,
-            tokens,
-            counters.clone(),
-            settings.azure.graph_scope.clone(),
-            settings.azure.arm_scope.clone(),
-        );
-        Ok(Self {
-            graph: GraphClient::new(http.clone(), &settings.azure.graph_endpoint),
-            arm: ArmClient::new(http, &settings.azure.arm_endpoint),
-            counters,
+            authority_host: settings.azure.authority_host.clone(),
+            client_id: auth.client_id.clone().unwrap_or_default(),
+            secret,
+            graph_endpoint: settings.azure.graph_endpoint.clone(),
+            arm_endpoint: settings.azure.arm_endpoint.clone(),
+            graph_scope: settings.azure.graph_scope.clone(),
+            arm_scope: settings.azure.arm_scope.clone(),
+            counters: Arc::new(Counters::default()),
             concurrency: settings.scan.concurrency,
+            tenants: std::sync::Mutex::new(HashMap::new()),
         })
     }
 
@@ -194,7 +205,37 @@ impl Scanner {
         &self.counters
     }
 
-    /// Scans every tenant, one after the other.
+    fn clients(&self, tenant: &str) -> Arc<TenantClients> {
+        let mut map = self.tenants.lock().expect("tenant clients lock");
+        map.entry(tenant.to_owned())
+            .or_insert_with(|| {
+                let counters = Arc::new(Counters::child_of(self.counters.clone()));
+                let tokens = Arc::new(TokenProvider::new(
+                    self.client.clone(),
+                    &self.authority_host,
+                    self.client_id.clone(),
+                    self.secret.clone(),
+                    self.policy.clone(),
+                    counters.clone(),
+                ));
+                let http = AzureHttp::new(
+                    self.client.clone(),
+                    self.policy.clone(),
+                    tokens,
+                    counters.clone(),
+                    self.graph_scope.clone(),
+                    self.arm_scope.clone(),
+                );
+                Arc::new(TenantClients {
+                    graph: GraphClient::new(http.clone(), &self.graph_endpoint),
+                    arm: ArmClient::new(http, &self.arm_endpoint),
+                    counters,
+                })
+            })
+            .clone()
+    }
+
+    /// Scans every tenant, [`PARALLEL_TENANTS`] at a time.
     pub async fn run(&self, tenants: &[String], trigger: Trigger) -> ScanReport {
         self.run_as(uuid::Uuid::new_v4().to_string(), tenants, trigger)
             .await
@@ -218,38 +259,51 @@ impl Scanner {
             summary: Summary::default(),
             findings: Vec::new(),
         };
-        for tenant in tenants {
-            let before = self.counters.snapshot();
-            let (mut tr, findings) = self.scan_tenant(tenant).await;
-            let after = self.counters.snapshot();
-            tr.requests = after
-                .into_iter()
-                .map(|(k, a)| {
-                    let b = before.get(&k).copied().unwrap_or_default();
-                    (
-                        k,
-                        ApiCounts {
-                            requests: a.requests - b.requests,
-                            throttled: a.throttled - b.throttled,
-                            retries: a.retries - b.retries,
-                            failures: a.failures - b.failures,
-                        },
-                    )
-                })
-                .collect();
-            report.complete &= tr.complete;
-            for f in &findings {
-                report.summary.add(f.verdict);
+        for chunk in tenants.chunks(PARALLEL_TENANTS) {
+            let scans: Vec<_> = chunk.iter().map(|t| self.scan_counted(t)).collect();
+            for (tr, findings) in futures::future::join_all(scans).await {
+                report.complete &= tr.complete;
+                for f in &findings {
+                    report.summary.add(f.verdict);
+                }
+                report.findings.extend(findings);
+                report.tenants.push(tr);
             }
-            report.findings.extend(findings);
-            report.tenants.push(tr);
         }
         report.finished_at = Utc::now();
         report
     }
 
+    /// One tenant's scan with the requests it made.
+    async fn scan_counted(&self, tenant: &str) -> (TenantReport, Vec<Finding>) {
+        let clients = self.clients(tenant);
+        let before = clients.counters.snapshot();
+        let (mut tr, findings) = self.scan_tenant(tenant, &clients).await;
+        let after = clients.counters.snapshot();
+        tr.requests = after
+            .into_iter()
+            .map(|(k, a)| {
+                let b = before.get(&k).copied().unwrap_or_default();
+                (
+                    k,
+                    ApiCounts {
+                        requests: a.requests - b.requests,
+                        throttled: a.throttled - b.throttled,
+                        retries: a.retries - b.retries,
+                        failures: a.failures - b.failures,
+                    },
+                )
+            })
+            .collect();
+        (tr, findings)
+    }
+
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]
-    async fn scan_tenant(&self, tenant: &str) -> (TenantReport, Vec<Finding>) {
+    async fn scan_tenant(
+        &self,
+        tenant: &str,
+        clients: &TenantClients,
+    ) -> (TenantReport, Vec<Finding>) {
         let mut tr = TenantReport {
             tenant_id: tenant.to_owned(),
             complete: true,
@@ -258,7 +312,7 @@ impl Scanner {
             errors: Vec::new(),
             requests: BTreeMap::new(),
         };
-        let inventory = match self.graph.fetch_managed_identities(tenant).await {
+        let inventory = match clients.graph.fetch_managed_identities(tenant).await {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(error = %e, "inventory failed");
@@ -269,7 +323,7 @@ impl Scanner {
             }
         };
         tr.identities = inventory.identities.len() as u64;
-        let subscriptions = match self.arm.fetch_subscriptions(tenant).await {
+        let subscriptions = match clients.arm.fetch_subscriptions(tenant).await {
             Ok(s) => Some(s),
             Err(e) => {
                 tracing::warn!(error = %e, "subscription list failed");
@@ -280,6 +334,7 @@ impl Scanner {
         let evidence = self
             .resolve(
                 tenant,
+                &clients.arm,
                 &inventory.identities,
                 subscriptions.as_ref(),
                 &mut tr.errors,
@@ -311,6 +366,7 @@ impl Scanner {
     async fn resolve(
         &self,
         tenant: &str,
+        arm: &ArmClient,
         identities: &[ManagedIdentity],
         subscriptions: Option<&HashMap<String, Subscription>>,
         errors: &mut Vec<String>,
@@ -341,8 +397,7 @@ impl Scanner {
         for (table, tset) in tables {
             let tlist: Vec<String> = tset.into_iter().collect();
             for batch in subs.chunks(ARG_SUBSCRIPTION_BATCH) {
-                if let Err(e) = self
-                    .arm
+                if let Err(e) = arm
                     .fetch_identity_principals(tenant, batch, table, &tlist, &mut arg)
                     .await
                 {
@@ -381,7 +436,6 @@ impl Scanner {
             candidates = candidates.len(),
             "confirming candidates with ARM"
         );
-        let arm = &self.arm;
         let mut checks = futures::stream::iter(candidates.into_iter().map(|(idx, sub)| {
             let resource = identities[idx]
                 .resource

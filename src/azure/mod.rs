@@ -176,6 +176,8 @@ pub struct Counters {
     /// Last quota remaining seen (`x-ms-user-quota-remaining`, `x-ms-ratelimit-remaining-*-reads`);
     /// `i64::MIN` when none was seen.
     quota: [std::sync::atomic::AtomicI64; 4],
+    /// Counters that every count here also goes to (a tenant's counters roll up into the scanner's).
+    parent: Option<std::sync::Arc<Counters>>,
 }
 
 impl Default for Counters {
@@ -187,6 +189,7 @@ impl Default for Counters {
             failures: Default::default(),
             by_class: Default::default(),
             quota: std::array::from_fn(|_| std::sync::atomic::AtomicI64::new(i64::MIN)),
+            parent: None,
         }
     }
 }
@@ -201,8 +204,19 @@ pub struct ApiCounts {
 }
 
 impl Counters {
+    /// Counters whose counts also go to `parent`.
+    pub fn child_of(parent: std::sync::Arc<Counters>) -> Self {
+        Self {
+            parent: Some(parent),
+            ..Self::default()
+        }
+    }
+
     pub(crate) fn request(&self, api: Api) {
         self.requests[api.index()].fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            p.request(api);
+        }
     }
     /// Counts an answer (`Some(status)`) or a request that got none (`None`).
     pub(crate) fn answered(&self, api: Api, status: Option<u16>) {
@@ -214,10 +228,16 @@ impl Counters {
             None => 4,
         };
         self.by_class[api.index()][class].fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            p.answered(api, status);
+        }
     }
 
     pub(crate) fn quota_remaining(&self, api: Api, remaining: i64) {
         self.quota[api.index()].store(remaining, Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            p.quota_remaining(api, remaining);
+        }
     }
 
     /// Answers per status class (see [`STATUS_CLASSES`]).
@@ -233,12 +253,21 @@ impl Counters {
 
     pub(crate) fn throttled(&self, api: Api) {
         self.throttled[api.index()].fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            p.throttled(api);
+        }
     }
     pub(crate) fn retry(&self, api: Api) {
         self.retries[api.index()].fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            p.retry(api);
+        }
     }
     pub(crate) fn failure(&self, api: Api) {
         self.failures[api.index()].fetch_add(1, Ordering::Relaxed);
+        if let Some(p) = &self.parent {
+            p.failure(api);
+        }
     }
 
     pub fn get(&self, api: Api) -> ApiCounts {

@@ -240,3 +240,38 @@ async fn a_wrong_secret_is_one_clear_error_without_the_secret() {
         "credential errors are not retried"
     );
 }
+
+#[tokio::test]
+async fn tenants_are_scanned_side_by_side_and_one_failing_does_not_touch_the_other() {
+    let (mut w, sub) = world();
+    let gone_id = rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/gone");
+    let gone = w.add_system_assigned(&gone_id);
+    w.delete_resource(&gone_id);
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    let other = "0badc0de-0000-4000-8000-000000000000";
+    std::fs::write(
+        &env.config_path,
+        format!("{text}\n[[tenants]]\nid = \"{other}\"\nname = \"elsewhere\"\n"),
+    )
+    .expect("config");
+    let r = env.scan().await;
+    assert_eq!(
+        r.tenants
+            .iter()
+            .map(|t| t.tenant_id.as_str())
+            .collect::<Vec<_>>(),
+        [TENANT, other]
+    );
+    assert!(r.tenants[0].complete);
+    assert_eq!(outcome(&r, &gone), ("orphaned", "resource_not_found"));
+    assert!(!r.tenants[1].complete && r.tenants[1].identities == 0);
+    assert!(
+        r.tenants[1].errors[0].contains("AADSTS90002"),
+        "{:?}",
+        r.tenants[1].errors
+    );
+    assert!(!r.complete);
+    assert_eq!(r.tenants[0].requests["token"].requests, 2);
+    assert_eq!(r.tenants[1].requests["token"].requests, 1);
+}
