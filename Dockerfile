@@ -21,7 +21,8 @@ WORKDIR /var/lib/miaudit
 ENV MIAUDIT_DATABASE__URL=sqlite:///var/lib/miaudit/miaudit.db
 EXPOSE 9464
 ENTRYPOINT ["/usr/local/bin/miaudit"]
-# Without configuration the image runs the demo against the built-in simulated tenant.
-# For a real tenant: docker run -v /path/miaudit.toml:/etc/miaudit/miaudit.toml -e AZURE_CLIENT_SECRET=... \
-#   miaudit --config /etc/miaudit/miaudit.toml scan
-CMD ["demo"]
+# Without configuration the image runs the demo daemon against the built-in simulated tenant, listening
+# on all interfaces of the container: docker run -p 9464:9464 miaudit
+# For a real tenant: docker run -p 9464:9464 -v /path/miaudit.toml:/etc/miaudit/miaudit.toml \
+#   -e AZURE_CLIENT_SECRET=... -e MIAUDIT_HTTP__LISTEN=0.0.0.0:9464 miaudit --config /etc/miaudit/miaudit.toml serve
+CMD ["demo", "--listen", "0.0.0.0:9464"]
