@@ -554,6 +554,38 @@ mod tests {
     }
 
     #[sqlx::test]
+    async fn running_scans_are_listed_then_abandoned_and_verdict_counts_come_from_the_latest(
+        pool: SqlitePool,
+    ) {
+        let store = Store::from_pool(pool).await.expect("store");
+        store
+            .record_scan(&report("done", true), std::time::Duration::ZERO)
+            .await
+            .expect("recorded");
+        store
+            .begin_scan("live", Utc::now(), Trigger::Schedule)
+            .await
+            .expect("begun");
+        let live = store
+            .load_scan("live")
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!((live.outcome.as_str(), live.finished_at), ("running", None));
+        assert_eq!(store.abandon_running_scans().await.expect("abandon"), 1);
+        assert_eq!(store.abandon_running_scans().await.expect("abandon"), 0);
+        let live = store
+            .load_scan("live")
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(live.outcome, "abandoned");
+        // The abandoned scan has no verdicts; counts come from the latest recorded scan.
+        let counts = store.latest_verdict_counts().await.expect("counts");
+        assert_eq!(counts, vec![("t1".to_owned(), Verdict::Orphaned, 1)]);
+    }
+
+    #[sqlx::test]
     async fn a_failed_write_leaves_nothing_behind(pool: SqlitePool) {
         let store = Store::from_pool(pool).await.expect("store");
         let mut r = report("dup", true);
