@@ -57,7 +57,14 @@ pub async fn measure_one(settings: &Settings) -> anyhow::Result<Measured> {
     let store = Store::connect(&settings.database.url).await?;
     let scanner = Scanner::new(settings)?;
     let started = Instant::now();
-    let report = scanner.run(&settings.tenant_ids(), Trigger::Cli).await;
+    let report = scanner
+        .run_as(
+            uuid::Uuid::new_v4().to_string(),
+            &settings.tenant_ids(),
+            Trigger::Cli,
+            Some(&store),
+        )
+        .await;
     let wall = started.elapsed();
     let scan_peak = peak_rss_mib();
     let t = Instant::now();

@@ -468,7 +468,14 @@ pub async fn scan_and_print(
         Ok(s) => s,
         Err(e) => return config_error(&[format!("{e:#}")]),
     };
-    let report = scanner.run(&settings.tenant_ids(), trigger).await;
+    let report = scanner
+        .run_as(
+            uuid::Uuid::new_v4().to_string(),
+            &settings.tenant_ids(),
+            trigger,
+            Some(&store),
+        )
+        .await;
     if let Err(e) = store
         .record_scan(&report, settings.lifecycle.confirm_after)
         .await

@@ -110,6 +110,8 @@ pub struct ScanSettings {
     pub retry_max_delay: Duration,
     /// Overall time one scan may take before it is abandoned (nothing of it is recorded).
     pub timeout: Duration,
+    /// Repeat scans read only what changed in Graph (delta), with a full listing at least every 6 days.
+    pub graph_delta: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -161,6 +163,7 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "retry_base_delay",
             "retry_max_delay",
             "timeout",
+            "graph_delta",
         ],
     ),
     ("log", &["level", "format"]),
@@ -570,6 +573,8 @@ impl Settings {
             r.errors.push("scan.timeout: must be more than 0s".into());
         }
 
+        let graph_delta = r.boolean("scan", "graph_delta").unwrap_or(false);
+
         // [log]
         let level = r.string("log", "level").unwrap_or_else(|| "info".into());
         let json = match r.string("log", "format").as_deref() {
@@ -609,6 +614,7 @@ impl Settings {
                 retry_base_delay,
                 retry_max_delay,
                 timeout: scan_timeout,
+                graph_delta,
             },
             log: LogSettings { level, json },
         })

@@ -95,6 +95,12 @@ pub struct TenantReport {
     pub errors: Vec<String>,
     /// Requests made per API during this tenant's scan.
     pub requests: BTreeMap<String, ApiCounts>,
+    /// Graph delta link to store with this scan (opt-in delta inventory).
+    #[serde(skip)]
+    pub delta_link: Option<String>,
+    /// When the last full listing of the tenant was made (kept with the delta link).
+    #[serde(skip)]
+    pub full_sync_at: Option<DateTime<Utc>>,
 }
 
 fn yes() -> bool {
@@ -159,8 +165,12 @@ pub struct Scanner {
     /// Every tenant's counts roll up here (metrics read it).
     counters: Arc<Counters>,
     concurrency: usize,
+    graph_delta: bool,
     tenants: std::sync::Mutex<HashMap<String, Arc<TenantClients>>>,
 }
+
+/// A full listing at least this often, even with delta (directory delta tokens live 7 days, G-DELTA).
+const FULL_SYNC_EVERY: chrono::TimeDelta = chrono::TimeDelta::days(6);
 
 impl Scanner {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
@@ -197,6 +207,7 @@ impl Scanner {
             arm_scope: settings.azure.arm_scope.clone(),
             counters: Arc::new(Counters::default()),
             concurrency: settings.scan.concurrency,
+            graph_delta: settings.scan.graph_delta,
             tenants: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -237,16 +248,18 @@ impl Scanner {
 
     /// Scans every tenant, [`PARALLEL_TENANTS`] at a time.
     pub async fn run(&self, tenants: &[String], trigger: Trigger) -> ScanReport {
-        self.run_as(uuid::Uuid::new_v4().to_string(), tenants, trigger)
+        self.run_as(uuid::Uuid::new_v4().to_string(), tenants, trigger, None)
             .await
     }
 
     /// [`Scanner::run`] with a scan id chosen by the caller (the daemon announces it before the scan).
+    /// With a store, the opt-in Graph delta inventory can continue from the last recorded scan.
     pub async fn run_as(
         &self,
         scan_id: String,
         tenants: &[String],
         trigger: Trigger,
+        store: Option<&crate::store::Store>,
     ) -> ScanReport {
         let started_at = Utc::now();
         let mut report = ScanReport {
@@ -260,7 +273,7 @@ impl Scanner {
             findings: Vec::new(),
         };
         for chunk in tenants.chunks(PARALLEL_TENANTS) {
-            let scans: Vec<_> = chunk.iter().map(|t| self.scan_counted(t)).collect();
+            let scans: Vec<_> = chunk.iter().map(|t| self.scan_counted(t, store)).collect();
             for (tr, findings) in futures::future::join_all(scans).await {
                 report.complete &= tr.complete;
                 for f in &findings {
@@ -275,10 +288,14 @@ impl Scanner {
     }
 
     /// One tenant's scan with the requests it made.
-    async fn scan_counted(&self, tenant: &str) -> (TenantReport, Vec<Finding>) {
+    async fn scan_counted(
+        &self,
+        tenant: &str,
+        store: Option<&crate::store::Store>,
+    ) -> (TenantReport, Vec<Finding>) {
         let clients = self.clients(tenant);
         let before = clients.counters.snapshot();
-        let (mut tr, findings) = self.scan_tenant(tenant, &clients).await;
+        let (mut tr, findings) = self.scan_tenant(tenant, &clients, store).await;
         let after = clients.counters.snapshot();
         tr.requests = after
             .into_iter()
@@ -303,6 +320,7 @@ impl Scanner {
         &self,
         tenant: &str,
         clients: &TenantClients,
+        store: Option<&crate::store::Store>,
     ) -> (TenantReport, Vec<Finding>) {
         let mut tr = TenantReport {
             tenant_id: tenant.to_owned(),
@@ -311,8 +329,10 @@ impl Scanner {
             identities: 0,
             errors: Vec::new(),
             requests: BTreeMap::new(),
+            delta_link: None,
+            full_sync_at: None,
         };
-        let inventory = match clients.graph.fetch_managed_identities(tenant).await {
+        let inventory = match self.inventory(tenant, clients, store, &mut tr).await {
             Ok(i) => i,
             Err(e) => {
                 tracing::warn!(error = %e, "inventory failed");
@@ -360,6 +380,66 @@ impl Scanner {
             }
         }
         (tr, findings)
+    }
+
+    /// The tenant's managed identities: a full listing, or (opt-in) the last recorded inventory with
+    /// what Graph delta says changed since. Any delta failure falls back to the full listing.
+    async fn inventory(
+        &self,
+        tenant: &str,
+        clients: &TenantClients,
+        store: Option<&crate::store::Store>,
+        tr: &mut TenantReport,
+    ) -> Result<crate::graph::Inventory, crate::azure::AzureError> {
+        let Some(store) = store.filter(|_| self.graph_delta) else {
+            return clients.graph.fetch_managed_identities(tenant).await;
+        };
+        if let Ok(Some((link, full_at))) = store.load_delta(tenant).await
+            && Utc::now() - full_at < FULL_SYNC_EVERY
+        {
+            match clients.graph.fetch_delta(tenant, &link).await {
+                Ok(Some(delta)) => match store.load_inventory(tenant).await {
+                    Ok(base) => {
+                        let mut by_id: HashMap<String, ManagedIdentity> = base
+                            .into_iter()
+                            .map(|i| (i.object_id.to_ascii_lowercase(), i))
+                            .collect();
+                        for id in &delta.gone {
+                            by_id.remove(id);
+                        }
+                        for i in delta.changed {
+                            by_id.insert(i.object_id.to_ascii_lowercase(), i);
+                        }
+                        let mut identities: Vec<ManagedIdentity> = by_id.into_values().collect();
+                        identities.sort_by(|a, b| a.object_id.cmp(&b.object_id));
+                        tr.delta_link = Some(delta.link);
+                        tr.full_sync_at = Some(full_at);
+                        return Ok(crate::graph::Inventory {
+                            identities,
+                            ..Default::default()
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "stored inventory unreadable; listing in full")
+                    }
+                },
+                Ok(None) => tracing::info!("Graph asks for a full resync"),
+                Err(e) => tracing::warn!(error = %e, "delta round failed; listing in full"),
+            }
+        }
+        // Tracking starts before the listing, so changes made while it runs come in the next round.
+        let latest = clients.graph.start_delta(tenant).await;
+        let inventory = clients.graph.fetch_managed_identities(tenant).await?;
+        match latest {
+            Ok(link) => {
+                tr.delta_link = Some(link);
+                tr.full_sync_at = Some(Utc::now());
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "Graph delta is not available; full listings only")
+            }
+        }
+        Ok(inventory)
     }
 
     /// Evidence for each identity, in inventory order.

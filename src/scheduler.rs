@@ -115,7 +115,9 @@ impl ScanRunner {
             tracing::error!(error = %e, "could not record the start of the scan");
         }
         let tenants = self.settings.tenant_ids();
-        let run = self.scanner.run_as(scan_id.clone(), &tenants, trigger);
+        let run = self
+            .scanner
+            .run_as(scan_id.clone(), &tenants, trigger, Some(&self.store));
         let outcome = tokio::select! {
             r = tokio::time::timeout(self.settings.scan.timeout, run) => r.ok(),
             () = self.cancel.cancelled() => None,

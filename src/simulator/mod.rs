@@ -169,6 +169,8 @@ struct Inner {
     plan: Mutex<Option<(FaultPlan, model::Rng)>>,
     /// ARM read buckets: scope ("sub:<id>" or "tenant") -> (tokens, last refill).
     arm_buckets: Mutex<HashMap<String, (f64, Instant)>>,
+    /// Graph delta rounds: token -> principal id -> content hash when the token was issued.
+    delta_snapshots: Mutex<HashMap<String, HashMap<String, u64>>>,
     /// Resource Graph results by query fingerprint, paged by skip tokens.
     arg_cache: Mutex<HashMap<String, Arc<Vec<Value>>>>,
     /// Faults injected so far, by name.
@@ -207,6 +209,7 @@ impl SimHandle {
             faults: Mutex::new(Vec::new()),
             plan: Mutex::new(None),
             arg_cache: Mutex::new(HashMap::new()),
+            delta_snapshots: Mutex::new(HashMap::new()),
             arm_buckets: Mutex::new(HashMap::new()),
             injected: Mutex::new(std::collections::BTreeMap::new()),
             counters: Counters::default(),
@@ -254,6 +257,15 @@ impl SimHandle {
 
     pub fn add_fault(&self, rule: FaultRule) {
         self.inner.faults.lock().expect("faults lock").push(rule);
+    }
+
+    /// Forgets every delta token (as the service does after 7 days).
+    pub fn forget_delta_tokens(&self) {
+        self.inner
+            .delta_snapshots
+            .lock()
+            .expect("snapshot lock")
+            .clear();
     }
 
     pub fn clear_faults(&self) {
@@ -801,6 +813,102 @@ fn unb64(s: &str) -> Option<Value> {
     serde_json::from_slice(&bytes).ok()
 }
 
+/// A content hash of a principal, to tell changes between delta rounds.
+fn principal_hash(p: &model::SimPrincipal) -> u64 {
+    fxhash(&p.to_json().to_string())
+}
+
+/// `GET /v1.0/servicePrincipals/delta` (G-DELTA): `$deltaToken=latest` starts tracking from now
+/// (empty page + `@odata.deltaLink`); a delta link's `$deltatoken` returns what changed since it was
+/// issued, deletions as `{"id", "@removed": {"reason": "deleted"}}`, and a new delta link; a token the
+/// service no longer knows is 410 Gone `syncStateNotFound` (G-ERR). No `$filter` on type: delta filters
+/// only by id, so every principal type comes back. Without a token the whole directory is returned.
+fn graph_delta(inner: &Inner, q: &HashMap<String, String>, headers: &HeaderMap) -> Response {
+    let w = inner.world.read().expect("world lock");
+    let current: HashMap<String, u64> = w
+        .principals
+        .iter()
+        .map(|p| (p.id.clone(), principal_hash(p)))
+        .collect();
+    let select: Option<Vec<String>> = q
+        .get("$select")
+        .map(|s| s.split(',').map(|p| p.trim().to_owned()).collect());
+    let shape = |p: &model::SimPrincipal| {
+        let full = p.to_json();
+        match &select {
+            None => full,
+            Some(props) => {
+                let mut m = serde_json::Map::new();
+                m.insert("id".into(), full["id"].clone());
+                for prop in props {
+                    if let Some((k, v)) = full
+                        .as_object()
+                        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(prop)))
+                    {
+                        m.insert(k.clone(), v.clone());
+                    }
+                }
+                Value::Object(m)
+            }
+        }
+    };
+    let mut value = Vec::new();
+    let latest = q.get("$deltaToken").or_else(|| q.get("$deltatoken"));
+    match latest.map(String::as_str) {
+        Some("latest") => {}
+        Some(token) => {
+            let snapshots = inner.delta_snapshots.lock().expect("snapshot lock");
+            let Some(before) = snapshots.get(token) else {
+                let mut res = graph_error(
+                    headers,
+                    410,
+                    "syncStateNotFound",
+                    "The sync state generation is not found; restart the sync from the beginning.",
+                );
+                if let Ok(v) = HeaderValue::from_str(&format!(
+                    "{}/v1.0/servicePrincipals/delta",
+                    inner.base_url
+                )) {
+                    res.headers_mut().insert("location", v);
+                }
+                return res;
+            };
+            for p in &w.principals {
+                if before.get(&p.id) != Some(&principal_hash(p)) {
+                    value.push(shape(p));
+                }
+            }
+            for id in before.keys().filter(|id| !current.contains_key(*id)) {
+                value.push(json!({"id": id, "@removed": {"reason": "deleted"}}));
+            }
+        }
+        None => value.extend(w.principals.iter().map(shape)),
+    }
+    let token = format!("d{}", inner.seq.fetch_add(1, Ordering::Relaxed));
+    {
+        let mut snapshots = inner.delta_snapshots.lock().expect("snapshot lock");
+        if snapshots.len() >= 16 {
+            snapshots.clear();
+        }
+        snapshots.insert(token.clone(), current);
+    }
+    let mut qs = form_urlencoded::Serializer::new(String::new());
+    if let Some(sel) = q.get("$select") {
+        qs.append_pair("$select", sel);
+    }
+    qs.append_pair("$deltatoken", &token);
+    let items = value.len().to_string();
+    respond(
+        200,
+        vec![("x-sim-items", items), ("request-id", new_id())],
+        &json!({
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#servicePrincipals",
+            "value": value,
+            "@odata.deltaLink": format!("{}/v1.0/servicePrincipals/delta?{}", inner.base_url, qs.finish()),
+        }),
+    )
+}
+
 /// `GET /v1.0/servicePrincipals` (G-LIST): `$filter` on `servicePrincipalType`, `$select`, `$top`
 /// 1..999, absolute `@odata.nextLink` with `$skiptoken`.
 fn graph(
@@ -813,6 +921,9 @@ fn graph(
 ) -> Response {
     if let Err(r) = authorize(inner, headers, Audience::Graph) {
         return r;
+    }
+    if method == Method::GET && path.eq_ignore_ascii_case("/v1.0/servicePrincipals/delta") {
+        return graph_delta(inner, q, headers);
     }
     if method != Method::GET || !path.eq_ignore_ascii_case("/v1.0/servicePrincipals") {
         return graph_error(

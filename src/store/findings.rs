@@ -615,6 +615,8 @@ mod tests {
                 identities: findings.len() as u64,
                 errors: vec![],
                 requests: Default::default(),
+                delta_link: None,
+                full_sync_at: None,
             }],
             summary: Summary::default(),
             findings,

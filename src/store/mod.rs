@@ -285,6 +285,21 @@ impl Store {
             q.execute(&mut *tx).await?;
         }
         let recorded = findings::apply_lifecycle(&mut tx, report, confirm_after).await?;
+        // The delta link goes with the inventory it continues: only a complete one, in this transaction.
+        for t in report.tenants.iter().filter(|t| t.inventory_complete) {
+            if let (Some(link), Some(at)) = (&t.delta_link, t.full_sync_at) {
+                sqlx::query(
+                    "insert into graph_delta (tenant_id, delta_link, full_sync_at) values (?, ?, ?)
+                     on conflict (tenant_id) do update set delta_link = excluded.delta_link,
+                         full_sync_at = excluded.full_sync_at",
+                )
+                .bind(&t.tenant_id)
+                .bind(link)
+                .bind(at.to_rfc3339())
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
         sqlx::query(
             "delete from scan_verdicts where scan_id not in
                  (select scan_id from scans where outcome != 'running' order by started_at desc limit ?)",
@@ -307,6 +322,8 @@ impl Store {
         rows.into_iter()
             .map(|r| {
                 Ok(TenantReport {
+                    delta_link: None,
+                    full_sync_at: None,
                     tenant_id: r.try_get("tenant_id")?,
                     complete: r.try_get("complete")?,
                     inventory_complete: r.try_get("inventory_complete")?,
@@ -385,6 +402,67 @@ impl Store {
             out.push(rec);
         }
         Ok(out)
+    }
+
+    /// The stored Graph delta link of a tenant and the time of its last full listing.
+    pub async fn load_delta(
+        &self,
+        tenant: &str,
+    ) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
+        let row =
+            sqlx::query("select delta_link, full_sync_at from graph_delta where tenant_id = ?")
+                .bind(tenant)
+                .fetch_optional(&self.pool)
+                .await?;
+        row.map(|r| {
+            Ok((
+                r.try_get("delta_link")?,
+                parse_time("graph_delta", &r.try_get::<String, _>("full_sync_at")?)?,
+            ))
+        })
+        .transpose()
+    }
+
+    /// The tenant's inventory as of its last recorded scan, rebuilt from the findings: every identity of
+    /// a complete inventory has a row; those resolved as removed are not in the inventory any more.
+    pub async fn load_inventory(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<crate::domain::ManagedIdentity>, StoreError> {
+        let rows = sqlx::query(
+            "select object_id, app_id, display_name, identity_type, resource_id from findings
+             where tenant_id = ? and not (coalesce(state, '') = 'resolved' and coalesce(resolution, '') = 'identity_removed')",
+        )
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let kind: String = r.try_get("identity_type")?;
+                let resource: Option<String> = r.try_get("resource_id")?;
+                let names = match resource {
+                    Some(id) => vec![
+                        format!(
+                            "isExplicit={}",
+                            if kind == "user_assigned" {
+                                "True"
+                            } else {
+                                "False"
+                            }
+                        ),
+                        id,
+                    ],
+                    None => Vec::new(),
+                };
+                Ok(crate::domain::ManagedIdentity::from_alternative_names(
+                    tenant,
+                    r.try_get("object_id")?,
+                    r.try_get("app_id")?,
+                    r.try_get("display_name")?,
+                    names,
+                ))
+            })
+            .collect()
     }
 
     /// Identities per verdict and tenant in the newest finished scan that covered each tenant.
@@ -490,6 +568,8 @@ mod tests {
                 identities: 1,
                 errors: vec!["e".into()],
                 requests: Default::default(),
+                delta_link: None,
+                full_sync_at: None,
             }],
             summary: Summary {
                 total: 1,
@@ -646,6 +726,8 @@ mod timing {
                 identities: n as u64,
                 errors: vec![],
                 requests: Default::default(),
+                delta_link: None,
+                full_sync_at: None,
             }],
             summary: Summary::default(),
             findings,

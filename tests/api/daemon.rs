@@ -688,3 +688,81 @@ async fn the_exposition_passes_promtool() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+#[tokio::test]
+async fn graph_delta_reads_only_what_changed_and_falls_back_to_a_full_listing() {
+    use miaudit::azure::Api;
+    let (mut w, sub) = world();
+    for i in 0..30 {
+        w.add_system_assigned(&rid(
+            &sub,
+            "rg",
+            "Microsoft.Compute",
+            &format!("virtualMachines/vm{i}"),
+        ));
+    }
+    let orphan_id = rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/gone");
+    let orphan = w.add_system_assigned(&orphan_id);
+    w.delete_resource(&orphan_id);
+    let cfg = SimConfig {
+        graph_max_page: 10,
+        ..SimConfig::default()
+    };
+    let env = TestEnv::start_with(w, cfg, &format!("{FAST_RETRIES}graph_delta = true\n")).await;
+    let d = env.daemon("[lifecycle]\nconfirm_after = \"0s\"\n").await;
+    let graph = || env.sim.requests(Api::Graph);
+    let verdicts = |r: &miaudit::scan::ScanReport| {
+        let mut v: Vec<(String, &str)> = r
+            .findings
+            .iter()
+            .map(|f| (f.object_id.clone(), f.reason.as_str()))
+            .collect();
+        v.sort();
+        v
+    };
+    let g = graph();
+    let first = d.scan().await;
+    assert!(first.complete);
+    assert_eq!(
+        graph() - g,
+        1 + 4,
+        "$deltaToken=latest, then 31 identities at 10 a page"
+    );
+    // Unchanged: one delta request, the same verdicts.
+    let g = graph();
+    let second = d.scan().await;
+    assert!(second.complete, "{:?}", second.tenants);
+    assert_eq!(graph() - g, 1);
+    assert_eq!(verdicts(&second), verdicts(&first));
+    // Support removes the orphan; a new orphan appears; an application is created (not audited).
+    let new_id = rid(&sub, "rg2", "Microsoft.Web", "sites/fresh");
+    let fresh = env.sim.with_world(|w| {
+        w.remove_principal(&orphan);
+        let p = w.add_system_assigned(&new_id);
+        w.delete_resource(&new_id);
+        w.add_principal("Application", "portal", None);
+        p
+    });
+    let g = graph();
+    let third = d.scan().await;
+    assert_eq!(graph() - g, 1);
+    assert_eq!(third.summary.total, 31);
+    assert_eq!(outcome(&third, &fresh), ("orphaned", "resource_not_found"));
+    let (_, f) = get_json(&d.url(&format!("/api/v1/findings/{TENANT}/{orphan}"))).await;
+    assert_eq!(
+        (f["state"].as_str(), f["resolution"].as_str()),
+        (Some("resolved"), Some("identity_removed"))
+    );
+    // The service forgot the token (410 syncStateNotFound): a full listing, same verdicts.
+    env.sim.forget_delta_tokens();
+    let g = graph();
+    let fourth = d.scan().await;
+    assert!(fourth.complete);
+    assert_eq!(
+        graph() - g,
+        1 + 1 + 4,
+        "410, then latest and the full listing"
+    );
+    assert_eq!(verdicts(&fourth), verdicts(&third));
+    d.stop().await;
+}
