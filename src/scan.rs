@@ -400,18 +400,30 @@ impl Scanner {
             match clients.graph.fetch_delta(tenant, &link).await {
                 Ok(Some(delta)) => match store.load_inventory(tenant).await {
                     Ok(base) => {
-                        let mut by_id: HashMap<String, ManagedIdentity> = base
+                        // Merged in one pass over the stored inventory, without a second map of it.
+                        let gone: std::collections::HashSet<String> =
+                            delta.gone.into_iter().collect();
+                        let mut changed: HashMap<String, ManagedIdentity> = delta
+                            .changed
                             .into_iter()
                             .map(|i| (i.object_id.to_ascii_lowercase(), i))
                             .collect();
-                        for id in &delta.gone {
-                            by_id.remove(id);
-                        }
-                        for i in delta.changed {
-                            by_id.insert(i.object_id.to_ascii_lowercase(), i);
-                        }
-                        let mut identities: Vec<ManagedIdentity> = by_id.into_values().collect();
-                        identities.sort_by(|a, b| a.object_id.cmp(&b.object_id));
+                        let mut identities: Vec<ManagedIdentity> = base
+                            .into_iter()
+                            .filter_map(|i| {
+                                let key = i.object_id.to_ascii_lowercase();
+                                if gone.contains(&key) {
+                                    None
+                                } else {
+                                    Some(changed.remove(&key).unwrap_or(i))
+                                }
+                            })
+                            .collect();
+                        identities.extend(
+                            changed
+                                .into_values()
+                                .filter(|i| !gone.contains(&i.object_id.to_ascii_lowercase())),
+                        );
                         tr.delta_link = Some(delta.link);
                         tr.full_sync_at = Some(full_at);
                         return Ok(crate::graph::Inventory {

@@ -287,23 +287,24 @@ pub(super) async fn apply_lifecycle(
     let mut recorded = Recorded::default();
     for tenant in &report.tenants {
         let tid = tenant.tenant_id.as_str();
-        let rows = sqlx::query(
-            "select object_id, state, episode, resolution, ticket, note, first_detected_at, last_orphaned_at,
-                 confirmed_at, resolved_at, verdict, reason from findings where tenant_id = ?",
-        )
-        .bind(tid)
-        .fetch_all(&mut **tx)
-        .await?;
-        // Lifecycle and stored (verdict, reason) of every known identity of the tenant.
-        let mut existing: HashMap<String, (Tracked, String, String)> =
-            HashMap::with_capacity(rows.len());
-        for r in &rows {
-            existing.insert(
-                r.try_get("object_id")?,
-                (tracked_of(r)?, r.try_get("verdict")?, r.try_get("reason")?),
-            );
+        // Lifecycle and stored (verdict, reason) of every known identity of the tenant, streamed into
+        // the map (holding the rows as well cost ~100 MB at 100k identities).
+        let mut existing: HashMap<String, (Tracked, String, String)> = HashMap::new();
+        {
+            use futures::TryStreamExt;
+            let mut rows = sqlx::query(
+                "select object_id, state, episode, resolution, ticket, note, first_detected_at, last_orphaned_at,
+                     confirmed_at, resolved_at, verdict, reason from findings where tenant_id = ?",
+            )
+            .bind(tid)
+            .fetch(&mut **tx);
+            while let Some(r) = rows.try_next().await? {
+                existing.insert(
+                    r.try_get("object_id")?,
+                    (tracked_of(&r)?, r.try_get("verdict")?, r.try_get("reason")?),
+                );
+            }
         }
-        drop(rows);
         let mut confirmed = 0u64;
         let mut taking: Vec<(&Finding, String, Tracked)> = Vec::new();
         let mut keeping: Vec<(&Finding, String, Tracked)> = Vec::new();

