@@ -833,25 +833,7 @@ fn graph_delta(inner: &Inner, q: &HashMap<String, String>, headers: &HeaderMap) 
     let select: Option<Vec<String>> = q
         .get("$select")
         .map(|s| s.split(',').map(|p| p.trim().to_owned()).collect());
-    let shape = |p: &model::SimPrincipal| {
-        let full = p.to_json();
-        match &select {
-            None => full,
-            Some(props) => {
-                let mut m = serde_json::Map::new();
-                m.insert("id".into(), full["id"].clone());
-                for prop in props {
-                    if let Some((k, v)) = full
-                        .as_object()
-                        .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(prop)))
-                    {
-                        m.insert(k.clone(), v.clone());
-                    }
-                }
-                Value::Object(m)
-            }
-        }
-    };
+    let shape = |p: &model::SimPrincipal| p.to_json_selected(select.as_deref());
     let mut value = Vec::new();
     let latest = q.get("$deltaToken").or_else(|| q.get("$deltatoken"));
     match latest.map(String::as_str) {
@@ -1040,25 +1022,7 @@ fn graph(
         .iter()
         .skip(offset)
         .take(take)
-        .map(|p| {
-            let full = p.to_json();
-            match &selected {
-                None => full,
-                Some(props) => {
-                    let mut m = serde_json::Map::new();
-                    m.insert("id".into(), full["id"].clone());
-                    for prop in props {
-                        if let Some((k, v)) = full
-                            .as_object()
-                            .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(prop)))
-                        {
-                            m.insert(k.clone(), v.clone());
-                        }
-                    }
-                    Value::Object(m)
-                }
-            }
-        })
+        .map(|p| p.to_json_selected(selected.as_deref()))
         .collect();
     let mut body = json!({
         "@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#servicePrincipals{}", select.as_ref().map(|s| format!("({s})")).unwrap_or_default()),

@@ -155,6 +155,24 @@ pub struct SimPrincipal {
 }
 
 impl SimPrincipal {
+    /// The JSON with only the `$select`ed properties (matched case-insensitively) and `id`, which Graph
+    /// always returns (G-LIST).
+    pub fn to_json_selected(&self, select: Option<&[String]>) -> Value {
+        let full = self.to_json();
+        let Some(props) = select else { return full };
+        let mut m = serde_json::Map::new();
+        m.insert("id".into(), full["id"].clone());
+        for prop in props {
+            if let Some((k, v)) = full
+                .as_object()
+                .and_then(|o| o.iter().find(|(k, _)| k.eq_ignore_ascii_case(prop)))
+            {
+                m.insert(k.clone(), v.clone());
+            }
+        }
+        Value::Object(m)
+    }
+
     pub fn to_json(&self) -> Value {
         json!({
             "@odata.type": "#microsoft.graph.servicePrincipal",
