@@ -416,14 +416,9 @@ async fn export(
             }
         }
     }
-    let store = match Store::connect(&settings.database.url).await {
+    let store = match open_store(settings).await {
         Ok(s) => s,
-        Err(e) => {
-            return config_error(&[format!(
-                "database.url: cannot open {}: {e}",
-                settings.database.url
-            )]);
-        }
+        Err(code) => return code,
     };
     let fmt = match format {
         ExportFormat::Csv => crate::export::Format::Csv,
@@ -447,6 +442,16 @@ async fn export(
     }
 }
 
+/// Opens the configured database; a failure is a configuration error (exit 2) naming the key.
+async fn open_store(settings: &Settings) -> Result<Store, ExitCode> {
+    Store::connect(&settings.database.url).await.map_err(|e| {
+        config_error(&[format!(
+            "database.url: cannot open {}: {e}",
+            settings.database.url
+        )])
+    })
+}
+
 /// Runs one scan, records it, prints it; returns the exit code.
 pub async fn scan_and_print(
     settings: &Settings,
@@ -455,14 +460,9 @@ pub async fn scan_and_print(
     fail_on_orphans: bool,
     trigger: Trigger,
 ) -> ExitCode {
-    let store = match Store::connect(&settings.database.url).await {
+    let store = match open_store(settings).await {
         Ok(s) => s,
-        Err(e) => {
-            return config_error(&[format!(
-                "database.url: cannot open {}: {e}",
-                settings.database.url
-            )]);
-        }
+        Err(code) => return code,
     };
     let scanner = match Scanner::new(settings) {
         Ok(s) => s,

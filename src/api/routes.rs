@@ -32,6 +32,19 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/export", get(export_findings))
 }
 
+/// Cuts a list fetched with one extra item to `limit`, and gives the cursor of the next page when that
+/// extra item showed there is one.
+fn page<T>(items: &mut Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> Option<String> {
+    let limit = limit as usize;
+    let more = items.len() > limit;
+    items.truncate(limit);
+    if more {
+        items.last().map(cursor_of)
+    } else {
+        None
+    }
+}
+
 fn json_ok(status: StatusCode, v: &Value) -> Response {
     (
         status,
@@ -169,15 +182,9 @@ async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Resp
         .list_findings(&filter, after.as_ref(), limit + 1)
         .await
         .map_err(|e| Problem::internal(&st.metrics, &e))?;
-    let more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    let next = more
-        .then(|| {
-            items
-                .last()
-                .map(|f| encode_cursor(&[&f.tenant_id, &f.object_id]))
-        })
-        .flatten();
+    let next = page(&mut items, limit, |f| {
+        encode_cursor(&[&f.tenant_id, &f.object_id])
+    });
     Ok(json_ok(
         StatusCode::OK,
         &json!({"items": items, "next_cursor": next}),
@@ -335,15 +342,9 @@ async fn list_scans(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Respons
         )
         .await
         .map_err(|e| Problem::internal(&st.metrics, &e))?;
-    let more = items.len() > limit as usize;
-    items.truncate(limit as usize);
-    let next = more
-        .then(|| {
-            items
-                .last()
-                .map(|s| encode_cursor(&[&s.started_at.to_rfc3339(), &s.scan_id]))
-        })
-        .flatten();
+    let next = page(&mut items, limit, |s| {
+        encode_cursor(&[&s.started_at.to_rfc3339(), &s.scan_id])
+    });
     let items: Vec<Value> = items.iter().map(scan_json).collect();
     Ok(json_ok(
         StatusCode::OK,
