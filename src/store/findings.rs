@@ -106,10 +106,7 @@ fn tracked_of(r: &sqlx::sqlite::SqliteRow) -> Result<Tracked, StoreError> {
 fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> {
     let t = "findings";
     let tracked = tracked_of(r)?;
-    let identity_type: String = r.try_get("identity_type")?;
-    let verdict: String = r.try_get("verdict")?;
-    let reason: String = r.try_get("reason")?;
-    let evidence: String = r.try_get("evidence")?;
+    let base = super::finding_columns(r, t)?;
     // Unchanged healthy rows are not rewritten each scan: they were seen in the tenant's latest complete
     // inventory when that is newer than the row's own time (see migration 0004).
     let own_seen = parse_time(t, &r.try_get::<String, _>("last_seen_at")?)?;
@@ -120,19 +117,17 @@ fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> 
         _ => (own_seen, r.try_get::<String, _>("last_scan_id")?),
     };
     Ok(StoredFinding {
-        tenant_id: r.try_get("tenant_id")?,
-        object_id: r.try_get("object_id")?,
-        app_id: r.try_get("app_id")?,
-        display_name: r.try_get("display_name")?,
-        identity_type: IdentityType::parse(&identity_type)
-            .ok_or_else(|| corrupt(t, format!("identity_type {identity_type:?}")))?,
-        resource_id: r.try_get("resource_id")?,
-        subscription_id: r.try_get("subscription_id")?,
-        resource_type: r.try_get("resource_type")?,
-        verdict: Verdict::parse(&verdict)
-            .ok_or_else(|| corrupt(t, format!("verdict {verdict:?}")))?,
-        reason: Reason::parse(&reason).ok_or_else(|| corrupt(t, format!("reason {reason:?}")))?,
-        detail: r.try_get("detail")?,
+        tenant_id: base.tenant_id,
+        object_id: base.object_id,
+        app_id: base.app_id,
+        display_name: base.display_name,
+        identity_type: base.identity_type,
+        resource_id: base.resource_id,
+        subscription_id: base.subscription_id,
+        resource_type: base.resource_type,
+        verdict: base.verdict,
+        reason: base.reason,
+        detail: base.detail,
         state: tracked.state,
         episode: tracked.episode,
         resolution: tracked.resolution,
@@ -144,7 +139,7 @@ fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> 
         confirmed_at: tracked.confirmed_at,
         resolved_at: tracked.resolved_at,
         last_scan_id,
-        evidence: serde_json::from_str(&evidence).map_err(|e| corrupt(t, e.to_string()))?,
+        evidence: base.evidence,
     })
 }
 

@@ -47,6 +47,34 @@ pub struct ScanRecord {
 /// How many scans keep their per-identity verdicts; older scans keep their summary rows only.
 pub const KEEP_SCAN_VERDICTS: i64 = 20;
 
+/// The identity, verdict and evidence columns that `scan_verdicts` and `findings` share.
+pub(crate) fn finding_columns(
+    r: &sqlx::sqlite::SqliteRow,
+    t: &'static str,
+) -> Result<Finding, StoreError> {
+    let identity_type: String = r.try_get("identity_type")?;
+    let verdict: String = r.try_get("verdict")?;
+    let reason: String = r.try_get("reason")?;
+    let evidence: String = r.try_get("evidence")?;
+    Ok(Finding {
+        tenant_id: r.try_get("tenant_id")?,
+        object_id: r.try_get("object_id")?,
+        app_id: r.try_get("app_id")?,
+        display_name: r.try_get("display_name")?,
+        identity_type: IdentityType::parse(&identity_type)
+            .ok_or_else(|| corrupt(t, format!("identity_type {identity_type:?}")))?,
+        resource_id: r.try_get("resource_id")?,
+        subscription_id: r.try_get("subscription_id")?,
+        resource_type: r.try_get("resource_type")?,
+        verdict: Verdict::parse(&verdict)
+            .ok_or_else(|| corrupt(t, format!("verdict {verdict:?}")))?,
+        reason: Reason::parse(&reason).ok_or_else(|| corrupt(t, format!("reason {reason:?}")))?,
+        detail: r.try_get("detail")?,
+        evidence: serde_json::from_str::<EvidenceReport>(&evidence)
+            .map_err(|e| corrupt(t, e.to_string()))?,
+    })
+}
+
 fn corrupt(table: &'static str, reason: impl Into<String>) -> StoreError {
     StoreError::Corrupt {
         table,
@@ -499,31 +527,7 @@ impl Store {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| {
-                let t = "scan_verdicts";
-                let identity_type: String = r.try_get("identity_type")?;
-                let verdict: String = r.try_get("verdict")?;
-                let reason: String = r.try_get("reason")?;
-                let evidence: String = r.try_get("evidence")?;
-                Ok(Finding {
-                    tenant_id: r.try_get("tenant_id")?,
-                    object_id: r.try_get("object_id")?,
-                    app_id: r.try_get("app_id")?,
-                    display_name: r.try_get("display_name")?,
-                    identity_type: IdentityType::parse(&identity_type)
-                        .ok_or_else(|| corrupt(t, format!("identity_type {identity_type:?}")))?,
-                    resource_id: r.try_get("resource_id")?,
-                    subscription_id: r.try_get("subscription_id")?,
-                    resource_type: r.try_get("resource_type")?,
-                    verdict: Verdict::parse(&verdict)
-                        .ok_or_else(|| corrupt(t, format!("verdict {verdict:?}")))?,
-                    reason: Reason::parse(&reason)
-                        .ok_or_else(|| corrupt(t, format!("reason {reason:?}")))?,
-                    detail: r.try_get("detail")?,
-                    evidence: serde_json::from_str::<EvidenceReport>(&evidence)
-                        .map_err(|e| corrupt(t, e.to_string()))?,
-                })
-            })
+            .map(|r| finding_columns(r, "scan_verdicts"))
             .collect()
     }
 }
