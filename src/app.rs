@@ -86,10 +86,6 @@ impl App {
         self.state.runner.clone()
     }
 
-    pub fn store(&self) -> crate::store::Store {
-        self.state.store.clone()
-    }
-
     /// Serves until `shutdown` resolves: stops accepting, cancels a running scan (nothing partial is
     /// recorded), stops the schedule, returns.
     pub async fn run_until_stopped(

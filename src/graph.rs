@@ -43,8 +43,6 @@ struct ServicePrincipal {
 pub struct Inventory {
     pub identities: Vec<ManagedIdentity>,
     pub pages: u32,
-    /// Principals of another type that a page carried anyway.
-    pub ignored: u64,
     /// Restarts from the first page after an expired page token.
     pub restarts: u32,
 }
@@ -232,7 +230,6 @@ impl GraphClient {
                     .as_deref()
                     .is_none_or(|t| t.eq_ignore_ascii_case("ManagedIdentity"));
                 if !is_mi {
-                    inv.ignored += 1;
                     continue;
                 }
                 // Paging under churn may repeat an item (G-PAGE); one verdict per principal.

@@ -369,15 +369,13 @@ impl Scanner {
             }
             findings.push(finding(identity, &ev, j));
         }
-        if !tr.complete && !tr.errors.iter().any(|e| e.starts_with("checks:")) {
-            let failed = findings
-                .iter()
-                .filter(|f| f.reason == Reason::CheckFailed)
-                .count();
-            if failed > 0 {
-                tr.errors
-                    .push(format!("checks: {failed} resource checks did not complete"));
-            }
+        let failed = findings
+            .iter()
+            .filter(|f| f.reason == Reason::CheckFailed)
+            .count();
+        if failed > 0 {
+            tr.errors
+                .push(format!("checks: {failed} resource checks did not complete"));
         }
         (tr, findings)
     }

@@ -62,10 +62,6 @@ impl ScanRunner {
         self.scanner.counters()
     }
 
-    pub fn is_running(&self) -> bool {
-        self.guard.try_lock().is_err()
-    }
-
     /// Starts a scan in the background; returns its id, or why it cannot start.
     pub fn try_start(self: &Arc<Self>, trigger: Trigger) -> Result<String, Busy> {
         if self.cancel.is_cancelled() {

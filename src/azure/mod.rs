@@ -73,19 +73,6 @@ pub enum AzureError {
     ForeignLink { api: Api, link: String },
 }
 
-impl AzureError {
-    /// A bounded label for metrics and the report.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::Exhausted { .. } => "retries_exhausted",
-            Self::Auth(_) => "auth",
-            Self::Status { .. } => "status",
-            Self::Decode { .. } => "decode",
-            Self::ForeignLink { .. } => "foreign_link",
-        }
-    }
-}
-
 /// A final HTTP answer: status, the headers we keep as evidence, the body.
 #[derive(Debug, Clone)]
 pub struct Reply {

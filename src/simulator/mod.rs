@@ -236,15 +236,6 @@ impl SimHandle {
         &self.inner.base_url
     }
 
-    pub fn tenant_id(&self) -> String {
-        self.inner
-            .world
-            .read()
-            .expect("world lock")
-            .tenant_id
-            .clone()
-    }
-
     /// Changes the world (deletes, recreations, ...) between scans.
     pub fn with_world<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
         self.inner.arg_cache.lock().expect("cache lock").clear();

@@ -8,7 +8,7 @@
 //! resources with `properties.principalId`, MSI-SPEC).
 
 use serde_json::{Value, json};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
 /// A deterministic generator (SplitMix64): the simulator must be repeatable from a seed.
 #[derive(Debug, Clone)]
@@ -802,15 +802,6 @@ impl World {
             events.push(format!("support removed orphaned principal {id}"));
         }
         events
-    }
-
-    /// A stable per-principal lookup by lower-case id, used by churn.
-    pub fn principal_index(&self) -> HashMap<String, usize> {
-        self.principals
-            .iter()
-            .enumerate()
-            .map(|(i, p)| (p.id.to_ascii_lowercase(), i))
-            .collect()
     }
 }
 
