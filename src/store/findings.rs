@@ -242,19 +242,7 @@ async fn upsert_findings(
         // Only static fragments and placeholders are in `sql`; every value is bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (f, object, t) in chunk {
-            q = q
-                .bind(&f.tenant_id)
-                .bind(object)
-                .bind(&f.app_id)
-                .bind(&f.display_name)
-                .bind(f.identity_type.as_str())
-                .bind(&f.resource_id)
-                .bind(&f.subscription_id)
-                .bind(&f.resource_type)
-                .bind(f.verdict.as_str())
-                .bind(f.reason.as_str())
-                .bind(&f.detail)
-                .bind(serde_json::to_string(&f.evidence).unwrap_or_else(|_| "{}".into()))
+            q = super::bind_finding_columns(q.bind(&f.tenant_id).bind(object), f)
                 .bind(&seen)
                 .bind(scan_id)
                 .bind(t.state.map(State::as_str))

@@ -47,6 +47,26 @@ pub struct ScanRecord {
 /// How many scans keep their per-identity verdicts; older scans keep their summary rows only.
 pub const KEEP_SCAN_VERDICTS: i64 = 20;
 
+/// A statement being built against SQLite.
+pub(crate) type SqliteQuery<'q> =
+    sqlx::query::Query<'q, sqlx::Sqlite, <sqlx::Sqlite as sqlx::Database>::Arguments>;
+
+/// Binds the columns `scan_verdicts` and `findings` share, in the order both statements list them:
+/// `app_id, display_name, identity_type, resource_id, subscription_id, resource_type, verdict, reason,
+/// detail, evidence`.
+pub(crate) fn bind_finding_columns<'q>(q: SqliteQuery<'q>, f: &'q Finding) -> SqliteQuery<'q> {
+    q.bind(&f.app_id)
+        .bind(&f.display_name)
+        .bind(f.identity_type.as_str())
+        .bind(&f.resource_id)
+        .bind(&f.subscription_id)
+        .bind(&f.resource_type)
+        .bind(f.verdict.as_str())
+        .bind(f.reason.as_str())
+        .bind(&f.detail)
+        .bind(serde_json::to_string(&f.evidence).unwrap_or_else(|_| "{}".into()))
+}
+
 /// The identity, verdict and evidence columns that `scan_verdicts` and `findings` share.
 pub(crate) fn finding_columns(
     r: &sqlx::sqlite::SqliteRow,
@@ -295,20 +315,12 @@ impl Store {
             // Only static fragments and placeholders are in `sql`; every value is bound.
             let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
             for f in chunk {
-                q = q
-                    .bind(&report.scan_id)
-                    .bind(&f.tenant_id)
-                    .bind(&f.object_id)
-                    .bind(&f.app_id)
-                    .bind(&f.display_name)
-                    .bind(f.identity_type.as_str())
-                    .bind(&f.resource_id)
-                    .bind(&f.subscription_id)
-                    .bind(&f.resource_type)
-                    .bind(f.verdict.as_str())
-                    .bind(f.reason.as_str())
-                    .bind(&f.detail)
-                    .bind(serde_json::to_string(&f.evidence).unwrap_or_else(|_| "{}".into()));
+                q = bind_finding_columns(
+                    q.bind(&report.scan_id)
+                        .bind(&f.tenant_id)
+                        .bind(&f.object_id),
+                    f,
+                );
             }
             q.execute(&mut *tx).await?;
         }
