@@ -44,7 +44,8 @@ fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
 }
 
 impl From<&StoredFinding> for Row {
-    fn from(f: &StoredFinding) -> Self {
+    fn from(stored: &StoredFinding) -> Self {
+        let f = &stored.finding;
         Self {
             tenant_id: f.tenant_id.clone(),
             object_id: f.object_id.clone(),
@@ -54,11 +55,15 @@ impl From<&StoredFinding> for Row {
             resource_id: f.resource_id.clone().unwrap_or_default(),
             subscription_id: f.subscription_id.clone().unwrap_or_default(),
             reason: f.reason.as_str().to_owned(),
-            state: f.state.map(State::as_str).unwrap_or_default().to_owned(),
-            episode: f.episode,
-            first_detected_at: time(f.first_detected_at),
-            last_confirmed_at: time(f.last_orphaned_at),
-            ticket: f.ticket.clone().unwrap_or_default(),
+            state: stored
+                .state
+                .map(State::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            episode: stored.episode,
+            first_detected_at: time(stored.first_detected_at),
+            last_confirmed_at: time(stored.last_orphaned_at),
+            ticket: stored.ticket.clone().unwrap_or_default(),
             evidence_status: f.evidence.status.map(|s| s.to_string()).unwrap_or_default(),
             evidence_code: f.evidence.code.clone().unwrap_or_default(),
             evidence_request_id: f.evidence.request_id.clone().unwrap_or_default(),
@@ -103,7 +108,10 @@ pub async fn load_rows(
     loop {
         let page = store.list_findings(&filter, after.as_ref(), 1000).await?;
         let Some(last) = page.last() else { break };
-        after = Some((last.tenant_id.clone(), last.object_id.clone()));
+        after = Some((
+            last.finding.tenant_id.clone(),
+            last.finding.object_id.clone(),
+        ));
         rows.extend(page.iter().map(Row::from));
         if page.len() < 1000 {
             break;

@@ -183,7 +183,7 @@ async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Resp
         .await
         .map_err(|e| Problem::internal(&st.metrics, &e))?;
     let next = page(&mut items, limit, |f| {
-        encode_cursor(&[&f.tenant_id, &f.object_id])
+        encode_cursor(&[&f.finding.tenant_id, &f.finding.object_id])
     });
     Ok(json_ok(
         StatusCode::OK,

@@ -4,7 +4,7 @@
 use super::{StoreError, corrupt, count, parse_time};
 use crate::domain::{IdentityType, Reason, Verdict};
 use crate::lifecycle::{self, AckRefused, Observation, Resolution, State, Step, Tracked};
-use crate::scan::{EvidenceReport, Finding, ScanReport};
+use crate::scan::{Finding, ScanReport};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Row, Sqlite, Transaction};
@@ -17,20 +17,12 @@ pub struct Recorded {
     pub newly_confirmed: BTreeMap<String, u64>,
 }
 
-/// A finding as the API and the export show it.
+/// A finding as the API and the export show it: the identity's last authoritative verdict with its
+/// evidence (the same fields as in a scan), and its lifecycle.
 #[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct StoredFinding {
-    pub tenant_id: String,
-    pub object_id: String,
-    pub app_id: String,
-    pub display_name: String,
-    pub identity_type: IdentityType,
-    pub resource_id: Option<String>,
-    pub subscription_id: Option<String>,
-    pub resource_type: Option<String>,
-    pub verdict: Verdict,
-    pub reason: Reason,
-    pub detail: String,
+    #[serde(flatten)]
+    pub finding: Finding,
     pub state: Option<State>,
     pub episode: u32,
     pub resolution: Option<Resolution>,
@@ -42,7 +34,6 @@ pub struct StoredFinding {
     pub confirmed_at: Option<DateTime<Utc>>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub last_scan_id: String,
-    pub evidence: EvidenceReport,
 }
 
 /// One transition of a finding.
@@ -117,17 +108,7 @@ fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> 
         _ => (own_seen, r.try_get::<String, _>("last_scan_id")?),
     };
     Ok(StoredFinding {
-        tenant_id: base.tenant_id,
-        object_id: base.object_id,
-        app_id: base.app_id,
-        display_name: base.display_name,
-        identity_type: base.identity_type,
-        resource_id: base.resource_id,
-        subscription_id: base.subscription_id,
-        resource_type: base.resource_type,
-        verdict: base.verdict,
-        reason: base.reason,
-        detail: base.detail,
+        finding: base,
         state: tracked.state,
         episode: tracked.episode,
         resolution: tracked.resolution,
@@ -139,7 +120,6 @@ fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> 
         confirmed_at: tracked.confirmed_at,
         resolved_at: tracked.resolved_at,
         last_scan_id,
-        evidence: base.evidence,
     })
 }
 
@@ -548,7 +528,7 @@ impl super::Store {
 mod tests {
     use super::*;
     use crate::domain::EvidenceSource;
-    use crate::scan::{Summary, TenantReport, Trigger};
+    use crate::scan::{EvidenceReport, Summary, TenantReport, Trigger};
     use crate::store::Store;
     use sqlx::SqlitePool;
     use std::time::Duration;
@@ -625,7 +605,7 @@ mod tests {
             .expect("load")
             .expect("present");
         assert_eq!(f.state, Some(State::Suspected));
-        assert_eq!(f.evidence.request_id.as_deref(), Some("req-o1"));
+        assert_eq!(f.finding.evidence.request_id.as_deref(), Some("req-o1"));
         let r = store
             .record_scan(&scan("s2", 3, vec![orphan(), healthy()], true), TWO_H)
             .await
@@ -736,8 +716,8 @@ mod tests {
             .expect("s2");
         let f = store.load_finding(T, "o1").await.expect("load").expect("f");
         assert_eq!(f.state, Some(State::Suspected));
-        assert_eq!(f.verdict, Verdict::Orphaned);
-        assert_eq!(f.evidence.status, Some(404));
+        assert_eq!(f.finding.verdict, Verdict::Orphaned);
+        assert_eq!(f.finding.evidence.status, Some(404));
         assert_eq!(f.last_scan_id, "s2", "seen in s2");
     }
 
@@ -790,7 +770,9 @@ mod tests {
             .await
             .expect("list");
         assert_eq!(
-            all.iter().map(|f| f.object_id.as_str()).collect::<Vec<_>>(),
+            all.iter()
+                .map(|f| f.finding.object_id.as_str())
+                .collect::<Vec<_>>(),
             ["o1", "u1"]
         );
         let healthy = store
@@ -809,12 +791,15 @@ mod tests {
             .list_findings(&FindingFilter::default(), None, 1)
             .await
             .expect("list");
-        let cursor = (page1[0].tenant_id.clone(), page1[0].object_id.clone());
+        let cursor = (
+            page1[0].finding.tenant_id.clone(),
+            page1[0].finding.object_id.clone(),
+        );
         let page2 = store
             .list_findings(&FindingFilter::default(), Some(&cursor), 1)
             .await
             .expect("list");
-        assert_eq!(page2[0].object_id, "u1");
+        assert_eq!(page2[0].finding.object_id, "u1");
         // Restored, then orphaned again: a new episode without the ticket.
         store
             .record_scan(

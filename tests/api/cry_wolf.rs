@@ -52,11 +52,11 @@ async fn snapshot(store: &miaudit::store::Store) -> Snapshot {
     rows.into_iter()
         .map(|r| {
             (
-                r.object_id.clone(),
+                r.finding.object_id.clone(),
                 (
                     r.state.map(|s| s.as_str().to_owned()),
-                    r.verdict.as_str().to_owned(),
-                    r.reason.as_str().to_owned(),
+                    r.finding.verdict.as_str().to_owned(),
+                    r.finding.reason.as_str().to_owned(),
                     r.episode,
                 ),
             )
