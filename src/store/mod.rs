@@ -509,10 +509,16 @@ impl Store {
     /// Identities per verdict and tenant in the newest finished scan that covered each tenant.
     pub async fn latest_verdict_counts(&self) -> Result<Vec<(String, Verdict, u64)>, StoreError> {
         let rows = sqlx::query(
-            "select v.tenant_id, v.verdict, count(*) as n from scan_verdicts v
-             where v.scan_id = (select t.scan_id from scan_tenants t join scans s on s.scan_id = t.scan_id
-                                where t.tenant_id = v.tenant_id and s.outcome != 'running'
-                                order by s.started_at desc limit 1)
+            // Each tenant's latest scan first, then only that scan's rows (through the primary key),
+            // rather than a subquery per row of every retained scan.
+            "with latest as (
+                 select d.tenant_id,
+                        (select t.scan_id from scan_tenants t join scans s on s.scan_id = t.scan_id
+                         where t.tenant_id = d.tenant_id and s.outcome != 'running'
+                         order by s.started_at desc limit 1) as scan_id
+                 from (select distinct tenant_id from scan_tenants) d)
+             select v.tenant_id, v.verdict, count(*) as n
+             from latest l join scan_verdicts v on v.scan_id = l.scan_id and v.tenant_id = l.tenant_id
              group by v.tenant_id, v.verdict",
         )
         .fetch_all(&self.pool)
