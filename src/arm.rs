@@ -17,7 +17,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub const SUBSCRIPTIONS_API_VERSION: &str = "2022-12-01";
 pub const PROVIDERS_API_VERSION: &str = "2021-04-01";
@@ -203,9 +203,47 @@ struct ArgPage {
 
 /// Spaces Resource Graph queries by the quota headers instead of bouncing off 429s (ARG-THR: when
 /// `x-ms-user-quota-remaining` reaches 0, wait `x-ms-user-quota-resets-after`).
+///
+/// `resets-after` comes in whole seconds (`hh:mm:ss`), so a single answer places the window's reset only
+/// within a second. Every answer of one window names the same reset, so the earliest instant any of
+/// them implies (receipt + resets-after) is the tightest estimate when the service rounds up; waiting
+/// for the last answer's figure alone overshot by ~0.6 s a window (1.36x the bound at 100k). If the
+/// service truncates instead, the first early query gets a 429, and from then on a second is added.
 #[derive(Default)]
 struct Pacer {
     not_before: Option<Instant>,
+    /// `x-ms-user-quota-remaining` of the previous answer: a rise means a new window began.
+    last_remaining: Option<i64>,
+    /// Earliest reset implied by the answers of the current window.
+    window_reset: Option<Instant>,
+    /// Added to every estimate once a paced query was throttled anyway.
+    margin: Duration,
+}
+
+impl Pacer {
+    fn note(
+        &mut self,
+        now: Instant,
+        throttled: bool,
+        remaining: Option<i64>,
+        resets: Option<Duration>,
+    ) {
+        if throttled {
+            self.margin = Duration::from_secs(1);
+        }
+        let (Some(r), Some(d)) = (remaining, resets) else {
+            self.not_before = None;
+            return;
+        };
+        let reset = now + d + self.margin;
+        let new_window = throttled || self.last_remaining.is_none_or(|last| r > last);
+        self.window_reset = Some(match self.window_reset {
+            Some(w) if !new_window => w.min(reset),
+            _ => reset,
+        });
+        self.last_remaining = Some(r);
+        self.not_before = if r <= 0 { self.window_reset } else { None };
+    }
 }
 
 /// Resource type (lower-case) -> api versions the providers API lists.
@@ -339,11 +377,12 @@ impl ArmClient {
         let resets = reply
             .header("x-ms-user-quota-resets-after")
             .and_then(crate::azure::http::parse_hms);
-        let mut p = self.pacer.lock().expect("pacer lock");
-        p.not_before = match (remaining, resets) {
-            (Some(r), Some(d)) if r <= 0 => Some(Instant::now() + d),
-            _ => None,
-        };
+        self.pacer.lock().expect("pacer lock").note(
+            Instant::now(),
+            reply.status == 429,
+            remaining,
+            resets,
+        );
     }
 
     /// Principal ids that Resource Graph shows for every resource of `types` in `subscriptions`,
@@ -700,6 +739,33 @@ impl ArmClient {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pacer_waits_for_the_earliest_reset_its_window_implies() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let ms = Duration::from_millis;
+        let mut p = Pacer::default();
+        // First answer of a window at t0+40ms: 5 s left (rounded up), so the reset is at most t0+5.04.
+        p.note(t0 + ms(40), false, Some(14), Some(s(5)));
+        assert_eq!(p.not_before, None, "quota left: no wait");
+        // Later answers still say 5 s (rounded up from 4.4): they imply a later instant, not kept.
+        p.note(t0 + ms(600), false, Some(0), Some(s(5)));
+        assert_eq!(p.not_before, Some(t0 + ms(5040)));
+        // A new window (remaining rises) starts a new estimate.
+        p.note(t0 + ms(5100), false, Some(14), Some(s(5)));
+        p.note(t0 + ms(5600), false, Some(0), Some(s(4)));
+        assert_eq!(p.not_before, Some(t0 + ms(9600)));
+        // Throttled anyway (the service truncates): a second is added from then on.
+        p.note(t0 + ms(9600), true, Some(0), Some(s(1)));
+        assert_eq!(p.not_before, Some(t0 + ms(11_600)));
+        p.note(t0 + ms(11_700), false, Some(14), Some(s(5)));
+        p.note(t0 + ms(12_000), false, Some(0), Some(s(4)));
+        assert_eq!(p.not_before, Some(t0 + ms(17_000)));
+        // Without the headers there is nothing to pace by.
+        p.note(t0 + ms(12_100), false, None, None);
+        assert_eq!(p.not_before, None);
+    }
 
     #[test]
     fn fold_hash_ignores_ascii_case_only() {

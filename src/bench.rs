@@ -7,13 +7,14 @@
 //!
 //! ```text
 //! T_graph = ceil(N / 999) * (L + 999 u)                       Graph pages are sequential (next links)
-//! T_arg   = max(Q * (L + 1000 u) / P,  max(0, Q - 15) * 5 s / 15)  Q pages; quota 15 queries / 5 s per user
+//! T_arg   = (W - 1) * 5 s + (Q - 15 (W - 1)) * (L + 1000 u)  Q pages in W = ceil(Q / 15) quota windows
 //! T_arm   = ceil(C / k) * L + n * L                           C candidate GETs, k at once; n provider lookups
 //! LB      = T_graph + T_arg + T_arm
 //! ```
-//! with N identities, L the simulated latency per request, u the cost per item of a page, P the
-//! Resource Graph queries that may run at once (1: pages of one query are sequential), k the ARM
-//! concurrency. Minimum requests: 2 tokens + ceil(N/999) Graph pages + the subscription pages + Q + n + C.
+//! with N identities, L the simulated latency per request, u the cost per item of a page, k the ARM
+//! concurrency. Resource Graph allows 15 queries per 5-second window per user (ARG-THR): W - 1 windows
+//! are spent whole, and the last one's pages run back to back (15 pages take 0.6 s, far less than a
+//! window, so the quota binds, not the latency). Minimum requests: 2 tokens + ceil(N/999) Graph pages + the subscription pages + Q + n + C.
 
 use crate::azure::Api;
 use crate::config::Settings;
@@ -114,7 +115,10 @@ pub fn lower_bound(m: &Measured, c: Costs) -> (f64, u64) {
         .unwrap_or_default();
     let q = arg.requests - arg.retries;
     let t_graph = graph_pages as f64 * (l + 999.0 * u);
-    let t_arg = (q as f64 * (l + 1000.0 * u)).max(q.saturating_sub(15) as f64 * 5.0 / 15.0);
+    let page = l + 1000.0 * u;
+    let windows = q.div_ceil(15).max(1);
+    let t_arg =
+        ((windows - 1) as f64 * 5.0 + (q - 15 * (windows - 1)) as f64 * page).max(q as f64 * page);
     let t_arm =
         m.candidates.div_ceil(c.arm_concurrency.max(1)) as f64 * l + m.provider_lookups as f64 * l;
     let min_requests = 2 + graph_pages + 1 + q + m.provider_lookups + m.candidates;
