@@ -41,6 +41,11 @@ impl App {
                 tracing::error!(error = %e, "could not mark abandoned scans");
             }
         }
+        // Working files of scans a previous process never recorded (a crash).
+        match store.remove_stale_work() {
+            0 => {}
+            n => tracing::info!(removed = n, "removed the working files of unrecorded scans"),
+        }
         // Gauges start from what the database holds, so a restart does not zero them.
         for (tenant, verdict, n) in store.latest_verdict_counts().await? {
             metrics

@@ -11,7 +11,7 @@
 //!   `NoRegisteredProviderFound` message gives (facts sheet §4). This is the authoritative answer.
 
 use crate::azure::http::{AzureHttp, Call, Handled, follow_link};
-use crate::azure::{Api, AzureError, Reply};
+use crate::azure::{Api, AzureError, PageSink, Reply};
 use crate::domain::{Answer, ResourceId, USER_ASSIGNED_IDENTITY_TYPE};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -113,29 +113,13 @@ pub fn identity_query(table: ArgTable, types: &[String]) -> String {
     )
 }
 
-/// What Resource Graph showed for one resource: the principal it carries, as a [`fold_hash`] (only ever
-/// compared for equality), and the request id of the page, shared by the page's rows.
+/// What Resource Graph showed for one resource: its id and the principal it carries (both lower-case),
+/// and the request id of the page (shared by the page's rows).
 #[derive(Debug, Clone)]
-pub struct ArgRow {
-    pub principal: Option<u128>,
+pub struct ArgHit {
+    pub resource_key: String,
+    pub principal_key: Option<String>,
     pub request_id: Option<Arc<str>>,
-}
-
-/// A 128-bit hash of a string with ASCII case folded: the keys (resource ids) and values (principal ids)
-/// of the Resource Graph map. At 100k resources, owned strings cost ~30 MB, hashes ~8 MB. A collision
-/// (probability ~1e-28 at 1M entries) could only make an identity look healthy, never orphaned, since
-/// Resource Graph is only ever positive evidence.
-pub fn fold_hash(s: &str) -> u128 {
-    use std::hash::Hasher;
-    let mut a = std::collections::hash_map::DefaultHasher::new();
-    let mut b = std::collections::hash_map::DefaultHasher::new();
-    b.write_u8(0xA5);
-    for byte in s.bytes() {
-        let c = byte.to_ascii_lowercase();
-        a.write_u8(c);
-        b.write_u8(c);
-    }
-    (u128::from(a.finish()) << 64) | u128::from(b.finish())
 }
 
 fn non_empty(v: Option<&Value>) -> Option<String> {
@@ -385,8 +369,9 @@ impl ArmClient {
         );
     }
 
-    /// Principal ids that Resource Graph shows for every resource of `types` in `subscriptions`,
-    /// keyed by lower-case resource id. All pages or an error.
+    /// The principal Resource Graph shows for every resource of `types` in `subscriptions`, into `sink`
+    /// page by page. Returns the page count, or an error after the pages that did arrive (they stay
+    /// usable: Resource Graph is only ever evidence of health).
     #[tracing::instrument(skip_all, fields(tenant = %tenant, table = table.name(), subscriptions = subscriptions.len()))]
     pub async fn fetch_identity_principals(
         &self,
@@ -394,7 +379,7 @@ impl ArmClient {
         subscriptions: &[String],
         table: ArgTable,
         types: &[String],
-        out: &mut HashMap<u128, ArgRow>,
+        sink: &mut impl PageSink<ArgHit>,
     ) -> Result<u32, AzureError> {
         let query = identity_query(table, types);
         let url = format!(
@@ -446,6 +431,7 @@ impl ArmClient {
             pages += 1;
             let (rows, token, request_id) = page;
             let request_id: Option<Arc<str>> = request_id.map(Into::into);
+            let mut hits = Vec::with_capacity(rows.len());
             for row in &rows {
                 let Some(id) = row.get("id").and_then(Value::as_str) else {
                     return Err(AzureError::Decode {
@@ -454,14 +440,13 @@ impl ArmClient {
                         detail: "row without id".into(),
                     });
                 };
-                out.insert(
-                    fold_hash(id.trim_end_matches('/')),
-                    ArgRow {
-                        principal: principal_of(row).map(|p| fold_hash(&p)),
-                        request_id: request_id.clone(),
-                    },
-                );
+                hits.push(ArgHit {
+                    resource_key: id.trim_end_matches('/').to_ascii_lowercase(),
+                    principal_key: principal_of(row).map(|p| p.to_ascii_lowercase()),
+                    request_id: request_id.clone(),
+                });
             }
+            sink.accept(hits).await.map_err(AzureError::Staging)?;
             match token.filter(|t| !t.is_empty()) {
                 None => return Ok(pages),
                 Some(t) => {
@@ -765,19 +750,6 @@ mod tests {
         // Without the headers there is nothing to pace by.
         p.note(t0 + ms(12_100), false, None, None);
         assert_eq!(p.not_before, None);
-    }
-
-    #[test]
-    fn fold_hash_ignores_ascii_case_only() {
-        assert_eq!(
-            fold_hash("/Subscriptions/S/x"),
-            fold_hash("/subscriptions/s/X")
-        );
-        assert_ne!(
-            fold_hash("/subscriptions/s/x"),
-            fold_hash("/subscriptions/s/y")
-        );
-        assert_ne!(fold_hash(""), fold_hash("a"));
     }
 
     #[test]

@@ -468,7 +468,7 @@ pub async fn scan_and_print(
         Ok(s) => s,
         Err(e) => return config_error(&[format!("{e:#}")]),
     };
-    let report = scanner
+    let mut report = scanner
         .run_as(
             uuid::Uuid::new_v4().to_string(),
             &settings.tenant_ids(),
@@ -476,10 +476,21 @@ pub async fn scan_and_print(
             Some(&store),
         )
         .await;
-    if let Err(e) = store
+    let recorded = store
         .record_scan(&report, settings.lifecycle.confirm_after)
-        .await
+        .await;
+    // A report scanned for a store names only the non-healthy identities; `--all` reads every verdict
+    // of the recorded scan back.
+    if all
+        && report.work.is_some()
+        && let Ok(_) = &recorded
     {
+        match store.load_verdicts(&report.scan_id).await {
+            Ok(f) => report.findings = f,
+            Err(e) => eprintln!("miaudit: could not read the scan's verdicts back: {e}"),
+        }
+    }
+    if let Err(e) = recorded {
         eprintln!("miaudit: could not record the scan: {e}");
         print_report(&report, output, all);
         return ExitCode::from(EXIT_INCOMPLETE);

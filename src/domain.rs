@@ -374,7 +374,8 @@ pub enum EvidenceSource {
 }
 
 /// What the service said about the resource, reduced to what the judge needs.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Answer {
     /// The resource exists; `principal_id` is the principal it carries for this kind of identity
     /// (`identity.principalId`, or `properties.principalId` of a user-assigned identity), `None` when

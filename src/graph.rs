@@ -7,7 +7,7 @@
 //! another type is never audited even if a server ignores the filter.
 
 use crate::azure::http::{AzureHttp, Call, follow_link};
-use crate::azure::{Api, AzureError};
+use crate::azure::{Api, AzureError, PageSink};
 use crate::domain::ManagedIdentity;
 use serde::Deserialize;
 use std::collections::HashSet;
@@ -38,10 +38,10 @@ struct ServicePrincipal {
     service_principal_type: Option<String>,
 }
 
-/// The result of a complete inventory.
+/// How a complete inventory went (the identities went to the sink).
 #[derive(Debug, Default)]
 pub struct Inventory {
-    pub identities: Vec<ManagedIdentity>,
+    pub identities: u64,
     pub pages: u32,
     /// Restarts from the first page after an expired page token.
     pub restarts: u32,
@@ -190,21 +190,38 @@ impl GraphClient {
         format!("{}/v1.0/servicePrincipals?{query}", self.endpoint)
     }
 
-    /// Lists every managed-identity service principal of `tenant`. Either the whole list or an error:
-    /// a partial inventory is never returned as if complete.
+    /// Lists every managed-identity service principal of `tenant` into `sink`, page by page. Either the
+    /// whole list or an error: a partial inventory is never reported complete. A principal may reach
+    /// the sink twice (paging under churn repeats items, G-PAGE; a restart re-reads pages): the sink
+    /// keeps one verdict per principal.
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]
-    pub async fn fetch_managed_identities(&self, tenant: &str) -> Result<Inventory, AzureError> {
+    pub async fn fetch_managed_identities(
+        &self,
+        tenant: &str,
+        sink: &mut impl PageSink<ManagedIdentity>,
+    ) -> Result<Inventory, AzureError> {
         let mut url = self.first_page_url();
         let mut seen_links = HashSet::new();
-        let mut seen_ids = HashSet::new();
         let mut inv = Inventory::default();
         let first = url.clone();
+        // Each page is written while the next one is fetched: the writes cost no wall time.
+        let mut pending: Vec<ManagedIdentity> = Vec::new();
         loop {
             let call = Call::get(Api::Graph, tenant, &url);
-            let page: Page = match self.http.json(&call, "a servicePrincipal page").await {
+            let write = async {
+                if pending.is_empty() {
+                    Ok(())
+                } else {
+                    sink.accept(std::mem::take(&mut pending)).await
+                }
+            };
+            let (written, fetched) =
+                tokio::join!(write, self.http.json(&call, "a servicePrincipal page"));
+            written.map_err(AzureError::Staging)?;
+            let page: Page = match fetched {
                 Ok((page, _)) => page,
                 // A page token that expired: start over from the first page, as Graph asks (G-ERR), a
-                // bounded number of times. Principals already read stay; repeats are skipped below.
+                // bounded number of times. Principals already read stay; the sink merges repeats.
                 Err(AzureError::Status { code, .. })
                     if code.eq_ignore_ascii_case("Directory_ExpiredPageToken")
                         && url != first
@@ -222,6 +239,7 @@ impl GraphClient {
                 Err(e) => return Err(e),
             };
             inv.pages += 1;
+            let mut items = Vec::with_capacity(page.value.len());
             for sp in page.value {
                 // The server filtered by type; a principal that names another type anyway is skipped, one
                 // that names none is taken at the filter's word.
@@ -232,11 +250,7 @@ impl GraphClient {
                 if !is_mi {
                     continue;
                 }
-                // Paging under churn may repeat an item (G-PAGE); one verdict per principal.
-                if !seen_ids.insert(sp.id.to_ascii_lowercase()) {
-                    continue;
-                }
-                inv.identities.push(ManagedIdentity::from_alternative_names(
+                items.push(ManagedIdentity::from_alternative_names(
                     tenant,
                     sp.id,
                     sp.app_id.unwrap_or_default(),
@@ -244,6 +258,8 @@ impl GraphClient {
                     sp.alternative_names.unwrap_or_default(),
                 ));
             }
+            inv.identities += items.len() as u64;
+            pending = items;
             match page.next_link {
                 None => break,
                 Some(next) => {
@@ -264,8 +280,11 @@ impl GraphClient {
                 }
             }
         }
+        if !pending.is_empty() {
+            sink.accept(pending).await.map_err(AzureError::Staging)?;
+        }
         tracing::debug!(
-            identities = inv.identities.len(),
+            identities = inv.identities,
             pages = inv.pages,
             "inventory complete"
         );

@@ -365,6 +365,25 @@ mod tests {
         judged(Verdict::Unknown, Reason::CheckFailed)
     }
 
+    /// The store relies on this (it skips such rows in SQL): an identity that is not a finding (state
+    /// none) and is judged healthy again is left exactly as it is, with no transition.
+    #[test]
+    fn a_healthy_identity_stays_unchanged() {
+        let mut back_from_unverified = Tracked::new();
+        back_from_unverified.episode = 3;
+        back_from_unverified.note = Some("n".into());
+        for prev in [Tracked::new(), back_from_unverified] {
+            // Resource present is the only healthy reason the judge gives.
+            let s = advance(Some(&prev), healthy(), t(1), H);
+            assert_eq!(s.next.as_ref(), Some(&prev));
+            assert!(s.transition.is_none() && !s.newly_confirmed);
+        }
+        // A new healthy identity gets the fresh state, with no transition (inserted in bulk).
+        let s = advance(None, healthy(), t(1), H);
+        assert_eq!(s.next, Some(Tracked::new()));
+        assert!(s.transition.is_none());
+    }
+
     /// Runs observations at the given hours, returning the final lifecycle and all transitions.
     fn run(
         steps: &[(i64, Observation)],

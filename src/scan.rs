@@ -6,15 +6,15 @@
 //! in `check_failed`. Unknown verdicts that are answers (403, a subscription we cannot see, unreadable
 //! `alternativeNames`) do not make a scan incomplete; failures to get an answer do.
 
-use crate::arm::{ARG_SUBSCRIPTION_BATCH, ArgRow, ArgTable, ArmClient, Subscription, fold_hash};
+use crate::arm::{ARG_SUBSCRIPTION_BATCH, ArgHit, ArgTable, ArmClient, Subscription};
 use crate::azure::http::{AzureHttp, RetryPolicy};
-use crate::azure::{ApiCounts, Counters, auth::TokenProvider};
+use crate::azure::{ApiCounts, Counters, PageSink, auth::TokenProvider};
 use crate::classify::judge;
 use crate::config::Settings;
-use crate::domain::{
-    Answer, Evidence, EvidenceSource, IdentityType, ManagedIdentity, Reason, Verdict,
-};
+use crate::domain::{Evidence, EvidenceSource, IdentityType, ManagedIdentity, Reason, Verdict};
 use crate::graph::GraphClient;
+use crate::store::Store;
+use crate::store::staging::Candidate;
 use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -101,6 +101,15 @@ pub struct TenantReport {
     /// When the last full listing of the tenant was made (kept with the delta link).
     #[serde(skip)]
     pub full_sync_at: Option<DateTime<Utc>>,
+    /// This tenant's verdicts (not stored per tenant; the scan's summary is).
+    #[serde(skip)]
+    pub summary: Summary,
+    /// Identities checked with an ARM GET (the candidates Resource Graph did not vouch for).
+    #[serde(skip)]
+    pub arm_checks: u64,
+    /// The scan's working rows could not be written or read (the database failed, not Azure).
+    #[serde(skip)]
+    pub staging_failed: bool,
 }
 
 fn yes() -> bool {
@@ -116,7 +125,7 @@ pub struct Summary {
 }
 
 impl Summary {
-    fn add(&mut self, v: Verdict) {
+    pub fn add(&mut self, v: Verdict) {
         self.total += 1;
         match v {
             Verdict::Healthy => self.healthy += 1,
@@ -126,8 +135,10 @@ impl Summary {
     }
 }
 
-/// The result of one scan; `findings` holds every identity (the CLI filters healthy ones out unless
-/// `--all`).
+/// The result of one scan. Scanned without a store, `findings` holds every identity (the CLI filters
+/// healthy ones out unless `--all`). Scanned for a store, every verdict is in the scan's working
+/// database (`work`), which recording reads, and `findings` holds only the non-healthy ones (few, and
+/// what a report or a notification names).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScanReport {
     pub scan_id: String,
@@ -138,6 +149,10 @@ pub struct ScanReport {
     pub tenants: Vec<TenantReport>,
     pub summary: Summary,
     pub findings: Vec<Finding>,
+    /// The scan's working database, holding every verdict (`scan_results`); deleted when the report
+    /// (and its clones) are dropped.
+    #[serde(skip)]
+    pub work: Option<Arc<crate::store::staging::WorkFile>>,
 }
 
 /// Tenants scanned at once. Each tenant has its own principal, so its own Resource Graph and ARM
@@ -246,20 +261,23 @@ impl Scanner {
             .clone()
     }
 
-    /// Scans every tenant, [`PARALLEL_TENANTS`] at a time.
+    /// Scans every tenant, [`PARALLEL_TENANTS`] at a time, without a store: every verdict is in the
+    /// report.
     pub async fn run(&self, tenants: &[String], trigger: Trigger) -> ScanReport {
         self.run_as(uuid::Uuid::new_v4().to_string(), tenants, trigger, None)
             .await
     }
 
     /// [`Scanner::run`] with a scan id chosen by the caller (the daemon announces it before the scan).
-    /// With a store, the opt-in Graph delta inventory can continue from the last recorded scan.
+    /// With a store that can be written, the scan works in its staging tables (memory stays flat; the
+    /// report is `staged`) and the opt-in Graph delta inventory continues from the last recorded scan.
+    /// Without one, it works in a private in-memory database and the report holds every verdict.
     pub async fn run_as(
         &self,
         scan_id: String,
         tenants: &[String],
         trigger: Trigger,
-        store: Option<&crate::store::Store>,
+        store: Option<&Store>,
     ) -> ScanReport {
         let started_at = Utc::now();
         let mut report = ScanReport {
@@ -271,18 +289,68 @@ impl Scanner {
             tenants: Vec::new(),
             summary: Summary::default(),
             findings: Vec::new(),
+            work: None,
         };
+        // A store that can be written gets a working database file beside it; otherwise the scan works
+        // in memory (a report of every verdict is wanted then anyway).
+        let opened = match store.filter(|s| s.writable()) {
+            Some(s) => s
+                .open_work(&report.scan_id)
+                .await
+                .map(|(w, f)| (w, Some(f))),
+            None => Store::open_work_in_memory().await.map(|w| (w, None)),
+        };
+        let (staging, work) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open a working database for the scan");
+                report.complete = false;
+                report.tenants = tenants
+                    .iter()
+                    .map(|t| {
+                        let mut tr = failed_tenant(t, format!("working database: {e}"));
+                        tr.staging_failed = true;
+                        tr
+                    })
+                    .collect();
+                return report;
+            }
+        };
+        let delta = store.is_some() && work.is_some();
         for chunk in tenants.chunks(PARALLEL_TENANTS) {
-            let scans: Vec<_> = chunk.iter().map(|t| self.scan_counted(t, store)).collect();
-            for (tr, findings) in futures::future::join_all(scans).await {
+            let scans: Vec<_> = chunk
+                .iter()
+                .map(|t| self.scan_counted(&report.scan_id, t, &staging, store, delta))
+                .collect();
+            for tr in futures::future::join_all(scans).await {
                 report.complete &= tr.complete;
-                for f in &findings {
-                    report.summary.add(f.verdict);
-                }
-                report.findings.extend(findings);
+                report.summary.total += tr.summary.total;
+                report.summary.healthy += tr.summary.healthy;
+                report.summary.orphaned += tr.summary.orphaned;
+                report.summary.unknown += tr.summary.unknown;
                 report.tenants.push(tr);
             }
         }
+        match staging
+            .staged_results(&report.scan_id, work.is_some())
+            .await
+        {
+            Ok(f) => report.findings = f,
+            Err(e) => {
+                // The verdicts were written but cannot be read back: nothing may be concluded from them.
+                tracing::error!(error = %e, "cannot read the scan's verdicts back");
+                report.complete = false;
+                for t in &mut report.tenants {
+                    t.staging_failed = true;
+                    t.complete = false;
+                    t.inventory_complete = false;
+                    t.errors.push(format!("working database: {e}"));
+                }
+            }
+        }
+        // Closed before recording attaches the file.
+        staging.close().await;
+        report.work = work.map(Arc::new);
         report.finished_at = Utc::now();
         report
     }
@@ -290,12 +358,17 @@ impl Scanner {
     /// One tenant's scan with the requests it made.
     async fn scan_counted(
         &self,
+        scan_id: &str,
         tenant: &str,
-        store: Option<&crate::store::Store>,
-    ) -> (TenantReport, Vec<Finding>) {
+        staging: &Store,
+        store: Option<&Store>,
+        delta: bool,
+    ) -> TenantReport {
         let clients = self.clients(tenant);
         let before = clients.counters.snapshot();
-        let (mut tr, findings) = self.scan_tenant(tenant, &clients, store).await;
+        let mut tr = self
+            .scan_tenant(scan_id, tenant, &clients, staging, store.filter(|_| delta))
+            .await;
         let after = clients.counters.snapshot();
         tr.requests = after
             .into_iter()
@@ -312,37 +385,35 @@ impl Scanner {
                 )
             })
             .collect();
-        (tr, findings)
+        tr
     }
 
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]
     async fn scan_tenant(
         &self,
+        scan_id: &str,
         tenant: &str,
         clients: &TenantClients,
-        store: Option<&crate::store::Store>,
-    ) -> (TenantReport, Vec<Finding>) {
-        let mut tr = TenantReport {
-            tenant_id: tenant.to_owned(),
-            complete: true,
-            inventory_complete: true,
-            identities: 0,
-            errors: Vec::new(),
-            requests: BTreeMap::new(),
-            delta_link: None,
-            full_sync_at: None,
+        staging: &Store,
+        delta: Option<&Store>,
+    ) -> TenantReport {
+        let mut tr = failed_tenant(tenant, String::new());
+        tr.errors.clear();
+        tr.complete = true;
+        tr.inventory_complete = true;
+        let ctx = Staging {
+            store: staging,
+            scan_id,
+            tenant,
         };
-        let inventory = match self.inventory(tenant, clients, store, &mut tr).await {
-            Ok(i) => i,
-            Err(e) => {
-                tracing::warn!(error = %e, "inventory failed");
-                tr.complete = false;
-                tr.inventory_complete = false;
-                tr.errors.push(format!("inventory: {e}"));
-                return (tr, Vec::new());
-            }
-        };
-        tr.identities = inventory.identities.len() as u64;
+        if let Err(e) = self.inventory(&ctx, clients, delta, &mut tr).await {
+            tracing::warn!(error = %e, "inventory failed");
+            tr.staging_failed = matches!(e, crate::azure::AzureError::Staging(_));
+            tr.complete = false;
+            tr.inventory_complete = false;
+            tr.errors.push(format!("inventory: {e}"));
+            return tr;
+        }
         let subscriptions = match clients.arm.fetch_subscriptions(tenant).await {
             Ok(s) => Some(s),
             Err(e) => {
@@ -351,203 +422,264 @@ impl Scanner {
                 None
             }
         };
-        let evidence = self
-            .resolve(
-                tenant,
-                &clients.arm,
-                &inventory.identities,
-                subscriptions.as_ref(),
-                &mut tr.errors,
-            )
-            .await;
-        let mut findings = Vec::with_capacity(inventory.identities.len());
-        // The inventory is consumed as findings are made, so both are never whole in memory at once.
-        for (identity, ev) in inventory.identities.into_iter().zip(evidence) {
-            let j = judge(&identity, &ev);
-            if j.reason == Reason::CheckFailed {
-                tr.complete = false;
-            }
-            findings.push(finding(identity, &ev, j));
+        let verdicts = async {
+            self.resolve(&ctx, &clients.arm, subscriptions.as_ref(), &mut tr)
+                .await?;
+            self.judge_all(&ctx, subscriptions.as_ref(), &mut tr).await
+        };
+        if let Err(e) = verdicts.await {
+            // Without every verdict written, nothing about absent identities may be concluded.
+            tracing::error!(error = %e, "the scan's working rows failed");
+            tr.staging_failed = true;
+            tr.complete = false;
+            tr.inventory_complete = false;
+            tr.errors.push(format!("working database: {e}"));
         }
-        let failed = findings
-            .iter()
-            .filter(|f| f.reason == Reason::CheckFailed)
-            .count();
-        if failed > 0 {
-            tr.errors
-                .push(format!("checks: {failed} resource checks did not complete"));
-        }
-        (tr, findings)
+        tr
     }
 
-    /// The tenant's managed identities: a full listing, or (opt-in) the last recorded inventory with
-    /// what Graph delta says changed since. Any delta failure falls back to the full listing.
+    /// Stages the tenant's managed identities: a full listing, or (opt-in) the last recorded inventory
+    /// with what Graph delta says changed since. Any delta failure falls back to the full listing.
     async fn inventory(
         &self,
-        tenant: &str,
+        ctx: &Staging<'_>,
         clients: &TenantClients,
-        store: Option<&crate::store::Store>,
+        delta: Option<&Store>,
         tr: &mut TenantReport,
-    ) -> Result<crate::graph::Inventory, crate::azure::AzureError> {
-        let Some(store) = store.filter(|_| self.graph_delta) else {
-            return clients.graph.fetch_managed_identities(tenant).await;
-        };
-        if let Ok(Some((link, full_at))) = store.load_delta(tenant).await
+    ) -> Result<(), crate::azure::AzureError> {
+        let staging_error =
+            |e: crate::store::StoreError| crate::azure::AzureError::Staging(e.to_string());
+        if let Some(store) = delta.filter(|_| self.graph_delta)
+            && let Ok(Some((link, full_at))) = store.load_delta(ctx.tenant).await
             && Utc::now() - full_at < FULL_SYNC_EVERY
         {
-            match clients.graph.fetch_delta(tenant, &link).await {
-                Ok(Some(delta)) => match store.load_inventory(tenant).await {
-                    Ok(base) => {
-                        // Merged in one pass over the stored inventory, without a second map of it.
-                        let gone: std::collections::HashSet<String> =
-                            delta.gone.into_iter().collect();
-                        let mut changed: HashMap<String, ManagedIdentity> = delta
-                            .changed
-                            .into_iter()
-                            .map(|i| (i.object_id.to_ascii_lowercase(), i))
-                            .collect();
-                        let mut identities: Vec<ManagedIdentity> = base
-                            .into_iter()
-                            .filter_map(|i| {
-                                let key = i.object_id.to_ascii_lowercase();
-                                if gone.contains(&key) {
-                                    None
-                                } else {
-                                    Some(changed.remove(&key).unwrap_or(i))
-                                }
-                            })
-                            .collect();
-                        identities.extend(
-                            changed
-                                .into_values()
-                                .filter(|i| !gone.contains(&i.object_id.to_ascii_lowercase())),
-                        );
-                        tr.delta_link = Some(delta.link);
-                        tr.full_sync_at = Some(full_at);
-                        return Ok(crate::graph::Inventory {
-                            identities,
-                            ..Default::default()
-                        });
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "stored inventory unreadable; listing in full")
-                    }
-                },
+            match clients.graph.fetch_delta(ctx.tenant, &link).await {
+                Ok(Some(delta)) => {
+                    // The stored inventory, then what left it, then what changed (replacing rows).
+                    store
+                        .stage_stored_inventory(ctx.store, ctx.scan_id, ctx.tenant)
+                        .await
+                        .map_err(staging_error)?;
+                    ctx.store
+                        .unstage_identities(ctx.scan_id, ctx.tenant, &delta.gone)
+                        .await
+                        .map_err(staging_error)?;
+                    let gone: std::collections::HashSet<&str> =
+                        delta.gone.iter().map(String::as_str).collect();
+                    let changed: Vec<ManagedIdentity> = delta
+                        .changed
+                        .into_iter()
+                        .filter(|i| !gone.contains(i.object_id.to_ascii_lowercase().as_str()))
+                        .collect();
+                    ctx.store
+                        .stage_identities(ctx.scan_id, ctx.tenant, &changed)
+                        .await
+                        .map_err(staging_error)?;
+                    tr.delta_link = Some(delta.link);
+                    tr.full_sync_at = Some(full_at);
+                    return Ok(());
+                }
                 Ok(None) => tracing::info!("Graph asks for a full resync"),
                 Err(e) => tracing::warn!(error = %e, "delta round failed; listing in full"),
             }
         }
+        let tracking = delta.is_some() && self.graph_delta;
         // Tracking starts before the listing, so changes made while it runs come in the next round.
-        let latest = clients.graph.start_delta(tenant).await;
-        let inventory = clients.graph.fetch_managed_identities(tenant).await?;
+        let latest = if tracking {
+            Some(clients.graph.start_delta(ctx.tenant).await)
+        } else {
+            None
+        };
+        let mut sink = *ctx;
+        clients
+            .graph
+            .fetch_managed_identities(ctx.tenant, &mut sink)
+            .await?;
         match latest {
-            Ok(link) => {
+            Some(Ok(link)) => {
                 tr.delta_link = Some(link);
                 tr.full_sync_at = Some(Utc::now());
             }
-            Err(e) => {
+            Some(Err(e)) => {
                 tracing::info!(error = %e, "Graph delta is not available; full listings only")
             }
+            None => {}
         }
-        Ok(inventory)
+        Ok(())
     }
 
-    /// Evidence for each identity, in inventory order.
+    /// Evidence for every staged identity: Resource Graph in bulk, then an ARM GET of each identity
+    /// Resource Graph did not show carrying its principal.
     async fn resolve(
         &self,
-        tenant: &str,
+        ctx: &Staging<'_>,
         arm: &ArmClient,
-        identities: &[ManagedIdentity],
         subscriptions: Option<&HashMap<String, Subscription>>,
-        errors: &mut Vec<String>,
-    ) -> Vec<Evidence> {
+        tr: &mut TenantReport,
+    ) -> Result<(), crate::store::StoreError> {
         let visible = |sub: &str| subscriptions.map(|s| s.contains_key(&sub.to_ascii_lowercase()));
-        let mut evidence: Vec<Evidence> =
-            identities.iter().map(|_| Evidence::not_checked()).collect();
-
         // Bulk: every type named by identities in visible subscriptions, per table.
         let mut bulk_subs: BTreeSet<String> = BTreeSet::new();
         let mut types: HashMap<ArgTable, BTreeSet<String>> = HashMap::new();
-        for i in identities {
-            if let Some(r) = &i.resource
-                && let Some(sub) = r.subscription_id()
-                && visible(sub) == Some(true)
-            {
-                let t = r.full_type();
-                if crate::arm::is_queryable_type(&t) {
-                    bulk_subs.insert(sub.to_ascii_lowercase());
-                    types.entry(ArgTable::for_type(&t)).or_default().insert(t);
-                }
+        for (sub, t) in ctx.store.staged_targets(ctx.scan_id, ctx.tenant).await? {
+            if visible(&sub) == Some(true) && crate::arm::is_queryable_type(&t) {
+                bulk_subs.insert(sub);
+                types.entry(ArgTable::for_type(&t)).or_default().insert(t);
             }
         }
-        let mut arg: HashMap<u128, ArgRow> = HashMap::new();
         let subs: Vec<String> = bulk_subs.into_iter().collect();
         let mut tables: Vec<_> = types.into_iter().collect();
         tables.sort_by_key(|(t, _)| t.name());
         for (table, tset) in tables {
             let tlist: Vec<String> = tset.into_iter().collect();
             for batch in subs.chunks(ARG_SUBSCRIPTION_BATCH) {
+                let mut sink = *ctx;
                 if let Err(e) = arm
-                    .fetch_identity_principals(tenant, batch, table, &tlist, &mut arg)
+                    .fetch_identity_principals(ctx.tenant, batch, table, &tlist, &mut sink)
                     .await
                 {
                     // Resource Graph only saves ARM calls; without it every identity is a candidate.
                     tracing::warn!(error = %e, table = table.name(), "Resource Graph query failed; falling back to ARM");
-                    errors.push(format!("resource graph ({}): {e}", table.name()));
+                    tr.errors
+                        .push(format!("resource graph ({}): {e}", table.name()));
                 }
             }
         }
 
-        // Candidates: anything Resource Graph did not show carrying this principal.
+        // Candidates: anything Resource Graph did not show carrying this principal, a chunk at a time.
         let any_visible = subscriptions.and_then(|s| s.keys().next().cloned());
-        let mut candidates = Vec::new();
-        for (idx, i) in identities.iter().enumerate() {
-            let Some(r) = &i.resource else { continue };
-            let sub_visible = r.subscription_id().and_then(visible);
-            evidence[idx].subscription_visible = sub_visible;
-            if let Some(row) = arg.get(&fold_hash(r.as_str()))
-                && row.principal == Some(fold_hash(&i.object_id))
-            {
-                evidence[idx].source = EvidenceSource::ResourceGraph;
-                evidence[idx].answer = Answer::Present {
-                    principal_id: Some(i.object_id.clone()),
-                };
-                evidence[idx].request_id = row.request_id.as_deref().map(str::to_owned);
-                evidence[idx].checked_at = Some(Utc::now());
-                continue;
-            }
-            let provider_sub = match (r.subscription_id(), sub_visible) {
-                (Some(s), Some(true)) => Some(s.to_owned()),
-                _ => any_visible.clone(),
+        let mut after = String::new();
+        loop {
+            let chunk = ctx
+                .store
+                .candidates(ctx.scan_id, ctx.tenant, &after)
+                .await?;
+            let Some(last) = chunk.last() else { break };
+            after.clone_from(&last.object_key);
+            tracing::debug!(candidates = chunk.len(), "confirming candidates with ARM");
+            tr.arm_checks += chunk.len() as u64;
+            // The subscription whose providers API names the api-version: the resource's when visible.
+            let jobs: Vec<(Candidate, Option<String>)> = chunk
+                .into_iter()
+                .map(|c| {
+                    let sub = match c.resource.subscription_id() {
+                        Some(s) if visible(s) == Some(true) => Some(s.to_owned()),
+                        _ => any_visible.clone(),
+                    };
+                    (c, sub)
+                })
+                .collect();
+            let tenant = ctx.tenant;
+            let checks: Vec<(Candidate, crate::arm::Check)> =
+                futures::stream::iter(jobs.into_iter().map(|(c, sub)| async move {
+                    let check = arm
+                        .check_resource(tenant, &c.resource, sub.as_deref())
+                        .await;
+                    (c, check)
+                }))
+                .buffer_unordered(self.concurrency.max(1))
+                .collect()
+                .await;
+            let rows: Vec<_> = checks
+                .iter()
+                .map(|(c, check)| crate::store::staging::Checked {
+                    object_key: &c.object_key,
+                    answer: &check.answer,
+                    request_id: check.request_id.as_deref(),
+                    correlation_request_id: check.correlation_request_id.as_deref(),
+                    checked_at: check.checked_at,
+                })
+                .collect();
+            ctx.store
+                .stage_checks(ctx.scan_id, ctx.tenant, &rows)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Judges every staged identity, a chunk at a time, and stages the verdicts.
+    async fn judge_all(
+        &self,
+        ctx: &Staging<'_>,
+        subscriptions: Option<&HashMap<String, Subscription>>,
+        tr: &mut TenantReport,
+    ) -> Result<(), crate::store::StoreError> {
+        let visible = |sub: &str| subscriptions.map(|s| s.contains_key(&sub.to_ascii_lowercase()));
+        let mut failed = 0u64;
+        let mut after = String::new();
+        loop {
+            let chunk = ctx
+                .store
+                .staged_items(ctx.scan_id, ctx.tenant, &after)
+                .await?;
+            let Some((last, _, _)) = chunk.last() else {
+                break;
             };
-            candidates.push((idx, provider_sub));
-        }
-        tracing::debug!(
-            candidates = candidates.len(),
-            "confirming candidates with ARM"
-        );
-        let mut checks = futures::stream::iter(candidates.into_iter().map(|(idx, sub)| {
-            let resource = identities[idx]
-                .resource
-                .as_ref()
-                .expect("candidates have a resource");
-            async move {
-                (
-                    idx,
-                    arm.check_resource(tenant, resource, sub.as_deref()).await,
-                )
+            after.clone_from(last);
+            let mut findings = Vec::with_capacity(chunk.len());
+            for (_, identity, mut ev) in chunk {
+                if let Some(r) = &identity.resource {
+                    ev.subscription_visible = r.subscription_id().and_then(visible);
+                }
+                let j = judge(&identity, &ev);
+                if j.reason == Reason::CheckFailed {
+                    failed += 1;
+                }
+                tr.summary.add(j.verdict);
+                findings.push(finding(identity, &ev, j));
             }
-        }))
-        .buffer_unordered(self.concurrency.max(1));
-        while let Some((idx, check)) = checks.next().await {
-            let ev = &mut evidence[idx];
-            ev.source = EvidenceSource::Arm;
-            ev.answer = check.answer;
-            ev.request_id = check.request_id;
-            ev.correlation_request_id = check.correlation_request_id;
-            ev.checked_at = Some(check.checked_at);
+            ctx.store.stage_results(ctx.scan_id, &findings).await?;
         }
-        evidence
+        tr.identities = tr.summary.total;
+        if failed > 0 {
+            tr.complete = false;
+            tr.errors
+                .push(format!("checks: {failed} resource checks did not complete"));
+        }
+        Ok(())
+    }
+}
+
+/// A tenant's report before (or instead of) its scan.
+fn failed_tenant(tenant: &str, error: String) -> TenantReport {
+    TenantReport {
+        tenant_id: tenant.to_owned(),
+        complete: false,
+        inventory_complete: false,
+        identities: 0,
+        errors: vec![error],
+        requests: BTreeMap::new(),
+        delta_link: None,
+        full_sync_at: None,
+        summary: Summary::default(),
+        arm_checks: 0,
+        staging_failed: false,
+    }
+}
+
+/// Where one tenant's scan keeps its working rows; also the sink of its Graph and Resource Graph pages.
+#[derive(Clone, Copy)]
+struct Staging<'a> {
+    store: &'a Store,
+    scan_id: &'a str,
+    tenant: &'a str,
+}
+
+impl PageSink<ManagedIdentity> for Staging<'_> {
+    async fn accept(&mut self, items: Vec<ManagedIdentity>) -> Result<(), String> {
+        self.store
+            .stage_identities(self.scan_id, self.tenant, &items)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl PageSink<ArgHit> for Staging<'_> {
+    async fn accept(&mut self, items: Vec<ArgHit>) -> Result<(), String> {
+        self.store
+            .stage_arg_rows(self.scan_id, self.tenant, &items)
+            .await
+            .map_err(|e| e.to_string())
     }
 }
 

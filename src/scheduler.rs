@@ -121,6 +121,11 @@ impl ScanRunner {
         let elapsed = started.elapsed().as_secs_f64();
         self.metrics.scan_duration.observe(elapsed);
         self.metrics.sync_azure(self.scanner.counters());
+        if let Some(r) = &outcome
+            && r.tenants.iter().any(|t| t.staging_failed)
+        {
+            self.metrics.store_errors.inc();
+        }
         let Some(report) = outcome else {
             let why = if self.cancel.is_cancelled() {
                 "cancelled"
@@ -180,15 +185,12 @@ impl ScanRunner {
     async fn publish(&self, report: &ScanReport) {
         for t in &report.tenants {
             if t.inventory_complete {
-                let mut counts = Vec::new();
-                for v in crate::domain::Verdict::ALL {
-                    let n = report
-                        .findings
-                        .iter()
-                        .filter(|f| f.tenant_id == t.tenant_id && f.verdict == v)
-                        .count() as u64;
-                    counts.push((v, n));
-                }
+                let s = &t.summary;
+                let counts = [
+                    (crate::domain::Verdict::Healthy, s.healthy),
+                    (crate::domain::Verdict::Orphaned, s.orphaned),
+                    (crate::domain::Verdict::Unknown, s.unknown),
+                ];
                 self.metrics.set_identities(&t.tenant_id, &counts);
             }
             if t.complete {

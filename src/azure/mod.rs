@@ -71,6 +71,19 @@ pub enum AzureError {
     /// A paging link that points away from the configured endpoint (we never send tokens elsewhere).
     #[error("refusing to follow a {api} paging link to another host: {link}")]
     ForeignLink { api: Api, link: String },
+    /// The page could not be staged (the scan's working rows in the database).
+    #[error("the scan's working rows could not be written: {0}")]
+    Staging(String),
+}
+
+/// Where a paged listing puts each page as it arrives: a scan stages them in SQLite, so it never holds a
+/// whole listing in memory.
+pub trait PageSink<T>: Send {
+    /// Takes one page; an error stops the listing.
+    fn accept(
+        &mut self,
+        items: Vec<T>,
+    ) -> impl std::future::Future<Output = Result<(), String>> + Send;
 }
 
 /// A final HTTP answer: status, the headers we keep as evidence, the body.

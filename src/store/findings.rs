@@ -8,13 +8,15 @@ use crate::scan::{Finding, ScanReport};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Row, Sqlite, Transaction};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 
 /// What recording a scan changed, per tenant.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recorded {
     /// Findings that entered `confirmed`.
     pub newly_confirmed: BTreeMap<String, u64>,
+    /// How long the recording transaction took (begin to commit).
+    pub transaction: std::time::Duration,
 }
 
 /// A finding as the API and the export show it: the identity's last authoritative verdict with its
@@ -127,6 +129,20 @@ fn ts(t: Option<DateTime<Utc>>) -> Option<String> {
     t.map(|t| t.to_rfc3339())
 }
 
+/// Binds the lifecycle columns in the order every statement lists them: `state, episode, resolution,
+/// ticket, note, first_detected_at, last_orphaned_at, confirmed_at, resolved_at`.
+fn bind_tracked<'q>(q: super::SqliteQuery<'q>, t: &'q Tracked) -> super::SqliteQuery<'q> {
+    q.bind(t.state.map(State::as_str))
+        .bind(i64::from(t.episode))
+        .bind(t.resolution.map(Resolution::as_str))
+        .bind(&t.ticket)
+        .bind(&t.note)
+        .bind(ts(t.first_detected_at))
+        .bind(ts(t.last_orphaned_at))
+        .bind(ts(t.confirmed_at))
+        .bind(ts(t.resolved_at))
+}
+
 async fn write_history(
     tx: &mut Transaction<'_, Sqlite>,
     tenant: &str,
@@ -166,22 +182,17 @@ async fn write_lifecycle(
              first_detected_at = ?, last_orphaned_at = ?, confirmed_at = ?, resolved_at = ?,
              last_scan_id = coalesce(?, last_scan_id)
          where tenant_id = ? and object_id = ?",
-    )
-    .bind(next.state.map(State::as_str))
-    .bind(i64::from(next.episode))
-    .bind(next.resolution.map(Resolution::as_str))
-    .bind(&next.ticket)
-    .bind(&next.note)
-    .bind(ts(next.first_detected_at))
-    .bind(ts(next.last_orphaned_at))
-    .bind(ts(next.confirmed_at))
-    .bind(ts(next.resolved_at))
-    .bind(scan_id)
-    .bind(tenant)
-    .bind(object);
+    );
+    let q = bind_tracked(q, next)
+        .bind(scan_id)
+        .bind(tenant)
+        .bind(object);
     q.execute(&mut **tx).await?;
     Ok(())
 }
+
+/// An identity's stored lifecycle, verdict and reason.
+type Stored = (Tracked, String, String);
 
 /// Rows per multi-row statement: 23 parameters each stays well under SQLite's 32,766.
 const BATCH: usize = 400;
@@ -190,7 +201,7 @@ const BATCH: usize = 400;
 /// evidence columns (otherwise the stored, last authoritative ones stay).
 async fn upsert_findings(
     tx: &mut Transaction<'_, Sqlite>,
-    rows: &[(&Finding, String, Tracked)],
+    rows: &[(Finding, String, Tracked)],
     take_verdict: bool,
     seen_at: DateTime<Utc>,
     scan_id: &str,
@@ -222,21 +233,61 @@ async fn upsert_findings(
         // Only static fragments and placeholders are in `sql`; every value is bound.
         let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
         for (f, object, t) in chunk {
-            q = super::bind_finding_columns(q.bind(&f.tenant_id).bind(object), f)
-                .bind(&seen)
-                .bind(scan_id)
-                .bind(t.state.map(State::as_str))
-                .bind(i64::from(t.episode))
-                .bind(t.resolution.map(Resolution::as_str))
-                .bind(&t.ticket)
-                .bind(&t.note)
-                .bind(ts(t.first_detected_at))
-                .bind(ts(t.last_orphaned_at))
-                .bind(ts(t.confirmed_at))
-                .bind(ts(t.resolved_at));
+            q = bind_tracked(
+                super::bind_finding_columns(q.bind(&f.tenant_id).bind(object), f)
+                    .bind(&seen)
+                    .bind(scan_id),
+                t,
+            );
         }
         q.execute(&mut **tx).await?;
     }
+    Ok(())
+}
+
+/// Inserts, in one statement, every identity of the scan that is new to the tenant's findings and judged
+/// healthy: at a first scan nearly all of them. The lifecycle gives each the same fresh state with no
+/// transition (checked here, not assumed: otherwise they take the row-by-row path), and the row-by-row
+/// pass then finds them stored and unchanged. 100k identities: ~0.4 s instead of ~2.5 s of bound rows.
+async fn insert_new_healthy(
+    tx: &mut Transaction<'_, Sqlite>,
+    scan_id: &str,
+    tenant: &str,
+    now: DateTime<Utc>,
+    confirm_after: std::time::Duration,
+) -> Result<(), StoreError> {
+    let fresh = lifecycle::advance(
+        None,
+        Observation::Judged {
+            verdict: Verdict::Healthy,
+            reason: Reason::ResourcePresent,
+        },
+        now,
+        confirm_after,
+    );
+    let (Some(t), None, false) = (&fresh.next, &fresh.transition, fresh.newly_confirmed) else {
+        return Ok(());
+    };
+    let q = sqlx::query(
+        "insert into findings (tenant_id, object_id, app_id, display_name, identity_type, resource_id,
+             subscription_id, resource_type, verdict, reason, detail, evidence, last_seen_at, last_scan_id,
+             state, episode, resolution, ticket, note, first_detected_at, last_orphaned_at, confirmed_at,
+             resolved_at)
+         select r.tenant_id, r.object_key, r.app_id, r.display_name, r.identity_type, r.resource_id,
+             r.subscription_id, r.resource_type, r.verdict, r.reason, r.detail, r.evidence, ?, ?,
+             ?, ?, ?, ?, ?, ?, ?, ?, ?
+         from work.scan_results r
+         where r.scan_id = ? and r.tenant_id = ? and r.verdict = 'healthy'
+         order by r.object_key
+         on conflict (tenant_id, object_id) do nothing",
+    )
+    .bind(now.to_rfc3339())
+    .bind(scan_id);
+    bind_tracked(q, t)
+        .bind(scan_id)
+        .bind(tenant)
+        .execute(&mut **tx)
+        .await?;
     Ok(())
 }
 
@@ -250,87 +301,188 @@ pub(super) async fn apply_lifecycle(
     let mut recorded = Recorded::default();
     for tenant in &report.tenants {
         let tid = tenant.tenant_id.as_str();
-        // Lifecycle and stored (verdict, reason) of every known identity of the tenant, streamed into
-        // the map (holding the rows as well cost ~100 MB at 100k identities).
-        let mut existing: HashMap<String, (Tracked, String, String)> = HashMap::new();
-        {
-            use futures::TryStreamExt;
-            let mut rows = sqlx::query(
-                "select object_id, state, episode, resolution, ticket, note, first_detected_at, last_orphaned_at,
-                     confirmed_at, resolved_at, verdict, reason from findings where tenant_id = ?",
-            )
-            .bind(tid)
-            .fetch(&mut **tx);
-            while let Some(r) = rows.try_next().await? {
-                existing.insert(
-                    r.try_get("object_id")?,
-                    (tracked_of(&r)?, r.try_get("verdict")?, r.try_get("reason")?),
-                );
-            }
-        }
         let mut confirmed = 0u64;
-        let mut taking: Vec<(&Finding, String, Tracked)> = Vec::new();
-        let mut keeping: Vec<(&Finding, String, Tracked)> = Vec::new();
-        for f in report.findings.iter().filter(|f| f.tenant_id == tid) {
-            let object = f.object_id.to_ascii_lowercase();
-            let stored = existing.remove(&object);
-            let prev = stored.as_ref().map(|(t, _, _)| t.clone());
-            let step = lifecycle::advance(
-                prev.as_ref(),
-                Observation::Judged {
-                    verdict: f.verdict,
-                    reason: f.reason,
-                },
-                now,
-                confirm_after,
-            );
-            let Some(next) = step.next.clone() else {
-                continue;
-            };
-            write_history(tx, tid, &object, &step, now, Some(&report.scan_id)).await?;
-            confirmed += u64::from(step.newly_confirmed);
-            // An unchanged healthy identity needs no write: its last_seen_at is the tenant's inventory
-            // time (tenant_inventory), its verdict and lifecycle are as stored.
-            let unchanged_healthy = f.verdict == Verdict::Healthy
-                && prev.as_ref() == Some(&next)
-                && stored
-                    .as_ref()
-                    .is_some_and(|(_, v, r)| v == f.verdict.as_str() && r == f.reason.as_str());
-            if unchanged_healthy {
-                continue;
+        insert_new_healthy(tx, &report.scan_id, tid, now, confirm_after).await?;
+        // The scan's verdicts a chunk at a time, each with the stored lifecycle and (verdict, reason) of
+        // its identity, so neither the verdicts nor the findings are ever all in memory. Only identities
+        // that may change are visited: a verdict other than healthy / resource_present now, or a stored
+        // row that is a finding or not healthy / resource_present. Every other identity is healthy before
+        // and now and never a finding (new ones were inserted so just above): the lifecycle leaves it
+        // unchanged and it needs no write (`unchanged_healthy` below; the test
+        // `a_healthy_identity_stays_unchanged` pins the lifecycle side). Their keys are gathered once,
+        // in this transaction's connection, rather than joining all 100k verdicts to the findings.
+        sqlx::query(
+            "create temp table if not exists lifecycle_keys (object_key text primary key) without rowid",
+        )
+        .execute(&mut **tx)
+        .await?;
+        sqlx::query("delete from temp.lifecycle_keys")
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query(
+            "insert or ignore into temp.lifecycle_keys
+             select object_key from work.scan_results
+             where scan_id = ? and tenant_id = ? and (verdict != 'healthy' or reason != 'resource_present')
+             union
+             select object_id from findings
+             where tenant_id = ? and (state is not null or verdict != 'healthy' or reason != 'resource_present')",
+        )
+        .bind(&report.scan_id)
+        .bind(tid)
+        .bind(tid)
+        .execute(&mut **tx)
+        .await?;
+        let mut after = String::new();
+        loop {
+            let rows = sqlx::query(
+                "select r.*, f.object_id as known, f.state, f.episode, f.resolution, f.ticket, f.note,
+                     f.first_detected_at, f.last_orphaned_at, f.confirmed_at, f.resolved_at,
+                     f.verdict as stored_verdict, f.reason as stored_reason
+                 from temp.lifecycle_keys k
+                 join work.scan_results r on r.scan_id = ? and r.tenant_id = ? and r.object_key = k.object_key
+                 left join findings f on f.tenant_id = r.tenant_id and f.object_id = r.object_key
+                 where k.object_key > ?
+                 order by k.object_key limit ?",
+            )
+            .bind(&report.scan_id)
+            .bind(tid)
+            .bind(&after)
+            .bind(super::staging::CHUNK)
+            .fetch_all(&mut **tx)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get("object_key")?;
+            let mut chunk: Vec<(Finding, String, Option<Stored>)> = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let known: Option<String> = r.try_get("known")?;
+                let stored = match known {
+                    Some(_) => Some((
+                        tracked_of(r)?,
+                        r.try_get("stored_verdict")?,
+                        r.try_get("stored_reason")?,
+                    )),
+                    None => None,
+                };
+                chunk.push((
+                    super::finding_columns(r, "scan_results")?,
+                    r.try_get("object_key")?,
+                    stored,
+                ));
             }
-            // A new identity always gets its columns, even from an unknown verdict.
-            if step.take_verdict || prev.is_none() {
-                taking.push((f, object, next));
-            } else {
-                keeping.push((f, object, next));
+            drop(rows);
+            let mut taking: Vec<(Finding, String, Tracked)> = Vec::new();
+            let mut keeping: Vec<(Finding, String, Tracked)> = Vec::new();
+            for (f, object, stored) in chunk {
+                let prev = stored.as_ref().map(|(t, _, _)| t.clone());
+                let step = lifecycle::advance(
+                    prev.as_ref(),
+                    Observation::Judged {
+                        verdict: f.verdict,
+                        reason: f.reason,
+                    },
+                    now,
+                    confirm_after,
+                );
+                let Some(next) = step.next.clone() else {
+                    continue;
+                };
+                write_history(tx, tid, &object, &step, now, Some(&report.scan_id)).await?;
+                confirmed += u64::from(step.newly_confirmed);
+                // An unchanged healthy identity needs no write: its last_seen_at is the tenant's
+                // inventory time (tenant_inventory), its verdict and lifecycle are as stored.
+                let unchanged_healthy = f.verdict == Verdict::Healthy
+                    && prev.as_ref() == Some(&next)
+                    && stored
+                        .as_ref()
+                        .is_some_and(|(_, v, r)| v == f.verdict.as_str() && r == f.reason.as_str());
+                if unchanged_healthy {
+                    continue;
+                }
+                // A new identity always gets its columns, even from an unknown verdict.
+                if step.take_verdict || prev.is_none() {
+                    taking.push((f, object, next));
+                } else {
+                    keeping.push((f, object, next));
+                }
             }
+            // In key order already: the upserts walk the B-tree instead of jumping around it.
+            upsert_findings(tx, &taking, true, now, &report.scan_id).await?;
+            upsert_findings(tx, &keeping, false, now, &report.scan_id).await?;
         }
-        // In key order: the upserts walk the B-tree instead of jumping around it.
-        taking.sort_unstable_by(|a, b| a.1.cmp(&b.1));
-        keeping.sort_unstable_by(|a, b| a.1.cmp(&b.1));
-        upsert_findings(tx, &taking, true, now, &report.scan_id).await?;
-        upsert_findings(tx, &keeping, false, now, &report.scan_id).await?;
-        // Identities of earlier scans that this inventory did not list.
+        sqlx::query("drop table temp.lifecycle_keys")
+            .execute(&mut **tx)
+            .await?;
+        // Identities of earlier scans that this inventory did not list, a chunk at a time.
         let obs = Observation::Absent {
             inventory_complete: tenant.inventory_complete,
         };
-        if tenant.inventory_complete {
-            for (object, (prev, _, _)) in existing {
-                let step = lifecycle::advance(Some(&prev), obs, now, confirm_after);
-                match &step.next {
-                    None => {
-                        sqlx::query("delete from findings where tenant_id = ? and object_id = ?")
+        // Every identity of this scan has a row by now, so the rows beyond the scan's count are the absent
+        // ones. Resolved rows kept for their history change nothing when absent (the lifecycle leaves
+        // them), so only the others are counted; when none is absent (the usual case) the anti-join over
+        // every row is skipped.
+        let absent = if tenant.inventory_complete {
+            let stored: i64 = sqlx::query_scalar(
+                "select count(*) from findings where tenant_id = ? and state is not 'resolved'",
+            )
+            .bind(tid)
+            .fetch_one(&mut **tx)
+            .await?;
+            let listed: i64 = sqlx::query_scalar(
+                "select (select count(*) from work.scan_results where scan_id = ?1 and tenant_id = ?2)
+                      - (select count(*) from findings f join work.scan_results r
+                           on r.scan_id = ?1 and r.tenant_id = f.tenant_id and r.object_key = f.object_id
+                         where f.tenant_id = ?2 and f.state = 'resolved')",
+            )
+            .bind(&report.scan_id)
+            .bind(tid)
+            .fetch_one(&mut **tx)
+            .await?;
+            stored > listed
+        } else {
+            false
+        };
+        if absent {
+            let mut after = String::new();
+            loop {
+                let rows = sqlx::query(
+                    "select f.* from findings f
+                     where f.tenant_id = ? and f.object_id > ? and f.state is not 'resolved' and not exists (
+                         select 1 from work.scan_results r
+                         where r.scan_id = ? and r.tenant_id = f.tenant_id and r.object_key = f.object_id)
+                     order by f.object_id limit ?",
+                )
+                .bind(tid)
+                .bind(&after)
+                .bind(&report.scan_id)
+                .bind(super::staging::CHUNK)
+                .fetch_all(&mut **tx)
+                .await?;
+                let Some(last) = rows.last() else { break };
+                after = last.try_get("object_id")?;
+                let absent: Vec<(String, Tracked)> = rows
+                    .iter()
+                    .map(|r| Ok((r.try_get("object_id")?, tracked_of(r)?)))
+                    .collect::<Result<_, StoreError>>()?;
+                drop(rows);
+                for (object, prev) in absent {
+                    let step = lifecycle::advance(Some(&prev), obs, now, confirm_after);
+                    match &step.next {
+                        None => {
+                            sqlx::query(
+                                "delete from findings where tenant_id = ? and object_id = ?",
+                            )
                             .bind(tid)
                             .bind(&object)
                             .execute(&mut **tx)
                             .await?;
+                        }
+                        Some(next) if step.transition.is_some() => {
+                            write_lifecycle(tx, tid, &object, next, Some(&report.scan_id)).await?;
+                            write_history(tx, tid, &object, &step, now, Some(&report.scan_id))
+                                .await?;
+                        }
+                        Some(_) => {}
                     }
-                    Some(next) if step.transition.is_some() => {
-                        write_lifecycle(tx, tid, &object, next, Some(&report.scan_id)).await?;
-                        write_history(tx, tid, &object, &step, now, Some(&report.scan_id)).await?;
-                    }
-                    Some(_) => {}
                 }
             }
         }
@@ -567,12 +719,16 @@ mod tests {
             .with_timezone(&Utc)
             + chrono::Duration::hours(hours);
         ScanReport {
+            work: None,
             scan_id: id.into(),
             started_at: at,
             finished_at: at,
             complete: inventory_complete,
             trigger: Trigger::Schedule,
             tenants: vec![TenantReport {
+                summary: Summary::default(),
+                arm_checks: 0,
+                staging_failed: false,
                 tenant_id: T.into(),
                 complete: inventory_complete,
                 inventory_complete,

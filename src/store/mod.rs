@@ -4,6 +4,7 @@
 //! mid-write leaves the previous state intact.
 
 pub mod findings;
+pub mod staging;
 
 use crate::domain::{IdentityType, Reason, Verdict};
 use crate::scan::{EvidenceReport, Finding, ScanReport, Summary, TenantReport, Trigger};
@@ -28,6 +29,10 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
+    /// False when the database could only be opened read-only.
+    writable: bool,
+    /// The database file (`None` in memory); scans put their working files beside it.
+    file: Option<std::path::PathBuf>,
 }
 
 /// A scan as listed, without its verdicts.
@@ -144,6 +149,12 @@ impl Store {
         }
     }
 
+    fn filename(url: &str) -> Option<std::path::PathBuf> {
+        SqliteConnectOptions::from_str(url)
+            .ok()
+            .map(|o| o.get_filename().to_path_buf())
+    }
+
     fn exists(url: &str) -> bool {
         SqliteConnectOptions::from_str(url)
             .map(|o| o.get_filename().exists())
@@ -157,16 +168,19 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5))
-            // Graph object ids are random: a scan's upserts land all over the B-trees. SQLite's default
-            // 2 MiB page cache thrashes at 100k identities (commit 8.9 s); 64 MiB holds the hot pages.
-            .pragma("cache_size", "-65536");
+            // Per connection (four). Scans read and write their rows in key order, so a small cache
+            // suffices; 64 MiB a connection took the peak RSS of a 100k scan to 240 MiB.
+            .pragma("cache_size", "-8192");
         // An in-memory database exists per connection: keep exactly one.
         let max = if url.contains(":memory:") { 1 } else { 4 };
         let pool = SqlitePoolOptions::new()
             .max_connections(max)
             .connect_with(opts)
             .await?;
-        let store = Self::from_pool(pool).await?;
+        let mut store = Self::from_pool(pool).await?;
+        store.file = (!url.contains(":memory:"))
+            .then(|| Self::filename(url))
+            .flatten();
         // Opening can succeed on a file we may not write; find out now, not at the first record.
         sqlx::query("create table if not exists _miaudit_write_check (x integer)")
             .execute(store.pool())
@@ -201,7 +215,11 @@ impl Store {
                         "a read-only database is not fully migrated",
                     ));
                 }
-                Ok(Self { pool })
+                Ok(Self {
+                    pool,
+                    writable: false,
+                    file: None,
+                })
             };
             match attempt.await {
                 Ok(s) => return Ok(s),
@@ -218,11 +236,20 @@ impl Store {
 
     pub async fn from_pool(pool: SqlitePool) -> Result<Self, StoreError> {
         MIGRATOR.run(&pool).await?;
-        Ok(Self { pool })
+        Ok(Self {
+            pool,
+            writable: true,
+            file: None,
+        })
     }
 
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
+    }
+
+    /// Whether scans can be written (false for a database opened read-only).
+    pub fn writable(&self) -> bool {
+        self.writable
     }
 
     /// Notes a scan that has started (`finished_at` null, outcome `running`), so the API can show it.
@@ -259,7 +286,57 @@ impl Store {
         report: &ScanReport,
         confirm_after: std::time::Duration,
     ) -> Result<findings::Recorded, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // The verdicts are read from the scan's working database; a report made without a store (tests,
+        // a library caller) has its verdicts staged into one here first, in key order.
+        let own;
+        let work = match &report.work {
+            Some(w) => w.path(),
+            None => {
+                let (db, file) = self.open_work(&report.scan_id).await?;
+                let mut sorted: Vec<Finding> = report.findings.clone();
+                sorted.sort_unstable_by(|a, b| {
+                    (&a.tenant_id, &a.object_id).cmp(&(&b.tenant_id, &b.object_id))
+                });
+                let staged = db.stage_results(&report.scan_id, &sorted).await;
+                db.close().await;
+                staged?;
+                own = file;
+                own.path()
+            }
+        };
+        let mut conn = self.pool.acquire().await?;
+        // Attached outside the transaction (SQLite requires it) and detached after it; a connection that
+        // cannot be detached is closed rather than returned to the pool.
+        sqlx::query("attach database ? as work")
+            .bind(work.to_string_lossy().into_owned())
+            .execute(&mut *conn)
+            .await?;
+        let started = std::time::Instant::now();
+        let result = async {
+            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let recorded = self.record_in(&mut tx, report, confirm_after).await?;
+            tx.commit().await?;
+            Ok::<_, StoreError>(recorded)
+        }
+        .await;
+        if sqlx::query("detach database work")
+            .execute(&mut *conn)
+            .await
+            .is_err()
+        {
+            conn.close_on_drop();
+        }
+        let mut recorded = result?;
+        recorded.transaction = started.elapsed();
+        Ok(recorded)
+    }
+
+    async fn record_in(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        report: &ScanReport,
+        confirm_after: std::time::Duration,
+    ) -> Result<findings::Recorded, StoreError> {
         let outcome = if report.complete {
             "completed"
         } else {
@@ -282,7 +359,7 @@ impl Store {
         .bind(i64::try_from(report.summary.orphaned).unwrap_or(i64::MAX))
         .bind(i64::try_from(report.summary.unknown).unwrap_or(i64::MAX))
         .bind(outcome)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         for t in &report.tenants {
             sqlx::query(
@@ -296,35 +373,20 @@ impl Store {
             .bind(serde_json::to_string(&t.errors).unwrap_or_else(|_| "[]".into()))
             .bind(serde_json::to_string(&t.requests).unwrap_or_else(|_| "{}".into()))
             .bind(t.inventory_complete)
-            .execute(&mut *tx)
+            .execute(&mut **tx)
             .await?;
         }
-        // Multi-row inserts in key order (B-tree appends, not random inserts): 13 parameters a row,
-        // 500 rows a statement.
-        let mut ordered: Vec<&Finding> = report.findings.iter().collect();
-        ordered.sort_unstable_by(|a, b| {
-            (&a.tenant_id, &a.object_id).cmp(&(&b.tenant_id, &b.object_id))
-        });
-        for chunk in ordered.chunks(500) {
-            let one = format!("({})", vec!["?"; 13].join(", "));
-            let sql = format!(
-                "insert into scan_verdicts (scan_id, tenant_id, object_id, app_id, display_name, identity_type,
-                     resource_id, subscription_id, resource_type, verdict, reason, detail, evidence) values {}",
-                vec![one.as_str(); chunk.len()].join(", ")
-            );
-            // Only static fragments and placeholders are in `sql`; every value is bound.
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-            for f in chunk {
-                q = bind_finding_columns(
-                    q.bind(&report.scan_id)
-                        .bind(&f.tenant_id)
-                        .bind(&f.object_id),
-                    f,
-                );
-            }
-            q.execute(&mut *tx).await?;
-        }
-        let recorded = findings::apply_lifecycle(&mut tx, report, confirm_after).await?;
+        sqlx::query(
+            "insert into scan_verdicts (scan_id, tenant_id, object_id, app_id, display_name, identity_type,
+                 resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)
+             select scan_id, tenant_id, object_id, app_id, display_name, identity_type, resource_id,
+                 subscription_id, resource_type, verdict, reason, detail, evidence
+             from work.scan_results where scan_id = ? order by tenant_id, object_key",
+        )
+        .bind(&report.scan_id)
+        .execute(&mut **tx)
+        .await?;
+        let recorded = findings::apply_lifecycle(tx, report, confirm_after).await?;
         // The delta link goes with the inventory it continues: only a complete one, in this transaction.
         for t in report.tenants.iter().filter(|t| t.inventory_complete) {
             if let (Some(link), Some(at)) = (&t.delta_link, t.full_sync_at) {
@@ -336,7 +398,7 @@ impl Store {
                 .bind(&t.tenant_id)
                 .bind(link)
                 .bind(at.to_rfc3339())
-                .execute(&mut *tx)
+                .execute(&mut **tx)
                 .await?;
             }
         }
@@ -345,9 +407,8 @@ impl Store {
                  (select scan_id from scans where outcome != 'running' order by started_at desc limit ?)",
         )
         .bind(KEEP_SCAN_VERDICTS)
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
-        tx.commit().await?;
         Ok(recorded)
     }
 
@@ -364,6 +425,9 @@ impl Store {
                 Ok(TenantReport {
                     delta_link: None,
                     full_sync_at: None,
+                    summary: Summary::default(),
+                    arm_checks: 0,
+                    staging_failed: false,
                     tenant_id: r.try_get("tenant_id")?,
                     complete: r.try_get("complete")?,
                     inventory_complete: r.try_get("inventory_complete")?,
@@ -463,49 +527,6 @@ impl Store {
         .transpose()
     }
 
-    /// The tenant's inventory as of its last recorded scan, rebuilt from the findings: every identity of
-    /// a complete inventory has a row; those resolved as removed are not in the inventory any more.
-    pub async fn load_inventory(
-        &self,
-        tenant: &str,
-    ) -> Result<Vec<crate::domain::ManagedIdentity>, StoreError> {
-        use futures::TryStreamExt;
-        // Streamed row by row: 100k rows held at once cost ~100 MB more than the identities themselves.
-        let mut rows = sqlx::query(
-            "select object_id, app_id, display_name, identity_type, resource_id from findings
-             where tenant_id = ? and not (coalesce(state, '') = 'resolved' and coalesce(resolution, '') = 'identity_removed')",
-        )
-        .bind(tenant)
-        .fetch(&self.pool);
-        let mut out = Vec::new();
-        while let Some(r) = rows.try_next().await? {
-            let kind: String = r.try_get("identity_type")?;
-            let resource: Option<String> = r.try_get("resource_id")?;
-            let names = match resource {
-                Some(id) => vec![
-                    format!(
-                        "isExplicit={}",
-                        if kind == "user_assigned" {
-                            "True"
-                        } else {
-                            "False"
-                        }
-                    ),
-                    id,
-                ],
-                None => Vec::new(),
-            };
-            out.push(crate::domain::ManagedIdentity::from_alternative_names(
-                tenant,
-                r.try_get("object_id")?,
-                r.try_get("app_id")?,
-                r.try_get("display_name")?,
-                names,
-            ));
-        }
-        Ok(out)
-    }
-
     /// Identities per verdict and tenant in the newest finished scan that covered each tenant.
     pub async fn latest_verdict_counts(&self) -> Result<Vec<(String, Verdict, u64)>, StoreError> {
         let rows = sqlx::query(
@@ -579,12 +600,16 @@ mod tests {
             },
         };
         ScanReport {
+            work: None,
             scan_id: scan_id.into(),
             started_at: now,
             finished_at: now,
             complete,
             trigger: Trigger::Cli,
             tenants: vec![TenantReport {
+                summary: Summary::default(),
+                arm_checks: 0,
+                staging_failed: false,
                 tenant_id: "t1".into(),
                 complete,
                 inventory_complete: true,
@@ -737,12 +762,16 @@ mod timing {
             })
             .collect();
         ScanReport {
+            work: None,
             scan_id: id.into(),
             started_at: now,
             finished_at: now,
             complete: true,
             trigger: Trigger::Cli,
             tenants: vec![TenantReport {
+                summary: Summary::default(),
+                arm_checks: 0,
+                staging_failed: false,
                 tenant_id: "t".into(),
                 complete: true,
                 inventory_complete: true,

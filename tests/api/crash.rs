@@ -149,6 +149,7 @@ async fn a_locked_database_fails_the_record_cleanly_and_loses_nothing() {
         .await
         .expect("lock");
     let r = d.scan().await;
+    // The scan works in a database file of its own, which the lock does not touch.
     assert!(r.complete, "the scan itself worked");
     let m = reqwest::get(d.url("/metrics"))
         .await
@@ -252,18 +253,28 @@ async fn a_full_disk_fails_the_record_cleanly_and_loses_nothing() {
         }
     });
     let r = d.scan().await;
-    assert!(r.complete);
+    // The working rows no longer fit: the scan stops and says so, its inventory not taken as complete.
+    assert!(
+        !r.complete
+            && r.tenants
+                .iter()
+                .all(|t| t.staging_failed && !t.inventory_complete)
+    );
     let m = reqwest::get(d.url("/metrics"))
         .await
         .expect("metrics")
         .text()
         .await
         .expect("text");
+    // The working file is beside the database, on the same full disk: the scan stops there. Recording
+    // that incomplete scan may fit or fail; either way the store error is counted and nothing moves.
     assert_eq!(
-        metric(&m, "miaudit_scan_runs_total{outcome=\"failed\"}"),
+        metric(&m, "miaudit_scan_runs_total{outcome=\"failed\"}")
+            + metric(&m, "miaudit_scan_runs_total{outcome=\"incomplete\"}"),
         1,
         "disk full: {m}"
     );
+    assert!(metric(&m, "miaudit_store_errors_total") >= 1, "{m}");
     let (status, v) = get_json(&d.url(&format!("/api/v1/findings/{TENANT}/{gone}"))).await;
     assert_eq!(
         (status, v["state"].as_str()),

@@ -651,6 +651,24 @@ async fn sigterm_during_a_scan_exits_cleanly_and_keeps_the_previous_state() {
         .await
         .expect("check");
     assert_eq!(ok, "ok");
+    // Neither the recorded scan nor the cancelled one left its working database behind.
+    let db = env
+        .settings()
+        .database
+        .url
+        .trim_start_matches("sqlite://")
+        .to_owned();
+    let dir = std::path::Path::new(&db)
+        .parent()
+        .expect("dir")
+        .to_path_buf();
+    let left: Vec<String> = std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(".work-"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
 }
 
 #[tokio::test]

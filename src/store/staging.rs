@@ -1,0 +1,581 @@
+//! Staging: the working rows of a scan in progress (migration 0006). The scan writes each Graph page and
+//! each Resource Graph page here as it arrives and reads identities back in key-ordered chunks, so its
+//! memory does not grow with the tenant. Recording reads `scan_results` into `scan_verdicts` and the
+//! findings.
+//!
+//! A scan into a store works in a database file of its own beside the store's ([`WorkFile`]): no journal
+//! and no fsync (nothing in it has to survive a crash), no lock shared with the API's readers or the
+//! store's writers, no growth of the store's write-ahead log, and cleanup is a file deletion. Recording
+//! attaches it. A scan without a store works in memory.
+
+use super::{Store, StoreError, corrupt};
+use crate::arm::ArgHit;
+use crate::domain::{Answer, Evidence, EvidenceSource, IdentityType, ManagedIdentity, ResourceId};
+use crate::scan::Finding;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqliteConnection};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The schema of a scan's working database (not the store's: see `migrations/work/`).
+pub static WORK_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/work");
+
+/// Rows read back per chunk.
+pub const CHUNK: i64 = 2_000;
+
+/// A staged identity that Resource Graph did not vouch for: it needs an ARM check.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub object_key: String,
+    pub resource: ResourceId,
+    pub subscription_key: Option<String>,
+}
+
+/// The evidence of one ARM check, to stage.
+pub struct Checked<'a> {
+    pub object_key: &'a str,
+    pub answer: &'a Answer,
+    pub request_id: Option<&'a str>,
+    pub correlation_request_id: Option<&'a str>,
+    pub checked_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Builds `insert ... values (?, ...), (?, ...)` for `rows` rows of `cols` placeholders.
+fn values(head: &str, cols: usize, rows: usize, tail: &str) -> String {
+    let one = format!("({})", vec!["?"; cols].join(", "));
+    format!(
+        "{head} values {}{tail}",
+        vec![one.as_str(); rows].join(", ")
+    )
+}
+
+/// Writes verdicts into `scan_results` (one multi-row statement per 500). The same identity twice is an
+/// error (the primary key), not a silent choice of one verdict.
+async fn insert_results(
+    conn: &mut SqliteConnection,
+    scan_id: &str,
+    findings: &[Finding],
+) -> Result<(), StoreError> {
+    for chunk in findings.chunks(500) {
+        let sql = values(
+            "insert into scan_results (scan_id, tenant_id, object_key, object_id, app_id, display_name,
+                 identity_type, resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)",
+            14,
+            chunk.len(),
+            "",
+        );
+        // Only static fragments and placeholders are in `sql`; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for f in chunk {
+            q = super::bind_finding_columns(
+                q.bind(scan_id)
+                    .bind(&f.tenant_id)
+                    .bind(f.object_id.to_ascii_lowercase())
+                    .bind(&f.object_id),
+                f,
+            );
+        }
+        q.execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
+impl Store {
+    /// Stages one page of identities; an identity staged already (a repeated page) is replaced.
+    pub async fn stage_identities(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        identities: &[ManagedIdentity],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for chunk in identities.chunks(500) {
+            let sql = values(
+                "insert into scan_items (scan_id, tenant_id, object_key, object_id, app_id, display_name,
+                     identity_type, resource_id, subscription_key, resource_type, alternative_names)",
+                11,
+                chunk.len(),
+                " on conflict (scan_id, tenant_id, object_key) do update set object_id = excluded.object_id,
+                     app_id = excluded.app_id, display_name = excluded.display_name,
+                     identity_type = excluded.identity_type, resource_id = excluded.resource_id,
+                     subscription_key = excluded.subscription_key, resource_type = excluded.resource_type,
+                     alternative_names = excluded.alternative_names",
+            );
+            // Only static fragments and placeholders are in `sql`; every value is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for i in chunk {
+                let r = i.resource.as_ref();
+                q = q
+                    .bind(scan_id)
+                    .bind(tenant)
+                    .bind(i.object_id.to_ascii_lowercase())
+                    .bind(&i.object_id)
+                    .bind(&i.app_id)
+                    .bind(&i.display_name)
+                    .bind(i.identity_type.as_str())
+                    .bind(r.map(ResourceId::as_str))
+                    .bind(r.and_then(|r| r.subscription_id().map(str::to_ascii_lowercase)))
+                    .bind(r.map(ResourceId::full_type))
+                    .bind(if r.is_none() {
+                        serde_json::to_string(&i.alternative_names).ok()
+                    } else {
+                        None
+                    });
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stages into `work` the tenant's inventory as of its last recorded scan (the base a Graph delta
+    /// applies to): every identity of its findings except those resolved as removed, a chunk at a time.
+    /// Returns how many.
+    pub async fn stage_stored_inventory(
+        &self,
+        work: &Store,
+        scan_id: &str,
+        tenant: &str,
+    ) -> Result<u64, StoreError> {
+        let mut after = String::new();
+        let mut n = 0u64;
+        loop {
+            let rows = sqlx::query(
+                "select object_id, app_id, display_name, identity_type, resource_id from findings
+                 where tenant_id = ? and object_id > ?
+                   and not (coalesce(state, '') = 'resolved' and coalesce(resolution, '') = 'identity_removed')
+                 order by object_id limit ?",
+            )
+            .bind(tenant)
+            .bind(&after)
+            .bind(CHUNK)
+            .fetch_all(&self.pool)
+            .await?;
+            let Some(last) = rows.last() else { break };
+            after = last.try_get("object_id")?;
+            let mut page = Vec::with_capacity(rows.len());
+            for r in &rows {
+                let kind: String = r.try_get("identity_type")?;
+                let explicit = if kind == IdentityType::UserAssigned.as_str() {
+                    "True"
+                } else {
+                    "False"
+                };
+                let resource: Option<String> = r.try_get("resource_id")?;
+                let names = resource
+                    .map(|id| vec![format!("isExplicit={explicit}"), id])
+                    .unwrap_or_default();
+                page.push(ManagedIdentity::from_alternative_names(
+                    tenant,
+                    r.try_get("object_id")?,
+                    r.try_get("app_id")?,
+                    r.try_get("display_name")?,
+                    names,
+                ));
+            }
+            n += page.len() as u64;
+            work.stage_identities(scan_id, tenant, &page).await?;
+        }
+        Ok(n)
+    }
+
+    /// Removes staged identities by lower-case object id (Graph delta `@removed`).
+    pub async fn unstage_identities(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        object_keys: &[String],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for key in object_keys {
+            sqlx::query(
+                "delete from scan_items where scan_id = ? and tenant_id = ? and object_key = ?",
+            )
+            .bind(scan_id)
+            .bind(tenant)
+            .bind(key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Staged identities of the tenant.
+    pub async fn staged_count(&self, scan_id: &str, tenant: &str) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from scan_items where scan_id = ? and tenant_id = ?",
+        )
+        .bind(scan_id)
+        .bind(tenant)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(super::count(n))
+    }
+
+    /// The (lower-case subscription, resource type) pairs the staged identities name.
+    pub async fn staged_targets(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "select distinct subscription_key, resource_type from scan_items
+             where scan_id = ? and tenant_id = ? and subscription_key is not null and resource_type is not null",
+        )
+        .bind(scan_id)
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Stages one page of Resource Graph rows.
+    pub async fn stage_arg_rows(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        rows: &[ArgHit],
+    ) -> Result<(), StoreError> {
+        let at = chrono::Utc::now().to_rfc3339();
+        let mut tx = self.pool.begin().await?;
+        for chunk in rows.chunks(500) {
+            let sql = values(
+                "insert into scan_arg_rows (scan_id, tenant_id, resource_key, principal_key, request_id, checked_at)",
+                6,
+                chunk.len(),
+                " on conflict (scan_id, tenant_id, resource_key) do update set
+                     principal_key = excluded.principal_key, request_id = excluded.request_id,
+                     checked_at = excluded.checked_at",
+            );
+            // Only static fragments and placeholders are in `sql`; every value is bound.
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for h in chunk {
+                q = q
+                    .bind(scan_id)
+                    .bind(tenant)
+                    .bind(&h.resource_key)
+                    .bind(&h.principal_key)
+                    .bind(h.request_id.as_deref())
+                    .bind(&at);
+            }
+            q.execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The next chunk of identities with a resource that neither Resource Graph showed carrying their
+    /// principal nor ARM has checked yet, after `after` (object key).
+    pub async fn candidates(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        after: &str,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        let rows = sqlx::query(
+            "select i.object_key, i.resource_id, i.subscription_key from scan_items i
+             where i.scan_id = ? and i.tenant_id = ? and i.object_key > ? and i.resource_id is not null
+               and i.source is null
+               and not exists (select 1 from scan_arg_rows a
+                   where a.scan_id = i.scan_id and a.tenant_id = i.tenant_id
+                     and a.resource_key = lower(rtrim(i.resource_id, '/')) and a.principal_key = i.object_key)
+             order by i.object_key limit ?",
+        )
+        .bind(scan_id)
+        .bind(tenant)
+        .bind(after)
+        .bind(CHUNK)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let raw: String = r.try_get("resource_id")?;
+            out.push(Candidate {
+                object_key: r.try_get("object_key")?,
+                resource: ResourceId::parse(&raw)
+                    .ok_or_else(|| corrupt("scan_items", format!("resource id {raw:?}")))?,
+                subscription_key: r.try_get("subscription_key")?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Stages the evidence of ARM checks.
+    pub async fn stage_checks(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        checks: &[Checked<'_>],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for c in checks {
+            sqlx::query(
+                "update scan_items set source = 'arm', answer = ?, request_id = ?, correlation_request_id = ?,
+                     checked_at = ?
+                 where scan_id = ? and tenant_id = ? and object_key = ?",
+            )
+            .bind(serde_json::to_string(c.answer).unwrap_or_default())
+            .bind(c.request_id)
+            .bind(c.correlation_request_id)
+            .bind(c.checked_at.to_rfc3339())
+            .bind(scan_id)
+            .bind(tenant)
+            .bind(c.object_key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The next chunk of staged identities with their evidence (subscription visibility not set), in
+    /// object key order after `after`.
+    pub async fn staged_items(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        after: &str,
+    ) -> Result<Vec<(String, ManagedIdentity, Evidence)>, StoreError> {
+        let t = "scan_items";
+        // Resource Graph's row for the resource, when it shows the resource carrying this principal.
+        let rows = sqlx::query(
+            "select i.*, a.request_id as arg_request_id, a.checked_at as arg_checked_at
+             from scan_items i left join scan_arg_rows a
+               on i.source is null and i.resource_id is not null
+                  and a.scan_id = i.scan_id and a.tenant_id = i.tenant_id
+                  and a.resource_key = lower(rtrim(i.resource_id, '/')) and a.principal_key = i.object_key
+             where i.scan_id = ? and i.tenant_id = ? and i.object_key > ?
+             order by i.object_key limit ?",
+        )
+        .bind(scan_id)
+        .bind(tenant)
+        .bind(after)
+        .bind(CHUNK)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let kind: String = r.try_get("identity_type")?;
+            let resource: Option<String> = r.try_get("resource_id")?;
+            let names: Option<String> = r.try_get("alternative_names")?;
+            let object_id: String = r.try_get("object_id")?;
+            let identity = ManagedIdentity {
+                tenant_id: tenant.to_owned(),
+                app_id: r.try_get("app_id")?,
+                display_name: r.try_get("display_name")?,
+                identity_type: IdentityType::parse(&kind)
+                    .ok_or_else(|| corrupt(t, format!("identity_type {kind:?}")))?,
+                resource: resource.as_deref().and_then(ResourceId::parse),
+                alternative_names: names
+                    .map(|n| serde_json::from_str(&n).map_err(|e| corrupt(t, e.to_string())))
+                    .transpose()?
+                    .unwrap_or_default(),
+                object_id,
+            };
+            let source: Option<String> = r.try_get("source")?;
+            let answer: Option<String> = r.try_get("answer")?;
+            let arg_checked: Option<String> = r.try_get("arg_checked_at")?;
+            let (source, answer, request_id, checked_at) = match (source.as_deref(), arg_checked) {
+                (Some("arm"), _) => (
+                    EvidenceSource::Arm,
+                    serde_json::from_str(answer.as_deref().unwrap_or_default())
+                        .map_err(|e| corrupt(t, e.to_string()))?,
+                    r.try_get("request_id")?,
+                    r.try_get::<Option<String>, _>("checked_at")?,
+                ),
+                (_, Some(at)) => (
+                    EvidenceSource::ResourceGraph,
+                    Answer::Present {
+                        principal_id: Some(identity.object_id.clone()),
+                    },
+                    r.try_get("arg_request_id")?,
+                    Some(at),
+                ),
+                _ => (EvidenceSource::None, Answer::NotChecked, None, None),
+            };
+            let evidence = Evidence {
+                source,
+                answer,
+                subscription_visible: None,
+                request_id,
+                correlation_request_id: r.try_get("correlation_request_id")?,
+                checked_at: checked_at.map(|c| super::parse_time(t, &c)).transpose()?,
+            };
+            out.push((r.try_get("object_key")?, identity, evidence));
+        }
+        Ok(out)
+    }
+
+    /// Writes verdicts of a scan in progress.
+    pub async fn stage_results(
+        &self,
+        scan_id: &str,
+        findings: &[Finding],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_results(&mut tx, scan_id, findings).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Staged verdicts of a scan (all, or only the non-healthy ones), in tenant and object order.
+    pub async fn staged_results(
+        &self,
+        scan_id: &str,
+        non_healthy_only: bool,
+    ) -> Result<Vec<Finding>, StoreError> {
+        let sql = if non_healthy_only {
+            "select * from scan_results where scan_id = ? and verdict != 'healthy' order by tenant_id, object_key"
+        } else {
+            "select * from scan_results where scan_id = ? order by tenant_id, object_key"
+        };
+        let rows = sqlx::query(sql).bind(scan_id).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| super::finding_columns(r, "scan_results"))
+            .collect()
+    }
+}
+
+/// A scan's working database file; deleted when the last handle to it is dropped (a scan cancelled
+/// mid-way included).
+#[derive(Debug)]
+pub struct WorkFile {
+    path: PathBuf,
+}
+
+impl WorkFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for WorkFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// The name prefix of the working files of the store at `db`.
+fn work_prefix(db: &Path) -> String {
+    format!(
+        "{}.work-",
+        db.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    )
+}
+
+impl Store {
+    /// Opens a fresh working database for `scan_id`: beside the store's file, or (a store in memory)
+    /// in the temporary directory.
+    pub async fn open_work(&self, scan_id: &str) -> Result<(Store, WorkFile), StoreError> {
+        let safe: String = scan_id
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = match &self.file {
+            Some(db) => db.with_file_name(format!("{}{safe}", work_prefix(db))),
+            None => {
+                std::env::temp_dir().join(format!("miaudit.work-{}-{safe}", std::process::id()))
+            }
+        };
+        let file = WorkFile { path };
+        let _ = std::fs::remove_file(file.path());
+        let opts = SqliteConnectOptions::new()
+            .filename(file.path())
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Off)
+            .synchronous(SqliteSynchronous::Off)
+            .busy_timeout(Duration::from_secs(30))
+            .pragma("cache_size", "-4096");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(2)
+            .connect_with(opts)
+            .await?;
+        Ok((Self::work_on(pool).await?, file))
+    }
+
+    /// A working database in memory (a scan without a store).
+    pub async fn open_work_in_memory() -> Result<Store, StoreError> {
+        // An in-memory database exists per connection: exactly one.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(SqliteConnectOptions::new().in_memory(true))
+            .await?;
+        Self::work_on(pool).await
+    }
+
+    async fn work_on(pool: sqlx::SqlitePool) -> Result<Store, StoreError> {
+        WORK_MIGRATOR.run(&pool).await?;
+        Ok(Store {
+            pool,
+            writable: true,
+            file: None,
+        })
+    }
+
+    /// Deletes working files that scans of an earlier process left (a crash); returns how many.
+    pub fn remove_stale_work(&self) -> usize {
+        let Some(db) = &self.file else { return 0 };
+        let prefix = work_prefix(db);
+        let dir = match db.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return 0;
+        };
+        entries
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+            .filter(|e| std::fs::remove_file(e.path()).is_ok())
+            .count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_scans_working_file_lives_beside_the_store_and_goes_with_its_last_handle() {
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        let (work, file) = store.open_work("scan/1").await.expect("work");
+        let path = file.path().to_path_buf();
+        assert_eq!(path.parent(), Some(dir.path()));
+        assert!(path.file_name().is_some_and(|n| n == "m.db.work-scan_1"));
+        // The working schema only: none of the store's tables.
+        let tables: Vec<String> = sqlx::query_scalar(
+            "select name from sqlite_master where type = 'table' and name like 'scan_%' order by name",
+        )
+        .fetch_all(&work.pool)
+        .await
+        .expect("tables");
+        assert_eq!(tables, ["scan_arg_rows", "scan_items", "scan_results"]);
+        work.close().await;
+        assert!(path.exists());
+        drop(file);
+        assert!(!path.exists(), "deleted with its handle");
+
+        // A crash leaves files behind; the next start removes them, and nothing else.
+        let (w, f) = store.open_work("left-behind").await.expect("work");
+        w.close().await;
+        let left = f.path().to_path_buf();
+        std::mem::forget(f);
+        std::fs::write(dir.path().join("other.db.work-x"), b"x").expect("other");
+        assert!(left.exists());
+        assert_eq!(store.remove_stale_work(), 1);
+        assert!(!left.exists() && dir.path().join("other.db.work-x").exists());
+        assert!(dir.path().join("m.db").exists());
+    }
+}
