@@ -231,7 +231,7 @@ async fn upsert_findings(
             sql.push_str(VERDICT);
         }
         // Only static fragments and placeholders are in `sql`; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
         for (f, object, t) in chunk {
             q = bind_tracked(
                 super::bind_finding_columns(q.bind(&f.tenant_id).bind(object), f)

@@ -40,7 +40,10 @@ pub struct Checked<'a> {
     pub checked_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Builds `insert ... values (?, ...), (?, ...)` for `rows` rows of `cols` placeholders.
+/// Builds `insert ... values (?, ...), (?, ...)` for `rows` rows of `cols` placeholders. Such statements
+/// are run with `.persistent(false)`: a prepared statement of thousands of placeholders is large, and
+/// sqlx would otherwise keep one per distinct row count in every connection's statement cache (peak
+/// RSS of a 100k scan varied 59-75 MiB with them cached).
 fn values(head: &str, cols: usize, rows: usize, tail: &str) -> String {
     let one = format!("({})", vec!["?"; cols].join(", "));
     format!(
@@ -65,7 +68,7 @@ async fn insert_results(
             "",
         );
         // Only static fragments and placeholders are in `sql`; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
         for f in chunk {
             q = super::bind_finding_columns(
                 q.bind(scan_id)
@@ -102,7 +105,7 @@ impl Store {
                      alternative_names = excluded.alternative_names",
             );
             // Only static fragments and placeholders are in `sql`; every value is bound.
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for i in chunk {
                 let r = i.resource.as_ref();
                 q = q
@@ -251,7 +254,7 @@ impl Store {
                      checked_at = excluded.checked_at",
             );
             // Only static fragments and placeholders are in `sql`; every value is bound.
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
             for h in chunk {
                 q = q
                     .bind(scan_id)
