@@ -19,7 +19,6 @@
 use crate::azure::Api;
 use crate::config::Settings;
 use crate::scan::{Scanner, Trigger};
-use crate::store::Store;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -41,6 +40,137 @@ pub struct Measured {
     pub provider_lookups: u64,
     pub complete: bool,
     pub orphaned: u64,
+    /// A second scan of the unchanged tenant, recorded over the first, while the daemon's HTTP API is
+    /// queried without pause.
+    #[serde(default)]
+    pub repeat: Option<Repeat>,
+}
+
+/// The repeat scan and the API's latency before and during it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Repeat {
+    pub wall_s: f64,
+    pub commit_s: f64,
+    /// `GET /metrics`.
+    pub metrics: Latency,
+    /// `GET /api/v1/findings` (the default page: open findings).
+    pub findings: Latency,
+}
+
+/// Latencies of one endpoint, in milliseconds: idle (before the scan) and while the scan and its
+/// recording run.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Latency {
+    pub idle_p50_ms: f64,
+    pub idle_p99_ms: f64,
+    pub scan_p50_ms: f64,
+    pub scan_p99_ms: f64,
+    pub scan_max_ms: f64,
+    pub scan_requests: u64,
+}
+
+/// The `q` quantile (0..=1) of `v`, which is sorted here.
+fn quantile(v: &mut [f64], q: f64) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let i = ((v.len() - 1) as f64 * q).round() as usize;
+    v[i.min(v.len() - 1)]
+}
+
+/// Requests `url` one after the other until `stop`, or `n` times; latencies in ms. A failed request
+/// counts as an infinitely slow one.
+async fn probe(
+    client: &reqwest::Client,
+    url: &str,
+    n: Option<usize>,
+    stop: &tokio_util::sync::CancellationToken,
+) -> Vec<f64> {
+    let mut out = Vec::new();
+    while n.is_none_or(|n| out.len() < n) && !stop.is_cancelled() {
+        let t = Instant::now();
+        let ok = match client.get(url).send().await {
+            Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+            Err(_) => false,
+        };
+        out.push(if ok {
+            t.elapsed().as_secs_f64() * 1000.0
+        } else {
+            f64::INFINITY
+        });
+        // About 50 requests a second per endpoint: a busy dashboard, not a load test.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    out
+}
+
+/// Scans again while the daemon serves its API, probing two endpoints.
+async fn measure_repeat(settings: &Settings, app: crate::app::App) -> anyhow::Result<Repeat> {
+    let store = app.store();
+    let base = format!("http://{}", app.http_addr());
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = rx.await;
+    }));
+    let client = reqwest::Client::new();
+    let urls = [format!("{base}/metrics"), format!("{base}/api/v1/findings")];
+    let never = tokio_util::sync::CancellationToken::new();
+    let mut idle = Vec::new();
+    for u in &urls {
+        idle.push(probe(&client, u, Some(200), &never).await);
+    }
+    let stop = tokio_util::sync::CancellationToken::new();
+    let probes: Vec<_> = urls
+        .iter()
+        .map(|u| {
+            let (client, u, stop) = (client.clone(), u.clone(), stop.clone());
+            tokio::spawn(async move { probe(&client, &u, None, &stop).await })
+        })
+        .collect();
+    let scanner = Scanner::new(settings)?;
+    let started = Instant::now();
+    let report = scanner
+        .run_as(
+            uuid::Uuid::new_v4().to_string(),
+            &settings.tenant_ids(),
+            Trigger::Cli,
+            Some(&store),
+        )
+        .await;
+    let wall = started.elapsed();
+    let recorded = store
+        .record_scan(&report, settings.lifecycle.confirm_after)
+        .await?;
+    stop.cancel();
+    let mut during = Vec::new();
+    for p in probes {
+        during.push(p.await?);
+    }
+    let _ = tx.send(());
+    let _ = server.await;
+    let latency = |mut idle: Vec<f64>, mut during: Vec<f64>| Latency {
+        idle_p50_ms: quantile(&mut idle, 0.5),
+        idle_p99_ms: quantile(&mut idle, 0.99),
+        scan_p50_ms: quantile(&mut during, 0.5),
+        scan_p99_ms: quantile(&mut during, 0.99),
+        scan_max_ms: quantile(&mut during, 1.0),
+        scan_requests: during.len() as u64,
+    };
+    let mut during = during.into_iter();
+    let mut idle = idle.into_iter();
+    Ok(Repeat {
+        wall_s: wall.as_secs_f64(),
+        commit_s: recorded.transaction.as_secs_f64(),
+        metrics: latency(
+            idle.next().unwrap_or_default(),
+            during.next().unwrap_or_default(),
+        ),
+        findings: latency(
+            idle.next().unwrap_or_default(),
+            during.next().unwrap_or_default(),
+        ),
+    })
 }
 
 /// Peak resident set of this process (`VmHWM`), in MiB.
@@ -59,7 +189,9 @@ pub fn peak_rss_mib() -> f64 {
 
 /// One scan against a running simulator, recorded into a fresh database.
 pub async fn measure_one(settings: &Settings) -> anyhow::Result<Measured> {
-    let store = Store::connect(&settings.database.url).await?;
+    // The daemon, assembled but not yet serving: the scans record through its store, as its scheduler's do.
+    let app = crate::app::App::build(settings.clone()).await?;
+    let store = app.store();
     let scanner = Scanner::new(settings)?;
     let started = Instant::now();
     let report = scanner
@@ -79,21 +211,30 @@ pub async fn measure_one(settings: &Settings) -> anyhow::Result<Measured> {
     let record = t.elapsed();
     let commit = recorded.transaction;
     let candidates: u64 = report.tenants.iter().map(|t| t.arm_checks).sum();
+    let (complete, orphaned, identities) = (
+        report.complete,
+        report.summary.orphaned,
+        report.summary.total,
+    );
     let arm = scanner.counters().get(Api::Arm);
     let subscription_pages = 1;
+    let requests = scanner.counters().snapshot();
+    drop(report);
+    let repeat = measure_repeat(settings, app).await?;
     Ok(Measured {
-        identities: report.summary.total,
+        identities,
         wall_s: wall.as_secs_f64(),
         commit_s: commit.as_secs_f64(),
         record_s: record.as_secs_f64(),
         peak_rss_mib: peak_rss_mib(),
         scan_peak_rss_mib: scan_peak,
-        requests: scanner.counters().snapshot(),
+        requests,
         candidates,
         provider_lookups: (arm.requests - arm.retries)
             .saturating_sub(candidates + subscription_pages),
-        complete: report.complete,
-        orphaned: report.summary.orphaned,
+        complete,
+        orphaned,
+        repeat: Some(repeat),
     })
 }
 
@@ -133,8 +274,21 @@ pub fn row(size: usize, m: &Measured, c: Costs) -> String {
     let total: u64 = m.requests.values().map(|a| a.requests).sum();
     let throttled: u64 = m.requests.values().map(|a| a.throttled).sum();
     let r = |api: &str| m.requests.get(api).map_or(0, |a| a.requests);
+    let (repeat_commit, api) = match &m.repeat {
+        Some(rp) => (
+            format!("{:.2}", rp.commit_s),
+            format!(
+                "{:.1} → {:.1} / {:.1} → {:.1}",
+                rp.metrics.idle_p99_ms,
+                rp.metrics.scan_p99_ms,
+                rp.findings.idle_p99_ms,
+                rp.findings.scan_p99_ms
+            ),
+        ),
+        None => ("–".into(), "–".into()),
+    };
     format!(
-        "| {size} | {:.1} | {:.1} | {:.2} | {} / {} / {} / {} | {total} | {min} | {:.3} | {throttled} | {:.0} | {:.2} |",
+        "| {size} | {:.1} | {:.1} | {:.2} | {} / {} / {} / {} | {total} | {min} | {:.3} | {throttled} | {:.0} | {:.2} | {repeat_commit} | {api} |",
         m.wall_s,
         lb,
         m.wall_s / lb.max(1e-9),
@@ -148,4 +302,4 @@ pub fn row(size: usize, m: &Measured, c: Costs) -> String {
     )
 }
 
-pub const HEADER: &str = "| identities | wall s | lower bound s | ratio | requests token / graph / ARG / ARM | total | minimum | total / min | throttled | peak RSS MiB | commit s |\n|---|---|---|---|---|---|---|---|---|---|---|";
+pub const HEADER: &str = "| identities | wall s | lower bound s | ratio | requests token / graph / ARG / ARM | total | minimum | total / min | throttled | peak RSS MiB | commit s (first) | commit s (repeat) | API p99 ms idle → during repeat scan: /metrics / /api/v1/findings |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";

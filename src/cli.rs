@@ -267,7 +267,8 @@ fn bench_settings(url: &str, db: &str) -> Result<Settings, Vec<String>> {
     let toml = format!(
         "[azure]\nauthority_host = \"{url}\"\ngraph_endpoint = \"{url}\"\narm_endpoint = \"{url}\"\n\
          [auth]\nclient_id = \"{SIM_CLIENT_ID}\"\nclient_secret = \"{SIM_CLIENT_SECRET}\"\n\
-         [[tenants]]\nid = \"{SIM_TENANT_ID}\"\n[database]\nurl = \"{db}\"\n"
+         [[tenants]]\nid = \"{SIM_TENANT_ID}\"\n[database]\nurl = \"{db}\"\n\
+         [http]\nlisten = \"127.0.0.1:0\"\n[schedule]\ncron = \"0 0 0 1 1 *\"\nscan_on_start = false\n"
     );
     let dir = std::env::temp_dir().join(format!("miaudit-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| vec![e.to_string()])?;
@@ -359,7 +360,7 @@ async fn bench(sizes: &str, latency_ms: u64, per_item_us: u64) -> ExitCode {
             .and_then(|o| serde_json::from_slice::<crate::bench::Measured>(&o.stdout).ok())
         {
             Some(m) => println!("{}", crate::bench::row(size, &m, costs)),
-            None => println!("| {size} | failed | | | | | | | | | |"),
+            None => println!("| {size} | failed | | | | | | | | | | | |"),
         }
     }
     ExitCode::from(EXIT_OK)
