@@ -51,6 +51,11 @@ pub struct Measured {
 pub struct Repeat {
     pub wall_s: f64,
     pub commit_s: f64,
+    /// Graph requests of the repeat scan (with Graph delta: one per delta page).
+    #[serde(default)]
+    pub graph_requests: u64,
+    #[serde(default)]
+    pub peak_rss_mib: f64,
     /// `GET /metrics`.
     pub metrics: Latency,
     /// `GET /api/v1/findings` (the default page: open findings).
@@ -162,6 +167,8 @@ async fn measure_repeat(settings: &Settings, app: crate::app::App) -> anyhow::Re
     Ok(Repeat {
         wall_s: wall.as_secs_f64(),
         commit_s: recorded.transaction.as_secs_f64(),
+        graph_requests: scanner.counters().get(Api::Graph).requests,
+        peak_rss_mib: peak_rss_mib(),
         metrics: latency(
             idle.next().unwrap_or_default(),
             during.next().unwrap_or_default(),
@@ -276,7 +283,10 @@ pub fn row(size: usize, m: &Measured, c: Costs) -> String {
     let r = |api: &str| m.requests.get(api).map_or(0, |a| a.requests);
     let (repeat_commit, api) = match &m.repeat {
         Some(rp) => (
-            format!("{:.2}", rp.commit_s),
+            format!(
+                "{:.1} / {} / {:.2}",
+                rp.wall_s, rp.graph_requests, rp.commit_s
+            ),
             format!(
                 "{:.1} → {:.1} / {:.1} → {:.1}",
                 rp.metrics.idle_p99_ms,
@@ -302,4 +312,4 @@ pub fn row(size: usize, m: &Measured, c: Costs) -> String {
     )
 }
 
-pub const HEADER: &str = "| identities | wall s | lower bound s | ratio | requests token / graph / ARG / ARM | total | minimum | total / min | throttled | peak RSS MiB | commit s (first) | commit s (repeat) | API p99 ms idle → during repeat scan: /metrics / /api/v1/findings |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";
+pub const HEADER: &str = "| identities | wall s | lower bound s | ratio | requests token / graph / ARG / ARM | total | minimum | total / min | throttled | peak RSS MiB | commit s (first) | repeat scan: wall s / Graph requests / commit s | API p99 ms idle → during repeat scan: /metrics / /api/v1/findings |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|";

@@ -81,6 +81,10 @@ pub enum Command {
         latency_ms: u64,
         #[arg(long, default_value_t = 20)]
         per_item_us: u64,
+        /// Scans with the opt-in Graph delta inventory (`[scan] graph_delta`): the repeat scan then
+        /// reads only what changed.
+        #[arg(long)]
+        graph_delta: bool,
     },
     /// (internal) One measured scan against a running simulator, as JSON on stdout.
     #[command(hide = true)]
@@ -89,6 +93,8 @@ pub enum Command {
         url: String,
         #[arg(long)]
         db: String,
+        #[arg(long)]
+        graph_delta: bool,
     },
     /// The daemon against a built-in simulated tenant that changes every few minutes (no Azure
     /// account needed). With --once: one scan, report on stdout.
@@ -224,8 +230,13 @@ async fn run(cli: Cli) -> ExitCode {
             sizes,
             latency_ms,
             per_item_us,
-        } => bench(&sizes, latency_ms, per_item_us).await,
-        Command::BenchOne { url, db } => bench_one(&url, &db).await,
+            graph_delta,
+        } => bench(&sizes, latency_ms, per_item_us, graph_delta).await,
+        Command::BenchOne {
+            url,
+            db,
+            graph_delta,
+        } => bench_one(&url, &db, graph_delta).await,
         Command::Demo {
             identities,
             seed,
@@ -262,13 +273,14 @@ async fn simulate(sim: &SimArgs, listen: &str) -> ExitCode {
 }
 
 /// The configuration of a bench scan against the simulator at `url`.
-fn bench_settings(url: &str, db: &str) -> Result<Settings, Vec<String>> {
+fn bench_settings(url: &str, db: &str, graph_delta: bool) -> Result<Settings, Vec<String>> {
     use crate::simulator::model::{SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIM_TENANT_ID};
     let toml = format!(
         "[azure]\nauthority_host = \"{url}\"\ngraph_endpoint = \"{url}\"\narm_endpoint = \"{url}\"\n\
          [auth]\nclient_id = \"{SIM_CLIENT_ID}\"\nclient_secret = \"{SIM_CLIENT_SECRET}\"\n\
          [[tenants]]\nid = \"{SIM_TENANT_ID}\"\n[database]\nurl = \"{db}\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[schedule]\ncron = \"0 0 0 1 1 *\"\nscan_on_start = false\n"
+         [http]\nlisten = \"127.0.0.1:0\"\n[schedule]\ncron = \"0 0 0 1 1 *\"\nscan_on_start = false\n\
+         [scan]\ngraph_delta = {graph_delta}\n"
     );
     let dir = std::env::temp_dir().join(format!("miaudit-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| vec![e.to_string()])?;
@@ -277,8 +289,8 @@ fn bench_settings(url: &str, db: &str) -> Result<Settings, Vec<String>> {
     Settings::load(Some(&path), &Default::default()).map_err(|e| e.0)
 }
 
-async fn bench_one(url: &str, db: &str) -> ExitCode {
-    let settings = match bench_settings(url, db) {
+async fn bench_one(url: &str, db: &str, graph_delta: bool) -> ExitCode {
+    let settings = match bench_settings(url, db, graph_delta) {
         Ok(s) => s,
         Err(e) => return config_error(&e),
     };
@@ -294,7 +306,7 @@ async fn bench_one(url: &str, db: &str) -> ExitCode {
     }
 }
 
-async fn bench(sizes: &str, latency_ms: u64, per_item_us: u64) -> ExitCode {
+async fn bench(sizes: &str, latency_ms: u64, per_item_us: u64, graph_delta: bool) -> ExitCode {
     use tokio::io::AsyncBufReadExt;
     let exe = match std::env::current_exe() {
         Ok(e) => e,
@@ -351,6 +363,7 @@ async fn bench(sizes: &str, latency_ms: u64, per_item_us: u64) -> ExitCode {
         let db = format!("sqlite://{}", db_dir.join("bench.db").display());
         let out = tokio::process::Command::new(&exe)
             .args(["bench-one", "--url", &url, "--db", &db])
+            .args(graph_delta.then_some("--graph-delta"))
             .output()
             .await;
         let _ = sim.start_kill();
