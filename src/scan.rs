@@ -2,6 +2,11 @@
 //! confirm candidates) -> judge -> report. The imperative shell: decisions are `classify`'s, storage is
 //! `store`'s.
 //!
+//! Memory: nothing per identity is held across stages. Graph and Resource Graph pages go into the scan's
+//! working database (`store::staging`) as they arrive, and candidates, evidence and verdicts move through
+//! it in key-ordered chunks of [`crate::store::staging::CHUNK`]; what the process holds is a few pages,
+//! one chunk, and the small sets of subscriptions and resource types that Resource Graph is asked about.
+//!
 //! Completeness: a tenant is complete when its Graph inventory was read to the end and no check ended
 //! in `check_failed`. Unknown verdicts that are answers (403, a subscription we cannot see, unreadable
 //! `alternativeNames`) do not make a scan incomplete; failures to get an answer do.
