@@ -221,27 +221,27 @@ async fn upsert_findings(
         verdict = excluded.verdict, reason = excluded.reason, detail = excluded.detail,
         evidence = excluded.evidence";
     let seen = seen_at.to_rfc3339();
-    for chunk in rows.chunks(BATCH) {
-        let mut sql = format!("insert into findings ({COLS}) values ");
-        let one = format!("({})", vec!["?"; 23].join(", "));
-        sql.push_str(&vec![one.as_str(); chunk.len()].join(", "));
-        sql.push_str(" on conflict (tenant_id, object_id) do update set ");
-        sql.push_str(LIFECYCLE);
-        if take_verdict {
-            sql.push_str(VERDICT);
-        }
-        // Only static fragments and placeholders are in `sql`; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-        for (f, object, t) in chunk {
-            q = bind_tracked(
+    let tail = format!(
+        " on conflict (tenant_id, object_id) do update set {LIFECYCLE}{}",
+        if take_verdict { VERDICT } else { "" }
+    );
+    super::insert_rows(
+        tx,
+        &format!("insert into findings ({COLS})"),
+        23,
+        &tail,
+        BATCH,
+        rows,
+        |q, (f, object, t)| {
+            bind_tracked(
                 super::bind_finding_columns(q.bind(&f.tenant_id).bind(object), f)
                     .bind(&seen)
                     .bind(scan_id),
                 t,
-            );
-        }
-        q.execute(&mut **tx).await?;
-    }
+            )
+        },
+    )
+    .await?;
     Ok(())
 }
 

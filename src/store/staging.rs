@@ -28,7 +28,6 @@ pub const CHUNK: i64 = 2_000;
 pub struct Candidate {
     pub object_key: String,
     pub resource: ResourceId,
-    pub subscription_key: Option<String>,
 }
 
 /// The evidence of one ARM check, to stage.
@@ -40,18 +39,6 @@ pub struct Checked<'a> {
     pub checked_at: chrono::DateTime<chrono::Utc>,
 }
 
-/// Builds `insert ... values (?, ...), (?, ...)` for `rows` rows of `cols` placeholders. Such statements
-/// are run with `.persistent(false)`: a prepared statement of thousands of placeholders is large, and
-/// sqlx would otherwise keep one per distinct row count in every connection's statement cache (peak
-/// RSS of a 100k scan varied 59-75 MiB with them cached).
-fn values(head: &str, cols: usize, rows: usize, tail: &str) -> String {
-    let one = format!("({})", vec!["?"; cols].join(", "));
-    format!(
-        "{head} values {}{tail}",
-        vec![one.as_str(); rows].join(", ")
-    )
-}
-
 /// Writes verdicts into `scan_results` (one multi-row statement per 500). The same identity twice is an
 /// error (the primary key), not a silent choice of one verdict.
 async fn insert_results(
@@ -59,28 +46,25 @@ async fn insert_results(
     scan_id: &str,
     findings: &[Finding],
 ) -> Result<(), StoreError> {
-    for chunk in findings.chunks(500) {
-        let sql = values(
-            "insert into scan_results (scan_id, tenant_id, object_key, object_id, app_id, display_name,
-                 identity_type, resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)",
-            14,
-            chunk.len(),
-            "",
-        );
-        // Only static fragments and placeholders are in `sql`; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-        for f in chunk {
-            q = super::bind_finding_columns(
+    super::insert_rows(
+        conn,
+        "insert into scan_results (scan_id, tenant_id, object_key, object_id, app_id, display_name,
+             identity_type, resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)",
+        14,
+        "",
+        500,
+        findings,
+        |q, f| {
+            super::bind_finding_columns(
                 q.bind(scan_id)
                     .bind(&f.tenant_id)
                     .bind(f.object_id.to_ascii_lowercase())
                     .bind(&f.object_id),
                 f,
-            );
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
+            )
+        },
+    )
+    .await
 }
 
 impl Store {
@@ -92,24 +76,21 @@ impl Store {
         identities: &[ManagedIdentity],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for chunk in identities.chunks(500) {
-            let sql = values(
-                "insert into scan_items (scan_id, tenant_id, object_key, object_id, app_id, display_name,
-                     identity_type, resource_id, subscription_key, resource_type, alternative_names)",
-                11,
-                chunk.len(),
-                " on conflict (scan_id, tenant_id, object_key) do update set object_id = excluded.object_id,
-                     app_id = excluded.app_id, display_name = excluded.display_name,
-                     identity_type = excluded.identity_type, resource_id = excluded.resource_id,
-                     subscription_key = excluded.subscription_key, resource_type = excluded.resource_type,
-                     alternative_names = excluded.alternative_names",
-            );
-            // Only static fragments and placeholders are in `sql`; every value is bound.
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-            for i in chunk {
+        super::insert_rows(
+            &mut tx,
+            "insert into scan_items (scan_id, tenant_id, object_key, object_id, app_id, display_name,
+                 identity_type, resource_id, subscription_key, resource_type, alternative_names)",
+            11,
+            " on conflict (scan_id, tenant_id, object_key) do update set object_id = excluded.object_id,
+                 app_id = excluded.app_id, display_name = excluded.display_name,
+                 identity_type = excluded.identity_type, resource_id = excluded.resource_id,
+                 subscription_key = excluded.subscription_key, resource_type = excluded.resource_type,
+                 alternative_names = excluded.alternative_names",
+            500,
+            identities,
+            |q, i| {
                 let r = i.resource.as_ref();
-                q = q
-                    .bind(scan_id)
+                q.bind(scan_id)
                     .bind(tenant)
                     .bind(i.object_id.to_ascii_lowercase())
                     .bind(&i.object_id)
@@ -123,10 +104,10 @@ impl Store {
                         serde_json::to_string(&i.alternative_names).ok()
                     } else {
                         None
-                    });
-            }
-            q.execute(&mut *tx).await?;
-        }
+                    })
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -204,18 +185,6 @@ impl Store {
         Ok(())
     }
 
-    /// Staged identities of the tenant.
-    pub async fn staged_count(&self, scan_id: &str, tenant: &str) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "select count(*) from scan_items where scan_id = ? and tenant_id = ?",
-        )
-        .bind(scan_id)
-        .bind(tenant)
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(super::count(n))
-    }
-
     /// The (lower-case subscription, resource type) pairs the staged identities name.
     pub async fn staged_targets(
         &self,
@@ -244,28 +213,25 @@ impl Store {
     ) -> Result<(), StoreError> {
         let at = chrono::Utc::now().to_rfc3339();
         let mut tx = self.pool.begin().await?;
-        for chunk in rows.chunks(500) {
-            let sql = values(
-                "insert into scan_arg_rows (scan_id, tenant_id, resource_key, principal_key, request_id, checked_at)",
-                6,
-                chunk.len(),
-                " on conflict (scan_id, tenant_id, resource_key) do update set
-                     principal_key = excluded.principal_key, request_id = excluded.request_id,
-                     checked_at = excluded.checked_at",
-            );
-            // Only static fragments and placeholders are in `sql`; every value is bound.
-            let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-            for h in chunk {
-                q = q
-                    .bind(scan_id)
+        super::insert_rows(
+            &mut tx,
+            "insert into scan_arg_rows (scan_id, tenant_id, resource_key, principal_key, request_id, checked_at)",
+            6,
+            " on conflict (scan_id, tenant_id, resource_key) do update set
+                 principal_key = excluded.principal_key, request_id = excluded.request_id,
+                 checked_at = excluded.checked_at",
+            500,
+            rows,
+            |q, h| {
+                q.bind(scan_id)
                     .bind(tenant)
                     .bind(&h.resource_key)
                     .bind(&h.principal_key)
                     .bind(h.request_id.as_deref())
-                    .bind(&at);
-            }
-            q.execute(&mut *tx).await?;
-        }
+                    .bind(&at)
+            },
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -279,7 +245,7 @@ impl Store {
         after: &str,
     ) -> Result<Vec<Candidate>, StoreError> {
         let rows = sqlx::query(
-            "select i.object_key, i.resource_id, i.subscription_key from scan_items i
+            "select i.object_key, i.resource_id from scan_items i
              where i.scan_id = ? and i.tenant_id = ? and i.object_key > ? and i.resource_id is not null
                and i.source is null
                and not exists (select 1 from scan_arg_rows a
@@ -300,7 +266,6 @@ impl Store {
                 object_key: r.try_get("object_key")?,
                 resource: ResourceId::parse(&raw)
                     .ok_or_else(|| corrupt("scan_items", format!("resource id {raw:?}")))?,
-                subscription_key: r.try_get("subscription_key")?,
             });
         }
         Ok(out)
