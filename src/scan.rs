@@ -129,8 +129,34 @@ pub struct Summary {
     pub unknown: u64,
 }
 
+impl TenantReport {
+    /// A tenant about to be scanned: complete until something fails.
+    fn new(tenant: &str) -> Self {
+        Self {
+            tenant_id: tenant.to_owned(),
+            complete: true,
+            inventory_complete: true,
+            identities: 0,
+            errors: Vec::new(),
+            requests: BTreeMap::new(),
+            delta_link: None,
+            full_sync_at: None,
+            summary: Summary::default(),
+            arm_checks: 0,
+            staging_failed: false,
+        }
+    }
+}
+
 impl Summary {
-    pub fn add(&mut self, v: Verdict) {
+    fn merge(&mut self, o: &Summary) {
+        self.total += o.total;
+        self.healthy += o.healthy;
+        self.orphaned += o.orphaned;
+        self.unknown += o.unknown;
+    }
+
+    fn add(&mut self, v: Verdict) {
         self.total += 1;
         match v {
             Verdict::Healthy => self.healthy += 1,
@@ -275,7 +301,8 @@ impl Scanner {
 
     /// [`Scanner::run`] with a scan id chosen by the caller (the daemon announces it before the scan).
     /// With a store that can be written, the scan works in its staging tables (memory stays flat; the
-    /// report is `staged`) and the opt-in Graph delta inventory continues from the last recorded scan.
+    /// report has its `work` file) and the opt-in Graph delta inventory continues from the last recorded
+    /// scan.
     /// Without one, it works in a private in-memory database and the report holds every verdict.
     pub async fn run_as(
         &self,
@@ -321,18 +348,16 @@ impl Scanner {
                 return report;
             }
         };
-        let delta = store.is_some() && work.is_some();
+        // The stored inventory a Graph delta continues from: only when opted in and scanning for a store.
+        let delta = store.filter(|_| self.graph_delta && work.is_some());
         for chunk in tenants.chunks(PARALLEL_TENANTS) {
             let scans: Vec<_> = chunk
                 .iter()
-                .map(|t| self.scan_counted(&report.scan_id, t, &staging, store, delta))
+                .map(|t| self.scan_counted(&report.scan_id, t, &staging, delta))
                 .collect();
             for tr in futures::future::join_all(scans).await {
                 report.complete &= tr.complete;
-                report.summary.total += tr.summary.total;
-                report.summary.healthy += tr.summary.healthy;
-                report.summary.orphaned += tr.summary.orphaned;
-                report.summary.unknown += tr.summary.unknown;
+                report.summary.merge(&tr.summary);
                 report.tenants.push(tr);
             }
         }
@@ -366,13 +391,12 @@ impl Scanner {
         scan_id: &str,
         tenant: &str,
         staging: &Store,
-        store: Option<&Store>,
-        delta: bool,
+        delta: Option<&Store>,
     ) -> TenantReport {
         let clients = self.clients(tenant);
         let before = clients.counters.snapshot();
         let mut tr = self
-            .scan_tenant(scan_id, tenant, &clients, staging, store.filter(|_| delta))
+            .scan_tenant(scan_id, tenant, &clients, staging, delta)
             .await;
         let after = clients.counters.snapshot();
         tr.requests = after
@@ -402,10 +426,7 @@ impl Scanner {
         staging: &Store,
         delta: Option<&Store>,
     ) -> TenantReport {
-        let mut tr = failed_tenant(tenant, String::new());
-        tr.errors.clear();
-        tr.complete = true;
-        tr.inventory_complete = true;
+        let mut tr = TenantReport::new(tenant);
         let ctx = Staging {
             store: staging,
             scan_id,
@@ -454,7 +475,7 @@ impl Scanner {
     ) -> Result<(), crate::azure::AzureError> {
         let staging_error =
             |e: crate::store::StoreError| crate::azure::AzureError::Staging(e.to_string());
-        if let Some(store) = delta.filter(|_| self.graph_delta)
+        if let Some(store) = delta
             && let Ok(Some((link, full_at))) = store.load_delta(ctx.tenant).await
             && Utc::now() - full_at < FULL_SYNC_EVERY
         {
@@ -488,9 +509,8 @@ impl Scanner {
                 Err(e) => tracing::warn!(error = %e, "delta round failed; listing in full"),
             }
         }
-        let tracking = delta.is_some() && self.graph_delta;
         // Tracking starts before the listing, so changes made while it runs come in the next round.
-        let latest = if tracking {
+        let latest = if delta.is_some() {
             Some(clients.graph.start_delta(ctx.tenant).await)
         } else {
             None
@@ -645,20 +665,13 @@ impl Scanner {
     }
 }
 
-/// A tenant's report before (or instead of) its scan.
+/// A tenant whose scan could not start: incomplete, with the reason.
 fn failed_tenant(tenant: &str, error: String) -> TenantReport {
     TenantReport {
-        tenant_id: tenant.to_owned(),
         complete: false,
         inventory_complete: false,
-        identities: 0,
         errors: vec![error],
-        requests: BTreeMap::new(),
-        delta_link: None,
-        full_sync_at: None,
-        summary: Summary::default(),
-        arm_checks: 0,
-        staging_failed: false,
+        ..TenantReport::new(tenant)
     }
 }
 
