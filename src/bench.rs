@@ -110,6 +110,46 @@ async fn probe(
     out
 }
 
+/// One scan recorded, with its timings.
+struct Run {
+    report: crate::scan::ScanReport,
+    wall: Duration,
+    /// Peak RSS when the scan had finished, before it was recorded.
+    scan_peak: f64,
+    /// All of recording (attach, transaction, detach).
+    record: Duration,
+    recorded: crate::store::findings::Recorded,
+}
+
+async fn scan_and_record(
+    scanner: &Scanner,
+    settings: &Settings,
+    store: &crate::store::Store,
+) -> anyhow::Result<Run> {
+    let started = Instant::now();
+    let report = scanner
+        .run_as(
+            uuid::Uuid::new_v4().to_string(),
+            &settings.tenant_ids(),
+            Trigger::Cli,
+            Some(store),
+        )
+        .await;
+    let wall = started.elapsed();
+    let scan_peak = peak_rss_mib();
+    let t = Instant::now();
+    let recorded = store
+        .record_scan(&report, settings.lifecycle.confirm_after)
+        .await?;
+    Ok(Run {
+        report,
+        wall,
+        scan_peak,
+        record: t.elapsed(),
+        recorded,
+    })
+}
+
 /// Scans again while the daemon serves its API, probing two endpoints.
 async fn measure_repeat(settings: &Settings, app: crate::app::App) -> anyhow::Result<Repeat> {
     let store = app.store();
@@ -134,19 +174,7 @@ async fn measure_repeat(settings: &Settings, app: crate::app::App) -> anyhow::Re
         })
         .collect();
     let scanner = Scanner::new(settings)?;
-    let started = Instant::now();
-    let report = scanner
-        .run_as(
-            uuid::Uuid::new_v4().to_string(),
-            &settings.tenant_ids(),
-            Trigger::Cli,
-            Some(&store),
-        )
-        .await;
-    let wall = started.elapsed();
-    let recorded = store
-        .record_scan(&report, settings.lifecycle.confirm_after)
-        .await?;
+    let run = scan_and_record(&scanner, settings, &store).await?;
     stop.cancel();
     let mut during = Vec::new();
     for p in probes {
@@ -165,8 +193,8 @@ async fn measure_repeat(settings: &Settings, app: crate::app::App) -> anyhow::Re
     let mut during = during.into_iter();
     let mut idle = idle.into_iter();
     Ok(Repeat {
-        wall_s: wall.as_secs_f64(),
-        commit_s: recorded.transaction.as_secs_f64(),
+        wall_s: run.wall.as_secs_f64(),
+        commit_s: run.recorded.transaction.as_secs_f64(),
         graph_requests: scanner.counters().get(Api::Graph).requests,
         peak_rss_mib: peak_rss_mib(),
         metrics: latency(
@@ -200,22 +228,13 @@ pub async fn measure_one(settings: &Settings) -> anyhow::Result<Measured> {
     let app = crate::app::App::build(settings.clone()).await?;
     let store = app.store();
     let scanner = Scanner::new(settings)?;
-    let started = Instant::now();
-    let report = scanner
-        .run_as(
-            uuid::Uuid::new_v4().to_string(),
-            &settings.tenant_ids(),
-            Trigger::Cli,
-            Some(&store),
-        )
-        .await;
-    let wall = started.elapsed();
-    let scan_peak = peak_rss_mib();
-    let t = Instant::now();
-    let recorded = store
-        .record_scan(&report, settings.lifecycle.confirm_after)
-        .await?;
-    let record = t.elapsed();
+    let Run {
+        report,
+        wall,
+        scan_peak,
+        record,
+        recorded,
+    } = scan_and_record(&scanner, settings, &store).await?;
     let commit = recorded.transaction;
     let candidates: u64 = report.tenants.iter().map(|t| t.arm_checks).sum();
     let (complete, orphaned, identities) = (
