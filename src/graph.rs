@@ -192,8 +192,8 @@ impl GraphClient {
 
     /// Lists every managed-identity service principal of `tenant` into `sink`, page by page. Either the
     /// whole list or an error: a partial inventory is never reported complete. A principal may reach
-    /// the sink twice (paging under churn repeats items, G-PAGE; a restart re-reads pages): the sink
-    /// keeps one verdict per principal.
+    /// the sink twice (paging under churn repeats items, G-PAGE): the sink keeps one verdict per
+    /// principal. After an expired page token the sink is told to start over.
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]
     pub async fn fetch_managed_identities(
         &self,
@@ -221,12 +221,14 @@ impl GraphClient {
             let page: Page = match fetched {
                 Ok((page, _)) => page,
                 // A page token that expired: start over from the first page, as Graph asks (G-ERR), a
-                // bounded number of times. Principals already read stay; the sink merges repeats.
+                // bounded number of times. The sink forgets what it took: only a listing read to its
+                // end counts, so a principal deleted since the first pages is not audited.
                 Err(AzureError::Status { code, .. })
                     if code.eq_ignore_ascii_case("Directory_ExpiredPageToken")
                         && url != first
                         && inv.restarts < MAX_RESTARTS =>
                 {
+                    sink.restart().await.map_err(AzureError::Staging)?;
                     inv.restarts += 1;
                     tracing::info!(
                         restarts = inv.restarts,

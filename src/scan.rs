@@ -690,6 +690,13 @@ impl PageSink<ManagedIdentity> for Staging<'_> {
             .await
             .map_err(|e| e.to_string())
     }
+
+    async fn restart(&mut self) -> Result<(), String> {
+        self.store
+            .unstage_tenant(self.scan_id, self.tenant)
+            .await
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl PageSink<ArgHit> for Staging<'_> {

@@ -84,6 +84,12 @@ pub trait PageSink<T>: Send {
         &mut self,
         items: Vec<T>,
     ) -> impl std::future::Future<Output = Result<(), String>> + Send;
+
+    /// The listing starts over from its first page: forget every page taken so far, so that only the
+    /// listing that reaches its end counts (a principal deleted meanwhile must not be audited).
+    fn restart(&mut self) -> impl std::future::Future<Output = Result<(), String>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// A final HTTP answer: status, the headers we keep as evidence, the body.

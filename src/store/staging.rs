@@ -163,6 +163,16 @@ impl Store {
         Ok(n)
     }
 
+    /// Removes every staged identity of the tenant (its listing starts over).
+    pub async fn unstage_tenant(&self, scan_id: &str, tenant: &str) -> Result<(), StoreError> {
+        sqlx::query("delete from scan_items where scan_id = ? and tenant_id = ?")
+            .bind(scan_id)
+            .bind(tenant)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Removes staged identities by lower-case object id (Graph delta `@removed`).
     pub async fn unstage_identities(
         &self,
@@ -512,6 +522,52 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_restarted_listing_forgets_only_its_own_tenants_pages() {
+        let work = Store::open_work_in_memory().await.expect("work");
+        let mi = |t: &str, id: &str| {
+            ManagedIdentity::from_alternative_names(
+                t,
+                id.into(),
+                "app".into(),
+                "name".into(),
+                vec![
+                    "isExplicit=False".into(),
+                    format!(
+                        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{id}"
+                    ),
+                ],
+            )
+        };
+        work.stage_identities("s1", "t1", &[mi("t1", "a"), mi("t1", "b")])
+            .await
+            .expect("staged");
+        work.stage_identities("s1", "t2", &[mi("t2", "c")])
+            .await
+            .expect("staged");
+        work.unstage_tenant("s1", "t1").await.expect("restart");
+        work.stage_identities("s1", "t1", &[mi("t1", "a")])
+            .await
+            .expect("staged");
+        let keys = |t: &'static str| {
+            let work = work.clone();
+            async move {
+                work.staged_items("s1", t, "")
+                    .await
+                    .expect("items")
+                    .into_iter()
+                    .map(|(k, _, _)| k)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            keys("t1").await,
+            ["a"],
+            "b was only in the abandoned listing"
+        );
+        assert_eq!(keys("t2").await, ["c"]);
+    }
 
     #[tokio::test]
     async fn a_scans_working_file_lives_beside_the_store_and_goes_with_its_last_handle() {
