@@ -10,13 +10,14 @@
 //!   providers API (newest non-preview, cached per namespace), or from the list a
 //!   `NoRegisteredProviderFound` message gives (facts sheet §4). This is the authoritative answer.
 
-use crate::azure::http::{AzureHttp, Call, Handled, follow_link};
+use crate::azure::http::{AzureHttp, Call, Handled, follow_link, parse_count};
 use crate::azure::{Api, AzureError, PageSink, Reply};
 use crate::domain::{Answer, ResourceId, USER_ASSIGNED_IDENTITY_TYPE};
+use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 pub const SUBSCRIPTIONS_API_VERSION: &str = "2022-12-01";
@@ -205,21 +206,27 @@ struct Pacer {
 }
 
 impl Pacer {
+    /// Takes one answer's quota headers. A reset further away than `max_wait` is not believed (the pacer
+    /// then does not wait; a service that really throttles answers 429, and the transport decides).
     fn note(
         &mut self,
         now: Instant,
         throttled: bool,
         remaining: Option<i64>,
         resets: Option<Duration>,
+        max_wait: Duration,
     ) {
         if throttled {
             self.margin = Duration::from_secs(1);
         }
-        let (Some(r), Some(d)) = (remaining, resets) else {
+        let (Some(r), Some(d)) = (remaining, resets.filter(|d| *d <= max_wait)) else {
             self.not_before = None;
             return;
         };
-        let reset = now + d + self.margin;
+        let Some(reset) = now.checked_add(d + self.margin) else {
+            self.not_before = None;
+            return;
+        };
         let new_window = throttled || self.last_remaining.is_none_or(|last| r > last);
         self.window_reset = Some(match self.window_reset {
             Some(w) if !new_window => w.min(reset),
@@ -233,15 +240,19 @@ impl Pacer {
 /// Resource type (lower-case) -> api versions the providers API lists.
 type ProviderTypes = HashMap<String, Vec<String>>;
 
+/// One namespace's lookup: the first caller fetches, concurrent callers wait for its result (no lock is
+/// held across the network); `None` inside when discovery failed.
+type ProviderLookup = Arc<tokio::sync::OnceCell<Option<Arc<ProviderTypes>>>>;
+
 pub struct ArmClient {
     http: AzureHttp,
     /// Root such as `https://management.azure.com`.
     endpoint: String,
     pacer: Mutex<Pacer>,
-    /// Per namespace (lower-case): resource type (lower-case) -> api versions; `None` when discovery failed.
-    providers: tokio::sync::Mutex<HashMap<String, Option<ProviderTypes>>>,
+    /// Per namespace (lower-case). Failed lookups are forgotten when the next scan begins.
+    providers: Mutex<HashMap<String, ProviderLookup>>,
     /// api-versions learnt from `NoRegisteredProviderFound`, per `namespace/type` (lower-case).
-    learnt: Mutex<HashMap<String, String>>,
+    learnt: Mutex<HashMap<String, Vec<String>>>,
     /// ARM reads left per subscription, as last announced, and when.
     arm_quota: Mutex<HashMap<String, (i64, Instant)>>,
 }
@@ -262,11 +273,48 @@ pub struct Check {
 
 /// Newest stable version of a list, or the newest of any kind when none is stable.
 pub fn newest_stable(versions: &[String]) -> Option<String> {
-    let stable = versions
+    versions
         .iter()
-        .filter(|v| !v.to_ascii_lowercase().contains("preview"))
-        .max();
-    stable.or_else(|| versions.iter().max()).cloned()
+        .filter(|v| is_api_version(v) && !v.to_ascii_lowercase().contains("preview"))
+        .max()
+        .cloned()
+        .or_else(|| newest(versions))
+}
+
+/// Newest version of any kind, previews included: some resource types report `identity` only there.
+pub fn newest(versions: &[String]) -> Option<String> {
+    versions.iter().filter(|v| is_api_version(v)).max().cloned()
+}
+
+/// `yyyy-mm-dd` with an optional `-suffix` (`-preview`, `-beta`, ...): anything else from a providers
+/// list or an error message is not put into a URL.
+fn is_api_version(v: &str) -> bool {
+    let b = v.as_bytes();
+    v.len() <= 40
+        && b.len() >= 10
+        && b[..10].iter().enumerate().all(|(i, c)| {
+            if i == 4 || i == 7 {
+                *c == b'-'
+            } else {
+                c.is_ascii_digit()
+            }
+        })
+        && (b.len() == 10
+            || (b[10] == b'-'
+                && b[11..]
+                    .iter()
+                    .all(|c| c.is_ascii_alphanumeric() || *c == b'-')))
+}
+
+/// Whether a 2xx body is ARM's representation of the resource asked for: a JSON object whose `id` is
+/// the requested id (case-insensitively; a trailing `/` ignored). A gateway's `{}`, a collection
+/// (`{"value": [...]}`), another resource's body or a redirect that landed elsewhere is not.
+fn is_the_resource(body: &Value, resource: &ResourceId) -> bool {
+    body.get("id").and_then(Value::as_str).is_some_and(|id| {
+        id.trim()
+            .trim_end_matches('/')
+            .eq_ignore_ascii_case(resource.as_str())
+    })
 }
 
 /// The versions an ARM 400 lists: "... The supported api-versions are '2015-01-01-preview, ...,
@@ -296,7 +344,7 @@ impl ArmClient {
             http,
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             pacer: Mutex::new(Pacer::default()),
-            providers: tokio::sync::Mutex::new(HashMap::new()),
+            providers: Mutex::new(HashMap::new()),
             learnt: Mutex::new(HashMap::new()),
             arm_quota: Mutex::new(HashMap::new()),
         }
@@ -331,7 +379,7 @@ impl ArmClient {
             }
             match page.next_link {
                 Some(next) if !next.is_empty() => {
-                    url = follow_link(&self.endpoint, &next).ok_or(AzureError::ForeignLink {
+                    url = follow_link(&url, &next).ok_or(AzureError::ForeignLink {
                         api: Api::Arm,
                         link: next,
                     })?;
@@ -342,9 +390,17 @@ impl ArmClient {
         Ok(out)
     }
 
+    /// A new scan begins: lookups that failed in an earlier scan are tried again (successful ones stay
+    /// cached for the client's life; a provider's versions change rarely).
+    pub fn begin_scan(&self) {
+        self.providers
+            .lock()
+            .retain(|_, lookup| !matches!(lookup.get(), Some(None)));
+    }
+
     async fn pace(&self) {
         let wait = {
-            let p = self.pacer.lock().expect("pacer lock");
+            let p = self.pacer.lock();
             p.not_before
                 .map(|t| t.saturating_duration_since(Instant::now()))
         };
@@ -357,15 +413,16 @@ impl ArmClient {
     fn note_quota(&self, reply: &Reply) {
         let remaining = reply
             .header("x-ms-user-quota-remaining")
-            .and_then(|v| v.trim().parse::<i64>().ok());
+            .and_then(parse_count);
         let resets = reply
             .header("x-ms-user-quota-resets-after")
             .and_then(crate::azure::http::parse_hms);
-        self.pacer.lock().expect("pacer lock").note(
+        self.pacer.lock().note(
             Instant::now(),
             reply.status == 429,
             remaining,
             resets,
+            self.http.policy().max_server_wait,
         );
     }
 
@@ -464,30 +521,40 @@ impl ArmClient {
     }
 
     /// Resource types and their api versions for `namespace`, from the subscription-level providers API
-    /// (falling back to the tenant-level one, RES-SPEC `GetNamedProviderAtTenant.json`). Cached.
+    /// (falling back to the tenant-level one, RES-SPEC `GetNamedProviderAtTenant.json`). Cached; one
+    /// request however many checks ask at once.
     async fn provider_versions(
         &self,
         tenant: &str,
         namespace: &str,
         subscription: Option<&str>,
-    ) -> Option<ProviderTypes> {
-        let key = namespace.to_ascii_lowercase();
-        let mut cache = self.providers.lock().await;
-        if let Some(v) = cache.get(&key) {
-            return v.clone();
-        }
+    ) -> Option<Arc<ProviderTypes>> {
+        let lookup = self
+            .providers
+            .lock()
+            .entry(namespace.to_ascii_lowercase())
+            .or_default()
+            .clone();
+        lookup
+            .get_or_init(|| self.lookup_provider(tenant, namespace, subscription))
+            .await
+            .clone()
+    }
+
+    async fn lookup_provider(
+        &self,
+        tenant: &str,
+        namespace: &str,
+        subscription: Option<&str>,
+    ) -> Option<Arc<ProviderTypes>> {
         let mut urls = Vec::new();
         if let Some(s) = subscription {
-            urls.push(format!(
-                "{}/subscriptions/{s}/providers/{namespace}?api-version={PROVIDERS_API_VERSION}",
-                self.endpoint
+            urls.extend(self.url(
+                &["subscriptions", s, "providers", namespace],
+                PROVIDERS_API_VERSION,
             ));
         }
-        urls.push(format!(
-            "{}/providers/{namespace}?api-version={PROVIDERS_API_VERSION}",
-            self.endpoint
-        ));
-        let mut found = None;
+        urls.extend(self.url(&["providers", namespace], PROVIDERS_API_VERSION));
         for url in &urls {
             let call = Call::get(Api::Arm, tenant, url);
             match self
@@ -496,35 +563,37 @@ impl ArmClient {
                 .await
             {
                 Ok((p, _)) => {
-                    found = Some(
+                    return Some(Arc::new(
                         p.resource_types
                             .into_iter()
                             .map(|t| (t.resource_type.to_ascii_lowercase(), t.api_versions))
                             .collect(),
-                    );
-                    break;
+                    ));
                 }
                 Err(e) => {
                     tracing::debug!(namespace, error = %e, "provider lookup failed");
                 }
             }
         }
-        cache.insert(key, found.clone());
-        found
+        None
     }
 
-    async fn api_version(
+    fn type_key(resource: &ResourceId) -> String {
+        format!(
+            "{}/{}",
+            resource.namespace().to_ascii_lowercase(),
+            resource.type_path().to_ascii_lowercase()
+        )
+    }
+
+    /// Every api-version known for the resource's type: learnt from a refusal, or listed by its provider.
+    async fn api_versions(
         &self,
         tenant: &str,
         resource: &ResourceId,
         provider_subscription: Option<&str>,
-    ) -> Result<String, String> {
-        let type_key = format!(
-            "{}/{}",
-            resource.namespace().to_ascii_lowercase(),
-            resource.type_path().to_ascii_lowercase()
-        );
-        if let Some(v) = self.learnt.lock().expect("learnt lock").get(&type_key) {
+    ) -> Result<Vec<String>, String> {
+        if let Some(v) = self.learnt.lock().get(&Self::type_key(resource)) {
             return Ok(v.clone());
         }
         let types = self
@@ -538,7 +607,8 @@ impl ArmClient {
             })?;
         types
             .get(&resource.type_path().to_ascii_lowercase())
-            .and_then(|v| newest_stable(v))
+            .filter(|v| newest_stable(v).is_some())
+            .cloned()
             .ok_or_else(|| {
                 format!(
                     "provider {} does not list type {}",
@@ -548,12 +618,17 @@ impl ArmClient {
             })
     }
 
-    fn resource_url(&self, resource: &ResourceId, api_version: &str) -> Option<String> {
+    /// `{endpoint}/{segments...}?api-version=...`, each segment percent-encoded by the URL library (never
+    /// spliced into a string), so no segment can add a path level, a query or a fragment.
+    fn url(&self, segments: &[&str], api_version: &str) -> Option<String> {
         let mut u = url::Url::parse(&self.endpoint).ok()?;
         {
             let mut segs = u.path_segments_mut().ok()?;
             segs.pop_if_empty();
-            for s in resource.as_str().trim_matches('/').split('/') {
+            for s in segments {
+                if s.is_empty() || *s == "." || *s == ".." {
+                    return None;
+                }
                 segs.push(s);
             }
         }
@@ -561,15 +636,27 @@ impl ArmClient {
         Some(u.into())
     }
 
+    fn resource_url(&self, resource: &ResourceId, api_version: &str) -> Option<String> {
+        let segments: Vec<&str> = resource
+            .as_str()
+            .trim_start_matches('/')
+            .split('/')
+            .collect();
+        self.url(&segments, api_version)
+    }
+
     /// Waits until the subscription's read bucket, as last announced and refilled since, holds more than
-    /// the reserve: pacing instead of bouncing off 429s.
+    /// the reserve: pacing instead of bouncing off 429s. Never longer than the reserve takes to refill.
     async fn pace_arm(&self, key: &str) {
         let wait = {
-            let q = self.arm_quota.lock().expect("quota lock");
+            let q = self.arm_quota.lock();
             q.get(key).and_then(|(remaining, at)| {
-                let estimate = *remaining as f64 + at.elapsed().as_secs_f64() * ARM_REFILL_PER_S;
+                let estimate =
+                    (*remaining).max(0) as f64 + at.elapsed().as_secs_f64() * ARM_REFILL_PER_S;
                 (estimate < ARM_RESERVE).then(|| {
-                    std::time::Duration::from_secs_f64((ARM_RESERVE - estimate) / ARM_REFILL_PER_S)
+                    Duration::from_secs_f64(
+                        ((ARM_RESERVE - estimate) / ARM_REFILL_PER_S).clamp(0.0, 1.0),
+                    )
                 })
             })
         };
@@ -586,17 +673,96 @@ impl ArmClient {
     fn note_arm_quota(&self, key: &str, reply: &Reply) {
         if let Some(r) = reply
             .header("x-ms-ratelimit-remaining-subscription-reads")
-            .and_then(|v| v.trim().parse::<i64>().ok())
+            .and_then(parse_count)
         {
             self.arm_quota
                 .lock()
-                .expect("quota lock")
                 .insert(key.to_owned(), (r, Instant::now()));
         }
     }
 
+    /// One ARM GET of the resource with `version`, reduced to an [`Answer`]. A 2xx counts only when it
+    /// is the resource (its `id`); anything else is retried, then a failed check.
+    async fn read_resource(&self, tenant: &str, resource: &ResourceId, version: &str) -> Check {
+        let mut check = Check {
+            answer: Answer::NotChecked,
+            request_id: None,
+            correlation_request_id: None,
+            checked_at: chrono::Utc::now(),
+        };
+        let Some(url) = self.resource_url(resource, version) else {
+            check.answer = Answer::Failed {
+                what: "resource id does not form a URL".into(),
+            };
+            return check;
+        };
+        let call = Call::get(Api::Arm, tenant, &url);
+        let quota_key = resource
+            .subscription_id()
+            .map_or_else(|| "tenant".to_owned(), str::to_ascii_lowercase);
+        self.pace_arm(&quota_key).await;
+        let is_uami = resource.is_user_assigned_identity();
+        let res = self
+            .http
+            .execute(&call, |reply| {
+                self.note_arm_quota(&quota_key, &reply);
+                if reply.is_success() {
+                    match serde_json::from_slice::<Value>(&reply.body) {
+                        Ok(v) if is_the_resource(&v, resource) => {
+                            let field = if is_uami {
+                                v.get("properties").and_then(|p| p.get("principalId"))
+                            } else {
+                                v.get("identity").and_then(|p| p.get("principalId"))
+                            };
+                            Handled::Done((
+                                Answer::Present {
+                                    principal_id: non_empty(field),
+                                    latest_version: false,
+                                },
+                                reply,
+                            ))
+                        }
+                        Ok(_) => Handled::Retry(format!(
+                            "ARM answered {} with a body that is not the resource (no matching id)",
+                            reply.status
+                        )),
+                        Err(e) => Handled::Retry(format!("resource body does not decode: {e}")),
+                    }
+                } else {
+                    let (code, message) = reply.error_body().unzip();
+                    Handled::Done((
+                        Answer::Error {
+                            status: reply.status,
+                            code,
+                            message,
+                        },
+                        reply,
+                    ))
+                }
+            })
+            .await;
+        check.checked_at = chrono::Utc::now();
+        match res {
+            Err(e) => {
+                check.answer = Answer::Failed {
+                    what: e.to_string(),
+                };
+            }
+            Ok((answer, reply)) => {
+                check.answer = answer;
+                check.request_id = reply.arm_request_id();
+                check.correlation_request_id = reply.correlation_request_id();
+            }
+        }
+        check
+    }
+
     /// ARM GET of one resource: the authoritative answer. Never an error: failures become
     /// [`Answer::Failed`], which the judge turns into *unknown*.
+    ///
+    /// Read with the newest stable api-version of the type. When the resource is there but shows no
+    /// principal for this identity, it is read again with the newest version of any kind (previews
+    /// included): older versions of some types do not report `identity` at all.
     #[tracing::instrument(skip_all, fields(tenant = %tenant, resource = %resource))]
     pub async fn check_resource(
         &self,
@@ -604,120 +770,73 @@ impl ArmClient {
         resource: &ResourceId,
         provider_subscription: Option<&str>,
     ) -> Check {
-        let mut check = Check {
-            answer: Answer::NotChecked,
-            request_id: None,
-            correlation_request_id: None,
-            checked_at: chrono::Utc::now(),
-        };
-        // Without a discovered version, ask with one no provider can accept: ARM's refusal lists the
+        // Without discovered versions, ask with one no provider can accept: ARM's refusal lists the
         // versions it takes (NoRegisteredProviderFound / UnsupportedApiVersionValue), and the answer to
         // the probe itself is never taken as evidence.
-        let (mut version, mut probing, discovery_error) = match self
-            .api_version(tenant, resource, provider_subscription)
+        let (mut versions, mut probing, discovery_error) = match self
+            .api_versions(tenant, resource, provider_subscription)
             .await
         {
             Ok(v) => (v, false, None),
-            Err(e) => (PROBE_API_VERSION.to_owned(), true, Some(e)),
+            Err(e) => (vec![PROBE_API_VERSION.to_owned()], true, Some(e)),
         };
-        let is_uami = resource.is_user_assigned_identity();
-        for _ in 0..2 {
-            let Some(url) = self.resource_url(resource, &version) else {
-                check.answer = Answer::Failed {
-                    what: "resource id does not form a URL".into(),
-                };
-                return check;
-            };
-            let call = Call::get(Api::Arm, tenant, &url);
-            let quota_key = resource
-                .subscription_id()
-                .map_or_else(|| "tenant".to_owned(), str::to_ascii_lowercase);
-            self.pace_arm(&quota_key).await;
-            let res = self
-                .http
-                .execute(&call, |reply| {
-                    self.note_arm_quota(&quota_key, &reply);
-                    if reply.is_success() {
-                        match serde_json::from_slice::<Value>(&reply.body) {
-                            Ok(v) if v.is_object() => {
-                                let field = if is_uami {
-                                    v.get("properties").and_then(|p| p.get("principalId"))
-                                } else {
-                                    v.get("identity").and_then(|p| p.get("principalId"))
-                                };
-                                Handled::Done((
-                                    Answer::Present {
-                                        principal_id: non_empty(field),
-                                    },
-                                    reply,
-                                ))
-                            }
-                            Ok(_) => Handled::Retry("resource body is not a JSON object".into()),
-                            Err(e) => Handled::Retry(format!("resource body does not decode: {e}")),
-                        }
-                    } else {
-                        let (code, message) = reply.error_body().unzip();
-                        Handled::Done((
-                            Answer::Error {
-                                status: reply.status,
-                                code,
-                                message,
-                            },
-                            reply,
-                        ))
-                    }
-                })
-                .await;
-            check.checked_at = chrono::Utc::now();
-            match res {
-                Err(e) => {
-                    check.answer = Answer::Failed {
-                        what: e.to_string(),
-                    };
-                    return check;
-                }
-                Ok((answer, reply)) => {
-                    check.request_id = reply.request_id();
-                    check.correlation_request_id = reply.correlation_request_id();
-                    // A version the RP does not take: use one its message lists, once.
-                    if let Answer::Error {
-                        status: 400,
-                        code: Some(code),
-                        message: Some(message),
-                    } = &answer
-                        && (code.eq_ignore_ascii_case("NoRegisteredProviderFound")
-                            || code.eq_ignore_ascii_case("InvalidApiVersionParameter")
-                            || code.eq_ignore_ascii_case("UnsupportedApiVersionValue"))
-                        && let Some(v) = newest_stable(&versions_in_message(message))
-                        && v != version
-                    {
-                        self.learnt.lock().expect("learnt lock").insert(
-                            format!(
-                                "{}/{}",
-                                resource.namespace().to_ascii_lowercase(),
-                                resource.type_path().to_ascii_lowercase()
-                            ),
-                            v.clone(),
-                        );
-                        version = v;
-                        probing = false;
-                        continue;
-                    }
-                    if probing {
-                        check.answer = Answer::Failed {
-                            what: format!(
-                                "{}; ARM's answer to a probe did not list supported versions",
-                                discovery_error.unwrap_or_default()
-                            ),
-                        };
-                        return check;
-                    }
-                    check.answer = answer;
-                    return check;
+        let mut learnt_once = false;
+        loop {
+            let version = newest_stable(&versions).unwrap_or_else(|| PROBE_API_VERSION.to_owned());
+            let mut check = self.read_resource(tenant, resource, &version).await;
+            // A version the RP does not take: use the ones its message lists, once.
+            if let Answer::Error {
+                status: 400,
+                code: Some(code),
+                message: Some(message),
+            } = &check.answer
+                && !learnt_once
+                && (code.eq_ignore_ascii_case("NoRegisteredProviderFound")
+                    || code.eq_ignore_ascii_case("InvalidApiVersionParameter")
+                    || code.eq_ignore_ascii_case("UnsupportedApiVersionValue"))
+            {
+                let listed = versions_in_message(message);
+                if newest_stable(&listed).is_some_and(|v| v != version) {
+                    self.learnt
+                        .lock()
+                        .insert(Self::type_key(resource), listed.clone());
+                    versions = listed;
+                    probing = false;
+                    learnt_once = true;
+                    continue;
                 }
             }
+            if probing {
+                check.answer = Answer::Failed {
+                    what: format!(
+                        "{}; ARM's answer to a probe did not list supported versions",
+                        discovery_error.unwrap_or_default()
+                    ),
+                };
+                return check;
+            }
+            let latest = newest(&versions).unwrap_or_else(|| version.clone());
+            match &mut check.answer {
+                Answer::Present {
+                    principal_id: None,
+                    latest_version,
+                } if latest == version => *latest_version = true,
+                Answer::Present {
+                    principal_id: None, ..
+                } => {
+                    // Confirm the absence with the newest version; if that read gives no answer about the
+                    // resource, the first one stands, marked as not read with the newest version.
+                    let mut again = self.read_resource(tenant, resource, &latest).await;
+                    if let Answer::Present { latest_version, .. } = &mut again.answer {
+                        *latest_version = true;
+                        return again;
+                    }
+                    tracing::debug!(resource = %resource, "re-read with the newest api-version gave no answer about the resource");
+                }
+                _ => {}
+            }
+            return check;
         }
-        check
     }
 }
 
@@ -727,28 +846,29 @@ mod tests {
 
     #[test]
     fn pacer_waits_for_the_earliest_reset_its_window_implies() {
+        const MAX: Duration = Duration::from_secs(300);
         let t0 = Instant::now();
         let s = Duration::from_secs;
         let ms = Duration::from_millis;
         let mut p = Pacer::default();
         // First answer of a window at t0+40ms: 5 s left (rounded up), so the reset is at most t0+5.04.
-        p.note(t0 + ms(40), false, Some(14), Some(s(5)));
+        p.note(t0 + ms(40), false, Some(14), Some(s(5)), MAX);
         assert_eq!(p.not_before, None, "quota left: no wait");
         // Later answers still say 5 s (rounded up from 4.4): they imply a later instant, not kept.
-        p.note(t0 + ms(600), false, Some(0), Some(s(5)));
+        p.note(t0 + ms(600), false, Some(0), Some(s(5)), MAX);
         assert_eq!(p.not_before, Some(t0 + ms(5040)));
         // A new window (remaining rises) starts a new estimate.
-        p.note(t0 + ms(5100), false, Some(14), Some(s(5)));
-        p.note(t0 + ms(5600), false, Some(0), Some(s(4)));
+        p.note(t0 + ms(5100), false, Some(14), Some(s(5)), MAX);
+        p.note(t0 + ms(5600), false, Some(0), Some(s(4)), MAX);
         assert_eq!(p.not_before, Some(t0 + ms(9600)));
         // Throttled anyway (the service truncates): a second is added from then on.
-        p.note(t0 + ms(9600), true, Some(0), Some(s(1)));
+        p.note(t0 + ms(9600), true, Some(0), Some(s(1)), MAX);
         assert_eq!(p.not_before, Some(t0 + ms(11_600)));
-        p.note(t0 + ms(11_700), false, Some(14), Some(s(5)));
-        p.note(t0 + ms(12_000), false, Some(0), Some(s(4)));
+        p.note(t0 + ms(11_700), false, Some(14), Some(s(5)), MAX);
+        p.note(t0 + ms(12_000), false, Some(0), Some(s(4)), MAX);
         assert_eq!(p.not_before, Some(t0 + ms(17_000)));
         // Without the headers there is nothing to pace by.
-        p.note(t0 + ms(12_100), false, None, None);
+        p.note(t0 + ms(12_100), false, None, None, MAX);
         assert_eq!(p.not_before, None);
     }
 

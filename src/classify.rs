@@ -3,33 +3,31 @@
 //! answer; anything else is *unknown*, never *orphaned* and never silently *healthy*.
 
 use crate::domain::{
-    Answer, Evidence, EvidenceSource, Judgement, ManagedIdentity, Reason, Verdict,
+    Answer, Evidence, EvidenceSource, GraphRow, Judgement, ManagedIdentity, Reason, Verdict,
 };
 
-/// 404 codes that say nothing about the resource itself (ARCHITECTURE.md verdict rules).
-const NOT_ABOUT_THE_RESOURCE: &[&str] = &[
-    "SubscriptionNotFound",
-    "InvalidResourceType",
-    "NoRegisteredProviderFound",
-    "MissingSubscriptionRegistration",
-    "InvalidApiVersionParameter",
-    "TenantNotFound",
-    // A management group we cannot find may simply be one we cannot see.
-    "ManagementGroupNotFound",
+/// ARM 404 codes that prove "this resource, its group or its parent is gone" (ARCHITECTURE.md, verdict
+/// rules). An allowlist: any other 404 code (`SubscriptionNotFound`, `InvalidResourceType`,
+/// `InvalidResourceNamespace`, `NoRegisteredProviderFound`, a location, api-version or principal that is
+/// not found, a management group we may simply not see, ...) says nothing about the resource.
+/// - `ResourceNotFound`: ARM itself (ARM-ERR `error-not-found.md`; facts sheet §4, error catalogue).
+/// - `NotFound`: resource providers' own code for a missing resource, e.g. "Cannot find ServerFarm with
+///   name ..." (ARM-ERR; CLI captures in the facts sheet §4).
+/// - `ParentResourceNotFound`: the parent of a nested resource (a slot's site) is gone (ARM-ERR, "Parent
+///   resource not found").
+/// - `PolicyAssignmentNotFound`: Microsoft.Authorization for a missing policy assignment (Azure
+///   PowerShell's `Get-AzPolicyAssignment` tests expect it for a name that is not assigned).
+///
+/// `ResourceGroupNotFound` proves it too and has a reason of its own.
+const GONE: &[&str] = &[
+    "ResourceNotFound",
+    "NotFound",
+    "ParentResourceNotFound",
+    "PolicyAssignmentNotFound",
 ];
 
-/// Does an ARM 404 with this `error.code` prove the resource is gone? ARM answers `ResourceNotFound` /
-/// `ResourceGroupNotFound`; resource providers use their own not-found codes for a GET of a missing
-/// resource (`NotFound`, `ParentResourceNotFound`, `PolicyAssignmentNotFound`, ...), ARM-ERR
-/// `error-not-found.md` and captures in the facts sheet §4.
-fn is_resource_not_found(code: &str) -> bool {
-    code.len() >= "NotFound".len()
-        && code
-            .get(code.len() - "NotFound".len()..)
-            .is_some_and(|s| s.eq_ignore_ascii_case("NotFound"))
-        && !NOT_ABOUT_THE_RESOURCE
-            .iter()
-            .any(|c| c.eq_ignore_ascii_case(code))
+fn is_resource_gone(code: &str) -> bool {
+    GONE.iter().any(|c| c.eq_ignore_ascii_case(code))
 }
 
 /// The tenant that ARM says the subscription belongs to, from a 401 `InvalidAuthenticationTokenTenant`:
@@ -49,6 +47,50 @@ fn judgement(verdict: Verdict, reason: Reason, detail: String) -> Judgement {
         verdict,
         reason,
         detail,
+    }
+}
+
+/// ARM's body for the resource shows no principal for this kind of identity. That is what an identity
+/// switched off looks like, and also what an api-version that predates identities on the type returns.
+/// It is proof only when the body was read with the newest api-version the provider lists (previews
+/// included) and Resource Graph, a second witness, lists the resource without this principal.
+fn absent_identity(
+    identity: &ManagedIdentity,
+    latest_version: bool,
+    resource_graph: Option<&GraphRow>,
+) -> Judgement {
+    use Reason::*;
+    use Verdict::*;
+    if !latest_version {
+        return judgement(
+            Unknown,
+            IdentityUnconfirmed,
+            "ARM shows the resource without this identity, but not with the newest api-version of its type, which may be the only one that reports identities".into(),
+        );
+    }
+    match resource_graph {
+        Some(row)
+            if !row
+                .principal_id
+                .as_deref()
+                .is_some_and(|p| p.eq_ignore_ascii_case(&identity.object_id)) =>
+        {
+            judgement(
+                Orphaned,
+                PrincipalMismatch,
+                "the resource exists but carries no such identity any more (identity switched off or detached); ARM and Resource Graph agree".into(),
+            )
+        }
+        Some(_) => judgement(
+            Unknown,
+            IdentityUnconfirmed,
+            "ARM shows the resource without this identity while Resource Graph shows it carrying it".into(),
+        ),
+        None => judgement(
+            Unknown,
+            IdentityUnconfirmed,
+            "ARM shows the resource without this identity, and Resource Graph has no row to confirm it".into(),
+        ),
     }
 }
 
@@ -80,7 +122,10 @@ pub fn judge(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
             CheckFailed,
             format!("the check of the resource did not complete: {what}"),
         ),
-        Answer::Present { principal_id } => {
+        Answer::Present {
+            principal_id,
+            latest_version,
+        } => {
             let carries = principal_id
                 .as_deref()
                 .is_some_and(|p| p.eq_ignore_ascii_case(&identity.object_id));
@@ -97,14 +142,18 @@ pub fn judge(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
                     CheckFailed,
                     "Resource Graph shows another principal and ARM was not asked".into(),
                 )
-            } else {
-                let detail = match principal_id {
-                    Some(p) => format!(
+            } else if let Some(p) = principal_id {
+                // ARM's own body for this very resource names another principal: recreated, or its
+                // identity replaced. No api-version reports a principal that is not there.
+                judgement(
+                    Orphaned,
+                    PrincipalMismatch,
+                    format!(
                         "the resource exists but now carries principal {p}: it was recreated or its identity replaced"
                     ),
-                    None => "the resource exists but carries no such identity any more (identity switched off or detached)".into(),
-                };
-                judgement(Orphaned, PrincipalMismatch, detail)
+                )
+            } else {
+                absent_identity(identity, *latest_version, evidence.resource_graph.as_ref())
             }
         }
         Answer::Error {
@@ -112,13 +161,22 @@ pub fn judge(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
             code,
             message,
         } => {
+            if evidence.source != EvidenceSource::Arm {
+                return judgement(
+                    Unknown,
+                    CheckFailed,
+                    format!("an error answer ({status}) that is not ARM's GET of the resource"),
+                );
+            }
             let code_str = code.as_deref().unwrap_or("");
             if *status == 401 && code_str.eq_ignore_ascii_case("InvalidAuthenticationTokenTenant") {
                 let other = message
                     .as_deref()
                     .and_then(tenant_named_by_wrong_tenant_error);
+                // Only for a subscription these credentials do not list: a subscription that is listed
+                // belongs to this tenant, whatever an answer claims.
                 return match other {
-                    Some(t) if !t.eq_ignore_ascii_case(&identity.tenant_id) => judgement(
+                    Some(t) if invisible && !t.eq_ignore_ascii_case(&identity.tenant_id) => judgement(
                         Orphaned,
                         SubscriptionTransferred,
                         format!(
@@ -128,7 +186,7 @@ pub fn judge(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
                     _ => judgement(
                         Unknown,
                         CheckFailed,
-                        "ARM rejected the token's tenant without naming another tenant".into(),
+                        "ARM rejected the token's tenant without naming another tenant for a subscription these credentials cannot list".into(),
                     ),
                 };
             }
@@ -144,7 +202,25 @@ pub fn judge(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
                     ),
                 );
             }
+            // A 404 proves absence only when it is ARM's (an error body with a code, and ARM's request id:
+            // a proxy, a gateway or a stray path sends neither) and its code is about the resource.
+            let from_arm = evidence
+                .request_id
+                .as_deref()
+                .is_some_and(|r| !r.trim().is_empty());
             match *status {
+                404 if code.is_none() || !from_arm => judgement(
+                    Unknown,
+                    CheckFailed,
+                    format!(
+                        "a 404 {} is not ARM's answer about the resource (a proxy or a wrong path?)",
+                        if code.is_none() {
+                            "without an ARM error body"
+                        } else {
+                            "without ARM's x-ms-request-id"
+                        }
+                    ),
+                ),
                 404 if code_str.eq_ignore_ascii_case("ResourceGroupNotFound") => judgement(
                     Orphaned,
                     ResourceGroupNotFound,
@@ -158,10 +234,17 @@ pub fn judge(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
                     SubscriptionNotAccessible,
                     format!("ARM does not find subscription {sub}"),
                 ),
-                404 if is_resource_not_found(code_str) => judgement(
+                404 if is_resource_gone(code_str) => judgement(
                     Orphaned,
                     ResourceNotFound,
                     format!("ARM answers 404 {code_str}: the resource no longer exists"),
+                ),
+                300..=399 => judgement(
+                    Unknown,
+                    CheckFailed,
+                    format!(
+                        "ARM answered with a redirect (HTTP {status}), which is never followed"
+                    ),
                 ),
                 403 if visibility_unknown => judgement(
                     Unknown,
@@ -226,15 +309,36 @@ mod tests {
         }
     }
 
+    /// An ARM error answer as ARM sends it: error body and `x-ms-request-id`.
     fn arm_error(status: u16, code: &str) -> Evidence {
-        ev(
-            EvidenceSource::Arm,
-            Answer::Error {
-                status,
-                code: Some(code.into()),
-                message: Some("m".into()),
-            },
-        )
+        Evidence {
+            request_id: Some("6f8a2b1c-0000-0000-0000-000000000001".into()),
+            ..ev(
+                EvidenceSource::Arm,
+                Answer::Error {
+                    status,
+                    code: Some(code.into()),
+                    message: Some("m".into()),
+                },
+            )
+        }
+    }
+
+    fn present(principal_id: Option<&str>, latest_version: bool) -> Answer {
+        Answer::Present {
+            principal_id: principal_id.map(str::to_owned),
+            latest_version,
+        }
+    }
+
+    /// ARM's answer with Resource Graph's row beside it.
+    fn arm_present(principal: Option<&str>, latest: bool, row: Option<Option<&str>>) -> Evidence {
+        Evidence {
+            resource_graph: row.map(|p| GraphRow {
+                principal_id: p.map(str::to_owned),
+            }),
+            ..ev(EvidenceSource::Arm, present(principal, latest))
+        }
     }
 
     fn verdict(i: &ManagedIdentity, e: &Evidence) -> (Verdict, Reason) {
@@ -245,12 +349,7 @@ mod tests {
     #[test]
     fn present_with_same_principal_is_healthy_whatever_the_casing() {
         for source in [EvidenceSource::Arm, EvidenceSource::ResourceGraph] {
-            let e = ev(
-                source,
-                Answer::Present {
-                    principal_id: Some(OID.to_uppercase()),
-                },
-            );
+            let e = ev(source, present(Some(&OID.to_uppercase()), false));
             assert_eq!(
                 verdict(&vm(), &e),
                 (Verdict::Healthy, Reason::ResourcePresent)
@@ -259,12 +358,9 @@ mod tests {
     }
 
     #[test]
-    fn arm_mismatch_or_missing_identity_is_principal_mismatch() {
-        for p in [
-            Some("22222222-2222-2222-2222-222222222222".to_owned()),
-            None,
-        ] {
-            let e = ev(EvidenceSource::Arm, Answer::Present { principal_id: p });
+    fn arm_naming_another_principal_is_principal_mismatch_with_any_api_version() {
+        for latest in [false, true] {
+            let e = arm_present(Some("22222222-2222-2222-2222-222222222222"), latest, None);
             assert_eq!(
                 verdict(&vm(), &e),
                 (Verdict::Orphaned, Reason::PrincipalMismatch)
@@ -273,11 +369,37 @@ mod tests {
     }
 
     #[test]
+    fn an_absent_identity_needs_the_newest_api_version_and_resource_graph_to_agree() {
+        const OTHER: &str = "22222222-2222-2222-2222-222222222222";
+        // Both witnesses: the newest api-version shows none, Resource Graph lists the resource without it.
+        for row in [None, Some(OTHER)] {
+            assert_eq!(
+                verdict(&vm(), &arm_present(None, true, Some(row))),
+                (Verdict::Orphaned, Reason::PrincipalMismatch),
+                "{row:?}"
+            );
+        }
+        // An older api-version may simply not report identities.
+        for row in [None, Some(None), Some(Some(OTHER))] {
+            assert_eq!(
+                verdict(&vm(), &arm_present(None, false, row)),
+                (Verdict::Unknown, Reason::IdentityUnconfirmed),
+                "{row:?}"
+            );
+        }
+        // No second witness, or one that contradicts ARM.
+        for row in [None, Some(Some(OID))] {
+            assert_eq!(
+                verdict(&vm(), &arm_present(None, true, row)),
+                (Verdict::Unknown, Reason::IdentityUnconfirmed),
+                "{row:?}"
+            );
+        }
+    }
+
+    #[test]
     fn resource_graph_mismatch_is_never_an_orphan() {
-        let e = ev(
-            EvidenceSource::ResourceGraph,
-            Answer::Present { principal_id: None },
-        );
+        let e = ev(EvidenceSource::ResourceGraph, present(None, true));
         assert_eq!(verdict(&vm(), &e).0, Verdict::Unknown);
     }
 
@@ -310,8 +432,17 @@ mod tests {
         );
         for code in [
             "InvalidResourceType",
+            "InvalidResourceNamespace",
             "NoRegisteredProviderFound",
             "ManagementGroupNotFound",
+            "TenantNotFound",
+            "LocationNotFound",
+            "ApiVersionNotFound",
+            "PrincipalNotFound",
+            "RoleAssignmentNotFound",
+            "DeploymentNotFound",
+            "WhateverNotFound",
+            "",
         ] {
             assert_eq!(
                 verdict(&vm(), &arm_error(404, code)),
@@ -319,18 +450,47 @@ mod tests {
                 "{code}"
             );
         }
-        let no_body = ev(
-            EvidenceSource::Arm,
-            Answer::Error {
-                status: 404,
-                code: None,
-                message: None,
-            },
-        );
+        let no_body = Evidence {
+            request_id: Some("r".into()),
+            ..ev(
+                EvidenceSource::Arm,
+                Answer::Error {
+                    status: 404,
+                    code: None,
+                    message: None,
+                },
+            )
+        };
         assert_eq!(
             verdict(&vm(), &no_body),
             (Verdict::Unknown, Reason::CheckFailed)
         );
+    }
+
+    #[test]
+    fn a_404_without_arms_request_id_proves_nothing() {
+        for code in ["ResourceNotFound", "ResourceGroupNotFound", "NotFound"] {
+            for rid in [None, Some(""), Some("  ")] {
+                let mut e = arm_error(404, code);
+                e.request_id = rid.map(str::to_owned);
+                assert_eq!(
+                    verdict(&vm(), &e),
+                    (Verdict::Unknown, Reason::CheckFailed),
+                    "{code} {rid:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn redirects_are_never_an_answer() {
+        for status in [301, 302, 303, 307, 308] {
+            assert_eq!(
+                verdict(&vm(), &arm_error(status, "ResourceNotFound")),
+                (Verdict::Unknown, Reason::CheckFailed),
+                "{status}"
+            );
+        }
     }
 
     #[test]
@@ -386,8 +546,15 @@ mod tests {
             verdict(&vm(), &e),
             (Verdict::Orphaned, Reason::SubscriptionTransferred)
         );
-        // Naming our own tenant proves nothing.
-        assert_eq!(verdict(&vm(), &wrong_tenant(TENANT)).0, Verdict::Unknown);
+        // Naming our own tenant proves nothing, nor does a claim about a subscription we do list.
+        let mut own = wrong_tenant(TENANT);
+        own.subscription_visible = Some(false);
+        assert_eq!(verdict(&vm(), &own).0, Verdict::Unknown);
+        for visible in [Some(true), None] {
+            let mut listed = wrong_tenant("bbbbbbbb-0000-0000-0000-000000000002");
+            listed.subscription_visible = visible;
+            assert_eq!(verdict(&vm(), &listed).0, Verdict::Unknown, "{visible:?}");
+        }
         let garbled = ev(
             EvidenceSource::Arm,
             Answer::Error {
@@ -452,17 +619,15 @@ mod tests {
     fn every_reason_is_reachable() {
         use std::collections::HashSet;
         let mut seen = HashSet::new();
+        let mut transferred = wrong_tenant("bbbbbbbb-0000-0000-0000-000000000002");
+        transferred.subscription_visible = Some(false);
         let cases = [
-            ev(
-                EvidenceSource::Arm,
-                Answer::Present {
-                    principal_id: Some(OID.into()),
-                },
-            ),
+            ev(EvidenceSource::Arm, present(Some(OID), false)),
             arm_error(404, "ResourceNotFound"),
             arm_error(404, "ResourceGroupNotFound"),
-            ev(EvidenceSource::Arm, Answer::Present { principal_id: None }),
-            wrong_tenant("bbbbbbbb-0000-0000-0000-000000000002"),
+            arm_present(None, true, Some(None)),
+            arm_present(None, false, None),
+            transferred,
             arm_error(403, "AuthorizationFailed"),
             arm_error(404, "SubscriptionNotFound"),
             arm_error(503, "ServerBusy"),

@@ -59,16 +59,20 @@ pub struct ResourceId {
 
 impl ResourceId {
     /// Parses an ARM id of a resource (not of a bare scope). Returns `None` for anything else.
+    ///
+    /// Strict, because the id becomes the path of the ARM GET whose answer can make an orphan: a segment
+    /// that is empty, `.` or `..` would be normalised away by the URL library (the GET would go to a
+    /// parent or a collection, and its answer would be about something else), and `%`, `?`, `#` or `\`
+    /// could smuggle a separator, a query or a fragment into the path. Such an id is not a resource id
+    /// we can check; the identity is reported as `unrecognized_alternative_names`. One trailing `/` is
+    /// tolerated (dropped); white space and control characters anywhere are not.
     pub fn parse(text: &str) -> Option<Self> {
-        let trimmed = text.trim().trim_end_matches('/');
+        let trimmed = text.strip_suffix('/').unwrap_or(text);
         if !trimmed.starts_with('/') || trimmed.len() > 4096 {
             return None;
         }
         let segs: Vec<&str> = trimmed.split('/').skip(1).collect();
-        if segs
-            .iter()
-            .any(|s| s.is_empty() || s.chars().any(char::is_whitespace))
-        {
+        if segs.iter().any(|s| !is_plain_segment(s)) {
             return None;
         }
         // Byte offset of each segment in `trimmed`.
@@ -202,6 +206,18 @@ impl ResourceId {
     }
 }
 
+/// A path segment that names itself: not empty, not `.` / `..`, and free of characters that a URL
+/// library or a server would read as structure (`%` escapes, `?`, `#`, a backslash), white space and control
+/// characters.
+fn is_plain_segment(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && !s
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '%' | '?' | '#' | '\\'))
+}
+
 /// ARM type of user-assigned identity resources, lower-cased as Resource Graph reports types.
 pub const USER_ASSIGNED_IDENTITY_TYPE: &str = "microsoft.managedidentity/userassignedidentities";
 
@@ -326,11 +342,14 @@ pub enum Reason {
     AccessDenied,
     SubscriptionNotAccessible,
     UnrecognizedAlternativeNames,
+    /// ARM shows the resource without this identity, but no second answer confirms it (the newest
+    /// api-version could not be read, or Resource Graph has no row for the resource).
+    IdentityUnconfirmed,
     CheckFailed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 9] = [
+    pub const ALL: [Reason; 10] = [
         Reason::ResourcePresent,
         Reason::ResourceNotFound,
         Reason::ResourceGroupNotFound,
@@ -339,6 +358,7 @@ impl Reason {
         Reason::AccessDenied,
         Reason::SubscriptionNotAccessible,
         Reason::UnrecognizedAlternativeNames,
+        Reason::IdentityUnconfirmed,
         Reason::CheckFailed,
     ];
 
@@ -352,6 +372,7 @@ impl Reason {
             Self::AccessDenied => "access_denied",
             Self::SubscriptionNotAccessible => "subscription_not_accessible",
             Self::UnrecognizedAlternativeNames => "unrecognized_alternative_names",
+            Self::IdentityUnconfirmed => "identity_unconfirmed",
             Self::CheckFailed => "check_failed",
         }
     }
@@ -377,10 +398,16 @@ pub enum EvidenceSource {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Answer {
-    /// The resource exists; `principal_id` is the principal it carries for this kind of identity
-    /// (`identity.principalId`, or `properties.principalId` of a user-assigned identity), `None` when
-    /// it carries none.
-    Present { principal_id: Option<String> },
+    /// The resource exists (ARM answered 2xx with a JSON object whose `id` is the requested id, or
+    /// Resource Graph listed it); `principal_id` is the principal it carries for this kind of identity
+    /// (`identity.principalId`, or `properties.principalId` of a user-assigned identity), `None` when the
+    /// answer shows none. `latest_version`: the answer was read with the newest api-version the provider
+    /// lists, previews included, so an absent identity is not an older api-version's omission.
+    Present {
+        principal_id: Option<String>,
+        #[serde(default)]
+        latest_version: bool,
+    },
     /// ARM answered with an error status and, when the body parsed, its `error.code` / `error.message`.
     Error {
         status: u16,
@@ -393,11 +420,21 @@ pub enum Answer {
     NotChecked,
 }
 
+/// What Resource Graph listed for a resource in this scan: the principal its row carries (`None`: the row
+/// shows no principal for this kind of identity).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GraphRow {
+    pub principal_id: Option<String>,
+}
+
 /// The evidence for one identity, kept for support tickets.
 #[derive(Debug, Clone)]
 pub struct Evidence {
     pub source: EvidenceSource,
     pub answer: Answer,
+    /// Resource Graph's row for the resource, when it listed one (a second, independent witness that an
+    /// identity is absent from an existing resource).
+    pub resource_graph: Option<GraphRow>,
     /// Whether the subscription of the resource is in `GET /subscriptions` for these credentials.
     /// `None` for management-group scope.
     pub subscription_visible: Option<bool>,
@@ -411,6 +448,7 @@ impl Evidence {
         Self {
             source: EvidenceSource::None,
             answer: Answer::NotChecked,
+            resource_graph: None,
             subscription_visible: None,
             request_id: None,
             correlation_request_id: None,

@@ -76,6 +76,25 @@ fn reply(status: u16, body: Vec<u8>, headers: &[(&str, String)]) -> Reply {
     }
 }
 
+/// Numbers as services could send them: huge, negative, fractional, exponent, not a number.
+fn extreme_number() -> impl Strategy<Value = String> {
+    prop_oneof![
+        any::<u64>().prop_map(|n| n.to_string()),
+        any::<i64>().prop_map(|n| n.to_string()),
+        any::<f64>().prop_map(|n| n.to_string()),
+        any::<u128>().prop_map(|n| n.to_string()),
+        Just("99999999999999999999".to_owned()),
+        Just("18446744073709551615".to_owned()),
+        Just("-9223372036854775808".to_owned()),
+        Just("1e308".to_owned()),
+        Just("-1e308".to_owned()),
+        Just("1e30".to_owned()),
+        Just("NaN".to_owned()),
+        Just("-0".to_owned()),
+        "[0-9]{15,40}",
+    ]
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
 
@@ -103,24 +122,48 @@ proptest! {
     #[test]
     fn the_judge_never_says_orphaned_without_an_authoritative_answer(
         names in prop::collection::vec(any_text(), 0..3),
-        status in prop_oneof![Just(200u16), Just(401), Just(403), Just(404), Just(429), Just(500), any::<u16>()],
-        code in prop_oneof![Just(None), Just(Some("ResourceNotFound".to_owned())), Just(Some("InvalidAuthenticationTokenTenant".to_owned())), any::<Option<String>>()],
+        status in prop_oneof![Just(200u16), Just(301), Just(307), Just(401), Just(403), Just(404), Just(429), Just(500), any::<u16>()],
+        code in prop_oneof![Just(None), Just(Some("ResourceNotFound".to_owned())), Just(Some("InvalidResourceNamespace".to_owned())), Just(Some("InvalidAuthenticationTokenTenant".to_owned())), any::<Option<String>>()],
         message in any::<Option<String>>(),
         present in any::<bool>(),
-        principal in any::<Option<String>>(),
+        principal in prop_oneof![Just(None), Just(Some("o".to_owned())), any::<Option<String>>()],
+        latest_version in any::<bool>(),
+        row in prop_oneof![Just(None), Just(Some(None)), Just(Some(Some("o".to_owned()))), any::<Option<Option<String>>>()],
+        request_id in prop_oneof![Just(None), Just(Some("r".to_owned())), any::<Option<String>>()],
         source in prop_oneof![Just(EvidenceSource::Arm), Just(EvidenceSource::ResourceGraph), Just(EvidenceSource::None)],
         visible in any::<Option<bool>>(),
     ) {
         let mut all = vec!["isExplicit=False".to_owned(), SEEDS[1].to_owned()];
         all.extend(names);
         let mi = ManagedIdentity::from_alternative_names("t", "o".into(), "a".into(), "d".into(), all);
-        let answer = if present { Answer::Present { principal_id: principal } } else { Answer::Error { status, code, message } };
-        let ev = Evidence { source, answer: answer.clone(), subscription_visible: visible, ..Evidence::not_checked() };
+        let answer = if present {
+            Answer::Present { principal_id: principal, latest_version }
+        } else {
+            Answer::Error { status, code, message }
+        };
+        let ev = Evidence {
+            source,
+            answer: answer.clone(),
+            resource_graph: row.clone().map(|principal_id| crate::domain::GraphRow { principal_id }),
+            request_id: request_id.clone(),
+            subscription_visible: visible,
+            ..Evidence::not_checked()
+        };
         let j = judge(&mi, &ev);
         if j.verdict == Verdict::Orphaned {
+            prop_assert_eq!(source, EvidenceSource::Arm);
             match answer {
-                Answer::Present { .. } => prop_assert_eq!(source, EvidenceSource::Arm),
-                Answer::Error { status, .. } => prop_assert!(status == 404 || status == 401, "{status}"),
+                Answer::Present { principal_id: Some(p), .. } => prop_assert!(!p.eq_ignore_ascii_case("o")),
+                Answer::Present { principal_id: None, latest_version } => {
+                    prop_assert!(latest_version, "absent identity without the newest api-version");
+                    prop_assert!(row.as_ref().is_some_and(|r| !r.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("o"))), "absent identity without Resource Graph's agreement: {row:?}");
+                }
+                Answer::Error { status: 404, code, .. } => {
+                    prop_assert!(request_id.as_deref().is_some_and(|r| !r.trim().is_empty()), "404 without ARM's request id");
+                    let code = code.unwrap_or_default();
+                    prop_assert!(["ResourceNotFound", "ResourceGroupNotFound", "NotFound", "ParentResourceNotFound", "PolicyAssignmentNotFound"].iter().any(|c| c.eq_ignore_ascii_case(&code)), "{code}");
+                }
+                Answer::Error { status: 401, .. } => prop_assert_eq!(visible, Some(false)),
                 _ => prop_assert!(false, "orphaned from {answer:?}"),
             }
         }
@@ -151,15 +194,44 @@ proptest! {
     }
 
     #[test]
-    fn headers_and_messages_parse_without_panic(h in any_text(), m in any_text()) {
-        let r = reply(429, Vec::new(), &[("retry-after", h.clone()), ("x-ms-user-quota-resets-after", h.clone()), ("retry-after-ms", h.clone())]);
+    fn headers_and_messages_parse_without_panic(h in prop_oneof![
+        any_text(),
+        extreme_number(),
+        (extreme_number(), extreme_number(), extreme_number()).prop_map(|(a, b, c)| format!("{a}:{b}:{c}")),
+    ], m in any_text()) {
+        let r = reply(429, Vec::new(), &[
+            ("retry-after", h.clone()),
+            ("x-ms-user-quota-resets-after", h.clone()),
+            ("retry-after-ms", h.clone()),
+            ("x-ms-ratelimit-remaining-subscription-reads", h.clone()),
+            ("x-ms-user-quota-remaining", h.clone()),
+        ]);
         if let Some(d) = server_delay(&r) {
-            prop_assert!(d.as_secs() <= 86_400 || h.contains(':'));
+            prop_assert!(d <= crate::azure::http::FOREVER);
+            // Adding the wait to now never overflows.
+            prop_assert!(std::time::Instant::now().checked_add(d).is_some());
+        }
+        if let Some(q) = crate::azure::http::quota_remaining(&r) {
+            prop_assert!(q >= 0);
         }
         let _ = parse_hms(&h);
         let _ = versions_in_message(&m);
         let _ = tenant_named_by_wrong_tenant_error(&m);
         let _ = crate::config::parse_duration(&h);
+    }
+
+    #[test]
+    fn token_answers_never_panic(expires in prop_oneof![
+        extreme_number(),
+        extreme_number().prop_map(|n| format!("\"{n}\"")),
+        any_text().prop_map(|t| serde_json::Value::String(t).to_string()),
+        Just("null".to_owned()),
+        Just("{}".to_owned()),
+    ]) {
+        let body = format!(r#"{{"access_token":"a","token_type":"Bearer","expires_in":{expires}}}"#);
+        if let Some(secs) = crate::azure::auth::lifetime_for_fuzz(body.as_bytes()) {
+            prop_assert!(secs <= 86_400);
+        }
     }
 
     #[test]

@@ -108,10 +108,11 @@ impl GraphClient {
     /// the inventory in full.
     pub async fn fetch_delta(&self, tenant: &str, link: &str) -> Result<Option<Delta>, AzureError> {
         let mut delta = Delta::default();
-        let mut url = follow_link(&self.endpoint, link).ok_or(AzureError::ForeignLink {
-            api: Api::Graph,
-            link: link.to_owned(),
-        })?;
+        let mut url =
+            follow_link(&self.delta_url("latest"), link).ok_or(AzureError::ForeignLink {
+                api: Api::Graph,
+                link: link.to_owned(),
+            })?;
         for _ in 0..100_000 {
             let call = Call::get(Api::Graph, tenant, &url);
             let page: DeltaPage = match self.http.json(&call, "a delta page").await {
@@ -159,7 +160,7 @@ impl GraphClient {
             }
             match (page.next_link, page.delta_link) {
                 (Some(next), _) => {
-                    url = follow_link(&self.endpoint, &next).ok_or(AzureError::ForeignLink {
+                    url = follow_link(&url, &next).ok_or(AzureError::ForeignLink {
                         api: Api::Graph,
                         link: next,
                     })?;
@@ -265,7 +266,7 @@ impl GraphClient {
             match page.next_link {
                 None => break,
                 Some(next) => {
-                    let Some(next_url) = follow_link(&self.endpoint, &next) else {
+                    let Some(next_url) = follow_link(&url, &next) else {
                         return Err(AzureError::ForeignLink {
                             api: Api::Graph,
                             link: next,

@@ -212,7 +212,7 @@ pub struct Scanner {
     counters: Arc<Counters>,
     concurrency: usize,
     graph_delta: bool,
-    tenants: std::sync::Mutex<HashMap<String, Arc<TenantClients>>>,
+    tenants: parking_lot::Mutex<HashMap<String, Arc<TenantClients>>>,
 }
 
 /// A full listing at least this often, even with delta (directory delta tokens live 7 days, G-DELTA).
@@ -220,8 +220,11 @@ const FULL_SYNC_EVERY: chrono::TimeDelta = chrono::TimeDelta::days(6);
 
 impl Scanner {
     pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        // Redirects are never followed: a 307/308 would re-send the token request (and its secret) or a
+        // bearer token to wherever it points, and an answer from elsewhere is no answer about the resource.
         let client = reqwest::Client::builder()
             .user_agent(concat!("miaudit/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(
                 settings
                     .scan
@@ -254,7 +257,7 @@ impl Scanner {
             counters: Arc::new(Counters::default()),
             concurrency: settings.scan.concurrency,
             graph_delta: settings.scan.graph_delta,
-            tenants: std::sync::Mutex::new(HashMap::new()),
+            tenants: parking_lot::Mutex::new(HashMap::new()),
         })
     }
 
@@ -263,7 +266,7 @@ impl Scanner {
     }
 
     fn clients(&self, tenant: &str) -> Arc<TenantClients> {
-        let mut map = self.tenants.lock().expect("tenant clients lock");
+        let mut map = self.tenants.lock();
         map.entry(tenant.to_owned())
             .or_insert_with(|| {
                 let counters = Arc::new(Counters::child_of(self.counters.clone()));
@@ -353,7 +356,7 @@ impl Scanner {
         for chunk in tenants.chunks(PARALLEL_TENANTS) {
             let scans: Vec<_> = chunk
                 .iter()
-                .map(|t| self.scan_counted(&report.scan_id, t, &staging, delta))
+                .map(|t| self.scan_isolated(&report.scan_id, t, &staging, delta))
                 .collect();
             for tr in futures::future::join_all(scans).await {
                 report.complete &= tr.complete;
@@ -383,6 +386,31 @@ impl Scanner {
         report.work = work.map(Arc::new);
         report.finished_at = Utc::now();
         report
+    }
+
+    /// One tenant's scan, with a panic in it (a bug, never expected) turned into that tenant's error: the
+    /// tenant is incomplete, the other tenants and the scan go on, and nothing shared is left poisoned.
+    async fn scan_isolated(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        staging: &Store,
+        delta: Option<&Store>,
+    ) -> TenantReport {
+        use futures::FutureExt;
+        let run = std::panic::AssertUnwindSafe(self.scan_counted(scan_id, tenant, staging, delta));
+        match run.catch_unwind().await {
+            Ok(tr) => tr,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "unknown cause".into());
+                tracing::error!(tenant, panic = %what, "the tenant's scan panicked; it is reported incomplete");
+                failed_tenant(tenant, format!("internal error (panic): {what}"))
+            }
+        }
     }
 
     /// One tenant's scan with the requests it made.
@@ -440,10 +468,14 @@ impl Scanner {
             tr.errors.push(format!("inventory: {e}"));
             return tr;
         }
+        clients.arm.begin_scan();
         let subscriptions = match clients.arm.fetch_subscriptions(tenant).await {
             Ok(s) => Some(s),
             Err(e) => {
+                // Without the list, a 403 cannot be told from a subscription we cannot see, nor a
+                // transfer proven: the checks still run, but the tenant was not fully checked.
                 tracing::warn!(error = %e, "subscription list failed");
+                tr.complete = false;
                 tr.errors.push(format!("subscriptions: {e}"));
                 None
             }

@@ -9,6 +9,7 @@ use crate::config::Settings;
 use crate::metrics::Metrics;
 use crate::scan::{ScanReport, Scanner, Trigger};
 use crate::store::Store;
+use futures::FutureExt;
 use std::sync::Arc;
 use tokio::sync::Mutex;
 use tokio_cron_scheduler::{Job, JobScheduler};
@@ -36,7 +37,7 @@ pub struct ScanRunner {
     guard: Arc<Mutex<()>>,
     cancel: CancellationToken,
     /// The running scan task, awaited at shutdown.
-    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl ScanRunner {
@@ -54,7 +55,7 @@ impl ScanRunner {
             settings,
             guard: Arc::new(Mutex::new(())),
             cancel,
-            task: std::sync::Mutex::new(None),
+            task: parking_lot::Mutex::new(None),
         }
     }
 
@@ -77,7 +78,7 @@ impl ScanRunner {
             let _guard = guard;
             me.execute(id, trigger).await;
         });
-        *self.task.lock().expect("task lock") = Some(handle);
+        *self.task.lock() = Some(handle);
         Ok(scan_id)
     }
 
@@ -93,7 +94,7 @@ impl ScanRunner {
 
     /// Waits for a running scan task to end (it ends promptly once `cancel` fires).
     pub async fn wait_idle(&self) {
-        let task = self.task.lock().expect("task lock").take();
+        let task = self.task.lock().take();
         if let Some(t) = task {
             let _ = t.await;
         }
@@ -111,11 +112,25 @@ impl ScanRunner {
             tracing::error!(error = %e, "could not record the start of the scan");
         }
         let tenants = self.settings.tenant_ids();
-        let run = self
-            .scanner
-            .run_as(scan_id.clone(), &tenants, trigger, Some(&self.store));
+        // A panic escaping the scan (each tenant's own are caught inside it) ends this scan like a
+        // timeout: nothing recorded, the row marked abandoned, the next scan starts clean.
+        let run = std::panic::AssertUnwindSafe(self.scanner.run_as(
+            scan_id.clone(),
+            &tenants,
+            trigger,
+            Some(&self.store),
+        ))
+        .catch_unwind();
+        let mut panicked = false;
         let outcome = tokio::select! {
-            r = tokio::time::timeout(self.settings.scan.timeout, run) => r.ok(),
+            r = tokio::time::timeout(self.settings.scan.timeout, run) => match r {
+                Ok(Ok(report)) => Some(report),
+                Ok(Err(_)) => {
+                    panicked = true;
+                    None
+                }
+                Err(_) => None,
+            },
             () = self.cancel.cancelled() => None,
         };
         let elapsed = started.elapsed().as_secs_f64();
@@ -127,7 +142,9 @@ impl ScanRunner {
             self.metrics.store_errors.inc();
         }
         let Some(report) = outcome else {
-            let why = if self.cancel.is_cancelled() {
+            let why = if panicked {
+                "failed"
+            } else if self.cancel.is_cancelled() {
                 "cancelled"
             } else {
                 "timeout"

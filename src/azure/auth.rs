@@ -6,10 +6,11 @@
 //! Written over reqwest rather than with `azure_identity`: that crate rejects non-https authority hosts
 //! and hard-codes the IMDS address, so it cannot be pointed at the simulator (facts sheet §8).
 
-use super::http::{RetryPolicy, is_transient, send_once, server_delay};
+use super::http::{RetryPolicy, SendError, is_transient, send_once, server_delay};
 use super::{Api, AzureError, Counters};
+use parking_lot::Mutex;
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// A secret that never prints.
@@ -72,9 +73,13 @@ pub struct TokenProvider {
 struct TokenResponse {
     access_token: String,
     /// Seconds; Entra sends a number, some endpoints a string (IMDS, facts sheet §6b).
-    #[serde(default, deserialize_with = "number_or_string")]
+    #[serde(default, deserialize_with = "lifetime")]
     expires_in: Option<u64>,
 }
+
+/// The longest a token is cached, whatever `expires_in` says (Entra's tokens live about an hour,
+/// managed-identity tokens up to a day).
+const MAX_LIFETIME_SECS: u64 = 86_400;
 
 #[derive(serde::Deserialize, Default)]
 struct TokenError {
@@ -86,21 +91,36 @@ struct TokenError {
     correlation_id: String,
 }
 
-fn number_or_string<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    #[derive(serde::Deserialize)]
-    #[serde(untagged)]
-    enum N {
-        U(u64),
-        S(String),
-    }
-    Ok(match Option::<N>::deserialize(d)? {
-        Some(N::U(n)) => Some(n),
-        Some(N::S(s)) => s.trim().parse().ok(),
-        None => None,
-    })
+/// `expires_in` as a number or a string of one; negative reads as 0 (expired), larger than a day as a day,
+/// and anything that is not a number as absent: a token answer never makes the cache arithmetic overflow.
+fn lifetime<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    let secs = match v {
+        Some(serde_json::Value::Number(n)) => n.as_f64(),
+        Some(serde_json::Value::String(s)) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    };
+    Ok(secs.filter(|s| !s.is_nan()).map(|s| {
+        if s <= 0.0 {
+            0
+        } else if s >= MAX_LIFETIME_SECS as f64 {
+            MAX_LIFETIME_SECS
+        } else {
+            s as u64
+        }
+    }))
 }
 
 use serde::Deserialize;
+
+/// A token answer's lifetime as the cache would take it, or `None` when the answer does not decode
+/// (for the fuzz targets).
+#[cfg(test)]
+pub(crate) fn lifetime_for_fuzz(body: &[u8]) -> Option<u64> {
+    serde_json::from_slice::<TokenResponse>(body)
+        .ok()
+        .map(|t| t.expires_in.unwrap_or(3599))
+}
 
 impl TokenProvider {
     pub fn new(
@@ -124,7 +144,7 @@ impl TokenProvider {
     }
 
     fn cached(&self, key: &(String, String)) -> Option<AccessToken> {
-        let cache = self.cache.lock().expect("token cache lock");
+        let cache = self.cache.lock();
         cache
             .get(key)
             .filter(|c| Instant::now() < c.refresh_at)
@@ -135,7 +155,6 @@ impl TokenProvider {
     pub fn invalidate(&self, tenant: &str, scope: &str) {
         self.cache
             .lock()
-            .expect("token cache lock")
             .remove(&(tenant.to_owned(), scope.to_owned()));
     }
 
@@ -150,14 +169,15 @@ impl TokenProvider {
             return Ok(t);
         }
         let (token, expires_in) = self.request(tenant, scope).await?;
-        let lifetime = Duration::from_secs(expires_in);
+        let lifetime = Duration::from_secs(expires_in.min(MAX_LIFETIME_SECS));
         // Short-lived tokens refresh at half-life rather than never being cached.
         let margin = REFRESH_MARGIN.min(lifetime / 2);
-        self.cache.lock().expect("token cache lock").insert(
+        let now = Instant::now();
+        self.cache.lock().insert(
             key,
             Cached {
                 token: token.clone(),
-                refresh_at: Instant::now() + lifetime - margin,
+                refresh_at: now.checked_add(lifetime - margin).unwrap_or(now),
             },
         );
         Ok(token)
@@ -176,10 +196,17 @@ impl TokenProvider {
             attempts += 1;
             let req = self.client.post(&url).form(&form);
             self.counters.request(Api::Token);
-            let sent = send_once(req, self.policy.timeout).await;
+            let sent = send_once(req, &self.policy).await;
             self.counters
                 .answered(Api::Token, sent.as_ref().ok().map(|r| r.status));
             let why = match sent {
+                Err(SendError::TooLarge(limit)) => {
+                    self.counters.failure(Api::Token);
+                    return Err(AzureError::TooLarge {
+                        api: Api::Token,
+                        limit,
+                    });
+                }
                 Ok(reply) if reply.is_success() => {
                     match serde_json::from_slice::<TokenResponse>(&reply.body) {
                         Ok(t) if !t.access_token.is_empty() => {
@@ -197,10 +224,19 @@ impl TokenProvider {
                         self.counters.throttled(Api::Token);
                     }
                     if attempts <= self.policy.max_retries {
+                        let d = match server_delay(&reply) {
+                            Some(d) if d > self.policy.max_server_wait => {
+                                self.counters.failure(Api::Token);
+                                return Err(AzureError::WaitTooLong {
+                                    api: Api::Token,
+                                    asked: d,
+                                    max: self.policy.max_server_wait,
+                                });
+                            }
+                            Some(d) => d,
+                            None => self.policy.base_delay.saturating_mul(attempts),
+                        };
                         self.counters.retry(Api::Token);
-                        let d = server_delay(&reply)
-                            .map(|d| d.min(self.policy.max_retry_after))
-                            .unwrap_or(self.policy.base_delay * attempts);
                         tokio::time::sleep(d).await;
                         continue;
                     }
@@ -238,7 +274,7 @@ impl TokenProvider {
                         }
                     )));
                 }
-                Err(e) => e,
+                Err(SendError::Failed(e)) => e,
             };
             if attempts > self.policy.max_retries {
                 self.counters.failure(Api::Token);
@@ -249,7 +285,7 @@ impl TokenProvider {
                 });
             }
             self.counters.retry(Api::Token);
-            tokio::time::sleep(self.policy.base_delay * attempts).await;
+            tokio::time::sleep(self.policy.base_delay.saturating_mul(attempts)).await;
         }
     }
 }
@@ -275,5 +311,26 @@ mod tests {
             serde_json::from_str(r#"{"access_token":"a","expires_in":3599,"ext_expires_in":3599}"#)
                 .expect("decodes");
         assert_eq!(t.expires_in, Some(3599));
+    }
+
+    #[test]
+    fn absurd_lifetimes_are_clamped_not_overflowed() {
+        for (v, want) in [
+            ("18446744073709551615", Some(MAX_LIFETIME_SECS)),
+            ("\"99999999999999999999\"", Some(MAX_LIFETIME_SECS)),
+            ("1e30", Some(MAX_LIFETIME_SECS)),
+            ("-1", Some(0)),
+            ("\"-1\"", Some(0)),
+            ("0", Some(0)),
+            ("3599.9", Some(3599)),
+            ("\"soon\"", None),
+            ("null", None),
+            ("[1]", None),
+        ] {
+            let t: TokenResponse =
+                serde_json::from_str(&format!(r#"{{"access_token":"a","expires_in":{v}}}"#))
+                    .expect(v);
+            assert_eq!(t.expires_in, want, "{v}");
+        }
     }
 }

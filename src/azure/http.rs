@@ -23,8 +23,11 @@ pub struct RetryPolicy {
     pub base_delay: Duration,
     /// Cap of one backoff step.
     pub max_delay: Duration,
-    /// Cap of a server-requested wait (`Retry-After`); a longer request is honoured up to this.
-    pub max_retry_after: Duration,
+    /// The longest server-requested wait (`Retry-After`, `retry-after-ms`, a quota reset) that is
+    /// honoured; a server asking for more fails the call instead of stalling the scan for days.
+    pub max_server_wait: Duration,
+    /// The largest response body read; a larger one fails the call (never truncated silently).
+    pub max_response_bytes: usize,
 }
 
 impl Default for RetryPolicy {
@@ -34,7 +37,8 @@ impl Default for RetryPolicy {
             max_retries: 5,
             base_delay: Duration::from_millis(500),
             max_delay: Duration::from_secs(30),
-            max_retry_after: Duration::from_secs(120),
+            max_server_wait: Duration::from_secs(300),
+            max_response_bytes: 32 * 1024 * 1024,
         }
     }
 }
@@ -56,30 +60,30 @@ pub fn is_transient(status: u16) -> bool {
     matches!(status, 429 | 500 | 502 | 503 | 504)
 }
 
-/// The server's requested wait, from `Retry-After` (delta-seconds, fractional as Graph sends it, or an
-/// HTTP date), `retry-after-ms` / `x-ms-retry-after-ms`, or Resource Graph's
-/// `x-ms-user-quota-resets-after` (`hh:mm:ss`).
+/// The server's requested wait, from `retry-after-ms` / `x-ms-retry-after-ms`, `Retry-After`
+/// (delta-seconds, fractional as Graph sends it, or an HTTP date), or Resource Graph's
+/// `x-ms-user-quota-resets-after` (`hh:mm:ss`). Values that do not parse, are negative or not finite
+/// are ignored; huge ones saturate (at [`FOREVER`]) instead of overflowing, and the caller compares them
+/// with its maximum wait.
 pub fn server_delay(reply: &Reply) -> Option<Duration> {
-    if let Some(v) = reply
+    if let Some(ms) = reply
         .header("retry-after-ms")
         .or_else(|| reply.header("x-ms-retry-after-ms"))
-        && let Ok(ms) = v.trim().parse::<f64>()
-        && ms.is_finite()
-        && ms >= 0.0
+        .and_then(|v| seconds(v.trim()).map(|ms| ms / 1000.0))
     {
-        return Some(Duration::from_secs_f64(ms / 1000.0));
+        return Some(saturating_secs(ms));
     }
     if let Some(v) = reply.header("retry-after") {
         let v = v.trim();
-        if let Ok(s) = v.parse::<f64>() {
-            if s.is_finite() && s >= 0.0 {
-                return Some(Duration::from_secs_f64(s.min(86_400.0)));
-            }
-        } else if let Ok(at) = chrono::DateTime::parse_from_rfc2822(v) {
-            let secs = (at.with_timezone(&chrono::Utc) - chrono::Utc::now()).num_milliseconds();
-            return Some(Duration::from_millis(
-                u64::try_from(secs.max(0)).unwrap_or(0),
-            ));
+        if let Some(s) = seconds(v) {
+            return Some(saturating_secs(s));
+        }
+        if let Ok(at) = chrono::DateTime::parse_from_rfc2822(v) {
+            let ms = at
+                .with_timezone(&chrono::Utc)
+                .signed_duration_since(chrono::Utc::now())
+                .num_milliseconds();
+            return Some(Duration::from_millis(u64::try_from(ms).unwrap_or(0)));
         }
     }
     reply
@@ -87,8 +91,22 @@ pub fn server_delay(reply: &Reply) -> Option<Duration> {
         .and_then(parse_hms)
 }
 
+/// A wait no server means: what absurd values saturate at (about 31 years, far beyond any maximum wait,
+/// and small enough to add to an `Instant` without overflow).
+pub const FOREVER: Duration = Duration::from_secs(1 << 30);
+
+/// A non-negative, finite number of seconds, or `None`.
+fn seconds(v: &str) -> Option<f64> {
+    v.parse::<f64>().ok().filter(|s| s.is_finite() && *s >= 0.0)
+}
+
+fn saturating_secs(s: f64) -> Duration {
+    Duration::try_from_secs_f64(s).map_or(FOREVER, |d| d.min(FOREVER))
+}
+
 /// The remaining request budget a reply announces: Resource Graph's `x-ms-user-quota-remaining`
 /// (ARG-THR) or ARM's `x-ms-ratelimit-remaining-subscription-reads` / `-tenant-reads` (ARM-THR).
+/// A negative figure reads as 0; one that does not fit an `i64` is ignored.
 pub fn quota_remaining(reply: &Reply) -> Option<i64> {
     [
         "x-ms-user-quota-remaining",
@@ -96,40 +114,52 @@ pub fn quota_remaining(reply: &Reply) -> Option<i64> {
         "x-ms-ratelimit-remaining-tenant-reads",
     ]
     .iter()
-    .find_map(|h| reply.header(h).and_then(|v| v.trim().parse().ok()))
+    .find_map(|h| reply.header(h).and_then(parse_count))
+}
+
+/// A count from a header: an integer, negative read as 0.
+pub fn parse_count(v: &str) -> Option<i64> {
+    v.trim().parse::<i64>().ok().map(|n| n.max(0))
 }
 
 /// Parses `hh:mm:ss` (optionally with fractional seconds), the format of `x-ms-user-quota-resets-after`.
+/// Saturates at [`FOREVER`] instead of overflowing.
 pub fn parse_hms(v: &str) -> Option<Duration> {
     let mut parts = v.trim().split(':');
-    let h: u64 = parts.next()?.parse().ok()?;
-    let m: u64 = parts.next()?.parse().ok()?;
-    let s: f64 = parts.next()?.parse().ok()?;
-    if parts.next().is_some() || !s.is_finite() || s < 0.0 || m >= 60 {
+    let h: u64 = parts.next()?.trim().parse().ok()?;
+    let m: u64 = parts.next()?.trim().parse().ok()?;
+    let s = seconds(parts.next()?.trim())?;
+    if parts.next().is_some() || m >= 60 {
         return None;
     }
-    Some(Duration::from_secs(h * 3600 + m * 60) + Duration::from_secs_f64(s))
+    let whole = h.saturating_mul(3600).saturating_add(m * 60);
+    Some(
+        Duration::from_secs(whole)
+            .saturating_add(saturating_secs(s))
+            .min(FOREVER),
+    )
 }
 
-/// The URL to request for a paging link (`@odata.nextLink`, `nextLink`). A link on the configured
-/// endpoint is followed as is; a relative link, or one naming another host (a gateway that rewrote it,
-/// say), is rebased onto the endpoint's origin, so a bearer token never goes anywhere but the configured
-/// endpoint. `None` when the link is not a URL at all.
-pub fn follow_link(endpoint: &str, link: &str) -> Option<String> {
-    let base = url::Url::parse(endpoint).ok()?;
-    let target = base.join(link).ok()?;
-    let same = target.scheme() == base.scheme()
+/// The URL to request for a paging link (`@odata.nextLink`, `nextLink`, `@odata.deltaLink`): the link
+/// resolved against `listing` (the URL of the listing's first request, on the configured endpoint), only
+/// if it stays on the same scheme, host and port and on the same path (compared case-insensitively).
+/// Anything else (a gateway that rewrote the link, a link to another listing) is refused, so a bearer
+/// token never leaves the endpoint and a page of something else is never read as this listing's next.
+pub fn follow_link(listing: &str, link: &str) -> Option<String> {
+    let base = url::Url::parse(listing).ok()?;
+    let target = base.join(link.trim()).ok()?;
+    let same_origin = target.scheme() == base.scheme()
         && target.host_str().map(str::to_ascii_lowercase)
             == base.host_str().map(str::to_ascii_lowercase)
-        && target.port_or_known_default() == base.port_or_known_default();
-    if same {
-        return Some(target.into());
-    }
-    let mut rebased = base;
-    rebased.set_path(target.path());
-    rebased.set_query(target.query());
-    tracing::debug!("paging link on another host rebased onto the configured endpoint");
-    Some(rebased.into())
+        && target.port_or_known_default() == base.port_or_known_default()
+        && target.username().is_empty()
+        && target.password().is_none()
+        && target.fragment().is_none();
+    let same_path = target
+        .path()
+        .trim_end_matches('/')
+        .eq_ignore_ascii_case(base.path().trim_end_matches('/'));
+    (same_origin && same_path).then(|| target.into())
 }
 
 /// What a caller makes of a final reply.
@@ -194,6 +224,10 @@ impl AzureHttp {
         &self.counters
     }
 
+    pub fn policy(&self) -> &RetryPolicy {
+        &self.policy
+    }
+
     fn scope(&self, api: Api) -> &str {
         match api {
             Api::Graph => &self.graph_scope,
@@ -226,12 +260,16 @@ impl AzureHttp {
             if let Some(body) = call.json {
                 req = req.json(body);
             }
-            let outcome = send_once(req, self.policy.timeout).await;
+            let outcome = send_once(req, &self.policy).await;
             self.counters.request(api);
             self.counters
                 .answered(api, outcome.as_ref().ok().map(|r| r.status));
             let failure = match outcome {
-                Err(e) => e,
+                Err(SendError::TooLarge(limit)) => {
+                    self.counters.failure(api);
+                    return Err(AzureError::TooLarge { api, limit });
+                }
+                Err(SendError::Failed(e)) => e,
                 Ok(reply) => {
                     if let Some(q) = quota_remaining(&reply) {
                         self.counters.quota_remaining(api, q);
@@ -257,9 +295,18 @@ impl AzureHttp {
                                 last: why,
                             });
                         }
-                        let delay = server_delay(&reply)
-                            .map(|d| d.min(self.policy.max_retry_after))
-                            .unwrap_or_else(|| self.policy.backoff(attempts - 1));
+                        let delay = match server_delay(&reply) {
+                            Some(d) if d > self.policy.max_server_wait => {
+                                self.counters.failure(api);
+                                return Err(AzureError::WaitTooLong {
+                                    api,
+                                    asked: d,
+                                    max: self.policy.max_server_wait,
+                                });
+                            }
+                            Some(d) => d,
+                            None => self.policy.backoff(attempts - 1),
+                        };
                         tracing::debug!(api = %api, status = reply.status, ?delay, "transient answer, retrying");
                         self.counters.retry(api);
                         tokio::time::sleep(delay).await;
@@ -335,25 +382,58 @@ fn token_was_rejected(reply: &Reply) -> bool {
     }
 }
 
-/// Sends one request and reads the whole body within `timeout`.
+/// Why one request gave no reply.
+#[derive(Debug)]
+pub(crate) enum SendError {
+    /// No answer, a broken body, a timeout: worth another attempt.
+    Failed(String),
+    /// The body is larger than the policy allows: final.
+    TooLarge(usize),
+}
+
+/// Sends one request and reads the whole body within the policy's timeout, at most
+/// `max_response_bytes` of it (announced by `Content-Length` or counted as it arrives).
 pub(crate) async fn send_once(
     req: reqwest::RequestBuilder,
-    timeout: Duration,
-) -> Result<Reply, String> {
+    policy: &RetryPolicy,
+) -> Result<Reply, SendError> {
+    let limit = policy.max_response_bytes;
     let fut = async {
-        let res = req.send().await.map_err(|e| describe(&e))?;
+        let mut res = req
+            .send()
+            .await
+            .map_err(|e| SendError::Failed(describe(&e)))?;
         let status = res.status().as_u16();
         let headers = res.headers().clone();
-        let body = res.bytes().await.map_err(|e| describe(&e))?;
+        if res
+            .content_length()
+            .is_some_and(|n| n > u64::try_from(limit).unwrap_or(u64::MAX))
+        {
+            return Err(SendError::TooLarge(limit));
+        }
+        let mut body = bytes::BytesMut::new();
+        while let Some(chunk) = res
+            .chunk()
+            .await
+            .map_err(|e| SendError::Failed(describe(&e)))?
+        {
+            if body.len().saturating_add(chunk.len()) > limit {
+                return Err(SendError::TooLarge(limit));
+            }
+            body.extend_from_slice(&chunk);
+        }
         Ok(Reply {
             status,
             headers,
-            body,
+            body: body.freeze(),
         })
     };
-    match tokio::time::timeout(timeout, fut).await {
+    match tokio::time::timeout(policy.timeout, fut).await {
         Ok(r) => r,
-        Err(_) => Err(format!("timed out after {timeout:?}")),
+        Err(_) => Err(SendError::Failed(format!(
+            "timed out after {:?}",
+            policy.timeout
+        ))),
     }
 }
 
@@ -451,24 +531,75 @@ mod tests {
     }
 
     #[test]
-    fn paging_links_stay_on_the_configured_endpoint() {
-        let e = "http://127.0.0.1:8080";
+    fn paging_links_stay_on_the_configured_endpoint_and_path() {
+        let e = "http://127.0.0.1:8080/v1.0/servicePrincipals?$top=999";
         assert_eq!(
-            follow_link(e, "http://127.0.0.1:8080/v1.0/x?$skiptoken=a").as_deref(),
-            Some("http://127.0.0.1:8080/v1.0/x?$skiptoken=a")
+            follow_link(
+                e,
+                "http://127.0.0.1:8080/v1.0/servicePrincipals?$skiptoken=a"
+            )
+            .as_deref(),
+            Some("http://127.0.0.1:8080/v1.0/servicePrincipals?$skiptoken=a")
         );
         assert_eq!(
-            follow_link(e, "https://graph.microsoft.com/v1.0/x?$skiptoken=a").as_deref(),
-            Some("http://127.0.0.1:8080/v1.0/x?$skiptoken=a")
-        );
-        assert_eq!(
-            follow_link(e, "/subscriptions?api-version=1&$skiptoken=2").as_deref(),
+            follow_link(
+                "http://127.0.0.1:8080/subscriptions?api-version=1",
+                "/subscriptions?api-version=1&$skiptoken=2"
+            )
+            .as_deref(),
             Some("http://127.0.0.1:8080/subscriptions?api-version=1&$skiptoken=2")
         );
-        assert_eq!(
-            follow_link("https://graph.microsoft.com", "https://evil.example/v1.0/x").as_deref(),
-            Some("https://graph.microsoft.com/v1.0/x")
-        );
+        // The path compares case-insensitively, as Graph and ARM route.
+        assert!(follow_link(e, "/V1.0/serviceprincipals?$skiptoken=a").is_some());
+        for refused in [
+            // Another host, scheme or port: the token would go there.
+            "https://graph.microsoft.com/v1.0/servicePrincipals?$skiptoken=a",
+            "http://127.0.0.2:8080/v1.0/servicePrincipals?$skiptoken=a",
+            "http://127.0.0.1:8081/v1.0/servicePrincipals?$skiptoken=a",
+            "//evil.example/v1.0/servicePrincipals",
+            "http://user:pw@127.0.0.1:8080/v1.0/servicePrincipals",
+            // Another listing on the same host.
+            "/v1.0/users?$skiptoken=a",
+            "/v1.0/servicePrincipals/../users",
+            "/v1.0/servicePrincipals/x",
+            "http://127.0.0.1:8080/v1.0/servicePrincipals#frag",
+            "not a url at all \u{0}",
+        ] {
+            assert_eq!(follow_link(e, refused), None, "{refused}");
+        }
+    }
+
+    #[test]
+    fn absurd_numbers_in_headers_saturate_instead_of_panicking() {
+        for (h, v) in [
+            ("retry-after", "99999999999999999999"),
+            ("retry-after", "1e308"),
+            ("retry-after-ms", "1e308"),
+            ("x-ms-retry-after-ms", "18446744073709551615000"),
+            ("x-ms-user-quota-resets-after", "99999999999:00:00"),
+            ("x-ms-user-quota-resets-after", "18446744073709551615:59:59"),
+            ("x-ms-user-quota-resets-after", "00:00:99999999999999"),
+        ] {
+            let d = server_delay(&reply(&[(h, v)])).expect(v);
+            assert_eq!(d, FOREVER, "{h}: {v}");
+        }
+        for (h, v) in [
+            ("retry-after", "NaN"),
+            ("retry-after", "inf"),
+            ("retry-after", "-5"),
+            ("retry-after-ms", "-1"),
+            ("x-ms-user-quota-resets-after", "-1:00:00"),
+        ] {
+            assert_eq!(server_delay(&reply(&[(h, v)])), None, "{h}: {v}");
+        }
+        // A date far in the future is a long wait, not a panic.
+        let far = server_delay(&reply(&[("retry-after", "Fri, 31 Dec 9999 23:59:59 GMT")]))
+            .expect("date");
+        assert!(far > Duration::from_secs(86_400 * 365));
+        assert_eq!(parse_count("-5"), Some(0));
+        assert_eq!(parse_count("-9223372036854775808"), Some(0));
+        assert_eq!(parse_count("99999999999999999999"), None);
+        assert_eq!(parse_count("250"), Some(250));
     }
 
     #[test]

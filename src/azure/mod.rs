@@ -68,12 +68,37 @@ pub enum AzureError {
         what: &'static str,
         detail: String,
     },
-    /// A paging link that points away from the configured endpoint (we never send tokens elsewhere).
-    #[error("refusing to follow a {api} paging link to another host: {link}")]
+    /// A paging link that points away from the configured endpoint or from the listing being paged (we
+    /// never send tokens elsewhere, nor read another listing as the next page).
+    #[error(
+        "refusing to follow a {api} paging link that leaves the configured endpoint or listing: {}",
+        shorten(link)
+    )]
     ForeignLink { api: Api, link: String },
+    /// The service asked to wait longer than `[scan] max_server_wait`.
+    #[error(
+        "{api} asked to wait {asked:?} before retrying, longer than the configured maximum of {max:?}"
+    )]
+    WaitTooLong {
+        api: Api,
+        asked: std::time::Duration,
+        max: std::time::Duration,
+    },
+    /// A response body larger than `[scan] max_response_bytes`.
+    #[error("{api} answered with a body larger than {limit} bytes (max_response_bytes)")]
+    TooLarge { api: Api, limit: usize },
     /// The page could not be staged (the scan's working rows in the database).
     #[error("the scan's working rows could not be written: {0}")]
     Staging(String),
+}
+
+/// At most 200 characters of text from a service, for an error message.
+fn shorten(s: &str) -> String {
+    let mut out: String = s.chars().take(200).collect();
+    if out.len() < s.len() {
+        out.push('…');
+    }
+    out
 }
 
 /// Where a paged listing puts each page as it arrives: a scan stages them in SQLite, so it never holds a
@@ -107,6 +132,15 @@ impl Reply {
 
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// ARM's own `x-ms-request-id` (every resource provider returns it, RPC), and only that: the mark
+    /// that an answer comes from ARM and not from a proxy or a stray path.
+    pub fn arm_request_id(&self) -> Option<String> {
+        self.header("x-ms-request-id")
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned)
     }
 
     /// ARM's `x-ms-request-id`, or Graph's `request-id` (RPC; G-BP).

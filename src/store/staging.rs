@@ -10,7 +10,9 @@
 
 use super::{Store, StoreError, corrupt};
 use crate::arm::ArgHit;
-use crate::domain::{Answer, Evidence, EvidenceSource, IdentityType, ManagedIdentity, ResourceId};
+use crate::domain::{
+    Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ResourceId,
+};
 use crate::scan::Finding;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection};
@@ -318,13 +320,15 @@ impl Store {
         after: &str,
     ) -> Result<Vec<(String, ManagedIdentity, Evidence)>, StoreError> {
         let t = "scan_items";
-        // Resource Graph's row for the resource, when it shows the resource carrying this principal.
+        // Resource Graph's row for the resource, whatever principal it shows: the evidence of health when
+        // it carries this one, a second witness beside ARM's answer otherwise.
         let rows = sqlx::query(
-            "select i.*, a.request_id as arg_request_id, a.checked_at as arg_checked_at
+            "select i.*, a.principal_key as arg_principal_key, a.request_id as arg_request_id,
+                    a.checked_at as arg_checked_at
              from scan_items i left join scan_arg_rows a
-               on i.source is null and i.resource_id is not null
+               on i.resource_id is not null
                   and a.scan_id = i.scan_id and a.tenant_id = i.tenant_id
-                  and a.resource_key = lower(rtrim(i.resource_id, '/')) and a.principal_key = i.object_key
+                  and a.resource_key = lower(rtrim(i.resource_id, '/'))
              where i.scan_id = ? and i.tenant_id = ? and i.object_key > ?
              order by i.object_key limit ?",
         )
@@ -340,6 +344,7 @@ impl Store {
             let resource: Option<String> = r.try_get("resource_id")?;
             let names: Option<String> = r.try_get("alternative_names")?;
             let object_id: String = r.try_get("object_id")?;
+            let object_key: String = r.try_get("object_key")?;
             let identity = ManagedIdentity {
                 tenant_id: tenant.to_owned(),
                 app_id: r.try_get("app_id")?,
@@ -356,6 +361,12 @@ impl Store {
             let source: Option<String> = r.try_get("source")?;
             let answer: Option<String> = r.try_get("answer")?;
             let arg_checked: Option<String> = r.try_get("arg_checked_at")?;
+            let arg_principal: Option<String> = r.try_get("arg_principal_key")?;
+            let resource_graph = arg_checked.as_ref().map(|_| GraphRow {
+                principal_id: arg_principal.clone(),
+            });
+            let arg_vouches =
+                arg_checked.is_some() && arg_principal.as_deref() == Some(&object_key);
             let (source, answer, request_id, checked_at) = match (source.as_deref(), arg_checked) {
                 (Some("arm"), _) => (
                     EvidenceSource::Arm,
@@ -364,10 +375,11 @@ impl Store {
                     r.try_get("request_id")?,
                     r.try_get::<Option<String>, _>("checked_at")?,
                 ),
-                (_, Some(at)) => (
+                (_, Some(at)) if arg_vouches => (
                     EvidenceSource::ResourceGraph,
                     Answer::Present {
                         principal_id: Some(identity.object_id.clone()),
+                        latest_version: false,
                     },
                     r.try_get("arg_request_id")?,
                     Some(at),
@@ -377,12 +389,13 @@ impl Store {
             let evidence = Evidence {
                 source,
                 answer,
+                resource_graph,
                 subscription_visible: None,
                 request_id,
                 correlation_request_id: r.try_get("correlation_request_id")?,
                 checked_at: checked_at.map(|c| super::parse_time(t, &c)).transpose()?,
             };
-            out.push((r.try_get("object_key")?, identity, evidence));
+            out.push((object_key, identity, evidence));
         }
         Ok(out)
     }
