@@ -390,12 +390,11 @@ impl ArmClient {
         Ok(out)
     }
 
-    /// A new scan begins: lookups that failed in an earlier scan are tried again (successful ones stay
-    /// cached for the client's life; a provider's versions change rarely).
+    /// A new scan begins: providers are looked up again (a failed lookup is retried, and a provider that
+    /// shipped a new api-version since is seen: an absent identity is only believed when read with the
+    /// newest one). One request per namespace and scan; concurrent checks share it.
     pub fn begin_scan(&self) {
-        self.providers
-            .lock()
-            .retain(|_, lookup| !matches!(lookup.get(), Some(None)));
+        self.providers.lock().clear();
     }
 
     async fn pace(&self) {
@@ -586,15 +585,17 @@ impl ArmClient {
         )
     }
 
-    /// Every api-version known for the resource's type: learnt from a refusal, or listed by its provider.
+    /// Every api-version known for the resource's type, and whether the list is the provider's own (the
+    /// providers API, read this scan). A list learnt from another resource's refusal names the versions
+    /// of that resource's location only: good for choosing a version, not for "the newest there is".
     async fn api_versions(
         &self,
         tenant: &str,
         resource: &ResourceId,
         provider_subscription: Option<&str>,
-    ) -> Result<Vec<String>, String> {
+    ) -> Result<(Vec<String>, bool), String> {
         if let Some(v) = self.learnt.lock().get(&Self::type_key(resource)) {
-            return Ok(v.clone());
+            return Ok((v.clone(), false));
         }
         let types = self
             .provider_versions(tenant, resource.namespace(), provider_subscription)
@@ -608,7 +609,7 @@ impl ArmClient {
         types
             .get(&resource.type_path().to_ascii_lowercase())
             .filter(|v| newest_stable(v).is_some())
-            .cloned()
+            .map(|v| (v.clone(), true))
             .ok_or_else(|| {
                 format!(
                     "provider {} does not list type {}",
@@ -709,18 +710,14 @@ impl ArmClient {
                 if reply.is_success() {
                     match serde_json::from_slice::<Value>(&reply.body) {
                         Ok(v) if is_the_resource(&v, resource) => {
-                            let field = if is_uami {
-                                v.get("properties").and_then(|p| p.get("principalId"))
-                            } else {
-                                v.get("identity").and_then(|p| p.get("principalId"))
-                            };
-                            Handled::Done((
-                                Answer::Present {
-                                    principal_id: non_empty(field),
+                            let answer = match resource_principal(&v, is_uami) {
+                                Err(why) => Answer::Failed { what: why },
+                                Ok(principal_id) => Answer::Present {
+                                    principal_id,
                                     latest_version: false,
                                 },
-                                reply,
-                            ))
+                            };
+                            Handled::Done((answer, reply))
                         }
                         Ok(_) => Handled::Retry(format!(
                             "ARM answered {} with a body that is not the resource (no matching id)",
@@ -773,12 +770,12 @@ impl ArmClient {
         // Without discovered versions, ask with one no provider can accept: ARM's refusal lists the
         // versions it takes (NoRegisteredProviderFound / UnsupportedApiVersionValue), and the answer to
         // the probe itself is never taken as evidence.
-        let (mut versions, mut probing, discovery_error) = match self
+        let (mut versions, mut complete_list, mut probing, discovery_error) = match self
             .api_versions(tenant, resource, provider_subscription)
             .await
         {
-            Ok(v) => (v, false, None),
-            Err(e) => (vec![PROBE_API_VERSION.to_owned()], true, Some(e)),
+            Ok((v, complete)) => (v, complete, false, None),
+            Err(e) => (vec![PROBE_API_VERSION.to_owned()], false, true, Some(e)),
         };
         let mut learnt_once = false;
         loop {
@@ -801,6 +798,8 @@ impl ArmClient {
                         .lock()
                         .insert(Self::type_key(resource), listed.clone());
                     versions = listed;
+                    // ARM's own list for this resource (its location), just now.
+                    complete_list = true;
                     probing = false;
                     learnt_once = true;
                     continue;
@@ -820,24 +819,81 @@ impl ArmClient {
                 Answer::Present {
                     principal_id: None,
                     latest_version,
-                } if latest == version => *latest_version = true,
+                } if latest == version => *latest_version = complete_list,
                 Answer::Present {
                     principal_id: None, ..
                 } => {
-                    // Confirm the absence with the newest version; if that read gives no answer about the
-                    // resource, the first one stands, marked as not read with the newest version.
+                    // Confirm the absence with the newest version. A read that gives no answer at all is a
+                    // failed check; an error status leaves the first answer, not read with the newest.
                     let mut again = self.read_resource(tenant, resource, &latest).await;
-                    if let Answer::Present { latest_version, .. } = &mut again.answer {
-                        *latest_version = true;
-                        return again;
+                    match &mut again.answer {
+                        Answer::Present { latest_version, .. } => {
+                            *latest_version = complete_list;
+                            return again;
+                        }
+                        Answer::Failed { what } => {
+                            *what =
+                                format!("re-reading with the newest api-version {latest}: {what}");
+                            return again;
+                        }
+                        _ => {
+                            tracing::debug!(resource = %resource, "the newest api-version gave no answer about the resource")
+                        }
                     }
-                    tracing::debug!(resource = %resource, "re-read with the newest api-version gave no answer about the resource");
                 }
                 _ => {}
             }
             return check;
         }
     }
+}
+
+/// A key of a JSON object, matched exactly or else case-insensitively (providers differ in casing).
+fn get_ci<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
+    let obj = v.as_object()?;
+    obj.get(key).or_else(|| {
+        obj.iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(key))
+            .map(|(_, v)| v)
+    })
+}
+
+/// Provisioning states after which a resource's body is settled (RPC: terminal states).
+const SETTLED: &[&str] = &["Succeeded", "Failed", "Canceled", "Cancelled"];
+
+/// The principal a resource's body shows for the identity kind: `properties.principalId` of a
+/// user-assigned identity (MSI-SPEC), `identity.principalId` otherwise. `Err` when the body shows no
+/// principal but cannot be taken at its word: a system-assigned identity switched on whose principal is
+/// not there yet, or a resource still being provisioned.
+fn resource_principal(body: &Value, is_uami: bool) -> Result<Option<String>, String> {
+    let holder = if is_uami {
+        get_ci(body, "properties")
+    } else {
+        get_ci(body, "identity")
+    };
+    if let Some(p) = non_empty(holder.and_then(|h| get_ci(h, "principalId"))) {
+        return Ok(Some(p));
+    }
+    if !is_uami
+        && let Some(kind) = holder
+            .and_then(|h| get_ci(h, "type"))
+            .and_then(Value::as_str)
+        && kind.to_ascii_lowercase().contains("systemassigned")
+    {
+        return Err(format!(
+            "the resource's identity type is {kind:?} but it shows no principal yet (being provisioned?)"
+        ));
+    }
+    if let Some(state) = get_ci(body, "properties")
+        .and_then(|p| get_ci(p, "provisioningState"))
+        .and_then(Value::as_str)
+        && !SETTLED.iter().any(|s| s.eq_ignore_ascii_case(state))
+    {
+        return Err(format!(
+            "the resource is {state:?}: its identity is not settled"
+        ));
+    }
+    Ok(None)
 }
 
 #[cfg(test)]

@@ -95,7 +95,25 @@ fn absent_identity(
 }
 
 /// Judges one identity. Total: every input gives a verdict.
+///
+/// Whatever ARM says about the resource `alternativeNames` names, an identity whose principal Resource
+/// Graph shows on another resource is in use: never an orphan (the resource may have moved).
 pub fn judge(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
+    let j = judge_answer(identity, evidence);
+    match &evidence.carried_elsewhere {
+        Some(other) if j.verdict == Verdict::Orphaned => judgement(
+            Verdict::Unknown,
+            Reason::PrincipalInUseElsewhere,
+            format!(
+                "{}, but Resource Graph shows this principal on {other}: moved, with alternativeNames not updated?",
+                j.detail
+            ),
+        ),
+        _ => j,
+    }
+}
+
+fn judge_answer(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
     use Reason::*;
     use Verdict::*;
     let Some(resource) = &identity.resource else {
@@ -483,6 +501,26 @@ mod tests {
     }
 
     #[test]
+    fn a_principal_resource_graph_shows_elsewhere_is_never_an_orphan() {
+        for mut e in [
+            arm_error(404, "ResourceNotFound"),
+            arm_error(404, "ResourceGroupNotFound"),
+            arm_present(Some("22222222-2222-2222-2222-222222222222"), true, None),
+            arm_present(None, true, Some(None)),
+        ] {
+            e.carried_elsewhere = Some("/subscriptions/s1/resourcegroups/rg2/providers/microsoft.compute/virtualmachines/vm1".into());
+            assert_eq!(
+                verdict(&vm(), &e),
+                (Verdict::Unknown, Reason::PrincipalInUseElsewhere)
+            );
+        }
+        // Healthy and unknown verdicts are left as they are.
+        let mut e = arm_error(403, "AuthorizationFailed");
+        e.carried_elsewhere = Some("/x".into());
+        assert_eq!(verdict(&vm(), &e), (Verdict::Unknown, Reason::AccessDenied));
+    }
+
+    #[test]
     fn redirects_are_never_an_answer() {
         for status in [301, 302, 303, 307, 308] {
             assert_eq!(
@@ -627,6 +665,10 @@ mod tests {
             arm_error(404, "ResourceGroupNotFound"),
             arm_present(None, true, Some(None)),
             arm_present(None, false, None),
+            Evidence {
+                carried_elsewhere: Some("/x".into()),
+                ..arm_error(404, "ResourceNotFound")
+            },
             transferred,
             arm_error(403, "AuthorizationFailed"),
             arm_error(404, "SubscriptionNotFound"),

@@ -280,12 +280,20 @@ impl ManagedIdentity {
                 resource = ResourceId::parse(name);
             }
         }
+        let is_uami = resource
+            .as_ref()
+            .is_some_and(ResourceId::is_user_assigned_identity);
         let identity_type = match explicit {
             Some(Some(true)) => IdentityType::UserAssigned,
+            // No marker: the resource's type tells (a user-assigned identity resource has no
+            // system-assigned identity of its own).
+            None if is_uami => IdentityType::UserAssigned,
             _ => IdentityType::SystemAssigned,
         };
-        // An `isExplicit=` marker we cannot read means we do not know which principal to compare.
-        if matches!(explicit, Some(None)) {
+        // An `isExplicit=` marker we cannot read, or one that contradicts the resource's type, means we do
+        // not know which principal to compare: comparing the wrong one would look like a mismatch.
+        let contradicts = matches!(explicit, Some(Some(user)) if user != is_uami);
+        if matches!(explicit, Some(None)) || contradicts {
             resource = None;
         }
         let alternative_names = if resource.is_some() {
@@ -295,7 +303,7 @@ impl ManagedIdentity {
         };
         Self {
             tenant_id: tenant_id.to_owned(),
-            object_id,
+            object_id: object_id.trim().to_owned(),
             app_id,
             display_name,
             identity_type,
@@ -345,11 +353,13 @@ pub enum Reason {
     /// ARM shows the resource without this identity, but no second answer confirms it (the newest
     /// api-version could not be read, or Resource Graph has no row for the resource).
     IdentityUnconfirmed,
+    /// ARM's answer would make an orphan, but Resource Graph shows the principal on another resource.
+    PrincipalInUseElsewhere,
     CheckFailed,
 }
 
 impl Reason {
-    pub const ALL: [Reason; 10] = [
+    pub const ALL: [Reason; 11] = [
         Reason::ResourcePresent,
         Reason::ResourceNotFound,
         Reason::ResourceGroupNotFound,
@@ -359,6 +369,7 @@ impl Reason {
         Reason::SubscriptionNotAccessible,
         Reason::UnrecognizedAlternativeNames,
         Reason::IdentityUnconfirmed,
+        Reason::PrincipalInUseElsewhere,
         Reason::CheckFailed,
     ];
 
@@ -373,6 +384,7 @@ impl Reason {
             Self::SubscriptionNotAccessible => "subscription_not_accessible",
             Self::UnrecognizedAlternativeNames => "unrecognized_alternative_names",
             Self::IdentityUnconfirmed => "identity_unconfirmed",
+            Self::PrincipalInUseElsewhere => "principal_in_use_elsewhere",
             Self::CheckFailed => "check_failed",
         }
     }
@@ -435,6 +447,10 @@ pub struct Evidence {
     /// Resource Graph's row for the resource, when it listed one (a second, independent witness that an
     /// identity is absent from an existing resource).
     pub resource_graph: Option<GraphRow>,
+    /// Another resource that Resource Graph shows carrying this identity's principal (lower-case id): the
+    /// identity is in use, whatever ARM says about the resource `alternativeNames` names (it may have
+    /// moved, and the principal's `alternativeNames` not followed).
+    pub carried_elsewhere: Option<String>,
     /// Whether the subscription of the resource is in `GET /subscriptions` for these credentials.
     /// `None` for management-group scope.
     pub subscription_visible: Option<bool>,
@@ -449,6 +465,7 @@ impl Evidence {
             source: EvidenceSource::None,
             answer: Answer::NotChecked,
             resource_graph: None,
+            carried_elsewhere: None,
             subscription_visible: None,
             request_id: None,
             correlation_request_id: None,
@@ -591,6 +608,46 @@ mod tests {
         ]);
         assert_eq!(no_marker.identity_type, IdentityType::SystemAssigned);
         assert!(no_marker.resource.is_some());
+    }
+
+    #[test]
+    fn a_marker_that_contradicts_the_resource_type_leaves_no_resource() {
+        let vm =
+            "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm";
+        let uami = "/subscriptions/s/resourcegroups/rg/providers/Microsoft.ManagedIdentity/userAssignedIdentities/id1";
+        assert!(mi(&["isExplicit=True", vm]).resource.is_none());
+        assert!(mi(&["isExplicit=False", uami]).resource.is_none());
+        let unmarked = mi(&[uami]);
+        assert_eq!(unmarked.identity_type, IdentityType::UserAssigned);
+        assert!(unmarked.resource.is_some());
+    }
+
+    #[test]
+    fn odd_ids_are_not_resource_ids() {
+        let base =
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm";
+        for bad in [
+            format!("{base}/.."),
+            format!("{base}/."),
+            format!("{base}//"),
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/../virtualMachines/vm".to_owned(),
+            "/subscriptions/s1/resourceGroups/./rg/providers/Microsoft.Compute/virtualMachines/vm".to_owned(),
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm%2F..".to_owned(),
+            "/subscriptions/s1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines%2fvm".to_owned(),
+            format!("{base}?api-version=1"),
+            format!("{base}#x"),
+            format!("{base}\\x"),
+            format!("{base} "),
+            format!(" {base}"),
+            format!("{base}\t"),
+            format!("{base}\u{0}"),
+        ] {
+            assert!(ResourceId::parse(&bad).is_none(), "{bad:?} should not parse");
+        }
+        assert!(
+            ResourceId::parse(&format!("{base}/")).is_some(),
+            "one trailing slash is dropped"
+        );
     }
 
     #[test]

@@ -132,6 +132,7 @@ proptest! {
         request_id in prop_oneof![Just(None), Just(Some("r".to_owned())), any::<Option<String>>()],
         source in prop_oneof![Just(EvidenceSource::Arm), Just(EvidenceSource::ResourceGraph), Just(EvidenceSource::None)],
         visible in any::<Option<bool>>(),
+        elsewhere in prop_oneof![Just(None), any::<Option<String>>()],
     ) {
         let mut all = vec!["isExplicit=False".to_owned(), SEEDS[1].to_owned()];
         all.extend(names);
@@ -146,12 +147,14 @@ proptest! {
             answer: answer.clone(),
             resource_graph: row.clone().map(|principal_id| crate::domain::GraphRow { principal_id }),
             request_id: request_id.clone(),
+            carried_elsewhere: elsewhere.clone(),
             subscription_visible: visible,
             ..Evidence::not_checked()
         };
         let j = judge(&mi, &ev);
         if j.verdict == Verdict::Orphaned {
             prop_assert_eq!(source, EvidenceSource::Arm);
+            prop_assert!(elsewhere.is_none(), "orphaned while the principal is in use elsewhere");
             match answer {
                 Answer::Present { principal_id: Some(p), .. } => prop_assert!(!p.eq_ignore_ascii_case("o")),
                 Answer::Present { principal_id: None, latest_version } => {

@@ -244,6 +244,14 @@ impl GraphClient {
             inv.pages += 1;
             let mut items = Vec::with_capacity(page.value.len());
             for sp in page.value {
+                if sp.id.trim().is_empty() {
+                    // Graph always returns `id`; a principal without one cannot be tracked or audited.
+                    return Err(AzureError::Decode {
+                        api: Api::Graph,
+                        what: "a servicePrincipal page",
+                        detail: "a principal without an id".into(),
+                    });
+                }
                 // The server filtered by type; a principal that names another type anyway is skipped, one
                 // that names none is taken at the filter's word.
                 let is_mi = sp

@@ -212,6 +212,8 @@ pub struct Scanner {
     counters: Arc<Counters>,
     concurrency: usize,
     graph_delta: bool,
+    /// How long one tenant's scan may take: a little under the whole scan's timeout.
+    tenant_deadline: std::time::Duration,
     tenants: parking_lot::Mutex<HashMap<String, Arc<TenantClients>>>,
 }
 
@@ -257,6 +259,7 @@ impl Scanner {
             counters: Arc::new(Counters::default()),
             concurrency: settings.scan.concurrency,
             graph_delta: settings.scan.graph_delta,
+            tenant_deadline: settings.scan.timeout.mul_f64(0.9),
             tenants: parking_lot::Mutex::new(HashMap::new()),
         })
     }
@@ -356,7 +359,7 @@ impl Scanner {
         for chunk in tenants.chunks(PARALLEL_TENANTS) {
             let scans: Vec<_> = chunk
                 .iter()
-                .map(|t| self.scan_isolated(&report.scan_id, t, &staging, delta))
+                .map(|t| self.scan_isolated(&report.scan_id, t, &staging, delta, store))
                 .collect();
             for tr in futures::future::join_all(scans).await {
                 report.complete &= tr.complete;
@@ -390,18 +393,33 @@ impl Scanner {
 
     /// One tenant's scan, with a panic in it (a bug, never expected) turned into that tenant's error: the
     /// tenant is incomplete, the other tenants and the scan go on, and nothing shared is left poisoned.
+    /// A tenant's scan also has a deadline of its own (a little under the whole scan's), so a service
+    /// that pages for ever makes that tenant incomplete rather than the whole scan abandoned.
     async fn scan_isolated(
         &self,
         scan_id: &str,
         tenant: &str,
         staging: &Store,
         delta: Option<&Store>,
+        record: Option<&Store>,
     ) -> TenantReport {
         use futures::FutureExt;
-        let run = std::panic::AssertUnwindSafe(self.scan_counted(scan_id, tenant, staging, delta));
-        match run.catch_unwind().await {
-            Ok(tr) => tr,
-            Err(panic) => {
+        let run = std::panic::AssertUnwindSafe(
+            self.scan_counted(scan_id, tenant, staging, delta, record),
+        );
+        match tokio::time::timeout(self.tenant_deadline, run.catch_unwind()).await {
+            Err(_) => {
+                tracing::error!(tenant, deadline = ?self.tenant_deadline, "the tenant's scan ran out of time; it is reported incomplete");
+                failed_tenant(
+                    tenant,
+                    format!(
+                        "the tenant's scan did not finish within {:?}",
+                        self.tenant_deadline
+                    ),
+                )
+            }
+            Ok(Ok(tr)) => tr,
+            Ok(Err(panic)) => {
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
@@ -420,11 +438,12 @@ impl Scanner {
         tenant: &str,
         staging: &Store,
         delta: Option<&Store>,
+        record: Option<&Store>,
     ) -> TenantReport {
         let clients = self.clients(tenant);
         let before = clients.counters.snapshot();
         let mut tr = self
-            .scan_tenant(scan_id, tenant, &clients, staging, delta)
+            .scan_tenant(scan_id, tenant, &clients, staging, delta, record)
             .await;
         let after = clients.counters.snapshot();
         tr.requests = after
@@ -453,6 +472,7 @@ impl Scanner {
         clients: &TenantClients,
         staging: &Store,
         delta: Option<&Store>,
+        record: Option<&Store>,
     ) -> TenantReport {
         let mut tr = TenantReport::new(tenant);
         let ctx = Staging {
@@ -481,8 +501,29 @@ impl Scanner {
             }
         };
         let verdicts = async {
-            self.resolve(&ctx, &clients.arm, subscriptions.as_ref(), &mut tr)
-                .await?;
+            // Open findings are checked by ARM whatever Resource Graph shows: only ARM may resolve them.
+            // If they cannot be read, no identity is taken on Resource Graph's word.
+            let trust_arg = match record {
+                None => true,
+                Some(store) => match store.open_finding_keys(tenant).await {
+                    Ok(keys) => {
+                        ctx.store.stage_must_check(scan_id, tenant, &keys).await?;
+                        true
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "open findings could not be read; every identity goes to ARM");
+                        false
+                    }
+                },
+            };
+            self.resolve(
+                &ctx,
+                &clients.arm,
+                subscriptions.as_ref(),
+                trust_arg,
+                &mut tr,
+            )
+            .await?;
             self.judge_all(&ctx, subscriptions.as_ref(), &mut tr).await
         };
         if let Err(e) = verdicts.await {
@@ -572,6 +613,7 @@ impl Scanner {
         ctx: &Staging<'_>,
         arm: &ArmClient,
         subscriptions: Option<&HashMap<String, Subscription>>,
+        trust_arg: bool,
         tr: &mut TenantReport,
     ) -> Result<(), crate::store::StoreError> {
         let visible = |sub: &str| subscriptions.map(|s| s.contains_key(&sub.to_ascii_lowercase()));
@@ -587,6 +629,9 @@ impl Scanner {
         let subs: Vec<String> = bulk_subs.into_iter().collect();
         let mut tables: Vec<_> = types.into_iter().collect();
         tables.sort_by_key(|(t, _)| t.name());
+        if !trust_arg {
+            tables.clear();
+        }
         for (table, tset) in tables {
             let tlist: Vec<String> = tset.into_iter().collect();
             for batch in subs.chunks(ARG_SUBSCRIPTION_BATCH) {

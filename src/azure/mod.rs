@@ -92,11 +92,53 @@ pub enum AzureError {
     Staging(String),
 }
 
-/// At most 200 characters of text from a service, for an error message.
+/// At most 200 characters of text from a service, for an error message, with anything that looks like
+/// a credential cut out (see [`redact`]).
 fn shorten(s: &str) -> String {
-    let mut out: String = s.chars().take(200).collect();
+    let head: String = s.chars().take(400).collect();
+    let mut out: String = redact(&head).chars().take(200).collect();
     if out.len() < s.len() {
         out.push('…');
+    }
+    out
+}
+
+/// Text from a service (an error page, a message) with what looks like a credential replaced by
+/// `[redacted]`: the word after `Bearer`, and JWT-shaped runs (`eyJ…`). A proxy's error page may echo
+/// the request's `Authorization` header, and that text goes into reports, logs and the API.
+pub fn redact(text: &str) -> String {
+    let token_char =
+        |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '=' | '+' | '/' | '~');
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while !rest.is_empty() {
+        let lower = rest.to_ascii_lowercase();
+        let bearer = lower.find("bearer ").map(|i| (i, i + "bearer ".len()));
+        let jwt = lower.find("eyj").map(|i| (i, i));
+        let next = match (bearer, jwt) {
+            (Some(b), Some(j)) => Some(if b.0 <= j.0 { b } else { j }),
+            (b, j) => b.or(j),
+        };
+        let Some((at, from)) = next else {
+            out.push_str(rest);
+            break;
+        };
+        let tail = &rest[from..];
+        let skipped = tail.len() - tail.trim_start().len();
+        let tail = &tail[skipped..];
+        let run = tail.find(|c: char| !token_char(c)).unwrap_or(tail.len());
+        if run >= 8 {
+            out.push_str(&rest[..from + skipped]);
+            out.push_str("[redacted]");
+            rest = &tail[run..];
+        } else {
+            let step = from.max(at + 1);
+            let step = (step..=rest.len())
+                .find(|i| rest.is_char_boundary(*i))
+                .unwrap_or(rest.len());
+            out.push_str(&rest[..step]);
+            rest = &rest[step..];
+        }
     }
     out
 }
@@ -187,17 +229,14 @@ impl Reply {
         let (code, message) = self.error_body().unwrap_or_else(|| {
             (
                 String::new(),
-                String::from_utf8_lossy(&self.body)
-                    .chars()
-                    .take(200)
-                    .collect(),
+                String::from_utf8_lossy(&self.body).into_owned(),
             )
         });
         AzureError::Status {
             api,
             status: self.status,
-            code,
-            message,
+            code: shorten(&code),
+            message: shorten(&message),
         }
     }
 }
@@ -325,5 +364,36 @@ impl Counters {
             .into_iter()
             .map(|a| (a.as_str().to_owned(), self.get(a)))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credentials_in_service_text_are_redacted() {
+        let page = "<html>Bad gateway. Request headers: Authorization: Bearer eyJ0eXAiOiJKV1QiLCJhbGciOiJSUzI1NiJ9.eyJhdWQiOiJ4In0.c2lnbmF0dXJl Host: x</html>";
+        let r = redact(page);
+        assert!(!r.contains("eyJ0eXAi"), "{r}");
+        assert!(r.contains("Bearer [redacted]"), "{r}");
+        assert!(r.contains("Host: x"), "{r}");
+        let bare = redact("token=eyJhbGciOiJIUzI1NiJ9.e30.abcdefgh end");
+        assert!(!bare.contains("eyJhbGci"), "{bare}");
+        // Ordinary text and short words stay.
+        assert_eq!(
+            redact("ResourceNotFound: the bearer of bad news"),
+            "ResourceNotFound: the bearer of bad news"
+        );
+        assert_eq!(redact("naïve Ünïcode eyj"), "naïve Ünïcode eyj");
+        let e = Reply {
+            status: 502,
+            headers: Default::default(),
+            body: bytes::Bytes::from_static(
+                b"proxy error; Authorization: Bearer abcdefghijklmnopqrstuvwxyz0123456789",
+            ),
+        }
+        .into_status_error(Api::Arm);
+        assert!(!e.to_string().contains("abcdefghijklmnop"), "{e}");
     }
 }

@@ -260,9 +260,11 @@ impl Store {
             "select i.object_key, i.resource_id from scan_items i
              where i.scan_id = ? and i.tenant_id = ? and i.object_key > ? and i.resource_id is not null
                and i.source is null
-               and not exists (select 1 from scan_arg_rows a
-                   where a.scan_id = i.scan_id and a.tenant_id = i.tenant_id
-                     and a.resource_key = lower(rtrim(i.resource_id, '/')) and a.principal_key = i.object_key)
+               and (exists (select 1 from scan_must_check m
+                      where m.scan_id = i.scan_id and m.tenant_id = i.tenant_id and m.object_key = i.object_key)
+                    or not exists (select 1 from scan_arg_rows a
+                      where a.scan_id = i.scan_id and a.tenant_id = i.tenant_id
+                        and a.resource_key = lower(rtrim(i.resource_id, '/')) and a.principal_key = i.object_key))
              order by i.object_key limit ?",
         )
         .bind(scan_id)
@@ -281,6 +283,28 @@ impl Store {
             });
         }
         Ok(out)
+    }
+
+    /// Marks identities that ARM must check whatever Resource Graph shows (open findings).
+    pub async fn stage_must_check(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        object_keys: &[String],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for k in object_keys {
+            sqlx::query(
+                "insert or ignore into scan_must_check (scan_id, tenant_id, object_key) values (?, ?, ?)",
+            )
+            .bind(scan_id)
+            .bind(tenant)
+            .bind(k)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Stages the evidence of ARM checks.
@@ -324,7 +348,11 @@ impl Store {
         // it carries this one, a second witness beside ARM's answer otherwise.
         let rows = sqlx::query(
             "select i.*, a.principal_key as arg_principal_key, a.request_id as arg_request_id,
-                    a.checked_at as arg_checked_at
+                    a.checked_at as arg_checked_at,
+                    (select e.resource_key from scan_arg_rows e
+                      where e.scan_id = i.scan_id and e.tenant_id = i.tenant_id and e.principal_key = i.object_key
+                        and e.resource_key != lower(rtrim(coalesce(i.resource_id, ''), '/'))
+                      order by e.resource_key limit 1) as arg_elsewhere
              from scan_items i left join scan_arg_rows a
                on i.resource_id is not null
                   and a.scan_id = i.scan_id and a.tenant_id = i.tenant_id
@@ -390,6 +418,7 @@ impl Store {
                 source,
                 answer,
                 resource_graph,
+                carried_elsewhere: r.try_get("arg_elsewhere")?,
                 subscription_visible: None,
                 request_id,
                 correlation_request_id: r.try_get("correlation_request_id")?,
@@ -598,7 +627,15 @@ mod tests {
         .fetch_all(&work.pool)
         .await
         .expect("tables");
-        assert_eq!(tables, ["scan_arg_rows", "scan_items", "scan_results"]);
+        assert_eq!(
+            tables,
+            [
+                "scan_arg_rows",
+                "scan_items",
+                "scan_must_check",
+                "scan_results"
+            ]
+        );
         work.close().await;
         assert!(path.exists());
         drop(file);
