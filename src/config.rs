@@ -473,19 +473,22 @@ impl Settings {
             .filter(|s| !s.is_empty())
             .map(Secret::new);
 
-        // [[tenants]]
-        let mut tenants = Vec::new();
+        // [[tenants]], each with where it was configured (for error messages).
+        let mut tenants: Vec<(String, TenantSettings)> = Vec::new();
         if let Some(items) = root.get("tenants").and_then(toml::Value::as_array) {
             for (n, t) in items.iter().enumerate() {
                 let Some(t) = t.as_table() else { continue };
                 match t.get("id").and_then(toml::Value::as_str) {
-                    Some(id) if is_tenant_id(id) => tenants.push(TenantSettings {
-                        id: id.to_ascii_lowercase(),
-                        name: t
-                            .get("name")
-                            .and_then(toml::Value::as_str)
-                            .map(str::to_owned),
-                    }),
+                    Some(id) if is_tenant_id(id) => tenants.push((
+                        format!("tenants[{n}]"),
+                        TenantSettings {
+                            id: id.trim().to_ascii_lowercase(),
+                            name: t
+                                .get("name")
+                                .and_then(toml::Value::as_str)
+                                .map(str::to_owned),
+                        },
+                    )),
                     Some(id) => r.errors.push(format!(
                         "tenants[{n}].id: {id:?} is not a tenant id (a GUID or a domain name)"
                     )),
@@ -497,15 +500,29 @@ impl Settings {
             && let Some(id) = env.get("AZURE_TENANT_ID").filter(|s| !s.trim().is_empty())
         {
             if is_tenant_id(id) {
-                tenants.push(TenantSettings {
-                    id: id.trim().to_ascii_lowercase(),
-                    name: None,
-                });
+                tenants.push((
+                    "AZURE_TENANT_ID".into(),
+                    TenantSettings {
+                        id: id.trim().to_ascii_lowercase(),
+                        name: None,
+                    },
+                ));
             } else {
                 r.errors
                     .push(format!("AZURE_TENANT_ID: {id:?} is not a tenant id"));
             }
         }
+        // The same tenant twice would be scanned twice into one scan (the store refuses that): checked
+        // on the final list, ids already trimmed and lower-cased.
+        for (i, (at, t)) in tenants.iter().enumerate() {
+            if let Some((first, _)) = tenants[..i].iter().find(|(_, o)| o.id == t.id) {
+                r.errors.push(format!(
+                    "{at}.id: {:?} is the same tenant as {first}.id (tenant ids compare case-insensitively); list each tenant once",
+                    t.id
+                ));
+            }
+        }
+        let tenants: Vec<TenantSettings> = tenants.into_iter().map(|(_, t)| t).collect();
 
         // [database]
         let db_url = r
@@ -774,6 +791,51 @@ mod tests {
         let f = file("[auth]\nmethod = \"managed_identity\"\n");
         let err = Settings::load(Some(f.path()), &Env::new()).expect_err("refused");
         assert!(err.0[0].starts_with("auth.method"));
+    }
+
+    #[test]
+    fn a_tenant_listed_twice_is_an_error_naming_both_positions() {
+        let f = file(
+            "[[tenants]]\nid = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"\n\
+             [[tenants]]\nid = \"contoso.onmicrosoft.com\"\n\
+             [[tenants]]\nid = \" 72F988BF-86F1-41AF-91AB-2D7CD011DB47 \"\nname = \"again\"\n",
+        );
+        let err = Settings::load(Some(f.path()), &Env::new()).expect_err("duplicate");
+        assert_eq!(err.0.len(), 1, "{:?}", err.0);
+        let line = &err.0[0];
+        assert!(
+            line.starts_with("tenants[2].id:")
+                && line.contains("tenants[0].id")
+                && line.contains("72f988bf-86f1-41af-91ab-2d7cd011db47"),
+            "{line}"
+        );
+        // Distinct tenants pass, with ids trimmed and lower-cased.
+        let f = file(
+            "[[tenants]]\nid = \" 72F988BF-86F1-41AF-91AB-2D7CD011DB47\"\n[[tenants]]\nid = \"Contoso.onmicrosoft.com\"\n",
+        );
+        let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+        assert_eq!(
+            s.tenant_ids(),
+            [
+                "72f988bf-86f1-41af-91ab-2d7cd011db47",
+                "contoso.onmicrosoft.com"
+            ]
+        );
+    }
+
+    #[test]
+    fn azure_tenant_id_fills_in_only_an_empty_list_so_it_never_duplicates() {
+        let id = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let f = file(&format!("[[tenants]]\nid = \"{id}\"\n"));
+        let s = Settings::load(
+            Some(f.path()),
+            &env(&[("AZURE_TENANT_ID", &id.to_ascii_uppercase())]),
+        )
+        .expect("valid");
+        assert_eq!(s.tenant_ids(), [id]);
+        let s = Settings::load(None, &env(&[("AZURE_TENANT_ID", &id.to_ascii_uppercase())]))
+            .expect("valid");
+        assert_eq!(s.tenant_ids(), [id]);
     }
 
     #[test]

@@ -255,3 +255,32 @@ async fn demo_scans_the_built_in_tenant_without_azure() {
     assert!(v["summary"]["orphaned"].as_u64().expect("count") > 0);
     assert!(run.stderr.contains("http://127.0.0.1:"));
 }
+
+#[tokio::test]
+async fn a_tenant_listed_twice_exits_2_naming_both_positions() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("dup.toml");
+    let db = format!("sqlite://{}", dir.path().join("dup.db").display());
+    std::fs::write(
+        &path,
+        format!(
+            "[auth]\nclient_id = \"c\"\nclient_secret = \"s3cr3t-dup\"\n[database]\nurl = \"{db}\"\n\
+             [[tenants]]\nid = \"{TENANT}\"\n[[tenants]]\nid = \"{}\"\n",
+            TENANT.to_ascii_uppercase()
+        ),
+    )
+    .expect("write");
+    let run = miaudit(&["--config", path.to_str().expect("utf-8"), "scan"], &[]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(run.stdout.is_empty());
+    let lines: Vec<&str> = run.stderr.lines().collect();
+    assert_eq!(lines.len(), 1, "{}", run.stderr);
+    assert!(
+        lines[0].contains("tenants[1].id") && lines[0].contains("tenants[0].id"),
+        "{}",
+        run.stderr
+    );
+    assert!(!run.stderr.contains("UNIQUE"), "{}", run.stderr);
+    // Nothing was scanned or recorded.
+    assert!(!dir.path().join("dup.db").exists());
+}
