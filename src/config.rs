@@ -11,10 +11,119 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-/// Every problem found, one line each.
+/// Every problem found, one line each. No line holds a secret: the TOML parser's error is given as line,
+/// column and message without the source line it quotes, and every configured secret value (client
+/// secret, API token) is replaced by `<redacted>` wherever a message would echo it (a secret pasted into
+/// another key, say).
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
 pub struct ConfigError(pub Vec<String>);
+
+/// The keys whose values are secrets.
+const SECRET_KEYS: &[(&str, &str)] = &[("auth", "client_secret"), ("http", "api_token")];
+
+/// Environment variables that carry a secret besides the `MIAUDIT_` overrides of [`SECRET_KEYS`].
+const SECRET_ENV: &[&str] = &["AZURE_CLIENT_SECRET"];
+
+/// Secrets shorter than this are not scrubbed out of messages: replacing every "t" of a message would
+/// make it unreadable, and such a value protects nothing anyway.
+const MIN_SCRUBBED: usize = 4;
+
+/// Replaces every occurrence of each secret (also in its `{:?}`-escaped form) in `lines`.
+fn scrub(mut lines: Vec<String>, secrets: &[String]) -> Vec<String> {
+    for secret in secrets.iter().filter(|s| s.chars().count() >= MIN_SCRUBBED) {
+        let escaped = format!("{secret:?}");
+        let escaped = &escaped[1..escaped.len() - 1];
+        for line in &mut lines {
+            for form in [secret.as_str(), escaped] {
+                if line.contains(form) {
+                    *line = line.replace(form, "<redacted>");
+                }
+            }
+        }
+    }
+    lines
+}
+
+/// The secret values the environment holds.
+fn env_secrets(env: &Env) -> Vec<String> {
+    env.iter()
+        .filter(|(name, _)| {
+            SECRET_ENV.contains(&name.as_str())
+                || name
+                    .strip_prefix("MIAUDIT_")
+                    .and_then(|rest| rest.split_once("__"))
+                    .is_some_and(|(s, k)| {
+                        SECRET_KEYS.iter().any(|(ss, kk)| {
+                            s.eq_ignore_ascii_case(ss) && k.eq_ignore_ascii_case(kk)
+                        })
+                    })
+        })
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// Values of lines of a file that does not parse that look like a secret's `key = value`: the raw value
+/// and the value without its quotes or a trailing comment, each a candidate to scrub.
+fn secrets_in_text(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key
+            .rsplit('.')
+            .next()
+            .unwrap_or(key)
+            .trim()
+            .trim_matches(['"', '\'', '[', ']'])
+            .to_ascii_lowercase();
+        let secret_like = SECRET_KEYS.iter().any(|(_, k)| *k == key)
+            || ["secret", "token", "password"]
+                .iter()
+                .any(|w| key.contains(w));
+        if !secret_like {
+            continue;
+        }
+        let raw = value.trim();
+        let unquoted = raw.trim_matches(['"', '\'']);
+        let uncommented = raw
+            .split(" #")
+            .next()
+            .unwrap_or(raw)
+            .trim()
+            .trim_matches(['"', '\'']);
+        out.extend([raw, unquoted, uncommented].map(str::to_owned));
+    }
+    out
+}
+
+/// 1-based line and column (in characters) of byte offset `at` of `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// A TOML syntax error as one line: where and what, never the source line (it may be the secret's).
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!(
+                "config file {}: TOML syntax error at line {line}, column {column}: {message}",
+                path.display()
+            )
+        }
+        None => format!(
+            "config file {}: TOML syntax error: {message}",
+            path.display()
+        ),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cloud {
@@ -322,14 +431,24 @@ impl Settings {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| ConfigError(vec![format!("config file {}: {e}", p.display())]))?;
                 text.parse::<toml::Table>().map_err(|e| {
-                    ConfigError(vec![format!(
-                        "config file {}: {}",
-                        p.display(),
-                        e.to_string().trim().replace('\n', " ")
-                    )])
+                    let mut secrets = env_secrets(env);
+                    secrets.extend(secrets_in_text(&text));
+                    ConfigError(scrub(vec![syntax_error(p, &text, &e)], &secrets))
                 })?
             }
         };
+        // Every secret value configured, to scrub out of whatever a message below echoes.
+        let mut secrets = env_secrets(env);
+        for (section, key) in SECRET_KEYS {
+            if let Some(v) = root
+                .get(*section)
+                .and_then(toml::Value::as_table)
+                .and_then(|t| t.get(*key))
+                .and_then(toml::Value::as_str)
+            {
+                secrets.push(v.to_owned());
+            }
+        }
         let mut errors = Vec::new();
         // Unknown sections and keys in the file.
         for (section, value) in &root {
@@ -460,7 +579,11 @@ impl Settings {
             );
         }
         let from_file = file.and_then(|f| match std::fs::read_to_string(&f) {
-            Ok(s) => Some(s.trim_end_matches(['\r', '\n']).to_owned()),
+            Ok(s) => {
+                let s = s.trim_end_matches(['\r', '\n']).to_owned();
+                secrets.push(s.clone());
+                Some(s)
+            }
             Err(e) => {
                 r.errors
                     .push(format!("auth.client_secret_file: cannot read {f}: {e}"));
@@ -607,7 +730,7 @@ impl Settings {
         errors.extend(r.errors);
         errors.extend(url_errors);
         if !errors.is_empty() {
-            return Err(ConfigError(errors));
+            return Err(ConfigError(scrub(errors, &secrets)));
         }
         Ok(Self {
             azure,
@@ -836,6 +959,71 @@ mod tests {
         let s = Settings::load(None, &env(&[("AZURE_TENANT_ID", &id.to_ascii_uppercase())]))
             .expect("valid");
         assert_eq!(s.tenant_ids(), [id]);
+    }
+
+    #[test]
+    fn a_syntax_error_on_a_secret_line_gives_line_and_column_but_never_the_line() {
+        for (text, secret, line) in [
+            // An unterminated string: the error is on the secret's own line.
+            (
+                "[auth]\nclient_id = \"c\"\nclient_secret = \"Sup3r-S3cret-Value\n",
+                "Sup3r-S3cret-Value",
+                3,
+            ),
+            // A bare (unquoted) value.
+            (
+                "[http]\napi_token = t0ken-without-quotes\n",
+                "t0ken-without-quotes",
+                2,
+            ),
+            // Dotted key at the top level, a stray character after the value.
+            (
+                "auth.client_secret = \"dotted-s3cret\" x\n",
+                "dotted-s3cret",
+                1,
+            ),
+        ] {
+            let f = file(text);
+            let err = Settings::load(Some(f.path()), &Env::new()).expect_err("syntax error");
+            assert_eq!(err.0.len(), 1, "{:?}", err.0);
+            let msg = &err.0[0];
+            assert!(
+                msg.contains(&format!("line {line}, column")),
+                "{msg} (for {text:?})"
+            );
+            assert!(!msg.contains(secret), "{msg}");
+            assert!(!err.to_string().contains(secret));
+        }
+    }
+
+    #[test]
+    fn a_secret_pasted_into_another_key_is_redacted_from_the_error() {
+        let e = env(&[
+            ("MIAUDIT_AUTH__CLIENT_SECRET", "env-s3cret-value"),
+            ("MIAUDIT_SCAN__CONCURRENCY", "env-s3cret-value"),
+            ("AZURE_CLIENT_SECRET", "azure-s3cret"),
+            ("MIAUDIT_HTTP__LISTEN", "azure-s3cret"),
+        ]);
+        let f = file(
+            "[http]\napi_token = \"file-t0ken\"\n[lifecycle]\nconfirm_after = \"file-t0ken\"\n",
+        );
+        let err = Settings::load(Some(f.path()), &e).expect_err("invalid");
+        let text = err.0.join("\n");
+        for key in ["scan.concurrency", "http.listen", "lifecycle.confirm_after"] {
+            assert!(text.contains(key), "{key} missing from:\n{text}");
+        }
+        for secret in ["env-s3cret-value", "azure-s3cret", "file-t0ken"] {
+            assert!(!text.contains(secret), "{secret} in:\n{text}");
+        }
+        assert!(text.contains("<redacted>"), "{text}");
+    }
+
+    #[test]
+    fn line_and_column_count_characters_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("é\nx", 3), (2, 1));
+        assert_eq!(line_column("ab", 99), (1, 3));
     }
 
     #[test]

@@ -284,3 +284,60 @@ async fn a_tenant_listed_twice_exits_2_naming_both_positions() {
     // Nothing was scanned or recorded.
     assert!(!dir.path().join("dup.db").exists());
 }
+
+#[tokio::test]
+async fn configuration_errors_never_print_a_secret() {
+    let dir = tempfile::tempdir().expect("dir");
+    let path = dir.path().join("broken.toml");
+    let cfg = path.to_str().expect("utf-8");
+    let secret = "Sup3r-S3cret-Client-Value";
+    let token = "t0ken-4-the-api";
+    // A syntax error on the secret's own line (an unterminated string), as every command meets it.
+    std::fs::write(
+        &path,
+        format!("[auth]\nclient_id = \"c\"\nclient_secret = \"{secret}\n"),
+    )
+    .expect("write");
+    for args in [
+        &["--config", cfg, "scan"][..],
+        &["--config", cfg, "serve"],
+        &["--config", cfg, "export"],
+    ] {
+        let run = miaudit(args, &[]).await;
+        assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
+        assert!(
+            run.stderr.contains("line 3, column"),
+            "{args:?}: {}",
+            run.stderr
+        );
+        assert!(!run.stderr.contains(secret), "{args:?}: {}", run.stderr);
+        assert!(!run.stdout.contains(secret));
+    }
+    // A bare token on the api_token line.
+    std::fs::write(&path, format!("[http]\napi_token = {token}\n")).expect("write");
+    let run = miaudit(&["--config", cfg, "scan"], &[]).await;
+    assert_eq!(run.code, 2);
+    assert!(run.stderr.contains("line 2, column"), "{}", run.stderr);
+    assert!(!run.stderr.contains(token), "{}", run.stderr);
+    // Secrets from the environment pasted into the wrong variables.
+    std::fs::write(&path, "").expect("write");
+    let run = miaudit(
+        &["--config", cfg, "scan"],
+        &[
+            ("MIAUDIT_AUTH__CLIENT_SECRET", secret),
+            ("MIAUDIT_SCAN__MAX_RETRIES", secret),
+            ("MIAUDIT_HTTP__API_TOKEN", token),
+            ("MIAUDIT_HTTP__LISTEN", token),
+            ("AZURE_CLIENT_SECRET", "azure-env-s3cret"),
+            ("MIAUDIT_LIFECYCLE__CONFIRM_AFTER", "azure-env-s3cret"),
+        ],
+    )
+    .await;
+    assert_eq!(run.code, 2);
+    for key in ["scan.max_retries", "http.listen", "lifecycle.confirm_after"] {
+        assert!(run.stderr.contains(key), "{key}: {}", run.stderr);
+    }
+    for s in [secret, token, "azure-env-s3cret"] {
+        assert!(!run.stderr.contains(s), "{s}: {}", run.stderr);
+    }
+}
