@@ -221,7 +221,20 @@ pub struct ScanSettings {
     pub timeout: Duration,
     /// Repeat scans read only what changed in Graph (delta), with a full listing at least every 6 days.
     pub graph_delta: bool,
+    /// Largest Azure response body read, in bytes; a larger one fails that call.
+    pub max_response_bytes: usize,
+    /// Longest server-requested wait (`Retry-After`, quota resets) honoured; a longer one fails that
+    /// call instead of sleeping.
+    pub max_server_wait: Duration,
 }
+
+/// Default of `[scan] max_response_bytes`: Resource Graph documents a 16 MB limit on its answers;
+/// twice that leaves headroom for JSON escaping and the other APIs' largest pages.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
+/// Smallest `[scan] max_response_bytes` accepted: a Graph page of 999 identities is larger.
+pub const MIN_MAX_RESPONSE_BYTES: u64 = 64 * 1024;
+/// Largest `[scan] max_response_bytes` accepted (a body is held in memory while decoded).
+pub const MAX_MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct LogSettings {
@@ -273,6 +286,8 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "retry_max_delay",
             "timeout",
             "graph_delta",
+            "max_response_bytes",
+            "max_server_wait",
         ],
     ),
     ("log", &["level", "format"]),
@@ -312,6 +327,25 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (num.is_empty() && any).then_some(total)
 }
 
+/// Parses a size in bytes: `"65536"`, `"64KiB"`, `"32MiB"`, `"1GiB"` (powers of 1024) or `"16MB"`
+/// (powers of 1000); the unit is case-insensitive and may follow a space.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..digits].parse().ok()?;
+    let factor: u64 = match s[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
 /// `http` is only for loopback (tests, the simulator); everything else must be `https`.
 fn check_endpoint(key: &str, v: &str, errors: &mut Vec<String>) -> String {
     let trimmed = v.trim().trim_end_matches('/').to_owned();
@@ -338,6 +372,16 @@ fn check_endpoint(key: &str, v: &str, errors: &mut Vec<String>) -> String {
         Err(e) => errors.push(format!("{key}: {v:?} is not a URL ({e})")),
     }
     trimmed
+}
+
+/// A size for a message: whole KiB, MiB or GiB when it is one.
+fn show_size(n: u64) -> String {
+    for (unit, f) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= f && n.is_multiple_of(f) {
+            return format!("{}{unit}", n / f);
+        }
+    }
+    n.to_string()
 }
 
 /// Reads typed values out of the merged table, collecting problems.
@@ -393,6 +437,26 @@ impl Reader<'_> {
                     .unwrap_or_default();
                 self.errors.push(format!(
                     "{section}.{key}: expected a whole number from {min} to {max}, found {found}"
+                ));
+                None
+            }
+        }
+    }
+
+    fn size(&mut self, section: &str, key: &str, min: u64, max: u64) -> Option<u64> {
+        let v = self.get(section, key)?;
+        let parsed = match v {
+            toml::Value::Integer(i) => u64::try_from(*i).ok(),
+            toml::Value::String(s) => parse_size(s),
+            _ => None,
+        };
+        match parsed {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.errors.push(format!(
+                    "{section}.{key}: expected a size from {} to {} (bytes, or with a unit such as \"32MiB\"), found {v}",
+                    show_size(min),
+                    show_size(max)
                 ));
                 None
             }
@@ -714,6 +778,17 @@ impl Settings {
         }
 
         let graph_delta = r.boolean("scan", "graph_delta").unwrap_or(false);
+        let max_response_bytes = r
+            .size(
+                "scan",
+                "max_response_bytes",
+                MIN_MAX_RESPONSE_BYTES,
+                MAX_MAX_RESPONSE_BYTES,
+            )
+            .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
+        let max_server_wait = r
+            .duration("scan", "max_server_wait")
+            .unwrap_or(Duration::from_secs(300));
 
         // [log]
         let level = r.string("log", "level").unwrap_or_else(|| "info".into());
@@ -755,6 +830,8 @@ impl Settings {
                 retry_max_delay,
                 timeout: scan_timeout,
                 graph_delta,
+                max_response_bytes: usize::try_from(max_response_bytes).unwrap_or(usize::MAX),
+                max_server_wait,
             },
             log: LogSettings { level, json },
         })
@@ -1024,6 +1101,82 @@ mod tests {
         assert_eq!(line_column("ab\ncd", 4), (2, 2));
         assert_eq!(line_column("é\nx", 3), (2, 1));
         assert_eq!(line_column("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("65536"), Some(65_536));
+        assert_eq!(parse_size("64KiB"), Some(65_536));
+        assert_eq!(parse_size("32 mib"), Some(32 << 20));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("16MB"), Some(16_000_000));
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "12 parsecs",
+            "99999999999999999999GiB",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn response_size_cap_and_server_wait_have_defaults_bounds_and_overrides() {
+        let s = Settings::load(None, &Env::new()).expect("defaults");
+        assert_eq!(s.scan.max_response_bytes, 32 * 1024 * 1024);
+        assert_eq!(s.scan.max_server_wait, Duration::from_secs(300));
+
+        let f = file("[scan]\nmax_response_bytes = \"16MiB\"\nmax_server_wait = \"90s\"\n");
+        let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+        assert_eq!(s.scan.max_response_bytes, 16 << 20);
+        assert_eq!(s.scan.max_server_wait, Duration::from_secs(90));
+
+        let f = file("[scan]\nmax_response_bytes = 65536\n");
+        let s = Settings::load(
+            Some(f.path()),
+            &env(&[
+                ("MIAUDIT_SCAN__MAX_RESPONSE_BYTES", "1048576"),
+                ("MIAUDIT_SCAN__MAX_SERVER_WAIT", "0s"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(s.scan.max_response_bytes, 1 << 20, "the environment wins");
+        assert_eq!(s.scan.max_server_wait, Duration::ZERO);
+
+        for (text, key) in [
+            ("max_response_bytes = 65535", "scan.max_response_bytes"),
+            ("max_response_bytes = \"2GiB\"", "scan.max_response_bytes"),
+            ("max_response_bytes = -1", "scan.max_response_bytes"),
+            ("max_response_bytes = \"lots\"", "scan.max_response_bytes"),
+            ("max_server_wait = \"forever\"", "scan.max_server_wait"),
+            ("max_server_wait = -5", "scan.max_server_wait"),
+        ] {
+            let f = file(&format!("[scan]\n{text}\n"));
+            let err = Settings::load(Some(f.path()), &Env::new()).expect_err(text);
+            assert_eq!(err.0.len(), 1, "{text}: {:?}", err.0);
+            assert!(err.0[0].starts_with(key), "{text}: {}", err.0[0]);
+        }
+        let f = file("[scan]\nmax_response_bytes = 1\n");
+        let err = Settings::load(Some(f.path()), &Env::new()).expect_err("too small");
+        assert!(err.0[0].contains("from 64KiB to 1GiB"), "{}", err.0[0]);
+    }
+
+    #[test]
+    fn the_example_configuration_is_valid_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/miaudit.example.toml");
+        let example = Settings::load(Some(&path), &Env::new()).expect("the example loads");
+        let defaults = Settings::load(None, &Env::new()).expect("defaults");
+        assert_eq!(
+            format!("{:?}", example.scan),
+            format!("{:?}", defaults.scan)
+        );
+        assert_eq!(
+            format!("{:?}", example.http),
+            format!("{:?}", defaults.http)
+        );
+        assert_eq!(format!("{:?}", example.log), format!("{:?}", defaults.log));
     }
 
     #[test]
