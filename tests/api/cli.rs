@@ -302,6 +302,7 @@ async fn configuration_errors_never_print_a_secret() {
         &["--config", cfg, "scan"][..],
         &["--config", cfg, "serve"],
         &["--config", cfg, "export"],
+        &["--config", cfg, "--log-format", "json", "scan"],
     ] {
         let run = miaudit(args, &[]).await;
         assert_eq!(run.code, 2, "{args:?}: {}", run.stderr);
@@ -340,4 +341,70 @@ async fn configuration_errors_never_print_a_secret() {
     for s in [secret, token, "azure-env-s3cret"] {
         assert!(!run.stderr.contains(s), "{s}: {}", run.stderr);
     }
+}
+
+#[tokio::test]
+async fn json_logs_are_one_object_a_line_without_secrets_or_colours() {
+    let (mut w, _, _) = orphan_world();
+    w.client_secret = "json-l0g-s3cret-value".into();
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    let base = env.sim.base_url().to_owned();
+    let db = format!("sqlite://{}", env.dir.path().join("json.db").display());
+    let path = env.dir.path().join("json.toml");
+    std::fs::write(&path, format!("[azure]\nauthority_host = \"{base}\"\ngraph_endpoint = \"{base}\"\narm_endpoint = \"{base}\"\n[database]\nurl = \"{db}\"\n[http]\napi_token = \"json-l0g-api-t0ken\"\n")).expect("write");
+    let cfg = path.to_str().expect("utf-8");
+    let creds = [
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_CLIENT_ID", miaudit::simulator::model::SIM_CLIENT_ID),
+        ("AZURE_CLIENT_SECRET", "json-l0g-s3cret-value"),
+        // Everything, every crate.
+        ("RUST_LOG", "trace"),
+    ];
+    let check = |run: &Run, json: bool| {
+        assert!(!run.stderr.is_empty());
+        for secret in ["json-l0g-s3cret-value", "json-l0g-api-t0ken", "Bearer ey"] {
+            assert!(!run.stderr.contains(secret), "{secret} in the logs");
+            assert!(!run.stdout.contains(secret));
+        }
+        assert!(!run.stderr.contains('\x1b'), "no colours on a pipe");
+        for line in run.stderr.lines() {
+            let parsed = serde_json::from_str::<Value>(line);
+            assert_eq!(parsed.is_ok(), json, "{line}");
+        }
+    };
+    // The flag.
+    let run = miaudit(
+        &[
+            "--config",
+            cfg,
+            "scan",
+            "--log-format",
+            "json",
+            "--output",
+            "json",
+        ],
+        &creds,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    check(&run, true);
+    assert!(run.stderr.lines().any(|l| {
+        serde_json::from_str::<Value>(l)
+            .is_ok_and(|v| v["level"].is_string() && v["fields"].is_object())
+    }));
+    // The configuration ([log] format), and the flag overriding it.
+    let mut with_cfg = creds.to_vec();
+    with_cfg.push(("MIAUDIT_LOG__FORMAT", "json"));
+    let run = miaudit(&["--config", cfg, "scan"], &with_cfg).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    check(&run, true);
+    let run = miaudit(
+        &["--log-format", "text", "--config", cfg, "scan"],
+        &with_cfg,
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    check(&run, false);
+    let bad = miaudit(&["--log-format", "yaml", "scan"], &[]).await;
+    assert_eq!(bad.code, 2);
 }
