@@ -408,3 +408,72 @@ async fn json_logs_are_one_object_a_line_without_secrets_or_colours() {
     let bad = miaudit(&["--log-format", "yaml", "scan"], &[]).await;
     assert_eq!(bad.code, 2);
 }
+
+#[tokio::test]
+async fn an_incomplete_scan_table_says_what_it_could_not_check_and_never_all_clear() {
+    // The inventory fails: nothing could be judged.
+    let (w, _, _) = orphan_world();
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    env.sim.add_fault(FaultRule {
+        api: Api::Graph,
+        path_contains: None,
+        times: None,
+        fault: Fault::Status(500),
+    });
+    let cfg = env.config_path.to_str().expect("utf-8 path");
+    let run = miaudit(&["--config", cfg, "scan"], &[]).await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let out = &run.stdout;
+    assert!(!out.contains("no orphaned or unknown identities"), "{out}");
+    assert!(out.contains("INCOMPLETE SCAN"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "tenant {TENANT}: INCOMPLETE: its identities could not be listed, so none were judged"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("  error: inventory:"), "{out}");
+    assert!(out.contains("this is not an all-clear"), "{out}");
+    let run = miaudit(&["--config", cfg, "scan", "--output", "json"], &[]).await;
+    assert_eq!(run.code, 3);
+    let v: Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(v["complete"], false);
+    let t = &v["tenants"][0];
+    assert_eq!(
+        (t["complete"].as_bool(), t["inventory_complete"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert_eq!(t["unjudged"], Value::Null, "unknown how many");
+    assert!(
+        t["errors"][0]
+            .as_str()
+            .is_some_and(|e| e.starts_with("inventory:"))
+    );
+
+    // The inventory is read, but checks fail: how many could not be judged.
+    env.sim.clear_faults();
+    env.sim.add_fault(FaultRule {
+        api: Api::Arm,
+        path_contains: Some("virtualMachines/gone".into()),
+        times: None,
+        fault: Fault::Status(503),
+    });
+    let run = miaudit(&["--config", cfg, "scan"], &[]).await;
+    assert_eq!(run.code, 3, "{}", run.stderr);
+    let out = &run.stdout;
+    assert!(
+        out.contains(&format!(
+            "tenant {TENANT}: INCOMPLETE: 1 of 2 identities could not be judged"
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains("UNKNOWN (1)") && out.contains("check_failed"),
+        "{out}"
+    );
+    assert!(!out.contains("no orphaned or unknown identities"), "{out}");
+    let run = miaudit(&["--config", cfg, "scan", "--output", "json"], &[]).await;
+    let v: Value = serde_json::from_str(&run.stdout).expect("JSON");
+    assert_eq!(v["tenants"][0]["unjudged"], 1);
+    assert_eq!(v["tenants"][0]["inventory_complete"], true);
+}
