@@ -195,7 +195,20 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub listen: SocketAddr,
+    /// Bearer token of the mutating endpoints (and of reads and metrics when they require it).
     pub api_token: Option<Secret>,
+    /// Every request but `/healthz`, `/readyz` (and `/metrics`, see below) needs the bearer token:
+    /// findings, scans, the export.
+    pub require_token_for_reads: bool,
+    /// `/metrics` needs the bearer token (Prometheus sends it with `authorization: {credentials: ...}`).
+    pub metrics_require_token: bool,
+}
+
+impl HttpSettings {
+    /// The listen address is reachable from elsewhere (not loopback) and the API's reads need no token.
+    pub fn reads_exposed(&self) -> bool {
+        !self.listen.ip().to_canonical().is_loopback() && !self.require_token_for_reads
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -273,7 +286,15 @@ const SCHEMA: &[(&str, &[&str])] = &[
         &["method", "client_id", "client_secret", "client_secret_file"],
     ),
     ("database", &["url"]),
-    ("http", &["listen", "api_token"]),
+    (
+        "http",
+        &[
+            "listen",
+            "api_token",
+            "require_token_for_reads",
+            "metrics_require_token",
+        ],
+    ),
     ("schedule", &["cron", "scan_on_start"]),
     ("lifecycle", &["confirm_after"]),
     (
@@ -735,6 +756,20 @@ impl Settings {
             .string("http", "api_token")
             .filter(|s| !s.is_empty())
             .map(Secret::new);
+        let require_token_for_reads = r
+            .boolean("http", "require_token_for_reads")
+            .unwrap_or(false);
+        let metrics_require_token = r.boolean("http", "metrics_require_token").unwrap_or(false);
+        for (key, on) in [
+            ("require_token_for_reads", require_token_for_reads),
+            ("metrics_require_token", metrics_require_token),
+        ] {
+            if on && api_token.is_none() {
+                r.errors.push(format!(
+                    "http.{key}: needs a token to require: set http.api_token (or MIAUDIT_HTTP__API_TOKEN)"
+                ));
+            }
+        }
 
         // [schedule]
         let cron = r
@@ -816,7 +851,12 @@ impl Settings {
             },
             tenants,
             database: DatabaseSettings { url: db_url },
-            http: HttpSettings { listen, api_token },
+            http: HttpSettings {
+                listen,
+                api_token,
+                require_token_for_reads,
+                metrics_require_token,
+            },
             schedule: ScheduleSettings {
                 cron,
                 scan_on_start,
@@ -1177,6 +1217,50 @@ mod tests {
             format!("{:?}", defaults.http)
         );
         assert_eq!(format!("{:?}", example.log), format!("{:?}", defaults.log));
+    }
+
+    #[test]
+    fn requiring_the_token_needs_one_configured() {
+        let s = Settings::load(None, &Env::new()).expect("defaults");
+        assert!(!s.http.require_token_for_reads && !s.http.metrics_require_token);
+        let f = file("[http]\nrequire_token_for_reads = true\nmetrics_require_token = \"true\"\n");
+        let err = Settings::load(Some(f.path()), &Env::new()).expect_err("no token");
+        assert_eq!(err.0.len(), 2, "{:?}", err.0);
+        assert!(err.0[0].starts_with("http.require_token_for_reads: needs"));
+        assert!(err.0[1].starts_with("http.metrics_require_token: needs"));
+        // The token from the environment counts.
+        let s = Settings::load(
+            Some(f.path()),
+            &env(&[("MIAUDIT_HTTP__API_TOKEN", "tok3n-from-env")]),
+        )
+        .expect("valid");
+        assert!(s.http.require_token_for_reads && s.http.metrics_require_token);
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("MIAUDIT_HTTP__API_TOKEN", "tok3n-from-env"),
+                ("MIAUDIT_HTTP__REQUIRE_TOKEN_FOR_READS", "true"),
+            ]),
+        )
+        .expect("valid");
+        assert!(s.http.require_token_for_reads && !s.http.metrics_require_token);
+    }
+
+    #[test]
+    fn reads_are_exposed_only_off_loopback_without_the_token_requirement() {
+        let http = |listen: &str, require: bool| HttpSettings {
+            listen: listen.parse().expect("address"),
+            api_token: None,
+            require_token_for_reads: require,
+            metrics_require_token: false,
+        };
+        assert!(!http("127.0.0.1:9464", false).reads_exposed());
+        assert!(!http("[::1]:9464", false).reads_exposed());
+        assert!(!http("[::ffff:127.0.0.1]:9464", false).reads_exposed());
+        assert!(http("0.0.0.0:9464", false).reads_exposed());
+        assert!(http("[::]:9464", false).reads_exposed());
+        assert!(http("10.1.2.3:9464", false).reads_exposed());
+        assert!(!http("0.0.0.0:9464", true).reads_exposed());
     }
 
     #[test]

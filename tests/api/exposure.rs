@@ -1,0 +1,185 @@
+//! Exposure: reads and metrics behind the bearer token when configured, the warning about open reads on a
+//! non-loopback address, owner-only database files, and working files no other process deletes.
+
+use crate::helpers::*;
+use miaudit::simulator::SimConfig;
+use serde_json::Value;
+
+const TOKEN: &str = "r3ads-need-this-t0ken";
+
+/// A world with one orphan, scanned once by a daemon with `extra` [http] settings.
+async fn scanned_daemon(http: &str) -> (TestEnv, Daemon, String) {
+    let (mut w, sub) = world();
+    let gone_id = rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/gone");
+    let gone = w.add_system_assigned(&gone_id);
+    w.delete_resource(&gone_id);
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    let d = env
+        .daemon(&format!(
+            "[http]\nlisten = \"127.0.0.1:0\"\napi_token = \"{TOKEN}\"\n{http}"
+        ))
+        .await;
+    d.scan().await;
+    (env, d, gone)
+}
+
+/// Status, `www-authenticate` and body of a GET with an optional bearer token.
+async fn get(url: &str, token: Option<&str>) -> (u16, Option<String>, String) {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let r = req.send().await.expect("request");
+    let status = r.status().as_u16();
+    let auth = r
+        .headers()
+        .get("www-authenticate")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let ctype = r
+        .headers()
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    let body = r.text().await.expect("body");
+    if status == 401 {
+        assert_eq!(ctype, "application/problem+json", "{url}");
+        let p: Value = serde_json::from_str(&body).expect("problem JSON");
+        assert_eq!(p["status"], 401);
+        assert!(!body.contains(TOKEN));
+    }
+    (status, auth, body)
+}
+
+#[tokio::test]
+async fn with_require_token_for_reads_every_read_needs_the_bearer_token() {
+    let (_env, d, gone) = scanned_daemon("require_token_for_reads = true\n").await;
+    let (_, scans) = {
+        let (s, _, body) = get(&d.url("/api/v1/scans"), Some(TOKEN)).await;
+        (s, serde_json::from_str::<Value>(&body).expect("json"))
+    };
+    let scan_id = scans["items"][0]["scan_id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
+    for (path, ok) in [
+        ("/api/v1/findings".to_owned(), 200),
+        ("/api/v1/findings?state=suspected&limit=5".to_owned(), 200),
+        (format!("/api/v1/findings/{TENANT}/{gone}"), 200),
+        ("/api/v1/scans".to_owned(), 200),
+        (format!("/api/v1/scans/{scan_id}"), 200),
+        ("/api/v1/export?format=csv".to_owned(), 200),
+        ("/api/v1/export?format=json".to_owned(), 200),
+        // Unknown paths do not tell a stranger what exists.
+        ("/api/v1/nothing".to_owned(), 404),
+        ("/".to_owned(), 404),
+    ] {
+        let url = d.url(&path);
+        let (s, auth, body) = get(&url, None).await;
+        assert_eq!((s, auth.as_deref()), (401, Some("Bearer")), "{path}");
+        assert!(!body.contains(&gone), "{path}: nothing leaks");
+        let (s, _, _) = get(&url, Some("wrong-token")).await;
+        assert_eq!(s, 401, "{path}");
+        let (s, _, _) = get(&url, Some(&format!("{TOKEN}x"))).await;
+        assert_eq!(s, 401, "{path}");
+        let (s, _, body) = get(&url, Some(TOKEN)).await;
+        assert_eq!(s, ok, "{path}: {body}");
+    }
+    // Health checks stay open; metrics keep their own setting (open here).
+    for path in ["/healthz", "/readyz", "/metrics"] {
+        let (s, _, _) = get(&d.url(path), None).await;
+        assert_eq!(s, 200, "{path}");
+    }
+    // Mutating endpoints are unchanged: the token, or 401.
+    let r = reqwest::Client::new()
+        .post(d.url(&format!("/api/v1/findings/{TENANT}/{gone}/acknowledge")))
+        .json(&serde_json::json!({"ticket": "T-1"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 401);
+    d.stop().await;
+}
+
+#[tokio::test]
+async fn metrics_require_token_guards_only_metrics() {
+    let (_env, d, _) = scanned_daemon("metrics_require_token = true\n").await;
+    let (s, auth, _) = get(&d.url("/metrics"), None).await;
+    assert_eq!((s, auth.as_deref()), (401, Some("Bearer")));
+    let (s, _, _) = get(&d.url("/metrics"), Some("nope")).await;
+    assert_eq!(s, 401);
+    let (s, _, text) = get(&d.url("/metrics"), Some(TOKEN)).await;
+    assert_eq!(s, 200);
+    assert!(text.contains("miaudit_managed_identities"));
+    for path in ["/api/v1/findings", "/api/v1/scans", "/healthz", "/readyz"] {
+        let (s, _, _) = get(&d.url(path), None).await;
+        assert_eq!(s, 200, "{path}: reads stay open by default");
+    }
+    d.stop().await;
+}
+
+const BIN: &str = env!("CARGO_BIN_EXE_miaudit");
+
+/// Runs `miaudit serve` with `listen` until it exits on its own; its exit code and stderr.
+async fn serve_once(env: &TestEnv, http: &str) -> (Option<i32>, String) {
+    let path = env.dir.path().join("exposed.toml");
+    let base = std::fs::read_to_string(&env.config_path).expect("config");
+    std::fs::write(
+        &path,
+        format!(
+            "{base}\n[http]\n{http}\n[schedule]\ncron = \"0 0 0 1 1 *\"\nscan_on_start = false\n"
+        ),
+    )
+    .expect("config");
+    let out = tokio::time::timeout(
+        std::time::Duration::from_secs(20),
+        tokio::process::Command::new(BIN)
+            .args(["--config", path.to_str().expect("utf-8"), "serve"])
+            .env_clear()
+            .output(),
+    )
+    .await
+    .expect("serve gives up on an address it cannot bind")
+    .expect("runs");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn open_reads_on_a_non_loopback_address_are_warned_about_at_start() {
+    let (w, _) = world();
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    // 192.0.2.1 (TEST-NET-1, RFC 5737) is on no interface: the bind fails, so nothing is ever exposed,
+    // and the warning is logged before it.
+    let (code, stderr) = serve_once(&env, "listen = \"192.0.2.1:9464\"\n").await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("WARN") && stderr.contains("reads need no token"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("MIAUDIT_HTTP__REQUIRE_TOKEN_FOR_READS=true"));
+    let (code, stderr) = serve_once(
+        &env,
+        &format!(
+            "listen = \"192.0.2.1:9464\"\napi_token = \"{TOKEN}\"\nrequire_token_for_reads = true\n"
+        ),
+    )
+    .await;
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(!stderr.contains("reads need no token"), "{stderr}");
+    assert!(!stderr.contains(TOKEN));
+    // Without a token to require: a configuration error, exit 2, before anything starts.
+    let (code, stderr) = serve_once(
+        &env,
+        "listen = \"127.0.0.1:0\"\nrequire_token_for_reads = true\n",
+    )
+    .await;
+    assert_eq!(code, Some(2));
+    assert!(
+        stderr.contains("http.require_token_for_reads: needs a token"),
+        "{stderr}"
+    );
+}
