@@ -24,6 +24,23 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored row in {table} is not valid: {reason}")]
     Corrupt { table: &'static str, reason: String },
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates `path`, which must not exist, readable and writable by the owner only (0600 on Unix,
+/// whatever the umask). `create_new` also refuses to follow a symbolic link planted at `path`.
+pub(crate) fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path)
 }
 
 #[derive(Clone)]

@@ -183,3 +183,85 @@ async fn open_reads_on_a_non_loopback_address_are_warned_about_at_start() {
         "{stderr}"
     );
 }
+
+/// The working databases (not their lock files) beside the store in `dir`.
+fn work_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .expect("dir")
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("miaudit.db.work-"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_daemon_starting_during_a_cli_scan_leaves_its_working_file_alone() {
+    let env = TestEnv::start(
+        miaudit::simulator::model::World::generate(5, 200),
+        SimConfig {
+            latency: std::time::Duration::from_millis(200),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    // A scan run by hand, in another process.
+    let mut scan = tokio::process::Command::new(BIN)
+        .args([
+            "--config",
+            env.config_path.to_str().expect("utf-8"),
+            "scan",
+            "--output",
+            "json",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("scan starts");
+    let mut live = Vec::new();
+    for _ in 0..200 {
+        live = work_files(env.dir.path());
+        if live.iter().any(|p| !p.to_string_lossy().ends_with(".lock")) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let work = live
+        .into_iter()
+        .find(|p| !p.to_string_lossy().ends_with(".lock"))
+        .expect("the scan made its working file");
+    // The daemon starts meanwhile and cleans up working files of dead scans.
+    let d = env.daemon("").await;
+    assert!(work.exists(), "the live scan's working file was deleted");
+    let out = tokio::time::timeout(std::time::Duration::from_secs(60), async {
+        let mut stdout = Vec::new();
+        let mut stderr = Vec::new();
+        use tokio::io::AsyncReadExt;
+        let (mut o, mut e) = (
+            scan.stdout.take().expect("stdout"),
+            scan.stderr.take().expect("stderr"),
+        );
+        let _ = tokio::join!(o.read_to_end(&mut stdout), e.read_to_end(&mut stderr));
+        (scan.wait().await.expect("status"), stdout, stderr)
+    })
+    .await
+    .expect("the scan ends");
+    let (status, stdout, stderr) = out;
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&stderr)
+    );
+    let v: Value = serde_json::from_slice(&stdout).expect("JSON report");
+    assert_eq!(v["complete"], true);
+    // Recorded, and its files gone with it.
+    let (_, scans) = get_json(&d.url("/api/v1/scans")).await;
+    assert_eq!(scans["items"][0]["scan_id"], v["scan_id"]);
+    assert_eq!(scans["items"][0]["complete"], true);
+    d.stop().await;
+    assert!(work_files(env.dir.path()).is_empty());
+}
