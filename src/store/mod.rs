@@ -33,6 +33,37 @@ pub enum StoreError {
     },
 }
 
+/// Creates the database file owner-only (0600) when it does not exist yet, before SQLite opens it. SQLite
+/// gives the `-wal` and `-shm` files (and any journal) the permission bits of the database file, so they
+/// are owner-only too. Chosen over `umask(077)` at start: the umask is process-wide state that would
+/// silently apply to every other file the process or a library creates, is set through an unsafe libc
+/// call (the crate denies `unsafe`), and is invisible where the files are made. An existing file keeps
+/// its permissions (operators may have chosen them); a warning says when others can read it.
+fn create_database_file(path: &std::path::Path) {
+    if path.as_os_str().is_empty() {
+        return;
+    }
+    match create_private(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            if let Ok(meta) = std::fs::metadata(path) {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{mode:o}"),
+                        "other users may read the database (findings, evidence); chmod 600 it, and its -wal and -shm files"
+                    );
+                }
+            }
+        }
+        // SQLite reports what is wrong (a missing directory, no permission) when it tries.
+        Err(_) => {}
+    }
+}
+
 /// Creates `path`, which must not exist, readable and writable by the owner only (0600 on Unix,
 /// whatever the umask). `create_new` also refuses to follow a symbolic link planted at `path`.
 pub(crate) fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
@@ -209,7 +240,11 @@ impl Store {
     }
 
     async fn connect_read_write(url: &str) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::from_str(url)?
+        let opts = SqliteConnectOptions::from_str(url)?;
+        if !url.contains(":memory:") {
+            create_database_file(opts.get_filename());
+        }
+        let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)

@@ -265,3 +265,80 @@ async fn a_daemon_starting_during_a_cli_scan_leaves_its_working_file_alone() {
     d.stop().await;
     assert!(work_files(env.dir.path()).is_empty());
 }
+
+#[cfg(unix)]
+#[tokio::test]
+async fn database_files_are_created_owner_only_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    use tokio::io::AsyncBufReadExt;
+    let env = TestEnv::start(
+        miaudit::simulator::model::World::generate(6, 100),
+        SimConfig {
+            latency: std::time::Duration::from_millis(100),
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let path = env.dir.path().join("serve.toml");
+    let base = std::fs::read_to_string(&env.config_path).expect("config");
+    std::fs::write(
+        &path,
+        format!("{base}\n[http]\nlisten = \"127.0.0.1:0\"\n[schedule]\ncron = \"0 0 0 1 1 *\"\nscan_on_start = true\n"),
+    )
+    .expect("config");
+    // The usual umask, which would make SQLite's files world-readable (0644).
+    let mut child = tokio::process::Command::new("sh")
+        .args([
+            "-c",
+            "umask 022; exec \"$0\" --config \"$1\" serve",
+            BIN,
+            path.to_str().expect("utf-8"),
+        ])
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("serve starts");
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
+    while let Ok(Some(l)) = lines.next_line().await {
+        if l.contains("serving http://") {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    // While it runs (the start-up scan under way): the database, its WAL and shared memory, and the
+    // scan's working files.
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..100 {
+        for e in std::fs::read_dir(env.dir.path()).expect("dir").flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("miaudit.db") {
+                let mode = e.metadata().expect("meta").permissions().mode() & 0o777;
+                let kind = if name.contains(".work-") {
+                    "work"
+                } else {
+                    name.trim_start_matches("miaudit.db")
+                };
+                seen.insert(kind.to_owned(), format!("{mode:o}"));
+            }
+        }
+        if ["", "-wal", "-shm", "work"]
+            .iter()
+            .all(|k| seen.contains_key(*k))
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let pid = child.id().expect("pid");
+    let _ = std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(20), child.wait()).await;
+    for kind in ["", "-wal", "-shm", "work"] {
+        assert_eq!(
+            seen.get(kind).map(String::as_str),
+            Some("600"),
+            "miaudit.db{kind}: {seen:?}"
+        );
+    }
+}
