@@ -447,13 +447,21 @@ impl WorkFile {
         let lock_path = lock_path(&path);
         let lock = super::create_private(&lock_path)
             .map_err(io("cannot create the scan's lock file", &lock_path))?;
-        if let Err(e) = lock.try_lock() {
-            let _ = std::fs::remove_file(&lock_path);
-            let source = match e {
-                std::fs::TryLockError::Error(e) => e,
-                std::fs::TryLockError::WouldBlock => std::io::ErrorKind::WouldBlock.into(),
-            };
-            return Err(io("cannot lock", &lock_path)(source));
+        match lock.try_lock() {
+            Ok(()) => {}
+            // A file system without advisory locks: the scan goes on. Nobody else can take the lock
+            // there either, so the file is never deleted as dead — only, after a crash, not cleaned up.
+            Err(std::fs::TryLockError::Error(e)) => tracing::warn!(
+                path = %lock_path.display(), error = %e,
+                "cannot lock the scan's working file; if this scan dies, remove its files by hand"
+            ),
+            // Impossible for a file just created under a random name; refuse rather than share it.
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let _ = std::fs::remove_file(&lock_path);
+                return Err(io("cannot lock", &lock_path)(
+                    std::io::ErrorKind::WouldBlock.into(),
+                ));
+            }
         }
         if let Err(e) = super::create_private(&path) {
             let _ = std::fs::remove_file(&lock_path);
