@@ -23,6 +23,12 @@ EXPOSE 9464
 ENTRYPOINT ["/usr/local/bin/miaudit"]
 # Without configuration the image runs the demo daemon against the built-in simulated tenant, listening
 # on all interfaces of the container: docker run -p 9464:9464 miaudit
-# For a real tenant: docker run -p 9464:9464 -v /path/miaudit.toml:/etc/miaudit/miaudit.toml \
-#   -e AZURE_CLIENT_SECRET=... -e MIAUDIT_HTTP__LISTEN=0.0.0.0:9464 miaudit --config /etc/miaudit/miaudit.toml serve
+# For a real tenant the API listens on all interfaces of the container, so make its reads need the token
+# (every GET under /api/v1/ then needs "Authorization: Bearer <token>"; /healthz and /readyz stay open;
+# add -e MIAUDIT_HTTP__METRICS_REQUIRE_TOKEN=true to guard /metrics as well):
+#   docker run -p 9464:9464 -v /path/miaudit.toml:/etc/miaudit/miaudit.toml \
+#     -e AZURE_CLIENT_SECRET=... -e MIAUDIT_HTTP__LISTEN=0.0.0.0:9464 \
+#     -e MIAUDIT_HTTP__API_TOKEN=... -e MIAUDIT_HTTP__REQUIRE_TOKEN_FOR_READS=true \
+#     miaudit --config /etc/miaudit/miaudit.toml serve
+# Without the token requirement `serve` logs a warning at start-up that anyone who can reach it reads every finding.
 CMD ["demo", "--listen", "0.0.0.0:9464"]

@@ -24,6 +24,16 @@ pub struct App {
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let settings = Arc::new(settings);
+        // Said before anything is opened or bound, so it is in the log even when binding fails.
+        if settings.http.reads_exposed() {
+            tracing::warn!(
+                listen = %settings.http.listen,
+                "the HTTP API listens on a non-loopback address and its reads need no token: anyone who \
+                 can reach it can read every finding, scan and export. Set [http] api_token and \
+                 require_token_for_reads = true (MIAUDIT_HTTP__API_TOKEN, \
+                 MIAUDIT_HTTP__REQUIRE_TOKEN_FOR_READS=true), or listen on 127.0.0.1"
+            );
+        }
         let store = Store::connect(&settings.database.url)
             .await
             .with_context(|| format!("opening the database {}", settings.database.url))?;
@@ -71,6 +81,8 @@ impl App {
             metrics,
             runner,
             api_token: settings.http.api_token.clone(),
+            require_token_for_reads: settings.http.require_token_for_reads,
+            metrics_require_token: settings.http.metrics_require_token,
             tenants: Arc::new(tenants),
         };
         Ok(Self {

@@ -28,8 +28,22 @@ pub struct Cli {
     /// Configuration file (TOML). Every key can be overridden by MIAUDIT_<SECTION>__<KEY>.
     #[arg(long, global = true, env = "MIAUDIT_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Log lines on stderr as text or JSON (one object a line, for collectors); overrides [log] format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Whether logs are JSON: the flag, else the configuration.
+fn log_json(flag: Option<LogFormat>, settings: &Settings) -> bool {
+    flag.map_or(settings.log.json, |f| f == LogFormat::Json)
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -204,7 +218,7 @@ async fn run(cli: Cli) -> ExitCode {
             if let Err(e) = settings.check_scan_ready() {
                 return config_error(&e.0);
             }
-            crate::telemetry::init(&settings.log.level, settings.log.json);
+            crate::telemetry::init(&settings.log.level, log_json(cli.log_format, &settings));
             scan_and_print(&settings, output, all, fail_on_orphans, Trigger::Cli).await
         }
         Command::Serve => {
@@ -212,7 +226,8 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            serve(settings).await
+            let json = log_json(cli.log_format, &settings);
+            serve(settings, json).await
         }
         Command::Export {
             format,
@@ -250,7 +265,8 @@ async fn run(cli: Cli) -> ExitCode {
                 Some(n) => World::generate_with_orphans(seed, identities, n),
                 None => World::generate(seed, identities),
             };
-            demo(world, seed, once, output, listen, churn_every).await
+            let json = cli.log_format == Some(LogFormat::Json);
+            demo(world, seed, once, output, listen, churn_every, json).await
         }
     }
 }
@@ -379,7 +395,7 @@ async fn bench(sizes: &str, latency_ms: u64, per_item_us: u64, graph_delta: bool
     ExitCode::from(EXIT_OK)
 }
 
-async fn serve(settings: Settings) -> ExitCode {
+async fn serve(settings: Settings, json: bool) -> ExitCode {
     if let Err(e) = settings.check_scan_ready() {
         return config_error(&e.0);
     }
@@ -389,16 +405,18 @@ async fn serve(settings: Settings) -> ExitCode {
             settings.schedule.cron
         )]);
     }
-    crate::telemetry::init(&settings.log.level, settings.log.json);
+    crate::telemetry::init(&settings.log.level, json);
     let app = match crate::app::App::build(settings).await {
         Ok(a) => a,
         Err(e) => return config_error(&[format!("{e:#}")]),
     };
-    eprintln!(
-        "miaudit: serving http://{}/metrics and http://{}/api/v1/findings",
-        app.http_addr(),
-        app.http_addr()
-    );
+    let addr = app.http_addr();
+    // With JSON logs, stderr stays one JSON object a line.
+    if json {
+        tracing::info!(%addr, "serving http://{addr}/metrics and http://{addr}/api/v1/findings");
+    } else {
+        eprintln!("miaudit: serving http://{addr}/metrics and http://{addr}/api/v1/findings");
+    }
     match app.run_until_stopped(crate::app::shutdown_signal()).await {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(e) => {
@@ -537,8 +555,9 @@ async fn demo(
     output: Output,
     listen: std::net::SocketAddr,
     churn_every: u64,
+    json: bool,
 ) -> ExitCode {
-    crate::telemetry::init(if once { "warn" } else { "info" }, false);
+    crate::telemetry::init(if once { "warn" } else { "info" }, json);
     let identities = world
         .principals
         .iter()

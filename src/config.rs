@@ -11,10 +11,119 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-/// Every problem found, one line each.
+/// Every problem found, one line each. No line holds a secret: the TOML parser's error is given as line,
+/// column and message without the source line it quotes, and every configured secret value (client
+/// secret, API token) is replaced by `<redacted>` wherever a message would echo it (a secret pasted into
+/// another key, say).
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
 pub struct ConfigError(pub Vec<String>);
+
+/// The keys whose values are secrets.
+const SECRET_KEYS: &[(&str, &str)] = &[("auth", "client_secret"), ("http", "api_token")];
+
+/// Environment variables that carry a secret besides the `MIAUDIT_` overrides of [`SECRET_KEYS`].
+const SECRET_ENV: &[&str] = &["AZURE_CLIENT_SECRET"];
+
+/// Secrets shorter than this are not scrubbed out of messages: replacing every "t" of a message would
+/// make it unreadable, and such a value protects nothing anyway.
+const MIN_SCRUBBED: usize = 4;
+
+/// Replaces every occurrence of each secret (also in its `{:?}`-escaped form) in `lines`.
+fn scrub(mut lines: Vec<String>, secrets: &[String]) -> Vec<String> {
+    for secret in secrets.iter().filter(|s| s.chars().count() >= MIN_SCRUBBED) {
+        let escaped = format!("{secret:?}");
+        let escaped = &escaped[1..escaped.len() - 1];
+        for line in &mut lines {
+            for form in [secret.as_str(), escaped] {
+                if line.contains(form) {
+                    *line = line.replace(form, "<redacted>");
+                }
+            }
+        }
+    }
+    lines
+}
+
+/// The secret values the environment holds.
+fn env_secrets(env: &Env) -> Vec<String> {
+    env.iter()
+        .filter(|(name, _)| {
+            SECRET_ENV.contains(&name.as_str())
+                || name
+                    .strip_prefix("MIAUDIT_")
+                    .and_then(|rest| rest.split_once("__"))
+                    .is_some_and(|(s, k)| {
+                        SECRET_KEYS.iter().any(|(ss, kk)| {
+                            s.eq_ignore_ascii_case(ss) && k.eq_ignore_ascii_case(kk)
+                        })
+                    })
+        })
+        .map(|(_, v)| v.clone())
+        .collect()
+}
+
+/// Values of lines of a file that does not parse that look like a secret's `key = value`: the raw value
+/// and the value without its quotes or a trailing comment, each a candidate to scrub.
+fn secrets_in_text(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once('=') else {
+            continue;
+        };
+        let key = key
+            .rsplit('.')
+            .next()
+            .unwrap_or(key)
+            .trim()
+            .trim_matches(['"', '\'', '[', ']'])
+            .to_ascii_lowercase();
+        let secret_like = SECRET_KEYS.iter().any(|(_, k)| *k == key)
+            || ["secret", "token", "password"]
+                .iter()
+                .any(|w| key.contains(w));
+        if !secret_like {
+            continue;
+        }
+        let raw = value.trim();
+        let unquoted = raw.trim_matches(['"', '\'']);
+        let uncommented = raw
+            .split(" #")
+            .next()
+            .unwrap_or(raw)
+            .trim()
+            .trim_matches(['"', '\'']);
+        out.extend([raw, unquoted, uncommented].map(str::to_owned));
+    }
+    out
+}
+
+/// 1-based line and column (in characters) of byte offset `at` of `text`.
+fn line_column(text: &str, at: usize) -> (usize, usize) {
+    let at = at.min(text.len());
+    let before = text.get(..at).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().unwrap_or("").chars().count() + 1;
+    (line, column)
+}
+
+/// A TOML syntax error as one line: where and what, never the source line (it may be the secret's).
+fn syntax_error(path: &Path, text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match e.span() {
+        Some(span) => {
+            let (line, column) = line_column(text, span.start);
+            format!(
+                "config file {}: TOML syntax error at line {line}, column {column}: {message}",
+                path.display()
+            )
+        }
+        None => format!(
+            "config file {}: TOML syntax error: {message}",
+            path.display()
+        ),
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Cloud {
@@ -86,7 +195,20 @@ pub struct DatabaseSettings {
 #[derive(Debug, Clone)]
 pub struct HttpSettings {
     pub listen: SocketAddr,
+    /// Bearer token of the mutating endpoints (and of reads and metrics when they require it).
     pub api_token: Option<Secret>,
+    /// Every request but `/healthz`, `/readyz` (and `/metrics`, see below) needs the bearer token:
+    /// findings, scans, the export.
+    pub require_token_for_reads: bool,
+    /// `/metrics` needs the bearer token (Prometheus sends it with `authorization: {credentials: ...}`).
+    pub metrics_require_token: bool,
+}
+
+impl HttpSettings {
+    /// The listen address is reachable from elsewhere (not loopback) and the API's reads need no token.
+    pub fn reads_exposed(&self) -> bool {
+        !self.listen.ip().to_canonical().is_loopback() && !self.require_token_for_reads
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -112,7 +234,20 @@ pub struct ScanSettings {
     pub timeout: Duration,
     /// Repeat scans read only what changed in Graph (delta), with a full listing at least every 6 days.
     pub graph_delta: bool,
+    /// Largest Azure response body read, in bytes; a larger one fails that call.
+    pub max_response_bytes: usize,
+    /// Longest server-requested wait (`Retry-After`, quota resets) honoured; a longer one fails that
+    /// call instead of sleeping.
+    pub max_server_wait: Duration,
 }
+
+/// Default of `[scan] max_response_bytes`: Resource Graph documents a 16 MB limit on its answers;
+/// twice that leaves headroom for JSON escaping and the other APIs' largest pages.
+pub const DEFAULT_MAX_RESPONSE_BYTES: u64 = 32 * 1024 * 1024;
+/// Smallest `[scan] max_response_bytes` accepted: a Graph page of 999 identities is larger.
+pub const MIN_MAX_RESPONSE_BYTES: u64 = 64 * 1024;
+/// Largest `[scan] max_response_bytes` accepted (a body is held in memory while decoded).
+pub const MAX_MAX_RESPONSE_BYTES: u64 = 1024 * 1024 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct LogSettings {
@@ -151,7 +286,15 @@ const SCHEMA: &[(&str, &[&str])] = &[
         &["method", "client_id", "client_secret", "client_secret_file"],
     ),
     ("database", &["url"]),
-    ("http", &["listen", "api_token"]),
+    (
+        "http",
+        &[
+            "listen",
+            "api_token",
+            "require_token_for_reads",
+            "metrics_require_token",
+        ],
+    ),
     ("schedule", &["cron", "scan_on_start"]),
     ("lifecycle", &["confirm_after"]),
     (
@@ -164,6 +307,8 @@ const SCHEMA: &[(&str, &[&str])] = &[
             "retry_max_delay",
             "timeout",
             "graph_delta",
+            "max_response_bytes",
+            "max_server_wait",
         ],
     ),
     ("log", &["level", "format"]),
@@ -203,6 +348,25 @@ pub fn parse_duration(s: &str) -> Option<Duration> {
     (num.is_empty() && any).then_some(total)
 }
 
+/// Parses a size in bytes: `"65536"`, `"64KiB"`, `"32MiB"`, `"1GiB"` (powers of 1024) or `"16MB"`
+/// (powers of 1000); the unit is case-insensitive and may follow a space.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let n: u64 = s[..digits].parse().ok()?;
+    let factor: u64 = match s[digits..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "kb" => 1_000,
+        "mb" => 1_000_000,
+        "gb" => 1_000_000_000,
+        _ => return None,
+    };
+    n.checked_mul(factor)
+}
+
 /// `http` is only for loopback (tests, the simulator); everything else must be `https`.
 fn check_endpoint(key: &str, v: &str, errors: &mut Vec<String>) -> String {
     let trimmed = v.trim().trim_end_matches('/').to_owned();
@@ -229,6 +393,16 @@ fn check_endpoint(key: &str, v: &str, errors: &mut Vec<String>) -> String {
         Err(e) => errors.push(format!("{key}: {v:?} is not a URL ({e})")),
     }
     trimmed
+}
+
+/// A size for a message: whole KiB, MiB or GiB when it is one.
+fn show_size(n: u64) -> String {
+    for (unit, f) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+        if n >= f && n.is_multiple_of(f) {
+            return format!("{}{unit}", n / f);
+        }
+    }
+    n.to_string()
 }
 
 /// Reads typed values out of the merged table, collecting problems.
@@ -290,6 +464,26 @@ impl Reader<'_> {
         }
     }
 
+    fn size(&mut self, section: &str, key: &str, min: u64, max: u64) -> Option<u64> {
+        let v = self.get(section, key)?;
+        let parsed = match v {
+            toml::Value::Integer(i) => u64::try_from(*i).ok(),
+            toml::Value::String(s) => parse_size(s),
+            _ => None,
+        };
+        match parsed {
+            Some(n) if (min..=max).contains(&n) => Some(n),
+            _ => {
+                self.errors.push(format!(
+                    "{section}.{key}: expected a size from {} to {} (bytes, or with a unit such as \"32MiB\"), found {v}",
+                    show_size(min),
+                    show_size(max)
+                ));
+                None
+            }
+        }
+    }
+
     fn duration(&mut self, section: &str, key: &str) -> Option<Duration> {
         let v = self.get(section, key)?;
         let parsed = match v {
@@ -322,14 +516,24 @@ impl Settings {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| ConfigError(vec![format!("config file {}: {e}", p.display())]))?;
                 text.parse::<toml::Table>().map_err(|e| {
-                    ConfigError(vec![format!(
-                        "config file {}: {}",
-                        p.display(),
-                        e.to_string().trim().replace('\n', " ")
-                    )])
+                    let mut secrets = env_secrets(env);
+                    secrets.extend(secrets_in_text(&text));
+                    ConfigError(scrub(vec![syntax_error(p, &text, &e)], &secrets))
                 })?
             }
         };
+        // Every secret value configured, to scrub out of whatever a message below echoes.
+        let mut secrets = env_secrets(env);
+        for (section, key) in SECRET_KEYS {
+            if let Some(v) = root
+                .get(*section)
+                .and_then(toml::Value::as_table)
+                .and_then(|t| t.get(*key))
+                .and_then(toml::Value::as_str)
+            {
+                secrets.push(v.to_owned());
+            }
+        }
         let mut errors = Vec::new();
         // Unknown sections and keys in the file.
         for (section, value) in &root {
@@ -460,7 +664,11 @@ impl Settings {
             );
         }
         let from_file = file.and_then(|f| match std::fs::read_to_string(&f) {
-            Ok(s) => Some(s.trim_end_matches(['\r', '\n']).to_owned()),
+            Ok(s) => {
+                let s = s.trim_end_matches(['\r', '\n']).to_owned();
+                secrets.push(s.clone());
+                Some(s)
+            }
             Err(e) => {
                 r.errors
                     .push(format!("auth.client_secret_file: cannot read {f}: {e}"));
@@ -473,19 +681,22 @@ impl Settings {
             .filter(|s| !s.is_empty())
             .map(Secret::new);
 
-        // [[tenants]]
-        let mut tenants = Vec::new();
+        // [[tenants]], each with where it was configured (for error messages).
+        let mut tenants: Vec<(String, TenantSettings)> = Vec::new();
         if let Some(items) = root.get("tenants").and_then(toml::Value::as_array) {
             for (n, t) in items.iter().enumerate() {
                 let Some(t) = t.as_table() else { continue };
                 match t.get("id").and_then(toml::Value::as_str) {
-                    Some(id) if is_tenant_id(id) => tenants.push(TenantSettings {
-                        id: id.to_ascii_lowercase(),
-                        name: t
-                            .get("name")
-                            .and_then(toml::Value::as_str)
-                            .map(str::to_owned),
-                    }),
+                    Some(id) if is_tenant_id(id) => tenants.push((
+                        format!("tenants[{n}]"),
+                        TenantSettings {
+                            id: id.trim().to_ascii_lowercase(),
+                            name: t
+                                .get("name")
+                                .and_then(toml::Value::as_str)
+                                .map(str::to_owned),
+                        },
+                    )),
                     Some(id) => r.errors.push(format!(
                         "tenants[{n}].id: {id:?} is not a tenant id (a GUID or a domain name)"
                     )),
@@ -497,15 +708,29 @@ impl Settings {
             && let Some(id) = env.get("AZURE_TENANT_ID").filter(|s| !s.trim().is_empty())
         {
             if is_tenant_id(id) {
-                tenants.push(TenantSettings {
-                    id: id.trim().to_ascii_lowercase(),
-                    name: None,
-                });
+                tenants.push((
+                    "AZURE_TENANT_ID".into(),
+                    TenantSettings {
+                        id: id.trim().to_ascii_lowercase(),
+                        name: None,
+                    },
+                ));
             } else {
                 r.errors
                     .push(format!("AZURE_TENANT_ID: {id:?} is not a tenant id"));
             }
         }
+        // The same tenant twice would be scanned twice into one scan (the store refuses that): checked
+        // on the final list, ids already trimmed and lower-cased.
+        for (i, (at, t)) in tenants.iter().enumerate() {
+            if let Some((first, _)) = tenants[..i].iter().find(|(_, o)| o.id == t.id) {
+                r.errors.push(format!(
+                    "{at}.id: {:?} is the same tenant as {first}.id (tenant ids compare case-insensitively); list each tenant once",
+                    t.id
+                ));
+            }
+        }
+        let tenants: Vec<TenantSettings> = tenants.into_iter().map(|(_, t)| t).collect();
 
         // [database]
         let db_url = r
@@ -531,6 +756,20 @@ impl Settings {
             .string("http", "api_token")
             .filter(|s| !s.is_empty())
             .map(Secret::new);
+        let require_token_for_reads = r
+            .boolean("http", "require_token_for_reads")
+            .unwrap_or(false);
+        let metrics_require_token = r.boolean("http", "metrics_require_token").unwrap_or(false);
+        for (key, on) in [
+            ("require_token_for_reads", require_token_for_reads),
+            ("metrics_require_token", metrics_require_token),
+        ] {
+            if on && api_token.is_none() {
+                r.errors.push(format!(
+                    "http.{key}: needs a token to require: set http.api_token (or MIAUDIT_HTTP__API_TOKEN)"
+                ));
+            }
+        }
 
         // [schedule]
         let cron = r
@@ -574,6 +813,17 @@ impl Settings {
         }
 
         let graph_delta = r.boolean("scan", "graph_delta").unwrap_or(false);
+        let max_response_bytes = r
+            .size(
+                "scan",
+                "max_response_bytes",
+                MIN_MAX_RESPONSE_BYTES,
+                MAX_MAX_RESPONSE_BYTES,
+            )
+            .unwrap_or(DEFAULT_MAX_RESPONSE_BYTES);
+        let max_server_wait = r
+            .duration("scan", "max_server_wait")
+            .unwrap_or(Duration::from_secs(300));
 
         // [log]
         let level = r.string("log", "level").unwrap_or_else(|| "info".into());
@@ -590,7 +840,7 @@ impl Settings {
         errors.extend(r.errors);
         errors.extend(url_errors);
         if !errors.is_empty() {
-            return Err(ConfigError(errors));
+            return Err(ConfigError(scrub(errors, &secrets)));
         }
         Ok(Self {
             azure,
@@ -601,7 +851,12 @@ impl Settings {
             },
             tenants,
             database: DatabaseSettings { url: db_url },
-            http: HttpSettings { listen, api_token },
+            http: HttpSettings {
+                listen,
+                api_token,
+                require_token_for_reads,
+                metrics_require_token,
+            },
             schedule: ScheduleSettings {
                 cron,
                 scan_on_start,
@@ -615,6 +870,8 @@ impl Settings {
                 retry_max_delay,
                 timeout: scan_timeout,
                 graph_delta,
+                max_response_bytes: usize::try_from(max_response_bytes).unwrap_or(usize::MAX),
+                max_server_wait,
             },
             log: LogSettings { level, json },
         })
@@ -774,6 +1031,236 @@ mod tests {
         let f = file("[auth]\nmethod = \"managed_identity\"\n");
         let err = Settings::load(Some(f.path()), &Env::new()).expect_err("refused");
         assert!(err.0[0].starts_with("auth.method"));
+    }
+
+    #[test]
+    fn a_tenant_listed_twice_is_an_error_naming_both_positions() {
+        let f = file(
+            "[[tenants]]\nid = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"\n\
+             [[tenants]]\nid = \"contoso.onmicrosoft.com\"\n\
+             [[tenants]]\nid = \" 72F988BF-86F1-41AF-91AB-2D7CD011DB47 \"\nname = \"again\"\n",
+        );
+        let err = Settings::load(Some(f.path()), &Env::new()).expect_err("duplicate");
+        assert_eq!(err.0.len(), 1, "{:?}", err.0);
+        let line = &err.0[0];
+        assert!(
+            line.starts_with("tenants[2].id:")
+                && line.contains("tenants[0].id")
+                && line.contains("72f988bf-86f1-41af-91ab-2d7cd011db47"),
+            "{line}"
+        );
+        // Distinct tenants pass, with ids trimmed and lower-cased.
+        let f = file(
+            "[[tenants]]\nid = \" 72F988BF-86F1-41AF-91AB-2D7CD011DB47\"\n[[tenants]]\nid = \"Contoso.onmicrosoft.com\"\n",
+        );
+        let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+        assert_eq!(
+            s.tenant_ids(),
+            [
+                "72f988bf-86f1-41af-91ab-2d7cd011db47",
+                "contoso.onmicrosoft.com"
+            ]
+        );
+    }
+
+    #[test]
+    fn azure_tenant_id_fills_in_only_an_empty_list_so_it_never_duplicates() {
+        let id = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+        let f = file(&format!("[[tenants]]\nid = \"{id}\"\n"));
+        let s = Settings::load(
+            Some(f.path()),
+            &env(&[("AZURE_TENANT_ID", &id.to_ascii_uppercase())]),
+        )
+        .expect("valid");
+        assert_eq!(s.tenant_ids(), [id]);
+        let s = Settings::load(None, &env(&[("AZURE_TENANT_ID", &id.to_ascii_uppercase())]))
+            .expect("valid");
+        assert_eq!(s.tenant_ids(), [id]);
+    }
+
+    #[test]
+    fn a_syntax_error_on_a_secret_line_gives_line_and_column_but_never_the_line() {
+        for (text, secret, line) in [
+            // An unterminated string: the error is on the secret's own line.
+            (
+                "[auth]\nclient_id = \"c\"\nclient_secret = \"Sup3r-S3cret-Value\n",
+                "Sup3r-S3cret-Value",
+                3,
+            ),
+            // A bare (unquoted) value.
+            (
+                "[http]\napi_token = t0ken-without-quotes\n",
+                "t0ken-without-quotes",
+                2,
+            ),
+            // Dotted key at the top level, a stray character after the value.
+            (
+                "auth.client_secret = \"dotted-s3cret\" x\n",
+                "dotted-s3cret",
+                1,
+            ),
+        ] {
+            let f = file(text);
+            let err = Settings::load(Some(f.path()), &Env::new()).expect_err("syntax error");
+            assert_eq!(err.0.len(), 1, "{:?}", err.0);
+            let msg = &err.0[0];
+            assert!(
+                msg.contains(&format!("line {line}, column")),
+                "{msg} (for {text:?})"
+            );
+            assert!(!msg.contains(secret), "{msg}");
+            assert!(!err.to_string().contains(secret));
+        }
+    }
+
+    #[test]
+    fn a_secret_pasted_into_another_key_is_redacted_from_the_error() {
+        let e = env(&[
+            ("MIAUDIT_AUTH__CLIENT_SECRET", "env-s3cret-value"),
+            ("MIAUDIT_SCAN__CONCURRENCY", "env-s3cret-value"),
+            ("AZURE_CLIENT_SECRET", "azure-s3cret"),
+            ("MIAUDIT_HTTP__LISTEN", "azure-s3cret"),
+        ]);
+        let f = file(
+            "[http]\napi_token = \"file-t0ken\"\n[lifecycle]\nconfirm_after = \"file-t0ken\"\n",
+        );
+        let err = Settings::load(Some(f.path()), &e).expect_err("invalid");
+        let text = err.0.join("\n");
+        for key in ["scan.concurrency", "http.listen", "lifecycle.confirm_after"] {
+            assert!(text.contains(key), "{key} missing from:\n{text}");
+        }
+        for secret in ["env-s3cret-value", "azure-s3cret", "file-t0ken"] {
+            assert!(!text.contains(secret), "{secret} in:\n{text}");
+        }
+        assert!(text.contains("<redacted>"), "{text}");
+    }
+
+    #[test]
+    fn line_and_column_count_characters_from_one() {
+        assert_eq!(line_column("ab\ncd", 0), (1, 1));
+        assert_eq!(line_column("ab\ncd", 4), (2, 2));
+        assert_eq!(line_column("é\nx", 3), (2, 1));
+        assert_eq!(line_column("ab", 99), (1, 3));
+    }
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("65536"), Some(65_536));
+        assert_eq!(parse_size("64KiB"), Some(65_536));
+        assert_eq!(parse_size("32 mib"), Some(32 << 20));
+        assert_eq!(parse_size("1GiB"), Some(1 << 30));
+        assert_eq!(parse_size("16MB"), Some(16_000_000));
+        for bad in [
+            "",
+            "MiB",
+            "1.5MiB",
+            "-1",
+            "12 parsecs",
+            "99999999999999999999GiB",
+        ] {
+            assert_eq!(parse_size(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn response_size_cap_and_server_wait_have_defaults_bounds_and_overrides() {
+        let s = Settings::load(None, &Env::new()).expect("defaults");
+        assert_eq!(s.scan.max_response_bytes, 32 * 1024 * 1024);
+        assert_eq!(s.scan.max_server_wait, Duration::from_secs(300));
+
+        let f = file("[scan]\nmax_response_bytes = \"16MiB\"\nmax_server_wait = \"90s\"\n");
+        let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+        assert_eq!(s.scan.max_response_bytes, 16 << 20);
+        assert_eq!(s.scan.max_server_wait, Duration::from_secs(90));
+
+        let f = file("[scan]\nmax_response_bytes = 65536\n");
+        let s = Settings::load(
+            Some(f.path()),
+            &env(&[
+                ("MIAUDIT_SCAN__MAX_RESPONSE_BYTES", "1048576"),
+                ("MIAUDIT_SCAN__MAX_SERVER_WAIT", "0s"),
+            ]),
+        )
+        .expect("valid");
+        assert_eq!(s.scan.max_response_bytes, 1 << 20, "the environment wins");
+        assert_eq!(s.scan.max_server_wait, Duration::ZERO);
+
+        for (text, key) in [
+            ("max_response_bytes = 65535", "scan.max_response_bytes"),
+            ("max_response_bytes = \"2GiB\"", "scan.max_response_bytes"),
+            ("max_response_bytes = -1", "scan.max_response_bytes"),
+            ("max_response_bytes = \"lots\"", "scan.max_response_bytes"),
+            ("max_server_wait = \"forever\"", "scan.max_server_wait"),
+            ("max_server_wait = -5", "scan.max_server_wait"),
+        ] {
+            let f = file(&format!("[scan]\n{text}\n"));
+            let err = Settings::load(Some(f.path()), &Env::new()).expect_err(text);
+            assert_eq!(err.0.len(), 1, "{text}: {:?}", err.0);
+            assert!(err.0[0].starts_with(key), "{text}: {}", err.0[0]);
+        }
+        let f = file("[scan]\nmax_response_bytes = 1\n");
+        let err = Settings::load(Some(f.path()), &Env::new()).expect_err("too small");
+        assert!(err.0[0].contains("from 64KiB to 1GiB"), "{}", err.0[0]);
+    }
+
+    #[test]
+    fn the_example_configuration_is_valid_and_states_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/miaudit.example.toml");
+        let example = Settings::load(Some(&path), &Env::new()).expect("the example loads");
+        let defaults = Settings::load(None, &Env::new()).expect("defaults");
+        assert_eq!(
+            format!("{:?}", example.scan),
+            format!("{:?}", defaults.scan)
+        );
+        assert_eq!(
+            format!("{:?}", example.http),
+            format!("{:?}", defaults.http)
+        );
+        assert_eq!(format!("{:?}", example.log), format!("{:?}", defaults.log));
+    }
+
+    #[test]
+    fn requiring_the_token_needs_one_configured() {
+        let s = Settings::load(None, &Env::new()).expect("defaults");
+        assert!(!s.http.require_token_for_reads && !s.http.metrics_require_token);
+        let f = file("[http]\nrequire_token_for_reads = true\nmetrics_require_token = \"true\"\n");
+        let err = Settings::load(Some(f.path()), &Env::new()).expect_err("no token");
+        assert_eq!(err.0.len(), 2, "{:?}", err.0);
+        assert!(err.0[0].starts_with("http.require_token_for_reads: needs"));
+        assert!(err.0[1].starts_with("http.metrics_require_token: needs"));
+        // The token from the environment counts.
+        let s = Settings::load(
+            Some(f.path()),
+            &env(&[("MIAUDIT_HTTP__API_TOKEN", "tok3n-from-env")]),
+        )
+        .expect("valid");
+        assert!(s.http.require_token_for_reads && s.http.metrics_require_token);
+        let s = Settings::load(
+            None,
+            &env(&[
+                ("MIAUDIT_HTTP__API_TOKEN", "tok3n-from-env"),
+                ("MIAUDIT_HTTP__REQUIRE_TOKEN_FOR_READS", "true"),
+            ]),
+        )
+        .expect("valid");
+        assert!(s.http.require_token_for_reads && !s.http.metrics_require_token);
+    }
+
+    #[test]
+    fn reads_are_exposed_only_off_loopback_without_the_token_requirement() {
+        let http = |listen: &str, require: bool| HttpSettings {
+            listen: listen.parse().expect("address"),
+            api_token: None,
+            require_token_for_reads: require,
+            metrics_require_token: false,
+        };
+        assert!(!http("127.0.0.1:9464", false).reads_exposed());
+        assert!(!http("[::1]:9464", false).reads_exposed());
+        assert!(!http("[::ffff:127.0.0.1]:9464", false).reads_exposed());
+        assert!(http("0.0.0.0:9464", false).reads_exposed());
+        assert!(http("[::]:9464", false).reads_exposed());
+        assert!(http("10.1.2.3:9464", false).reads_exposed());
+        assert!(!http("0.0.0.0:9464", true).reads_exposed());
     }
 
     #[test]

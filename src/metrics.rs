@@ -5,11 +5,11 @@
 use crate::azure::{Api, Counters, STATUS_CLASSES};
 use crate::domain::Verdict;
 use crate::lifecycle::State;
+use parking_lot::Mutex;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry,
     TextEncoder,
 };
-use std::sync::Mutex;
 
 /// Outcomes of scan runs.
 pub const SCAN_OUTCOMES: [&str; 5] = ["completed", "incomplete", "failed", "timeout", "cancelled"];
@@ -162,7 +162,7 @@ impl Metrics {
 
     /// Adds what the Azure counters gained since the last call.
     pub fn sync_azure(&self, counters: &Counters) {
-        let mut seen = self.seen.lock().expect("metrics lock");
+        let mut seen = self.seen.lock();
         for api in Api::ALL {
             let i = api as usize;
             let classes = counters.by_class(api);

@@ -1,8 +1,12 @@
 //! Publish (CLI): the scan report as JSON (the schema promised in ARCHITECTURE.md) or as a table for a
 //! terminal: the summary, then non-healthy identities grouped by verdict.
+//!
+//! An incomplete scan never reads as an all-clear: the table says so at the top and in place of the
+//! "nothing found" line, and names per tenant what failed and how many identities could not be judged;
+//! the JSON keeps `complete: false`, each tenant's errors, `inventory_complete` and `unjudged`.
 
-use crate::domain::Verdict;
-use crate::scan::{Finding, ScanReport};
+use crate::domain::{Reason, Verdict};
+use crate::scan::{Finding, ScanReport, TenantReport};
 use serde::Serialize;
 use std::fmt::Write;
 
@@ -10,9 +14,26 @@ use std::fmt::Write;
 struct JsonTenant<'a> {
     tenant_id: &'a str,
     complete: bool,
+    /// The Graph inventory was read to the end.
+    inventory_complete: bool,
     identities: u64,
+    /// Identities that could not be judged (`check_failed`); `null` when the inventory is incomplete,
+    /// since how many identities the tenant has is then not known.
+    unjudged: Option<u64>,
     errors: &'a [String],
     requests: &'a std::collections::BTreeMap<String, crate::azure::ApiCounts>,
+}
+
+/// Identities of `tenant` whose check got no answer, or `None` when its inventory is incomplete (how
+/// many were never listed is not known).
+fn unjudged(report: &ScanReport, tenant: &TenantReport) -> Option<u64> {
+    tenant.inventory_complete.then(|| {
+        report
+            .findings
+            .iter()
+            .filter(|f| f.tenant_id == tenant.tenant_id && f.reason == Reason::CheckFailed)
+            .count() as u64
+    })
 }
 
 #[derive(Serialize)]
@@ -51,7 +72,9 @@ pub fn render_json(report: &ScanReport, all: bool) -> String {
             .map(|t| JsonTenant {
                 tenant_id: &t.tenant_id,
                 complete: t.complete,
+                inventory_complete: t.inventory_complete,
                 identities: t.identities,
+                unjudged: unjudged(report, t),
                 errors: &t.errors,
                 requests: &t.requests,
             })
@@ -91,14 +114,36 @@ pub fn render_table(report: &ScanReport, all: bool) -> String {
         "identities: {}   healthy: {}   orphaned: {}   unknown: {}",
         s.total, s.healthy, s.orphaned, s.unknown
     );
-    for t in &report.tenants {
+    if !report.complete {
         let _ = writeln!(
             out,
-            "tenant {}: {} identities, {}",
-            t.tenant_id,
-            t.identities,
-            if t.complete { "complete" } else { "incomplete" }
+            "INCOMPLETE SCAN: not every identity could be checked. The counts and lists below cover only the \
+             identities that were judged; orphans may be among the rest. This is not an all-clear."
         );
+    }
+    for t in &report.tenants {
+        if t.complete {
+            let _ = writeln!(
+                out,
+                "tenant {}: {} identities, complete",
+                t.tenant_id, t.identities
+            );
+        } else {
+            let what = match unjudged(report, t) {
+                Some(n) => format!(
+                    "{n} of {} identities could not be judged (no answer from Azure)",
+                    t.identities
+                ),
+                None if t.identities == 0 => {
+                    "its identities could not be listed, so none were judged".to_owned()
+                }
+                None => format!(
+                    "{} identities judged before the scan failed; the rest of the tenant was not judged",
+                    t.identities
+                ),
+            };
+            let _ = writeln!(out, "tenant {}: INCOMPLETE: {what}", t.tenant_id);
+        }
         for e in &t.errors {
             let _ = writeln!(out, "  error: {e}");
         }
@@ -133,7 +178,123 @@ pub fn render_table(report: &ScanReport, all: bool) -> String {
         }
     }
     if rows.is_empty() {
-        let _ = writeln!(out, "\nno orphaned or unknown identities");
+        if report.complete {
+            let _ = writeln!(out, "\nno orphaned or unknown identities");
+        } else {
+            let _ = writeln!(
+                out,
+                "\nINCOMPLETE: nothing orphaned or unknown among the identities judged, but the scan did not \
+                 check everything (see the errors above); this is not an all-clear"
+            );
+        }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{EvidenceSource, IdentityType};
+    use crate::scan::{EvidenceReport, Summary, Trigger};
+
+    fn tenant(id: &str, complete: bool, inventory_complete: bool, identities: u64) -> TenantReport {
+        serde_json::from_value(serde_json::json!({
+            "tenant_id": id, "complete": complete, "inventory_complete": inventory_complete,
+            "identities": identities, "errors": if complete { vec![] } else { vec!["inventory: boom"] },
+            "requests": {}
+        }))
+        .expect("tenant report")
+    }
+
+    fn check_failed(tenant: &str) -> Finding {
+        Finding {
+            tenant_id: tenant.into(),
+            object_id: "o1".into(),
+            app_id: "a".into(),
+            display_name: "vm".into(),
+            identity_type: IdentityType::SystemAssigned,
+            resource_id: None,
+            subscription_id: None,
+            resource_type: None,
+            verdict: Verdict::Unknown,
+            reason: Reason::CheckFailed,
+            detail: "no answer".into(),
+            evidence: EvidenceReport {
+                source: EvidenceSource::Arm,
+                status: None,
+                code: None,
+                request_id: None,
+                correlation_request_id: None,
+                checked_at: None,
+            },
+        }
+    }
+
+    fn report(tenants: Vec<TenantReport>, findings: Vec<Finding>) -> ScanReport {
+        let now = chrono::Utc::now();
+        ScanReport {
+            scan_id: "s".into(),
+            started_at: now,
+            finished_at: now,
+            complete: tenants.iter().all(|t| t.complete),
+            trigger: Trigger::Cli,
+            tenants,
+            summary: Summary::default(),
+            findings,
+            work: None,
+        }
+    }
+
+    #[test]
+    fn a_complete_scan_without_findings_is_an_all_clear() {
+        let r = report(vec![tenant("t1", true, true, 3)], vec![]);
+        let table = render_table(&r, false);
+        assert!(
+            table.contains("no orphaned or unknown identities"),
+            "{table}"
+        );
+        assert!(!table.contains("INCOMPLETE"), "{table}");
+        let v: serde_json::Value = serde_json::from_str(&render_json(&r, false)).expect("json");
+        assert_eq!(v["tenants"][0]["unjudged"], 0);
+        assert_eq!(v["tenants"][0]["inventory_complete"], true);
+    }
+
+    #[test]
+    fn an_incomplete_scan_never_reads_as_an_all_clear() {
+        // One tenant's inventory failed; another's checks partly failed.
+        let r = report(
+            vec![tenant("t1", false, false, 0), tenant("t2", false, true, 5)],
+            vec![check_failed("t2")],
+        );
+        let table = render_table(&r, false);
+        assert!(
+            !table.contains("no orphaned or unknown identities"),
+            "{table}"
+        );
+        assert!(table.contains("INCOMPLETE SCAN"), "{table}");
+        assert!(
+            table.contains("tenant t1: INCOMPLETE: its identities could not be listed"),
+            "{table}"
+        );
+        assert!(table.contains("  error: inventory: boom"), "{table}");
+        assert!(
+            table.contains("tenant t2: INCOMPLETE: 1 of 5 identities could not be judged"),
+            "{table}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&render_json(&r, false)).expect("json");
+        assert_eq!(v["complete"], false);
+        assert_eq!(v["tenants"][0]["inventory_complete"], false);
+        assert_eq!(v["tenants"][0]["unjudged"], serde_json::Value::Null);
+        assert_eq!(v["tenants"][0]["errors"][0], "inventory: boom");
+        assert_eq!(v["tenants"][1]["unjudged"], 1);
+
+        // Nothing listed at all: still no all-clear line.
+        let r = report(vec![tenant("t1", false, false, 0)], vec![]);
+        let table = render_table(&r, false);
+        assert!(
+            !table.contains("no orphaned or unknown identities"),
+            "{table}"
+        );
+        assert!(table.contains("this is not an all-clear"), "{table}");
+    }
 }

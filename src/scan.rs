@@ -239,7 +239,8 @@ impl Scanner {
             max_retries: settings.scan.max_retries,
             base_delay: settings.scan.retry_base_delay,
             max_delay: settings.scan.retry_max_delay,
-            ..RetryPolicy::default()
+            max_server_wait: settings.scan.max_server_wait,
+            max_response_bytes: settings.scan.max_response_bytes,
         };
         let auth = &settings.auth;
         let secret = auth

@@ -1,7 +1,9 @@
 //! Logging: `tracing` with an `EnvFilter` from `RUST_LOG`, falling back to the configured level; text
-//! or JSON lines on stderr (stdout belongs to reports). Spans skip their arguments by default, so
-//! tokens and secrets never reach a log line.
+//! or JSON lines (`[log] format`, `--log-format`) on stderr (stdout belongs to reports). Text is
+//! coloured only when stderr is a terminal, so files and collectors get no escape codes. Spans skip their
+//! arguments by default, so tokens and secrets never reach a log line, in either format.
 
+use std::io::IsTerminal;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber once; later calls are ignored (tests call it repeatedly).
@@ -12,6 +14,7 @@ pub fn init(level: &str, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(!json && std::io::stderr().is_terminal())
         .with_target(false);
     let _ = if json {
         builder.json().try_init()

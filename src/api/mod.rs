@@ -3,7 +3,9 @@
 //! Errors are `application/problem+json` (RFC 9457) and never carry internal error text. Lists are
 //! `{ "items": [...], "next_cursor": "opaque" | null }` with `limit` 1–1000 (default 100). Mutating
 //! endpoints need `Authorization: Bearer <token>` (`[http] api_token`); without a configured token they
-//! are disabled (403), reads stay open.
+//! are disabled (403). Reads are open unless `[http] require_token_for_reads` (then every request but
+//! `/healthz`, `/readyz` and `/metrics` needs the token, unknown paths included, before any handler
+//! runs); `/metrics` has its own `[http] metrics_require_token`.
 
 mod routes;
 
@@ -12,7 +14,9 @@ use crate::metrics::Metrics;
 use crate::scheduler::ScanRunner;
 use crate::store::Store;
 use axum::Router;
+use axum::extract::{Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use std::collections::HashMap;
@@ -26,6 +30,10 @@ pub struct AppState {
     pub metrics: Metrics,
     pub runner: Arc<ScanRunner>,
     pub api_token: Option<Secret>,
+    /// Reads (everything but the health checks and metrics) need the token.
+    pub require_token_for_reads: bool,
+    /// `/metrics` needs the token.
+    pub metrics_require_token: bool,
     pub tenants: Arc<Vec<String>>,
 }
 
@@ -48,7 +56,31 @@ pub fn router(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
+        // Outermost: a request without the token is refused before a body is read or a route matched.
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            require_token,
+        ))
         .with_state(state)
+}
+
+/// Whether a request to `path` needs the bearer token before any handler sees it. Mutating endpoints
+/// check it themselves as well (they need it whatever this says).
+fn token_required(state: &AppState, path: &str) -> bool {
+    match path {
+        "/healthz" | "/readyz" => false,
+        "/metrics" => state.metrics_require_token,
+        _ => state.require_token_for_reads,
+    }
+}
+
+async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if token_required(&state, req.uri().path())
+        && let Err(p) = authorize(&state, req.headers())
+    {
+        return p.into_response();
+    }
+    next.run(req).await
 }
 
 /// An RFC 9457 problem.
@@ -112,7 +144,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-/// Checks the bearer token of a mutating request.
+/// Checks the bearer token of a request (constant-time comparison).
 pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
     let Some(expected) = &state.api_token else {
         return Err(Problem::new(

@@ -24,6 +24,54 @@ pub enum StoreError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error("stored row in {table} is not valid: {reason}")]
     Corrupt { table: &'static str, reason: String },
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Creates the database file owner-only (0600) when it does not exist yet, before SQLite opens it. SQLite
+/// gives the `-wal` and `-shm` files (and any journal) the permission bits of the database file, so they
+/// are owner-only too. Chosen over `umask(077)` at start: the umask is process-wide state that would
+/// silently apply to every other file the process or a library creates, is set through an unsafe libc
+/// call (the crate denies `unsafe`), and is invisible where the files are made. An existing file keeps
+/// its permissions (operators may have chosen them); a warning says when others can read it.
+fn create_database_file(path: &std::path::Path) {
+    if path.as_os_str().is_empty() {
+        return;
+    }
+    match create_private(path) {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            #[cfg(unix)]
+            if let Ok(meta) = std::fs::metadata(path) {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = meta.permissions().mode() & 0o777;
+                if mode & 0o077 != 0 {
+                    tracing::warn!(
+                        path = %path.display(),
+                        mode = format!("{mode:o}"),
+                        "other users may read the database (findings, evidence); chmod 600 it, and its -wal and -shm files"
+                    );
+                }
+            }
+        }
+        // SQLite reports what is wrong (a missing directory, no permission) when it tries.
+        Err(_) => {}
+    }
+}
+
+/// Creates `path`, which must not exist, readable and writable by the owner only (0600 on Unix,
+/// whatever the umask). `create_new` also refuses to follow a symbolic link planted at `path`.
+pub(crate) fn create_private(path: &std::path::Path) -> std::io::Result<std::fs::File> {
+    let mut o = std::fs::OpenOptions::new();
+    o.read(true).write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut o, 0o600);
+    o.open(path)
 }
 
 #[derive(Clone)]
@@ -192,7 +240,11 @@ impl Store {
     }
 
     async fn connect_read_write(url: &str) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::from_str(url)?
+        let opts = SqliteConnectOptions::from_str(url)?;
+        if !url.contains(":memory:") {
+            create_database_file(opts.get_filename());
+        }
+        let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
@@ -446,33 +498,52 @@ impl Store {
         Ok(recorded)
     }
 
-    async fn load_tenants(&self, scan_id: &str) -> Result<Vec<TenantReport>, StoreError> {
+    /// Fills in the tenants of `scans` with one statement, however many scans (a page of 1,000 made
+    /// 1,001 queries when each scan read its own): the ids go in as one JSON array parameter, so the
+    /// statement is the same for every page size.
+    async fn attach_tenants(&self, scans: &mut [ScanRecord]) -> Result<(), StoreError> {
+        if scans.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = scans.iter().map(|s| s.scan_id.as_str()).collect();
         let rows = sqlx::query(
-            "select tenant_id, complete, identities, errors, requests, inventory_complete from scan_tenants
-             where scan_id = ? order by tenant_id",
+            "select scan_id, tenant_id, complete, identities, errors, requests, inventory_complete
+             from scan_tenants where scan_id in (select value from json_each(?))
+             order by scan_id, tenant_id",
         )
-        .bind(scan_id)
+        .bind(serde_json::to_string(&ids).unwrap_or_else(|_| "[]".into()))
         .fetch_all(&self.pool)
         .await?;
-        rows.into_iter()
-            .map(|r| {
-                Ok(TenantReport {
-                    delta_link: None,
-                    full_sync_at: None,
-                    summary: Summary::default(),
-                    arm_checks: 0,
-                    staging_failed: false,
-                    tenant_id: r.try_get("tenant_id")?,
-                    complete: r.try_get("complete")?,
-                    inventory_complete: r.try_get("inventory_complete")?,
-                    identities: count(r.try_get("identities")?),
-                    errors: serde_json::from_str(&r.try_get::<String, _>("errors")?)
-                        .map_err(|e| corrupt("scan_tenants", e.to_string()))?,
-                    requests: serde_json::from_str(&r.try_get::<String, _>("requests")?)
-                        .map_err(|e| corrupt("scan_tenants", e.to_string()))?,
-                })
-            })
-            .collect()
+        let mut by_scan: std::collections::HashMap<String, Vec<TenantReport>> =
+            std::collections::HashMap::with_capacity(scans.len());
+        for r in &rows {
+            by_scan
+                .entry(r.try_get("scan_id")?)
+                .or_default()
+                .push(Self::tenant_row(r)?);
+        }
+        for s in scans {
+            s.tenants = by_scan.remove(&s.scan_id).unwrap_or_default();
+        }
+        Ok(())
+    }
+
+    fn tenant_row(r: &sqlx::sqlite::SqliteRow) -> Result<TenantReport, StoreError> {
+        Ok(TenantReport {
+            delta_link: None,
+            full_sync_at: None,
+            summary: Summary::default(),
+            arm_checks: 0,
+            staging_failed: false,
+            tenant_id: r.try_get("tenant_id")?,
+            complete: r.try_get("complete")?,
+            inventory_complete: r.try_get("inventory_complete")?,
+            identities: count(r.try_get("identities")?),
+            errors: serde_json::from_str(&r.try_get::<String, _>("errors")?)
+                .map_err(|e| corrupt("scan_tenants", e.to_string()))?,
+            requests: serde_json::from_str(&r.try_get::<String, _>("requests")?)
+                .map_err(|e| corrupt("scan_tenants", e.to_string()))?,
+        })
     }
 
     fn scan_record(r: &sqlx::sqlite::SqliteRow) -> Result<ScanRecord, StoreError> {
@@ -503,8 +574,9 @@ impl Store {
         else {
             return Ok(None);
         };
-        let mut rec = Self::scan_record(&row)?;
-        rec.tenants = self.load_tenants(scan_id).await?;
+        let mut recs = [Self::scan_record(&row)?];
+        self.attach_tenants(&mut recs).await?;
+        let [rec] = recs;
         Ok(Some(rec))
     }
 
@@ -533,12 +605,11 @@ impl Store {
                 .await?
             }
         };
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let mut rec = Self::scan_record(r)?;
-            rec.tenants = self.load_tenants(&rec.scan_id).await?;
-            out.push(rec);
-        }
+        let mut out = rows
+            .iter()
+            .map(Self::scan_record)
+            .collect::<Result<Vec<_>, _>>()?;
+        self.attach_tenants(&mut out).await?;
         Ok(out)
     }
 
@@ -726,6 +797,62 @@ mod tests {
             rest.iter().map(|s| s.scan_id.as_str()).collect::<Vec<_>>(),
             ["a"]
         );
+    }
+
+    #[sqlx::test]
+    async fn a_page_of_a_thousand_scans_gets_each_scan_its_own_tenants(pool: SqlitePool) {
+        let store = Store::from_pool(pool).await.expect("store");
+        let t0 = Utc::now() - chrono::Duration::days(30);
+        let mut tx = store.pool.begin().await.expect("tx");
+        for i in 0..1000i64 {
+            let id = format!("scan-{i:04}");
+            sqlx::query("insert into scans (scan_id, started_at, finished_at, complete, trigger, outcome) values (?, ?, ?, 1, 'cli', 'completed')")
+                .bind(&id)
+                .bind((t0 + chrono::Duration::minutes(i)).to_rfc3339())
+                .bind((t0 + chrono::Duration::minutes(i)).to_rfc3339())
+                .execute(&mut *tx)
+                .await
+                .expect("scan");
+            // Every third scan has no tenants (e.g. one still running); the others two, named after it.
+            for t in if i % 3 == 0 { 2 } else { 0 }..2 {
+                sqlx::query("insert into scan_tenants (scan_id, tenant_id, complete, identities, errors, requests, inventory_complete) values (?, ?, 1, ?, ?, '{}', 1)")
+                    .bind(&id)
+                    .bind(format!("t{t}"))
+                    .bind(i)
+                    .bind(serde_json::to_string(&[format!("{id}/t{t}")]).expect("json"))
+                    .execute(&mut *tx)
+                    .await
+                    .expect("tenant");
+            }
+        }
+        tx.commit().await.expect("commit");
+        let list = store.list_scans(1000, None).await.expect("list");
+        assert_eq!(list.len(), 1000);
+        for (n, s) in list.iter().enumerate() {
+            let i = 999 - n as i64;
+            assert_eq!(s.scan_id, format!("scan-{i:04}"), "newest first");
+            if i % 3 == 0 {
+                assert!(s.tenants.is_empty(), "{}", s.scan_id);
+                continue;
+            }
+            let got: Vec<(&str, u64, &str)> = s
+                .tenants
+                .iter()
+                .map(|t| (t.tenant_id.as_str(), t.identities, t.errors[0].as_str()))
+                .collect();
+            let (e0, e1) = (format!("{}/t0", s.scan_id), format!("{}/t1", s.scan_id));
+            assert_eq!(
+                got,
+                [("t0", i as u64, e0.as_str()), ("t1", i as u64, e1.as_str())]
+            );
+        }
+        let one = store
+            .load_scan("scan-0500")
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(one.tenants.len(), 2);
+        assert_eq!(one.tenants[1].errors, ["scan-0500/t1"]);
     }
 
     #[sqlx::test]

@@ -584,8 +584,13 @@ async fn sigterm_during_a_scan_exits_cleanly_and_keeps_the_previous_state() {
     let env = TestEnv::start(World::generate(9, 200), SimConfig::default()).await;
     // A first, whole scan.
     let d = env.daemon("").await;
-    let first = d.scan().await;
+    // The report holds the scan's working file (and its lock) while it lives: kept only for its id and size.
+    let first = {
+        let r = d.scan().await;
+        (r.scan_id.clone(), r.summary.total)
+    };
     d.stop().await;
+    let first_id = &first.0;
     let path = env.dir.path().join("daemon.toml");
     let text = std::fs::read_to_string(&path)
         .expect("config")
@@ -629,14 +634,10 @@ async fn sigterm_during_a_scan_exits_cleanly_and_keeps_the_previous_state() {
     let scans = store.list_scans(10, None).await.expect("scans");
     assert_eq!(scans.len(), 2);
     assert_eq!(scans[0].outcome, "abandoned", "{scans:?}");
-    assert_eq!(scans[1].scan_id, first.scan_id);
+    assert_eq!(&scans[1].scan_id, first_id);
     assert_eq!(
-        store
-            .load_verdicts(&first.scan_id)
-            .await
-            .expect("verdicts")
-            .len() as u64,
-        first.summary.total
+        store.load_verdicts(first_id).await.expect("verdicts").len() as u64,
+        first.1
     );
     assert!(
         store

@@ -5,6 +5,7 @@ mod cli;
 mod crash;
 mod cry_wolf;
 mod daemon;
+mod exposure;
 mod faults;
 mod helpers;
 mod hostile;
