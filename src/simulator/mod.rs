@@ -11,6 +11,7 @@
 
 pub mod kql;
 pub mod model;
+pub mod path;
 
 use crate::azure::{Api, Counters};
 use axum::body::Body;
@@ -1171,7 +1172,8 @@ fn arm_metered(
     res
 }
 
-/// ARM: `GET /subscriptions`, providers, and resource GETs.
+/// ARM: `GET /subscriptions`, a subscription, its resource groups, providers, resource GETs and
+/// collection lists. Paths are read by the simulator's own [`path`] reader, never the product's.
 fn arm(
     inner: &Inner,
     method: &Method,
@@ -1196,115 +1198,243 @@ fn arm(
         );
     }
     let w = inner.world.read().expect("world lock");
-    let trimmed = path.trim_end_matches('/');
-    let segs: Vec<&str> = trimmed.split('/').skip(1).collect();
-    // GET /subscriptions (RES-SPEC subscriptions.json, paged by nextLink).
-    if segs.len() == 1 && segs[0].eq_ignore_ascii_case("subscriptions") {
-        let page = inner
-            .config
-            .read()
-            .expect("config lock")
-            .subscriptions_page
-            .max(1);
-        let offset: usize = q
-            .get("$skiptoken")
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        let visible: Vec<&model::SimSubscription> = w
-            .subscriptions
-            .iter()
-            .filter(|s| readable(&w, &tenant, s))
-            .collect();
-        let value: Vec<Value> = visible.iter().skip(offset).take(page).map(|s| json!({
-            "id": format!("/subscriptions/{}", s.id),
-            "authorizationSource": "RoleBased",
-            "managedByTenants": [],
-            "subscriptionId": s.id,
-            "tenantId": w.tenant_id,
-            "displayName": s.display_name,
-            "state": "Enabled",
-            "subscriptionPolicies": {"locationPlacementId": "Public_2014-09-01", "quotaId": "EnterpriseAgreement_2014-09-01", "spendingLimit": "Off"},
-            "tags": {},
-        })).collect();
-        let mut body =
-            json!({ "value": value, "count": {"type": "Total", "value": visible.len()} });
-        if offset + page < visible.len() {
-            body["nextLink"] = json!(format!(
-                "{}/subscriptions?api-version={version}&%24skiptoken={}",
-                inner.base_url,
-                offset + page
-            ));
+    let route = match path::parse(path) {
+        Ok(r) => r,
+        Err(why) => {
+            return arm_error(
+                headers,
+                400,
+                "InvalidRequestUri",
+                &format!("The request URI '{path}' is not valid: {why}."),
+            );
         }
-        return respond(200, arm_headers(headers), &body);
-    }
-    // Providers: /subscriptions/{s}/providers/{ns} and /providers/{ns} (RES-SPEC GetProvider.json,
-    // GetNamedProviderAtTenant.json).
-    let provider_ns = match segs.as_slice() {
-        [s, sub, p, ns]
-            if s.eq_ignore_ascii_case("subscriptions") && p.eq_ignore_ascii_case("providers") =>
-        {
+    };
+    match route {
+        path::Route::Subscriptions => subscription_list(inner, &w, &tenant, q, &version, headers),
+        // RES-SPEC `GetSubscription`: the same object the list holds.
+        path::Route::Subscription(sub) => {
             if let Some(r) = subscription_gate(
                 &w,
                 headers,
-                sub,
-                "Microsoft.Resources/subscriptions/providers/read",
-                &format!("/subscriptions/{sub}"),
+                &sub,
+                "Microsoft.Resources/subscriptions/read",
+                path,
             ) {
                 return r;
             }
-            Some((format!("/subscriptions/{sub}/providers/"), *ns))
+            match w.subscription(&sub) {
+                Some(s) => respond(200, arm_headers(headers), &subscription_json(&w, s)),
+                None => arm_error(headers, 404, "SubscriptionNotFound", "Not found."),
+            }
         }
-        [p, ns] if p.eq_ignore_ascii_case("providers") => Some(("/providers/".to_owned(), *ns)),
-        _ => None,
-    };
-    if let Some((prefix, ns)) = provider_ns {
-        let Some((name, types)) = w.providers.iter().find(|(k, _)| k.eq_ignore_ascii_case(ns))
-        else {
-            return arm_error(
+        // RES-SPEC `ResourceGroups_List` / `ResourceGroups_Get`.
+        path::Route::ResourceGroups(sub) => {
+            if let Some(r) = subscription_gate(
+                &w,
                 headers,
-                404,
-                "InvalidResourceNamespace",
-                &format!("The resource namespace '{ns}' is invalid."),
-            );
-        };
-        let rt: Vec<Value> = types.iter().map(|(t, v)| json!({"resourceType": t, "locations": ["West Europe", "East US", "Sweden Central"], "apiVersions": v, "capabilities": "None"})).collect();
-        return respond(
-            200,
-            arm_headers(headers),
-            &json!({
-                "id": format!("{prefix}{name}"), "namespace": name, "registrationState": "Registered",
-                "registrationPolicy": "RegistrationRequired", "resourceTypes": rt,
-            }),
-        );
+                &sub,
+                "Microsoft.Resources/subscriptions/resourceGroups/read",
+                path,
+            ) {
+                return r;
+            }
+            let prefix = format!("/subscriptions/{sub}/resourcegroups/").to_ascii_lowercase();
+            let value: Vec<Value> = w
+                .resource_groups
+                .iter()
+                .filter(|k| k.starts_with(&prefix) && !w.denied_resource_groups.contains(*k))
+                .map(|k| resource_group_json(&sub, &k[prefix.len()..]))
+                .collect();
+            respond(200, arm_headers(headers), &json!({ "value": value }))
+        }
+        path::Route::ResourceGroup {
+            subscription,
+            group,
+        } => {
+            let action = "Microsoft.Resources/subscriptions/resourceGroups/read";
+            if let Some(r) = subscription_gate(&w, headers, &subscription, action, path) {
+                return r;
+            }
+            let key = format!("/subscriptions/{subscription}/resourcegroups/{group}")
+                .to_ascii_lowercase();
+            if w.denied_resource_groups.contains(&key) {
+                return authorization_failed(&w, headers, action, path);
+            }
+            if !w.resource_groups.contains(&key) {
+                return arm_error(
+                    headers,
+                    404,
+                    "ResourceGroupNotFound",
+                    &format!("Resource group '{group}' could not be found."),
+                );
+            }
+            respond(
+                200,
+                arm_headers(headers),
+                &resource_group_json(&subscription, &group),
+            )
+        }
+        path::Route::ManagementGroup(mg) => {
+            if w.management_groups.contains(&mg.to_ascii_lowercase()) {
+                respond(
+                    200,
+                    arm_headers(headers),
+                    &json!({
+                        "id": format!("/providers/Microsoft.Management/managementGroups/{mg}"),
+                        "type": "Microsoft.Management/managementGroups",
+                        "name": mg,
+                        "properties": { "tenantId": w.tenant_id, "displayName": mg },
+                    }),
+                )
+            } else {
+                arm_error(
+                    headers,
+                    404,
+                    "ManagementGroupNotFound",
+                    &format!("Management group '{mg}' not found."),
+                )
+            }
+        }
+        // Providers: /subscriptions/{s}/providers/{ns} and /providers/{ns} (RES-SPEC GetProvider.json,
+        // GetNamedProviderAtTenant.json).
+        path::Route::Provider {
+            subscription,
+            namespace,
+        } => {
+            let prefix = match &subscription {
+                Some(sub) => {
+                    if let Some(r) = subscription_gate(
+                        &w,
+                        headers,
+                        sub,
+                        "Microsoft.Resources/subscriptions/providers/read",
+                        &format!("/subscriptions/{sub}"),
+                    ) {
+                        return r;
+                    }
+                    format!("/subscriptions/{sub}/providers/")
+                }
+                None => "/providers/".to_owned(),
+            };
+            let Some((name, types)) = w
+                .providers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(&namespace))
+            else {
+                return arm_error(
+                    headers,
+                    404,
+                    "InvalidResourceNamespace",
+                    &format!("The resource namespace '{namespace}' is invalid."),
+                );
+            };
+            let rt: Vec<Value> = types.iter().map(|(t, v)| json!({"resourceType": t, "locations": ["West Europe", "East US", "Sweden Central"], "apiVersions": v, "capabilities": "None"})).collect();
+            respond(
+                200,
+                arm_headers(headers),
+                &json!({
+                    "id": format!("{prefix}{name}"), "namespace": name, "registrationState": "Registered",
+                    "registrationPolicy": "RegistrationRequired", "resourceTypes": rt,
+                }),
+            )
+        }
+        path::Route::Resource(p) => resource_get(&w, &tenant, path, &p, &version, headers),
     }
-    resource_get(&w, &tenant, trimmed, &segs, &version, headers)
 }
 
-/// `GET {resourceId}?api-version=` with ARM's order of checks: subscription, type and version,
-/// authorization, resource group, parent, resource (ARM-ERR error-not-found.md; RPC).
-fn resource_get(
+/// A subscription as `GET /subscriptions` lists it (RES-SPEC `GetSubscriptions.json`).
+fn subscription_json(w: &World, s: &model::SimSubscription) -> Value {
+    json!({
+        "id": format!("/subscriptions/{}", s.id),
+        "authorizationSource": "RoleBased",
+        "managedByTenants": [],
+        "subscriptionId": s.id,
+        "tenantId": w.tenant_id,
+        "displayName": s.display_name,
+        "state": "Enabled",
+        "subscriptionPolicies": {"locationPlacementId": "Public_2014-09-01", "quotaId": "EnterpriseAgreement_2014-09-01", "spendingLimit": "Off"},
+        "tags": {},
+    })
+}
+
+/// A resource group as ARM answers it (RES-SPEC `ResourceGroups_Get`).
+fn resource_group_json(sub: &str, group: &str) -> Value {
+    json!({
+        "id": format!("/subscriptions/{sub}/resourceGroups/{group}"),
+        "name": group,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": "westeurope",
+        "properties": { "provisioningState": "Succeeded" },
+    })
+}
+
+/// `GET /subscriptions` (RES-SPEC subscriptions.json, paged by nextLink).
+fn subscription_list(
+    inner: &Inner,
     w: &World,
     tenant: &str,
-    path: &str,
-    segs: &[&str],
+    q: &HashMap<String, String>,
     version: &str,
     headers: &HeaderMap,
 ) -> Response {
-    let Some(rid) = crate::domain::ResourceId::parse(path) else {
-        return arm_error(
-            headers,
-            400,
-            "InvalidRequestUri",
-            &format!("The request URI '{path}' is not valid."),
-        );
-    };
-    let action = format!("{}/{}/read", rid.namespace(), rid.type_path());
-    if let Some(sub) = rid.subscription_id()
-        && let Some(r) = subscription_gate(w, headers, sub, &action, path)
+    let page = inner
+        .config
+        .read()
+        .expect("config lock")
+        .subscriptions_page
+        .max(1);
+    let offset: usize = q
+        .get("$skiptoken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let visible: Vec<&model::SimSubscription> = w
+        .subscriptions
+        .iter()
+        .filter(|s| readable(w, tenant, s))
+        .collect();
+    let value: Vec<Value> = visible
+        .iter()
+        .skip(offset)
+        .take(page)
+        .map(|s| subscription_json(w, s))
+        .collect();
+    let mut body = json!({ "value": value, "count": {"type": "Total", "value": visible.len()} });
+    if offset + page < visible.len() {
+        body["nextLink"] = json!(format!(
+            "{}/subscriptions?api-version={version}&%24skiptoken={}",
+            inner.base_url,
+            offset + page
+        ));
+    }
+    respond(200, arm_headers(headers), &body)
+}
+
+/// Whether `key` (a lower-case resource id) lies in a resource group the caller may not read.
+fn in_denied_group(w: &World, key: &str) -> bool {
+    w.denied_resource_groups
+        .iter()
+        .any(|rg| key.starts_with(rg.as_str()) && key[rg.len()..].starts_with('/'))
+}
+
+/// `GET {resourceId}?api-version=` with ARM's order of checks: subscription, type and version,
+/// authorization, resource group, parent, resource (ARM-ERR error-not-found.md; RPC). A path that ends
+/// at a type is that type's list in that scope: `{"value": [...]}` (every ARM list operation, e.g.
+/// `Namespaces_ListByResourceGroup` in the Service Bus spec), after the same checks.
+fn resource_get(
+    w: &World,
+    tenant: &str,
+    raw: &str,
+    p: &path::ResourcePath,
+    version: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let action = format!("{}/{}/read", p.namespace(), p.type_path());
+    if let Some(sub) = p.subscription()
+        && let Some(r) = subscription_gate(w, headers, sub, &action, raw)
     {
         return r;
     }
-    if let crate::domain::Scope::ManagementGroup(mg) = rid.scope()
+    if let Some(mg) = p.management_group()
         && !w.management_groups.contains(&mg.to_ascii_lowercase())
     {
         return arm_error(
@@ -1317,18 +1447,18 @@ fn resource_get(
     let Some((_, types)) = w
         .providers
         .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(rid.namespace()))
+        .find(|(k, _)| k.eq_ignore_ascii_case(p.namespace()))
     else {
         return arm_error(
             headers,
             404,
             "InvalidResourceNamespace",
-            &format!("The resource namespace '{}' is invalid.", rid.namespace()),
+            &format!("The resource namespace '{}' is invalid.", p.namespace()),
         );
     };
     let Some((tname, versions)) = types
         .iter()
-        .find(|(t, _)| t.eq_ignore_ascii_case(&rid.type_path()))
+        .find(|(t, _)| t.eq_ignore_ascii_case(&p.type_path()))
     else {
         return arm_error(
             headers,
@@ -1336,8 +1466,8 @@ fn resource_get(
             "InvalidResourceType",
             &format!(
                 "The resource type '{}' could not be found in the namespace '{}' for api version '{version}'.",
-                rid.type_path(),
-                rid.namespace()
+                p.type_path(),
+                p.namespace()
             ),
         );
     };
@@ -1357,10 +1487,10 @@ fn resource_get(
             ),
         );
     }
-    if let (Some(sub), Some(rg)) = (rid.subscription_id(), rid.resource_group()) {
+    if let (Some(sub), Some(rg)) = (p.subscription(), p.resource_group()) {
         let rg_key = format!("/subscriptions/{sub}/resourcegroups/{rg}").to_ascii_lowercase();
         if w.denied_resource_groups.contains(&rg_key) {
-            return authorization_failed(w, headers, &action, path);
+            return authorization_failed(w, headers, &action, raw);
         }
         if !w.resource_groups.contains(&rg_key) {
             return arm_error(
@@ -1371,62 +1501,67 @@ fn resource_get(
             );
         }
     }
-    let key = rid.key();
-    if let Some(r) = w.resources.get(&key) {
-        return respond(200, arm_headers(headers), &r.body(tenant));
+    // A nested child (or list of children) whose parent is gone.
+    let parent_gone = |parent: &path::ResourcePath| {
+        arm_error(
+            headers,
+            404,
+            "ParentResourceNotFound",
+            &format!(
+                "Can not perform requested operation on nested resource. Parent resource '{}' not found.",
+                parent.name().unwrap_or("")
+            ),
+        )
+    };
+    if p.is_collection() {
+        if let Some(parent) = p.parent()
+            && !w.resources.contains_key(&parent.key())
+        {
+            return parent_gone(&parent);
+        }
+        let value: Vec<Value> = w
+            .resources
+            .iter()
+            .filter(|(k, _)| !in_denied_group(w, k))
+            .filter(|(_, r)| match path::parse(&r.id) {
+                Ok(path::Route::Resource(m)) => p.lists(&m),
+                _ => false,
+            })
+            .map(|(_, r)| r.body(tenant))
+            .collect();
+        return respond(200, arm_headers(headers), &json!({ "value": value }));
     }
-    // A nested child whose parent is gone.
-    let provider_at = segs
-        .iter()
-        .rposition(|s| s.eq_ignore_ascii_case("providers"))
-        .unwrap_or(0);
-    if segs.len() > provider_at + 4 {
-        let parent = format!("/{}", segs[..segs.len() - 2].join("/")).to_ascii_lowercase();
-        if !w.resources.contains_key(&parent) {
-            return arm_error(
-                headers,
-                404,
-                "ParentResourceNotFound",
-                &format!(
-                    "Can not perform requested operation on nested resource. Parent resource '{}' not found.",
-                    segs[segs.len() - 3]
-                ),
-            );
+    // A decoded separator inside a segment names no resource (see `path`).
+    if !p.has_escaped_separator() {
+        if let Some(r) = w.resources.get(&p.key()) {
+            return respond(200, arm_headers(headers), &r.body(tenant));
+        }
+        if let Some(parent) = p.parent()
+            && !w.resources.contains_key(&parent.key())
+        {
+            return parent_gone(&parent);
         }
     }
+    let name = p.name().unwrap_or("");
     // Resource providers use their own not-found codes (ARM-ERR; captures in the facts sheet §4).
-    let (code, message) = if rid
+    let (code, message) = if p
         .namespace()
         .eq_ignore_ascii_case("Microsoft.Authorization")
     {
         (
             "PolicyAssignmentNotFound",
-            format!("The policy assignment '{}' is not found.", rid.name()),
+            format!("The policy assignment '{name}' is not found."),
         )
-    } else if rid.namespace().eq_ignore_ascii_case("Microsoft.Web") {
-        (
-            "ResourceNotFound",
-            format!(
-                "The Resource 'Microsoft.Web/{}/{}' under resource group '{}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
-                rid.type_path(),
-                rid.name(),
-                rid.resource_group().unwrap_or("")
-            ),
-        )
-    } else if rid.namespace().eq_ignore_ascii_case("Microsoft.Sql") {
-        (
-            "NotFound",
-            format!("Cannot find Server with name {}.", rid.name()),
-        )
+    } else if p.namespace().eq_ignore_ascii_case("Microsoft.Sql") {
+        ("NotFound", format!("Cannot find Server with name {name}."))
     } else {
         (
             "ResourceNotFound",
             format!(
-                "The Resource '{}/{}/{}' under resource group '{}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
-                rid.namespace(),
-                rid.type_path(),
-                rid.name(),
-                rid.resource_group().unwrap_or("")
+                "The Resource '{}/{}/{name}' under resource group '{}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+                p.namespace(),
+                p.type_path(),
+                p.resource_group().unwrap_or("")
             ),
         )
     };
