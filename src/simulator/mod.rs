@@ -1527,14 +1527,14 @@ fn resource_get(
                 Ok(path::Route::Resource(m)) => p.lists(&m),
                 _ => false,
             })
-            .map(|(_, r)| r.body(tenant))
+            .map(|(_, r)| r.body_at(tenant, Some(version)))
             .collect();
         return respond(200, arm_headers(headers), &json!({ "value": value }));
     }
     // A decoded separator inside a segment names no resource (see `path`).
     if !p.has_escaped_separator() {
         if let Some(r) = w.resources.get(&p.key()) {
-            return respond(200, arm_headers(headers), &r.body(tenant));
+            return respond(200, arm_headers(headers), &r.body_at(tenant, Some(version)));
         }
         if let Some(parent) = p.parent()
             && !w.resources.contains_key(&parent.key())
@@ -1757,7 +1757,15 @@ fn resource_graph(
                         && !w.arg_lag.contains(*k)
                         && !denied
                 })
-                .map(|(_, r)| r.arg_row(&tenant_id));
+                .map(|(_, r)| {
+                    // Resource Graph reads with the newest stable api-version (ARG overview); only
+                    // types whose identity came later need to know which.
+                    let stable = r
+                        .identity_since
+                        .as_ref()
+                        .and_then(|_| w.newest_stable_version(&r.arm_type));
+                    r.arg_row(&tenant_id, stable.as_deref())
+                });
             let d = match query.run(rows) {
                 Ok(d) => Arc::new(d),
                 Err(e) => return bad(h, "EvaluationFailure", &e),

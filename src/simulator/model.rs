@@ -80,6 +80,12 @@ pub struct SimResource {
     pub uami_client_id: Option<String>,
     /// ARM `kind`, e.g. `functionapp` for a function app (a `Microsoft.Web/sites` resource).
     pub kind: Option<String>,
+    /// The api-version that brought `identity` to this resource type: older versions answer without it,
+    /// as versions that predate a type's managed-identity support do (Service Bus namespaces: the stable
+    /// 2017-04-01 `SBNamespace` has no `identity`, 2018-01-01-preview added it; azure-rest-api-specs
+    /// `servicebus/.../stable/2017-04-01/servicebus.json`, `preview/2018-01-01-preview/namespace-preview.json`).
+    /// `None`: every version carries it.
+    pub identity_since: Option<String>,
 }
 
 impl SimResource {
@@ -87,8 +93,32 @@ impl SimResource {
         self.id.to_ascii_lowercase()
     }
 
-    /// The ARM GET body (RPC resource envelope).
+    /// The ARM GET body (RPC resource envelope) as the newest api-version answers it.
     pub fn body(&self, tenant: &str) -> Value {
+        self.body_at(tenant, None)
+    }
+
+    /// Whether the answer of `api_version` carries `identity` (compared by the version's date).
+    pub fn identity_in(&self, api_version: &str) -> bool {
+        let date = |v: &str| v.get(..10).unwrap_or(v).to_owned();
+        self.identity_since
+            .as_deref()
+            .is_none_or(|since| date(api_version) >= date(since))
+    }
+
+    /// The ARM GET body as `api_version` answers it (`None`: the newest): without `identity` in versions
+    /// older than [`SimResource::identity_since`].
+    pub fn body_at(&self, tenant: &str, api_version: Option<&str>) -> Value {
+        let mut v = self.full_body(tenant);
+        if api_version.is_some_and(|a| !self.identity_in(a))
+            && let Some(o) = v.as_object_mut()
+        {
+            o.remove("identity");
+        }
+        v
+    }
+
+    fn full_body(&self, tenant: &str) -> Value {
         let name = self.id.rsplit('/').next().unwrap_or("");
         let mut v = json!({
             "id": self.id,
@@ -122,9 +152,11 @@ impl SimResource {
         v
     }
 
-    /// The Resource Graph row (ARG-SPEC example shape: lower-case `type`, `resourceGroup`).
-    pub fn arg_row(&self, tenant: &str) -> Value {
-        let mut v = self.body(tenant);
+    /// The Resource Graph row (ARG-SPEC example shape: lower-case `type`, `resourceGroup`). Resource
+    /// Graph reads resources with the newest non-preview api-version of their provider (ARG overview,
+    /// facts sheet §3): `stable_version` is that version, which decides whether `identity` shows.
+    pub fn arg_row(&self, tenant: &str, stable_version: Option<&str>) -> Value {
+        let mut v = self.body_at(tenant, stable_version);
         let segs: Vec<&str> = self.id.split('/').collect();
         let sub = segs.get(2).copied().unwrap_or("");
         let rg = segs
@@ -459,6 +491,7 @@ impl World {
                 uami_principal: None,
                 uami_client_id: None,
                 kind: None,
+                identity_since: None,
             },
         );
         let name = id.rsplit('/').next().unwrap_or("").to_owned();
@@ -493,6 +526,7 @@ impl World {
                 uami_principal: Some(principal.clone()),
                 uami_client_id: Some(client.clone()),
                 kind: None,
+                identity_since: None,
             },
         );
         // UAMI principalId = SP id, clientId = SP appId, name = displayName (facts sheet §1).
@@ -550,6 +584,49 @@ impl World {
 
     pub fn hide_from_resource_graph(&mut self, id: &str) {
         self.arg_lag.insert(id.to_ascii_lowercase());
+    }
+
+    /// The newest non-preview api-version the providers API lists for `Namespace/type` (what Resource
+    /// Graph reads resources with, ARG overview), or the newest of any kind when none is stable.
+    pub fn newest_stable_version(&self, full_type: &str) -> Option<String> {
+        let (ns, t) = full_type.split_once('/')?;
+        let versions = self
+            .providers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(ns))?
+            .1
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(t))?
+            .1
+            .clone();
+        let stable = versions
+            .iter()
+            .filter(|v| !v.to_ascii_lowercase().contains("preview"))
+            .max()
+            .cloned();
+        stable.or_else(|| versions.iter().max().cloned())
+    }
+
+    /// Lists `type_path` under `namespace` in the providers API with these api-versions (adding the
+    /// namespace or type if needed, replacing the versions otherwise).
+    pub fn register_type(&mut self, namespace: &str, type_path: &str, versions: &[&str]) {
+        let types = self.providers.entry(namespace.to_owned()).or_default();
+        let versions: Vec<String> = versions.iter().map(|v| (*v).to_owned()).collect();
+        match types
+            .iter_mut()
+            .find(|(t, _)| t.eq_ignore_ascii_case(type_path))
+        {
+            Some((_, v)) => *v = versions,
+            None => types.push((type_path.to_owned(), versions)),
+        }
+    }
+
+    /// The resource's type gained `identity` in `api_version`: older versions answer without it (see
+    /// [`SimResource::identity_since`]).
+    pub fn set_identity_since(&mut self, id: &str, api_version: &str) {
+        if let Some(r) = self.resources.get_mut(&id.to_ascii_lowercase()) {
+            r.identity_since = Some(api_version.to_owned());
+        }
     }
 
     /// Removes a service principal from the directory (what support does for an orphan).
@@ -631,6 +708,7 @@ impl World {
                             uami_principal: None,
                             uami_client_id: None,
                             kind: None,
+                            identity_since: None,
                         },
                     );
                 }
@@ -840,6 +918,34 @@ mod tests {
         for what in ["deleted", "recreated", "restored", "support removed"] {
             assert!(all.iter().any(|e| e.starts_with(what)), "{what}: {all:?}");
         }
+    }
+
+    #[test]
+    fn versions_older_than_the_identity_answer_without_it() {
+        let mut w = World::new(SIM_TENANT_ID, 1);
+        let sub = w.add_subscription("s", SubAccess::Reader);
+        w.register_type(
+            "Microsoft.ServiceBus",
+            "namespaces",
+            &["2017-04-01", "2018-01-01-preview"],
+        );
+        let id = World::resource_id(&sub, "rg", "Microsoft.ServiceBus", "namespaces/ns1");
+        let p = w.add_system_assigned(&id);
+        w.set_identity_since(&id, "2018-01-01-preview");
+        let r = &w.resources[&id.to_ascii_lowercase()];
+        let stable = w.newest_stable_version("Microsoft.ServiceBus/namespaces");
+        assert_eq!(stable.as_deref(), Some("2017-04-01"));
+        assert!(
+            r.body_at(SIM_TENANT_ID, stable.as_deref())
+                .get("identity")
+                .is_none()
+        );
+        assert!(r.arg_row(SIM_TENANT_ID, stable.as_deref())["identity"].is_null());
+        assert_eq!(
+            r.body_at(SIM_TENANT_ID, Some("2018-01-01-preview"))["identity"]["principalId"],
+            json!(p)
+        );
+        assert_eq!(r.body(SIM_TENANT_ID)["identity"]["principalId"], json!(p));
     }
 
     #[test]
