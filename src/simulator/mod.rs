@@ -9,6 +9,7 @@
 // Handlers return the service's error response as their `Err`; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod hostile;
 pub mod kql;
 pub mod model;
 pub mod path;
@@ -65,7 +66,34 @@ impl Default for SimConfig {
     }
 }
 
-/// An injected failure.
+/// Where an injected redirect points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectTo {
+    /// The collection the requested resource belongs to, on the same host: what a gateway that
+    /// "canonicalises" paths, or a stale route, makes of a resource URL.
+    Collection,
+    /// The same path and query on another host: the simulator's decoy listener on another loopback
+    /// address (`127.0.0.2`, or another port of `127.0.0.1` where that cannot be bound). Whatever arrives
+    /// there is recorded ([`SimHandle::strays`]) and answered with an ARM-looking 404.
+    OtherHost,
+    /// Another path on the same host (`/sim-redirect-target/...`), recorded and answered like the decoy.
+    OtherPath,
+}
+
+/// Where an injected paging link points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkTo {
+    /// The same listing on the decoy host (see [`RedirectTo::OtherHost`]).
+    OtherHost,
+    /// Another resource on the same host: Graph `/v1.0/users?$skiptoken=...`, ARM
+    /// `/subscriptions/{s}/resourceGroups?...`.
+    OtherPath,
+}
+
+/// An injected failure or hostile answer. The hostile ones (from [`Fault::GatewayEmptyObject`] on) are
+/// what gateways, proxies, redirects and impostors in front of Microsoft's services answer; each says
+/// which real component produces it. `hostile.rs` builds their answers and lists them
+/// ([`Fault::hostile_answers`], [`Fault::extreme_numbers`]).
 #[derive(Debug, Clone)]
 pub enum Fault {
     /// 429 with this `Retry-After` value (seconds; Graph sends fractions, G-THR).
@@ -89,6 +117,48 @@ pub enum Fault {
     /// The bearer token is revoked: 401 `ExpiredAuthenticationToken` (ARM) / `InvalidAuthenticationToken`
     /// (Graph).
     ExpireToken,
+    /// 200 `{}` with `application/json` and none of the service's request-id headers: an API gateway
+    /// answering for the service, e.g. Azure API Management's `mock-response` policy, which "cancels
+    /// normal pipeline execution", defaults to status 200 and returns an example, a schema sample or no
+    /// content (azure-docs `articles/api-management/mock-response-policy.md`).
+    GatewayEmptyObject,
+    /// ARM resource GET: 200 `{"value":[...]}`, ARM's real answer for the collection the resource belongs
+    /// to (the resource group's resources of that type), with ARM's headers: what a client gets when its
+    /// URL library dropped a `..`/`.` segment of the id, or a proxy rewrote the path.
+    CollectionBody,
+    /// ARM resource GET: 200 with another resource's body (its `id` is not the requested one), with ARM's
+    /// headers: what `.../virtualMachines/a/../b` becomes once normalised, or what a cache that keys on
+    /// less than the full path serves.
+    OtherResourceBody,
+    /// A redirect (301, 302, 307, 308) with `Location` set as `to` says and an empty body. ARM and Graph do
+    /// not redirect these requests; load balancers, ingress controllers, HTTP-to-HTTPS and trailing-slash
+    /// rules and captive proxies do (RFC 9110 §15.4: 307/308 keep the method and body, so a client that
+    /// follows a redirected token request re-sends its secret).
+    Redirect { status: u16, to: RedirectTo },
+    /// 404 from a proxy or a stray path: an nginx-style HTML page (`html`) or an empty body, no JSON, no
+    /// `x-ms-request-id`.
+    ProxyNotFound { html: bool },
+    /// 404 with ARM's error body `{"error":{"code":"ResourceNotFound",...}}` but none of ARM's request-id
+    /// headers: something that is not ARM imitating it (a mock, a test double, a gateway's canned error).
+    ImitationNotFound,
+    /// ARM 404 with ARM's headers and an error code that is not about the resource (subscription,
+    /// namespace, type, location, api-version, principal, management group, tenant); the codes and their
+    /// sources are in [`hostile::NON_PROVING_404`].
+    ArmNotFound { code: String },
+    /// 429 carrying `header: value` (and no other wait hint): `Retry-After` (RFC 9110 §10.2.3:
+    /// HTTP-date or non-negative delay-seconds), `retry-after-ms` / `x-ms-retry-after-ms` (honoured by
+    /// the Azure SDKs, facts sheet §8), Resource Graph's `x-ms-user-quota-resets-after` (`hh:mm:ss`,
+    /// ARG-THR) with extreme or malformed values.
+    ThrottleHeader { header: String, value: String },
+    /// The real answer with `header: value` set: Resource Graph's `x-ms-user-quota-remaining` /
+    /// `x-ms-user-quota-resets-after` (ARG-THR) or ARM's `x-ms-ratelimit-remaining-subscription-reads`
+    /// (ARM-THR) with extreme or malformed values.
+    QuotaHeader { header: String, value: String },
+    /// The real token answer with `expires_in` replaced by this JSON value (Entra sends a number, CC doc;
+    /// IMDS a string, facts sheet §6b).
+    TokenExpiresIn(Value),
+    /// A Graph `@odata.nextLink` or an ARM subscription list `nextLink` pointing away from the service.
+    ForeignNextLink(LinkTo),
 }
 
 impl Fault {
@@ -109,11 +179,38 @@ impl Fault {
             Self::ExpiredPageToken => "expired_page_token",
             Self::SkipTokenError => "skip_token_error",
             Self::ExpireToken => "token_expired",
+            Self::GatewayEmptyObject => "gateway_empty_object",
+            Self::CollectionBody => "collection_body",
+            Self::OtherResourceBody => "other_resource_body",
+            Self::Redirect {
+                to: RedirectTo::Collection,
+                ..
+            } => "redirect_collection",
+            Self::Redirect {
+                to: RedirectTo::OtherHost,
+                ..
+            } => "redirect_other_host",
+            Self::Redirect {
+                to: RedirectTo::OtherPath,
+                ..
+            } => "redirect_other_path",
+            Self::ProxyNotFound { html: true } => "proxy_404_html",
+            Self::ProxyNotFound { html: false } => "proxy_404_empty",
+            Self::ImitationNotFound => "imitation_404",
+            Self::ArmNotFound { .. } => "arm_404_not_about_resource",
+            Self::ThrottleHeader { .. } => "extreme_throttle_header",
+            Self::QuotaHeader { .. } => "extreme_quota_header",
+            Self::TokenExpiresIn(_) => "extreme_expires_in",
+            Self::ForeignNextLink(LinkTo::OtherHost) => "foreign_link_other_host",
+            Self::ForeignNextLink(LinkTo::OtherPath) => "foreign_link_other_path",
         }
     }
 
     /// Whether the fault can happen to this request.
     fn applies(&self, req: &ReqInfo) -> bool {
+        let resource_get = req.api == Api::Arm && req.arm_route == ArmRoute::Resource;
+        let for_resource_graph =
+            |header: &str| header.to_ascii_lowercase().starts_with("x-ms-user-quota");
         match self {
             Self::EmptyPage => matches!(req.api, Api::Graph | Api::ResourceGraph),
             Self::ExpiredPageToken => req.api == Api::Graph && req.has_skip_token,
@@ -121,14 +218,45 @@ impl Fault {
             Self::ExpireToken => req.api != Api::Token,
             Self::Truncated | Self::NotJson | Self::Reset => true,
             Self::Throttle { .. } | Self::Status(_) | Self::Slow(_) => true,
+            Self::GatewayEmptyObject | Self::ProxyNotFound { .. } => true,
+            Self::CollectionBody | Self::OtherResourceBody => resource_get,
+            Self::Redirect { to, .. } => *to != RedirectTo::Collection || resource_get,
+            Self::ImitationNotFound | Self::ArmNotFound { .. } => req.api == Api::Arm,
+            Self::ThrottleHeader { header, .. } => {
+                !for_resource_graph(header) || req.api == Api::ResourceGraph
+            }
+            Self::QuotaHeader { header, .. } => {
+                if for_resource_graph(header) {
+                    req.api == Api::ResourceGraph
+                } else {
+                    req.api == Api::Arm
+                }
+            }
+            Self::TokenExpiresIn(_) => req.api == Api::Token,
+            Self::ForeignNextLink(_) => {
+                req.api == Api::Graph
+                    || (req.api == Api::Arm && req.arm_route == ArmRoute::SubscriptionList)
+            }
         }
     }
+}
+
+/// What kind of ARM request a path is, for fault selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArmRoute {
+    /// Not an ARM request, or not one of the kinds below.
+    Other,
+    /// `GET /subscriptions`
+    SubscriptionList,
+    /// A resource (not a collection, a provider or a scope).
+    Resource,
 }
 
 /// What fault selection needs to know of a request.
 struct ReqInfo {
     api: Api,
     has_skip_token: bool,
+    arm_route: ArmRoute,
 }
 
 /// Random faults from a seed: each request of `apis` gets one of `kinds` (that applies to it) with
@@ -180,18 +308,45 @@ struct Inner {
     tokens: Mutex<HashMap<String, TokenInfo>>,
     arg_window: Mutex<(Instant, u32)>,
     base_url: String,
+    /// Root of the decoy listener that plays "another host".
+    decoy_url: String,
+    /// Requests that arrived where no client should go (see [`StrayRequest`]).
+    strays: Mutex<Vec<StrayRequest>>,
     seq: AtomicU64,
 }
+
+/// A request that arrived where a client that trusts only answers that prove it never goes: at the decoy
+/// host (a redirect's or paging link's "other host"), at the same-host redirect target
+/// (`/sim-redirect-target/...`), or at a foreign paging link's other path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrayRequest {
+    /// `"decoy host"`, `"redirect target"` or `"foreign link"`.
+    pub place: &'static str,
+    pub method: String,
+    /// Path and query as received.
+    pub target: String,
+    /// The request carried an `Authorization` header.
+    pub authorization: bool,
+    /// The request body carried a `client_secret` form field (a re-POSTed token request).
+    pub client_secret: bool,
+}
+
+/// Path prefix of the same-host redirect target.
+pub const REDIRECT_TARGET_PREFIX: &str = "/sim-redirect-target";
+/// Query marker of foreign paging links, so a request that followed one can be recognised.
+pub const FOREIGN_LINK_MARKER: &str = "sim-foreign-link";
 
 /// A running simulator.
 pub struct SimHandle {
     inner: Arc<Inner>,
     task: tokio::task::JoinHandle<()>,
+    decoy: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for SimHandle {
     fn drop(&mut self) {
         self.task.abort();
+        self.decoy.abort();
     }
 }
 
@@ -204,6 +359,14 @@ impl SimHandle {
     pub async fn start_on(addr: &str, world: World, config: SimConfig) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
+        // "Another host" for redirects and paging links: another loopback address where the system has
+        // one (Linux routes all of 127/8 to lo), else another port, which is another origin all the same.
+        // Loopback only: nothing a client follows ever leaves the machine.
+        let decoy_listener = match tokio::net::TcpListener::bind("127.0.0.2:0").await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind((local.ip(), 0)).await?,
+        };
+        let decoy_local = decoy_listener.local_addr()?;
         let inner = Arc::new(Inner {
             world: RwLock::new(world),
             config: RwLock::new(config),
@@ -217,6 +380,8 @@ impl SimHandle {
             tokens: Mutex::new(HashMap::new()),
             arg_window: Mutex::new((Instant::now(), 0)),
             base_url: format!("http://{local}"),
+            decoy_url: format!("http://{decoy_local}"),
+            strays: Mutex::new(Vec::new()),
             seq: AtomicU64::new(0),
         });
         let state = inner.clone();
@@ -229,7 +394,32 @@ impl SimHandle {
                 tracing::error!(error = %e, "simulator stopped");
             }
         });
-        Ok(Self { inner, task })
+        let state = inner.clone();
+        let decoy_app = axum::Router::new().fallback(move |req: Request<Body>| {
+            let s = state.clone();
+            async move { hostile::stray(&s, "decoy host", req).await }
+        });
+        let decoy = tokio::spawn(async move {
+            if let Err(e) = axum::serve(decoy_listener, decoy_app).await {
+                tracing::error!(error = %e, "simulator decoy stopped");
+            }
+        });
+        Ok(Self { inner, task, decoy })
+    }
+
+    /// Root of the decoy listener that plays "another host" for redirects and paging links.
+    pub fn decoy_base_url(&self) -> &str {
+        &self.inner.decoy_url
+    }
+
+    /// Requests that arrived at the decoy host, the redirect target or a foreign link's path.
+    pub fn strays(&self) -> Vec<StrayRequest> {
+        self.inner.strays.lock().expect("strays lock").clone()
+    }
+
+    /// Adds several fault rules (e.g. [`hostile::HostileWorld::rules`]).
+    pub fn add_faults(&self, rules: impl IntoIterator<Item = FaultRule>) {
+        self.inner.faults.lock().expect("faults lock").extend(rules);
     }
 
     /// `http://127.0.0.1:PORT`: authority host, Graph and ARM root at once.
@@ -498,7 +688,17 @@ fn fault_response(api: Api, fault: &Fault, req: &HeaderMap) -> Response {
 }
 
 async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
+    if req.uri().path().starts_with(REDIRECT_TARGET_PREFIX) {
+        return hostile::stray(&inner, "redirect target", req).await;
+    }
     let (parts, body) = req.into_parts();
+    if parts
+        .uri
+        .query()
+        .is_some_and(|q| q.contains(FOREIGN_LINK_MARKER))
+    {
+        hostile::record_stray(&inner, "foreign link", &parts, &[]);
+    }
     let latency = inner.config.read().expect("config lock").latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -528,10 +728,16 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
         );
     };
     let target = format!("{path}?{}", parts.uri.query().unwrap_or(""));
+    let arm_route = match (api, path::parse(&path)) {
+        (Api::Arm, Ok(path::Route::Subscriptions)) => ArmRoute::SubscriptionList,
+        (Api::Arm, Ok(path::Route::Resource(r))) if !r.is_collection() => ArmRoute::Resource,
+        _ => ArmRoute::Other,
+    };
     let info = ReqInfo {
         api,
         has_skip_token: query.contains_key("$skiptoken")
             || (api == Api::ResourceGraph && bytes.windows(10).any(|w| w == b"$skipToken")),
+        arm_route,
     };
     let fault = take_fault(&inner, &info, &target);
     match &fault {
@@ -543,6 +749,16 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
             | Fault::NotJson),
         ) => {
             return fault_response(api, f, &parts.headers);
+        }
+        Some(
+            f @ (Fault::GatewayEmptyObject
+            | Fault::Redirect { .. }
+            | Fault::ProxyNotFound { .. }
+            | Fault::ImitationNotFound
+            | Fault::ArmNotFound { .. }
+            | Fault::ThrottleHeader { .. }),
+        ) => {
+            return hostile::answer(&inner, api, f, &parts);
         }
         Some(Fault::ExpireToken) => {
             if let Some(t) = parts
@@ -590,7 +806,17 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
             &bytes,
             empty_page,
         ),
-        Api::Arm => arm_metered(&inner, &parts.method, &path, &query, &parts.headers),
+        Api::Arm => match &fault {
+            // ARM's own answer, but for the collection the resource belongs to.
+            Some(Fault::CollectionBody) => {
+                let collection = hostile::collection_path(&path).unwrap_or_else(|| path.clone());
+                arm_metered(&inner, &parts.method, &collection, &query, &parts.headers)
+            }
+            Some(Fault::OtherResourceBody) => {
+                hostile::other_resource(&inner, &path, &query, &parts.headers)
+            }
+            _ => arm_metered(&inner, &parts.method, &path, &query, &parts.headers),
+        },
     };
     // The cost of a page grows with its items (the handlers say how many in `x-sim-items`).
     let mut res = res;
@@ -605,6 +831,9 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
         }
     }
     match fault {
+        Some(
+            f @ (Fault::QuotaHeader { .. } | Fault::TokenExpiresIn(_) | Fault::ForeignNextLink(_)),
+        ) => hostile::rewrite(&inner, api, &f, &parts, res).await,
         Some(Fault::Truncated) => {
             let (mut head, body) = res.into_parts();
             let full = axum::body::to_bytes(body, usize::MAX)
