@@ -8,6 +8,7 @@ mod daemon;
 mod faults;
 mod helpers;
 mod hostile;
+mod hostile_azure;
 mod kql;
 mod paging;
 mod verdicts;
