@@ -9,8 +9,10 @@
 // Handlers return the service's error response as their `Err`; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
 
+pub mod hostile;
 pub mod kql;
 pub mod model;
+pub mod path;
 
 use crate::azure::{Api, Counters};
 use axum::body::Body;
@@ -64,7 +66,34 @@ impl Default for SimConfig {
     }
 }
 
-/// An injected failure.
+/// Where an injected redirect points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RedirectTo {
+    /// The collection the requested resource belongs to, on the same host: what a gateway that
+    /// "canonicalises" paths, or a stale route, makes of a resource URL.
+    Collection,
+    /// The same path and query on another host: the simulator's decoy listener on another loopback
+    /// address (`127.0.0.2`, or another port of `127.0.0.1` where that cannot be bound). Whatever arrives
+    /// there is recorded ([`SimHandle::strays`]) and answered with an ARM-looking 404.
+    OtherHost,
+    /// Another path on the same host (`/sim-redirect-target/...`), recorded and answered like the decoy.
+    OtherPath,
+}
+
+/// Where an injected paging link points.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkTo {
+    /// The same listing on the decoy host (see [`RedirectTo::OtherHost`]).
+    OtherHost,
+    /// Another resource on the same host: Graph `/v1.0/users?$skiptoken=...`, ARM
+    /// `/subscriptions/{s}/resourceGroups?...`.
+    OtherPath,
+}
+
+/// An injected failure or hostile answer. The hostile ones (from [`Fault::GatewayEmptyObject`] on) are
+/// what gateways, proxies, redirects and impostors in front of Microsoft's services answer; each says
+/// which real component produces it. `hostile.rs` builds their answers and lists them
+/// ([`Fault::hostile_answers`], [`Fault::extreme_numbers`]).
 #[derive(Debug, Clone)]
 pub enum Fault {
     /// 429 with this `Retry-After` value (seconds; Graph sends fractions, G-THR).
@@ -88,6 +117,48 @@ pub enum Fault {
     /// The bearer token is revoked: 401 `ExpiredAuthenticationToken` (ARM) / `InvalidAuthenticationToken`
     /// (Graph).
     ExpireToken,
+    /// 200 `{}` with `application/json` and none of the service's request-id headers: an API gateway
+    /// answering for the service, e.g. Azure API Management's `mock-response` policy, which "cancels
+    /// normal pipeline execution", defaults to status 200 and returns an example, a schema sample or no
+    /// content (azure-docs `articles/api-management/mock-response-policy.md`).
+    GatewayEmptyObject,
+    /// ARM resource GET: 200 `{"value":[...]}`, ARM's real answer for the collection the resource belongs
+    /// to (the resource group's resources of that type), with ARM's headers: what a client gets when its
+    /// URL library dropped a `..`/`.` segment of the id, or a proxy rewrote the path.
+    CollectionBody,
+    /// ARM resource GET: 200 with another resource's body (its `id` is not the requested one), with ARM's
+    /// headers: what `.../virtualMachines/a/../b` becomes once normalised, or what a cache that keys on
+    /// less than the full path serves.
+    OtherResourceBody,
+    /// A redirect (301, 302, 307, 308) with `Location` set as `to` says and an empty body. ARM and Graph do
+    /// not redirect these requests; load balancers, ingress controllers, HTTP-to-HTTPS and trailing-slash
+    /// rules and captive proxies do (RFC 9110 §15.4: 307/308 keep the method and body, so a client that
+    /// follows a redirected token request re-sends its secret).
+    Redirect { status: u16, to: RedirectTo },
+    /// 404 from a proxy or a stray path: an nginx-style HTML page (`html`) or an empty body, no JSON, no
+    /// `x-ms-request-id`.
+    ProxyNotFound { html: bool },
+    /// 404 with ARM's error body `{"error":{"code":"ResourceNotFound",...}}` but none of ARM's request-id
+    /// headers: something that is not ARM imitating it (a mock, a test double, a gateway's canned error).
+    ImitationNotFound,
+    /// ARM 404 with ARM's headers and an error code that is not about the resource (subscription,
+    /// namespace, type, location, api-version, principal, management group, tenant); the codes and their
+    /// sources are in [`hostile::NON_PROVING_404`].
+    ArmNotFound { code: String },
+    /// 429 carrying `header: value` (and no other wait hint): `Retry-After` (RFC 9110 §10.2.3:
+    /// HTTP-date or non-negative delay-seconds), `retry-after-ms` / `x-ms-retry-after-ms` (honoured by
+    /// the Azure SDKs, facts sheet §8), Resource Graph's `x-ms-user-quota-resets-after` (`hh:mm:ss`,
+    /// ARG-THR) with extreme or malformed values.
+    ThrottleHeader { header: String, value: String },
+    /// The real answer with `header: value` set: Resource Graph's `x-ms-user-quota-remaining` /
+    /// `x-ms-user-quota-resets-after` (ARG-THR) or ARM's `x-ms-ratelimit-remaining-subscription-reads`
+    /// (ARM-THR) with extreme or malformed values.
+    QuotaHeader { header: String, value: String },
+    /// The real token answer with `expires_in` replaced by this JSON value (Entra sends a number, CC doc;
+    /// IMDS a string, facts sheet §6b).
+    TokenExpiresIn(Value),
+    /// A Graph `@odata.nextLink` or an ARM subscription list `nextLink` pointing away from the service.
+    ForeignNextLink(LinkTo),
 }
 
 impl Fault {
@@ -108,11 +179,38 @@ impl Fault {
             Self::ExpiredPageToken => "expired_page_token",
             Self::SkipTokenError => "skip_token_error",
             Self::ExpireToken => "token_expired",
+            Self::GatewayEmptyObject => "gateway_empty_object",
+            Self::CollectionBody => "collection_body",
+            Self::OtherResourceBody => "other_resource_body",
+            Self::Redirect {
+                to: RedirectTo::Collection,
+                ..
+            } => "redirect_collection",
+            Self::Redirect {
+                to: RedirectTo::OtherHost,
+                ..
+            } => "redirect_other_host",
+            Self::Redirect {
+                to: RedirectTo::OtherPath,
+                ..
+            } => "redirect_other_path",
+            Self::ProxyNotFound { html: true } => "proxy_404_html",
+            Self::ProxyNotFound { html: false } => "proxy_404_empty",
+            Self::ImitationNotFound => "imitation_404",
+            Self::ArmNotFound { .. } => "arm_404_not_about_resource",
+            Self::ThrottleHeader { .. } => "extreme_throttle_header",
+            Self::QuotaHeader { .. } => "extreme_quota_header",
+            Self::TokenExpiresIn(_) => "extreme_expires_in",
+            Self::ForeignNextLink(LinkTo::OtherHost) => "foreign_link_other_host",
+            Self::ForeignNextLink(LinkTo::OtherPath) => "foreign_link_other_path",
         }
     }
 
     /// Whether the fault can happen to this request.
     fn applies(&self, req: &ReqInfo) -> bool {
+        let resource_get = req.api == Api::Arm && req.arm_route == ArmRoute::Resource;
+        let for_resource_graph =
+            |header: &str| header.to_ascii_lowercase().starts_with("x-ms-user-quota");
         match self {
             Self::EmptyPage => matches!(req.api, Api::Graph | Api::ResourceGraph),
             Self::ExpiredPageToken => req.api == Api::Graph && req.has_skip_token,
@@ -120,14 +218,45 @@ impl Fault {
             Self::ExpireToken => req.api != Api::Token,
             Self::Truncated | Self::NotJson | Self::Reset => true,
             Self::Throttle { .. } | Self::Status(_) | Self::Slow(_) => true,
+            Self::GatewayEmptyObject | Self::ProxyNotFound { .. } => true,
+            Self::CollectionBody | Self::OtherResourceBody => resource_get,
+            Self::Redirect { to, .. } => *to != RedirectTo::Collection || resource_get,
+            Self::ImitationNotFound | Self::ArmNotFound { .. } => req.api == Api::Arm,
+            Self::ThrottleHeader { header, .. } => {
+                !for_resource_graph(header) || req.api == Api::ResourceGraph
+            }
+            Self::QuotaHeader { header, .. } => {
+                if for_resource_graph(header) {
+                    req.api == Api::ResourceGraph
+                } else {
+                    req.api == Api::Arm
+                }
+            }
+            Self::TokenExpiresIn(_) => req.api == Api::Token,
+            Self::ForeignNextLink(_) => {
+                req.api == Api::Graph
+                    || (req.api == Api::Arm && req.arm_route == ArmRoute::SubscriptionList)
+            }
         }
     }
+}
+
+/// What kind of ARM request a path is, for fault selection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArmRoute {
+    /// Not an ARM request, or not one of the kinds below.
+    Other,
+    /// `GET /subscriptions`
+    SubscriptionList,
+    /// A resource (not a collection, a provider or a scope).
+    Resource,
 }
 
 /// What fault selection needs to know of a request.
 struct ReqInfo {
     api: Api,
     has_skip_token: bool,
+    arm_route: ArmRoute,
 }
 
 /// Random faults from a seed: each request of `apis` gets one of `kinds` (that applies to it) with
@@ -179,18 +308,45 @@ struct Inner {
     tokens: Mutex<HashMap<String, TokenInfo>>,
     arg_window: Mutex<(Instant, u32)>,
     base_url: String,
+    /// Root of the decoy listener that plays "another host".
+    decoy_url: String,
+    /// Requests that arrived where no client should go (see [`StrayRequest`]).
+    strays: Mutex<Vec<StrayRequest>>,
     seq: AtomicU64,
 }
+
+/// A request that arrived where a client that trusts only answers that prove it never goes: at the decoy
+/// host (a redirect's or paging link's "other host"), at the same-host redirect target
+/// (`/sim-redirect-target/...`), or at a foreign paging link's other path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StrayRequest {
+    /// `"decoy host"`, `"redirect target"` or `"foreign link"`.
+    pub place: &'static str,
+    pub method: String,
+    /// Path and query as received.
+    pub target: String,
+    /// The request carried an `Authorization` header.
+    pub authorization: bool,
+    /// The request body carried a `client_secret` form field (a re-POSTed token request).
+    pub client_secret: bool,
+}
+
+/// Path prefix of the same-host redirect target.
+pub const REDIRECT_TARGET_PREFIX: &str = "/sim-redirect-target";
+/// Query marker of foreign paging links, so a request that followed one can be recognised.
+pub const FOREIGN_LINK_MARKER: &str = "sim-foreign-link";
 
 /// A running simulator.
 pub struct SimHandle {
     inner: Arc<Inner>,
     task: tokio::task::JoinHandle<()>,
+    decoy: tokio::task::JoinHandle<()>,
 }
 
 impl Drop for SimHandle {
     fn drop(&mut self) {
         self.task.abort();
+        self.decoy.abort();
     }
 }
 
@@ -203,6 +359,14 @@ impl SimHandle {
     pub async fn start_on(addr: &str, world: World, config: SimConfig) -> std::io::Result<Self> {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
+        // "Another host" for redirects and paging links: another loopback address where the system has
+        // one (Linux routes all of 127/8 to lo), else another port, which is another origin all the same.
+        // Loopback only: nothing a client follows ever leaves the machine.
+        let decoy_listener = match tokio::net::TcpListener::bind("127.0.0.2:0").await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind((local.ip(), 0)).await?,
+        };
+        let decoy_local = decoy_listener.local_addr()?;
         let inner = Arc::new(Inner {
             world: RwLock::new(world),
             config: RwLock::new(config),
@@ -216,6 +380,8 @@ impl SimHandle {
             tokens: Mutex::new(HashMap::new()),
             arg_window: Mutex::new((Instant::now(), 0)),
             base_url: format!("http://{local}"),
+            decoy_url: format!("http://{decoy_local}"),
+            strays: Mutex::new(Vec::new()),
             seq: AtomicU64::new(0),
         });
         let state = inner.clone();
@@ -228,7 +394,32 @@ impl SimHandle {
                 tracing::error!(error = %e, "simulator stopped");
             }
         });
-        Ok(Self { inner, task })
+        let state = inner.clone();
+        let decoy_app = axum::Router::new().fallback(move |req: Request<Body>| {
+            let s = state.clone();
+            async move { hostile::stray(&s, "decoy host", req).await }
+        });
+        let decoy = tokio::spawn(async move {
+            if let Err(e) = axum::serve(decoy_listener, decoy_app).await {
+                tracing::error!(error = %e, "simulator decoy stopped");
+            }
+        });
+        Ok(Self { inner, task, decoy })
+    }
+
+    /// Root of the decoy listener that plays "another host" for redirects and paging links.
+    pub fn decoy_base_url(&self) -> &str {
+        &self.inner.decoy_url
+    }
+
+    /// Requests that arrived at the decoy host, the redirect target or a foreign link's path.
+    pub fn strays(&self) -> Vec<StrayRequest> {
+        self.inner.strays.lock().expect("strays lock").clone()
+    }
+
+    /// Adds several fault rules (e.g. [`hostile::HostileWorld::rules`]).
+    pub fn add_faults(&self, rules: impl IntoIterator<Item = FaultRule>) {
+        self.inner.faults.lock().expect("faults lock").extend(rules);
     }
 
     /// `http://127.0.0.1:PORT`: authority host, Graph and ARM root at once.
@@ -497,7 +688,17 @@ fn fault_response(api: Api, fault: &Fault, req: &HeaderMap) -> Response {
 }
 
 async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
+    if req.uri().path().starts_with(REDIRECT_TARGET_PREFIX) {
+        return hostile::stray(&inner, "redirect target", req).await;
+    }
     let (parts, body) = req.into_parts();
+    if parts
+        .uri
+        .query()
+        .is_some_and(|q| q.contains(FOREIGN_LINK_MARKER))
+    {
+        hostile::record_stray(&inner, "foreign link", &parts, &[]);
+    }
     let latency = inner.config.read().expect("config lock").latency;
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;
@@ -527,10 +728,16 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
         );
     };
     let target = format!("{path}?{}", parts.uri.query().unwrap_or(""));
+    let arm_route = match (api, path::parse(&path)) {
+        (Api::Arm, Ok(path::Route::Subscriptions)) => ArmRoute::SubscriptionList,
+        (Api::Arm, Ok(path::Route::Resource(r))) if !r.is_collection() => ArmRoute::Resource,
+        _ => ArmRoute::Other,
+    };
     let info = ReqInfo {
         api,
         has_skip_token: query.contains_key("$skiptoken")
             || (api == Api::ResourceGraph && bytes.windows(10).any(|w| w == b"$skipToken")),
+        arm_route,
     };
     let fault = take_fault(&inner, &info, &target);
     match &fault {
@@ -542,6 +749,16 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
             | Fault::NotJson),
         ) => {
             return fault_response(api, f, &parts.headers);
+        }
+        Some(
+            f @ (Fault::GatewayEmptyObject
+            | Fault::Redirect { .. }
+            | Fault::ProxyNotFound { .. }
+            | Fault::ImitationNotFound
+            | Fault::ArmNotFound { .. }
+            | Fault::ThrottleHeader { .. }),
+        ) => {
+            return hostile::answer(&inner, api, f, &parts);
         }
         Some(Fault::ExpireToken) => {
             if let Some(t) = parts
@@ -589,7 +806,17 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
             &bytes,
             empty_page,
         ),
-        Api::Arm => arm_metered(&inner, &parts.method, &path, &query, &parts.headers),
+        Api::Arm => match &fault {
+            // ARM's own answer, but for the collection the resource belongs to.
+            Some(Fault::CollectionBody) => {
+                let collection = hostile::collection_path(&path).unwrap_or_else(|| path.clone());
+                arm_metered(&inner, &parts.method, &collection, &query, &parts.headers)
+            }
+            Some(Fault::OtherResourceBody) => {
+                hostile::other_resource(&inner, &path, &query, &parts.headers)
+            }
+            _ => arm_metered(&inner, &parts.method, &path, &query, &parts.headers),
+        },
     };
     // The cost of a page grows with its items (the handlers say how many in `x-sim-items`).
     let mut res = res;
@@ -604,6 +831,9 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
         }
     }
     match fault {
+        Some(
+            f @ (Fault::QuotaHeader { .. } | Fault::TokenExpiresIn(_) | Fault::ForeignNextLink(_)),
+        ) => hostile::rewrite(&inner, api, &f, &parts, res).await,
         Some(Fault::Truncated) => {
             let (mut head, body) = res.into_parts();
             let full = axum::body::to_bytes(body, usize::MAX)
@@ -1171,7 +1401,8 @@ fn arm_metered(
     res
 }
 
-/// ARM: `GET /subscriptions`, providers, and resource GETs.
+/// ARM: `GET /subscriptions`, a subscription, its resource groups, providers, resource GETs and
+/// collection lists. Paths are read by the simulator's own [`path`] reader, never the product's.
 fn arm(
     inner: &Inner,
     method: &Method,
@@ -1196,115 +1427,243 @@ fn arm(
         );
     }
     let w = inner.world.read().expect("world lock");
-    let trimmed = path.trim_end_matches('/');
-    let segs: Vec<&str> = trimmed.split('/').skip(1).collect();
-    // GET /subscriptions (RES-SPEC subscriptions.json, paged by nextLink).
-    if segs.len() == 1 && segs[0].eq_ignore_ascii_case("subscriptions") {
-        let page = inner
-            .config
-            .read()
-            .expect("config lock")
-            .subscriptions_page
-            .max(1);
-        let offset: usize = q
-            .get("$skiptoken")
-            .and_then(|t| t.parse().ok())
-            .unwrap_or(0);
-        let visible: Vec<&model::SimSubscription> = w
-            .subscriptions
-            .iter()
-            .filter(|s| readable(&w, &tenant, s))
-            .collect();
-        let value: Vec<Value> = visible.iter().skip(offset).take(page).map(|s| json!({
-            "id": format!("/subscriptions/{}", s.id),
-            "authorizationSource": "RoleBased",
-            "managedByTenants": [],
-            "subscriptionId": s.id,
-            "tenantId": w.tenant_id,
-            "displayName": s.display_name,
-            "state": "Enabled",
-            "subscriptionPolicies": {"locationPlacementId": "Public_2014-09-01", "quotaId": "EnterpriseAgreement_2014-09-01", "spendingLimit": "Off"},
-            "tags": {},
-        })).collect();
-        let mut body =
-            json!({ "value": value, "count": {"type": "Total", "value": visible.len()} });
-        if offset + page < visible.len() {
-            body["nextLink"] = json!(format!(
-                "{}/subscriptions?api-version={version}&%24skiptoken={}",
-                inner.base_url,
-                offset + page
-            ));
+    let route = match path::parse(path) {
+        Ok(r) => r,
+        Err(why) => {
+            return arm_error(
+                headers,
+                400,
+                "InvalidRequestUri",
+                &format!("The request URI '{path}' is not valid: {why}."),
+            );
         }
-        return respond(200, arm_headers(headers), &body);
-    }
-    // Providers: /subscriptions/{s}/providers/{ns} and /providers/{ns} (RES-SPEC GetProvider.json,
-    // GetNamedProviderAtTenant.json).
-    let provider_ns = match segs.as_slice() {
-        [s, sub, p, ns]
-            if s.eq_ignore_ascii_case("subscriptions") && p.eq_ignore_ascii_case("providers") =>
-        {
+    };
+    match route {
+        path::Route::Subscriptions => subscription_list(inner, &w, &tenant, q, &version, headers),
+        // RES-SPEC `GetSubscription`: the same object the list holds.
+        path::Route::Subscription(sub) => {
             if let Some(r) = subscription_gate(
                 &w,
                 headers,
-                sub,
-                "Microsoft.Resources/subscriptions/providers/read",
-                &format!("/subscriptions/{sub}"),
+                &sub,
+                "Microsoft.Resources/subscriptions/read",
+                path,
             ) {
                 return r;
             }
-            Some((format!("/subscriptions/{sub}/providers/"), *ns))
+            match w.subscription(&sub) {
+                Some(s) => respond(200, arm_headers(headers), &subscription_json(&w, s)),
+                None => arm_error(headers, 404, "SubscriptionNotFound", "Not found."),
+            }
         }
-        [p, ns] if p.eq_ignore_ascii_case("providers") => Some(("/providers/".to_owned(), *ns)),
-        _ => None,
-    };
-    if let Some((prefix, ns)) = provider_ns {
-        let Some((name, types)) = w.providers.iter().find(|(k, _)| k.eq_ignore_ascii_case(ns))
-        else {
-            return arm_error(
+        // RES-SPEC `ResourceGroups_List` / `ResourceGroups_Get`.
+        path::Route::ResourceGroups(sub) => {
+            if let Some(r) = subscription_gate(
+                &w,
                 headers,
-                404,
-                "InvalidResourceNamespace",
-                &format!("The resource namespace '{ns}' is invalid."),
-            );
-        };
-        let rt: Vec<Value> = types.iter().map(|(t, v)| json!({"resourceType": t, "locations": ["West Europe", "East US", "Sweden Central"], "apiVersions": v, "capabilities": "None"})).collect();
-        return respond(
-            200,
-            arm_headers(headers),
-            &json!({
-                "id": format!("{prefix}{name}"), "namespace": name, "registrationState": "Registered",
-                "registrationPolicy": "RegistrationRequired", "resourceTypes": rt,
-            }),
-        );
+                &sub,
+                "Microsoft.Resources/subscriptions/resourceGroups/read",
+                path,
+            ) {
+                return r;
+            }
+            let prefix = format!("/subscriptions/{sub}/resourcegroups/").to_ascii_lowercase();
+            let value: Vec<Value> = w
+                .resource_groups
+                .iter()
+                .filter(|k| k.starts_with(&prefix) && !w.denied_resource_groups.contains(*k))
+                .map(|k| resource_group_json(&sub, &k[prefix.len()..]))
+                .collect();
+            respond(200, arm_headers(headers), &json!({ "value": value }))
+        }
+        path::Route::ResourceGroup {
+            subscription,
+            group,
+        } => {
+            let action = "Microsoft.Resources/subscriptions/resourceGroups/read";
+            if let Some(r) = subscription_gate(&w, headers, &subscription, action, path) {
+                return r;
+            }
+            let key = format!("/subscriptions/{subscription}/resourcegroups/{group}")
+                .to_ascii_lowercase();
+            if w.denied_resource_groups.contains(&key) {
+                return authorization_failed(&w, headers, action, path);
+            }
+            if !w.resource_groups.contains(&key) {
+                return arm_error(
+                    headers,
+                    404,
+                    "ResourceGroupNotFound",
+                    &format!("Resource group '{group}' could not be found."),
+                );
+            }
+            respond(
+                200,
+                arm_headers(headers),
+                &resource_group_json(&subscription, &group),
+            )
+        }
+        path::Route::ManagementGroup(mg) => {
+            if w.management_groups.contains(&mg.to_ascii_lowercase()) {
+                respond(
+                    200,
+                    arm_headers(headers),
+                    &json!({
+                        "id": format!("/providers/Microsoft.Management/managementGroups/{mg}"),
+                        "type": "Microsoft.Management/managementGroups",
+                        "name": mg,
+                        "properties": { "tenantId": w.tenant_id, "displayName": mg },
+                    }),
+                )
+            } else {
+                arm_error(
+                    headers,
+                    404,
+                    "ManagementGroupNotFound",
+                    &format!("Management group '{mg}' not found."),
+                )
+            }
+        }
+        // Providers: /subscriptions/{s}/providers/{ns} and /providers/{ns} (RES-SPEC GetProvider.json,
+        // GetNamedProviderAtTenant.json).
+        path::Route::Provider {
+            subscription,
+            namespace,
+        } => {
+            let prefix = match &subscription {
+                Some(sub) => {
+                    if let Some(r) = subscription_gate(
+                        &w,
+                        headers,
+                        sub,
+                        "Microsoft.Resources/subscriptions/providers/read",
+                        &format!("/subscriptions/{sub}"),
+                    ) {
+                        return r;
+                    }
+                    format!("/subscriptions/{sub}/providers/")
+                }
+                None => "/providers/".to_owned(),
+            };
+            let Some((name, types)) = w
+                .providers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case(&namespace))
+            else {
+                return arm_error(
+                    headers,
+                    404,
+                    "InvalidResourceNamespace",
+                    &format!("The resource namespace '{namespace}' is invalid."),
+                );
+            };
+            let rt: Vec<Value> = types.iter().map(|(t, v)| json!({"resourceType": t, "locations": ["West Europe", "East US", "Sweden Central"], "apiVersions": v, "capabilities": "None"})).collect();
+            respond(
+                200,
+                arm_headers(headers),
+                &json!({
+                    "id": format!("{prefix}{name}"), "namespace": name, "registrationState": "Registered",
+                    "registrationPolicy": "RegistrationRequired", "resourceTypes": rt,
+                }),
+            )
+        }
+        path::Route::Resource(p) => resource_get(&w, &tenant, path, &p, &version, headers),
     }
-    resource_get(&w, &tenant, trimmed, &segs, &version, headers)
 }
 
-/// `GET {resourceId}?api-version=` with ARM's order of checks: subscription, type and version,
-/// authorization, resource group, parent, resource (ARM-ERR error-not-found.md; RPC).
-fn resource_get(
+/// A subscription as `GET /subscriptions` lists it (RES-SPEC `GetSubscriptions.json`).
+fn subscription_json(w: &World, s: &model::SimSubscription) -> Value {
+    json!({
+        "id": format!("/subscriptions/{}", s.id),
+        "authorizationSource": "RoleBased",
+        "managedByTenants": [],
+        "subscriptionId": s.id,
+        "tenantId": w.tenant_id,
+        "displayName": s.display_name,
+        "state": "Enabled",
+        "subscriptionPolicies": {"locationPlacementId": "Public_2014-09-01", "quotaId": "EnterpriseAgreement_2014-09-01", "spendingLimit": "Off"},
+        "tags": {},
+    })
+}
+
+/// A resource group as ARM answers it (RES-SPEC `ResourceGroups_Get`).
+fn resource_group_json(sub: &str, group: &str) -> Value {
+    json!({
+        "id": format!("/subscriptions/{sub}/resourceGroups/{group}"),
+        "name": group,
+        "type": "Microsoft.Resources/resourceGroups",
+        "location": "westeurope",
+        "properties": { "provisioningState": "Succeeded" },
+    })
+}
+
+/// `GET /subscriptions` (RES-SPEC subscriptions.json, paged by nextLink).
+fn subscription_list(
+    inner: &Inner,
     w: &World,
     tenant: &str,
-    path: &str,
-    segs: &[&str],
+    q: &HashMap<String, String>,
     version: &str,
     headers: &HeaderMap,
 ) -> Response {
-    let Some(rid) = crate::domain::ResourceId::parse(path) else {
-        return arm_error(
-            headers,
-            400,
-            "InvalidRequestUri",
-            &format!("The request URI '{path}' is not valid."),
-        );
-    };
-    let action = format!("{}/{}/read", rid.namespace(), rid.type_path());
-    if let Some(sub) = rid.subscription_id()
-        && let Some(r) = subscription_gate(w, headers, sub, &action, path)
+    let page = inner
+        .config
+        .read()
+        .expect("config lock")
+        .subscriptions_page
+        .max(1);
+    let offset: usize = q
+        .get("$skiptoken")
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(0);
+    let visible: Vec<&model::SimSubscription> = w
+        .subscriptions
+        .iter()
+        .filter(|s| readable(w, tenant, s))
+        .collect();
+    let value: Vec<Value> = visible
+        .iter()
+        .skip(offset)
+        .take(page)
+        .map(|s| subscription_json(w, s))
+        .collect();
+    let mut body = json!({ "value": value, "count": {"type": "Total", "value": visible.len()} });
+    if offset + page < visible.len() {
+        body["nextLink"] = json!(format!(
+            "{}/subscriptions?api-version={version}&%24skiptoken={}",
+            inner.base_url,
+            offset + page
+        ));
+    }
+    respond(200, arm_headers(headers), &body)
+}
+
+/// Whether `key` (a lower-case resource id) lies in a resource group the caller may not read.
+fn in_denied_group(w: &World, key: &str) -> bool {
+    w.denied_resource_groups
+        .iter()
+        .any(|rg| key.starts_with(rg.as_str()) && key[rg.len()..].starts_with('/'))
+}
+
+/// `GET {resourceId}?api-version=` with ARM's order of checks: subscription, type and version,
+/// authorization, resource group, parent, resource (ARM-ERR error-not-found.md; RPC). A path that ends
+/// at a type is that type's list in that scope: `{"value": [...]}` (every ARM list operation, e.g.
+/// `Namespaces_ListByResourceGroup` in the Service Bus spec), after the same checks.
+fn resource_get(
+    w: &World,
+    tenant: &str,
+    raw: &str,
+    p: &path::ResourcePath,
+    version: &str,
+    headers: &HeaderMap,
+) -> Response {
+    let action = format!("{}/{}/read", p.namespace(), p.type_path());
+    if let Some(sub) = p.subscription()
+        && let Some(r) = subscription_gate(w, headers, sub, &action, raw)
     {
         return r;
     }
-    if let crate::domain::Scope::ManagementGroup(mg) = rid.scope()
+    if let Some(mg) = p.management_group()
         && !w.management_groups.contains(&mg.to_ascii_lowercase())
     {
         return arm_error(
@@ -1317,18 +1676,18 @@ fn resource_get(
     let Some((_, types)) = w
         .providers
         .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(rid.namespace()))
+        .find(|(k, _)| k.eq_ignore_ascii_case(p.namespace()))
     else {
         return arm_error(
             headers,
             404,
             "InvalidResourceNamespace",
-            &format!("The resource namespace '{}' is invalid.", rid.namespace()),
+            &format!("The resource namespace '{}' is invalid.", p.namespace()),
         );
     };
     let Some((tname, versions)) = types
         .iter()
-        .find(|(t, _)| t.eq_ignore_ascii_case(&rid.type_path()))
+        .find(|(t, _)| t.eq_ignore_ascii_case(&p.type_path()))
     else {
         return arm_error(
             headers,
@@ -1336,8 +1695,8 @@ fn resource_get(
             "InvalidResourceType",
             &format!(
                 "The resource type '{}' could not be found in the namespace '{}' for api version '{version}'.",
-                rid.type_path(),
-                rid.namespace()
+                p.type_path(),
+                p.namespace()
             ),
         );
     };
@@ -1357,10 +1716,10 @@ fn resource_get(
             ),
         );
     }
-    if let (Some(sub), Some(rg)) = (rid.subscription_id(), rid.resource_group()) {
+    if let (Some(sub), Some(rg)) = (p.subscription(), p.resource_group()) {
         let rg_key = format!("/subscriptions/{sub}/resourcegroups/{rg}").to_ascii_lowercase();
         if w.denied_resource_groups.contains(&rg_key) {
-            return authorization_failed(w, headers, &action, path);
+            return authorization_failed(w, headers, &action, raw);
         }
         if !w.resource_groups.contains(&rg_key) {
             return arm_error(
@@ -1371,62 +1730,67 @@ fn resource_get(
             );
         }
     }
-    let key = rid.key();
-    if let Some(r) = w.resources.get(&key) {
-        return respond(200, arm_headers(headers), &r.body(tenant));
+    // A nested child (or list of children) whose parent is gone.
+    let parent_gone = |parent: &path::ResourcePath| {
+        arm_error(
+            headers,
+            404,
+            "ParentResourceNotFound",
+            &format!(
+                "Can not perform requested operation on nested resource. Parent resource '{}' not found.",
+                parent.name().unwrap_or("")
+            ),
+        )
+    };
+    if p.is_collection() {
+        if let Some(parent) = p.parent()
+            && !w.resources.contains_key(&parent.key())
+        {
+            return parent_gone(&parent);
+        }
+        let value: Vec<Value> = w
+            .resources
+            .iter()
+            .filter(|(k, _)| !in_denied_group(w, k))
+            .filter(|(_, r)| match path::parse(&r.id) {
+                Ok(path::Route::Resource(m)) => p.lists(&m),
+                _ => false,
+            })
+            .map(|(_, r)| r.body_at(tenant, Some(version)))
+            .collect();
+        return respond(200, arm_headers(headers), &json!({ "value": value }));
     }
-    // A nested child whose parent is gone.
-    let provider_at = segs
-        .iter()
-        .rposition(|s| s.eq_ignore_ascii_case("providers"))
-        .unwrap_or(0);
-    if segs.len() > provider_at + 4 {
-        let parent = format!("/{}", segs[..segs.len() - 2].join("/")).to_ascii_lowercase();
-        if !w.resources.contains_key(&parent) {
-            return arm_error(
-                headers,
-                404,
-                "ParentResourceNotFound",
-                &format!(
-                    "Can not perform requested operation on nested resource. Parent resource '{}' not found.",
-                    segs[segs.len() - 3]
-                ),
-            );
+    // A decoded separator inside a segment names no resource (see `path`).
+    if !p.has_escaped_separator() {
+        if let Some(r) = w.resources.get(&p.key()) {
+            return respond(200, arm_headers(headers), &r.body_at(tenant, Some(version)));
+        }
+        if let Some(parent) = p.parent()
+            && !w.resources.contains_key(&parent.key())
+        {
+            return parent_gone(&parent);
         }
     }
+    let name = p.name().unwrap_or("");
     // Resource providers use their own not-found codes (ARM-ERR; captures in the facts sheet §4).
-    let (code, message) = if rid
+    let (code, message) = if p
         .namespace()
         .eq_ignore_ascii_case("Microsoft.Authorization")
     {
         (
             "PolicyAssignmentNotFound",
-            format!("The policy assignment '{}' is not found.", rid.name()),
+            format!("The policy assignment '{name}' is not found."),
         )
-    } else if rid.namespace().eq_ignore_ascii_case("Microsoft.Web") {
-        (
-            "ResourceNotFound",
-            format!(
-                "The Resource 'Microsoft.Web/{}/{}' under resource group '{}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
-                rid.type_path(),
-                rid.name(),
-                rid.resource_group().unwrap_or("")
-            ),
-        )
-    } else if rid.namespace().eq_ignore_ascii_case("Microsoft.Sql") {
-        (
-            "NotFound",
-            format!("Cannot find Server with name {}.", rid.name()),
-        )
+    } else if p.namespace().eq_ignore_ascii_case("Microsoft.Sql") {
+        ("NotFound", format!("Cannot find Server with name {name}."))
     } else {
         (
             "ResourceNotFound",
             format!(
-                "The Resource '{}/{}/{}' under resource group '{}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
-                rid.namespace(),
-                rid.type_path(),
-                rid.name(),
-                rid.resource_group().unwrap_or("")
+                "The Resource '{}/{}/{name}' under resource group '{}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+                p.namespace(),
+                p.type_path(),
+                p.resource_group().unwrap_or("")
             ),
         )
     };
@@ -1622,7 +1986,15 @@ fn resource_graph(
                         && !w.arg_lag.contains(*k)
                         && !denied
                 })
-                .map(|(_, r)| r.arg_row(&tenant_id));
+                .map(|(_, r)| {
+                    // Resource Graph reads with the newest stable api-version (ARG overview); only
+                    // types whose identity came later need to know which.
+                    let stable = r
+                        .identity_since
+                        .as_ref()
+                        .and_then(|_| w.newest_stable_version(&r.arm_type));
+                    r.arg_row(&tenant_id, stable.as_deref())
+                });
             let d = match query.run(rows) {
                 Ok(d) => Arc::new(d),
                 Err(e) => return bad(h, "EvaluationFailure", &e),

@@ -80,6 +80,12 @@ pub struct SimResource {
     pub uami_client_id: Option<String>,
     /// ARM `kind`, e.g. `functionapp` for a function app (a `Microsoft.Web/sites` resource).
     pub kind: Option<String>,
+    /// The api-version that brought `identity` to this resource type: older versions answer without it,
+    /// as versions that predate a type's managed-identity support do (Service Bus namespaces: the stable
+    /// 2017-04-01 `SBNamespace` has no `identity`, 2018-01-01-preview added it; azure-rest-api-specs
+    /// `servicebus/.../stable/2017-04-01/servicebus.json`, `preview/2018-01-01-preview/namespace-preview.json`).
+    /// `None`: every version carries it.
+    pub identity_since: Option<String>,
 }
 
 impl SimResource {
@@ -87,8 +93,32 @@ impl SimResource {
         self.id.to_ascii_lowercase()
     }
 
-    /// The ARM GET body (RPC resource envelope).
+    /// The ARM GET body (RPC resource envelope) as the newest api-version answers it.
     pub fn body(&self, tenant: &str) -> Value {
+        self.body_at(tenant, None)
+    }
+
+    /// Whether the answer of `api_version` carries `identity` (compared by the version's date).
+    pub fn identity_in(&self, api_version: &str) -> bool {
+        let date = |v: &str| v.get(..10).unwrap_or(v).to_owned();
+        self.identity_since
+            .as_deref()
+            .is_none_or(|since| date(api_version) >= date(since))
+    }
+
+    /// The ARM GET body as `api_version` answers it (`None`: the newest): without `identity` in versions
+    /// older than [`SimResource::identity_since`].
+    pub fn body_at(&self, tenant: &str, api_version: Option<&str>) -> Value {
+        let mut v = self.full_body(tenant);
+        if api_version.is_some_and(|a| !self.identity_in(a))
+            && let Some(o) = v.as_object_mut()
+        {
+            o.remove("identity");
+        }
+        v
+    }
+
+    fn full_body(&self, tenant: &str) -> Value {
         let name = self.id.rsplit('/').next().unwrap_or("");
         let mut v = json!({
             "id": self.id,
@@ -122,9 +152,11 @@ impl SimResource {
         v
     }
 
-    /// The Resource Graph row (ARG-SPEC example shape: lower-case `type`, `resourceGroup`).
-    pub fn arg_row(&self, tenant: &str) -> Value {
-        let mut v = self.body(tenant);
+    /// The Resource Graph row (ARG-SPEC example shape: lower-case `type`, `resourceGroup`). Resource
+    /// Graph reads resources with the newest non-preview api-version of their provider (ARG overview,
+    /// facts sheet §3): `stable_version` is that version, which decides whether `identity` shows.
+    pub fn arg_row(&self, tenant: &str, stable_version: Option<&str>) -> Value {
+        let mut v = self.body_at(tenant, stable_version);
         let segs: Vec<&str> = self.id.split('/').collect();
         let sub = segs.get(2).copied().unwrap_or("");
         let rg = segs
@@ -290,6 +322,101 @@ pub fn default_providers() -> BTreeMap<String, Vec<(String, Vec<String>)>> {
         )],
     );
     m
+}
+
+/// Ways an `alternativeNames` resource id can be malformed while still naming, read loosely, a resource
+/// that exists. Microsoft documents no such ids; they are what a client must survive: a parser that
+/// normalises `.`/`..`/`//` or decodes escapes lands on *some* resource (or on a collection), and one
+/// that percent-encodes `?`/`#` asks ARM for a name that does not exist. The right verdict for all of
+/// them is unknown / `unrecognized_alternative_names` (ARCHITECTURE.md verdict rules).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OddId {
+    /// `/subscriptions/s/resourcegroups/rg/./providers/...`
+    DotSegment,
+    /// `.../{type}/{name}/extensions/..`: a client that drops the `..` (the `url` crate's
+    /// `PathSegmentsMut` does) asks for the `extensions` collection of the resource.
+    DotDotAfterName,
+    /// `.../{type}/elsewhere/../{name}`: resolved by a normalising client to the resource itself.
+    DotDotBeforeName,
+    /// `.../{type}//{name}`
+    EmptySegment,
+    /// `.../{type}/{name}/`
+    TrailingSlash,
+    /// `.../{type}%2F{name}`
+    EncodedSlash,
+    /// `.../providers%2f{namespace}/...` (lower-case escape)
+    EncodedSlashLower,
+    /// `.../resourcegroups/{rg}%5Cproviders/...` (an escaped backslash)
+    EncodedBackslash,
+    /// `{id}?api-version=2024-07-01`
+    QueryMark,
+    /// `{id}#identity`
+    Fragment,
+    /// `{id} ` (a trailing space)
+    TrailingSpace,
+    /// `{id}\t\n` (trailing tab and newline)
+    TrailingNewline,
+}
+
+impl OddId {
+    pub const ALL: [OddId; 12] = [
+        OddId::DotSegment,
+        OddId::DotDotAfterName,
+        OddId::DotDotBeforeName,
+        OddId::EmptySegment,
+        OddId::TrailingSlash,
+        OddId::EncodedSlash,
+        OddId::EncodedSlashLower,
+        OddId::EncodedBackslash,
+        OddId::QueryMark,
+        OddId::Fragment,
+        OddId::TrailingSpace,
+        OddId::TrailingNewline,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::DotSegment => "dot_segment",
+            Self::DotDotAfterName => "dotdot_after_name",
+            Self::DotDotBeforeName => "dotdot_before_name",
+            Self::EmptySegment => "empty_segment",
+            Self::TrailingSlash => "trailing_slash",
+            Self::EncodedSlash => "encoded_slash",
+            Self::EncodedSlashLower => "encoded_slash_lower",
+            Self::EncodedBackslash => "encoded_backslash",
+            Self::QueryMark => "query_mark",
+            Self::Fragment => "fragment",
+            Self::TrailingSpace => "trailing_space",
+            Self::TrailingNewline => "trailing_newline",
+        }
+    }
+
+    /// The odd spelling of a well-formed resource id
+    /// (`/subscriptions/{s}/resource[gG]roups/{rg}/providers/{ns}/{type}/{name}`).
+    pub fn apply(self, id: &str) -> String {
+        let (head, name) = id.rsplit_once('/').unwrap_or(("", id));
+        let providers_at = id.to_ascii_lowercase().find("/providers/").unwrap_or(0);
+        let (scope, provider_part) = id.split_at(providers_at);
+        match self {
+            Self::DotSegment => format!("{scope}/.{provider_part}"),
+            Self::DotDotAfterName => format!("{id}/extensions/.."),
+            Self::DotDotBeforeName => format!("{head}/elsewhere/../{name}"),
+            Self::EmptySegment => format!("{head}//{name}"),
+            Self::TrailingSlash => format!("{id}/"),
+            Self::EncodedSlash => format!("{head}%2F{name}"),
+            Self::EncodedSlashLower => {
+                format!(
+                    "{scope}/providers%2f{}",
+                    &provider_part["/providers/".len()..]
+                )
+            }
+            Self::EncodedBackslash => format!("{scope}%5C{}", &provider_part[1..]),
+            Self::QueryMark => format!("{id}?api-version=2024-07-01"),
+            Self::Fragment => format!("{id}#identity"),
+            Self::TrailingSpace => format!("{id} "),
+            Self::TrailingNewline => format!("{id}\t\n"),
+        }
+    }
 }
 
 /// The simulated directory and cloud.
@@ -459,6 +586,7 @@ impl World {
                 uami_principal: None,
                 uami_client_id: None,
                 kind: None,
+                identity_since: None,
             },
         );
         let name = id.rsplit('/').next().unwrap_or("").to_owned();
@@ -493,6 +621,7 @@ impl World {
                 uami_principal: Some(principal.clone()),
                 uami_client_id: Some(client.clone()),
                 kind: None,
+                identity_since: None,
             },
         );
         // UAMI principalId = SP id, clientId = SP appId, name = displayName (facts sheet §1).
@@ -550,6 +679,63 @@ impl World {
 
     pub fn hide_from_resource_graph(&mut self, id: &str) {
         self.arg_lag.insert(id.to_ascii_lowercase());
+    }
+
+    /// The newest non-preview api-version the providers API lists for `Namespace/type` (what Resource
+    /// Graph reads resources with, ARG overview), or the newest of any kind when none is stable.
+    pub fn newest_stable_version(&self, full_type: &str) -> Option<String> {
+        let (ns, t) = full_type.split_once('/')?;
+        let versions = self
+            .providers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(ns))?
+            .1
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(t))?
+            .1
+            .clone();
+        let stable = versions
+            .iter()
+            .filter(|v| !v.to_ascii_lowercase().contains("preview"))
+            .max()
+            .cloned();
+        stable.or_else(|| versions.iter().max().cloned())
+    }
+
+    /// Lists `type_path` under `namespace` in the providers API with these api-versions (adding the
+    /// namespace or type if needed, replacing the versions otherwise).
+    pub fn register_type(&mut self, namespace: &str, type_path: &str, versions: &[&str]) {
+        let types = self.providers.entry(namespace.to_owned()).or_default();
+        let versions: Vec<String> = versions.iter().map(|v| (*v).to_owned()).collect();
+        match types
+            .iter_mut()
+            .find(|(t, _)| t.eq_ignore_ascii_case(type_path))
+        {
+            Some((_, v)) => *v = versions,
+            None => types.push((type_path.to_owned(), versions)),
+        }
+    }
+
+    /// The resource's type gained `identity` in `api_version`: older versions answer without it (see
+    /// [`SimResource::identity_since`]).
+    pub fn set_identity_since(&mut self, id: &str, api_version: &str) {
+        if let Some(r) = self.resources.get_mut(&id.to_ascii_lowercase()) {
+            r.identity_since = Some(api_version.to_owned());
+        }
+    }
+
+    /// Adds a resource with a system-assigned identity whose service principal's `alternativeNames`
+    /// spell the resource id in the `odd` way: the resource exists and carries the principal, but the id
+    /// Graph shows is not a well-formed ARM id. Returns the principal's object id.
+    pub fn add_with_odd_alternative_name(&mut self, id: &str, odd: OddId) -> String {
+        let principal = self.add_system_assigned(id);
+        if let Some(p) = self.principals.iter_mut().rev().find(|p| p.id == principal)
+            && let Some(names) = p.alternative_names.as_mut()
+            && let Some(name) = names.get_mut(1)
+        {
+            *name = odd.apply(name);
+        }
+        principal
     }
 
     /// Removes a service principal from the directory (what support does for an orphan).
@@ -631,6 +817,7 @@ impl World {
                             uami_principal: None,
                             uami_client_id: None,
                             kind: None,
+                            identity_since: None,
                         },
                     );
                 }
@@ -840,6 +1027,34 @@ mod tests {
         for what in ["deleted", "recreated", "restored", "support removed"] {
             assert!(all.iter().any(|e| e.starts_with(what)), "{what}: {all:?}");
         }
+    }
+
+    #[test]
+    fn versions_older_than_the_identity_answer_without_it() {
+        let mut w = World::new(SIM_TENANT_ID, 1);
+        let sub = w.add_subscription("s", SubAccess::Reader);
+        w.register_type(
+            "Microsoft.ServiceBus",
+            "namespaces",
+            &["2017-04-01", "2018-01-01-preview"],
+        );
+        let id = World::resource_id(&sub, "rg", "Microsoft.ServiceBus", "namespaces/ns1");
+        let p = w.add_system_assigned(&id);
+        w.set_identity_since(&id, "2018-01-01-preview");
+        let r = &w.resources[&id.to_ascii_lowercase()];
+        let stable = w.newest_stable_version("Microsoft.ServiceBus/namespaces");
+        assert_eq!(stable.as_deref(), Some("2017-04-01"));
+        assert!(
+            r.body_at(SIM_TENANT_ID, stable.as_deref())
+                .get("identity")
+                .is_none()
+        );
+        assert!(r.arg_row(SIM_TENANT_ID, stable.as_deref())["identity"].is_null());
+        assert_eq!(
+            r.body_at(SIM_TENANT_ID, Some("2018-01-01-preview"))["identity"]["principalId"],
+            json!(p)
+        );
+        assert_eq!(r.body(SIM_TENANT_ID)["identity"]["principalId"], json!(p));
     }
 
     #[test]

@@ -5,6 +5,7 @@ use miaudit::scan::{Finding, ScanReport, Scanner, Trigger};
 use miaudit::simulator::model::World;
 use miaudit::simulator::{SimConfig, SimHandle};
 use std::path::PathBuf;
+use std::time::Duration;
 
 pub const TENANT: &str = miaudit::simulator::model::SIM_TENANT_ID;
 
@@ -49,6 +50,34 @@ impl TestEnv {
         let settings = self.settings();
         let scanner = Scanner::new(&settings).expect("scanner");
         scanner.run(&settings.tenant_ids(), Trigger::Cli).await
+    }
+}
+
+/// Runs a library scan of `env` in a task of its own, so that a panic or a stall becomes an `Err` that
+/// says which, instead of a test that dies without context or never ends.
+pub async fn scan_guarded(env: &TestEnv, limit: Duration) -> Result<ScanReport, String> {
+    let settings = env.settings();
+    let task = tokio::spawn(async move {
+        let scanner = Scanner::new(&settings).expect("scanner");
+        scanner.run(&settings.tenant_ids(), Trigger::Cli).await
+    });
+    let abort = task.abort_handle();
+    match tokio::time::timeout(limit, task).await {
+        Ok(Ok(r)) => Ok(r),
+        Ok(Err(e)) if e.is_panic() => {
+            let p = e.into_panic();
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            Err(format!("the scan panicked: {msg}"))
+        }
+        Ok(Err(e)) => Err(format!("the scan task failed: {e}")),
+        Err(_) => {
+            abort.abort();
+            Err(format!("the scan did not finish within {limit:?}"))
+        }
     }
 }
 

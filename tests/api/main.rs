@@ -9,6 +9,7 @@ mod exposure;
 mod faults;
 mod helpers;
 mod hostile;
+mod hostile_azure;
 mod kql;
 mod paging;
 mod verdicts;

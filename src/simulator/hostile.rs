@@ -1,0 +1,748 @@
+//! Hostile answers: what gateways, proxies, redirects, impostors, older api-versions and extreme header
+//! values make of Microsoft's answers, so tests can prove a client never turns one into an orphan and
+//! never panics on one. The [`Fault`] variants say which real component produces each; this module
+//! builds the answers, lists them for seeded fault plans ([`Fault::hostile_answers`],
+//! [`Fault::extreme_numbers`]), and builds a tenant whose healthy identities sit behind each of them
+//! ([`HostileWorld`]).
+
+use super::model::{OddId, SimResource, SubAccess, World};
+use super::{
+    Api, FOREIGN_LINK_MARKER, Fault, FaultRule, Inner, LinkTo, REDIRECT_TARGET_PREFIX, RedirectTo,
+    StrayRequest, arm_error, arm_headers, graph_error, new_id, path, respond,
+};
+use axum::body::Body;
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode};
+use axum::response::Response;
+use serde_json::{Value, json};
+use std::collections::HashMap;
+
+/// ARM 404 error codes that say nothing about the requested resource itself, with the message ARM or
+/// the resource provider sends. Which of them really come with 404:
+///
+/// - `SubscriptionNotFound`: 404 (live capture, facts sheet §4; Storage RP common error codes,
+///   learn.microsoft.com `rest/api/storagerp/srp_error_codes_common`: "Not Found (404) The subscription
+///   specified is not found").
+/// - `SubscriptionStateForbidden`: 404, "The subscription is not ready for storage account operations"
+///   (same Storage RP page).
+/// - `InvalidResourceNamespace`: 404 (Grafana's Azure Monitor test fixture of an ARM answer, index id
+///   91879878; the simulator's own providers API answers it so too).
+/// - `InvalidResourceType`: 404 (azure-sdk-for-net README capture, facts sheet §4).
+/// - `NoRegisteredProviderFound`: documented with **400** (Data Factory troubleshooting capture with
+///   ARM's headers, index id 962425353; facts sheet §4); a 404 with it is what a gateway or an RP that
+///   maps errors differently would send (**unconfirmed** as 404).
+/// - `InvalidApiVersionParameter` (the api-version kind of not-found): captured with **400** (index ids
+///   42478131843, 69235348456); as a 404 **unconfirmed**.
+/// - `LocationNotAvailableForResourceType`: seen only inside deployment error details, status not shown
+///   (index ids 55907643816, 5823644535); as a 404 **unconfirmed**.
+/// - `PrincipalNotFound`: 404 in Juju's Azure provider test mock "based on Azure/azure-powershell#655"
+///   (index id 421901767); 400 in a Microsoft Tech Community post on Azure SQL ("HTTPS status code 400").
+/// - `ManagementGroupNotFound`: code seen in Bicep/ResourceModules notes ("The management group
+///   'EXAMPLEMG' cannot be found", index id 1349974279), status not shown (**unconfirmed**).
+/// - `TenantNotFound`: 404 from Microsoft Graph ("Tenant is not found.", index id 58988353910); from ARM
+///   **unconfirmed**.
+pub const NON_PROVING_404: &[(&str, &str)] = &[
+    (
+        "SubscriptionNotFound",
+        "The subscription '{sub}' could not be found.",
+    ),
+    (
+        "SubscriptionStateForbidden",
+        "The subscription is not ready for storage account operations.",
+    ),
+    (
+        "InvalidResourceNamespace",
+        "The resource namespace '{ns}' is invalid.",
+    ),
+    (
+        "InvalidResourceType",
+        "The resource type '{type}' could not be found in the namespace '{ns}' for api version '{version}'.",
+    ),
+    (
+        "NoRegisteredProviderFound",
+        "No registered resource provider found for location 'westeurope' and API version '{version}' for type '{type}'.",
+    ),
+    (
+        "InvalidApiVersionParameter",
+        "The api-version '{version}' is invalid.",
+    ),
+    (
+        "LocationNotAvailableForResourceType",
+        "The provided location 'westeurope' is not available for resource type '{ns}/{type}'.",
+    ),
+    (
+        "PrincipalNotFound",
+        "Principal {principal} does not exist in the directory {tenant}.",
+    ),
+    (
+        "ManagementGroupNotFound",
+        "The management group '{mg}' cannot be found.",
+    ),
+    ("TenantNotFound", "Tenant is not found."),
+];
+
+impl Fault {
+    /// Every hostile answer of the kinds that stand between a client and the truth: 200s that are not
+    /// the resource, redirects, 404s that prove nothing, foreign paging links. For seeded fault plans.
+    pub fn hostile_answers() -> Vec<Fault> {
+        let mut v = vec![
+            Fault::GatewayEmptyObject,
+            Fault::CollectionBody,
+            Fault::OtherResourceBody,
+            Fault::NotJson,
+            Fault::ProxyNotFound { html: true },
+            Fault::ProxyNotFound { html: false },
+            Fault::ImitationNotFound,
+        ];
+        for status in [301, 302, 307, 308] {
+            for to in [
+                RedirectTo::Collection,
+                RedirectTo::OtherHost,
+                RedirectTo::OtherPath,
+            ] {
+                v.push(Fault::Redirect { status, to });
+            }
+        }
+        v.extend(NON_PROVING_404.iter().map(|(code, _)| Fault::ArmNotFound {
+            code: (*code).to_owned(),
+        }));
+        v.push(Fault::ForeignNextLink(LinkTo::OtherHost));
+        v.push(Fault::ForeignNextLink(LinkTo::OtherPath));
+        v
+    }
+
+    /// Extreme and malformed numbers in wait hints, quota headers and token lifetimes.
+    pub fn extreme_numbers() -> Vec<Fault> {
+        let th = |header: &str, value: &str| Fault::ThrottleHeader {
+            header: header.to_owned(),
+            value: value.to_owned(),
+        };
+        let qh = |header: &str, value: &str| Fault::QuotaHeader {
+            header: header.to_owned(),
+            value: value.to_owned(),
+        };
+        let mut v = Vec::new();
+        for value in [
+            "99999999999999999999",
+            "1e308",
+            "-5",
+            "NaN",
+            "Fri, 31 Dec 9999 23:59:59 GMT",
+        ] {
+            v.push(th("retry-after", value));
+        }
+        for value in ["99999999999999999999", "1e308"] {
+            v.push(th("retry-after-ms", value));
+            v.push(th("x-ms-retry-after-ms", value));
+        }
+        for value in [
+            "99999999999:00:00",
+            "18446744073709551615:59:59",
+            "00:00:99999999999999",
+        ] {
+            v.push(th("x-ms-user-quota-resets-after", value));
+            v.push(qh("x-ms-user-quota-resets-after", value));
+        }
+        for value in ["-5", "-9223372036854775808", "99999999999999999999"] {
+            v.push(qh("x-ms-user-quota-remaining", value));
+            v.push(qh("x-ms-ratelimit-remaining-subscription-reads", value));
+        }
+        for value in [
+            json!(u64::MAX),
+            json!(-1),
+            json!(1e30),
+            json!("99999999999999999999"),
+            json!(0),
+        ] {
+            v.push(Fault::TokenExpiresIn(value));
+        }
+        v
+    }
+}
+
+/// The nginx-style page a reverse proxy answers for a path it has no route for.
+const PROXY_404_PAGE: &str = "<html>\r\n<head><title>404 Not Found</title></head>\r\n<body>\r\n<center><h1>404 Not Found</h1></center>\r\n<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n";
+
+fn target_of(parts: &Parts) -> String {
+    match parts.uri.query() {
+        Some(q) => format!("{}?{q}", parts.uri.path()),
+        None => parts.uri.path().to_owned(),
+    }
+}
+
+/// The path of the collection a resource path belongs to (`None` when it names no resource).
+pub(super) fn collection_path(raw: &str) -> Option<String> {
+    match path::parse(raw) {
+        Ok(path::Route::Resource(p)) => p.collection().map(|c| c.to_path()),
+        _ => None,
+    }
+}
+
+fn plain(status: u16, content_type: Option<&'static str>, body: &'static str) -> Response {
+    let mut res = Response::new(Body::from(body));
+    *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    if let Some(ct) = content_type {
+        res.headers_mut()
+            .insert("content-type", HeaderValue::from_static(ct));
+    }
+    res
+}
+
+/// Fills a [`NON_PROVING_404`] message from what the request names.
+fn not_proving_message(code: &str, raw_path: &str, query: &str, tenant: &str) -> String {
+    let template = NON_PROVING_404
+        .iter()
+        .find(|(c, _)| c.eq_ignore_ascii_case(code))
+        .map_or("The requested item could not be found.", |(_, m)| m);
+    let version = form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == "api-version")
+        .map(|(_, v)| v.into_owned())
+        .unwrap_or_default();
+    let (sub, mg, ns, ty) = match path::parse(raw_path) {
+        Ok(path::Route::Resource(p)) => (
+            p.subscription().unwrap_or("").to_owned(),
+            p.management_group().unwrap_or("").to_owned(),
+            p.namespace().to_owned(),
+            p.type_path(),
+        ),
+        Ok(path::Route::Subscription(s) | path::Route::ResourceGroups(s)) => {
+            (s, String::new(), String::new(), String::new())
+        }
+        Ok(path::Route::Provider {
+            subscription,
+            namespace,
+        }) => (
+            subscription.unwrap_or_default(),
+            String::new(),
+            namespace,
+            String::new(),
+        ),
+        _ => Default::default(),
+    };
+    template
+        .replace("{sub}", &sub)
+        .replace("{mg}", &mg)
+        .replace("{ns}", &ns)
+        .replace("{type}", &ty)
+        .replace("{version}", &version)
+        .replace("{principal}", &new_id())
+        .replace("{tenant}", tenant)
+}
+
+/// Answers that replace the service's answer outright.
+pub(super) fn answer(inner: &Inner, api: Api, fault: &Fault, parts: &Parts) -> Response {
+    let headers = &parts.headers;
+    let query = parts.uri.query().unwrap_or("");
+    match fault {
+        Fault::GatewayEmptyObject => plain(200, Some("application/json; charset=utf-8"), "{}"),
+        Fault::Redirect { status, to } => {
+            let location = match to {
+                RedirectTo::Collection => {
+                    let c = collection_path(parts.uri.path())
+                        .unwrap_or_else(|| parts.uri.path().to_owned());
+                    format!("{}{c}?{query}", inner.base_url)
+                }
+                RedirectTo::OtherHost => format!("{}{}", inner.decoy_url, target_of(parts)),
+                RedirectTo::OtherPath => format!(
+                    "{}{REDIRECT_TARGET_PREFIX}{}",
+                    inner.base_url,
+                    target_of(parts)
+                ),
+            };
+            let mut res = plain(*status, None, "");
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                res.headers_mut().insert("location", v);
+            }
+            res
+        }
+        Fault::ProxyNotFound { html: true } => plain(404, Some("text/html"), PROXY_404_PAGE),
+        Fault::ProxyNotFound { html: false } => plain(404, None, ""),
+        Fault::ImitationNotFound => {
+            let (name, rg) = match path::parse(parts.uri.path()) {
+                Ok(path::Route::Resource(p)) => (
+                    format!("{}/{}", p.full_type(), p.name().unwrap_or("")),
+                    p.resource_group().unwrap_or("").to_owned(),
+                ),
+                _ => (parts.uri.path().to_owned(), String::new()),
+            };
+            respond(
+                404,
+                vec![],
+                &json!({"error": {"code": "ResourceNotFound", "message": format!(
+                    "The Resource '{name}' under resource group '{rg}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix"
+                )}}),
+            )
+        }
+        Fault::ArmNotFound { code } => {
+            let tenant = inner.world.read().expect("world lock").tenant_id.clone();
+            arm_error(
+                headers,
+                404,
+                code,
+                &not_proving_message(code, parts.uri.path(), query, &tenant),
+            )
+        }
+        Fault::ThrottleHeader { header, value } => {
+            let mut res = match api {
+                Api::Graph => {
+                    graph_error(headers, 429, "TooManyRequests", "Please retry again later.")
+                }
+                Api::Token => respond(
+                    429,
+                    vec![],
+                    &json!({"error": "temporarily_unavailable", "error_description": "AADSTS50196: The server has been throttled."}),
+                ),
+                _ => arm_error(
+                    headers,
+                    429,
+                    "TooManyRequests",
+                    "The request is being throttled. Please retry later.",
+                ),
+            };
+            // Resource Graph's 429s carry both quota headers (ARG-THR).
+            if api == Api::ResourceGraph
+                && header.eq_ignore_ascii_case("x-ms-user-quota-resets-after")
+            {
+                res.headers_mut()
+                    .insert("x-ms-user-quota-remaining", HeaderValue::from_static("0"));
+            }
+            insert_header(res.headers_mut(), header, value);
+            res
+        }
+        // Not an answer of its own: served by `handle` as the service's answer.
+        _ => arm_error(headers, 500, "InternalServerError", "Unexpected fault."),
+    }
+}
+
+fn insert_header(h: &mut HeaderMap, name: &str, value: &str) {
+    if let (Ok(n), Ok(v)) = (
+        axum::http::HeaderName::from_bytes(name.to_ascii_lowercase().as_bytes()),
+        HeaderValue::from_str(value),
+    ) {
+        h.insert(n, v);
+    }
+}
+
+/// 200 with another resource's body, as ARM answers for that other resource: one of the same type in
+/// the same resource group if there is one, else of the same type, else any, else a made-up twin.
+pub(super) fn other_resource(
+    inner: &Inner,
+    raw: &str,
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Response {
+    let w = inner.world.read().expect("world lock");
+    let version = q.get("api-version").map(String::as_str);
+    let Ok(path::Route::Resource(p)) = path::parse(raw) else {
+        return arm_error(headers, 400, "InvalidRequestUri", "Not a resource.");
+    };
+    let key = p.key();
+    let parsed: Vec<(&SimResource, path::ResourcePath)> = w
+        .resources
+        .iter()
+        .filter(|(k, _)| **k != key)
+        .filter_map(|(_, r)| match path::parse(&r.id) {
+            Ok(path::Route::Resource(m)) => Some((r, m)),
+            _ => None,
+        })
+        .collect();
+    let same_type = |m: &path::ResourcePath| m.full_type().eq_ignore_ascii_case(&p.full_type());
+    let pick = parsed
+        .iter()
+        .find(|(_, m)| {
+            same_type(m)
+                && m.resource_group()
+                    .zip(p.resource_group())
+                    .is_some_and(|(a, b)| a.eq_ignore_ascii_case(b))
+        })
+        .or_else(|| parsed.iter().find(|(_, m)| same_type(m)))
+        .or_else(|| parsed.first())
+        .map(|(r, _)| (*r).clone());
+    let other = pick.unwrap_or_else(|| SimResource {
+        id: format!("{}-twin", p.to_path()),
+        arm_type: p.full_type(),
+        location: "westeurope".into(),
+        system_principal: Some(new_id()),
+        uami_principal: None,
+        uami_client_id: None,
+        kind: None,
+        identity_since: None,
+    });
+    respond(
+        200,
+        arm_headers(headers),
+        &other.body_at(&w.tenant_id, version),
+    )
+}
+
+/// Records a request that arrived where it should not have.
+pub(super) fn record_stray(inner: &Inner, place: &'static str, parts: &Parts, body: &[u8]) {
+    let client_secret = form_urlencoded::parse(body).any(|(k, _)| k == "client_secret");
+    inner
+        .strays
+        .lock()
+        .expect("strays lock")
+        .push(StrayRequest {
+            place,
+            method: parts.method.to_string(),
+            target: target_of(parts),
+            authorization: parts.headers.contains_key("authorization"),
+            client_secret,
+        });
+}
+
+/// The redirect target and the decoy host: record the request, then answer as an impostor would, with an
+/// ARM-looking 404 and made-up request ids (the answer that would do the most harm to a client that
+/// followed).
+pub(super) async fn stray(inner: &Inner, place: &'static str, req: Request<Body>) -> Response {
+    let (parts, body) = req.into_parts();
+    let bytes = axum::body::to_bytes(body, 1024 * 1024)
+        .await
+        .unwrap_or_default();
+    record_stray(inner, place, &parts, &bytes);
+    arm_error(
+        &parts.headers,
+        404,
+        "ResourceNotFound",
+        "The Resource was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
+    )
+}
+
+/// Faults that change the service's real answer: a header, the token lifetime, the paging link.
+pub(super) async fn rewrite(
+    inner: &Inner,
+    api: Api,
+    fault: &Fault,
+    parts: &Parts,
+    res: Response,
+) -> Response {
+    if let Fault::QuotaHeader { header, value } = fault {
+        let mut res = res;
+        insert_header(res.headers_mut(), header, value);
+        return res;
+    }
+    if res.status() != StatusCode::OK {
+        return res;
+    }
+    let (mut head, body) = res.into_parts();
+    let bytes = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let Ok(mut v) = serde_json::from_slice::<Value>(&bytes) else {
+        return Response::from_parts(head, Body::from(bytes));
+    };
+    match fault {
+        Fault::TokenExpiresIn(x) => v["expires_in"] = x.clone(),
+        Fault::ForeignNextLink(to) => {
+            let key = if api == Api::Graph {
+                "@odata.nextLink"
+            } else {
+                "nextLink"
+            };
+            // Where the real link pointed (path and query), or the request itself on a last page.
+            let real = v
+                .get(key)
+                .or_else(|| v.get("@odata.deltaLink"))
+                .and_then(Value::as_str)
+                .and_then(|l| url::Url::parse(l).ok())
+                .map(|u| match u.query() {
+                    Some(q) => format!("{}?{q}", u.path()),
+                    None => u.path().to_owned(),
+                })
+                .unwrap_or_else(|| target_of(parts));
+            let link = match to {
+                LinkTo::OtherHost => format!("{}{real}", inner.decoy_url),
+                LinkTo::OtherPath if api == Api::Graph => format!(
+                    "{}/v1.0/users?$skiptoken={FOREIGN_LINK_MARKER}",
+                    inner.base_url
+                ),
+                LinkTo::OtherPath => {
+                    let sub = v
+                        .pointer("/value/0/subscriptionId")
+                        .and_then(Value::as_str)
+                        .unwrap_or("00000000-0000-0000-0000-000000000000");
+                    format!(
+                        "{}/subscriptions/{sub}/resourceGroups?api-version=2022-12-01&%24skiptoken={FOREIGN_LINK_MARKER}",
+                        inner.base_url
+                    )
+                }
+            };
+            if let Some(o) = v.as_object_mut() {
+                o.remove("@odata.deltaLink");
+                o.insert(key.to_owned(), json!(link));
+            }
+        }
+        _ => {}
+    }
+    head.headers.remove("content-length");
+    Response::from_parts(head, Body::from(v.to_string()))
+}
+
+/// A healthy identity kept from the truth by a hostile answer.
+#[derive(Debug, Clone)]
+pub struct Behind {
+    /// Service principal object id.
+    pub principal: String,
+    pub resource_id: String,
+    pub fault: Fault,
+}
+
+/// A tenant where healthy identities sit behind every kind of hostile ARM answer, with odd
+/// `alternativeNames`, and with a type whose stable api-version predates identity; plus genuine orphans
+/// that must still be found.
+///
+/// The hostile answers are [`FaultRule`]s (one per resource, matched by its unique name, for good) that
+/// the test installs with [`super::SimHandle::add_faults`], not behaviours of the world: they are the
+/// network between the client and ARM, which a test can take away ([`super::SimHandle::clear_faults`])
+/// to show the next scan completes on the same world. The odd ids and the late identity are properties
+/// of the data and stay. Resources behind hostile answers are hidden from Resource Graph, so only ARM
+/// can speak for them.
+#[derive(Debug, Clone)]
+pub struct HostileWorld {
+    pub world: World,
+    /// Install these to put [`HostileWorld::behind`] behind their hostile answers.
+    pub rules: Vec<FaultRule>,
+    pub behind: Vec<Behind>,
+    /// Healthy identities whose `alternativeNames` spell their resource id oddly.
+    pub odd: Vec<(String, OddId)>,
+    /// A healthy identity whose resource type shows `identity` only in a preview api-version.
+    pub preview_identity: String,
+    /// Healthy identities with nothing odd about them.
+    pub plain: Vec<String>,
+    /// Genuine orphans: (object id, the reason a correct client gives).
+    pub orphans: Vec<(String, &'static str)>,
+}
+
+impl World {
+    /// See [`HostileWorld`].
+    pub fn hostile(seed: u64) -> HostileWorld {
+        HostileWorld::build(seed)
+    }
+}
+
+impl HostileWorld {
+    pub fn build(seed: u64) -> Self {
+        let mut w = World::new(super::model::SIM_TENANT_ID, seed);
+        let sub = w.add_subscription("hostile", SubAccess::Reader);
+        let rid = |rg: &str, ns: &str, p: &str| World::resource_id(&sub, rg, ns, p);
+        // Compute lists VM extensions as a child type (azure-rest-api-specs compute
+        // `VirtualMachineExtensions_List` at `.../virtualMachines/{vm}/extensions`), so an id ending in
+        // `/extensions/..` leads a normalising client to a real collection.
+        w.register_type(
+            "Microsoft.Compute",
+            "virtualMachines/extensions",
+            &["2024-07-01", "2023-09-01"],
+        );
+        // Service Bus namespaces as the providers API listed them before 2021: the only stable version
+        // (2017-04-01) has no `identity`; 2018-01-01-preview has it (see `SimResource::identity_since`).
+        w.register_type(
+            "Microsoft.ServiceBus",
+            "namespaces",
+            &["2017-04-01", "2018-01-01-preview"],
+        );
+
+        let mut rules = Vec::new();
+        let mut behind = Vec::new();
+        for (i, fault) in Fault::hostile_answers()
+            .into_iter()
+            .filter(|f| !matches!(f, Fault::ForeignNextLink(_)))
+            .enumerate()
+        {
+            let slug = match &fault {
+                Fault::ArmNotFound { code } => format!("404-{}", code.to_ascii_lowercase()),
+                Fault::Redirect { status, .. } => format!("{}-{status}", fault.name()),
+                f => f.name().to_owned(),
+            }
+            .replace('_', "-");
+            let name = format!("hx{i:03}-{slug}");
+            let id = rid(
+                "rg-hostile",
+                "Microsoft.Compute",
+                &format!("virtualMachines/{name}"),
+            );
+            let principal = w.add_system_assigned(&id);
+            w.hide_from_resource_graph(&id);
+            rules.push(FaultRule {
+                api: Api::Arm,
+                path_contains: Some(format!("/hx{i:03}-")),
+                times: None,
+                fault: fault.clone(),
+            });
+            behind.push(Behind {
+                principal,
+                resource_id: id,
+                fault,
+            });
+        }
+
+        let odd = OddId::ALL
+            .iter()
+            .map(|&o| {
+                let id = rid(
+                    "rg-odd",
+                    "Microsoft.Compute",
+                    &format!("virtualMachines/odd-{}", o.name().replace('_', "-")),
+                );
+                (w.add_with_odd_alternative_name(&id, o), o)
+            })
+            .collect();
+
+        let sb = rid(
+            "rg-messaging",
+            "Microsoft.ServiceBus",
+            "namespaces/sb-late-identity",
+        );
+        let preview_identity = w.add_system_assigned(&sb);
+        w.set_identity_since(&sb, "2018-01-01-preview");
+
+        let plain = vec![
+            w.add_system_assigned(&rid(
+                "rg-plain",
+                "Microsoft.Compute",
+                "virtualMachines/fine",
+            )),
+            w.add_user_assigned(&sub, "rg-plain", "fine-identity"),
+        ];
+
+        let mut orphans = Vec::new();
+        let gone = rid("rg-plain", "Microsoft.Compute", "virtualMachines/gone");
+        orphans.push((w.add_system_assigned(&gone), "resource_not_found"));
+        w.delete_resource(&gone);
+        let recreated = rid("rg-plain", "Microsoft.Web", "sites/recreated");
+        orphans.push((w.add_system_assigned(&recreated), "principal_mismatch"));
+        w.recreate_resource(&recreated);
+        let switched_off = rid(
+            "rg-plain",
+            "Microsoft.Compute",
+            "virtualMachines/identity-off",
+        );
+        orphans.push((w.add_system_assigned(&switched_off), "principal_mismatch"));
+        w.disable_system_identity(&switched_off);
+        // Recreated with a new identity, of a type whose stable version does not show identity: only
+        // the preview version proves the mismatch.
+        let sb_recreated = rid(
+            "rg-messaging",
+            "Microsoft.ServiceBus",
+            "namespaces/sb-recreated",
+        );
+        orphans.push((w.add_system_assigned(&sb_recreated), "principal_mismatch"));
+        w.set_identity_since(&sb_recreated, "2018-01-01-preview");
+        w.recreate_resource(&sb_recreated);
+        orphans.push((
+            w.add_system_assigned(&rid(
+                "rg-decommissioned",
+                "Microsoft.Compute",
+                "virtualMachines/old",
+            )),
+            "resource_group_not_found",
+        ));
+        w.delete_resource_group(&sub, "rg-decommissioned");
+        let uami_gone = w.add_user_assigned(&sub, "rg-plain", "retired-identity");
+        w.delete_resource(&rid(
+            "rg-plain",
+            "Microsoft.ManagedIdentity",
+            "userAssignedIdentities/retired-identity",
+        ));
+        orphans.push((uami_gone, "resource_not_found"));
+
+        Self {
+            world: w,
+            rules,
+            behind,
+            odd,
+            preview_identity,
+            plain,
+            orphans,
+        }
+    }
+
+    /// Every healthy identity: behind hostile answers, odd ids, the late identity, the plain ones.
+    pub fn healthy(&self) -> Vec<String> {
+        self.behind
+            .iter()
+            .map(|b| b.principal.clone())
+            .chain(self.odd.iter().map(|(p, _)| p.clone()))
+            .chain([self.preview_identity.clone()])
+            .chain(self.plain.iter().cloned())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn odd_ids_are_what_they_say() {
+        let id =
+            "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm";
+        let got: Vec<String> = OddId::ALL.iter().map(|o| o.apply(id)).collect();
+        assert_eq!(
+            got,
+            [
+                "/subscriptions/s/resourcegroups/rg/./providers/Microsoft.Compute/virtualMachines/vm",
+                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm/extensions/..",
+                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/elsewhere/../vm",
+                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines//vm",
+                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm/",
+                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines%2Fvm",
+                "/subscriptions/s/resourcegroups/rg/providers%2fMicrosoft.Compute/virtualMachines/vm",
+                "/subscriptions/s/resourcegroups/rg%5Cproviders/Microsoft.Compute/virtualMachines/vm",
+                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm?api-version=2024-07-01",
+                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm#identity",
+                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm ",
+                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm\t\n",
+            ]
+        );
+    }
+
+    #[test]
+    fn the_hostile_world_has_one_rule_per_identity_behind_and_unique_names() {
+        let h = World::hostile(3);
+        assert_eq!(h.rules.len(), h.behind.len());
+        // Every hostile answer but the paging links (those are not about a resource).
+        assert_eq!(h.behind.len(), Fault::hostile_answers().len() - 2);
+        for (r, b) in h.rules.iter().zip(&h.behind) {
+            let needle = r.path_contains.as_deref().expect("a path");
+            let matching = h
+                .world
+                .resources
+                .keys()
+                .filter(|k| k.contains(needle))
+                .count();
+            assert_eq!(matching, 1, "{needle}");
+            assert!(b.resource_id.to_ascii_lowercase().contains(needle));
+            assert!(
+                h.world
+                    .arg_lag
+                    .contains(&b.resource_id.to_ascii_lowercase())
+            );
+        }
+        let healthy = h.healthy();
+        for (o, _) in &h.orphans {
+            assert!(!healthy.contains(o));
+        }
+        assert_eq!(h.odd.len(), OddId::ALL.len());
+    }
+
+    #[test]
+    fn the_stable_version_of_a_late_identity_type_hides_it_and_the_preview_shows_it() {
+        let h = World::hostile(1);
+        let r = h
+            .world
+            .resources
+            .values()
+            .find(|r| r.id.ends_with("sb-late-identity"))
+            .expect("namespace");
+        assert_eq!(
+            h.world.newest_stable_version(&r.arm_type).as_deref(),
+            Some("2017-04-01")
+        );
+        assert!(r.body_at("t", Some("2017-04-01")).get("identity").is_none());
+        assert_eq!(
+            r.body_at("t", Some("2018-01-01-preview"))["identity"]["principalId"],
+            json!(h.preview_identity)
+        );
+        assert!(r.arg_row("t", Some("2017-04-01"))["identity"].is_null());
+    }
+}
