@@ -208,6 +208,26 @@ fn judge_answer(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
                     ),
                 };
             }
+            // A 404 proves absence only when it is ARM's (an error body with a code, and ARM's request id:
+            // a proxy, a gateway or a stray path sends neither) and its code is about the resource.
+            let from_arm = evidence
+                .request_id
+                .as_deref()
+                .is_some_and(|r| !r.trim().is_empty());
+            if *status == 404 && (code.is_none() || !from_arm) {
+                return judgement(
+                    Unknown,
+                    CheckFailed,
+                    format!(
+                        "a 404 {} is not ARM's answer about the resource (a proxy or a wrong path?)",
+                        if code.is_none() {
+                            "without an ARM error body"
+                        } else {
+                            "without ARM's x-ms-request-id"
+                        }
+                    ),
+                );
+            }
             // A subscription we cannot see answers 403 (no role) or 404 (not found): that says the
             // subscription is out of reach, not that the resource is gone. Anything else (a 401 about the
             // token, a 400) is no answer at all and follows the rules below (check_failed).
@@ -220,25 +240,7 @@ fn judge_answer(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
                     ),
                 );
             }
-            // A 404 proves absence only when it is ARM's (an error body with a code, and ARM's request id:
-            // a proxy, a gateway or a stray path sends neither) and its code is about the resource.
-            let from_arm = evidence
-                .request_id
-                .as_deref()
-                .is_some_and(|r| !r.trim().is_empty());
             match *status {
-                404 if code.is_none() || !from_arm => judgement(
-                    Unknown,
-                    CheckFailed,
-                    format!(
-                        "a 404 {} is not ARM's answer about the resource (a proxy or a wrong path?)",
-                        if code.is_none() {
-                            "without an ARM error body"
-                        } else {
-                            "without ARM's x-ms-request-id"
-                        }
-                    ),
-                ),
                 404 if code_str.eq_ignore_ascii_case("ResourceGroupNotFound") => judgement(
                     Orphaned,
                     ResourceGroupNotFound,

@@ -64,10 +64,11 @@ impl ResourceId {
     /// that is empty, `.` or `..` would be normalised away by the URL library (the GET would go to a
     /// parent or a collection, and its answer would be about something else), and `%`, `?`, `#` or `\`
     /// could smuggle a separator, a query or a fragment into the path. Such an id is not a resource id
-    /// we can check; the identity is reported as `unrecognized_alternative_names`. One trailing `/` is
-    /// tolerated (dropped); white space and control characters anywhere are not.
+    /// we can check; the identity is reported as `unrecognized_alternative_names`.
+    /// White space and control characters anywhere, and a trailing `/` (an empty last segment), are not
+    /// accepted either.
     pub fn parse(text: &str) -> Option<Self> {
-        let trimmed = text.strip_suffix('/').unwrap_or(text);
+        let trimmed = text;
         if !trimmed.starts_with('/') || trimmed.len() > 4096 {
             return None;
         }
@@ -526,7 +527,7 @@ mod tests {
         )
         .expect("parses");
         let b = ResourceId::parse(
-            "/SUBSCRIPTIONS/S1/resourcegroups/rg/providers/microsoft.web/SITES/App/Slots/Staging/",
+            "/SUBSCRIPTIONS/S1/resourcegroups/rg/providers/microsoft.web/SITES/App/Slots/Staging",
         )
         .expect("parses");
         assert_eq!(a, b);
@@ -645,8 +646,8 @@ mod tests {
             assert!(ResourceId::parse(&bad).is_none(), "{bad:?} should not parse");
         }
         assert!(
-            ResourceId::parse(&format!("{base}/")).is_some(),
-            "one trailing slash is dropped"
+            ResourceId::parse(&format!("{base}/")).is_none(),
+            "a trailing slash is an empty segment"
         );
     }
 
