@@ -585,38 +585,47 @@ impl ArmClient {
         )
     }
 
-    /// Every api-version known for the resource's type, and whether the list is the provider's own (the
-    /// providers API, read this scan). A list learnt from another resource's refusal names the versions
-    /// of that resource's location only: good for choosing a version, not for "the newest there is".
+    /// The api-versions of the resource's type: the ones to choose a version to read from (a list ARM
+    /// gave when it refused a version, which is known to work, else the provider's), the provider's list
+    /// as read this scan (the only one that says which version is the newest there is; a list learnt from
+    /// another resource's refusal names the versions of that resource's location only), or neither.
     async fn api_versions(
         &self,
         tenant: &str,
         resource: &ResourceId,
         provider_subscription: Option<&str>,
-    ) -> Result<(Vec<String>, bool), String> {
-        if let Some(v) = self.learnt.lock().get(&Self::type_key(resource)) {
-            return Ok((v.clone(), false));
-        }
-        let types = self
+    ) -> Result<Versions, String> {
+        let learnt = self.learnt.lock().get(&Self::type_key(resource)).cloned();
+        let provided = self
             .provider_versions(tenant, resource.namespace(), provider_subscription)
-            .await
-            .ok_or_else(|| {
-                format!(
-                    "api-versions of {} could not be discovered",
-                    resource.namespace()
-                )
-            })?;
-        types
-            .get(&resource.type_path().to_ascii_lowercase())
-            .filter(|v| newest_stable(v).is_some())
-            .map(|v| (v.clone(), true))
-            .ok_or_else(|| {
-                format!(
-                    "provider {} does not list type {}",
-                    resource.namespace(),
-                    resource.type_path()
-                )
-            })
+            .await;
+        let listed = provided.as_ref().and_then(|types| {
+            types
+                .get(&resource.type_path().to_ascii_lowercase())
+                .filter(|v| newest_stable(v).is_some())
+                .cloned()
+        });
+        match (learnt, listed) {
+            (learnt, Some(listed)) => Ok(Versions {
+                read_from: learnt.unwrap_or_else(|| listed.clone()),
+                newest: newest(&listed),
+                complete: true,
+            }),
+            (Some(learnt), None) => Ok(Versions {
+                newest: newest(&learnt),
+                read_from: learnt,
+                complete: false,
+            }),
+            (None, None) if provided.is_none() => Err(format!(
+                "api-versions of {} could not be discovered",
+                resource.namespace()
+            )),
+            (None, None) => Err(format!(
+                "provider {} does not list type {}",
+                resource.namespace(),
+                resource.type_path()
+            )),
+        }
     }
 
     /// `{endpoint}/{segments...}?api-version=...`, each segment percent-encoded by the URL library (never
@@ -770,40 +779,43 @@ impl ArmClient {
         // Without discovered versions, ask with one no provider can accept: ARM's refusal lists the
         // versions it takes (NoRegisteredProviderFound / UnsupportedApiVersionValue), and the answer to
         // the probe itself is never taken as evidence.
-        let (mut versions, mut complete_list, mut probing, discovery_error) = match self
+        let (mut versions, mut probing, discovery_error) = match self
             .api_versions(tenant, resource, provider_subscription)
             .await
         {
-            Ok((v, complete)) => (v, complete, false, None),
-            Err(e) => (vec![PROBE_API_VERSION.to_owned()], false, true, Some(e)),
+            Ok(v) => (v, false, None),
+            Err(e) => (
+                Versions {
+                    read_from: vec![PROBE_API_VERSION.to_owned()],
+                    newest: None,
+                    complete: false,
+                },
+                true,
+                Some(e),
+            ),
         };
         let mut learnt_once = false;
         loop {
-            let version = newest_stable(&versions).unwrap_or_else(|| PROBE_API_VERSION.to_owned());
+            let version =
+                newest_stable(&versions.read_from).unwrap_or_else(|| PROBE_API_VERSION.to_owned());
             let mut check = self.read_resource(tenant, resource, &version).await;
             // A version the RP does not take: use the ones its message lists, once.
-            if let Answer::Error {
-                status: 400,
-                code: Some(code),
-                message: Some(message),
-            } = &check.answer
-                && !learnt_once
-                && (code.eq_ignore_ascii_case("NoRegisteredProviderFound")
-                    || code.eq_ignore_ascii_case("InvalidApiVersionParameter")
-                    || code.eq_ignore_ascii_case("UnsupportedApiVersionValue"))
+            if !learnt_once
+                && let Some(listed) = refused_versions(&check.answer)
+                && newest_stable(&listed).is_some_and(|v| v != version)
             {
-                let listed = versions_in_message(message);
-                if newest_stable(&listed).is_some_and(|v| v != version) {
-                    self.learnt
-                        .lock()
-                        .insert(Self::type_key(resource), listed.clone());
-                    versions = listed;
-                    // ARM's own list for this resource (its location), just now.
-                    complete_list = true;
-                    probing = false;
-                    learnt_once = true;
-                    continue;
-                }
+                self.learnt
+                    .lock()
+                    .insert(Self::type_key(resource), listed.clone());
+                // ARM's own list for this resource (its location), just now.
+                versions = Versions {
+                    newest: newest(&listed),
+                    read_from: listed,
+                    complete: true,
+                };
+                probing = false;
+                learnt_once = true;
+                continue;
             }
             if probing {
                 check.answer = Answer::Failed {
@@ -814,37 +826,105 @@ impl ArmClient {
                 };
                 return check;
             }
-            let latest = newest(&versions).unwrap_or_else(|| version.clone());
-            match &mut check.answer {
+            if matches!(
+                check.answer,
                 Answer::Present {
                     principal_id: None,
-                    latest_version,
-                } if latest == version => *latest_version = complete_list,
-                Answer::Present {
-                    principal_id: None, ..
-                } => {
-                    // Confirm the absence with the newest version. A read that gives no answer at all is a
-                    // failed check; an error status leaves the first answer, not read with the newest.
-                    let mut again = self.read_resource(tenant, resource, &latest).await;
-                    match &mut again.answer {
-                        Answer::Present { latest_version, .. } => {
-                            *latest_version = complete_list;
-                            return again;
-                        }
-                        Answer::Failed { what } => {
-                            *what =
-                                format!("re-reading with the newest api-version {latest}: {what}");
-                            return again;
-                        }
-                        _ => {
-                            tracing::debug!(resource = %resource, "the newest api-version gave no answer about the resource")
-                        }
-                    }
+                    ..
                 }
-                _ => {}
+            ) {
+                return self
+                    .confirm_absence(tenant, resource, check, version, versions)
+                    .await;
             }
             return check;
         }
+    }
+
+    /// The resource shows no principal for this identity when read with `read`: read it again with the
+    /// newest api-version there is, so an absence is never an older version's omission. Marks the answer
+    /// `latest_version` when it was read with the newest of a complete list. A re-read that gives no
+    /// answer at all is a failed check; one refused for its version follows ARM's own list, once more.
+    async fn confirm_absence(
+        &self,
+        tenant: &str,
+        resource: &ResourceId,
+        mut check: Check,
+        mut read: String,
+        mut versions: Versions,
+    ) -> Check {
+        for _ in 0..3 {
+            let latest = versions.newest.clone().unwrap_or_else(|| read.clone());
+            if latest == read {
+                if let Answer::Present { latest_version, .. } = &mut check.answer {
+                    *latest_version = versions.complete;
+                }
+                return check;
+            }
+            let again = self.read_resource(tenant, resource, &latest).await;
+            match &again.answer {
+                Answer::Present { .. } => {
+                    check = again;
+                    read = latest;
+                }
+                Answer::Failed { what } => {
+                    return Check {
+                        answer: Answer::Failed {
+                            what: format!(
+                                "re-reading with the newest api-version {latest}: {what}"
+                            ),
+                        },
+                        ..again
+                    };
+                }
+                _ => match refused_versions(&again.answer) {
+                    Some(listed) if newest(&listed).is_some() => {
+                        versions = Versions {
+                            newest: newest(&listed),
+                            read_from: listed,
+                            complete: true,
+                        };
+                    }
+                    _ => {
+                        tracing::debug!(resource = %resource, "the newest api-version gave no answer about the resource");
+                        return check;
+                    }
+                },
+            }
+        }
+        check
+    }
+}
+
+/// The api-versions of a type, as far as a check knows them.
+struct Versions {
+    /// Where the version to read is chosen from (its newest stable).
+    read_from: Vec<String>,
+    /// The newest version of any kind, previews included.
+    newest: Option<String>,
+    /// Whether `newest` comes from a complete list: the provider's, or ARM's refusal for this resource.
+    complete: bool,
+}
+
+/// The versions ARM lists when it refuses the one asked for (400 `NoRegisteredProviderFound`,
+/// `InvalidApiVersionParameter`, `UnsupportedApiVersionValue`).
+fn refused_versions(answer: &Answer) -> Option<Vec<String>> {
+    match answer {
+        Answer::Error {
+            status: 400,
+            code: Some(code),
+            message: Some(message),
+        } if [
+            "NoRegisteredProviderFound",
+            "InvalidApiVersionParameter",
+            "UnsupportedApiVersionValue",
+        ]
+        .iter()
+        .any(|c| code.eq_ignore_ascii_case(c)) =>
+        {
+            Some(versions_in_message(message))
+        }
+        _ => None,
     }
 }
 

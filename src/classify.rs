@@ -228,6 +228,19 @@ fn judge_answer(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
                     ),
                 );
             }
+            // Any other 404 code is about something else (a provider, an api-version, a location, ...): no
+            // answer about the resource or its subscription at all.
+            if *status == 404
+                && !is_resource_gone(code_str)
+                && !code_str.eq_ignore_ascii_case("ResourceGroupNotFound")
+                && !code_str.eq_ignore_ascii_case("SubscriptionNotFound")
+            {
+                return judgement(
+                    Unknown,
+                    CheckFailed,
+                    format!("ARM answered 404 {code_str}: not an answer about the resource"),
+                );
+            }
             // A subscription we cannot see answers 403 (no role) or 404 (not found): that says the
             // subscription is out of reach, not that the resource is gone. Anything else (a 401 about the
             // token, a 400) is no answer at all and follows the rules below (check_failed).

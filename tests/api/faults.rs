@@ -291,3 +291,55 @@ async fn tenants_are_scanned_side_by_side_and_one_failing_does_not_touch_the_oth
     assert_eq!(r.tenants[0].requests["token"].requests, 2);
     assert_eq!(r.tenants[1].requests["token"].requests, 1);
 }
+
+#[tokio::test]
+async fn provider_lookups_are_shared_by_concurrent_checks_and_tried_again_next_scan() {
+    use miaudit::scan::{Scanner, Trigger};
+    use miaudit::simulator::model::SubAccess;
+    let mut world = World::new(TENANT, 7);
+    let sub = world.add_subscription("prod", SubAccess::Reader);
+    world.add_resource_group(&sub, "rg");
+    for i in 0..24 {
+        let id = World::resource_id(
+            &sub,
+            "rg",
+            "Microsoft.Compute",
+            &format!("virtualMachines/vm{i}"),
+        );
+        world.add_system_assigned(&id);
+    }
+    let env = TestEnv::start(world, SimConfig::default()).await;
+    // Resource Graph down: every identity goes to ARM, 24 checks of one namespace at once (8 at a time).
+    env.sim.add_fault(FaultRule {
+        api: Api::ResourceGraph,
+        path_contains: None,
+        times: None,
+        fault: Fault::Status(500),
+    });
+    // The providers API of that namespace fails (subscription- and tenant-level lookups both match).
+    env.sim.add_fault(FaultRule {
+        api: Api::Arm,
+        path_contains: Some("providers/Microsoft.Compute?".into()),
+        times: None,
+        fault: Fault::Status(503),
+    });
+    let settings = env.settings();
+    let scanner = Scanner::new(&settings).expect("scanner");
+    let lookups = || env.sim.injected().get("status_503").copied().unwrap_or(0);
+    let first = scanner.run(&settings.tenant_ids(), Trigger::Cli).await;
+    // One lookup for the whole scan: (1 + 3 retries) at the subscription level, as many at the tenant level.
+    assert_eq!(lookups(), 2 * 4, "concurrent checks share one lookup");
+    // The versions are learnt from ARM's refusal of a probe instead; every VM is still judged.
+    assert_eq!(first.summary.healthy, 24, "{:?}", first.tenants);
+    // The failure is not remembered: the next scan of the same scanner asks again, once.
+    scanner.run(&settings.tenant_ids(), Trigger::Cli).await;
+    assert_eq!(
+        lookups(),
+        2 * 2 * 4,
+        "a failed lookup is tried again next scan"
+    );
+    env.sim.clear_faults();
+    let third = scanner.run(&settings.tenant_ids(), Trigger::Cli).await;
+    assert!(third.complete, "{:?}", third.tenants);
+    assert_eq!(third.summary.healthy, 24);
+}
