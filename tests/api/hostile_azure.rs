@@ -1334,3 +1334,82 @@ async fn the_binary_scanning_the_hostile_world_reports_no_false_orphan_and_exits
         problems.join("\n")
     );
 }
+
+/// The daemon keeps its per-tenant clients (tokens, provider lists, pacers) across scans: a scan behind
+/// hostile answers and extreme numbers must leave nothing behind that breaks the next one, its scan row
+/// must be finished, and the findings API must never show a healthy identity as an orphan.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_daemon_survives_a_hostile_scan_and_its_next_scan_completes() {
+    let h = World::hostile(13);
+    let env = TestEnv::start(h.world.clone(), SimConfig::default()).await;
+    env.sim.add_faults(h.rules.clone());
+    // Extreme numbers on every API, a few times each, on top of the hostile answers.
+    for f in Fault::extreme_numbers() {
+        let api = match &f {
+            Fault::TokenExpiresIn(_) => Api::Token,
+            Fault::ThrottleHeader { header, .. } | Fault::QuotaHeader { header, .. }
+                if header.starts_with("x-ms-user-quota") =>
+            {
+                Api::ResourceGraph
+            }
+            _ => Api::Arm,
+        };
+        env.sim.add_fault(FaultRule {
+            api,
+            path_contains: None,
+            times: Some(1),
+            fault: f,
+        });
+    }
+    let d = env.daemon("[lifecycle]\nconfirm_after = \"0s\"\n").await;
+    let first = tokio::time::timeout(Duration::from_secs(180), d.scan())
+        .await
+        .expect("the hostile scan ends");
+    assert!(!first.complete, "hostile answers left checks undone");
+    let orphaned_in_api = |v: &Value| -> Vec<String> {
+        v["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .filter(|f| f["verdict"] == "orphaned")
+            .map(|f| f["object_id"].as_str().unwrap_or("").to_owned())
+            .collect()
+    };
+    let healthy: Vec<String> = h
+        .healthy()
+        .into_iter()
+        .map(|p| p.to_ascii_lowercase())
+        .collect();
+    let (_, list) = get_json(&d.url("/api/v1/findings?limit=1000")).await;
+    for o in orphaned_in_api(&list) {
+        assert!(
+            !healthy.contains(&o.to_ascii_lowercase()),
+            "false orphan in the API: {o}"
+        );
+    }
+
+    env.sim.clear_faults();
+    let second = tokio::time::timeout(Duration::from_secs(180), d.scan())
+        .await
+        .expect("the next scan ends");
+    assert!(second.complete, "{:?}", second.tenants);
+    let (_, list) = get_json(&d.url("/api/v1/findings?limit=1000")).await;
+    let orphans = orphaned_in_api(&list);
+    for o in &orphans {
+        assert!(
+            !healthy.contains(&o.to_ascii_lowercase()),
+            "false orphan in the API: {o}"
+        );
+    }
+    for (p, _) in &h.orphans {
+        assert!(
+            orphans.iter().any(|o| o.eq_ignore_ascii_case(p)),
+            "genuine orphan {p} missing from the API"
+        );
+    }
+    let (_, scans) = get_json(&d.url("/api/v1/scans")).await;
+    for s in scans["items"].as_array().expect("items") {
+        assert!(!s["finished_at"].is_null(), "a scan row left running: {s}");
+    }
+    d.stop().await;
+}
