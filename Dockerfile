@@ -18,6 +18,7 @@ COPY --from=build /src/target/release/miaudit /usr/local/bin/miaudit
 COPY config/ /etc/miaudit/
 USER miaudit
 WORKDIR /var/lib/miaudit
+VOLUME ["/var/lib/miaudit"]
 ENV MIAUDIT_DATABASE__URL=sqlite:///var/lib/miaudit/miaudit.db
 EXPOSE 9464
 ENTRYPOINT ["/usr/local/bin/miaudit"]
@@ -26,9 +27,12 @@ ENTRYPOINT ["/usr/local/bin/miaudit"]
 # For a real tenant the API listens on all interfaces of the container, so make its reads need the token
 # (every GET under /api/v1/ then needs "Authorization: Bearer <token>"; /healthz and /readyz stay open;
 # add -e MIAUDIT_HTTP__METRICS_REQUIRE_TOKEN=true to guard /metrics as well):
-#   docker run -p 9464:9464 -v /path/miaudit.toml:/etc/miaudit/miaudit.toml \
-#     -e AZURE_CLIENT_SECRET=... -e MIAUDIT_HTTP__LISTEN=0.0.0.0:9464 \
-#     -e MIAUDIT_HTTP__API_TOKEN=... -e MIAUDIT_HTTP__REQUIRE_TOKEN_FOR_READS=true \
+# The database (findings, tickets, history) lives on a volume so it survives the container; secrets come
+# from an env file (or client_secret_file on a mounted secret), not the command line:
+#   docker run -p 9464:9464 -v miaudit-data:/var/lib/miaudit \
+#     -v /path/miaudit.toml:/etc/miaudit/miaudit.toml:ro --env-file /path/miaudit.env \
+#     -e MIAUDIT_HTTP__LISTEN=0.0.0.0:9464 -e MIAUDIT_HTTP__REQUIRE_TOKEN_FOR_READS=true \
 #     miaudit --config /etc/miaudit/miaudit.toml serve
+#   (miaudit.env: AZURE_CLIENT_SECRET=... and MIAUDIT_HTTP__API_TOKEN=...)
 # Without the token requirement `serve` logs a warning at start-up that anyone who can reach it reads every finding.
 CMD ["demo", "--listen", "0.0.0.0:9464"]

@@ -53,6 +53,8 @@ struct ListPage<T> {
 #[serde(rename_all = "camelCase")]
 struct Provider {
     #[serde(default)]
+    namespace: Option<String>,
+    #[serde(default)]
     resource_types: Vec<ProviderType>,
 }
 
@@ -561,13 +563,23 @@ impl ArmClient {
                 .json::<Provider>(&call, "a resource provider")
                 .await
             {
-                Ok((p, _)) => {
+                // Only ARM's own answer about this namespace: a gateway's `{}` or another namespace's
+                // list would make "the newest version there is" a lie.
+                Ok((p, reply))
+                    if reply.arm_request_id().is_some()
+                        && p.namespace
+                            .as_deref()
+                            .is_some_and(|n| n.eq_ignore_ascii_case(namespace)) =>
+                {
                     return Some(Arc::new(
                         p.resource_types
                             .into_iter()
                             .map(|t| (t.resource_type.to_ascii_lowercase(), t.api_versions))
                             .collect(),
                     ));
+                }
+                Ok(_) => {
+                    tracing::debug!(namespace, "provider lookup answered with something else");
                 }
                 Err(e) => {
                     tracing::debug!(namespace, error = %e, "provider lookup failed");
@@ -735,7 +747,11 @@ impl ArmClient {
                         Err(e) => Handled::Retry(format!("resource body does not decode: {e}")),
                     }
                 } else {
-                    let (code, message) = reply.error_body().unzip();
+                    // Bounded and redacted: it goes into findings, the API and exports.
+                    let (code, message) = reply
+                        .error_body()
+                        .map(|(c, m)| (crate::azure::shorten(&c), crate::azure::shorten(&m)))
+                        .unzip();
                     Handled::Done((
                         Answer::Error {
                             status: reply.status,
@@ -801,7 +817,7 @@ impl ArmClient {
             let mut check = self.read_resource(tenant, resource, &version).await;
             // A version the RP does not take: use the ones its message lists, once.
             if !learnt_once
-                && let Some(listed) = refused_versions(&check.answer)
+                && let Some(listed) = refused_versions(&check, &version)
                 && newest_stable(&listed).is_some_and(|v| v != version)
             {
                 self.learnt
@@ -877,7 +893,7 @@ impl ArmClient {
                         ..again
                     };
                 }
-                _ => match refused_versions(&again.answer) {
+                _ => match refused_versions(&again, &latest) {
                     Some(listed) if newest(&listed).is_some() => {
                         versions = Versions {
                             newest: newest(&listed),
@@ -886,13 +902,37 @@ impl ArmClient {
                         };
                     }
                     _ => {
-                        tracing::debug!(resource = %resource, "the newest api-version gave no answer about the resource");
-                        return check;
+                        // Not an answer about the resource (a redirect, a 401/403, a proxy): the absence
+                        // stays unconfirmed, and the check did not complete.
+                        let status = again.answer.clone();
+                        return Check {
+                            answer: Answer::Failed {
+                                what: format!(
+                                    "re-reading with the newest api-version {latest} gave no answer about the resource ({})",
+                                    describe_answer(&status)
+                                ),
+                            },
+                            ..again
+                        };
                     }
                 },
             }
         }
         check
+    }
+}
+
+fn describe_answer(a: &Answer) -> String {
+    match a {
+        Answer::Error { status, code, .. } => {
+            format!(
+                "HTTP {status} {}",
+                code.as_deref().unwrap_or("without an error code")
+            )
+        }
+        Answer::Present { .. } => "the resource".into(),
+        Answer::Failed { what } => what.clone(),
+        Answer::NotChecked => "nothing".into(),
     }
 }
 
@@ -907,20 +947,24 @@ struct Versions {
 }
 
 /// The versions ARM lists when it refuses the one asked for (400 `NoRegisteredProviderFound`,
-/// `InvalidApiVersionParameter`, `UnsupportedApiVersionValue`).
-fn refused_versions(answer: &Answer) -> Option<Vec<String>> {
-    match answer {
+/// `InvalidApiVersionParameter`, `UnsupportedApiVersionValue`): only from ARM (its request id) and only
+/// when the message names the version that was sent, so a proxy's or another request's list is never
+/// taken for this resource's.
+fn refused_versions(check: &Check, sent: &str) -> Option<Vec<String>> {
+    match &check.answer {
         Answer::Error {
             status: 400,
             code: Some(code),
             message: Some(message),
-        } if [
-            "NoRegisteredProviderFound",
-            "InvalidApiVersionParameter",
-            "UnsupportedApiVersionValue",
-        ]
-        .iter()
-        .any(|c| code.eq_ignore_ascii_case(c)) =>
+        } if check.request_id.is_some()
+            && message.contains(sent)
+            && [
+                "NoRegisteredProviderFound",
+                "InvalidApiVersionParameter",
+                "UnsupportedApiVersionValue",
+            ]
+            .iter()
+            .any(|c| code.eq_ignore_ascii_case(c)) =>
         {
             Some(versions_in_message(message))
         }

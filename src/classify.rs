@@ -187,7 +187,16 @@ fn judge_answer(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
                 );
             }
             let code_str = code.as_deref().unwrap_or("");
-            if *status == 401 && code_str.eq_ignore_ascii_case("InvalidAuthenticationTokenTenant") {
+            // ARM's mark on its answer (every resource provider and ARM itself return it, RPC): a proxy,
+            // a gateway or a stray path does not send it.
+            let from_arm = evidence
+                .request_id
+                .as_deref()
+                .is_some_and(|r| !r.trim().is_empty());
+            if *status == 401
+                && from_arm
+                && code_str.eq_ignore_ascii_case("InvalidAuthenticationTokenTenant")
+            {
                 let other = message
                     .as_deref()
                     .and_then(tenant_named_by_wrong_tenant_error);
@@ -210,10 +219,6 @@ fn judge_answer(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
             }
             // A 404 proves absence only when it is ARM's (an error body with a code, and ARM's request id:
             // a proxy, a gateway or a stray path sends neither) and its code is about the resource.
-            let from_arm = evidence
-                .request_id
-                .as_deref()
-                .is_some_and(|r| !r.trim().is_empty());
             if *status == 404 && (code.is_none() || !from_arm) {
                 return judgement(
                     Unknown,
@@ -579,7 +584,7 @@ mod tests {
     }
 
     fn wrong_tenant(named: &str) -> Evidence {
-        ev(
+        let mut e = ev(
             EvidenceSource::Arm,
             Answer::Error {
                 status: 401,
@@ -588,7 +593,9 @@ mod tests {
                     "The access token is from the wrong issuer 'https://sts.windows.net/{TENANT}/'. It must match the tenant 'https://sts.windows.net/{named}/' associated with this subscription. Please use the authority (URL) 'https://login.windows.net/{named}' to get the token."
                 )),
             },
-        )
+        );
+        e.request_id = Some("6f8a2b1c-0000-0000-0000-000000000002".into());
+        e
     }
 
     #[test]
@@ -608,6 +615,11 @@ mod tests {
             listed.subscription_visible = visible;
             assert_eq!(verdict(&vm(), &listed).0, Verdict::Unknown, "{visible:?}");
         }
+        // Without ARM's request id it is nobody's word.
+        let mut anonymous = wrong_tenant("bbbbbbbb-0000-0000-0000-000000000002");
+        anonymous.subscription_visible = Some(false);
+        anonymous.request_id = None;
+        assert_eq!(verdict(&vm(), &anonymous).0, Verdict::Unknown);
         let garbled = ev(
             EvidenceSource::Arm,
             Answer::Error {

@@ -63,6 +63,24 @@ fn env_secrets(env: &Env) -> Vec<String> {
         .collect()
 }
 
+/// Whether a key's name says its value may be a secret (or a secret pasted in the wrong place).
+fn secret_like(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    ["secret", "token", "password"]
+        .iter()
+        .any(|w| key.contains(w))
+}
+
+/// A configured value as an error message may show it: never the value of a key whose name says
+/// secret, token or password (`require_token_for_reads = "<the token>"` is a typo, not a boolean).
+fn shown(key: &str, v: &dyn std::fmt::Display) -> String {
+    if secret_like(key) {
+        "a value (not shown)".into()
+    } else {
+        v.to_string()
+    }
+}
+
 /// Values of lines of a file that does not parse that look like a secret's `key = value`: the raw value
 /// and the value without its quotes or a trailing comment, each a candidate to scrub.
 fn secrets_in_text(text: &str) -> Vec<String> {
@@ -78,11 +96,7 @@ fn secrets_in_text(text: &str) -> Vec<String> {
             .trim()
             .trim_matches(['"', '\'', '[', ']'])
             .to_ascii_lowercase();
-        let secret_like = SECRET_KEYS.iter().any(|(_, k)| *k == key)
-            || ["secret", "token", "password"]
-                .iter()
-                .any(|w| key.contains(w));
-        if !secret_like {
+        if !secret_like(&key) {
             continue;
         }
         let raw = value.trim();
@@ -436,7 +450,8 @@ impl Reader<'_> {
             toml::Value::String(s) if s.eq_ignore_ascii_case("false") => Some(false),
             other => {
                 self.errors.push(format!(
-                    "{section}.{key}: expected true or false, found {other}"
+                    "{section}.{key}: expected true or false, found {}",
+                    shown(key, other)
                 ));
                 None
             }
@@ -454,7 +469,7 @@ impl Reader<'_> {
             _ => {
                 let found = self
                     .get(section, key)
-                    .map(ToString::to_string)
+                    .map(|v| shown(key, v))
                     .unwrap_or_default();
                 self.errors.push(format!(
                     "{section}.{key}: expected a whole number from {min} to {max}, found {found}"
@@ -475,9 +490,10 @@ impl Reader<'_> {
             Some(n) if (min..=max).contains(&n) => Some(n),
             _ => {
                 self.errors.push(format!(
-                    "{section}.{key}: expected a size from {} to {} (bytes, or with a unit such as \"32MiB\"), found {v}",
+                    "{section}.{key}: expected a size from {} to {} (bytes, or with a unit such as \"32MiB\"), found {}",
                     show_size(min),
-                    show_size(max)
+                    show_size(max),
+                    shown(key, v)
                 ));
                 None
             }
@@ -493,7 +509,8 @@ impl Reader<'_> {
         };
         if parsed.is_none() {
             self.errors.push(format!(
-                "{section}.{key}: expected a duration such as \"0s\", \"30m\" or \"2h\", found {v}"
+                "{section}.{key}: expected a duration such as \"0s\", \"30m\" or \"2h\", found {}",
+                shown(key, v)
             ));
         }
         parsed
@@ -670,8 +687,9 @@ impl Settings {
                 Some(s)
             }
             Err(e) => {
-                r.errors
-                    .push(format!("auth.client_secret_file: cannot read {f}: {e}"));
+                r.errors.push(format!(
+                    "auth.client_secret_file: cannot read the file it names: {e}"
+                ));
                 None
             }
         });
@@ -1111,6 +1129,21 @@ mod tests {
             assert!(!msg.contains(secret), "{msg}");
             assert!(!err.to_string().contains(secret));
         }
+    }
+
+    #[test]
+    fn values_of_secret_like_keys_are_never_echoed() {
+        let f = file(
+            "[http]\nrequire_token_for_reads = \"tok-3f9a8b7c6d5e\"\nmetrics_require_token = 17\n[auth]\nclient_secret_file = \"Xy8Q~s3cretValue.ABCdef_123\"\n",
+        );
+        let env = env(&[("MIAUDIT_HTTP__API_TOKEN", "")]);
+        let e = Settings::load(Some(f.path()), &env).expect_err("invalid");
+        let text = e.to_string();
+        for secret in ["tok-3f9a8b7c6d5e", "Xy8Q~s3cretValue", "17"] {
+            assert!(!text.contains(secret), "{secret} in {text}");
+        }
+        assert!(text.contains("http.require_token_for_reads"), "{text}");
+        assert!(text.contains("auth.client_secret_file"), "{text}");
     }
 
     #[test]

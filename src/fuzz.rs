@@ -166,7 +166,10 @@ proptest! {
                     let code = code.unwrap_or_default();
                     prop_assert!(["ResourceNotFound", "ResourceGroupNotFound", "NotFound", "ParentResourceNotFound", "PolicyAssignmentNotFound"].iter().any(|c| c.eq_ignore_ascii_case(&code)), "{code}");
                 }
-                Answer::Error { status: 401, .. } => prop_assert_eq!(visible, Some(false)),
+                Answer::Error { status: 401, .. } => {
+                    prop_assert_eq!(visible, Some(false));
+                    prop_assert!(request_id.as_deref().is_some_and(|r| !r.trim().is_empty()), "401 without ARM's request id");
+                }
                 _ => prop_assert!(false, "orphaned from {answer:?}"),
             }
         }

@@ -357,16 +357,23 @@ impl Scanner {
         };
         // The stored inventory a Graph delta continues from: only when opted in and scanning for a store.
         let delta = store.filter(|_| self.graph_delta && work.is_some());
-        for chunk in tenants.chunks(PARALLEL_TENANTS) {
-            let scans: Vec<_> = chunk
-                .iter()
-                .map(|t| self.scan_isolated(&report.scan_id, t, &staging, delta, store))
-                .collect();
-            for tr in futures::future::join_all(scans).await {
-                report.complete &= tr.complete;
-                report.summary.merge(&tr.summary);
-                report.tenants.push(tr);
-            }
+        // One deadline for every tenant of the scan, a little under the scan's own timeout, so that a
+        // tenant that never ends (a service paging for ever) is reported incomplete before the whole
+        // scan is abandoned; tenants run [`PARALLEL_TENANTS`] at a time, the next starting as one ends.
+        let deadline = tokio::time::Instant::now() + self.tenant_deadline;
+        let scan_id = report.scan_id.clone();
+        let scans: Vec<_> = tenants
+            .iter()
+            .map(|t| self.scan_isolated(&scan_id, t, &staging, delta, store, deadline))
+            .collect();
+        let results: Vec<TenantReport> = futures::stream::iter(scans)
+            .buffered(PARALLEL_TENANTS)
+            .collect()
+            .await;
+        for tr in results {
+            report.complete &= tr.complete;
+            report.summary.merge(&tr.summary);
+            report.tenants.push(tr);
         }
         match staging
             .staged_results(&report.scan_id, work.is_some())
@@ -403,18 +410,19 @@ impl Scanner {
         staging: &Store,
         delta: Option<&Store>,
         record: Option<&Store>,
+        deadline: tokio::time::Instant,
     ) -> TenantReport {
         use futures::FutureExt;
         let run = std::panic::AssertUnwindSafe(
             self.scan_counted(scan_id, tenant, staging, delta, record),
         );
-        match tokio::time::timeout(self.tenant_deadline, run.catch_unwind()).await {
+        match tokio::time::timeout_at(deadline, run.catch_unwind()).await {
             Err(_) => {
                 tracing::error!(tenant, deadline = ?self.tenant_deadline, "the tenant's scan ran out of time; it is reported incomplete");
                 failed_tenant(
                     tenant,
                     format!(
-                        "the tenant's scan did not finish within {:?}",
+                        "the scan's tenants did not all finish within {:?} (90% of [scan] timeout)",
                         self.tenant_deadline
                     ),
                 )
@@ -425,7 +433,7 @@ impl Scanner {
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
-                    .unwrap_or_else(|| "unknown cause".into());
+                    .map_or_else(|| "unknown cause".into(), |m| crate::azure::shorten(&m));
                 tracing::error!(tenant, panic = %what, "the tenant's scan panicked; it is reported incomplete");
                 failed_tenant(tenant, format!("internal error (panic): {what}"))
             }
@@ -632,6 +640,9 @@ impl Scanner {
         tables.sort_by_key(|(t, _)| t.name());
         if !trust_arg {
             tables.clear();
+            tr.complete = false;
+            tr.errors
+                .push("resource graph: not used, since the open findings could not be read".into());
         }
         for (table, tset) in tables {
             let tlist: Vec<String> = tset.into_iter().collect();
@@ -641,8 +652,11 @@ impl Scanner {
                     .fetch_identity_principals(ctx.tenant, batch, table, &tlist, &mut sink)
                     .await
                 {
-                    // Resource Graph only saves ARM calls; without it every identity is a candidate.
+                    // Without Resource Graph every identity is a candidate for ARM, but its second witness
+                    // (an absent identity confirmed, a principal seen on another resource) is missing:
+                    // the tenant was not fully checked.
                     tracing::warn!(error = %e, table = table.name(), "Resource Graph query failed; falling back to ARM");
+                    tr.complete = false;
                     tr.errors
                         .push(format!("resource graph ({}): {e}", table.name()));
                 }

@@ -245,15 +245,12 @@ impl TokenProvider {
                 Ok(reply) => {
                     // AADSTS errors: one clear line with code, description and correlation id; the form
                     // we sent (with the secret) is never echoed.
-                    let e: TokenError = serde_json::from_slice(&reply.body).unwrap_or_default();
+                    let mut e: TokenError = serde_json::from_slice(&reply.body).unwrap_or_default();
                     self.counters.failure(Api::Token);
-                    let first_line = e
-                        .error_description
-                        .lines()
-                        .next()
-                        .unwrap_or("")
-                        .trim()
-                        .to_owned();
+                    let first_line =
+                        super::shorten(e.error_description.lines().next().unwrap_or("").trim());
+                    e.error = super::shorten(&e.error);
+                    e.correlation_id = super::shorten(&e.correlation_id);
                     return Err(AzureError::Auth(format!(
                         "token request for tenant {tenant} failed: HTTP {} {}{}{}",
                         reply.status,

@@ -94,7 +94,7 @@ pub enum AzureError {
 
 /// At most 200 characters of text from a service, for an error message, with anything that looks like
 /// a credential cut out (see [`redact`]).
-fn shorten(s: &str) -> String {
+pub fn shorten(s: &str) -> String {
     let head: String = s.chars().take(400).collect();
     let mut out: String = redact(&head).chars().take(200).collect();
     if out.len() < s.len() {
@@ -221,7 +221,8 @@ impl Reply {
         serde_json::from_slice(&self.body).map_err(|e| AzureError::Decode {
             api,
             what,
-            detail: e.to_string(),
+            // serde quotes the offending value: bounded and redacted like any text from a service.
+            detail: shorten(&e.to_string()),
         })
     }
 

@@ -490,6 +490,15 @@ impl WorkFile {
         let lock = super::create_private(&lock_path)
             .map_err(io("cannot create the scan's lock file", &lock_path))?;
         match lock.try_lock() {
+            // A clean-up that ran between creating and locking the sidecar may have taken the lock
+            // first and unlinked the file: then ours is a lock on nothing. Refuse (the caller's scan
+            // fails and says so) rather than run with a working file a later clean-up would delete.
+            Ok(()) if !same_file(&lock, &lock_path) => {
+                return Err(io(
+                    "the scan's lock file was removed while it was taken",
+                    &lock_path,
+                )(std::io::ErrorKind::NotFound.into()));
+            }
             Ok(()) => {}
             // A file system without advisory locks: the scan goes on. Nobody else can take the lock
             // there either, so the file is never deleted as dead — only, after a crash, not cleaned up.
@@ -518,6 +527,23 @@ impl Drop for WorkFile {
         remove_work_files(&self.path);
         let _ = std::fs::remove_file(lock_path(&self.path));
         // `_lock` closes after this body: the lock outlives the files it guards.
+    }
+}
+
+/// Whether the open `file` is still the one at `path` (not unlinked or replaced meanwhile).
+fn same_file(file: &std::fs::File, path: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (file.metadata(), std::fs::metadata(path)) {
+            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = file;
+        path.exists()
     }
 }
 
@@ -664,6 +690,21 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lock_file_unlinked_or_replaced_is_not_the_same_file() {
+        let dir = tempfile::tempdir().expect("dir");
+        let p = dir.path().join("x.lock");
+        let f = std::fs::File::create(&p).expect("create");
+        assert!(same_file(&f, &p));
+        std::fs::remove_file(&p).expect("unlink");
+        assert!(!same_file(&f, &p), "unlinked");
+        let _other = std::fs::File::create(&p).expect("recreate");
+        assert!(
+            !same_file(&f, &p),
+            "replaced by another file of the same name"
+        );
+    }
 
     #[tokio::test]
     async fn a_restarted_listing_forgets_only_its_own_tenants_pages() {
