@@ -447,6 +447,7 @@ impl ArmClient {
         let mut skip_token: Option<String> = None;
         let mut pages = 0u32;
         let mut seen_tokens = std::collections::HashSet::new();
+        let mut empty = crate::azure::EmptyPages::default();
         loop {
             let mut options = json!({ "$top": ARG_PAGE_SIZE, "resultFormat": "objectArray" });
             if let Some(t) = &skip_token {
@@ -488,6 +489,7 @@ impl ArmClient {
                 .await??;
             pages += 1;
             let (rows, token, request_id) = page;
+            empty.saw(Api::ResourceGraph, "a Resource Graph page", rows.len())?;
             let request_id: Option<Arc<str>> = request_id.map(Into::into);
             let mut hits = Vec::with_capacity(rows.len());
             for row in &rows {

@@ -113,6 +113,7 @@ impl GraphClient {
                 api: Api::Graph,
                 link: link.to_owned(),
             })?;
+        let mut empty = crate::azure::EmptyPages::default();
         for _ in 0..100_000 {
             let call = Call::get(Api::Graph, tenant, &url);
             let page: DeltaPage = match self.http.json(&call, "a delta page").await {
@@ -124,6 +125,9 @@ impl GraphClient {
                 }
                 Err(e) => return Err(e),
             };
+            if page.next_link.is_some() {
+                empty.saw(Api::Graph, "a delta page", page.value.len())?;
+            }
             for item in page.value {
                 let Some(id) = item.get("id").and_then(|v| v.as_str()).map(str::to_owned) else {
                     return Ok(None);
@@ -203,6 +207,7 @@ impl GraphClient {
     ) -> Result<Inventory, AzureError> {
         let mut url = self.first_page_url();
         let mut seen_links = HashSet::new();
+        let mut empty = crate::azure::EmptyPages::default();
         let mut inv = Inventory::default();
         let first = url.clone();
         // Each page is written while the next one is fetched: the writes cost no wall time.
@@ -242,6 +247,7 @@ impl GraphClient {
                 Err(e) => return Err(e),
             };
             inv.pages += 1;
+            empty.saw(Api::Graph, "a servicePrincipal page", page.value.len())?;
             let mut items = Vec::with_capacity(page.value.len());
             for sp in page.value {
                 if sp.id.trim().is_empty() {

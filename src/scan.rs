@@ -401,7 +401,7 @@ impl Scanner {
 
     /// One tenant's scan, with a panic in it (a bug, never expected) turned into that tenant's error: the
     /// tenant is incomplete, the other tenants and the scan go on, and nothing shared is left poisoned.
-    /// A tenant's scan also has a deadline of its own (a little under the whole scan's), so a service
+    /// It also ends at the scan-wide `deadline` (a little under the whole scan's timeout), so a service
     /// that pages for ever makes that tenant incomplete rather than the whole scan abandoned.
     async fn scan_isolated(
         &self,

@@ -143,6 +143,29 @@ pub fn redact(text: &str) -> String {
     out
 }
 
+/// Empty pages in a row after which a listing is given up as endless: Graph and Resource Graph may return
+/// an empty page now and then (G-PAGE), never dozens in a row; a service that keeps sending fresh links to
+/// empty pages would otherwise hold the scan until its deadline.
+pub const MAX_EMPTY_PAGES: u32 = 50;
+
+/// Counts empty pages in a row; `Err` once there were more than [`MAX_EMPTY_PAGES`].
+#[derive(Default)]
+pub struct EmptyPages(u32);
+
+impl EmptyPages {
+    pub fn saw(&mut self, api: Api, what: &'static str, items: usize) -> Result<(), AzureError> {
+        self.0 = if items == 0 { self.0 + 1 } else { 0 };
+        if self.0 > MAX_EMPTY_PAGES {
+            return Err(AzureError::Decode {
+                api,
+                what,
+                detail: format!("more than {MAX_EMPTY_PAGES} empty pages in a row"),
+            });
+        }
+        Ok(())
+    }
+}
+
 /// Where a paged listing puts each page as it arrives: a scan stages them in SQLite, so it never holds a
 /// whole listing in memory.
 pub trait PageSink<T>: Send {
@@ -371,6 +394,21 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endless_empty_pages_are_given_up() {
+        let mut e = EmptyPages::default();
+        for _ in 0..MAX_EMPTY_PAGES {
+            e.saw(Api::Graph, "p", 0)
+                .expect("a few empty pages are fine");
+        }
+        e.saw(Api::Graph, "p", 3)
+            .expect("a page with items resets the count");
+        for _ in 0..MAX_EMPTY_PAGES {
+            e.saw(Api::Graph, "p", 0).expect("fine again");
+        }
+        assert!(e.saw(Api::Graph, "p", 0).is_err());
+    }
 
     #[test]
     fn credentials_in_service_text_are_redacted() {

@@ -188,16 +188,31 @@ impl Store {
         tenant: &str,
         object_keys: &[String],
     ) -> Result<(), StoreError> {
+        self.per_key(
+            "delete from scan_items where scan_id = ? and tenant_id = ? and object_key = ?",
+            scan_id,
+            tenant,
+            object_keys,
+        )
+        .await
+    }
+
+    /// Runs `sql` (binding the scan id, the tenant and one object key) for each key, in one transaction.
+    async fn per_key(
+        &self,
+        sql: &'static str,
+        scan_id: &str,
+        tenant: &str,
+        object_keys: &[String],
+    ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for key in object_keys {
-            sqlx::query(
-                "delete from scan_items where scan_id = ? and tenant_id = ? and object_key = ?",
-            )
-            .bind(scan_id)
-            .bind(tenant)
-            .bind(key)
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(sql)
+                .bind(scan_id)
+                .bind(tenant)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
         }
         tx.commit().await?;
         Ok(())
@@ -298,19 +313,13 @@ impl Store {
         tenant: &str,
         object_keys: &[String],
     ) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for k in object_keys {
-            sqlx::query(
-                "insert or ignore into scan_must_check (scan_id, tenant_id, object_key) values (?, ?, ?)",
-            )
-            .bind(scan_id)
-            .bind(tenant)
-            .bind(k)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        self.per_key(
+            "insert or ignore into scan_must_check (scan_id, tenant_id, object_key) values (?, ?, ?)",
+            scan_id,
+            tenant,
+            object_keys,
+        )
+        .await
     }
 
     /// Stages the evidence of ARM checks.
