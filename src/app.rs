@@ -4,8 +4,9 @@
 
 use crate::api::{self, AppState};
 use crate::config::Settings;
+use crate::domain::Trigger;
 use crate::metrics::Metrics;
-use crate::scan::{Scanner, Trigger};
+use crate::scan::Scanner;
 use crate::scheduler::{ScanRunner, start_cron};
 use crate::store::Store;
 use anyhow::Context;

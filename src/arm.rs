@@ -10,7 +10,8 @@
 //!   providers API (newest non-preview, cached per namespace), or from the list a
 //!   `NoRegisteredProviderFound` message gives (facts sheet §4). This is the authoritative answer.
 
-use crate::azure::http::{AzureHttp, Call, Handled, follow_link, parse_count};
+use crate::azure::http::{AzureHttp, Call};
+use crate::azure::transport::{Handled, follow_link, parse_count};
 use crate::azure::{Api, AzureError, PageSink, Reply};
 use crate::domain::{Answer, ResourceId, USER_ASSIGNED_IDENTITY_TYPE};
 use parking_lot::Mutex;
@@ -417,7 +418,7 @@ impl ArmClient {
             .and_then(parse_count);
         let resets = reply
             .header("x-ms-user-quota-resets-after")
-            .and_then(crate::azure::http::parse_hms);
+            .and_then(crate::azure::transport::parse_hms);
         self.pacer.lock().note(
             Instant::now(),
             reply.status == 429,

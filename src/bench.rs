@@ -18,7 +18,8 @@
 
 use crate::azure::Api;
 use crate::config::Settings;
-use crate::scan::{Scanner, Trigger};
+use crate::domain::Trigger;
+use crate::scan::Scanner;
 use serde::{Deserialize, Serialize};
 use std::time::{Duration, Instant};
 
@@ -112,7 +113,7 @@ async fn probe(
 
 /// One scan recorded, with its timings.
 struct Run {
-    report: crate::scan::ScanReport,
+    report: crate::report::ScanReport,
     wall: Duration,
     /// Peak RSS when the scan had finished, before it was recorded.
     scan_peak: f64,
@@ -127,7 +128,7 @@ async fn scan_and_record(
     store: &crate::store::Store,
 ) -> anyhow::Result<Run> {
     let started = Instant::now();
-    let report = scanner
+    let crate::scan::Scanned { report, work } = scanner
         .run_as(
             uuid::Uuid::new_v4().to_string(),
             &settings.tenant_ids(),
@@ -139,7 +140,7 @@ async fn scan_and_record(
     let scan_peak = peak_rss_mib();
     let t = Instant::now();
     let recorded = store
-        .record_scan(&report, settings.lifecycle.confirm_after)
+        .record_scan_from(&report, work.as_ref(), settings.lifecycle.confirm_after)
         .await?;
     Ok(Run {
         report,

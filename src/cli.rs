@@ -5,8 +5,10 @@
 //! exits 3 even when it also found orphans: its "all clear" elsewhere cannot be trusted.
 
 use crate::config::{Settings, process_env};
+use crate::domain::Trigger;
+use crate::report::ScanReport;
 use crate::report::{render_json, render_table};
-use crate::scan::{ScanReport, Scanner, Trigger};
+use crate::scan::Scanner;
 use crate::simulator::{SimConfig, SimHandle, model::World};
 use crate::store::Store;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -500,7 +502,7 @@ pub async fn scan_and_print(
         Ok(s) => s,
         Err(e) => return config_error(&[format!("{e:#}")]),
     };
-    let mut report = scanner
+    let crate::scan::Scanned { mut report, work } = scanner
         .run_as(
             uuid::Uuid::new_v4().to_string(),
             &settings.tenant_ids(),
@@ -509,12 +511,12 @@ pub async fn scan_and_print(
         )
         .await;
     let recorded = store
-        .record_scan(&report, settings.lifecycle.confirm_after)
+        .record_scan_from(&report, work.as_ref(), settings.lifecycle.confirm_after)
         .await;
     // A report scanned for a store names only the non-healthy identities; `--all` reads every verdict
     // of the recorded scan back.
     if all
-        && report.work.is_some()
+        && work.is_some()
         && let Ok(_) = &recorded
     {
         match store.load_verdicts(&report.scan_id).await {

@@ -10,7 +10,7 @@
 
 use crate::arm::{principal_of, versions_in_message};
 use crate::azure::Reply;
-use crate::azure::http::{parse_hms, server_delay};
+use crate::azure::transport::{parse_hms, server_delay};
 use crate::classify::{judge, tenant_named_by_wrong_tenant_error};
 use crate::domain::{Answer, Evidence, EvidenceSource, ManagedIdentity, ResourceId, Verdict};
 use proptest::prelude::*;
@@ -213,11 +213,11 @@ proptest! {
             ("x-ms-user-quota-remaining", h.clone()),
         ]);
         if let Some(d) = server_delay(&r) {
-            prop_assert!(d <= crate::azure::http::FOREVER);
+            prop_assert!(d <= crate::azure::transport::FOREVER);
             // Adding the wait to now never overflows.
             prop_assert!(std::time::Instant::now().checked_add(d).is_some());
         }
-        if let Some(q) = crate::azure::http::quota_remaining(&r) {
+        if let Some(q) = crate::azure::transport::quota_remaining(&r) {
             prop_assert!(q >= 0);
         }
         let _ = parse_hms(&h);

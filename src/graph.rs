@@ -6,7 +6,8 @@
 //! `ConsistencyLevel` (SEC-MI, TRANSFER). The type is checked again client-side, so a principal of
 //! another type is never audited even if a server ignores the filter.
 
-use crate::azure::http::{AzureHttp, Call, follow_link};
+use crate::azure::http::{AzureHttp, Call};
+use crate::azure::transport::follow_link;
 use crate::azure::{Api, AzureError, PageSink};
 use crate::domain::ManagedIdentity;
 use serde::Deserialize;

@@ -1,14 +1,85 @@
-//! Publish (CLI): the scan report as JSON (the schema promised in ARCHITECTURE.md) or as a table for a
-//! terminal: the summary, then non-healthy identities grouped by verdict.
+//! The report of a scan (`ScanReport`, one `TenantReport` per tenant) and its rendering for the CLI: JSON
+//! (the schema promised in ARCHITECTURE.md) or a table for a terminal: the summary, then non-healthy
+//! identities grouped by verdict.
 //!
 //! An incomplete scan never reads as an all-clear: the table says so at the top and in place of the
 //! "nothing found" line, and names per tenant what failed and how many identities could not be judged;
 //! the JSON keeps `complete: false`, each tenant's errors, `inventory_complete` and `unjudged`.
 
-use crate::domain::{Reason, Verdict};
-use crate::scan::{Finding, ScanReport, TenantReport};
-use serde::Serialize;
+use crate::azure::ApiCounts;
+use crate::domain::{Finding, Reason, Summary, Trigger, Verdict};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt::Write;
+
+/// Per-tenant outcome.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct TenantReport {
+    pub tenant_id: String,
+    pub complete: bool,
+    /// The Graph inventory was read to the end (checks may still have failed).
+    #[serde(default = "yes")]
+    pub inventory_complete: bool,
+    pub identities: u64,
+    pub errors: Vec<String>,
+    /// Requests made per API during this tenant's scan.
+    pub requests: BTreeMap<String, ApiCounts>,
+    /// Graph delta link to store with this scan (opt-in delta inventory).
+    #[serde(skip)]
+    pub delta_link: Option<String>,
+    /// When the last full listing of the tenant was made (kept with the delta link).
+    #[serde(skip)]
+    pub full_sync_at: Option<DateTime<Utc>>,
+    /// This tenant's verdicts (not stored per tenant; the scan's summary is).
+    #[serde(skip)]
+    pub summary: Summary,
+    /// Identities checked with an ARM GET (the candidates Resource Graph did not vouch for).
+    #[serde(skip)]
+    pub arm_checks: u64,
+    /// The scan's working rows could not be written or read (the database failed, not Azure).
+    #[serde(skip)]
+    pub staging_failed: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl TenantReport {
+    /// A tenant about to be scanned: complete until something fails.
+    pub fn new(tenant: &str) -> Self {
+        Self {
+            tenant_id: tenant.to_owned(),
+            complete: true,
+            inventory_complete: true,
+            identities: 0,
+            errors: Vec::new(),
+            requests: BTreeMap::new(),
+            delta_link: None,
+            full_sync_at: None,
+            summary: Summary::default(),
+            arm_checks: 0,
+            staging_failed: false,
+        }
+    }
+}
+
+/// The result of one scan. Scanned without a store, `findings` holds every identity (the CLI filters
+/// healthy ones out unless `--all`). Scanned for a store, every verdict is in the scan's working
+/// database (the scanner hands its file over beside the report), which recording reads, and `findings`
+/// holds only the non-healthy ones (few, and what a report or a notification names).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ScanReport {
+    pub scan_id: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub complete: bool,
+    pub trigger: Trigger,
+    pub tenants: Vec<TenantReport>,
+    pub summary: Summary,
+    pub findings: Vec<Finding>,
+}
 
 #[derive(Serialize)]
 struct JsonTenant<'a> {
@@ -43,7 +114,7 @@ struct JsonReport<'a> {
     finished_at: String,
     complete: bool,
     tenants: Vec<JsonTenant<'a>>,
-    summary: &'a crate::scan::Summary,
+    summary: &'a Summary,
     findings: Vec<&'a Finding>,
 }
 
@@ -194,8 +265,8 @@ pub fn render_table(report: &ScanReport, all: bool) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::EvidenceReport;
     use crate::domain::{EvidenceSource, IdentityType};
-    use crate::scan::{EvidenceReport, Summary, Trigger};
 
     fn tenant(id: &str, complete: bool, inventory_complete: bool, identities: u64) -> TenantReport {
         serde_json::from_value(serde_json::json!({
@@ -241,7 +312,6 @@ mod tests {
             tenants,
             summary: Summary::default(),
             findings,
-            work: None,
         }
     }
 

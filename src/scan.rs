@@ -12,178 +12,28 @@
 //! `alternativeNames`) do not make a scan incomplete; failures to get an answer do.
 
 use crate::arm::{ARG_SUBSCRIPTION_BATCH, ArgHit, ArgTable, ArmClient, Subscription};
-use crate::azure::http::{AzureHttp, RetryPolicy};
+use crate::azure::http::AzureHttp;
+use crate::azure::transport::{RetryPolicy, Transport};
 use crate::azure::{ApiCounts, Counters, PageSink, auth::TokenProvider};
 use crate::classify::judge;
 use crate::config::Settings;
-use crate::domain::{Evidence, EvidenceSource, IdentityType, ManagedIdentity, Reason, Verdict};
+use crate::domain::{Evidence, Finding, ManagedIdentity, Reason, Summary, Trigger};
 use crate::graph::GraphClient;
+use crate::report::{ScanReport, TenantReport};
 use crate::store::Store;
-use crate::store::staging::Candidate;
-use chrono::{DateTime, Utc};
+use crate::store::staging::{Candidate, WorkFile};
+use chrono::Utc;
 use futures::StreamExt;
-use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
-/// What started a scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Trigger {
-    Schedule,
-    Manual,
-    Startup,
-    Cli,
-}
-
-impl Trigger {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Schedule => "schedule",
-            Self::Manual => "manual",
-            Self::Startup => "startup",
-            Self::Cli => "cli",
-        }
-    }
-}
-
-/// The evidence of a finding, as reported and stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct EvidenceReport {
-    pub source: EvidenceSource,
-    pub status: Option<u16>,
-    pub code: Option<String>,
-    pub request_id: Option<String>,
-    pub correlation_request_id: Option<String>,
-    pub checked_at: Option<DateTime<Utc>>,
-}
-
-impl From<&Evidence> for EvidenceReport {
-    fn from(e: &Evidence) -> Self {
-        Self {
-            source: e.source,
-            status: e.status(),
-            code: e.code().map(str::to_owned),
-            request_id: e.request_id.clone(),
-            correlation_request_id: e.correlation_request_id.clone(),
-            checked_at: e.checked_at,
-        }
-    }
-}
-
-/// One identity's verdict in a scan.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct Finding {
-    pub tenant_id: String,
-    pub object_id: String,
-    pub app_id: String,
-    pub display_name: String,
-    pub identity_type: IdentityType,
-    pub resource_id: Option<String>,
-    pub subscription_id: Option<String>,
-    pub resource_type: Option<String>,
-    pub verdict: Verdict,
-    pub reason: Reason,
-    pub detail: String,
-    pub evidence: EvidenceReport,
-}
-
-/// Per-tenant outcome.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct TenantReport {
-    pub tenant_id: String,
-    pub complete: bool,
-    /// The Graph inventory was read to the end (checks may still have failed).
-    #[serde(default = "yes")]
-    pub inventory_complete: bool,
-    pub identities: u64,
-    pub errors: Vec<String>,
-    /// Requests made per API during this tenant's scan.
-    pub requests: BTreeMap<String, ApiCounts>,
-    /// Graph delta link to store with this scan (opt-in delta inventory).
-    #[serde(skip)]
-    pub delta_link: Option<String>,
-    /// When the last full listing of the tenant was made (kept with the delta link).
-    #[serde(skip)]
-    pub full_sync_at: Option<DateTime<Utc>>,
-    /// This tenant's verdicts (not stored per tenant; the scan's summary is).
-    #[serde(skip)]
-    pub summary: Summary,
-    /// Identities checked with an ARM GET (the candidates Resource Graph did not vouch for).
-    #[serde(skip)]
-    pub arm_checks: u64,
-    /// The scan's working rows could not be written or read (the database failed, not Azure).
-    #[serde(skip)]
-    pub staging_failed: bool,
-}
-
-fn yes() -> bool {
-    true
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
-pub struct Summary {
-    pub total: u64,
-    pub healthy: u64,
-    pub orphaned: u64,
-    pub unknown: u64,
-}
-
-impl TenantReport {
-    /// A tenant about to be scanned: complete until something fails.
-    fn new(tenant: &str) -> Self {
-        Self {
-            tenant_id: tenant.to_owned(),
-            complete: true,
-            inventory_complete: true,
-            identities: 0,
-            errors: Vec::new(),
-            requests: BTreeMap::new(),
-            delta_link: None,
-            full_sync_at: None,
-            summary: Summary::default(),
-            arm_checks: 0,
-            staging_failed: false,
-        }
-    }
-}
-
-impl Summary {
-    fn merge(&mut self, o: &Summary) {
-        self.total += o.total;
-        self.healthy += o.healthy;
-        self.orphaned += o.orphaned;
-        self.unknown += o.unknown;
-    }
-
-    fn add(&mut self, v: Verdict) {
-        self.total += 1;
-        match v {
-            Verdict::Healthy => self.healthy += 1,
-            Verdict::Orphaned => self.orphaned += 1,
-            Verdict::Unknown => self.unknown += 1,
-        }
-    }
-}
-
-/// The result of one scan. Scanned without a store, `findings` holds every identity (the CLI filters
-/// healthy ones out unless `--all`). Scanned for a store, every verdict is in the scan's working
-/// database (`work`), which recording reads, and `findings` holds only the non-healthy ones (few, and
-/// what a report or a notification names).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct ScanReport {
-    pub scan_id: String,
-    pub started_at: DateTime<Utc>,
-    pub finished_at: DateTime<Utc>,
-    pub complete: bool,
-    pub trigger: Trigger,
-    pub tenants: Vec<TenantReport>,
-    pub summary: Summary,
-    pub findings: Vec<Finding>,
-    /// The scan's working database, holding every verdict (`scan_results`); deleted when the report
-    /// (and its clones) are dropped.
-    #[serde(skip)]
-    pub work: Option<Arc<crate::store::staging::WorkFile>>,
+/// A scan made for a store: its report and, handed over beside it, the scan's working database, which
+/// holds every verdict (`scan_results`) for recording to read and is deleted when dropped. `None` when
+/// the scan worked in memory (no store, or one that cannot be written): the report then holds every
+/// verdict.
+pub struct Scanned {
+    pub report: ScanReport,
+    pub work: Option<WorkFile>,
 }
 
 /// Tenants scanned at once. Each tenant has its own principal, so its own Resource Graph and ARM
@@ -274,19 +124,17 @@ impl Scanner {
         map.entry(tenant.to_owned())
             .or_insert_with(|| {
                 let counters = Arc::new(Counters::child_of(self.counters.clone()));
+                let transport =
+                    Transport::new(self.client.clone(), self.policy.clone(), counters.clone());
                 let tokens = Arc::new(TokenProvider::new(
-                    self.client.clone(),
+                    transport.clone(),
                     &self.authority_host,
                     self.client_id.clone(),
                     self.secret.clone(),
-                    self.policy.clone(),
-                    counters.clone(),
                 ));
                 let http = AzureHttp::new(
-                    self.client.clone(),
-                    self.policy.clone(),
+                    transport,
                     tokens,
-                    counters.clone(),
                     self.graph_scope.clone(),
                     self.arm_scope.clone(),
                 );
@@ -304,6 +152,7 @@ impl Scanner {
     pub async fn run(&self, tenants: &[String], trigger: Trigger) -> ScanReport {
         self.run_as(uuid::Uuid::new_v4().to_string(), tenants, trigger, None)
             .await
+            .report
     }
 
     /// [`Scanner::run`] with a scan id chosen by the caller (the daemon announces it before the scan).
@@ -317,7 +166,7 @@ impl Scanner {
         tenants: &[String],
         trigger: Trigger,
         store: Option<&Store>,
-    ) -> ScanReport {
+    ) -> Scanned {
         let started_at = Utc::now();
         let mut report = ScanReport {
             scan_id,
@@ -328,7 +177,6 @@ impl Scanner {
             tenants: Vec::new(),
             summary: Summary::default(),
             findings: Vec::new(),
-            work: None,
         };
         // A store that can be written gets a working database file beside it; otherwise the scan works
         // in memory (a report of every verdict is wanted then anyway).
@@ -352,7 +200,7 @@ impl Scanner {
                         tr
                     })
                     .collect();
-                return report;
+                return Scanned { report, work: None };
             }
         };
         // The stored inventory a Graph delta continues from: only when opted in and scanning for a store.
@@ -394,9 +242,8 @@ impl Scanner {
         }
         // Closed before recording attaches the file.
         staging.close().await;
-        report.work = work.map(Arc::new);
         report.finished_at = Utc::now();
-        report
+        Scanned { report, work }
     }
 
     /// One tenant's scan, with a panic in it (a bug, never expected) turned into that tenant's error: the

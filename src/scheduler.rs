@@ -6,8 +6,10 @@
 //! cancelled records nothing of its verdicts: its row is marked `abandoned`, the previous state stays.
 
 use crate::config::Settings;
+use crate::domain::Trigger;
 use crate::metrics::Metrics;
-use crate::scan::{ScanReport, Scanner, Trigger};
+use crate::report::ScanReport;
+use crate::scan::Scanner;
 use crate::store::Store;
 use futures::FutureExt;
 use std::sync::Arc;
@@ -137,11 +139,11 @@ impl ScanRunner {
         self.metrics.scan_duration.observe(elapsed);
         self.metrics.sync_azure(self.scanner.counters());
         if let Some(r) = &outcome
-            && r.tenants.iter().any(|t| t.staging_failed)
+            && r.report.tenants.iter().any(|t| t.staging_failed)
         {
             self.metrics.store_errors.inc();
         }
-        let Some(report) = outcome else {
+        let Some(crate::scan::Scanned { report, work }) = outcome else {
             let why = if panicked {
                 "failed"
             } else if self.cancel.is_cancelled() {
@@ -159,7 +161,11 @@ impl ScanRunner {
         };
         match self
             .store
-            .record_scan(&report, self.settings.lifecycle.confirm_after)
+            .record_scan_from(
+                &report,
+                work.as_ref(),
+                self.settings.lifecycle.confirm_after,
+            )
             .await
         {
             Ok(recorded) => {

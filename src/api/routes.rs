@@ -1,10 +1,10 @@
 //! The endpoints. Handlers parse and check input, call the store or the runner, and shape answers.
 
 use super::{AppState, Params, Problem, authorize, decode_cursor, encode_cursor};
+use crate::domain::Trigger;
 use crate::domain::{IdentityType, Reason, Verdict};
 use crate::export;
 use crate::lifecycle::{AckRefused, State};
-use crate::scan::Trigger;
 use crate::scheduler::Busy;
 use crate::store::findings::{Acknowledged, FindingFilter};
 use axum::Router;

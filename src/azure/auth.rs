@@ -6,8 +6,8 @@
 //! Written over reqwest rather than with `azure_identity`: that crate rejects non-https authority hosts
 //! and hard-codes the IMDS address, so it cannot be pointed at the simulator (facts sheet §8).
 
-use super::http::{RetryPolicy, SendError, is_transient, send_once, server_delay};
-use super::{Api, AzureError, Counters};
+use super::transport::{Handled, Transport};
+use super::{Api, AzureError};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -58,12 +58,11 @@ struct Cached {
 
 /// Acquires and caches tokens for the configured application.
 pub struct TokenProvider {
-    client: reqwest::Client,
+    /// The same retry loop as every other Azure call.
+    transport: Transport,
     authority_host: String,
     client_id: String,
     secret: Secret,
-    policy: RetryPolicy,
-    counters: Arc<Counters>,
     cache: Mutex<HashMap<(String, String), Cached>>,
     /// One token request at a time per provider, so a burst of callers with a cold cache makes one request.
     fetch: tokio::sync::Mutex<()>,
@@ -124,20 +123,16 @@ pub(crate) fn lifetime_for_fuzz(body: &[u8]) -> Option<u64> {
 
 impl TokenProvider {
     pub fn new(
-        client: reqwest::Client,
+        transport: Transport,
         authority_host: &str,
         client_id: String,
         secret: Secret,
-        policy: RetryPolicy,
-        counters: Arc<Counters>,
     ) -> Self {
         Self {
-            client,
+            transport,
             authority_host: authority_host.trim_end_matches('/').to_owned(),
             client_id,
             secret,
-            policy,
-            counters,
             cache: Mutex::new(HashMap::new()),
             fetch: tokio::sync::Mutex::new(()),
         }
@@ -191,100 +186,62 @@ impl TokenProvider {
             ("client_secret", self.secret.expose()),
             ("grant_type", "client_credentials"),
         ];
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let req = self.client.post(&url).form(&form);
-            self.counters.request(Api::Token);
-            let sent = send_once(req, &self.policy).await;
-            self.counters
-                .answered(Api::Token, sent.as_ref().ok().map(|r| r.status));
-            let why = match sent {
-                Err(SendError::TooLarge(limit)) => {
-                    self.counters.failure(Api::Token);
-                    return Err(AzureError::TooLarge {
-                        api: Api::Token,
-                        limit,
-                    });
-                }
-                Ok(reply) if reply.is_success() => {
-                    match serde_json::from_slice::<TokenResponse>(&reply.body) {
-                        Ok(t) if !t.access_token.is_empty() => {
-                            return Ok((
+        let answer = self
+            .transport
+            .run(
+                Api::Token,
+                || async { Ok(self.transport.client().post(&url).form(&form)) },
+                |reply| {
+                    if reply.is_success() {
+                        return match serde_json::from_slice::<TokenResponse>(&reply.body) {
+                            Ok(t) if !t.access_token.is_empty() => Handled::Done(Ok((
                                 AccessToken(t.access_token.into()),
                                 t.expires_in.unwrap_or(3599),
-                            ));
-                        }
-                        Ok(_) => "token response without access_token".to_owned(),
-                        Err(e) => format!("token response does not decode: {e}"),
-                    }
-                }
-                Ok(reply) if is_transient(reply.status) => {
-                    if reply.status == 429 {
-                        self.counters.throttled(Api::Token);
-                    }
-                    if attempts <= self.policy.max_retries {
-                        let d = match server_delay(&reply) {
-                            Some(d) if d > self.policy.max_server_wait => {
-                                self.counters.failure(Api::Token);
-                                return Err(AzureError::WaitTooLong {
-                                    api: Api::Token,
-                                    asked: d,
-                                    max: self.policy.max_server_wait,
-                                });
-                            }
-                            Some(d) => d,
-                            None => self.policy.base_delay.saturating_mul(attempts),
+                            ))),
+                            Ok(_) => Handled::Retry("token response without access_token".into()),
+                            Err(e) => Handled::Retry(format!(
+                                "token response does not decode: {}",
+                                super::shorten(&e.to_string())
+                            )),
                         };
-                        self.counters.retry(Api::Token);
-                        tokio::time::sleep(d).await;
-                        continue;
                     }
-                    format!("HTTP {}", reply.status)
-                }
-                Ok(reply) => {
-                    // AADSTS errors: one clear line with code, description and correlation id; the form
-                    // we sent (with the secret) is never echoed.
-                    let mut e: TokenError = serde_json::from_slice(&reply.body).unwrap_or_default();
-                    self.counters.failure(Api::Token);
-                    let first_line =
-                        super::shorten(e.error_description.lines().next().unwrap_or("").trim());
-                    e.error = super::shorten(&e.error);
-                    e.correlation_id = super::shorten(&e.correlation_id);
-                    return Err(AzureError::Auth(format!(
-                        "token request for tenant {tenant} failed: HTTP {} {}{}{}",
-                        reply.status,
-                        if e.error.is_empty() {
-                            "(no error code)"
-                        } else {
-                            &e.error
-                        },
-                        if first_line.is_empty() {
-                            String::new()
-                        } else {
-                            format!(": {first_line}")
-                        },
-                        if e.correlation_id.is_empty() {
-                            String::new()
-                        } else {
-                            format!(" (correlation id {})", e.correlation_id)
-                        }
-                    )));
-                }
-                Err(SendError::Failed(e)) => e,
-            };
-            if attempts > self.policy.max_retries {
-                self.counters.failure(Api::Token);
-                return Err(AzureError::Exhausted {
-                    api: Api::Token,
-                    attempts,
-                    last: why,
-                });
-            }
-            self.counters.retry(Api::Token);
-            tokio::time::sleep(self.policy.base_delay.saturating_mul(attempts)).await;
+                    Handled::Done(Err(refusal(tenant, &reply)))
+                },
+            )
+            .await?;
+        if answer.is_err() {
+            self.transport.counters().failure(Api::Token);
         }
+        answer
     }
+}
+
+/// A token refusal (AADSTS errors) in one clear line with code, description and correlation id; the
+/// form we sent (with the secret) is never echoed, and the service's text is bounded and redacted.
+fn refusal(tenant: &str, reply: &super::Reply) -> AzureError {
+    let e: TokenError = serde_json::from_slice(&reply.body).unwrap_or_default();
+    let first_line = super::shorten(e.error_description.lines().next().unwrap_or("").trim());
+    let code = super::shorten(&e.error);
+    let correlation = super::shorten(&e.correlation_id);
+    AzureError::Auth(format!(
+        "token request for tenant {tenant} failed: HTTP {} {}{}{}",
+        reply.status,
+        if code.is_empty() {
+            "(no error code)"
+        } else {
+            &code
+        },
+        if first_line.is_empty() {
+            String::new()
+        } else {
+            format!(": {first_line}")
+        },
+        if correlation.is_empty() {
+            String::new()
+        } else {
+            format!(" (correlation id {correlation})")
+        }
+    ))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod auth;
 pub mod http;
+pub mod transport;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 

@@ -2,9 +2,10 @@
 //! a recorded scan inside the scan's transaction, and answers the API's and the export's queries.
 
 use super::{StoreError, corrupt, count, parse_time};
+use crate::domain::Finding;
 use crate::domain::{IdentityType, Reason, Verdict};
 use crate::lifecycle::{self, AckRefused, Observation, Resolution, State, Step, Tracked};
-use crate::scan::{Finding, ScanReport};
+use crate::report::ScanReport;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 use sqlx::{Row, Sqlite, Transaction};
@@ -680,7 +681,8 @@ impl super::Store {
 mod tests {
     use super::*;
     use crate::domain::EvidenceSource;
-    use crate::scan::{EvidenceReport, Summary, TenantReport, Trigger};
+    use crate::domain::{EvidenceReport, Summary, Trigger};
+    use crate::report::TenantReport;
     use crate::store::Store;
     use sqlx::SqlitePool;
     use std::time::Duration;
@@ -719,7 +721,6 @@ mod tests {
             .with_timezone(&Utc)
             + chrono::Duration::hours(hours);
         ScanReport {
-            work: None,
             scan_id: id.into(),
             started_at: at,
             finished_at: at,

@@ -6,8 +6,9 @@
 pub mod findings;
 pub mod staging;
 
+use crate::domain::{EvidenceReport, Finding, Summary, Trigger};
 use crate::domain::{IdentityType, Reason, Verdict};
-use crate::scan::{EvidenceReport, Finding, ScanReport, Summary, TenantReport, Trigger};
+use crate::report::{ScanReport, TenantReport};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
@@ -369,10 +370,21 @@ impl Store {
         report: &ScanReport,
         confirm_after: std::time::Duration,
     ) -> Result<findings::Recorded, StoreError> {
+        self.record_scan_from(report, None, confirm_after).await
+    }
+
+    /// [`Store::record_scan`] of a scan whose verdicts are in its working database `work` (a scan made
+    /// for this store); without one, the report's own findings are every verdict.
+    pub async fn record_scan_from(
+        &self,
+        report: &ScanReport,
+        work: Option<&staging::WorkFile>,
+        confirm_after: std::time::Duration,
+    ) -> Result<findings::Recorded, StoreError> {
         // The verdicts are read from the scan's working database; a report made without a store (tests,
         // a library caller) has its verdicts staged into one here first, in key order.
         let own;
-        let work = match &report.work {
+        let work = match work {
             Some(w) => w.path(),
             None => {
                 let (db, file) = self.open_work(&report.scan_id).await?;
@@ -718,7 +730,6 @@ mod tests {
             },
         };
         ScanReport {
-            work: None,
             scan_id: scan_id.into(),
             started_at: now,
             finished_at: now,
@@ -968,7 +979,6 @@ mod timing {
             })
             .collect();
         ScanReport {
-            work: None,
             scan_id: id.into(),
             started_at: now,
             finished_at: now,

@@ -16,10 +16,10 @@
 
 use super::{Store, StoreError, corrupt};
 use crate::arm::ArgHit;
+use crate::domain::Finding;
 use crate::domain::{
     Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ResourceId,
 };
-use crate::scan::Finding;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection};
 use std::path::{Path, PathBuf};

@@ -232,7 +232,7 @@ async fn each_kind_of_fault_is_recovered_from_when_it_passes() {
     };
     let env = TestEnv::start_with(world, cfg, TIGHT).await;
     let clean = env.scan().await;
-    let verdicts = |r: &miaudit::scan::ScanReport| {
+    let verdicts = |r: &miaudit::report::ScanReport| {
         r.findings
             .iter()
             .map(|f| (f.object_id.clone(), f.verdict, f.reason))

@@ -363,7 +363,7 @@ async fn a_second_scan_request_while_one_runs_is_409() {
     assert_eq!(second.status().as_u16(), 409);
     assert!(
         d.runner
-            .run_now(miaudit::scan::Trigger::Schedule)
+            .run_now(miaudit::domain::Trigger::Schedule)
             .await
             .is_none(),
         "the schedule would skip too"
@@ -730,7 +730,7 @@ async fn graph_delta_reads_only_what_changed_and_falls_back_to_a_full_listing() 
     let env = TestEnv::start_with(w, cfg, &format!("{FAST_RETRIES}graph_delta = true\n")).await;
     let d = env.daemon("[lifecycle]\nconfirm_after = \"0s\"\n").await;
     let graph = || env.sim.requests(Api::Graph);
-    let verdicts = |r: &miaudit::scan::ScanReport| {
+    let verdicts = |r: &miaudit::report::ScanReport| {
         let mut v: Vec<(String, &str)> = r
             .findings
             .iter()

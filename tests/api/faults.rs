@@ -8,7 +8,7 @@ use miaudit::simulator::{Fault, FaultRule, SimConfig};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-fn verdicts(r: &miaudit::scan::ScanReport) -> BTreeMap<String, (String, String)> {
+fn verdicts(r: &miaudit::report::ScanReport) -> BTreeMap<String, (String, String)> {
     r.findings
         .iter()
         .map(|f| {
@@ -295,7 +295,8 @@ async fn tenants_are_scanned_side_by_side_and_one_failing_does_not_touch_the_oth
 
 #[tokio::test]
 async fn provider_lookups_are_shared_by_concurrent_checks_and_tried_again_next_scan() {
-    use miaudit::scan::{Scanner, Trigger};
+    use miaudit::domain::Trigger;
+    use miaudit::scan::Scanner;
     use miaudit::simulator::model::SubAccess;
     let mut world = World::new(TENANT, 7);
     let sub = world.add_subscription("prod", SubAccess::Reader);

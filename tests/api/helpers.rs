@@ -1,7 +1,9 @@
 //! Shared set-up: a simulator on a random loopback port, a temporary database and config pointing at it.
 
 use miaudit::config::Settings;
-use miaudit::scan::{Finding, ScanReport, Scanner, Trigger};
+use miaudit::domain::{Finding, Trigger};
+use miaudit::report::ScanReport;
+use miaudit::scan::Scanner;
 use miaudit::simulator::model::World;
 use miaudit::simulator::{SimConfig, SimHandle};
 use std::path::PathBuf;

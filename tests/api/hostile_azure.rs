@@ -9,7 +9,7 @@
 use crate::helpers::*;
 use miaudit::azure::Api;
 use miaudit::domain::{Reason, Verdict};
-use miaudit::scan::ScanReport;
+use miaudit::report::ScanReport;
 use miaudit::simulator::hostile::{HostileWorld, NON_PROVING_404};
 use miaudit::simulator::model::{OddId, SIM_CLIENT_ID, SIM_CLIENT_SECRET, World};
 use miaudit::simulator::{

@@ -1,6 +1,7 @@
 //! Integration tests: the real library and the real binary against the simulator on loopback.
 //! One test binary (each file in tests/ would be another crate to link).
 
+mod architecture;
 mod cli;
 mod crash;
 mod cry_wolf;

@@ -1,0 +1,18 @@
+//! Plain data of the audit: managed identities as Graph lists them, the ARM resource ids their
+//! `alternativeNames` point at, and the verdicts the judge gives. No I/O here, no sqlx or reqwest types.
+//!
+//! `alternativeNames` is parsed by shape, never by position: community scripts note that the resource id
+//! does not always stand at the same index (facts sheet §1, "Response shape").
+//!
+//! - `resource`: [`ResourceId`] and its [`Scope`], parsed strictly.
+//! - `identity`: [`ManagedIdentity`] and its [`IdentityType`], from `alternativeNames`.
+//! - `verdict`: what the judge decides and every stage after it shares: [`Verdict`], [`Reason`],
+//!   [`Evidence`], [`Judgement`], [`Finding`], [`Summary`], [`Trigger`].
+
+mod identity;
+mod resource;
+mod verdict;
+
+pub use identity::*;
+pub use resource::*;
+pub use verdict::*;
