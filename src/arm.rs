@@ -5,10 +5,12 @@
 //! - Azure Resource Graph, `POST /providers/Microsoft.ResourceGraph/resources?api-version=2024-04-01`,
 //!   `resultFormat: objectArray`, `$top` 1000, paged by `$skipToken` (its presence is the continuation
 //!   signal), paced by `x-ms-user-quota-remaining` / `x-ms-user-quota-resets-after` (ARG-SPEC,
-//!   ARG paging-results, ARG-THR). Bulk and eventually consistent: it may only ever say "healthy".
-//! - An ARM `GET {resourceId}?api-version=...` of each candidate, with the api-version from the
-//!   providers API (newest non-preview, cached per namespace), or from the list a
-//!   `NoRegisteredProviderFound` message gives (facts sheet §4). This is the authoritative answer.
+//!   ARG paging-results, ARG-THR). Bulk and eventually consistent: it says "healthy", and is the second
+//!   witness of an absent identity or of a principal carried by another resource; never an orphan alone.
+//! - An ARM `GET {resourceId}?api-version=...` of each candidate, read with the newest stable version the
+//!   providers API lists (read once per namespace and scan) or that ARM's refusal of a version lists; an
+//!   identity absent from the body is read again with the newest version of any kind, previews
+//!   included (docs/azure-behaviour.md §4). This is the authoritative answer.
 
 use crate::azure::http::{AzureHttp, Call};
 use crate::azure::transport::{Handled, follow_link, parse_count};
@@ -83,7 +85,7 @@ impl ArgTable {
     }
 
     /// Policy assignments live in `policyresources`, everything else we audit in `resources`
-    /// (ARG-TABLES, facts sheet §3).
+    /// (ARG-TABLES, docs/azure-behaviour.md §3).
     pub fn for_type(full_type: &str) -> Self {
         if full_type == "microsoft.authorization/policyassignments" {
             Self::PolicyResources
@@ -321,7 +323,7 @@ fn is_the_resource(body: &Value, resource: &ResourceId) -> bool {
 }
 
 /// The versions an ARM 400 lists: "... The supported api-versions are '2015-01-01-preview, ...,
-/// 2024-10-23'." (capture in facts sheet §4; ARM API guidelines "UnsupportedApiVersionValue").
+/// 2024-10-23'." (capture in docs/azure-behaviour.md §4; ARM API guidelines "UnsupportedApiVersionValue").
 pub fn versions_in_message(message: &str) -> Vec<String> {
     let lower = message.to_ascii_lowercase();
     let Some(at) = lower.find("supported api-versions are") else {

@@ -6,13 +6,13 @@ use crate::domain::{
     Answer, Evidence, EvidenceSource, GraphRow, Judgement, ManagedIdentity, Reason, Verdict,
 };
 
-/// ARM 404 codes that prove "this resource, its group or its parent is gone" (ARCHITECTURE.md, verdict
+/// ARM 404 codes that prove "this resource, its group or its parent is gone" (README, "Verdicts"; verdict
 /// rules). An allowlist: any other 404 code (`SubscriptionNotFound`, `InvalidResourceType`,
 /// `InvalidResourceNamespace`, `NoRegisteredProviderFound`, a location, api-version or principal that is
 /// not found, a management group we may simply not see, ...) says nothing about the resource.
-/// - `ResourceNotFound`: ARM itself (ARM-ERR `error-not-found.md`; facts sheet §4, error catalogue).
+/// - `ResourceNotFound`: ARM itself (ARM-ERR `error-not-found.md`; docs/azure-behaviour.md §4, error catalogue).
 /// - `NotFound`: resource providers' own code for a missing resource, e.g. "Cannot find ServerFarm with
-///   name ..." (ARM-ERR; CLI captures in the facts sheet §4).
+///   name ..." (ARM-ERR; CLI captures in the docs/azure-behaviour.md §4).
 /// - `ParentResourceNotFound`: the parent of a nested resource (a slot's site) is gone (ARM-ERR, "Parent
 ///   resource not found").
 /// - `PolicyAssignmentNotFound`: Microsoft.Authorization for a missing policy assignment (Azure
@@ -32,7 +32,7 @@ fn is_resource_gone(code: &str) -> bool {
 
 /// The tenant that ARM says the subscription belongs to, from a 401 `InvalidAuthenticationTokenTenant`:
 /// "... It must match the tenant 'https://sts.windows.net/<B>/' associated with this subscription ..."
-/// (Azure SDK for .NET test README capture, facts sheet §4).
+/// (Azure SDK for .NET test README capture, docs/azure-behaviour.md §4).
 pub fn tenant_named_by_wrong_tenant_error(message: &str) -> Option<String> {
     let marker = "must match the tenant '";
     let start = message.find(marker)? + marker.len();

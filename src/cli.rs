@@ -1,6 +1,6 @@
 //! The command line: `miaudit [--config FILE] <command>`.
 //!
-//! Exit codes (ARCHITECTURE.md): 0 completed, 1 orphans found with `--fail-on-orphans`, 2 usage or
+//! Exit codes (README, "Commands and exit codes"): 0 completed, 1 orphans found with `--fail-on-orphans`, 2 usage or
 //! configuration error (one clear line per problem on stderr), 3 scan incomplete. An incomplete scan
 //! exits 3 even when it also found orphans: its "all clear" elsewhere cannot be trusted.
 

@@ -147,7 +147,7 @@ pub enum Cloud {
 }
 
 impl Cloud {
-    /// Authority host, Graph root and ARM root of each national cloud (G-NAT; facts sheet §6d).
+    /// Authority host, Graph root and ARM root of each national cloud (G-NAT; docs/azure-behaviour.md §6d).
     pub fn endpoints(self) -> (&'static str, &'static str, &'static str) {
         match self {
             Self::Public => (

@@ -5,7 +5,7 @@
 //!
 //! Cases per target: `MIAUDIT_FUZZ_CASES` (default 2,000, what CI runs); the long run is
 //! `MIAUDIT_FUZZ_CASES=150000 cargo test --release --lib fuzz` (7 targets, 1.05 million cases).
-//! Seeds include Microsoft's documented shapes (facts sheet captures), mutated.
+//! Seeds include Microsoft's documented shapes (docs/azure-behaviour.md captures), mutated.
 #![cfg(test)]
 
 use crate::arm::{principal_of, versions_in_message};

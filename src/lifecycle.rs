@@ -14,7 +14,7 @@
 //!   resolved ── orphaned again ──> suspected (new episode: ticket, note, resolution cleared)
 //! ```
 //!
-//! Evidence decides, per source (ARCHITECTURE.md): `identity_removed` needs that tenant's inventory to
+//! Evidence decides, per source (README, "Finding lifecycle"): `identity_removed` needs that tenant's inventory to
 //! be complete in that scan; `resource_restored` and confirmation need an authoritative verdict of that
 //! identity in that scan. An unknown verdict (a failed check included) never resolves or confirms; an
 //! identity never seen orphaned that is judged unknown is `unverified`.

@@ -1,5 +1,5 @@
 //! The report of a scan (`ScanReport`, one `TenantReport` per tenant) and its rendering for the CLI: JSON
-//! (the schema promised in ARCHITECTURE.md) or a table for a terminal: the summary, then non-healthy
+//! (the schema in README, "JSON report") or a table for a terminal: the summary, then non-healthy
 //! identities grouped by verdict.
 //!
 //! An incomplete scan never reads as an all-clear: the table says so at the top and in place of the

@@ -1,10 +1,10 @@
 //! Token credentials. This version speaks the client-credentials grant with a client secret
 //! (`POST {authority}/{tenant}/oauth2/v2.0/token`, form-encoded, one scope per request: CC doc,
-//! facts sheet §6a), caches one token per (tenant, scope) until shortly before `expires_in`, and is
+//! docs/azure-behaviour.md §6a), caches one token per (tenant, scope) until shortly before `expires_in`, and is
 //! told by the HTTP policy to drop a token that ARM or Graph rejected.
 //!
 //! Written over reqwest rather than with `azure_identity`: that crate rejects non-https authority hosts
-//! and hard-codes the IMDS address, so it cannot be pointed at the simulator (facts sheet §8).
+//! and hard-codes the IMDS address, so it cannot be pointed at the simulator (docs/azure-behaviour.md §8).
 
 use super::transport::{Handled, Transport};
 use super::{Api, AzureError};
@@ -71,7 +71,7 @@ pub struct TokenProvider {
 #[derive(serde::Deserialize)]
 struct TokenResponse {
     access_token: String,
-    /// Seconds; Entra sends a number, some endpoints a string (IMDS, facts sheet §6b).
+    /// Seconds; Entra sends a number, some endpoints a string (IMDS, docs/azure-behaviour.md §6b).
     #[serde(default, deserialize_with = "lifetime")]
     expires_in: Option<u64>,
 }

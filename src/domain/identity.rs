@@ -1,12 +1,12 @@
 //! Managed identities as Graph lists them, with `alternativeNames` parsed by shape, never by position:
-//! community scripts note that the resource id does not always stand at the same index (facts sheet §1,
+//! community scripts note that the resource id does not always stand at the same index (docs/azure-behaviour.md §1,
 //! "Response shape").
 
 use super::ResourceId;
 use serde::{Deserialize, Serialize};
 
 /// Whether a managed identity is user-assigned (`isExplicit=True`) or system-assigned (`isExplicit=False`
-/// or no marker at all), per the subscription-transfer doc's criteria (facts sheet §1).
+/// or no marker at all), per the subscription-transfer doc's criteria (docs/azure-behaviour.md §1).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdentityType {

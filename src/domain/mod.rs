@@ -2,7 +2,7 @@
 //! `alternativeNames` point at, and the verdicts the judge gives. No I/O here, no sqlx or reqwest types.
 //!
 //! `alternativeNames` is parsed by shape, never by position: community scripts note that the resource id
-//! does not always stand at the same index (facts sheet §1, "Response shape").
+//! does not always stand at the same index (docs/azure-behaviour.md §1, "Response shape").
 //!
 //! - `resource`: [`ResourceId`] and its [`Scope`], parsed strictly.
 //! - `identity`: [`ManagedIdentity`] and its [`IdentityType`], from `alternativeNames`.

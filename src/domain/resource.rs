@@ -15,7 +15,7 @@ pub enum Scope {
 }
 
 /// A parsed ARM resource id. Keeps the original text (support tickets quote it verbatim) and compares
-/// case-insensitively, as ARM treats ids (RPC "Case Insensitivity for Requests"; facts sheet §3 casing).
+/// case-insensitively, as ARM treats ids (RPC "Case Insensitivity for Requests"; docs/azure-behaviour.md §3 casing).
 /// Only the text and the offset of the resource's provider namespace are stored; the parts are read
 /// from the text on demand (at 100k identities, owned copies of every part cost ~40 MB).
 #[derive(Debug, Clone)]

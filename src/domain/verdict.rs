@@ -30,7 +30,7 @@ impl Verdict {
     }
 }
 
-/// Reason codes of ARCHITECTURE.md's verdict rules.
+/// Reason codes of the verdict rules (README, "Verdicts").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {

@@ -20,16 +20,16 @@ use std::collections::HashMap;
 /// ARM 404 error codes that say nothing about the requested resource itself, with the message ARM or
 /// the resource provider sends. Which of them really come with 404:
 ///
-/// - `SubscriptionNotFound`: 404 (live capture, facts sheet §4; Storage RP common error codes,
+/// - `SubscriptionNotFound`: 404 (live capture, docs/azure-behaviour.md §4; Storage RP common error codes,
 ///   learn.microsoft.com `rest/api/storagerp/srp_error_codes_common`: "Not Found (404) The subscription
 ///   specified is not found").
 /// - `SubscriptionStateForbidden`: 404, "The subscription is not ready for storage account operations"
 ///   (same Storage RP page).
 /// - `InvalidResourceNamespace`: 404 (Grafana's Azure Monitor test fixture of an ARM answer, index id
 ///   91879878; the simulator's own providers API answers it so too).
-/// - `InvalidResourceType`: 404 (azure-sdk-for-net README capture, facts sheet §4).
+/// - `InvalidResourceType`: 404 (azure-sdk-for-net README capture, docs/azure-behaviour.md §4).
 /// - `NoRegisteredProviderFound`: documented with **400** (Data Factory troubleshooting capture with
-///   ARM's headers, index id 962425353; facts sheet §4); a 404 with it is what a gateway or an RP that
+///   ARM's headers, index id 962425353; docs/azure-behaviour.md §4); a 404 with it is what a gateway or an RP that
 ///   maps errors differently would send (**unconfirmed** as 404).
 /// - `InvalidApiVersionParameter` (the api-version kind of not-found): captured with **400** (index ids
 ///   42478131843, 69235348456); as a 404 **unconfirmed**.

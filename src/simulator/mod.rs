@@ -2,7 +2,7 @@
 //! endpoint, Microsoft Graph `servicePrincipals`, ARM (`/subscriptions`, providers, resource GETs) and
 //! Azure Resource Graph. Used by the tests, `miaudit demo` and benchmarks.
 //!
-//! Built from Microsoft's documentation (sources beside each handler and in the facts sheet), not from
+//! Built from Microsoft's documentation (sources beside each handler and in docs/azure-behaviour.md), not from
 //! what miaudit sends: it validates parameters as the services do, pages as they page, answers errors
 //! with their status codes and bodies, and sends their request-id and quota headers.
 
@@ -147,7 +147,7 @@ pub enum Fault {
     ArmNotFound { code: String },
     /// 429 carrying `header: value` (and no other wait hint): `Retry-After` (RFC 9110 §10.2.3:
     /// HTTP-date or non-negative delay-seconds), `retry-after-ms` / `x-ms-retry-after-ms` (honoured by
-    /// the Azure SDKs, facts sheet §8), Resource Graph's `x-ms-user-quota-resets-after` (`hh:mm:ss`,
+    /// the Azure SDKs, docs/azure-behaviour.md §8), Resource Graph's `x-ms-user-quota-resets-after` (`hh:mm:ss`,
     /// ARG-THR) with extreme or malformed values.
     ThrottleHeader { header: String, value: String },
     /// The real answer with `header: value` set: Resource Graph's `x-ms-user-quota-remaining` /
@@ -155,7 +155,7 @@ pub enum Fault {
     /// (ARM-THR) with extreme or malformed values.
     QuotaHeader { header: String, value: String },
     /// The real token answer with `expires_in` replaced by this JSON value (Entra sends a number, CC doc;
-    /// IMDS a string, facts sheet §6b).
+    /// IMDS a string, docs/azure-behaviour.md §6b).
     TokenExpiresIn(Value),
     /// A Graph `@odata.nextLink` or an ARM subscription list `nextLink` pointing away from the service.
     ForeignNextLink(LinkTo),
@@ -1312,7 +1312,7 @@ fn subscription_gate(
             "SubscriptionNotFound",
             &format!("The subscription '{sub_id}' could not be found."),
         )),
-        // TRANSFER / .NET SDK capture (facts sheet §4).
+        // TRANSFER / .NET SDK capture (docs/azure-behaviour.md §4).
         SubAccess::Transferred { to_tenant } => Some(arm_error(
             headers,
             401,
@@ -1772,7 +1772,7 @@ fn resource_get(
         }
     }
     let name = p.name().unwrap_or("");
-    // Resource providers use their own not-found codes (ARM-ERR; captures in the facts sheet §4).
+    // Resource providers use their own not-found codes (ARM-ERR; captures in the docs/azure-behaviour.md §4).
     let (code, message) = if p
         .namespace()
         .eq_ignore_ascii_case("Microsoft.Authorization")

@@ -2,7 +2,7 @@
 //! resources ARM knows, who may read what, and what Resource Graph has indexed. Tests build worlds
 //! scenario by scenario; [`World::generate`] builds a realistic seeded tenant.
 //!
-//! Shapes follow the documented ones: service principals as G-SP / the captures in the facts sheet §1
+//! Shapes follow the documented ones: service principals as G-SP / the captures in the docs/azure-behaviour.md §1
 //! (`alternativeNames` = `isExplicit=...` + the resource id, resource-group segment often lower-case);
 //! resources as ARM returns them (`identity.principalId` for system-assigned, user-assigned identity
 //! resources with `properties.principalId`, MSI-SPEC).
@@ -154,7 +154,7 @@ impl SimResource {
 
     /// The Resource Graph row (ARG-SPEC example shape: lower-case `type`, `resourceGroup`). Resource
     /// Graph reads resources with the newest non-preview api-version of their provider (ARG overview,
-    /// facts sheet §3): `stable_version` is that version, which decides whether `identity` shows.
+    /// docs/azure-behaviour.md §3): `stable_version` is that version, which decides whether `identity` shows.
     pub fn arg_row(&self, tenant: &str, stable_version: Option<&str>) -> Value {
         let mut v = self.body_at(tenant, stable_version);
         let segs: Vec<&str> = self.id.split('/').collect();
@@ -328,7 +328,7 @@ pub fn default_providers() -> BTreeMap<String, Vec<(String, Vec<String>)>> {
 /// that exists. Microsoft documents no such ids; they are what a client must survive: a parser that
 /// normalises `.`/`..`/`//` or decodes escapes lands on *some* resource (or on a collection), and one
 /// that percent-encodes `?`/`#` asks ARM for a name that does not exist. The right verdict for all of
-/// them is unknown / `unrecognized_alternative_names` (ARCHITECTURE.md verdict rules).
+/// them is unknown / `unrecognized_alternative_names` (README, "Verdicts").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum OddId {
     /// `/subscriptions/s/resourcegroups/rg/./providers/...`
@@ -624,7 +624,7 @@ impl World {
                 identity_since: None,
             },
         );
-        // UAMI principalId = SP id, clientId = SP appId, name = displayName (facts sheet §1).
+        // UAMI principalId = SP id, clientId = SP appId, name = displayName (docs/azure-behaviour.md §1).
         self.principals.push(SimPrincipal {
             id: principal.clone(),
             app_id: client,

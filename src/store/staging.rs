@@ -1,4 +1,4 @@
-//! Staging: the working rows of a scan in progress (migration 0006). The scan writes each Graph page and
+//! Staging: the working rows of a scan in progress (its schema: migrations/work/). The scan writes each Graph page and
 //! each Resource Graph page here as it arrives and reads identities back in key-ordered chunks, so its
 //! memory does not grow with the tenant. Recording reads `scan_results` into `scan_verdicts` and the
 //! findings.

@@ -1,4 +1,4 @@
-//! The module graph stays a DAG (ARCHITECTURE.md: imports point down the pipeline, never back up).
+//! The module graph stays a DAG (README, "How a scan works": imports point down the pipeline, never back up).
 //!
 //! Reads `src/` as text: every `crate::a::…` and `super::…` path outside test code is an edge from the
 //! module of the file to the module it names. Two levels are checked: top-level modules (`scan`,
