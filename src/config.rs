@@ -527,18 +527,32 @@ pub fn process_env() -> Env {
 impl Settings {
     /// Loads the file (if any) and the environment. A missing `path` means built-in defaults.
     pub fn load(path: Option<&Path>, env: &Env) -> Result<Self, ConfigError> {
-        let mut root = match path {
-            None => toml::Table::new(),
+        match path {
+            None => Self::from_table(toml::Table::new(), env),
             Some(p) => {
                 let text = std::fs::read_to_string(p)
                     .map_err(|e| ConfigError(vec![format!("config file {}: {e}", p.display())]))?;
-                text.parse::<toml::Table>().map_err(|e| {
-                    let mut secrets = env_secrets(env);
-                    secrets.extend(secrets_in_text(&text));
-                    ConfigError(scrub(vec![syntax_error(p, &text, &e)], &secrets))
-                })?
+                Self::parse(&text, p, env)
             }
-        };
+        }
+    }
+
+    /// Settings from configuration text held in memory (the demo and tests build theirs so), with the
+    /// environment's overrides, checked as a file would be.
+    pub fn from_toml_str(text: &str, env: &Env) -> Result<Self, ConfigError> {
+        Self::parse(text, Path::new("<configuration>"), env)
+    }
+
+    fn parse(text: &str, origin: &Path, env: &Env) -> Result<Self, ConfigError> {
+        let root = text.parse::<toml::Table>().map_err(|e| {
+            let mut secrets = env_secrets(env);
+            secrets.extend(secrets_in_text(text));
+            ConfigError(scrub(vec![syntax_error(origin, text, &e)], &secrets))
+        })?;
+        Self::from_table(root, env)
+    }
+
+    fn from_table(mut root: toml::Table, env: &Env) -> Result<Self, ConfigError> {
         // Every secret value configured, to scrub out of whatever a message below echoes.
         let mut secrets = env_secrets(env);
         for (section, key) in SECRET_KEYS {
@@ -1129,6 +1143,18 @@ mod tests {
             assert!(!msg.contains(secret), "{msg}");
             assert!(!err.to_string().contains(secret));
         }
+    }
+
+    #[test]
+    fn settings_from_text_in_memory_are_checked_like_a_file() {
+        let s = Settings::from_toml_str(
+            "[[tenants]]\nid = \"00000000-0000-0000-0000-0000000000aa\"\n[scan]\nconcurrency = 3\n",
+            &env(&[]),
+        )
+        .expect("valid");
+        assert_eq!(s.scan.concurrency, 3);
+        let e = Settings::from_toml_str("[scan]\nconcurency = 3\n", &env(&[])).expect_err("typo");
+        assert!(e.to_string().contains("scan.concurency"), "{e}");
     }
 
     #[test]
