@@ -5,7 +5,7 @@
 //! Read against an explicit schema rather than straight into serde structs, so that *every* problem
 //! (unknown key, wrong type, bad value) is reported at once, one line each naming the key.
 
-use crate::azure::auth::Secret;
+use secrecy::ExposeSecret;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
@@ -18,6 +18,28 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]
 pub struct ConfigError(pub Vec<String>);
+
+/// A configured secret (client secret, API token): a `secrecy::SecretString`, zeroed in memory when
+/// dropped and never printed (its `Debug` says `Secret(<redacted>)`). `expose` is the one way to read it,
+/// at the one place that sends it.
+#[derive(Clone)]
+pub struct Secret(secrecy::SecretString);
+
+impl Secret {
+    pub fn new(s: String) -> Self {
+        Self(s.into())
+    }
+
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
 
 /// The keys whose values are secrets.
 const SECRET_KEYS: &[(&str, &str)] = &[("auth", "client_secret"), ("http", "api_token")];
@@ -1143,6 +1165,13 @@ mod tests {
             assert!(!msg.contains(secret), "{msg}");
             assert!(!err.to_string().contains(secret));
         }
+    }
+
+    #[test]
+    fn secrets_never_print() {
+        let s = Secret::new("hunter2".into());
+        assert!(!format!("{s:?}").contains("hunter2"));
+        assert_eq!(s.expose(), "hunter2");
     }
 
     #[test]

@@ -53,7 +53,7 @@ pub struct Scanner {
     policy: RetryPolicy,
     authority_host: String,
     client_id: String,
-    secret: crate::azure::auth::Secret,
+    secret: crate::config::Secret,
     graph_endpoint: String,
     arm_endpoint: String,
     graph_scope: String,

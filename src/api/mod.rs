@@ -9,7 +9,7 @@
 
 mod routes;
 
-use crate::azure::auth::Secret;
+use crate::config::Secret;
 use crate::metrics::Metrics;
 use crate::scheduler::ScanRunner;
 use crate::store::Store;
