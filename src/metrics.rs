@@ -2,7 +2,7 @@
 //! the text exposition format 0.0.4. Labels are bounded: tenant ids from configuration, verdicts,
 //! states, API names, status classes, outcomes. No per-identity label, ever.
 
-use crate::azure::{Api, Counters, STATUS_CLASSES};
+use crate::azure::{Api, Counters, ErrorKind, STATUS_CLASSES};
 use crate::domain::Verdict;
 use crate::lifecycle::State;
 use parking_lot::Mutex;
@@ -15,7 +15,7 @@ use prometheus::{
 pub const SCAN_OUTCOMES: [&str; 5] = ["completed", "incomplete", "failed", "timeout", "cancelled"];
 
 /// Per API: answers per status class, and 429s, as last exported.
-type Exported = ([[u64; 5]; 4], [u64; 4]);
+type Exported = ([[u64; 5]; 4], [u64; 4], [[u64; 6]; 4]);
 
 #[derive(Clone)]
 pub struct Metrics {
@@ -29,6 +29,7 @@ pub struct Metrics {
     pub scans_skipped: IntCounter,
     pub azure_requests: IntCounterVec,
     pub azure_throttled: IntCounterVec,
+    pub azure_failures: IntCounterVec,
     pub azure_quota: IntGaugeVec,
     pub store_errors: IntCounter,
     pub build_info: IntGaugeVec,
@@ -112,6 +113,11 @@ impl Metrics {
                 "HTTP 429 answers from Azure APIs.",
                 &["api"],
             ),
+            azure_failures: counter_vec(
+                "miaudit_azure_failures_total",
+                "Azure calls that gave no usable answer, by API and kind (throttled, transient, denied, not_found, malformed, storage).",
+                &["api", "kind"],
+            ),
             azure_quota: gauge_vec(
                 "miaudit_azure_quota_remaining",
                 "Last remaining request quota an Azure API announced (Resource Graph user quota, ARM reads).",
@@ -153,6 +159,10 @@ impl Metrics {
         }
         for api in Api::ALL {
             m.azure_throttled.with_label_values(&[api.as_str()]);
+            for k in ErrorKind::ALL {
+                m.azure_failures
+                    .with_label_values(&[api.as_str(), k.as_str()]);
+            }
             for c in STATUS_CLASSES {
                 m.azure_requests.with_label_values(&[api.as_str(), c]);
             }
@@ -183,6 +193,15 @@ impl Metrics {
                     .inc_by(delta);
             }
             seen.1[i] = throttled;
+            for (k, now) in counters.failures_by_kind(api).iter().enumerate() {
+                let delta = now.saturating_sub(seen.2[i][k]);
+                if delta > 0 {
+                    self.azure_failures
+                        .with_label_values(&[api.as_str(), ErrorKind::ALL[k].as_str()])
+                        .inc_by(delta);
+                }
+                seen.2[i][k] = *now;
+            }
             if let Some(q) = counters.last_quota(api) {
                 self.azure_quota.with_label_values(&[api.as_str()]).set(q);
             }
@@ -250,6 +269,7 @@ mod tests {
         c.answered(Api::Graph, Some(200));
         c.answered(Api::Graph, Some(429));
         c.throttled(Api::Graph);
+        c.failure(Api::Arm, ErrorKind::Malformed);
         m.sync_azure(&c);
         m.sync_azure(&c);
         c.answered(Api::Graph, None);
@@ -264,5 +284,7 @@ mod tests {
             text.contains(r#"miaudit_azure_requests_total{api="graph",status_class="error"} 1"#)
         );
         assert!(text.contains(r#"miaudit_azure_throttled_total{api="graph"} 1"#));
+        assert!(text.contains(r#"miaudit_azure_failures_total{api="arm",kind="malformed"} 1"#));
+        assert!(text.contains(r#"miaudit_azure_failures_total{api="arm",kind="throttled"} 0"#));
     }
 }

@@ -192,7 +192,9 @@ impl TokenProvider {
             )
             .await?;
         if answer.is_err() {
-            self.transport.counters().failure(Api::Token);
+            self.transport
+                .counters()
+                .failure(Api::Token, super::ErrorKind::Denied);
         }
         answer
     }

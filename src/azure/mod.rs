@@ -41,6 +41,61 @@ impl std::fmt::Display for Api {
     }
 }
 
+/// What kind of failure an Azure call ended in: what callers and the metrics act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// 429s until retries ran out, or a requested wait longer than allowed.
+    Throttled,
+    /// 5xx, timeouts, connections that failed, until retries ran out.
+    Transient,
+    /// 401/403, a token refused.
+    Denied,
+    /// 404/410.
+    NotFound,
+    /// An answer that is not what the API documents: a body that does not decode, too large, a paging
+    /// link elsewhere, a redirect, another status.
+    Malformed,
+    /// The scan's own working database failed (not Azure).
+    Storage,
+}
+
+impl ErrorKind {
+    pub const ALL: [ErrorKind; 6] = [
+        ErrorKind::Throttled,
+        ErrorKind::Transient,
+        ErrorKind::Denied,
+        ErrorKind::NotFound,
+        ErrorKind::Malformed,
+        ErrorKind::Storage,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttled => "throttled",
+            Self::Transient => "transient",
+            Self::Denied => "denied",
+            Self::NotFound => "not_found",
+            Self::Malformed => "malformed",
+            Self::Storage => "storage",
+        }
+    }
+
+    /// The kind of a final status.
+    pub fn of_status(status: u16) -> Self {
+        match status {
+            429 => Self::Throttled,
+            500..=599 => Self::Transient,
+            401 | 403 => Self::Denied,
+            404 | 410 => Self::NotFound,
+            _ => Self::Malformed,
+        }
+    }
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
 /// Errors of Azure calls that callers act on.
 #[derive(Debug, thiserror::Error)]
 pub enum AzureError {
@@ -50,6 +105,8 @@ pub enum AzureError {
         api: Api,
         attempts: u32,
         last: String,
+        /// What the last attempt met.
+        kind: ErrorKind,
     },
     /// The token endpoint refused the credentials; the message names the AADSTS code, never the secret.
     #[error("{0}")]
@@ -91,6 +148,22 @@ pub enum AzureError {
     /// The page could not be staged (the scan's working rows in the database).
     #[error("the scan's working rows could not be written: {0}")]
     Staging(String),
+}
+
+impl AzureError {
+    /// What kind of failure this is (metrics label it so; callers decide by it).
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::Exhausted { kind, .. } => *kind,
+            Self::Auth(_) => ErrorKind::Denied,
+            Self::Status { status, .. } => ErrorKind::of_status(*status),
+            Self::Decode { .. } | Self::ForeignLink { .. } | Self::TooLarge { .. } => {
+                ErrorKind::Malformed
+            }
+            Self::WaitTooLong { .. } => ErrorKind::Throttled,
+            Self::Staging(_) => ErrorKind::Storage,
+        }
+    }
 }
 
 /// At most 200 characters of text from a service, for an error message, with anything that looks like
@@ -276,6 +349,8 @@ pub struct Counters {
     throttled: [AtomicU64; 4],
     retries: [AtomicU64; 4],
     failures: [AtomicU64; 4],
+    /// Failed calls per API and [`ErrorKind`].
+    failure_kinds: [[AtomicU64; 6]; 4],
     by_class: [[AtomicU64; 5]; 4],
     /// Last quota remaining seen (`x-ms-user-quota-remaining`, `x-ms-ratelimit-remaining-*-reads`);
     /// `i64::MIN` when none was seen.
@@ -291,6 +366,7 @@ impl Default for Counters {
             throttled: Default::default(),
             retries: Default::default(),
             failures: Default::default(),
+            failure_kinds: Default::default(),
             by_class: Default::default(),
             quota: std::array::from_fn(|_| std::sync::atomic::AtomicI64::new(i64::MIN)),
             parent: None,
@@ -367,11 +443,17 @@ impl Counters {
             p.retry(api);
         }
     }
-    pub(crate) fn failure(&self, api: Api) {
+    pub(crate) fn failure(&self, api: Api, kind: ErrorKind) {
         self.failures[api.index()].fetch_add(1, Ordering::Relaxed);
+        self.failure_kinds[api.index()][kind.index()].fetch_add(1, Ordering::Relaxed);
         if let Some(p) = &self.parent {
-            p.failure(api);
+            p.failure(api, kind);
         }
+    }
+
+    /// Failed calls of `api` per [`ErrorKind`] (in the order of [`ErrorKind::ALL`]).
+    pub fn failures_by_kind(&self, api: Api) -> [u64; 6] {
+        std::array::from_fn(|k| self.failure_kinds[api.index()][k].load(Ordering::Relaxed))
     }
 
     pub fn get(&self, api: Api) -> ApiCounts {
@@ -395,6 +477,34 @@ impl Counters {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_error_has_a_kind() {
+        let status = |status| AzureError::Status {
+            api: Api::Arm,
+            status,
+            code: String::new(),
+            message: String::new(),
+        };
+        assert_eq!(status(403).kind(), ErrorKind::Denied);
+        assert_eq!(status(404).kind(), ErrorKind::NotFound);
+        assert_eq!(status(429).kind(), ErrorKind::Throttled);
+        assert_eq!(status(503).kind(), ErrorKind::Transient);
+        assert_eq!(status(307).kind(), ErrorKind::Malformed);
+        assert_eq!(AzureError::Auth("x".into()).kind(), ErrorKind::Denied);
+        assert_eq!(
+            AzureError::TooLarge {
+                api: Api::Graph,
+                limit: 1
+            }
+            .kind(),
+            ErrorKind::Malformed
+        );
+        assert_eq!(
+            AzureError::Staging("disk full".into()).kind(),
+            ErrorKind::Storage
+        );
+    }
 
     #[test]
     fn endless_empty_pages_are_given_up() {

@@ -10,7 +10,7 @@
 //! backoff without it), Graph best practices (G-BP: 503 like 429, fresh `client-request-id`), ARM
 //! throttling (ARM-THR: 429 + `Retry-After` seconds), Resource Graph throttling (ARG-THR: quota headers).
 
-use super::{Api, AzureError, Counters, Reply};
+use super::{Api, AzureError, Counters, ErrorKind, Reply};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -225,12 +225,13 @@ impl Transport {
             self.counters.request(api);
             self.counters
                 .answered(api, outcome.as_ref().ok().map(|r| r.status));
-            let failure = match outcome {
+            let (failure, last_kind) = match outcome {
                 Err(SendError::TooLarge(limit)) => {
-                    self.counters.failure(api);
+                    self.counters.failure(api, ErrorKind::Malformed);
                     return Err(AzureError::TooLarge { api, limit });
                 }
-                Err(SendError::Failed(e)) => e,
+                // What the failed attempt met: the kind of the error if retries run out.
+                Err(SendError::Failed(e)) => (e, ErrorKind::Transient),
                 Ok(reply) => {
                     if let Some(q) = quota_remaining(&reply) {
                         self.counters.quota_remaining(api, q);
@@ -241,16 +242,18 @@ impl Transport {
                     if is_transient(reply.status) {
                         let why = format!("HTTP {}", reply.status);
                         if attempts > self.policy.max_retries {
-                            self.counters.failure(api);
+                            let kind = ErrorKind::of_status(reply.status);
+                            self.counters.failure(api, kind);
                             return Err(AzureError::Exhausted {
                                 api,
                                 attempts,
                                 last: why,
+                                kind,
                             });
                         }
                         let delay = match server_delay(&reply) {
                             Some(d) if d > self.policy.max_server_wait => {
-                                self.counters.failure(api);
+                                self.counters.failure(api, ErrorKind::Throttled);
                                 return Err(AzureError::WaitTooLong {
                                     api,
                                     asked: d,
@@ -271,16 +274,17 @@ impl Transport {
                             attempts -= 1;
                             continue;
                         }
-                        Handled::Retry(why) => why,
+                        Handled::Retry(why) => (why, ErrorKind::Malformed),
                     }
                 }
             };
             if attempts > self.policy.max_retries {
-                self.counters.failure(api);
+                self.counters.failure(api, last_kind);
                 return Err(AzureError::Exhausted {
                     api,
                     attempts,
                     last: failure,
+                    kind: last_kind,
                 });
             }
             tracing::debug!(api = %api, error = %failure, "attempt failed, retrying");
