@@ -1,0 +1,383 @@
+//! Loading configuration: every problem at once, secrets never printed, overrides and defaults.
+
+use super::*;
+use std::io::Write;
+
+fn file(text: &str) -> tempfile::NamedTempFile {
+    let mut f = tempfile::NamedTempFile::new().expect("temp file");
+    f.write_all(text.as_bytes()).expect("write");
+    f
+}
+
+fn env(pairs: &[(&str, &str)]) -> Env {
+    pairs
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect()
+}
+
+#[test]
+fn durations_parse() {
+    assert_eq!(parse_duration("0s"), Some(Duration::ZERO));
+    assert_eq!(parse_duration("30m"), Some(Duration::from_secs(1800)));
+    assert_eq!(parse_duration("2h"), Some(Duration::from_secs(7200)));
+    assert_eq!(parse_duration("1h30m"), Some(Duration::from_secs(5400)));
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    for bad in ["", "2", "h", "2x", "-1s", "1.5h"] {
+        assert_eq!(parse_duration(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn defaults_follow_the_public_cloud() {
+    let s = Settings::load(None, &Env::new()).expect("defaults are valid");
+    assert_eq!(s.azure.graph_endpoint, "https://graph.microsoft.com");
+    assert_eq!(s.azure.arm_scope, "https://management.azure.com/.default");
+    assert_eq!(s.lifecycle.confirm_after, Duration::from_secs(7200));
+    assert!(s.check_scan_ready().is_err());
+}
+
+#[test]
+fn endpoint_overrides_keep_cloud_scopes() {
+    let f = file("[azure]\ncloud = \"usgovernment\"\ngraph_endpoint = \"http://127.0.0.1:8080\"\n");
+    let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+    assert_eq!(s.azure.graph_endpoint, "http://127.0.0.1:8080");
+    assert_eq!(s.azure.graph_scope, "https://graph.microsoft.us/.default");
+    assert_eq!(s.azure.authority_host, "https://login.microsoftonline.us");
+}
+
+#[test]
+fn every_problem_is_reported_at_once_naming_the_key() {
+    let f = file(
+        "[azure]\ncloud = \"mars\"\narm_endpoint = \"http://example.com\"\nbogus = 1\n[scan]\nconcurrency = 0\n[lifecycle]\nconfirm_after = \"soon\"\n[extra]\nx = 1\n",
+    );
+    let err =
+        Settings::load(Some(f.path()), &env(&[("MIAUDIT_HTTP__NOPE", "1")])).expect_err("invalid");
+    let text = err.0.join("\n");
+    for key in [
+        "azure.cloud",
+        "azure.arm_endpoint",
+        "azure.bogus",
+        "scan.concurrency",
+        "lifecycle.confirm_after",
+        "extra",
+        "MIAUDIT_HTTP__NOPE",
+    ] {
+        assert!(text.contains(key), "{key} missing from:\n{text}");
+    }
+    assert_eq!(err.0.len(), 7, "{text}");
+}
+
+#[test]
+fn environment_overrides_the_file_and_sdk_variables_fill_gaps() {
+    let f = file("[database]\nurl = \"sqlite://a.db\"\n[auth]\nclient_id = \"from-file\"\n");
+    let s = Settings::load(
+        Some(f.path()),
+        &env(&[
+            ("MIAUDIT_DATABASE__URL", "sqlite://b.db"),
+            ("MIAUDIT_SCHEDULE__SCAN_ON_START", "false"),
+            ("AZURE_CLIENT_ID", "from-env"),
+            ("AZURE_CLIENT_SECRET", "s3cret"),
+            ("AZURE_TENANT_ID", "00000000-0000-0000-0000-0000000000aa"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(s.database.url, "sqlite://b.db");
+    assert!(!s.schedule.scan_on_start);
+    assert_eq!(s.auth.client_id.as_deref(), Some("from-file"));
+    assert_eq!(s.tenants[0].id, "00000000-0000-0000-0000-0000000000aa");
+    assert!(s.check_scan_ready().is_ok());
+    assert!(!format!("{s:?}").contains("s3cret"));
+}
+
+#[test]
+fn secret_file_is_read_and_trimmed() {
+    let secret = file("abc\n");
+    let f = file(&format!(
+        "[auth]\nclient_secret_file = {:?}\n",
+        secret.path().display().to_string()
+    ));
+    let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+    assert_eq!(
+        s.auth.client_secret.as_ref().map(Secret::expose),
+        Some("abc")
+    );
+}
+
+#[test]
+fn unimplemented_auth_methods_are_refused() {
+    let f = file("[auth]\nmethod = \"managed_identity\"\n");
+    let err = Settings::load(Some(f.path()), &Env::new()).expect_err("refused");
+    assert!(err.0[0].starts_with("auth.method"));
+}
+
+#[test]
+fn a_tenant_listed_twice_is_an_error_naming_both_positions() {
+    let f = file(
+        "[[tenants]]\nid = \"72f988bf-86f1-41af-91ab-2d7cd011db47\"\n\
+         [[tenants]]\nid = \"contoso.onmicrosoft.com\"\n\
+         [[tenants]]\nid = \" 72F988BF-86F1-41AF-91AB-2D7CD011DB47 \"\nname = \"again\"\n",
+    );
+    let err = Settings::load(Some(f.path()), &Env::new()).expect_err("duplicate");
+    assert_eq!(err.0.len(), 1, "{:?}", err.0);
+    let line = &err.0[0];
+    assert!(
+        line.starts_with("tenants[2].id:")
+            && line.contains("tenants[0].id")
+            && line.contains("72f988bf-86f1-41af-91ab-2d7cd011db47"),
+        "{line}"
+    );
+    // Distinct tenants pass, with ids trimmed and lower-cased.
+    let f = file(
+        "[[tenants]]\nid = \" 72F988BF-86F1-41AF-91AB-2D7CD011DB47\"\n[[tenants]]\nid = \"Contoso.onmicrosoft.com\"\n",
+    );
+    let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+    assert_eq!(
+        s.tenant_ids(),
+        [
+            "72f988bf-86f1-41af-91ab-2d7cd011db47",
+            "contoso.onmicrosoft.com"
+        ]
+    );
+}
+
+#[test]
+fn azure_tenant_id_fills_in_only_an_empty_list_so_it_never_duplicates() {
+    let id = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+    let f = file(&format!("[[tenants]]\nid = \"{id}\"\n"));
+    let s = Settings::load(
+        Some(f.path()),
+        &env(&[("AZURE_TENANT_ID", &id.to_ascii_uppercase())]),
+    )
+    .expect("valid");
+    assert_eq!(s.tenant_ids(), [id]);
+    let s = Settings::load(None, &env(&[("AZURE_TENANT_ID", &id.to_ascii_uppercase())]))
+        .expect("valid");
+    assert_eq!(s.tenant_ids(), [id]);
+}
+
+#[test]
+fn a_syntax_error_on_a_secret_line_gives_line_and_column_but_never_the_line() {
+    for (text, secret, line) in [
+        // An unterminated string: the error is on the secret's own line.
+        (
+            "[auth]\nclient_id = \"c\"\nclient_secret = \"Sup3r-S3cret-Value\n",
+            "Sup3r-S3cret-Value",
+            3,
+        ),
+        // A bare (unquoted) value.
+        (
+            "[http]\napi_token = t0ken-without-quotes\n",
+            "t0ken-without-quotes",
+            2,
+        ),
+        // Dotted key at the top level, a stray character after the value.
+        (
+            "auth.client_secret = \"dotted-s3cret\" x\n",
+            "dotted-s3cret",
+            1,
+        ),
+    ] {
+        let f = file(text);
+        let err = Settings::load(Some(f.path()), &Env::new()).expect_err("syntax error");
+        assert_eq!(err.0.len(), 1, "{:?}", err.0);
+        let msg = &err.0[0];
+        assert!(
+            msg.contains(&format!("line {line}, column")),
+            "{msg} (for {text:?})"
+        );
+        assert!(!msg.contains(secret), "{msg}");
+        assert!(!err.to_string().contains(secret));
+    }
+}
+
+#[test]
+fn secrets_never_print() {
+    let s = Secret::new("hunter2".into());
+    assert!(!format!("{s:?}").contains("hunter2"));
+    assert_eq!(s.expose(), "hunter2");
+}
+
+#[test]
+fn settings_from_text_in_memory_are_checked_like_a_file() {
+    let s = Settings::from_toml_str(
+        "[[tenants]]\nid = \"00000000-0000-0000-0000-0000000000aa\"\n[scan]\nconcurrency = 3\n",
+        &env(&[]),
+    )
+    .expect("valid");
+    assert_eq!(s.scan.concurrency, 3);
+    let e = Settings::from_toml_str("[scan]\nconcurency = 3\n", &env(&[])).expect_err("typo");
+    assert!(e.to_string().contains("scan.concurency"), "{e}");
+}
+
+#[test]
+fn values_of_secret_like_keys_are_never_echoed() {
+    let f = file(
+        "[http]\nrequire_token_for_reads = \"tok-3f9a8b7c6d5e\"\nmetrics_require_token = 17\n[auth]\nclient_secret_file = \"Xy8Q~s3cretValue.ABCdef_123\"\n",
+    );
+    let env = env(&[("MIAUDIT_HTTP__API_TOKEN", "")]);
+    let e = Settings::load(Some(f.path()), &env).expect_err("invalid");
+    let text = e.to_string();
+    for secret in ["tok-3f9a8b7c6d5e", "Xy8Q~s3cretValue", "17"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
+    assert!(text.contains("http.require_token_for_reads"), "{text}");
+    assert!(text.contains("auth.client_secret_file"), "{text}");
+}
+
+#[test]
+fn a_secret_pasted_into_another_key_is_redacted_from_the_error() {
+    let e = env(&[
+        ("MIAUDIT_AUTH__CLIENT_SECRET", "env-s3cret-value"),
+        ("MIAUDIT_SCAN__CONCURRENCY", "env-s3cret-value"),
+        ("AZURE_CLIENT_SECRET", "azure-s3cret"),
+        ("MIAUDIT_HTTP__LISTEN", "azure-s3cret"),
+    ]);
+    let f =
+        file("[http]\napi_token = \"file-t0ken\"\n[lifecycle]\nconfirm_after = \"file-t0ken\"\n");
+    let err = Settings::load(Some(f.path()), &e).expect_err("invalid");
+    let text = err.0.join("\n");
+    for key in ["scan.concurrency", "http.listen", "lifecycle.confirm_after"] {
+        assert!(text.contains(key), "{key} missing from:\n{text}");
+    }
+    for secret in ["env-s3cret-value", "azure-s3cret", "file-t0ken"] {
+        assert!(!text.contains(secret), "{secret} in:\n{text}");
+    }
+    assert!(text.contains("<redacted>"), "{text}");
+}
+
+#[test]
+fn line_and_column_count_characters_from_one() {
+    assert_eq!(line_column("ab\ncd", 0), (1, 1));
+    assert_eq!(line_column("ab\ncd", 4), (2, 2));
+    assert_eq!(line_column("é\nx", 3), (2, 1));
+    assert_eq!(line_column("ab", 99), (1, 3));
+}
+
+#[test]
+fn sizes_parse() {
+    assert_eq!(parse_size("65536"), Some(65_536));
+    assert_eq!(parse_size("64KiB"), Some(65_536));
+    assert_eq!(parse_size("32 mib"), Some(32 << 20));
+    assert_eq!(parse_size("1GiB"), Some(1 << 30));
+    assert_eq!(parse_size("16MB"), Some(16_000_000));
+    for bad in [
+        "",
+        "MiB",
+        "1.5MiB",
+        "-1",
+        "12 parsecs",
+        "99999999999999999999GiB",
+    ] {
+        assert_eq!(parse_size(bad), None, "{bad}");
+    }
+}
+
+#[test]
+fn response_size_cap_and_server_wait_have_defaults_bounds_and_overrides() {
+    let s = Settings::load(None, &Env::new()).expect("defaults");
+    assert_eq!(s.scan.max_response_bytes, 32 * 1024 * 1024);
+    assert_eq!(s.scan.max_server_wait, Duration::from_secs(300));
+
+    let f = file("[scan]\nmax_response_bytes = \"16MiB\"\nmax_server_wait = \"90s\"\n");
+    let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+    assert_eq!(s.scan.max_response_bytes, 16 << 20);
+    assert_eq!(s.scan.max_server_wait, Duration::from_secs(90));
+
+    let f = file("[scan]\nmax_response_bytes = 65536\n");
+    let s = Settings::load(
+        Some(f.path()),
+        &env(&[
+            ("MIAUDIT_SCAN__MAX_RESPONSE_BYTES", "1048576"),
+            ("MIAUDIT_SCAN__MAX_SERVER_WAIT", "0s"),
+        ]),
+    )
+    .expect("valid");
+    assert_eq!(s.scan.max_response_bytes, 1 << 20, "the environment wins");
+    assert_eq!(s.scan.max_server_wait, Duration::ZERO);
+
+    for (text, key) in [
+        ("max_response_bytes = 65535", "scan.max_response_bytes"),
+        ("max_response_bytes = \"2GiB\"", "scan.max_response_bytes"),
+        ("max_response_bytes = -1", "scan.max_response_bytes"),
+        ("max_response_bytes = \"lots\"", "scan.max_response_bytes"),
+        ("max_server_wait = \"forever\"", "scan.max_server_wait"),
+        ("max_server_wait = -5", "scan.max_server_wait"),
+    ] {
+        let f = file(&format!("[scan]\n{text}\n"));
+        let err = Settings::load(Some(f.path()), &Env::new()).expect_err(text);
+        assert_eq!(err.0.len(), 1, "{text}: {:?}", err.0);
+        assert!(err.0[0].starts_with(key), "{text}: {}", err.0[0]);
+    }
+    let f = file("[scan]\nmax_response_bytes = 1\n");
+    let err = Settings::load(Some(f.path()), &Env::new()).expect_err("too small");
+    assert!(err.0[0].contains("from 64KiB to 1GiB"), "{}", err.0[0]);
+}
+
+#[test]
+fn the_example_configuration_is_valid_and_states_the_defaults() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/miaudit.example.toml");
+    let example = Settings::load(Some(&path), &Env::new()).expect("the example loads");
+    let defaults = Settings::load(None, &Env::new()).expect("defaults");
+    assert_eq!(
+        format!("{:?}", example.scan),
+        format!("{:?}", defaults.scan)
+    );
+    assert_eq!(
+        format!("{:?}", example.http),
+        format!("{:?}", defaults.http)
+    );
+    assert_eq!(format!("{:?}", example.log), format!("{:?}", defaults.log));
+}
+
+#[test]
+fn requiring_the_token_needs_one_configured() {
+    let s = Settings::load(None, &Env::new()).expect("defaults");
+    assert!(!s.http.require_token_for_reads && !s.http.metrics_require_token);
+    let f = file("[http]\nrequire_token_for_reads = true\nmetrics_require_token = \"true\"\n");
+    let err = Settings::load(Some(f.path()), &Env::new()).expect_err("no token");
+    assert_eq!(err.0.len(), 2, "{:?}", err.0);
+    assert!(err.0[0].starts_with("http.require_token_for_reads: needs"));
+    assert!(err.0[1].starts_with("http.metrics_require_token: needs"));
+    // The token from the environment counts.
+    let s = Settings::load(
+        Some(f.path()),
+        &env(&[("MIAUDIT_HTTP__API_TOKEN", "tok3n-from-env")]),
+    )
+    .expect("valid");
+    assert!(s.http.require_token_for_reads && s.http.metrics_require_token);
+    let s = Settings::load(
+        None,
+        &env(&[
+            ("MIAUDIT_HTTP__API_TOKEN", "tok3n-from-env"),
+            ("MIAUDIT_HTTP__REQUIRE_TOKEN_FOR_READS", "true"),
+        ]),
+    )
+    .expect("valid");
+    assert!(s.http.require_token_for_reads && !s.http.metrics_require_token);
+}
+
+#[test]
+fn reads_are_exposed_only_off_loopback_without_the_token_requirement() {
+    let http = |listen: &str, require: bool| HttpSettings {
+        listen: listen.parse().expect("address"),
+        api_token: None,
+        require_token_for_reads: require,
+        metrics_require_token: false,
+    };
+    assert!(!http("127.0.0.1:9464", false).reads_exposed());
+    assert!(!http("[::1]:9464", false).reads_exposed());
+    assert!(!http("[::ffff:127.0.0.1]:9464", false).reads_exposed());
+    assert!(http("0.0.0.0:9464", false).reads_exposed());
+    assert!(http("[::]:9464", false).reads_exposed());
+    assert!(http("10.1.2.3:9464", false).reads_exposed());
+    assert!(!http("0.0.0.0:9464", true).reads_exposed());
+}
+
+#[test]
+fn tenant_ids_are_guids_or_domains() {
+    assert!(is_tenant_id("72f988bf-86f1-41af-91ab-2d7cd011db47"));
+    assert!(is_tenant_id("contoso.onmicrosoft.com"));
+    assert!(!is_tenant_id("not a tenant"));
+    assert!(!is_tenant_id("../etc"));
+}
