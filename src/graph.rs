@@ -249,53 +249,12 @@ impl GraphClient {
             };
             inv.pages += 1;
             empty.saw(Api::Graph, "a servicePrincipal page", page.value.len())?;
-            let mut items = Vec::with_capacity(page.value.len());
-            for sp in page.value {
-                if sp.id.trim().is_empty() {
-                    // Graph always returns `id`; a principal without one cannot be tracked or audited.
-                    return Err(AzureError::Decode {
-                        api: Api::Graph,
-                        what: "a servicePrincipal page",
-                        detail: "a principal without an id".into(),
-                    });
-                }
-                // The server filtered by type; a principal that names another type anyway is skipped, one
-                // that names none is taken at the filter's word.
-                let is_mi = sp
-                    .service_principal_type
-                    .as_deref()
-                    .is_none_or(|t| t.eq_ignore_ascii_case("ManagedIdentity"));
-                if !is_mi {
-                    continue;
-                }
-                items.push(ManagedIdentity::from_alternative_names(
-                    tenant,
-                    sp.id,
-                    sp.app_id.unwrap_or_default(),
-                    sp.display_name.unwrap_or_default(),
-                    sp.alternative_names.unwrap_or_default(),
-                ));
-            }
+            let items = identities_of(tenant, page.value)?;
             inv.identities += items.len() as u64;
             pending = items;
             match page.next_link {
                 None => break,
-                Some(next) => {
-                    let Some(next_url) = follow_link(&url, &next) else {
-                        return Err(AzureError::ForeignLink {
-                            api: Api::Graph,
-                            link: next,
-                        });
-                    };
-                    if !seen_links.insert(next_url.clone()) {
-                        return Err(AzureError::Decode {
-                            api: Api::Graph,
-                            what: "a servicePrincipal page",
-                            detail: "@odata.nextLink repeats an earlier link".into(),
-                        });
-                    }
-                    url = next_url;
-                }
+                Some(next) => url = next_page(&url, &next, &mut seen_links)?,
             }
         }
         if !pending.is_empty() {
@@ -308,6 +267,58 @@ impl GraphClient {
         );
         Ok(inv)
     }
+}
+
+/// The managed identities of one page. The server filtered by type; a principal that names another type
+/// anyway is skipped, one that names none is taken at the filter's word. Graph always returns `id`; a
+/// principal without one cannot be tracked or audited, and fails the page.
+fn identities_of(
+    tenant: &str,
+    page: Vec<ServicePrincipal>,
+) -> Result<Vec<ManagedIdentity>, AzureError> {
+    let mut items = Vec::with_capacity(page.len());
+    for sp in page {
+        if sp.id.trim().is_empty() {
+            return Err(AzureError::Decode {
+                api: Api::Graph,
+                what: "a servicePrincipal page",
+                detail: "a principal without an id".into(),
+            });
+        }
+        let is_mi = sp
+            .service_principal_type
+            .as_deref()
+            .is_none_or(|t| t.eq_ignore_ascii_case("ManagedIdentity"));
+        if is_mi {
+            items.push(ManagedIdentity::from_alternative_names(
+                tenant,
+                sp.id,
+                sp.app_id.unwrap_or_default(),
+                sp.display_name.unwrap_or_default(),
+                sp.alternative_names.unwrap_or_default(),
+            ));
+        }
+    }
+    Ok(items)
+}
+
+/// The URL of the next page: the link must stay on the listing (origin and path) and not repeat one
+/// already followed (a loop).
+fn next_page(url: &str, next: &str, seen: &mut HashSet<String>) -> Result<String, AzureError> {
+    let Some(next_url) = follow_link(url, next) else {
+        return Err(AzureError::ForeignLink {
+            api: Api::Graph,
+            link: next.to_owned(),
+        });
+    };
+    if !seen.insert(next_url.clone()) {
+        return Err(AzureError::Decode {
+            api: Api::Graph,
+            what: "a servicePrincipal page",
+            detail: "@odata.nextLink repeats an earlier link".into(),
+        });
+    }
+    Ok(next_url)
 }
 
 #[cfg(test)]
