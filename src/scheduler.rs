@@ -159,15 +159,23 @@ impl ScanRunner {
             }
             return None;
         };
-        match self
+        self.record(&report, work.as_ref(), elapsed).await;
+        Some(report)
+    }
+
+    /// Records a finished scan and updates the metrics; a record that fails leaves the previous state
+    /// and marks the scan's row abandoned.
+    async fn record(
+        &self,
+        report: &ScanReport,
+        work: Option<&crate::store::staging::WorkFile>,
+        elapsed: f64,
+    ) {
+        let recorded = self
             .store
-            .record_scan_from(
-                &report,
-                work.as_ref(),
-                self.settings.lifecycle.confirm_after,
-            )
-            .await
-        {
+            .record_scan_from(report, work, self.settings.lifecycle.confirm_after)
+            .await;
+        match recorded {
             Ok(recorded) => {
                 let outcome = if report.complete {
                     "completed"
@@ -181,7 +189,7 @@ impl ScanRunner {
                         .with_label_values(&[tenant])
                         .inc_by(*n);
                 }
-                self.publish(&report).await;
+                self.publish(report).await;
                 tracing::info!(
                     complete = report.complete,
                     identities = report.summary.total,
@@ -201,7 +209,6 @@ impl ScanRunner {
                 }
             }
         }
-        Some(report)
     }
 
     /// Updates the cached gauges after a recorded scan.
