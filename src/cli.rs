@@ -300,11 +300,7 @@ fn bench_settings(url: &str, db: &str, graph_delta: bool) -> Result<Settings, Ve
          [http]\nlisten = \"127.0.0.1:0\"\n[schedule]\ncron = \"0 0 0 1 1 *\"\nscan_on_start = false\n\
          [scan]\ngraph_delta = {graph_delta}\n"
     );
-    let dir = std::env::temp_dir().join(format!("miaudit-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).map_err(|e| vec![e.to_string()])?;
-    let path = dir.join("bench.toml");
-    std::fs::write(&path, toml).map_err(|e| vec![e.to_string()])?;
-    Settings::load(Some(&path), &Default::default()).map_err(|e| e.0)
+    Settings::from_toml_str(&toml, &Default::default()).map_err(|e| e.0)
 }
 
 async fn bench_one(url: &str, db: &str, graph_delta: bool) -> ExitCode {
@@ -583,12 +579,8 @@ async fn demo(
         "{}\n[http]\nlisten = \"{listen}\"\napi_token = \"demo-token\"\n\n[schedule]\ncron = \"0 * * * * *\"\nscan_on_start = true\n\n[lifecycle]\nconfirm_after = \"2m\"\n",
         sim.config_toml(&db)
     );
-    let path = dir.join("demo.toml");
-    if let Err(e) = std::fs::write(&path, toml) {
-        eprintln!("miaudit: cannot write {}: {e}", path.display());
-        return ExitCode::from(EXIT_INCOMPLETE);
-    }
-    let settings = match Settings::load(Some(&path), &Default::default()) {
+    // Built in memory, checked as a configuration file is; the environment's overrides do not apply.
+    let settings = match Settings::from_toml_str(&toml, &Default::default()) {
         Ok(s) => s,
         Err(e) => return config_error(&e.0),
     };
@@ -638,5 +630,20 @@ async fn demo(
             eprintln!("miaudit: {e:#}");
             ExitCode::from(EXIT_INCOMPLETE)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bench_settings_are_built_in_memory() {
+        let s = bench_settings("http://127.0.0.1:1", "sqlite://bench.db", true).expect("valid");
+        assert!(s.scan.graph_delta);
+        assert_eq!(
+            s.tenant_ids(),
+            [crate::simulator::model::SIM_TENANT_ID.to_owned()]
+        );
     }
 }
