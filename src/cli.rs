@@ -9,9 +9,9 @@ use crate::domain::Trigger;
 use crate::report::ScanReport;
 use crate::report::{render_json, render_table};
 use crate::scan::Scanner;
-use crate::simulator::{SimConfig, SimHandle, model::World};
 use crate::store::Store;
 use clap::{Parser, Subcommand, ValueEnum};
+use miaudit_sim::{SimConfig, SimHandle, model::World};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -292,7 +292,7 @@ async fn simulate(sim: &SimArgs, listen: &str) -> ExitCode {
 
 /// The configuration of a bench scan against the simulator at `url`.
 fn bench_settings(url: &str, db: &str, graph_delta: bool) -> Result<Settings, Vec<String>> {
-    use crate::simulator::model::{SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIM_TENANT_ID};
+    use miaudit_sim::model::{SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIM_TENANT_ID};
     let toml = format!(
         "[azure]\nauthority_host = \"{url}\"\ngraph_endpoint = \"{url}\"\narm_endpoint = \"{url}\"\n\
          [auth]\nclient_id = \"{SIM_CLIENT_ID}\"\nclient_secret = \"{SIM_CLIENT_SECRET}\"\n\
@@ -643,7 +643,7 @@ mod tests {
         assert!(s.scan.graph_delta);
         assert_eq!(
             s.tenant_ids(),
-            [crate::simulator::model::SIM_TENANT_ID.to_owned()]
+            [miaudit_sim::model::SIM_TENANT_ID.to_owned()]
         );
     }
 }
