@@ -23,7 +23,6 @@ pub mod api;
 pub mod app;
 pub mod arm;
 pub mod azure;
-pub mod bench;
 pub mod classify;
 pub mod cli;
 pub mod config;

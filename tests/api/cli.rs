@@ -242,6 +242,8 @@ async fn credentials_from_the_sdk_variables_work_and_never_show_up_in_output() {
     assert!(!wrong.stdout.contains("wrong-s3cr3t") && !wrong.stderr.contains("wrong-s3cr3t"));
 }
 
+// The binary has `demo` only with the simulator (the tests themselves always have it, a dev-dependency).
+#[cfg(feature = "simulator")]
 #[tokio::test]
 async fn demo_scans_the_built_in_tenant_without_azure() {
     let run = miaudit(
