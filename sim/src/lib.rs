@@ -517,14 +517,31 @@ impl SimHandle {
                 w.client_secret.clone(),
             )
         };
-        let b = self.base_url();
-        format!(
-            "[azure]\nauthority_host = \"{b}\"\ngraph_endpoint = \"{b}\"\narm_endpoint = \"{b}\"\n\n\
-             [auth]\nclient_id = \"{client}\"\nclient_secret = \"{secret}\"\n\n\
-             [[tenants]]\nid = \"{tenant}\"\nname = \"simulated\"\n\n\
-             [database]\nurl = \"{database_url}\"\n"
-        )
+        config_text(self.base_url(), &tenant, &client, &secret, database_url)
     }
+}
+
+/// A configuration (TOML) that points miaudit at a simulator serving at `base_url` a world with the
+/// credentials every generated world has ([`model::SIM_TENANT_ID`], [`model::SIM_CLIENT_ID`],
+/// [`model::SIM_CLIENT_SECRET`]): one that `miaudit simulate` serves in another process, say. The same
+/// text as [`SimHandle::config_toml`].
+pub fn config_toml_at(base_url: &str, database_url: &str) -> String {
+    config_text(
+        base_url,
+        model::SIM_TENANT_ID,
+        model::SIM_CLIENT_ID,
+        model::SIM_CLIENT_SECRET,
+        database_url,
+    )
+}
+
+fn config_text(b: &str, tenant: &str, client: &str, secret: &str, database_url: &str) -> String {
+    format!(
+        "[azure]\nauthority_host = \"{b}\"\ngraph_endpoint = \"{b}\"\narm_endpoint = \"{b}\"\n\n\
+         [auth]\nclient_id = \"{client}\"\nclient_secret = \"{secret}\"\n\n\
+         [[tenants]]\nid = \"{tenant}\"\nname = \"simulated\"\n\n\
+         [database]\nurl = \"{database_url}\"\n"
+    )
 }
 
 fn new_id() -> String {
@@ -2087,4 +2104,26 @@ fn fxhash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_for_another_process_is_the_handles() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let sim = SimHandle::start(World::generate(1, 10), SimConfig::default())
+                .await
+                .expect("starts");
+            assert_eq!(
+                sim.config_toml("sqlite://x.db"),
+                config_toml_at(sim.base_url(), "sqlite://x.db")
+            );
+        });
+    }
 }

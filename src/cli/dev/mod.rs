@@ -121,15 +121,13 @@ async fn simulate(sim: &SimArgs, listen: &str) -> ExitCode {
     ExitCode::from(EXIT_OK)
 }
 
-/// The configuration of a bench scan against the simulator at `url`.
+/// The configuration of a bench scan against the simulator at `url` (the simulator's own text, plus
+/// what the bench sets), built in memory.
 fn bench_settings(url: &str, db: &str, graph_delta: bool) -> Result<Settings, Vec<String>> {
-    use miaudit_sim::model::{SIM_CLIENT_ID, SIM_CLIENT_SECRET, SIM_TENANT_ID};
     let toml = format!(
-        "[azure]\nauthority_host = \"{url}\"\ngraph_endpoint = \"{url}\"\narm_endpoint = \"{url}\"\n\
-         [auth]\nclient_id = \"{SIM_CLIENT_ID}\"\nclient_secret = \"{SIM_CLIENT_SECRET}\"\n\
-         [[tenants]]\nid = \"{SIM_TENANT_ID}\"\n[database]\nurl = \"{db}\"\n\
-         [http]\nlisten = \"127.0.0.1:0\"\n[schedule]\ncron = \"0 0 0 1 1 *\"\nscan_on_start = false\n\
-         [scan]\ngraph_delta = {graph_delta}\n"
+        "{}\n[http]\nlisten = \"127.0.0.1:0\"\n\n[schedule]\ncron = \"0 0 0 1 1 *\"\nscan_on_start = false\n\n\
+         [scan]\ngraph_delta = {graph_delta}\n",
+        miaudit_sim::config_toml_at(url, db)
     );
     Settings::from_toml_str(&toml, &Default::default()).map_err(|e| e.0)
 }
