@@ -7,6 +7,8 @@ WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY migrations ./migrations
+# The workspace's other crate: the simulator, which the default command (the demo) runs against.
+COPY sim ./sim
 RUN cargo build --release --locked
 
 FROM debian:bookworm-slim

@@ -246,7 +246,7 @@ proptest! {
         "[A-Za-z |=~!()',.]{0,120}",
         Just(crate::arm::identity_query(crate::arm::ArgTable::Resources, &["microsoft.compute/virtualmachines".into()])),
     ]) {
-        if let Ok(parsed) = crate::simulator::kql::parse(&q) {
+        if let Ok(parsed) = miaudit_sim::kql::parse(&q) {
             let _ = parsed.run(std::iter::once(serde_json::json!({"id": "/a", "type": "t"})));
         }
     }

@@ -15,14 +15,14 @@
 //!
 //! Around them: [`scan`] runs one scan through the stages, [`scheduler`] runs scans for the daemon
 //! (cron, overlap guard, timeout), [`app`] assembles the daemon, [`azure`] holds what every Azure call shares
-//! (retry policy, tokens, errors), [`config`] the typed settings, [`cli`] the commands, and
-//! [`simulator`] a faithful fake of the Azure endpoints for tests and `miaudit demo`.
+//! (retry policy, tokens, errors), [`config`] the typed settings and [`cli`] the commands. A faithful
+//! fake of the Azure endpoints, for the tests, `miaudit demo` and the benchmarks, is the workspace's
+//! other crate, `miaudit-sim` (sim/).
 
 pub mod api;
 pub mod app;
 pub mod arm;
 pub mod azure;
-pub mod bench;
 pub mod classify;
 pub mod cli;
 pub mod config;
@@ -35,6 +35,5 @@ pub mod metrics;
 pub mod report;
 pub mod scan;
 pub mod scheduler;
-pub mod simulator;
 pub mod store;
 pub mod telemetry;

@@ -1,4 +1,5 @@
-//! The module graph stays a DAG (README, "How a scan works": imports point down the pipeline, never back up).
+//! The module graph stays a DAG (README, "How a scan works": imports point down the pipeline, never back up),
+//! in the product (src/) and in the simulator (sim/src/), which does not depend on the product.
 //!
 //! Reads `src/` as text: every `crate::a::…` and `super::…` path outside test code is an edge from the
 //! module of the file to the module it names. Two levels are checked: top-level modules (`scan`,
@@ -149,8 +150,9 @@ fn find_cycle(edges: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
 /// Edges at both levels: `top` between top-level modules, `inner[parent]` between a folder's children.
 type Edges = BTreeMap<String, BTreeSet<String>>;
 
-fn module_graph() -> (Edges, BTreeMap<String, Edges>) {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+/// The module graph of the crate whose sources are in `src` (a directory under the workspace root).
+fn module_graph(src: &str) -> (Edges, BTreeMap<String, Edges>) {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join(src);
     let mut files = Vec::new();
     rust_files(&src, &mut files);
     let modules: BTreeSet<Vec<String>> = files.iter().filter_map(|f| module_of(&src, f)).collect();
@@ -191,24 +193,71 @@ fn module_graph() -> (Edges, BTreeMap<String, Edges>) {
     (top, inner)
 }
 
-#[test]
-fn the_module_graph_has_no_cycle() {
-    let (top, inner) = module_graph();
-    assert!(top.len() > 10, "the source tree was read: {top:?}");
-    if let Some(c) = find_cycle(&top) {
+fn assert_no_cycle(top: &Edges, inner: &BTreeMap<String, Edges>) {
+    if let Some(c) = find_cycle(top) {
         panic!("import cycle between modules: {}", c.join(" -> "));
     }
-    for (parent, edges) in &inner {
+    for (parent, edges) in inner {
         if let Some(c) = find_cycle(edges) {
             panic!("import cycle inside {parent}: {}", c.join(" -> "));
         }
     }
+}
+
+#[test]
+fn the_module_graph_has_no_cycle() {
+    let (top, inner) = module_graph("src");
+    assert!(top.len() > 10, "the source tree was read: {top:?}");
+    assert_no_cycle(&top, &inner);
     // What sits below the scan never reaches back up to it.
     for (m, to) in &top {
-        let allowed = ["app", "bench", "cli", "scheduler"];
+        let allowed = ["app", "cli", "scheduler"];
         assert!(
             !to.contains("scan") || allowed.contains(&m.as_str()),
             "{m} imports scan, which runs the stages below it"
+        );
+    }
+}
+
+/// The simulator (sim/, crate `miaudit-sim`) stands on its own: no cycle inside it, and nothing of miaudit
+/// in it, not even as a dev-dependency (Cargo would allow that cycle), so that it cannot lean on the code
+/// whose behaviour it checks and the product can leave it out.
+#[test]
+fn the_simulator_crate_stands_on_its_own() {
+    let (top, inner) = module_graph("sim/src");
+    assert!(top.len() >= 4, "the simulator's sources were read: {top:?}");
+    assert_no_cycle(&top, &inner);
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("sim");
+    let manifest = std::fs::read_to_string(root.join("Cargo.toml")).expect("sim/Cargo.toml");
+    let manifest: toml::Table = manifest.parse().expect("sim/Cargo.toml parses");
+    let tables = ["dependencies", "dev-dependencies", "build-dependencies"];
+    let mut deps: Vec<&toml::Table> = tables
+        .iter()
+        .filter_map(|t| manifest.get(*t)?.as_table())
+        .collect();
+    for target in manifest
+        .get("target")
+        .and_then(toml::Value::as_table)
+        .into_iter()
+        .flat_map(|t| t.values())
+    {
+        deps.extend(tables.iter().filter_map(|t| target.get(*t)?.as_table()));
+    }
+    assert!(!deps.is_empty(), "sim/Cargo.toml has dependencies");
+    for d in deps {
+        assert!(
+            !d.contains_key("miaudit"),
+            "sim/Cargo.toml depends on miaudit"
+        );
+    }
+    let mut files = Vec::new();
+    rust_files(&root.join("src"), &mut files);
+    for f in files {
+        let text = std::fs::read_to_string(&f).expect("readable");
+        assert!(
+            !text.contains("miaudit::"),
+            "{} uses miaudit's code",
+            f.display()
         );
     }
 }

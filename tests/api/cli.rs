@@ -1,9 +1,9 @@
 //! The real binary: exit codes, the JSON report schema, configuration errors.
 
 use crate::helpers::*;
-use miaudit::azure::Api;
-use miaudit::simulator::model::World;
-use miaudit::simulator::{Fault, FaultRule, SimConfig};
+use miaudit_sim::Api;
+use miaudit_sim::model::World;
+use miaudit_sim::{Fault, FaultRule, SimConfig};
 use serde_json::Value;
 
 const BIN: &str = env!("CARGO_BIN_EXE_miaudit");
@@ -215,7 +215,7 @@ async fn credentials_from_the_sdk_variables_work_and_never_show_up_in_output() {
     let cfg = path.to_str().expect("utf-8");
     let vars = [
         ("AZURE_TENANT_ID", TENANT),
-        ("AZURE_CLIENT_ID", miaudit::simulator::model::SIM_CLIENT_ID),
+        ("AZURE_CLIENT_ID", miaudit_sim::model::SIM_CLIENT_ID),
         ("AZURE_CLIENT_SECRET", "s3cr3t-value-from-env"),
         ("RUST_LOG", "miaudit=trace"),
     ];
@@ -232,7 +232,7 @@ async fn credentials_from_the_sdk_variables_work_and_never_show_up_in_output() {
         &["--config", cfg, "scan"],
         &[
             ("AZURE_TENANT_ID", TENANT),
-            ("AZURE_CLIENT_ID", miaudit::simulator::model::SIM_CLIENT_ID),
+            ("AZURE_CLIENT_ID", miaudit_sim::model::SIM_CLIENT_ID),
             ("AZURE_CLIENT_SECRET", "wrong-s3cr3t"),
         ],
     )
@@ -242,6 +242,8 @@ async fn credentials_from_the_sdk_variables_work_and_never_show_up_in_output() {
     assert!(!wrong.stdout.contains("wrong-s3cr3t") && !wrong.stderr.contains("wrong-s3cr3t"));
 }
 
+// The binary has `demo` only with the simulator (the tests themselves always have it, a dev-dependency).
+#[cfg(feature = "simulator")]
 #[tokio::test]
 async fn demo_scans_the_built_in_tenant_without_azure() {
     let run = miaudit(
@@ -355,7 +357,7 @@ async fn json_logs_are_one_object_a_line_without_secrets_or_colours() {
     let cfg = path.to_str().expect("utf-8");
     let creds = [
         ("AZURE_TENANT_ID", TENANT),
-        ("AZURE_CLIENT_ID", miaudit::simulator::model::SIM_CLIENT_ID),
+        ("AZURE_CLIENT_ID", miaudit_sim::model::SIM_CLIENT_ID),
         ("AZURE_CLIENT_SECRET", "json-l0g-s3cret-value"),
         // Everything, every crate.
         ("RUST_LOG", "trace"),

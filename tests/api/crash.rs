@@ -4,8 +4,8 @@
 //! More kills: `MIAUDIT_CRASH_KILLS=200 cargo test --test api crash -- --nocapture`.
 
 use crate::helpers::*;
-use miaudit::simulator::SimConfig;
-use miaudit::simulator::model::{Rng, World};
+use miaudit_sim::SimConfig;
+use miaudit_sim::model::{Rng, World};
 use std::time::Duration;
 use tokio::io::AsyncBufReadExt;
 

@@ -9,10 +9,10 @@
 //! `MIAUDIT_FAULT_SCHEDULES=2000 cargo test --release --test api cry_wolf -- --nocapture`.
 
 use crate::helpers::*;
-use miaudit::azure::Api;
 use miaudit::domain::{Reason, Verdict};
-use miaudit::simulator::model::World;
-use miaudit::simulator::{Fault, FaultPlan, FaultRule, SimConfig};
+use miaudit_sim::Api;
+use miaudit_sim::model::World;
+use miaudit_sim::{Fault, FaultPlan, FaultRule, SimConfig};
 use std::collections::BTreeMap;
 use std::time::Duration;
 

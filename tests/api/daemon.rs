@@ -1,8 +1,8 @@
 //! The daemon: lifecycle across scans, the JSON API, auth, export, metrics, restarts, overlap, SIGTERM.
 
 use crate::helpers::*;
-use miaudit::simulator::SimConfig;
-use miaudit::simulator::model::World;
+use miaudit_sim::SimConfig;
+use miaudit_sim::model::World;
 use serde_json::Value;
 use std::collections::BTreeSet;
 
@@ -43,11 +43,11 @@ async fn findings_move_through_their_lifecycle_across_scans() {
     assert_eq!(f["episode"], 1);
     // An incomplete inventory changes nothing.
     env.sim.with_world(|w| w.remove_principal(&removed));
-    env.sim.add_fault(miaudit::simulator::FaultRule {
-        api: miaudit::azure::Api::Graph,
+    env.sim.add_fault(miaudit_sim::FaultRule {
+        api: miaudit_sim::Api::Graph,
         path_contains: None,
         times: None,
-        fault: miaudit::simulator::Fault::Status(503),
+        fault: miaudit_sim::Fault::Status(503),
     });
     let r = d.scan().await;
     assert!(!r.complete);
@@ -710,7 +710,7 @@ async fn the_exposition_passes_promtool() {
 
 #[tokio::test]
 async fn graph_delta_reads_only_what_changed_and_falls_back_to_a_full_listing() {
-    use miaudit::azure::Api;
+    use miaudit_sim::Api;
     let (mut w, sub) = world();
     for i in 0..30 {
         w.add_system_assigned(&rid(

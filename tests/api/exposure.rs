@@ -2,7 +2,7 @@
 //! non-loopback address, owner-only database files, and working files no other process deletes.
 
 use crate::helpers::*;
-use miaudit::simulator::SimConfig;
+use miaudit_sim::SimConfig;
 use serde_json::Value;
 
 const TOKEN: &str = "r3ads-need-this-t0ken";
@@ -200,7 +200,7 @@ fn work_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
 #[tokio::test]
 async fn a_daemon_starting_during_a_cli_scan_leaves_its_working_file_alone() {
     let env = TestEnv::start(
-        miaudit::simulator::model::World::generate(5, 200),
+        miaudit_sim::model::World::generate(5, 200),
         SimConfig {
             latency: std::time::Duration::from_millis(200),
             ..SimConfig::default()
@@ -272,7 +272,7 @@ async fn database_files_are_created_owner_only_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt;
     use tokio::io::AsyncBufReadExt;
     let env = TestEnv::start(
-        miaudit::simulator::model::World::generate(6, 100),
+        miaudit_sim::model::World::generate(6, 100),
         SimConfig {
             latency: std::time::Duration::from_millis(100),
             ..SimConfig::default()

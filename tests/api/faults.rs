@@ -2,9 +2,9 @@
 //! unknown and incomplete — never orphaned, never "0 orphans" presented as complete.
 
 use crate::helpers::*;
-use miaudit::azure::Api;
-use miaudit::simulator::model::World;
-use miaudit::simulator::{Fault, FaultRule, SimConfig};
+use miaudit_sim::Api;
+use miaudit_sim::model::World;
+use miaudit_sim::{Fault, FaultRule, SimConfig};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -237,10 +237,7 @@ async fn a_wrong_secret_is_one_clear_error_without_the_secret() {
     w.add_system_assigned(&rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/vm"));
     let env = TestEnv::start(w, SimConfig::default()).await;
     let text = std::fs::read_to_string(&env.config_path).expect("config");
-    let wrong = text.replace(
-        miaudit::simulator::model::SIM_CLIENT_SECRET,
-        "a-wrong-secret",
-    );
+    let wrong = text.replace(miaudit_sim::model::SIM_CLIENT_SECRET, "a-wrong-secret");
     assert_ne!(text, wrong);
     std::fs::write(&env.config_path, wrong).expect("config");
     let r = env.scan().await;
@@ -297,7 +294,7 @@ async fn tenants_are_scanned_side_by_side_and_one_failing_does_not_touch_the_oth
 async fn provider_lookups_are_shared_by_concurrent_checks_and_tried_again_next_scan() {
     use miaudit::domain::Trigger;
     use miaudit::scan::Scanner;
-    use miaudit::simulator::model::SubAccess;
+    use miaudit_sim::model::SubAccess;
     let mut world = World::new(TENANT, 7);
     let sub = world.add_subscription("prod", SubAccess::Reader);
     world.add_resource_group(&sub, "rg");

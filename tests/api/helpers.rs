@@ -4,12 +4,12 @@ use miaudit::config::Settings;
 use miaudit::domain::{Finding, Trigger};
 use miaudit::report::ScanReport;
 use miaudit::scan::Scanner;
-use miaudit::simulator::model::World;
-use miaudit::simulator::{SimConfig, SimHandle};
+use miaudit_sim::model::World;
+use miaudit_sim::{SimConfig, SimHandle};
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub const TENANT: &str = miaudit::simulator::model::SIM_TENANT_ID;
+pub const TENANT: &str = miaudit_sim::model::SIM_TENANT_ID;
 
 pub struct TestEnv {
     pub sim: SimHandle,
@@ -100,7 +100,7 @@ pub fn outcome(report: &ScanReport, object_id: &str) -> (&'static str, &'static 
 /// A small world with one readable subscription.
 pub fn world() -> (World, String) {
     let mut w = World::new(TENANT, 1);
-    let sub = w.add_subscription("prod", miaudit::simulator::model::SubAccess::Reader);
+    let sub = w.add_subscription("prod", miaudit_sim::model::SubAccess::Reader);
     (w, sub)
 }
 

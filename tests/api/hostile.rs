@@ -2,8 +2,8 @@
 //! serving. Requests are written raw over TCP so nothing normalises them on the way.
 
 use crate::helpers::*;
-use miaudit::simulator::SimConfig;
-use miaudit::simulator::model::World;
+use miaudit_sim::SimConfig;
+use miaudit_sim::model::World;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn raw(addr: &str, request: &[u8]) -> (u16, String, String) {

@@ -7,12 +7,12 @@
 //! not check something is incomplete, and nothing is ever sent where a redirect or a paging link points.
 
 use crate::helpers::*;
-use miaudit::azure::Api;
 use miaudit::domain::{Reason, Verdict};
 use miaudit::report::ScanReport;
-use miaudit::simulator::hostile::{HostileWorld, NON_PROVING_404};
-use miaudit::simulator::model::{OddId, SIM_CLIENT_ID, SIM_CLIENT_SECRET, World};
-use miaudit::simulator::{
+use miaudit_sim::Api;
+use miaudit_sim::hostile::{HostileWorld, NON_PROVING_404};
+use miaudit_sim::model::{OddId, SIM_CLIENT_ID, SIM_CLIENT_SECRET, World};
+use miaudit_sim::{
     Fault, FaultPlan, FaultRule, LinkTo, REDIRECT_TARGET_PREFIX, RedirectTo, SimConfig, SimHandle,
 };
 use reqwest::header::HeaderMap;
@@ -624,7 +624,7 @@ async fn paging_links_can_point_at_another_host_or_another_path() {
     })
     .await;
     s.sim.with_world(|w| {
-        w.add_subscription("second", miaudit::simulator::model::SubAccess::Reader);
+        w.add_subscription("second", miaudit_sim::model::SubAccess::Reader);
     });
     let c = no_redirects();
     let graph = token(&c, &s.sim, GRAPH_SCOPE).await;

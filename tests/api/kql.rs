@@ -3,7 +3,7 @@
 //! with `npm ci` when tests/kql/node_modules is missing, so `cargo test` needs only Node.js).
 
 use miaudit::arm::{ArgTable, identity_query};
-use miaudit::simulator::model::default_providers;
+use miaudit_sim::model::default_providers;
 
 #[test]
 fn resource_graph_queries_have_no_kusto_syntax_diagnostics() {

@@ -2,10 +2,10 @@
 //! and Resource Graph's per-user quota respected by pacing, not by bouncing off 429s.
 
 use crate::helpers::*;
-use miaudit::azure::Api;
 use miaudit::domain::EvidenceSource;
-use miaudit::simulator::SimConfig;
-use miaudit::simulator::model::SubAccess;
+use miaudit_sim::Api;
+use miaudit_sim::SimConfig;
+use miaudit_sim::model::SubAccess;
 use std::time::Duration;
 
 #[tokio::test]

@@ -1,10 +1,10 @@
 //! Every verdict the judge can give, reached through the whole pipeline against the simulator.
 
 use crate::helpers::*;
-use miaudit::azure::Api;
 use miaudit::domain::EvidenceSource;
-use miaudit::simulator::SimConfig;
-use miaudit::simulator::model::{SubAccess, World};
+use miaudit_sim::Api;
+use miaudit_sim::SimConfig;
+use miaudit_sim::model::{SubAccess, World};
 
 #[tokio::test]
 async fn healthy_system_and_user_assigned_identities_across_resource_types() {
@@ -346,7 +346,7 @@ async fn the_generated_demo_tenant_gives_every_kind_of_verdict() {
 #[tokio::test]
 async fn without_the_providers_api_the_version_is_learnt_from_a_refusal_never_from_a_probe_answer()
 {
-    use miaudit::simulator::{Fault, FaultRule};
+    use miaudit_sim::{Fault, FaultRule};
     let (mut w, sub) = world();
     let live_id = rid(&sub, "rg1", "Microsoft.Compute", "virtualMachines/live");
     let live = w.add_system_assigned(&live_id);

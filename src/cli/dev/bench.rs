@@ -1,6 +1,7 @@
-//! `miaudit bench`: full scans of simulated tenants of several sizes, the simulator in a separate
-//! process (`miaudit simulate`) and each scan in a fresh process of its own (so its peak RSS is its own),
-//! reported against the lower bound the services' page sizes and quotas allow.
+//! The measurement behind `miaudit bench`, a developer tool: full scans of simulated tenants of several
+//! sizes, the simulator in a separate process (`miaudit simulate`) and each scan in a fresh process of its
+//! own (so its peak RSS is its own), reported against the lower bound the services' page sizes and quotas
+//! allow.
 //!
 //! Lower bound of one scan (stages run one after the other: the inventory names the types and
 //! subscriptions that Resource Graph is asked about, Resource Graph names the candidates ARM confirms):

@@ -5,6 +5,10 @@
 //! Built from Microsoft's documentation (sources beside each handler and in docs/azure-behaviour.md), not from
 //! what miaudit sends: it validates parameters as the services do, pages as they page, answers errors
 //! with their status codes and bodies, and sends their request-id and quota headers.
+//!
+//! A crate of its own (`miaudit-sim`) that does not depend on `miaudit`, so that the product can leave it
+//! out (`cargo build --no-default-features`) and so that nothing in it can lean on the code it checks: it
+//! has its own [`Api`] and parses ARM paths itself ([`path`]).
 
 // Handlers return the service's error response as their `Err`; boxing it would only add noise.
 #![allow(clippy::result_large_err)]
@@ -14,7 +18,6 @@ pub mod kql;
 pub mod model;
 pub mod path;
 
-use crate::azure::{Api, Counters};
 use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode};
 use axum::response::Response;
@@ -25,6 +28,38 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
+
+/// The four services the simulator plays: what a fault rule targets and what requests are counted by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Api {
+    /// The Entra token endpoint (`/{tenant}/oauth2/v2.0/token`).
+    Token,
+    /// Microsoft Graph (`/v1.0/...`, `/beta/...`).
+    Graph,
+    /// Azure Resource Graph (`POST /providers/Microsoft.ResourceGraph/resources`).
+    ResourceGraph,
+    /// Azure Resource Manager (everything else under `/subscriptions`, `/providers`, ...).
+    Arm,
+}
+
+impl Api {
+    pub const ALL: [Api; 4] = [Api::Token, Api::Graph, Api::ResourceGraph, Api::Arm];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Token => "token",
+            Self::Graph => "graph",
+            Self::ResourceGraph => "resource_graph",
+            Self::Arm => "arm",
+        }
+    }
+}
+
+impl std::fmt::Display for Api {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// Knobs of the simulated services.
 #[derive(Debug, Clone)]
@@ -304,7 +339,8 @@ struct Inner {
     arg_cache: Mutex<HashMap<String, Arc<Vec<Value>>>>,
     /// Faults injected so far, by name.
     injected: Mutex<std::collections::BTreeMap<&'static str, u64>>,
-    counters: Counters,
+    /// Requests received, by [`Api`] (in the order of [`Api::ALL`]).
+    requests: [AtomicU64; 4],
     tokens: Mutex<HashMap<String, TokenInfo>>,
     arg_window: Mutex<(Instant, u32)>,
     base_url: String,
@@ -376,7 +412,7 @@ impl SimHandle {
             delta_snapshots: Mutex::new(HashMap::new()),
             arm_buckets: Mutex::new(HashMap::new()),
             injected: Mutex::new(std::collections::BTreeMap::new()),
-            counters: Counters::default(),
+            requests: Default::default(),
             tokens: Mutex::new(HashMap::new()),
             arg_window: Mutex::new((Instant::now(), 0)),
             base_url: format!("http://{local}"),
@@ -468,7 +504,7 @@ impl SimHandle {
 
     /// Requests received per API.
     pub fn requests(&self, api: Api) -> u64 {
-        self.inner.counters.get(api).requests
+        self.inner.requests[api as usize].load(Ordering::Relaxed)
     }
 
     /// A configuration (TOML) that points miaudit at this simulator.
@@ -481,14 +517,31 @@ impl SimHandle {
                 w.client_secret.clone(),
             )
         };
-        let b = self.base_url();
-        format!(
-            "[azure]\nauthority_host = \"{b}\"\ngraph_endpoint = \"{b}\"\narm_endpoint = \"{b}\"\n\n\
-             [auth]\nclient_id = \"{client}\"\nclient_secret = \"{secret}\"\n\n\
-             [[tenants]]\nid = \"{tenant}\"\nname = \"simulated\"\n\n\
-             [database]\nurl = \"{database_url}\"\n"
-        )
+        config_text(self.base_url(), &tenant, &client, &secret, database_url)
     }
+}
+
+/// A configuration (TOML) that points miaudit at a simulator serving at `base_url` a world with the
+/// credentials every generated world has ([`model::SIM_TENANT_ID`], [`model::SIM_CLIENT_ID`],
+/// [`model::SIM_CLIENT_SECRET`]): one that `miaudit simulate` serves in another process, say. The same
+/// text as [`SimHandle::config_toml`].
+pub fn config_toml_at(base_url: &str, database_url: &str) -> String {
+    config_text(
+        base_url,
+        model::SIM_TENANT_ID,
+        model::SIM_CLIENT_ID,
+        model::SIM_CLIENT_SECRET,
+        database_url,
+    )
+}
+
+fn config_text(b: &str, tenant: &str, client: &str, secret: &str, database_url: &str) -> String {
+    format!(
+        "[azure]\nauthority_host = \"{b}\"\ngraph_endpoint = \"{b}\"\narm_endpoint = \"{b}\"\n\n\
+         [auth]\nclient_id = \"{client}\"\nclient_secret = \"{secret}\"\n\n\
+         [[tenants]]\nid = \"{tenant}\"\nname = \"simulated\"\n\n\
+         [database]\nurl = \"{database_url}\"\n"
+    )
 }
 
 fn new_id() -> String {
@@ -716,7 +769,7 @@ async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
             "The requested path is not served here.",
         );
     };
-    inner.counters.request(api);
+    inner.requests[api as usize].fetch_add(1, Ordering::Relaxed);
     inner.seq.fetch_add(1, Ordering::Relaxed);
     // ARM accepts request bodies up to 4 MB (RPC).
     let Ok(bytes) = axum::body::to_bytes(body, 4 * 1024 * 1024).await else {
@@ -2051,4 +2104,26 @@ fn fxhash(s: &str) -> u64 {
     s.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_configuration_for_another_process_is_the_handles() {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let sim = SimHandle::start(World::generate(1, 10), SimConfig::default())
+                .await
+                .expect("starts");
+            assert_eq!(
+                sim.config_toml("sqlite://x.db"),
+                config_toml_at(sim.base_url(), "sqlite://x.db")
+            );
+        });
+    }
 }

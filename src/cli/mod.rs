@@ -1,0 +1,389 @@
+//! The command line: `miaudit [--config FILE] <command>`.
+//!
+//! Exit codes (README, "Commands and exit codes"): 0 completed, 1 orphans found with `--fail-on-orphans`, 2 usage or
+//! configuration error (one clear line per problem on stderr), 3 scan incomplete. An incomplete scan
+//! exits 3 even when it also found orphans: its "all clear" elsewhere cannot be trusted.
+//!
+//! The product's commands (`scan`, `serve`, `export`) are here. With the `simulator` feature (on by
+//! default) come those that run against the simulated tenant of the crate `miaudit-sim`: `demo` (the
+//! daemon against it, to try miaudit without Azure; [`demo`]) and the developer tools `simulate` and
+//! `bench` ([`dev`]). A build without the feature (`cargo build --no-default-features`) answers those
+//! three with one line saying that it leaves them out, and exit 2.
+
+#[cfg(feature = "simulator")]
+pub mod demo;
+#[cfg(feature = "simulator")]
+pub mod dev;
+
+use crate::config::{Settings, process_env};
+use crate::domain::Trigger;
+use crate::report::ScanReport;
+use crate::report::{render_json, render_table};
+use crate::scan::Scanner;
+use crate::store::Store;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_ORPHANS: u8 = 1;
+pub const EXIT_CONFIG: u8 = 2;
+pub const EXIT_INCOMPLETE: u8 = 3;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "miaudit",
+    version,
+    about = "Finds orphaned managed identities in Microsoft Entra ID tenants",
+    after_help = AFTER_HELP
+)]
+pub struct Cli {
+    /// Configuration file (TOML). Every key can be overridden by MIAUDIT_<SECTION>__<KEY>.
+    #[arg(long, global = true, env = "MIAUDIT_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// Log lines on stderr as text or JSON (one object a line, for collectors); overrides [log] format.
+    #[arg(long, global = true, value_enum)]
+    pub log_format: Option<LogFormat>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[cfg(feature = "simulator")]
+const AFTER_HELP: &str = "demo runs against a built-in simulated tenant; simulate and bench are developer tools \
+(the simulator on its own, benchmarks). All three come with the `simulator` feature, on by default.";
+#[cfg(not(feature = "simulator"))]
+const AFTER_HELP: &str = "This build leaves out the simulator (built without the `simulator` feature): \
+no demo, simulate or bench.";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Whether logs are JSON: the flag, else the configuration.
+fn log_json(flag: Option<LogFormat>, settings: &Settings) -> bool {
+    flag.map_or(settings.log.json, |f| f == LogFormat::Json)
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Audit the configured tenants now, record the result and print the report.
+    Scan {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+        /// List healthy identities too.
+        #[arg(long)]
+        all: bool,
+        /// Exit 1 when orphans are found.
+        #[arg(long)]
+        fail_on_orphans: bool,
+    },
+    /// The daemon: scans on the schedule, serves metrics and the JSON API.
+    Serve,
+    /// The support-ticket list of open orphans (suspected, confirmed, acknowledged) on stdout.
+    Export {
+        #[arg(long, value_enum, default_value = "csv")]
+        format: ExportFormat,
+        /// Only this tenant.
+        #[arg(long)]
+        tenant: Option<String>,
+        /// Only these states (comma-separated: suspected, confirmed, acknowledged, resolved).
+        #[arg(long)]
+        state: Option<String>,
+    },
+    /// The daemon against a built-in simulated tenant that changes every few minutes (no Azure
+    /// account needed). With --once: one scan, report on stdout.
+    #[cfg(feature = "simulator")]
+    Demo(demo::DemoArgs),
+    /// The developer tools (`simulate`, `bench`), listed after the product's commands.
+    #[cfg(feature = "simulator")]
+    #[command(flatten)]
+    Dev(dev::DevCommand),
+    /// `demo`, `simulate` and `bench` in a build without the simulator: says so.
+    #[cfg(not(feature = "simulator"))]
+    #[command(
+        name = "demo",
+        aliases = ["simulate", "bench", "bench-one"],
+        hide = true,
+        disable_help_flag = true
+    )]
+    LeftOut {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum ExportFormat {
+    Csv,
+    Json,
+}
+
+fn config_error(lines: &[String]) -> ExitCode {
+    for l in lines {
+        eprintln!("miaudit: configuration error: {l}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+/// Entry point of the binary.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("miaudit: cannot start the runtime: {e}");
+            return ExitCode::from(EXIT_INCOMPLETE);
+        }
+    };
+    runtime.block_on(run(cli))
+}
+
+fn load(config: Option<&std::path::Path>) -> Result<Settings, ExitCode> {
+    Settings::load(config, &process_env()).map_err(|e| config_error(&e.0))
+}
+
+async fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Scan {
+            output,
+            all,
+            fail_on_orphans,
+        } => {
+            let settings = match load(cli.config.as_deref()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            if let Err(e) = settings.check_scan_ready() {
+                return config_error(&e.0);
+            }
+            crate::telemetry::init(&settings.log.level, log_json(cli.log_format, &settings));
+            scan_and_print(&settings, output, all, fail_on_orphans, Trigger::Cli).await
+        }
+        Command::Serve => {
+            let settings = match load(cli.config.as_deref()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            let json = log_json(cli.log_format, &settings);
+            serve(settings, json).await
+        }
+        Command::Export {
+            format,
+            tenant,
+            state,
+        } => {
+            let settings = match load(cli.config.as_deref()) {
+                Ok(s) => s,
+                Err(code) => return code,
+            };
+            export(&settings, format, tenant.as_deref(), state.as_deref()).await
+        }
+        #[cfg(feature = "simulator")]
+        Command::Demo(args) => demo::run(args, cli.log_format == Some(LogFormat::Json)).await,
+        #[cfg(feature = "simulator")]
+        Command::Dev(command) => dev::run(command).await,
+        #[cfg(not(feature = "simulator"))]
+        Command::LeftOut { .. } => {
+            eprintln!(
+                "miaudit: this build leaves out the simulator (built without the `simulator` feature): \
+                 no demo, simulate or bench; build with the default features to have them"
+            );
+            ExitCode::from(EXIT_CONFIG)
+        }
+    }
+}
+
+async fn serve(settings: Settings, json: bool) -> ExitCode {
+    if let Err(e) = settings.check_scan_ready() {
+        return config_error(&e.0);
+    }
+    if let Err(e) = crate::scheduler::validate_cron(&settings.schedule.cron) {
+        return config_error(&[format!(
+            "schedule.cron: {:?} does not parse: {e}",
+            settings.schedule.cron
+        )]);
+    }
+    crate::telemetry::init(&settings.log.level, json);
+    let app = match crate::app::App::build(settings).await {
+        Ok(a) => a,
+        Err(e) => return config_error(&[format!("{e:#}")]),
+    };
+    let addr = app.http_addr();
+    // With JSON logs, stderr stays one JSON object a line.
+    if json {
+        tracing::info!(%addr, "serving http://{addr}/metrics and http://{addr}/api/v1/findings");
+    } else {
+        eprintln!("miaudit: serving http://{addr}/metrics and http://{addr}/api/v1/findings");
+    }
+    match app.run_until_stopped(crate::app::shutdown_signal()).await {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("miaudit: {e:#}");
+            ExitCode::from(EXIT_INCOMPLETE)
+        }
+    }
+}
+
+async fn export(
+    settings: &Settings,
+    format: ExportFormat,
+    tenant: Option<&str>,
+    state: Option<&str>,
+) -> ExitCode {
+    let mut states = Vec::new();
+    for s in state
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+    {
+        match crate::lifecycle::State::parse(s) {
+            Some(st) => states.push(st),
+            None => {
+                return config_error(&[format!(
+                    "--state: {s:?} is not one of suspected, confirmed, acknowledged, resolved, unverified"
+                )]);
+            }
+        }
+    }
+    let store = match open_store(settings).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let fmt = match format {
+        ExportFormat::Csv => crate::export::Format::Csv,
+        ExportFormat::Json => crate::export::Format::Json,
+    };
+    match crate::export::load_rows(
+        &store,
+        tenant.map(str::to_ascii_lowercase).as_deref(),
+        &states,
+    )
+    .await
+    {
+        Ok(rows) => {
+            print!("{}", crate::export::render(&rows, fmt));
+            ExitCode::from(EXIT_OK)
+        }
+        Err(e) => {
+            eprintln!("miaudit: export failed: {e}");
+            ExitCode::from(EXIT_INCOMPLETE)
+        }
+    }
+}
+
+/// Opens the configured database; a failure is a configuration error (exit 2) naming the key.
+async fn open_store(settings: &Settings) -> Result<Store, ExitCode> {
+    Store::connect(&settings.database.url).await.map_err(|e| {
+        config_error(&[format!(
+            "database.url: cannot open {}: {e}",
+            settings.database.url
+        )])
+    })
+}
+
+/// Runs one scan, records it, prints it; returns the exit code.
+pub async fn scan_and_print(
+    settings: &Settings,
+    output: Output,
+    all: bool,
+    fail_on_orphans: bool,
+    trigger: Trigger,
+) -> ExitCode {
+    let store = match open_store(settings).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let scanner = match Scanner::new(settings) {
+        Ok(s) => s,
+        Err(e) => return config_error(&[format!("{e:#}")]),
+    };
+    let crate::scan::Scanned { mut report, work } = scanner
+        .run_as(
+            uuid::Uuid::new_v4().to_string(),
+            &settings.tenant_ids(),
+            trigger,
+            Some(&store),
+        )
+        .await;
+    let recorded = store
+        .record_scan_from(&report, work.as_ref(), settings.lifecycle.confirm_after)
+        .await;
+    // A report scanned for a store names only the non-healthy identities; `--all` reads every verdict
+    // of the recorded scan back.
+    if all
+        && work.is_some()
+        && let Ok(_) = &recorded
+    {
+        match store.load_verdicts(&report.scan_id).await {
+            Ok(f) => report.findings = f,
+            Err(e) => eprintln!("miaudit: could not read the scan's verdicts back: {e}"),
+        }
+    }
+    if let Err(e) = recorded {
+        eprintln!("miaudit: could not record the scan: {e}");
+        print_report(&report, output, all);
+        return ExitCode::from(EXIT_INCOMPLETE);
+    }
+    print_report(&report, output, all);
+    ExitCode::from(exit_code(&report, fail_on_orphans))
+}
+
+pub fn exit_code(report: &ScanReport, fail_on_orphans: bool) -> u8 {
+    if !report.complete {
+        EXIT_INCOMPLETE
+    } else if fail_on_orphans && report.summary.orphaned > 0 {
+        EXIT_ORPHANS
+    } else {
+        EXIT_OK
+    }
+}
+
+fn print_report(report: &ScanReport, output: Output, all: bool) {
+    match output {
+        Output::Json => println!("{}", render_json(report, all)),
+        Output::Table => print!("{}", render_table(report, all)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_command_line_is_well_formed() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    /// `demo`, `simulate` and `bench` parse in both builds: as commands with the simulator, as the one
+    /// that says the build leaves them out without it.
+    #[test]
+    fn simulator_commands_exist_or_are_said_to_be_left_out() {
+        for args in [
+            &["miaudit", "demo", "--once"][..],
+            &["miaudit", "simulate", "--identities", "10"],
+            &["miaudit", "bench", "--sizes", "10"],
+        ] {
+            let cli = Cli::try_parse_from(args).expect("parses");
+            #[cfg(feature = "simulator")]
+            assert!(
+                matches!(cli.command, Command::Demo(_) | Command::Dev(_)),
+                "{args:?}"
+            );
+            #[cfg(not(feature = "simulator"))]
+            assert!(matches!(cli.command, Command::LeftOut { .. }), "{args:?}");
+        }
+    }
+}
