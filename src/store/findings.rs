@@ -348,7 +348,7 @@ pub(super) async fn apply_lifecycle(
             .bind(&report.scan_id)
             .bind(tid)
             .bind(&after)
-            .bind(super::staging::CHUNK)
+            .bind(super::work::CHUNK)
             .fetch_all(&mut **tx)
             .await?;
             let Some(last) = rows.last() else { break };
@@ -455,7 +455,7 @@ pub(super) async fn apply_lifecycle(
                 .bind(tid)
                 .bind(&after)
                 .bind(&report.scan_id)
-                .bind(super::staging::CHUNK)
+                .bind(super::work::CHUNK)
                 .fetch_all(&mut **tx)
                 .await?;
                 let Some(last) = rows.last() else { break };

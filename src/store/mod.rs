@@ -4,10 +4,10 @@
 //! mid-write leaves the previous state intact.
 
 pub mod findings;
-pub mod staging;
+pub mod work;
 
 use crate::domain::{EvidenceReport, Finding, Summary, Trigger};
-use crate::domain::{IdentityType, Reason, Verdict};
+use crate::domain::{IdentityType, ManagedIdentity, Reason, Verdict};
 use crate::report::{ScanReport, TenantReport};
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
@@ -378,7 +378,7 @@ impl Store {
     pub async fn record_scan_from(
         &self,
         report: &ScanReport,
-        work: Option<&staging::WorkFile>,
+        work: Option<&work::WorkFile>,
         confirm_after: std::time::Duration,
     ) -> Result<findings::Recorded, StoreError> {
         // The verdicts are read from the scan's working database; a report made without a store (tests,
@@ -636,6 +636,52 @@ impl Store {
         .bind(tenant)
         .fetch_all(&self.pool)
         .await?)
+    }
+
+    /// The next chunk of the tenant's recorded inventory after the object id `after`: the identities of
+    /// its findings except those resolved as removed, as Graph would list them, with the object id to
+    /// continue after; `None` past the last.
+    pub async fn stored_inventory(
+        &self,
+        tenant: &str,
+        after: &str,
+    ) -> Result<Option<(String, Vec<ManagedIdentity>)>, StoreError> {
+        let rows = sqlx::query(
+            "select object_id, app_id, display_name, identity_type, resource_id from findings
+             where tenant_id = ? and object_id > ?
+               and not (coalesce(state, '') = 'resolved' and coalesce(resolution, '') = 'identity_removed')
+             order by object_id limit ?",
+        )
+        .bind(tenant)
+        .bind(after)
+        .bind(work::CHUNK)
+        .fetch_all(&self.pool)
+        .await?;
+        let Some(last) = rows.last() else {
+            return Ok(None);
+        };
+        let last: String = last.try_get("object_id")?;
+        let mut page = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let kind: String = r.try_get("identity_type")?;
+            let explicit = if kind == IdentityType::UserAssigned.as_str() {
+                "True"
+            } else {
+                "False"
+            };
+            let resource: Option<String> = r.try_get("resource_id")?;
+            let names = resource
+                .map(|id| vec![format!("isExplicit={explicit}"), id])
+                .unwrap_or_default();
+            page.push(ManagedIdentity::from_alternative_names(
+                tenant,
+                r.try_get("object_id")?,
+                r.try_get("app_id")?,
+                r.try_get("display_name")?,
+                names,
+            ));
+        }
+        Ok(Some((last, page)))
     }
 
     /// The stored Graph delta link of a tenant and the time of its last full listing.

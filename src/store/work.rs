@@ -1,7 +1,7 @@
-//! Staging: the working rows of a scan in progress (its schema: migrations/work/). The scan writes each Graph page and
-//! each Resource Graph page here as it arrives and reads identities back in key-ordered chunks, so its
-//! memory does not grow with the tenant. Recording reads `scan_results` into `scan_verdicts` and the
-//! findings.
+//! The scan's working database ([`WorkStore`]; its schema: migrations/work/): the working rows of a scan
+//! in progress, apart from the record. The scan writes each Graph page and each Resource Graph page here
+//! as it arrives and reads identities back in key-ordered chunks, so its memory does not grow with the
+//! tenant. Recording reads `scan_results` into `scan_verdicts` and the findings.
 //!
 //! A scan into a store works in a database file of its own beside the store's ([`WorkFile`]): no journal
 //! and no fsync (nothing in it has to survive a crash), no lock shared with the API's readers or the
@@ -21,7 +21,7 @@ use crate::domain::{
     Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ResourceId,
 };
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqliteConnection};
+use sqlx::{Row, SqliteConnection, SqlitePool};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -45,6 +45,13 @@ pub struct Checked<'a> {
     pub request_id: Option<&'a str>,
     pub correlation_request_id: Option<&'a str>,
     pub checked_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A scan's working database: a file of its own beside the store's ([`Store::open_work`]), or memory
+/// ([`WorkStore::open_in_memory`]). Not the record: it holds only the schema of `migrations/work/`.
+#[derive(Clone)]
+pub struct WorkStore {
+    pool: SqlitePool,
 }
 
 /// Writes verdicts into `scan_results` (one multi-row statement per 500). The same identity twice is an
@@ -75,7 +82,12 @@ async fn insert_results(
     .await
 }
 
-impl Store {
+impl WorkStore {
+    /// Closes the pool (before recording attaches the file).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
     /// Stages one page of identities; an identity staged already (a repeated page) is replaced.
     pub async fn stage_identities(
         &self,
@@ -120,53 +132,21 @@ impl Store {
         Ok(())
     }
 
-    /// Stages into `work` the tenant's inventory as of its last recorded scan (the base a Graph delta
+    /// Stages the tenant's inventory as of its last recorded scan in `record` (the base a Graph delta
     /// applies to): every identity of its findings except those resolved as removed, a chunk at a time.
     /// Returns how many.
     pub async fn stage_stored_inventory(
         &self,
-        work: &Store,
+        record: &Store,
         scan_id: &str,
         tenant: &str,
     ) -> Result<u64, StoreError> {
         let mut after = String::new();
         let mut n = 0u64;
-        loop {
-            let rows = sqlx::query(
-                "select object_id, app_id, display_name, identity_type, resource_id from findings
-                 where tenant_id = ? and object_id > ?
-                   and not (coalesce(state, '') = 'resolved' and coalesce(resolution, '') = 'identity_removed')
-                 order by object_id limit ?",
-            )
-            .bind(tenant)
-            .bind(&after)
-            .bind(CHUNK)
-            .fetch_all(&self.pool)
-            .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.try_get("object_id")?;
-            let mut page = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let kind: String = r.try_get("identity_type")?;
-                let explicit = if kind == IdentityType::UserAssigned.as_str() {
-                    "True"
-                } else {
-                    "False"
-                };
-                let resource: Option<String> = r.try_get("resource_id")?;
-                let names = resource
-                    .map(|id| vec![format!("isExplicit={explicit}"), id])
-                    .unwrap_or_default();
-                page.push(ManagedIdentity::from_alternative_names(
-                    tenant,
-                    r.try_get("object_id")?,
-                    r.try_get("app_id")?,
-                    r.try_get("display_name")?,
-                    names,
-                ));
-            }
+        while let Some((last, page)) = record.stored_inventory(tenant, &after).await? {
+            after = last;
             n += page.len() as u64;
-            work.stage_identities(scan_id, tenant, &page).await?;
+            self.stage_identities(scan_id, tenant, &page).await?;
         }
         Ok(n)
     }
@@ -614,7 +594,7 @@ impl Store {
     /// Opens a fresh working database for `scan_id`: beside the store's file, or (a store in memory)
     /// in the temporary directory; `<db>.work-<scan id>.<random>` (the random part keeps the name
     /// unguessable, e.g. in a shared temporary directory, and unique whoever chose the scan id).
-    pub async fn open_work(&self, scan_id: &str) -> Result<(Store, WorkFile), StoreError> {
+    pub async fn open_work(&self, scan_id: &str) -> Result<(WorkStore, WorkFile), StoreError> {
         let safe: String = scan_id
             .chars()
             .take(64)
@@ -643,26 +623,7 @@ impl Store {
             .max_connections(2)
             .connect_with(opts)
             .await?;
-        Ok((Self::work_on(pool).await?, file))
-    }
-
-    /// A working database in memory (a scan without a store).
-    pub async fn open_work_in_memory() -> Result<Store, StoreError> {
-        // An in-memory database exists per connection: exactly one.
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(SqliteConnectOptions::new().in_memory(true))
-            .await?;
-        Self::work_on(pool).await
-    }
-
-    async fn work_on(pool: sqlx::SqlitePool) -> Result<Store, StoreError> {
-        WORK_MIGRATOR.run(&pool).await?;
-        Ok(Store {
-            pool,
-            writable: true,
-            file: None,
-        })
+        Ok((WorkStore::migrated(pool).await?, file))
     }
 
     /// Deletes the working files of scans that died (a crash) and leaves those of live scans, of this
@@ -696,6 +657,23 @@ impl Store {
     }
 }
 
+impl WorkStore {
+    /// A working database in memory (a scan without a store).
+    pub async fn open_in_memory() -> Result<Self, StoreError> {
+        // An in-memory database exists per connection: exactly one.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(SqliteConnectOptions::new().in_memory(true))
+            .await?;
+        Self::migrated(pool).await
+    }
+
+    async fn migrated(pool: SqlitePool) -> Result<Self, StoreError> {
+        WORK_MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -717,7 +695,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_restarted_listing_forgets_only_its_own_tenants_pages() {
-        let work = Store::open_work_in_memory().await.expect("work");
+        let work = WorkStore::open_in_memory().await.expect("work");
         let mi = |t: &str, id: &str| {
             ManagedIdentity::from_alternative_names(
                 t,
