@@ -1,7 +1,11 @@
 //! Findings: the lifecycle side of the store. Applies [`crate::lifecycle::advance`] to every identity of
 //! a recorded scan inside the scan's transaction, and answers the API's and the export's queries.
 
-use super::{StoreError, corrupt, count, parse_time};
+use super::StoreError;
+use super::rows::{
+    SqliteQuery, bind_finding_columns, corrupt, count, finding_columns, insert_rows, parse_time,
+    tracked_of,
+};
 use crate::domain::Finding;
 use crate::domain::{IdentityType, Reason, Verdict};
 use crate::lifecycle::{self, AckRefused, Observation, Resolution, State, Step, Tracked};
@@ -70,37 +74,10 @@ pub enum Acknowledged {
     Refused(AckRefused),
 }
 
-fn time_opt(s: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
-    s.map(|v| parse_time("findings", &v)).transpose()
-}
-
-fn tracked_of(r: &sqlx::sqlite::SqliteRow) -> Result<Tracked, StoreError> {
-    let state: Option<String> = r.try_get("state")?;
-    let resolution: Option<String> = r.try_get("resolution")?;
-    Ok(Tracked {
-        state: state
-            .map(|s| State::parse(&s).ok_or_else(|| corrupt("findings", format!("state {s:?}"))))
-            .transpose()?,
-        episode: u32::try_from(r.try_get::<i64, _>("episode")?).unwrap_or(1),
-        first_detected_at: time_opt(r.try_get("first_detected_at")?)?,
-        last_orphaned_at: time_opt(r.try_get("last_orphaned_at")?)?,
-        confirmed_at: time_opt(r.try_get("confirmed_at")?)?,
-        resolved_at: time_opt(r.try_get("resolved_at")?)?,
-        resolution: resolution
-            .map(|s| {
-                Resolution::parse(&s)
-                    .ok_or_else(|| corrupt("findings", format!("resolution {s:?}")))
-            })
-            .transpose()?,
-        ticket: r.try_get("ticket")?,
-        note: r.try_get("note")?,
-    })
-}
-
 fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> {
     let t = "findings";
     let tracked = tracked_of(r)?;
-    let base = super::finding_columns(r, t)?;
+    let base = finding_columns(r, t)?;
     // Unchanged healthy rows are not rewritten each scan: they were seen in the tenant's latest complete
     // inventory when that is newer than the row's own time (see migration 0004).
     let own_seen = parse_time(t, &r.try_get::<String, _>("last_seen_at")?)?;
@@ -132,7 +109,7 @@ fn ts(t: Option<DateTime<Utc>>) -> Option<String> {
 
 /// Binds the lifecycle columns in the order every statement lists them: `state, episode, resolution,
 /// ticket, note, first_detected_at, last_orphaned_at, confirmed_at, resolved_at`.
-fn bind_tracked<'q>(q: super::SqliteQuery<'q>, t: &'q Tracked) -> super::SqliteQuery<'q> {
+fn bind_tracked<'q>(q: SqliteQuery<'q>, t: &'q Tracked) -> SqliteQuery<'q> {
     q.bind(t.state.map(State::as_str))
         .bind(i64::from(t.episode))
         .bind(t.resolution.map(Resolution::as_str))
@@ -226,7 +203,7 @@ async fn upsert_findings(
         " on conflict (tenant_id, object_id) do update set {LIFECYCLE}{}",
         if take_verdict { VERDICT } else { "" }
     );
-    super::insert_rows(
+    insert_rows(
         tx,
         &format!("insert into findings ({COLS})"),
         23,
@@ -235,7 +212,7 @@ async fn upsert_findings(
         rows,
         |q, (f, object, t)| {
             bind_tracked(
-                super::bind_finding_columns(q.bind(&f.tenant_id).bind(object), f)
+                bind_finding_columns(q.bind(&f.tenant_id).bind(object), f)
                     .bind(&seen)
                     .bind(scan_id),
                 t,
@@ -365,7 +342,7 @@ pub(super) async fn apply_lifecycle(
                     None => None,
                 };
                 chunk.push((
-                    super::finding_columns(r, "scan_results")?,
+                    finding_columns(r, "scan_results")?,
                     r.try_get("object_key")?,
                     stored,
                 ));

@@ -4,12 +4,14 @@
 //! mid-write leaves the previous state intact.
 
 pub mod findings;
+mod rows;
 pub mod work;
 
-use crate::domain::{EvidenceReport, Finding, Summary, Trigger};
-use crate::domain::{IdentityType, ManagedIdentity, Reason, Verdict};
+use crate::domain::{Finding, Summary, Trigger};
+use crate::domain::{IdentityType, ManagedIdentity, Verdict};
 use crate::report::{ScanReport, TenantReport};
 use chrono::{DateTime, Utc};
+use rows::{corrupt, count, finding_columns, parse_time};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use std::str::FromStr;
@@ -101,97 +103,6 @@ pub struct ScanRecord {
 /// How many scans keep their per-identity verdicts; older scans keep their summary rows only.
 pub const KEEP_SCAN_VERDICTS: i64 = 20;
 
-/// A statement being built against SQLite.
-pub(crate) type SqliteQuery<'q> =
-    sqlx::query::Query<'q, sqlx::Sqlite, <sqlx::Sqlite as sqlx::Database>::Arguments>;
-
-/// Binds the columns `scan_verdicts` and `findings` share, in the order both statements list them:
-/// `app_id, display_name, identity_type, resource_id, subscription_id, resource_type, verdict, reason,
-/// detail, evidence`.
-pub(crate) fn bind_finding_columns<'q>(q: SqliteQuery<'q>, f: &'q Finding) -> SqliteQuery<'q> {
-    q.bind(&f.app_id)
-        .bind(&f.display_name)
-        .bind(f.identity_type.as_str())
-        .bind(&f.resource_id)
-        .bind(&f.subscription_id)
-        .bind(&f.resource_type)
-        .bind(f.verdict.as_str())
-        .bind(f.reason.as_str())
-        .bind(&f.detail)
-        .bind(serde_json::to_string(&f.evidence).unwrap_or_else(|_| "{}".into()))
-}
-
-/// Inserts `rows` with multi-row statements of up to `per` rows each: `head` is `insert into t (cols)`,
-/// `tail` follows the values (an `on conflict` clause, or nothing), `bind` binds one row's `cols`
-/// values in order. The statements are prepared per use (`persistent(false)`): one of thousands of
-/// placeholders is large, and sqlx would otherwise keep one per distinct row count in every
-/// connection's statement cache (peak RSS of a 100k scan varied 59-75 MiB with them cached).
-pub(crate) async fn insert_rows<'q, T>(
-    conn: &mut sqlx::SqliteConnection,
-    head: &str,
-    cols: usize,
-    tail: &str,
-    per: usize,
-    rows: &'q [T],
-    bind: impl Fn(SqliteQuery<'q>, &'q T) -> SqliteQuery<'q>,
-) -> Result<(), StoreError> {
-    let one = format!("({})", vec!["?"; cols].join(", "));
-    for chunk in rows.chunks(per) {
-        let sql = format!(
-            "{head} values {}{tail}",
-            vec![one.as_str(); chunk.len()].join(", ")
-        );
-        // Only the caller's static fragments and placeholders are in `sql`; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(false);
-        for row in chunk {
-            q = bind(q, row);
-        }
-        q.execute(&mut *conn).await?;
-    }
-    Ok(())
-}
-
-/// The identity, verdict and evidence columns that `scan_verdicts` and `findings` share.
-pub(crate) fn finding_columns(
-    r: &sqlx::sqlite::SqliteRow,
-    t: &'static str,
-) -> Result<Finding, StoreError> {
-    let identity_type: String = r.try_get("identity_type")?;
-    let verdict: String = r.try_get("verdict")?;
-    let reason: String = r.try_get("reason")?;
-    let evidence: String = r.try_get("evidence")?;
-    Ok(Finding {
-        tenant_id: r.try_get("tenant_id")?,
-        object_id: r.try_get("object_id")?,
-        app_id: r.try_get("app_id")?,
-        display_name: r.try_get("display_name")?,
-        identity_type: IdentityType::parse(&identity_type)
-            .ok_or_else(|| corrupt(t, format!("identity_type {identity_type:?}")))?,
-        resource_id: r.try_get("resource_id")?,
-        subscription_id: r.try_get("subscription_id")?,
-        resource_type: r.try_get("resource_type")?,
-        verdict: Verdict::parse(&verdict)
-            .ok_or_else(|| corrupt(t, format!("verdict {verdict:?}")))?,
-        reason: Reason::parse(&reason).ok_or_else(|| corrupt(t, format!("reason {reason:?}")))?,
-        detail: r.try_get("detail")?,
-        evidence: serde_json::from_str::<EvidenceReport>(&evidence)
-            .map_err(|e| corrupt(t, e.to_string()))?,
-    })
-}
-
-fn corrupt(table: &'static str, reason: impl Into<String>) -> StoreError {
-    StoreError::Corrupt {
-        table,
-        reason: reason.into(),
-    }
-}
-
-fn parse_time(table: &'static str, s: &str) -> Result<DateTime<Utc>, StoreError> {
-    DateTime::parse_from_rfc3339(s)
-        .map(|t| t.with_timezone(&Utc))
-        .map_err(|e| corrupt(table, format!("time {s:?}: {e}")))
-}
-
 fn parse_trigger(s: &str) -> Result<Trigger, StoreError> {
     Ok(match s {
         "schedule" => Trigger::Schedule,
@@ -200,10 +111,6 @@ fn parse_trigger(s: &str) -> Result<Trigger, StoreError> {
         "cli" => Trigger::Cli,
         other => return Err(corrupt("scans", format!("trigger {other:?}"))),
     })
-}
-
-fn count(n: i64) -> u64 {
-    u64::try_from(n).unwrap_or(0)
 }
 
 impl Store {
@@ -750,7 +657,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::EvidenceSource;
+    use crate::domain::{EvidenceReport, EvidenceSource, Reason};
 
     fn report(scan_id: &str, complete: bool) -> ScanReport {
         let now = Utc::now();
@@ -1003,7 +910,7 @@ mod tests {
 #[cfg(test)]
 mod timing {
     use super::*;
-    use crate::domain::EvidenceSource;
+    use crate::domain::{EvidenceReport, EvidenceSource, Reason};
 
     fn report(n: usize, id: &str) -> ScanReport {
         let now = Utc::now();

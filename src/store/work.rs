@@ -14,7 +14,8 @@
 //! whose lock it can take. The lock is on a sidecar rather than the database file itself so that it never
 //! meets SQLite's own (POSIX) locks on that file, which on some file systems are the same kind.
 
-use super::{Store, StoreError, corrupt};
+use super::rows::{bind_finding_columns, corrupt, finding_columns, insert_rows, parse_time};
+use super::{Store, StoreError};
 use crate::arm::ArgHit;
 use crate::domain::Finding;
 use crate::domain::{
@@ -61,7 +62,7 @@ async fn insert_results(
     scan_id: &str,
     findings: &[Finding],
 ) -> Result<(), StoreError> {
-    super::insert_rows(
+    insert_rows(
         conn,
         "insert into scan_results (scan_id, tenant_id, object_key, object_id, app_id, display_name,
              identity_type, resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)",
@@ -70,7 +71,7 @@ async fn insert_results(
         500,
         findings,
         |q, f| {
-            super::bind_finding_columns(
+            bind_finding_columns(
                 q.bind(scan_id)
                     .bind(&f.tenant_id)
                     .bind(f.object_id.to_ascii_lowercase())
@@ -96,7 +97,7 @@ impl WorkStore {
         identities: &[ManagedIdentity],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        super::insert_rows(
+        insert_rows(
             &mut tx,
             "insert into scan_items (scan_id, tenant_id, object_key, object_id, app_id, display_name,
                  identity_type, resource_id, subscription_key, resource_type, alternative_names)",
@@ -226,7 +227,7 @@ impl WorkStore {
     ) -> Result<(), StoreError> {
         let at = chrono::Utc::now().to_rfc3339();
         let mut tx = self.pool.begin().await?;
-        super::insert_rows(
+        insert_rows(
             &mut tx,
             "insert into scan_arg_rows (scan_id, tenant_id, resource_key, principal_key, request_id, checked_at)",
             6,
@@ -417,7 +418,7 @@ impl WorkStore {
                 subscription_visible: None,
                 request_id,
                 correlation_request_id: r.try_get("correlation_request_id")?,
-                checked_at: checked_at.map(|c| super::parse_time(t, &c)).transpose()?,
+                checked_at: checked_at.map(|c| parse_time(t, &c)).transpose()?,
             };
             out.push((object_key, identity, evidence));
         }
@@ -449,7 +450,7 @@ impl WorkStore {
         };
         let rows = sqlx::query(sql).bind(scan_id).fetch_all(&self.pool).await?;
         rows.iter()
-            .map(|r| super::finding_columns(r, "scan_results"))
+            .map(|r| finding_columns(r, "scan_results"))
             .collect()
     }
 }
