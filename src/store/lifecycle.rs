@@ -1,5 +1,6 @@
-//! Findings: the lifecycle side of the store. Applies [`crate::lifecycle::advance`] to every identity of
-//! a recorded scan inside the scan's transaction, and records acknowledgements.
+//! The store side of the findings' lifecycle: a recorded scan's verdicts (and the identities it no longer
+//! lists) go through the pure decision, [`crate::lifecycle::advance`], into the findings and their
+//! history, inside the scan's transaction; an acknowledgement through [`crate::lifecycle::acknowledge`].
 
 use super::queries::StoredFinding;
 use super::rows::{SqliteQuery, bind_finding_columns, finding_columns, insert_rows, tracked_of};
@@ -10,15 +11,6 @@ use crate::report::ScanReport;
 use chrono::{DateTime, Utc};
 use sqlx::{Row, Sqlite, Transaction};
 use std::collections::BTreeMap;
-
-/// What recording a scan changed, per tenant.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Recorded {
-    /// Findings that entered `confirmed`.
-    pub newly_confirmed: BTreeMap<String, u64>,
-    /// How long the recording transaction took (begin to commit).
-    pub transaction: std::time::Duration,
-}
 
 /// The outcome of an acknowledgement.
 #[derive(Debug, Clone, PartialEq)]
@@ -194,14 +186,15 @@ async fn insert_new_healthy(
     Ok(())
 }
 
-/// Applies one scan to the findings of every tenant it covered. `now` is the scan's finish time.
+/// Applies one scan to the findings of every tenant it covered; returns, per tenant, how many findings
+/// entered `confirmed`. `now` is the scan's finish time.
 pub(super) async fn apply_lifecycle(
     tx: &mut Transaction<'_, Sqlite>,
     report: &ScanReport,
     confirm_after: std::time::Duration,
-) -> Result<Recorded, StoreError> {
+) -> Result<BTreeMap<String, u64>, StoreError> {
     let now = report.finished_at;
-    let mut recorded = Recorded::default();
+    let mut newly_confirmed = BTreeMap::new();
     for tenant in &report.tenants {
         let tid = tenant.tenant_id.as_str();
         let mut confirmed = 0u64;
@@ -401,9 +394,9 @@ pub(super) async fn apply_lifecycle(
             .execute(&mut **tx)
             .await?;
         }
-        recorded.newly_confirmed.insert(tid.to_owned(), confirmed);
+        newly_confirmed.insert(tid.to_owned(), confirmed);
     }
-    Ok(recorded)
+    Ok(newly_confirmed)
 }
 
 impl Store {
