@@ -1,27 +1,20 @@
-//! The store side of the findings' lifecycle: a recorded scan's verdicts (and the identities it no longer
-//! lists) go through the pure decision, [`crate::lifecycle::advance`], into the findings and their
-//! history, inside the scan's transaction; an acknowledgement through [`crate::lifecycle::acknowledge`].
+//! The store side of the findings' lifecycle: a recorded scan's verdicts, and the identities it no longer
+//! lists, go through the pure decision ([`crate::lifecycle::advance`]) into the findings and their
+//! history, inside the scan's transaction. Each step is loaded, decided and written by a function of its
+//! own; the row writes themselves are `findings`'.
 
-use super::queries::StoredFinding;
-use super::rows::{SqliteQuery, bind_finding_columns, finding_columns, insert_rows, tracked_of};
+use super::StoreError;
+use super::findings::{upsert_findings, write_history, write_lifecycle};
+use super::rows::{bind_tracked, finding_columns, tracked_of};
 use super::work::CHUNK;
-use super::{Store, StoreError};
 use crate::domain::{Finding, Reason, Verdict};
-use crate::lifecycle::{self, AckRefused, Observation, Resolution, State, Step, Tracked};
+use crate::lifecycle::{self, Observation, Step, Tracked};
 use crate::report::ScanReport;
 use chrono::{DateTime, Utc};
 use sqlx::sqlite::SqliteRow;
 use sqlx::{Row, Sqlite, Transaction};
 use std::collections::BTreeMap;
 use std::time::Duration;
-
-/// The outcome of an acknowledgement.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Acknowledged {
-    Done(Box<StoredFinding>),
-    NotFound,
-    Refused(AckRefused),
-}
 
 /// One tenant of a scan being recorded: what every lifecycle read and write of it needs.
 #[derive(Clone, Copy)]
@@ -429,168 +422,13 @@ async fn insert_new_healthy(
     Ok(())
 }
 
-/// Writes the step's transition, if it has one, into the finding's history.
-async fn write_history(
-    tx: &mut Transaction<'_, Sqlite>,
-    tenant: &str,
-    object: &str,
-    step: &Step,
-    at: DateTime<Utc>,
-    scan_id: Option<&str>,
-) -> Result<(), StoreError> {
-    if let Some(t) = &step.transition {
-        sqlx::query(
-            "insert into finding_history (tenant_id, object_id, episode, at, scan_id, from_state, to_state, resolution)
-             values (?, ?, ?, ?, ?, ?, ?, ?)",
-        )
-        .bind(tenant)
-        .bind(object)
-        .bind(i64::from(t.episode))
-        .bind(at.to_rfc3339())
-        .bind(scan_id)
-        .bind(t.from.map(State::as_str))
-        .bind(t.to.as_str())
-        .bind(t.resolution.map(Resolution::as_str))
-        .execute(&mut **tx)
-        .await?;
-    }
-    Ok(())
-}
-
-/// Writes a finding's lifecycle (`next`); with a scan, as seen by it.
-async fn write_lifecycle(
-    tx: &mut Transaction<'_, Sqlite>,
-    tenant: &str,
-    object: &str,
-    next: &Tracked,
-    scan_id: Option<&str>,
-) -> Result<(), StoreError> {
-    let q = sqlx::query(
-        "update findings set state = ?, episode = ?, resolution = ?, ticket = ?, note = ?,
-             first_detected_at = ?, last_orphaned_at = ?, confirmed_at = ?, resolved_at = ?,
-             last_scan_id = coalesce(?, last_scan_id)
-         where tenant_id = ? and object_id = ?",
-    );
-    let q = bind_tracked(q, next)
-        .bind(scan_id)
-        .bind(tenant)
-        .bind(object);
-    q.execute(&mut **tx).await?;
-    Ok(())
-}
-
-/// Rows per multi-row statement: 23 parameters each stays well under SQLite's 32,766.
-const BATCH: usize = 400;
-
-/// Writes findings in multi-row upserts: identity, lifecycle and, with `take_verdict`, the verdict and
-/// evidence columns (otherwise the stored, last authoritative ones stay).
-async fn upsert_findings(
-    tx: &mut Transaction<'_, Sqlite>,
-    rows: &[(Finding, String, Tracked)],
-    take_verdict: bool,
-    seen_at: DateTime<Utc>,
-    scan_id: &str,
-) -> Result<(), StoreError> {
-    const COLS: &str = "tenant_id, object_id, app_id, display_name, identity_type, resource_id, subscription_id,
-        resource_type, verdict, reason, detail, evidence, last_seen_at, last_scan_id, state, episode, resolution,
-        ticket, note, first_detected_at, last_orphaned_at, confirmed_at, resolved_at";
-    const LIFECYCLE: &str = "app_id = excluded.app_id, display_name = excluded.display_name,
-        last_seen_at = excluded.last_seen_at, last_scan_id = excluded.last_scan_id, state = excluded.state,
-        episode = excluded.episode, resolution = excluded.resolution, ticket = excluded.ticket,
-        note = excluded.note, first_detected_at = excluded.first_detected_at,
-        last_orphaned_at = excluded.last_orphaned_at, confirmed_at = excluded.confirmed_at,
-        resolved_at = excluded.resolved_at";
-    const VERDICT: &str =
-        ", identity_type = excluded.identity_type, resource_id = excluded.resource_id,
-        subscription_id = excluded.subscription_id, resource_type = excluded.resource_type,
-        verdict = excluded.verdict, reason = excluded.reason, detail = excluded.detail,
-        evidence = excluded.evidence";
-    let seen = seen_at.to_rfc3339();
-    let tail = format!(
-        " on conflict (tenant_id, object_id) do update set {LIFECYCLE}{}",
-        if take_verdict { VERDICT } else { "" }
-    );
-    insert_rows(
-        tx,
-        &format!("insert into findings ({COLS})"),
-        23,
-        &tail,
-        BATCH,
-        rows,
-        |q, (f, object, t)| {
-            bind_tracked(
-                bind_finding_columns(q.bind(&f.tenant_id).bind(object), f)
-                    .bind(&seen)
-                    .bind(scan_id),
-                t,
-            )
-        },
-    )
-    .await?;
-    Ok(())
-}
-
-/// Binds the lifecycle columns in the order every statement lists them: `state, episode, resolution,
-/// ticket, note, first_detected_at, last_orphaned_at, confirmed_at, resolved_at`.
-fn bind_tracked<'q>(q: SqliteQuery<'q>, t: &'q Tracked) -> SqliteQuery<'q> {
-    q.bind(t.state.map(State::as_str))
-        .bind(i64::from(t.episode))
-        .bind(t.resolution.map(Resolution::as_str))
-        .bind(&t.ticket)
-        .bind(&t.note)
-        .bind(ts(t.first_detected_at))
-        .bind(ts(t.last_orphaned_at))
-        .bind(ts(t.confirmed_at))
-        .bind(ts(t.resolved_at))
-}
-
-fn ts(t: Option<DateTime<Utc>>) -> Option<String> {
-    t.map(|t| t.to_rfc3339())
-}
-
-impl Store {
-    /// Records a support ticket on a suspected or confirmed finding.
-    pub async fn acknowledge(
-        &self,
-        tenant: &str,
-        object: &str,
-        ticket: String,
-        note: Option<String>,
-        now: DateTime<Utc>,
-    ) -> Result<Acknowledged, StoreError> {
-        let (tenant, object) = (tenant.to_ascii_lowercase(), object.to_ascii_lowercase());
-        let mut tx = self.pool.begin().await?;
-        let Some(row) = sqlx::query("select * from findings where tenant_id = ? and object_id = ?")
-            .bind(&tenant)
-            .bind(&object)
-            .fetch_optional(&mut *tx)
-            .await?
-        else {
-            return Ok(Acknowledged::NotFound);
-        };
-        let prev = tracked_of(&row)?;
-        let step = match lifecycle::acknowledge(&prev, ticket, note) {
-            Ok(s) => s,
-            Err(refused) => return Ok(Acknowledged::Refused(refused)),
-        };
-        let next = step.next.as_ref().expect("acknowledge keeps the finding");
-        write_lifecycle(&mut tx, &tenant, &object, next, None).await?;
-        write_history(&mut tx, &tenant, &object, &step, now, None).await?;
-        tx.commit().await?;
-        match self.load_finding(&tenant, &object).await? {
-            Some(f) => Ok(Acknowledged::Done(Box::new(f))),
-            None => Ok(Acknowledged::NotFound),
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::FindingFilter;
+    use crate::lifecycle::{Resolution, State};
+    use crate::store::Store;
     use crate::store::fixtures::{T, TWO_H, finding, scan};
     use sqlx::SqlitePool;
-    use std::time::Duration;
 
     #[test]
     fn a_judged_step_writes_only_what_it_changed() {
@@ -729,138 +567,5 @@ mod tests {
         assert_eq!(f.finding.verdict, Verdict::Orphaned);
         assert_eq!(f.finding.evidence.status, Some(404));
         assert_eq!(f.last_scan_id, "s2", "seen in s2");
-    }
-
-    #[sqlx::test]
-    async fn acknowledge_reopen_and_filters(pool: SqlitePool) {
-        let store = Store::from_pool(pool).await.expect("store");
-        let now = Utc::now();
-        store
-            .record_scan(
-                &scan(
-                    "s1",
-                    0,
-                    vec![
-                        finding("o1", Verdict::Orphaned, Reason::ResourceNotFound),
-                        finding("u1", Verdict::Unknown, Reason::AccessDenied),
-                        finding("h1", Verdict::Healthy, Reason::ResourcePresent),
-                    ],
-                    true,
-                ),
-                Duration::ZERO,
-            )
-            .await
-            .expect("s1");
-        assert_eq!(
-            store
-                .acknowledge(T, "nope", "x".into(), None, now)
-                .await
-                .expect("ack"),
-            Acknowledged::NotFound
-        );
-        assert!(matches!(
-            store
-                .acknowledge(T, "u1", "x".into(), None, now)
-                .await
-                .expect("ack"),
-            Acknowledged::Refused(_)
-        ));
-        let Acknowledged::Done(f) = store
-            .acknowledge(T, "o1", "TKT-9".into(), Some("n".into()), now)
-            .await
-            .expect("ack")
-        else {
-            panic!("acknowledged");
-        };
-        assert_eq!(f.state, Some(State::Acknowledged));
-        assert_eq!(f.ticket.as_deref(), Some("TKT-9"));
-        // Default list: non-healthy, unresolved.
-        let all = store
-            .list_findings(&FindingFilter::default(), None, 100)
-            .await
-            .expect("list");
-        assert_eq!(
-            all.iter()
-                .map(|f| f.finding.object_id.as_str())
-                .collect::<Vec<_>>(),
-            ["o1", "u1"]
-        );
-        let healthy = store
-            .list_findings(
-                &FindingFilter {
-                    verdict: Some(Verdict::Healthy),
-                    ..Default::default()
-                },
-                None,
-                100,
-            )
-            .await
-            .expect("list");
-        assert_eq!(healthy.len(), 1);
-        let page1 = store
-            .list_findings(&FindingFilter::default(), None, 1)
-            .await
-            .expect("list");
-        let cursor = (
-            page1[0].finding.tenant_id.clone(),
-            page1[0].finding.object_id.clone(),
-        );
-        let page2 = store
-            .list_findings(&FindingFilter::default(), Some(&cursor), 1)
-            .await
-            .expect("list");
-        assert_eq!(page2[0].finding.object_id, "u1");
-        // Restored, then orphaned again: a new episode without the ticket.
-        store
-            .record_scan(
-                &scan(
-                    "s2",
-                    1,
-                    vec![finding("o1", Verdict::Healthy, Reason::ResourcePresent)],
-                    true,
-                ),
-                Duration::ZERO,
-            )
-            .await
-            .expect("s2");
-        let resolved = store
-            .list_findings(
-                &FindingFilter {
-                    states: vec![State::Resolved],
-                    ..Default::default()
-                },
-                None,
-                100,
-            )
-            .await
-            .expect("list");
-        assert_eq!(resolved.len(), 1);
-        assert!(matches!(
-            store
-                .acknowledge(T, "o1", "x".into(), None, now)
-                .await
-                .expect("ack"),
-            Acknowledged::Refused(_)
-        ));
-        store
-            .record_scan(
-                &scan(
-                    "s3",
-                    2,
-                    vec![finding("o1", Verdict::Orphaned, Reason::PrincipalMismatch)],
-                    true,
-                ),
-                Duration::ZERO,
-            )
-            .await
-            .expect("s3");
-        let f = store.load_finding(T, "o1").await.expect("load").expect("f");
-        assert_eq!(
-            (f.state, f.episode, f.ticket.clone()),
-            (Some(State::Confirmed), 2, None)
-        );
-        assert_eq!(store.load_history(T, "o1").await.expect("h").len(), 4);
-        let counts = store.count_findings_by_state().await.expect("counts");
-        assert!(counts.contains(&(T.to_owned(), Some(State::Confirmed), 1)));
     }
 }

@@ -3,11 +3,13 @@
 //! is written in one transaction, so a crash mid-write leaves the previous state intact.
 //!
 //! By job: this file opens the record (connect, migrations, the read-only fallback, close); `scans` has
-//! the scan rows and what a scan reads of the record; `record` writes a finished scan, `lifecycle` the
-//! findings' lifecycle in that transaction (and acknowledgements); `queries` answers the API and the
-//! export; `rows` has the column codecs they share; `work` is the scan's working database, a separate
-//! SQLite file.
+//! the scan rows and what a scan reads of the record; `record` writes a finished scan in one
+//! transaction, in which `lifecycle` moves the findings through their lifecycle; `findings` writes
+//! findings rows (for `lifecycle`, and acknowledgements); `queries` answers the API and the export;
+//! `rows` has the column codecs they share; `work` is the scan's working database, a separate SQLite
+//! file.
 
+mod findings;
 #[cfg(test)]
 mod fixtures;
 mod lifecycle;
@@ -17,7 +19,7 @@ mod rows;
 mod scans;
 pub mod work;
 
-pub use lifecycle::Acknowledged;
+pub use findings::Acknowledged;
 pub use queries::{FindingCursor, FindingFilter, HistoryEntry, StoredFinding};
 pub use record::{KEEP_SCAN_VERDICTS, Recorded};
 pub use scans::ScanRecord;

@@ -129,3 +129,21 @@ pub(super) fn tracked_of(r: &sqlx::sqlite::SqliteRow) -> Result<Tracked, StoreEr
         note: r.try_get("note")?,
     })
 }
+
+/// Binds the lifecycle columns in the order every statement lists them: `state, episode, resolution,
+/// ticket, note, first_detected_at, last_orphaned_at, confirmed_at, resolved_at`.
+pub(super) fn bind_tracked<'q>(q: SqliteQuery<'q>, t: &'q Tracked) -> SqliteQuery<'q> {
+    q.bind(t.state.map(State::as_str))
+        .bind(i64::from(t.episode))
+        .bind(t.resolution.map(Resolution::as_str))
+        .bind(&t.ticket)
+        .bind(&t.note)
+        .bind(ts(t.first_detected_at))
+        .bind(ts(t.last_orphaned_at))
+        .bind(ts(t.confirmed_at))
+        .bind(ts(t.resolved_at))
+}
+
+fn ts(t: Option<DateTime<Utc>>) -> Option<String> {
+    t.map(|t| t.to_rfc3339())
+}
