@@ -21,6 +21,7 @@ use crate::domain::Finding;
 use crate::domain::{
     Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ResourceId,
 };
+use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqliteConnection, SqlitePool};
 use std::path::{Path, PathBuf};
@@ -339,7 +340,6 @@ impl WorkStore {
         tenant: &str,
         after: &str,
     ) -> Result<Vec<(String, ManagedIdentity, Evidence)>, StoreError> {
-        let t = "scan_items";
         // Resource Graph's row for the resource, whatever principal it shows: the evidence of health when
         // it carries this one, a second witness beside ARM's answer otherwise.
         let rows = sqlx::query(
@@ -362,67 +362,7 @@ impl WorkStore {
         .bind(CHUNK)
         .fetch_all(&self.pool)
         .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            let kind: String = r.try_get("identity_type")?;
-            let resource: Option<String> = r.try_get("resource_id")?;
-            let names: Option<String> = r.try_get("alternative_names")?;
-            let object_id: String = r.try_get("object_id")?;
-            let object_key: String = r.try_get("object_key")?;
-            let identity = ManagedIdentity {
-                tenant_id: tenant.to_owned(),
-                app_id: r.try_get("app_id")?,
-                display_name: r.try_get("display_name")?,
-                identity_type: IdentityType::parse(&kind)
-                    .ok_or_else(|| corrupt(t, format!("identity_type {kind:?}")))?,
-                resource: resource.as_deref().and_then(ResourceId::parse),
-                alternative_names: names
-                    .map(|n| serde_json::from_str(&n).map_err(|e| corrupt(t, e.to_string())))
-                    .transpose()?
-                    .unwrap_or_default(),
-                object_id,
-            };
-            let source: Option<String> = r.try_get("source")?;
-            let answer: Option<String> = r.try_get("answer")?;
-            let arg_checked: Option<String> = r.try_get("arg_checked_at")?;
-            let arg_principal: Option<String> = r.try_get("arg_principal_key")?;
-            let resource_graph = arg_checked.as_ref().map(|_| GraphRow {
-                principal_id: arg_principal.clone(),
-            });
-            let arg_vouches =
-                arg_checked.is_some() && arg_principal.as_deref() == Some(&object_key);
-            let (source, answer, request_id, checked_at) = match (source.as_deref(), arg_checked) {
-                (Some("arm"), _) => (
-                    EvidenceSource::Arm,
-                    serde_json::from_str(answer.as_deref().unwrap_or_default())
-                        .map_err(|e| corrupt(t, e.to_string()))?,
-                    r.try_get("request_id")?,
-                    r.try_get::<Option<String>, _>("checked_at")?,
-                ),
-                (_, Some(at)) if arg_vouches => (
-                    EvidenceSource::ResourceGraph,
-                    Answer::Present {
-                        principal_id: Some(identity.object_id.clone()),
-                        latest_version: false,
-                    },
-                    r.try_get("arg_request_id")?,
-                    Some(at),
-                ),
-                _ => (EvidenceSource::None, Answer::NotChecked, None, None),
-            };
-            let evidence = Evidence {
-                source,
-                answer,
-                resource_graph,
-                carried_elsewhere: r.try_get("arg_elsewhere")?,
-                subscription_visible: None,
-                request_id,
-                correlation_request_id: r.try_get("correlation_request_id")?,
-                checked_at: checked_at.map(|c| parse_time(t, &c)).transpose()?,
-            };
-            out.push((object_key, identity, evidence));
-        }
-        Ok(out)
+        rows.iter().map(|r| staged_item(r, tenant)).collect()
     }
 
     /// Writes verdicts of a scan in progress.
@@ -453,6 +393,85 @@ impl WorkStore {
             .map(|r| finding_columns(r, "scan_results"))
             .collect()
     }
+}
+
+/// A row of [`WorkStore::staged_items`]: the object key, the identity, and its evidence.
+fn staged_item(
+    r: &SqliteRow,
+    tenant: &str,
+) -> Result<(String, ManagedIdentity, Evidence), StoreError> {
+    let object_key: String = r.try_get("object_key")?;
+    let identity = staged_identity(r, tenant)?;
+    let evidence = staged_evidence(r, &identity, &object_key)?;
+    Ok((object_key, identity, evidence))
+}
+
+fn staged_identity(r: &SqliteRow, tenant: &str) -> Result<ManagedIdentity, StoreError> {
+    let t = "scan_items";
+    let kind: String = r.try_get("identity_type")?;
+    let resource: Option<String> = r.try_get("resource_id")?;
+    let names: Option<String> = r.try_get("alternative_names")?;
+    let object_id: String = r.try_get("object_id")?;
+    Ok(ManagedIdentity {
+        tenant_id: tenant.to_owned(),
+        app_id: r.try_get("app_id")?,
+        display_name: r.try_get("display_name")?,
+        identity_type: IdentityType::parse(&kind)
+            .ok_or_else(|| corrupt(t, format!("identity_type {kind:?}")))?,
+        resource: resource.as_deref().and_then(ResourceId::parse),
+        alternative_names: names
+            .map(|n| serde_json::from_str(&n).map_err(|e| corrupt(t, e.to_string())))
+            .transpose()?
+            .unwrap_or_default(),
+        object_id,
+    })
+}
+
+/// The evidence of a staged identity: ARM's answer when it checked it, Resource Graph's row when that
+/// carries the identity's principal, else none.
+fn staged_evidence(
+    r: &SqliteRow,
+    identity: &ManagedIdentity,
+    object_key: &str,
+) -> Result<Evidence, StoreError> {
+    let t = "scan_items";
+    let source: Option<String> = r.try_get("source")?;
+    let answer: Option<String> = r.try_get("answer")?;
+    let arg_checked: Option<String> = r.try_get("arg_checked_at")?;
+    let arg_principal: Option<String> = r.try_get("arg_principal_key")?;
+    let resource_graph = arg_checked.as_ref().map(|_| GraphRow {
+        principal_id: arg_principal.clone(),
+    });
+    let arg_vouches = arg_checked.is_some() && arg_principal.as_deref() == Some(object_key);
+    let (source, answer, request_id, checked_at) = match (source.as_deref(), arg_checked) {
+        (Some("arm"), _) => (
+            EvidenceSource::Arm,
+            serde_json::from_str(answer.as_deref().unwrap_or_default())
+                .map_err(|e| corrupt(t, e.to_string()))?,
+            r.try_get("request_id")?,
+            r.try_get::<Option<String>, _>("checked_at")?,
+        ),
+        (_, Some(at)) if arg_vouches => (
+            EvidenceSource::ResourceGraph,
+            Answer::Present {
+                principal_id: Some(identity.object_id.clone()),
+                latest_version: false,
+            },
+            r.try_get("arg_request_id")?,
+            Some(at),
+        ),
+        _ => (EvidenceSource::None, Answer::NotChecked, None, None),
+    };
+    Ok(Evidence {
+        source,
+        answer,
+        resource_graph,
+        carried_elsewhere: r.try_get("arg_elsewhere")?,
+        subscription_visible: None,
+        request_id,
+        correlation_request_id: r.try_get("correlation_request_id")?,
+        checked_at: checked_at.map(|c| parse_time(t, &c)).transpose()?,
+    })
 }
 
 /// A scan's working database file; deleted when the last handle to it is dropped (a scan cancelled
