@@ -3,7 +3,7 @@
 //! `miaudit export`.
 
 use crate::lifecycle::State;
-use crate::store::findings::{FindingFilter, StoredFinding};
+use crate::store::{FindingFilter, StoredFinding};
 use crate::store::{Store, StoreError};
 use serde::Serialize;
 

@@ -3,8 +3,8 @@
 //! `store`'s.
 //!
 //! Memory: nothing per identity is held across stages. Graph and Resource Graph pages go into the scan's
-//! working database (`store::staging`) as they arrive, and candidates, evidence and verdicts move through
-//! it in key-ordered chunks of [`crate::store::staging::CHUNK`]; what the process holds is a few pages,
+//! working database (`store::work`) as they arrive, and candidates, evidence and verdicts move through
+//! it in key-ordered chunks of [`crate::store::work::CHUNK`]; what the process holds is a few pages,
 //! one chunk, and the small sets of subscriptions and resource types that Resource Graph is asked about.
 //!
 //! Completeness: a tenant is complete when its Graph inventory was read to the end and no check ended
@@ -21,7 +21,7 @@ use crate::domain::{Evidence, Finding, ManagedIdentity, Reason, Summary, Trigger
 use crate::graph::GraphClient;
 use crate::report::{ScanReport, TenantReport};
 use crate::store::Store;
-use crate::store::staging::{Candidate, WorkFile};
+use crate::store::work::{Candidate, Checked, WorkFile, WorkStore};
 use chrono::Utc;
 use futures::StreamExt;
 use std::collections::{BTreeSet, HashMap};
@@ -185,7 +185,7 @@ impl Scanner {
                 .open_work(&report.scan_id)
                 .await
                 .map(|(w, f)| (w, Some(f))),
-            None => Store::open_work_in_memory().await.map(|w| (w, None)),
+            None => WorkStore::open_in_memory().await.map(|w| (w, None)),
         };
         let (staging, work) = match opened {
             Ok(o) => o,
@@ -254,7 +254,7 @@ impl Scanner {
         &self,
         scan_id: &str,
         tenant: &str,
-        staging: &Store,
+        staging: &WorkStore,
         delta: Option<&Store>,
         record: Option<&Store>,
         deadline: tokio::time::Instant,
@@ -292,7 +292,7 @@ impl Scanner {
         &self,
         scan_id: &str,
         tenant: &str,
-        staging: &Store,
+        staging: &WorkStore,
         delta: Option<&Store>,
         record: Option<&Store>,
     ) -> TenantReport {
@@ -326,13 +326,13 @@ impl Scanner {
         scan_id: &str,
         tenant: &str,
         clients: &TenantClients,
-        staging: &Store,
+        staging: &WorkStore,
         delta: Option<&Store>,
         record: Option<&Store>,
     ) -> TenantReport {
         let mut tr = TenantReport::new(tenant);
         let ctx = Staging {
-            store: staging,
+            work: staging,
             scan_id,
             tenant,
         };
@@ -363,7 +363,7 @@ impl Scanner {
                 None => true,
                 Some(store) => match store.open_finding_keys(tenant).await {
                     Ok(keys) => {
-                        ctx.store.stage_must_check(scan_id, tenant, &keys).await?;
+                        ctx.work.stage_must_check(scan_id, tenant, &keys).await?;
                         true
                     }
                     Err(e) => {
@@ -411,11 +411,11 @@ impl Scanner {
             match clients.graph.fetch_delta(ctx.tenant, &link).await {
                 Ok(Some(delta)) => {
                     // The stored inventory, then what left it, then what changed (replacing rows).
-                    store
-                        .stage_stored_inventory(ctx.store, ctx.scan_id, ctx.tenant)
+                    ctx.work
+                        .stage_stored_inventory(store, ctx.scan_id, ctx.tenant)
                         .await
                         .map_err(staging_error)?;
-                    ctx.store
+                    ctx.work
                         .unstage_identities(ctx.scan_id, ctx.tenant, &delta.gone)
                         .await
                         .map_err(staging_error)?;
@@ -426,7 +426,7 @@ impl Scanner {
                         .into_iter()
                         .filter(|i| !gone.contains(i.object_id.to_ascii_lowercase().as_str()))
                         .collect();
-                    ctx.store
+                    ctx.work
                         .stage_identities(ctx.scan_id, ctx.tenant, &changed)
                         .await
                         .map_err(staging_error)?;
@@ -476,7 +476,7 @@ impl Scanner {
         // Bulk: every type named by identities in visible subscriptions, per table.
         let mut bulk_subs: BTreeSet<String> = BTreeSet::new();
         let mut types: HashMap<ArgTable, BTreeSet<String>> = HashMap::new();
-        for (sub, t) in ctx.store.staged_targets(ctx.scan_id, ctx.tenant).await? {
+        for (sub, t) in ctx.work.staged_targets(ctx.scan_id, ctx.tenant).await? {
             if visible(&sub) == Some(true) && crate::arm::is_queryable_type(&t) {
                 bulk_subs.insert(sub);
                 types.entry(ArgTable::for_type(&t)).or_default().insert(t);
@@ -514,10 +514,7 @@ impl Scanner {
         let any_visible = subscriptions.and_then(|s| s.keys().next().cloned());
         let mut after = String::new();
         loop {
-            let chunk = ctx
-                .store
-                .candidates(ctx.scan_id, ctx.tenant, &after)
-                .await?;
+            let chunk = ctx.work.candidates(ctx.scan_id, ctx.tenant, &after).await?;
             let Some(last) = chunk.last() else { break };
             after.clone_from(&last.object_key);
             tracing::debug!(candidates = chunk.len(), "confirming candidates with ARM");
@@ -546,7 +543,7 @@ impl Scanner {
                 .await;
             let rows: Vec<_> = checks
                 .iter()
-                .map(|(c, check)| crate::store::staging::Checked {
+                .map(|(c, check)| Checked {
                     object_key: &c.object_key,
                     answer: &check.answer,
                     request_id: check.request_id.as_deref(),
@@ -554,7 +551,7 @@ impl Scanner {
                     checked_at: check.checked_at,
                 })
                 .collect();
-            ctx.store
+            ctx.work
                 .stage_checks(ctx.scan_id, ctx.tenant, &rows)
                 .await?;
         }
@@ -573,7 +570,7 @@ impl Scanner {
         let mut after = String::new();
         loop {
             let chunk = ctx
-                .store
+                .work
                 .staged_items(ctx.scan_id, ctx.tenant, &after)
                 .await?;
             let Some((last, _, _)) = chunk.last() else {
@@ -592,7 +589,7 @@ impl Scanner {
                 tr.summary.add(j.verdict);
                 findings.push(finding(identity, &ev, j));
             }
-            ctx.store.stage_results(ctx.scan_id, &findings).await?;
+            ctx.work.stage_results(ctx.scan_id, &findings).await?;
         }
         tr.identities = tr.summary.total;
         if failed > 0 {
@@ -617,21 +614,21 @@ fn failed_tenant(tenant: &str, error: String) -> TenantReport {
 /// Where one tenant's scan keeps its working rows; also the sink of its Graph and Resource Graph pages.
 #[derive(Clone, Copy)]
 struct Staging<'a> {
-    store: &'a Store,
+    work: &'a WorkStore,
     scan_id: &'a str,
     tenant: &'a str,
 }
 
 impl PageSink<ManagedIdentity> for Staging<'_> {
     async fn accept(&mut self, items: Vec<ManagedIdentity>) -> Result<(), String> {
-        self.store
+        self.work
             .stage_identities(self.scan_id, self.tenant, &items)
             .await
             .map_err(|e| e.to_string())
     }
 
     async fn restart(&mut self) -> Result<(), String> {
-        self.store
+        self.work
             .unstage_tenant(self.scan_id, self.tenant)
             .await
             .map_err(|e| e.to_string())
@@ -640,7 +637,7 @@ impl PageSink<ManagedIdentity> for Staging<'_> {
 
 impl PageSink<ArgHit> for Staging<'_> {
     async fn accept(&mut self, items: Vec<ArgHit>) -> Result<(), String> {
-        self.store
+        self.work
             .stage_arg_rows(self.scan_id, self.tenant, &items)
             .await
             .map_err(|e| e.to_string())

@@ -6,7 +6,7 @@ use crate::domain::{IdentityType, Reason, Verdict};
 use crate::export;
 use crate::lifecycle::{AckRefused, State};
 use crate::scheduler::Busy;
-use crate::store::findings::{Acknowledged, FindingFilter};
+use crate::store::{Acknowledged, FindingFilter};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::PathRejection;

@@ -1,66 +1,13 @@
-//! Findings: the lifecycle side of the store. Applies [`crate::lifecycle::advance`] to every identity of
-//! a recorded scan inside the scan's transaction, and answers the API's and the export's queries.
+//! Writes of findings rows: one finding's lifecycle and its history, the multi-row upserts of a scan's
+//! chunk (both used by `lifecycle`), and an operator's acknowledgement, one finding in one transaction.
 
-use super::{StoreError, corrupt, count, parse_time};
+use super::queries::StoredFinding;
+use super::rows::{bind_finding_columns, bind_tracked, insert_rows, tracked_of};
+use super::{Store, StoreError};
 use crate::domain::Finding;
-use crate::domain::{IdentityType, Reason, Verdict};
-use crate::lifecycle::{self, AckRefused, Observation, Resolution, State, Step, Tracked};
-use crate::report::ScanReport;
+use crate::lifecycle::{self, AckRefused, Resolution, State, Step, Tracked};
 use chrono::{DateTime, Utc};
-use serde::Serialize;
-use sqlx::{Row, Sqlite, Transaction};
-use std::collections::BTreeMap;
-
-/// What recording a scan changed, per tenant.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Recorded {
-    /// Findings that entered `confirmed`.
-    pub newly_confirmed: BTreeMap<String, u64>,
-    /// How long the recording transaction took (begin to commit).
-    pub transaction: std::time::Duration,
-}
-
-/// A finding as the API and the export show it: the identity's last authoritative verdict with its
-/// evidence (the same fields as in a scan), and its lifecycle.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct StoredFinding {
-    #[serde(flatten)]
-    pub finding: Finding,
-    pub state: Option<State>,
-    pub episode: u32,
-    pub resolution: Option<Resolution>,
-    pub ticket: Option<String>,
-    pub note: Option<String>,
-    pub first_detected_at: Option<DateTime<Utc>>,
-    pub last_seen_at: DateTime<Utc>,
-    pub last_orphaned_at: Option<DateTime<Utc>>,
-    pub confirmed_at: Option<DateTime<Utc>>,
-    pub resolved_at: Option<DateTime<Utc>>,
-    pub last_scan_id: String,
-}
-
-/// One transition of a finding.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct HistoryEntry {
-    pub at: DateTime<Utc>,
-    pub scan_id: Option<String>,
-    pub episode: u32,
-    pub from: Option<State>,
-    pub to: State,
-    pub resolution: Option<Resolution>,
-}
-
-/// Filters of the findings list; all optional.
-#[derive(Debug, Clone, Default)]
-pub struct FindingFilter {
-    pub states: Vec<State>,
-    pub verdict: Option<Verdict>,
-    pub reason: Option<Reason>,
-    pub tenant_id: Option<String>,
-    pub identity_type: Option<IdentityType>,
-    pub subscription_id: Option<String>,
-    pub resource_type: Option<String>,
-}
+use sqlx::{Sqlite, Transaction};
 
 /// The outcome of an acknowledgement.
 #[derive(Debug, Clone, PartialEq)]
@@ -70,81 +17,8 @@ pub enum Acknowledged {
     Refused(AckRefused),
 }
 
-fn time_opt(s: Option<String>) -> Result<Option<DateTime<Utc>>, StoreError> {
-    s.map(|v| parse_time("findings", &v)).transpose()
-}
-
-fn tracked_of(r: &sqlx::sqlite::SqliteRow) -> Result<Tracked, StoreError> {
-    let state: Option<String> = r.try_get("state")?;
-    let resolution: Option<String> = r.try_get("resolution")?;
-    Ok(Tracked {
-        state: state
-            .map(|s| State::parse(&s).ok_or_else(|| corrupt("findings", format!("state {s:?}"))))
-            .transpose()?,
-        episode: u32::try_from(r.try_get::<i64, _>("episode")?).unwrap_or(1),
-        first_detected_at: time_opt(r.try_get("first_detected_at")?)?,
-        last_orphaned_at: time_opt(r.try_get("last_orphaned_at")?)?,
-        confirmed_at: time_opt(r.try_get("confirmed_at")?)?,
-        resolved_at: time_opt(r.try_get("resolved_at")?)?,
-        resolution: resolution
-            .map(|s| {
-                Resolution::parse(&s)
-                    .ok_or_else(|| corrupt("findings", format!("resolution {s:?}")))
-            })
-            .transpose()?,
-        ticket: r.try_get("ticket")?,
-        note: r.try_get("note")?,
-    })
-}
-
-fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> {
-    let t = "findings";
-    let tracked = tracked_of(r)?;
-    let base = super::finding_columns(r, t)?;
-    // Unchanged healthy rows are not rewritten each scan: they were seen in the tenant's latest complete
-    // inventory when that is newer than the row's own time (see migration 0004).
-    let own_seen = parse_time(t, &r.try_get::<String, _>("last_seen_at")?)?;
-    let inventory: Option<String> = r.try_get("inventory_at")?;
-    let inventory = inventory.map(|i| parse_time(t, &i)).transpose()?;
-    let (last_seen_at, last_scan_id) = match inventory {
-        Some(at) if at > own_seen => (at, r.try_get::<String, _>("inventory_scan_id")?),
-        _ => (own_seen, r.try_get::<String, _>("last_scan_id")?),
-    };
-    Ok(StoredFinding {
-        finding: base,
-        state: tracked.state,
-        episode: tracked.episode,
-        resolution: tracked.resolution,
-        ticket: tracked.ticket,
-        note: tracked.note,
-        first_detected_at: tracked.first_detected_at,
-        last_seen_at,
-        last_orphaned_at: tracked.last_orphaned_at,
-        confirmed_at: tracked.confirmed_at,
-        resolved_at: tracked.resolved_at,
-        last_scan_id,
-    })
-}
-
-fn ts(t: Option<DateTime<Utc>>) -> Option<String> {
-    t.map(|t| t.to_rfc3339())
-}
-
-/// Binds the lifecycle columns in the order every statement lists them: `state, episode, resolution,
-/// ticket, note, first_detected_at, last_orphaned_at, confirmed_at, resolved_at`.
-fn bind_tracked<'q>(q: super::SqliteQuery<'q>, t: &'q Tracked) -> super::SqliteQuery<'q> {
-    q.bind(t.state.map(State::as_str))
-        .bind(i64::from(t.episode))
-        .bind(t.resolution.map(Resolution::as_str))
-        .bind(&t.ticket)
-        .bind(&t.note)
-        .bind(ts(t.first_detected_at))
-        .bind(ts(t.last_orphaned_at))
-        .bind(ts(t.confirmed_at))
-        .bind(ts(t.resolved_at))
-}
-
-async fn write_history(
+/// Writes the step's transition, if it has one, into the finding's history.
+pub(super) async fn write_history(
     tx: &mut Transaction<'_, Sqlite>,
     tenant: &str,
     object: &str,
@@ -171,7 +45,8 @@ async fn write_history(
     Ok(())
 }
 
-async fn write_lifecycle(
+/// Writes a finding's lifecycle (`next`); with a scan, as seen by it.
+pub(super) async fn write_lifecycle(
     tx: &mut Transaction<'_, Sqlite>,
     tenant: &str,
     object: &str,
@@ -192,15 +67,12 @@ async fn write_lifecycle(
     Ok(())
 }
 
-/// An identity's stored lifecycle, verdict and reason.
-type Stored = (Tracked, String, String);
-
 /// Rows per multi-row statement: 23 parameters each stays well under SQLite's 32,766.
 const BATCH: usize = 400;
 
 /// Writes findings in multi-row upserts: identity, lifecycle and, with `take_verdict`, the verdict and
 /// evidence columns (otherwise the stored, last authoritative ones stay).
-async fn upsert_findings(
+pub(super) async fn upsert_findings(
     tx: &mut Transaction<'_, Sqlite>,
     rows: &[(Finding, String, Tracked)],
     take_verdict: bool,
@@ -226,7 +98,7 @@ async fn upsert_findings(
         " on conflict (tenant_id, object_id) do update set {LIFECYCLE}{}",
         if take_verdict { VERDICT } else { "" }
     );
-    super::insert_rows(
+    insert_rows(
         tx,
         &format!("insert into findings ({COLS})"),
         23,
@@ -235,7 +107,7 @@ async fn upsert_findings(
         rows,
         |q, (f, object, t)| {
             bind_tracked(
-                super::bind_finding_columns(q.bind(&f.tenant_id).bind(object), f)
+                bind_finding_columns(q.bind(&f.tenant_id).bind(object), f)
                     .bind(&seen)
                     .bind(scan_id),
                 t,
@@ -246,381 +118,7 @@ async fn upsert_findings(
     Ok(())
 }
 
-/// Inserts, in one statement, every identity of the scan that is new to the tenant's findings and judged
-/// healthy: at a first scan nearly all of them. The lifecycle gives each the same fresh state with no
-/// transition (checked here, not assumed: otherwise they take the row-by-row path), and the row-by-row
-/// pass then finds them stored and unchanged. 100k identities: ~0.4 s instead of ~2.5 s of bound rows.
-async fn insert_new_healthy(
-    tx: &mut Transaction<'_, Sqlite>,
-    scan_id: &str,
-    tenant: &str,
-    now: DateTime<Utc>,
-    confirm_after: std::time::Duration,
-) -> Result<(), StoreError> {
-    let fresh = lifecycle::advance(
-        None,
-        Observation::Judged {
-            verdict: Verdict::Healthy,
-            reason: Reason::ResourcePresent,
-        },
-        now,
-        confirm_after,
-    );
-    let (Some(t), None, false) = (&fresh.next, &fresh.transition, fresh.newly_confirmed) else {
-        return Ok(());
-    };
-    let q = sqlx::query(
-        "insert into findings (tenant_id, object_id, app_id, display_name, identity_type, resource_id,
-             subscription_id, resource_type, verdict, reason, detail, evidence, last_seen_at, last_scan_id,
-             state, episode, resolution, ticket, note, first_detected_at, last_orphaned_at, confirmed_at,
-             resolved_at)
-         select r.tenant_id, r.object_key, r.app_id, r.display_name, r.identity_type, r.resource_id,
-             r.subscription_id, r.resource_type, r.verdict, r.reason, r.detail, r.evidence, ?, ?,
-             ?, ?, ?, ?, ?, ?, ?, ?, ?
-         from work.scan_results r
-         where r.scan_id = ? and r.tenant_id = ? and r.verdict = 'healthy'
-         order by r.object_key
-         on conflict (tenant_id, object_id) do nothing",
-    )
-    .bind(now.to_rfc3339())
-    .bind(scan_id);
-    bind_tracked(q, t)
-        .bind(scan_id)
-        .bind(tenant)
-        .execute(&mut **tx)
-        .await?;
-    Ok(())
-}
-
-/// Applies one scan to the findings of every tenant it covered. `now` is the scan's finish time.
-pub(super) async fn apply_lifecycle(
-    tx: &mut Transaction<'_, Sqlite>,
-    report: &ScanReport,
-    confirm_after: std::time::Duration,
-) -> Result<Recorded, StoreError> {
-    let now = report.finished_at;
-    let mut recorded = Recorded::default();
-    for tenant in &report.tenants {
-        let tid = tenant.tenant_id.as_str();
-        let mut confirmed = 0u64;
-        insert_new_healthy(tx, &report.scan_id, tid, now, confirm_after).await?;
-        // The scan's verdicts a chunk at a time, each with the stored lifecycle and (verdict, reason) of
-        // its identity, so neither the verdicts nor the findings are ever all in memory. Only identities
-        // that may change are visited: a verdict other than healthy / resource_present now, or a stored
-        // row that is a finding or not healthy / resource_present. Every other identity is healthy before
-        // and now and never a finding (new ones were inserted so just above): the lifecycle leaves it
-        // unchanged and it needs no write (`unchanged_healthy` below; the test
-        // `a_healthy_identity_stays_unchanged` pins the lifecycle side). Their keys are gathered once,
-        // in this transaction's connection, rather than joining all 100k verdicts to the findings.
-        sqlx::query(
-            "create temp table if not exists lifecycle_keys (object_key text primary key) without rowid",
-        )
-        .execute(&mut **tx)
-        .await?;
-        sqlx::query("delete from temp.lifecycle_keys")
-            .execute(&mut **tx)
-            .await?;
-        sqlx::query(
-            "insert or ignore into temp.lifecycle_keys
-             select object_key from work.scan_results
-             where scan_id = ? and tenant_id = ? and (verdict != 'healthy' or reason != 'resource_present')
-             union
-             select object_id from findings
-             where tenant_id = ? and (state is not null or verdict != 'healthy' or reason != 'resource_present')",
-        )
-        .bind(&report.scan_id)
-        .bind(tid)
-        .bind(tid)
-        .execute(&mut **tx)
-        .await?;
-        let mut after = String::new();
-        loop {
-            let rows = sqlx::query(
-                "select r.*, f.object_id as known, f.state, f.episode, f.resolution, f.ticket, f.note,
-                     f.first_detected_at, f.last_orphaned_at, f.confirmed_at, f.resolved_at,
-                     f.verdict as stored_verdict, f.reason as stored_reason
-                 from temp.lifecycle_keys k
-                 join work.scan_results r on r.scan_id = ? and r.tenant_id = ? and r.object_key = k.object_key
-                 left join findings f on f.tenant_id = r.tenant_id and f.object_id = r.object_key
-                 where k.object_key > ?
-                 order by k.object_key limit ?",
-            )
-            .bind(&report.scan_id)
-            .bind(tid)
-            .bind(&after)
-            .bind(super::staging::CHUNK)
-            .fetch_all(&mut **tx)
-            .await?;
-            let Some(last) = rows.last() else { break };
-            after = last.try_get("object_key")?;
-            let mut chunk: Vec<(Finding, String, Option<Stored>)> = Vec::with_capacity(rows.len());
-            for r in &rows {
-                let known: Option<String> = r.try_get("known")?;
-                let stored = match known {
-                    Some(_) => Some((
-                        tracked_of(r)?,
-                        r.try_get("stored_verdict")?,
-                        r.try_get("stored_reason")?,
-                    )),
-                    None => None,
-                };
-                chunk.push((
-                    super::finding_columns(r, "scan_results")?,
-                    r.try_get("object_key")?,
-                    stored,
-                ));
-            }
-            drop(rows);
-            let mut taking: Vec<(Finding, String, Tracked)> = Vec::new();
-            let mut keeping: Vec<(Finding, String, Tracked)> = Vec::new();
-            for (f, object, stored) in chunk {
-                let prev = stored.as_ref().map(|(t, _, _)| t.clone());
-                let step = lifecycle::advance(
-                    prev.as_ref(),
-                    Observation::Judged {
-                        verdict: f.verdict,
-                        reason: f.reason,
-                    },
-                    now,
-                    confirm_after,
-                );
-                let Some(next) = step.next.clone() else {
-                    continue;
-                };
-                write_history(tx, tid, &object, &step, now, Some(&report.scan_id)).await?;
-                confirmed += u64::from(step.newly_confirmed);
-                // An unchanged healthy identity needs no write: its last_seen_at is the tenant's
-                // inventory time (tenant_inventory), its verdict and lifecycle are as stored.
-                let unchanged_healthy = f.verdict == Verdict::Healthy
-                    && prev.as_ref() == Some(&next)
-                    && stored
-                        .as_ref()
-                        .is_some_and(|(_, v, r)| v == f.verdict.as_str() && r == f.reason.as_str());
-                if unchanged_healthy {
-                    continue;
-                }
-                // A new identity always gets its columns, even from an unknown verdict.
-                if step.take_verdict || prev.is_none() {
-                    taking.push((f, object, next));
-                } else {
-                    keeping.push((f, object, next));
-                }
-            }
-            // In key order already: the upserts walk the B-tree instead of jumping around it.
-            upsert_findings(tx, &taking, true, now, &report.scan_id).await?;
-            upsert_findings(tx, &keeping, false, now, &report.scan_id).await?;
-        }
-        sqlx::query("drop table temp.lifecycle_keys")
-            .execute(&mut **tx)
-            .await?;
-        // Identities of earlier scans that this inventory did not list, a chunk at a time.
-        let obs = Observation::Absent {
-            inventory_complete: tenant.inventory_complete,
-        };
-        // Every identity of this scan has a row by now, so the rows beyond the scan's count are the absent
-        // ones. Resolved rows kept for their history change nothing when absent (the lifecycle leaves
-        // them), so only the others are counted; when none is absent (the usual case) the anti-join over
-        // every row is skipped.
-        let absent = if tenant.inventory_complete {
-            let stored: i64 = sqlx::query_scalar(
-                "select count(*) from findings where tenant_id = ? and state is not 'resolved'",
-            )
-            .bind(tid)
-            .fetch_one(&mut **tx)
-            .await?;
-            let listed: i64 = sqlx::query_scalar(
-                "select (select count(*) from work.scan_results where scan_id = ?1 and tenant_id = ?2)
-                      - (select count(*) from findings f join work.scan_results r
-                           on r.scan_id = ?1 and r.tenant_id = f.tenant_id and r.object_key = f.object_id
-                         where f.tenant_id = ?2 and f.state = 'resolved')",
-            )
-            .bind(&report.scan_id)
-            .bind(tid)
-            .fetch_one(&mut **tx)
-            .await?;
-            stored > listed
-        } else {
-            false
-        };
-        if absent {
-            let mut after = String::new();
-            loop {
-                let rows = sqlx::query(
-                    "select f.* from findings f
-                     where f.tenant_id = ? and f.object_id > ? and f.state is not 'resolved' and not exists (
-                         select 1 from work.scan_results r
-                         where r.scan_id = ? and r.tenant_id = f.tenant_id and r.object_key = f.object_id)
-                     order by f.object_id limit ?",
-                )
-                .bind(tid)
-                .bind(&after)
-                .bind(&report.scan_id)
-                .bind(super::staging::CHUNK)
-                .fetch_all(&mut **tx)
-                .await?;
-                let Some(last) = rows.last() else { break };
-                after = last.try_get("object_id")?;
-                let absent: Vec<(String, Tracked)> = rows
-                    .iter()
-                    .map(|r| Ok((r.try_get("object_id")?, tracked_of(r)?)))
-                    .collect::<Result<_, StoreError>>()?;
-                drop(rows);
-                for (object, prev) in absent {
-                    let step = lifecycle::advance(Some(&prev), obs, now, confirm_after);
-                    match &step.next {
-                        None => {
-                            sqlx::query(
-                                "delete from findings where tenant_id = ? and object_id = ?",
-                            )
-                            .bind(tid)
-                            .bind(&object)
-                            .execute(&mut **tx)
-                            .await?;
-                        }
-                        Some(next) if step.transition.is_some() => {
-                            write_lifecycle(tx, tid, &object, next, Some(&report.scan_id)).await?;
-                            write_history(tx, tid, &object, &step, now, Some(&report.scan_id))
-                                .await?;
-                        }
-                        Some(_) => {}
-                    }
-                }
-            }
-        }
-        if tenant.inventory_complete {
-            sqlx::query(
-                "insert into tenant_inventory (tenant_id, last_inventory_at, last_scan_id) values (?, ?, ?)
-                 on conflict (tenant_id) do update set last_inventory_at = excluded.last_inventory_at,
-                     last_scan_id = excluded.last_scan_id",
-            )
-            .bind(tid)
-            .bind(now.to_rfc3339())
-            .bind(&report.scan_id)
-            .execute(&mut **tx)
-            .await?;
-        }
-        recorded.newly_confirmed.insert(tid.to_owned(), confirmed);
-    }
-    Ok(recorded)
-}
-
-/// Keyset cursor of the findings list: the last (tenant_id, object_id) of the previous page.
-pub type FindingCursor = (String, String);
-
-impl super::Store {
-    /// Findings in (tenant_id, object_id) order. With no state and no verdict filter: the non-healthy,
-    /// unresolved ones. `after` continues from a previous page.
-    pub async fn list_findings(
-        &self,
-        f: &FindingFilter,
-        after: Option<&FindingCursor>,
-        limit: u32,
-    ) -> Result<Vec<StoredFinding>, StoreError> {
-        let mut sql = String::from(
-            "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
-             from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id where 1 = 1",
-        );
-        let mut binds: Vec<String> = Vec::new();
-        if f.states.is_empty() && f.verdict.is_none() {
-            sql.push_str(
-                " and f.verdict != 'healthy' and (f.state is null or f.state != 'resolved')",
-            );
-        }
-        if !f.states.is_empty() {
-            sql.push_str(" and f.state in (");
-            sql.push_str(&vec!["?"; f.states.len()].join(", "));
-            sql.push(')');
-            binds.extend(f.states.iter().map(|s| s.as_str().to_owned()));
-        }
-        let mut eq = |col: &str, v: Option<String>| {
-            if let Some(v) = v {
-                sql.push_str(&format!(" and f.{col} = ?"));
-                binds.push(v);
-            }
-        };
-        eq("verdict", f.verdict.map(|v| v.as_str().to_owned()));
-        eq("reason", f.reason.map(|v| v.as_str().to_owned()));
-        eq(
-            "identity_type",
-            f.identity_type.map(|v| v.as_str().to_owned()),
-        );
-        eq(
-            "tenant_id",
-            f.tenant_id.clone().map(|s| s.to_ascii_lowercase()),
-        );
-        if let Some(s) = &f.subscription_id {
-            sql.push_str(" and lower(f.subscription_id) = ?");
-            binds.push(s.to_ascii_lowercase());
-        }
-        if let Some(t) = &f.resource_type {
-            sql.push_str(" and f.resource_type = ?");
-            binds.push(t.to_ascii_lowercase());
-        }
-        if let Some((t, o)) = after {
-            sql.push_str(" and (f.tenant_id, f.object_id) > (?, ?)");
-            binds.push(t.clone());
-            binds.push(o.clone());
-        }
-        sql.push_str(" order by f.tenant_id, f.object_id limit ?");
-        // Only static fragments and placeholders went into `sql`; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for b in &binds {
-            q = q.bind(b.as_str());
-        }
-        let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-        rows.iter().map(finding_of).collect()
-    }
-
-    pub async fn load_finding(
-        &self,
-        tenant: &str,
-        object: &str,
-    ) -> Result<Option<StoredFinding>, StoreError> {
-        let row = sqlx::query(
-            "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
-             from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id
-             where f.tenant_id = ? and f.object_id = ?",
-        )
-        .bind(tenant.to_ascii_lowercase())
-        .bind(object.to_ascii_lowercase())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(finding_of).transpose()
-    }
-
-    /// Every transition of a finding, across episodes, oldest first.
-    pub async fn load_history(
-        &self,
-        tenant: &str,
-        object: &str,
-    ) -> Result<Vec<HistoryEntry>, StoreError> {
-        let rows = sqlx::query(
-            "select * from finding_history where tenant_id = ? and object_id = ? order by id",
-        )
-        .bind(tenant.to_ascii_lowercase())
-        .bind(object.to_ascii_lowercase())
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let t = "finding_history";
-                let from: Option<String> = r.try_get("from_state")?;
-                let to: String = r.try_get("to_state")?;
-                let resolution: Option<String> = r.try_get("resolution")?;
-                Ok(HistoryEntry {
-                    at: parse_time(t, &r.try_get::<String, _>("at")?)?,
-                    scan_id: r.try_get("scan_id")?,
-                    episode: u32::try_from(r.try_get::<i64, _>("episode")?).unwrap_or(1),
-                    from: from
-                        .map(|s| State::parse(&s).ok_or_else(|| corrupt(t, format!("state {s:?}"))))
-                        .transpose()?,
-                    to: State::parse(&to).ok_or_else(|| corrupt(t, format!("state {to:?}")))?,
-                    resolution: resolution.as_deref().and_then(Resolution::parse),
-                })
-            })
-            .collect()
-    }
-
+impl Store {
     /// Records a support ticket on a suspected or confirmed finding.
     pub async fn acknowledge(
         &self,
@@ -654,229 +152,16 @@ impl super::Store {
             None => Ok(Acknowledged::NotFound),
         }
     }
-
-    /// Findings per tenant and state (`None`: healthy identities).
-    pub async fn count_findings_by_state(
-        &self,
-    ) -> Result<Vec<(String, Option<State>, u64)>, StoreError> {
-        let rows = sqlx::query(
-            "select tenant_id, state, count(*) as n from findings group by tenant_id, state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter()
-            .map(|r| {
-                let s: Option<String> = r.try_get("state")?;
-                Ok((
-                    r.try_get("tenant_id")?,
-                    s.as_deref().and_then(State::parse),
-                    count(r.try_get("n")?),
-                ))
-            })
-            .collect()
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::EvidenceSource;
-    use crate::domain::{EvidenceReport, Summary, Trigger};
-    use crate::report::TenantReport;
-    use crate::store::Store;
+    use crate::domain::{Reason, Verdict};
+    use crate::store::FindingFilter;
+    use crate::store::fixtures::{T, finding, scan};
     use sqlx::SqlitePool;
     use std::time::Duration;
-
-    const T: &str = "00000000-0000-0000-0000-00000000000a";
-
-    fn finding(object: &str, verdict: Verdict, reason: Reason) -> Finding {
-        Finding {
-            tenant_id: T.into(),
-            object_id: object.into(),
-            app_id: format!("app-{object}"),
-            display_name: format!("name-{object}"),
-            identity_type: IdentityType::SystemAssigned,
-            resource_id: Some(format!(
-                "/subscriptions/S1/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{object}"
-            )),
-            subscription_id: Some("S1".into()),
-            resource_type: Some("microsoft.compute/virtualmachines".into()),
-            verdict,
-            reason,
-            detail: "d".into(),
-            evidence: EvidenceReport {
-                source: EvidenceSource::Arm,
-                status: Some(404),
-                code: Some("ResourceNotFound".into()),
-                request_id: Some(format!("req-{object}")),
-                correlation_request_id: None,
-                checked_at: None,
-            },
-        }
-    }
-
-    fn scan(id: &str, hours: i64, findings: Vec<Finding>, inventory_complete: bool) -> ScanReport {
-        let at = DateTime::parse_from_rfc3339("2026-01-01T00:00:00Z")
-            .expect("time")
-            .with_timezone(&Utc)
-            + chrono::Duration::hours(hours);
-        ScanReport {
-            scan_id: id.into(),
-            started_at: at,
-            finished_at: at,
-            complete: inventory_complete,
-            trigger: Trigger::Schedule,
-            tenants: vec![TenantReport {
-                summary: Summary::default(),
-                arm_checks: 0,
-                staging_failed: false,
-                tenant_id: T.into(),
-                complete: inventory_complete,
-                inventory_complete,
-                identities: findings.len() as u64,
-                errors: vec![],
-                requests: Default::default(),
-                delta_link: None,
-                full_sync_at: None,
-            }],
-            summary: Summary::default(),
-            findings,
-        }
-    }
-
-    const TWO_H: Duration = Duration::from_secs(7200);
-
-    #[sqlx::test]
-    async fn orphan_is_suspected_then_confirmed_then_resolved_by_removal(pool: SqlitePool) {
-        let store = Store::from_pool(pool).await.expect("store");
-        let orphan = || finding("o1", Verdict::Orphaned, Reason::ResourceNotFound);
-        let healthy = || finding("h1", Verdict::Healthy, Reason::ResourcePresent);
-        let r = store
-            .record_scan(&scan("s1", 0, vec![orphan(), healthy()], true), TWO_H)
-            .await
-            .expect("s1");
-        assert_eq!(r.newly_confirmed[T], 0);
-        let f = store
-            .load_finding(T, "O1")
-            .await
-            .expect("load")
-            .expect("present");
-        assert_eq!(f.state, Some(State::Suspected));
-        assert_eq!(f.finding.evidence.request_id.as_deref(), Some("req-o1"));
-        let r = store
-            .record_scan(&scan("s2", 3, vec![orphan(), healthy()], true), TWO_H)
-            .await
-            .expect("s2");
-        assert_eq!(r.newly_confirmed[T], 1);
-        // An incomplete inventory without the orphan changes nothing.
-        store
-            .record_scan(&scan("s3", 4, vec![], false), TWO_H)
-            .await
-            .expect("s3");
-        assert_eq!(
-            store
-                .load_finding(T, "o1")
-                .await
-                .expect("load")
-                .expect("f")
-                .state,
-            Some(State::Confirmed)
-        );
-        // A complete inventory without it resolves it; the healthy identity that left is forgotten.
-        store
-            .record_scan(&scan("s4", 5, vec![], true), TWO_H)
-            .await
-            .expect("s4");
-        let f = store.load_finding(T, "o1").await.expect("load").expect("f");
-        assert_eq!(f.state, Some(State::Resolved));
-        assert_eq!(f.resolution, Some(Resolution::IdentityRemoved));
-        assert!(store.load_finding(T, "h1").await.expect("load").is_none());
-        let h = store.load_history(T, "o1").await.expect("history");
-        let path: Vec<_> = h
-            .iter()
-            .map(|e| (e.from, e.to, e.scan_id.clone()))
-            .collect();
-        assert_eq!(
-            path,
-            vec![
-                (None, State::Suspected, Some("s1".into())),
-                (Some(State::Suspected), State::Confirmed, Some("s2".into())),
-                (Some(State::Confirmed), State::Resolved, Some("s4".into())),
-            ]
-        );
-    }
-
-    #[sqlx::test]
-    async fn unchanged_healthy_rows_are_seen_in_the_latest_complete_inventory(pool: SqlitePool) {
-        let store = Store::from_pool(pool).await.expect("store");
-        let h = || finding("h1", Verdict::Healthy, Reason::ResourcePresent);
-        store
-            .record_scan(&scan("s1", 0, vec![h()], true), TWO_H)
-            .await
-            .expect("s1");
-        store
-            .record_scan(&scan("s2", 1, vec![h()], true), TWO_H)
-            .await
-            .expect("s2");
-        let f = store
-            .load_finding(T, "h1")
-            .await
-            .expect("load")
-            .expect("present");
-        assert_eq!(f.last_scan_id, "s2");
-        assert_eq!(f.last_seen_at, scan("x", 1, vec![], true).finished_at);
-        // An incomplete inventory did not see it.
-        store
-            .record_scan(&scan("s3", 2, vec![], false), TWO_H)
-            .await
-            .expect("s3");
-        let f = store
-            .load_finding(T, "h1")
-            .await
-            .expect("load")
-            .expect("present");
-        assert_eq!(f.last_scan_id, "s2");
-        let listed = store
-            .list_findings(
-                &FindingFilter {
-                    verdict: Some(Verdict::Healthy),
-                    ..Default::default()
-                },
-                None,
-                10,
-            )
-            .await
-            .expect("list");
-        assert_eq!(listed[0].last_scan_id, "s2");
-    }
-
-    #[sqlx::test]
-    async fn failed_checks_keep_state_and_last_authoritative_verdict(pool: SqlitePool) {
-        let store = Store::from_pool(pool).await.expect("store");
-        store
-            .record_scan(
-                &scan(
-                    "s1",
-                    0,
-                    vec![finding("o1", Verdict::Orphaned, Reason::ResourceNotFound)],
-                    true,
-                ),
-                TWO_H,
-            )
-            .await
-            .expect("s1");
-        let mut failed = finding("o1", Verdict::Unknown, Reason::CheckFailed);
-        failed.evidence.status = None;
-        store
-            .record_scan(&scan("s2", 5, vec![failed], false), TWO_H)
-            .await
-            .expect("s2");
-        let f = store.load_finding(T, "o1").await.expect("load").expect("f");
-        assert_eq!(f.state, Some(State::Suspected));
-        assert_eq!(f.finding.verdict, Verdict::Orphaned);
-        assert_eq!(f.finding.evidence.status, Some(404));
-        assert_eq!(f.last_scan_id, "s2", "seen in s2");
-    }
 
     #[sqlx::test]
     async fn acknowledge_reopen_and_filters(pool: SqlitePool) {

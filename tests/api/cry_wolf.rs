@@ -57,12 +57,12 @@ const TIGHT: &str = "\n[scan]\nmax_retries = 3\nretry_base_delay = \"2ms\"\nretr
 type Snapshot = BTreeMap<String, (Option<String>, String, String, u32)>;
 
 async fn snapshot(store: &miaudit::store::Store) -> Snapshot {
-    let f = miaudit::store::findings::FindingFilter {
+    let f = miaudit::store::FindingFilter {
         states: miaudit::lifecycle::State::ALL.to_vec(),
         ..Default::default()
     };
     let mut rows = store.list_findings(&f, None, 1000).await.expect("findings");
-    let h = miaudit::store::findings::FindingFilter {
+    let h = miaudit::store::FindingFilter {
         verdict: Some(Verdict::Healthy),
         ..Default::default()
     };

@@ -120,7 +120,7 @@ struct Run {
     scan_peak: f64,
     /// All of recording (attach, transaction, detach).
     record: Duration,
-    recorded: crate::store::findings::Recorded,
+    recorded: crate::store::Recorded,
 }
 
 async fn scan_and_record(

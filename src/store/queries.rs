@@ -1,0 +1,314 @@
+//! Read queries of the API and the export: the findings list (filters, keyset cursor), one finding and
+//! its history, counts per state and per verdict, a scan's verdicts.
+
+use super::rows::{corrupt, count, finding_columns, parse_time, tracked_of};
+use super::{Store, StoreError};
+use crate::domain::{Finding, IdentityType, Reason, Verdict};
+use crate::lifecycle::{Resolution, State};
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::Row;
+
+/// A finding as the API and the export show it: the identity's last authoritative verdict with its
+/// evidence (the same fields as in a scan), and its lifecycle.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct StoredFinding {
+    #[serde(flatten)]
+    pub finding: Finding,
+    pub state: Option<State>,
+    pub episode: u32,
+    pub resolution: Option<Resolution>,
+    pub ticket: Option<String>,
+    pub note: Option<String>,
+    pub first_detected_at: Option<DateTime<Utc>>,
+    pub last_seen_at: DateTime<Utc>,
+    pub last_orphaned_at: Option<DateTime<Utc>>,
+    pub confirmed_at: Option<DateTime<Utc>>,
+    pub resolved_at: Option<DateTime<Utc>>,
+    pub last_scan_id: String,
+}
+
+/// One transition of a finding.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct HistoryEntry {
+    pub at: DateTime<Utc>,
+    pub scan_id: Option<String>,
+    pub episode: u32,
+    pub from: Option<State>,
+    pub to: State,
+    pub resolution: Option<Resolution>,
+}
+
+/// Filters of the findings list; all optional.
+#[derive(Debug, Clone, Default)]
+pub struct FindingFilter {
+    pub states: Vec<State>,
+    pub verdict: Option<Verdict>,
+    pub reason: Option<Reason>,
+    pub tenant_id: Option<String>,
+    pub identity_type: Option<IdentityType>,
+    pub subscription_id: Option<String>,
+    pub resource_type: Option<String>,
+}
+
+/// Keyset cursor of the findings list: the last (tenant_id, object_id) of the previous page.
+pub type FindingCursor = (String, String);
+
+fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> {
+    let t = "findings";
+    let tracked = tracked_of(r)?;
+    let base = finding_columns(r, t)?;
+    // Unchanged healthy rows are not rewritten each scan: they were seen in the tenant's latest complete
+    // inventory when that is newer than the row's own time (see migration 0004).
+    let own_seen = parse_time(t, &r.try_get::<String, _>("last_seen_at")?)?;
+    let inventory: Option<String> = r.try_get("inventory_at")?;
+    let inventory = inventory.map(|i| parse_time(t, &i)).transpose()?;
+    let (last_seen_at, last_scan_id) = match inventory {
+        Some(at) if at > own_seen => (at, r.try_get::<String, _>("inventory_scan_id")?),
+        _ => (own_seen, r.try_get::<String, _>("last_scan_id")?),
+    };
+    Ok(StoredFinding {
+        finding: base,
+        state: tracked.state,
+        episode: tracked.episode,
+        resolution: tracked.resolution,
+        ticket: tracked.ticket,
+        note: tracked.note,
+        first_detected_at: tracked.first_detected_at,
+        last_seen_at,
+        last_orphaned_at: tracked.last_orphaned_at,
+        confirmed_at: tracked.confirmed_at,
+        resolved_at: tracked.resolved_at,
+        last_scan_id,
+    })
+}
+
+impl Store {
+    /// Findings in (tenant_id, object_id) order. With no state and no verdict filter: the non-healthy,
+    /// unresolved ones. `after` continues from a previous page.
+    pub async fn list_findings(
+        &self,
+        f: &FindingFilter,
+        after: Option<&FindingCursor>,
+        limit: u32,
+    ) -> Result<Vec<StoredFinding>, StoreError> {
+        let mut sql = String::from(
+            "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
+             from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id where 1 = 1",
+        );
+        let mut binds: Vec<String> = Vec::new();
+        if f.states.is_empty() && f.verdict.is_none() {
+            sql.push_str(
+                " and f.verdict != 'healthy' and (f.state is null or f.state != 'resolved')",
+            );
+        }
+        if !f.states.is_empty() {
+            sql.push_str(" and f.state in (");
+            sql.push_str(&vec!["?"; f.states.len()].join(", "));
+            sql.push(')');
+            binds.extend(f.states.iter().map(|s| s.as_str().to_owned()));
+        }
+        let mut eq = |col: &str, v: Option<String>| {
+            if let Some(v) = v {
+                sql.push_str(&format!(" and f.{col} = ?"));
+                binds.push(v);
+            }
+        };
+        eq("verdict", f.verdict.map(|v| v.as_str().to_owned()));
+        eq("reason", f.reason.map(|v| v.as_str().to_owned()));
+        eq(
+            "identity_type",
+            f.identity_type.map(|v| v.as_str().to_owned()),
+        );
+        eq(
+            "tenant_id",
+            f.tenant_id.clone().map(|s| s.to_ascii_lowercase()),
+        );
+        if let Some(s) = &f.subscription_id {
+            sql.push_str(" and lower(f.subscription_id) = ?");
+            binds.push(s.to_ascii_lowercase());
+        }
+        if let Some(t) = &f.resource_type {
+            sql.push_str(" and f.resource_type = ?");
+            binds.push(t.to_ascii_lowercase());
+        }
+        if let Some((t, o)) = after {
+            sql.push_str(" and (f.tenant_id, f.object_id) > (?, ?)");
+            binds.push(t.clone());
+            binds.push(o.clone());
+        }
+        sql.push_str(" order by f.tenant_id, f.object_id limit ?");
+        // Only static fragments and placeholders went into `sql`; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in &binds {
+            q = q.bind(b.as_str());
+        }
+        let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
+        rows.iter().map(finding_of).collect()
+    }
+
+    pub async fn load_finding(
+        &self,
+        tenant: &str,
+        object: &str,
+    ) -> Result<Option<StoredFinding>, StoreError> {
+        let row = sqlx::query(
+            "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
+             from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id
+             where f.tenant_id = ? and f.object_id = ?",
+        )
+        .bind(tenant.to_ascii_lowercase())
+        .bind(object.to_ascii_lowercase())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(finding_of).transpose()
+    }
+
+    /// Every transition of a finding, across episodes, oldest first.
+    pub async fn load_history(
+        &self,
+        tenant: &str,
+        object: &str,
+    ) -> Result<Vec<HistoryEntry>, StoreError> {
+        let rows = sqlx::query(
+            "select * from finding_history where tenant_id = ? and object_id = ? order by id",
+        )
+        .bind(tenant.to_ascii_lowercase())
+        .bind(object.to_ascii_lowercase())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let t = "finding_history";
+                let from: Option<String> = r.try_get("from_state")?;
+                let to: String = r.try_get("to_state")?;
+                let resolution: Option<String> = r.try_get("resolution")?;
+                Ok(HistoryEntry {
+                    at: parse_time(t, &r.try_get::<String, _>("at")?)?,
+                    scan_id: r.try_get("scan_id")?,
+                    episode: u32::try_from(r.try_get::<i64, _>("episode")?).unwrap_or(1),
+                    from: from
+                        .map(|s| State::parse(&s).ok_or_else(|| corrupt(t, format!("state {s:?}"))))
+                        .transpose()?,
+                    to: State::parse(&to).ok_or_else(|| corrupt(t, format!("state {to:?}")))?,
+                    resolution: resolution.as_deref().and_then(Resolution::parse),
+                })
+            })
+            .collect()
+    }
+
+    /// Findings per tenant and state (`None`: healthy identities).
+    pub async fn count_findings_by_state(
+        &self,
+    ) -> Result<Vec<(String, Option<State>, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "select tenant_id, state, count(*) as n from findings group by tenant_id, state",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let s: Option<String> = r.try_get("state")?;
+                Ok((
+                    r.try_get("tenant_id")?,
+                    s.as_deref().and_then(State::parse),
+                    count(r.try_get("n")?),
+                ))
+            })
+            .collect()
+    }
+
+    /// Identities per verdict and tenant in the newest finished scan that covered each tenant.
+    pub async fn latest_verdict_counts(&self) -> Result<Vec<(String, Verdict, u64)>, StoreError> {
+        let rows = sqlx::query(
+            // Each tenant's latest scan first, then only that scan's rows (through the primary key),
+            // rather than a subquery per row of every retained scan.
+            "with latest as (
+                 select d.tenant_id,
+                        (select t.scan_id from scan_tenants t join scans s on s.scan_id = t.scan_id
+                         where t.tenant_id = d.tenant_id and s.outcome != 'running'
+                         order by s.started_at desc limit 1) as scan_id
+                 from (select distinct tenant_id from scan_tenants) d)
+             select v.tenant_id, v.verdict, count(*) as n
+             from latest l join scan_verdicts v on v.scan_id = l.scan_id and v.tenant_id = l.tenant_id
+             group by v.tenant_id, v.verdict",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let v: String = r.try_get("verdict")?;
+                Ok((
+                    r.try_get("tenant_id")?,
+                    Verdict::parse(&v)
+                        .ok_or_else(|| corrupt("scan_verdicts", format!("verdict {v:?}")))?,
+                    count(r.try_get("n")?),
+                ))
+            })
+            .collect()
+    }
+
+    /// The verdicts of one scan, ordered by tenant and object id.
+    pub async fn load_verdicts(&self, scan_id: &str) -> Result<Vec<Finding>, StoreError> {
+        let rows = sqlx::query(
+            "select * from scan_verdicts where scan_id = ? order by tenant_id, object_id",
+        )
+        .bind(scan_id)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| finding_columns(r, "scan_verdicts"))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::fixtures::{T, TWO_H, finding, scan};
+    use sqlx::SqlitePool;
+
+    #[sqlx::test]
+    async fn unchanged_healthy_rows_are_seen_in_the_latest_complete_inventory(pool: SqlitePool) {
+        let store = Store::from_pool(pool).await.expect("store");
+        let h = || finding("h1", Verdict::Healthy, Reason::ResourcePresent);
+        store
+            .record_scan(&scan("s1", 0, vec![h()], true), TWO_H)
+            .await
+            .expect("s1");
+        store
+            .record_scan(&scan("s2", 1, vec![h()], true), TWO_H)
+            .await
+            .expect("s2");
+        let f = store
+            .load_finding(T, "h1")
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(f.last_scan_id, "s2");
+        assert_eq!(f.last_seen_at, scan("x", 1, vec![], true).finished_at);
+        // An incomplete inventory did not see it.
+        store
+            .record_scan(&scan("s3", 2, vec![], false), TWO_H)
+            .await
+            .expect("s3");
+        let f = store
+            .load_finding(T, "h1")
+            .await
+            .expect("load")
+            .expect("present");
+        assert_eq!(f.last_scan_id, "s2");
+        let listed = store
+            .list_findings(
+                &FindingFilter {
+                    verdict: Some(Verdict::Healthy),
+                    ..Default::default()
+                },
+                None,
+                10,
+            )
+            .await
+            .expect("list");
+        assert_eq!(listed[0].last_scan_id, "s2");
+    }
+}

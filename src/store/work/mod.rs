@@ -1,0 +1,537 @@
+//! The scan's working database ([`WorkStore`]; its schema: migrations/work/): the working rows of a scan
+//! in progress, apart from the record. The scan writes each Graph page and each Resource Graph page here
+//! as it arrives and reads identities back in key-ordered chunks, so its memory does not grow with the
+//! tenant. Recording reads `scan_results` into `scan_verdicts` and the findings.
+//!
+//! A scan into a store works in a database file of its own beside the store's ([`WorkFile`], in `file`);
+//! a scan without a store works in memory.
+
+mod file;
+
+pub use file::WorkFile;
+
+use super::rows::{bind_finding_columns, corrupt, finding_columns, insert_rows, parse_time};
+use super::{Store, StoreError};
+use crate::arm::ArgHit;
+use crate::domain::Finding;
+use crate::domain::{
+    Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ResourceId,
+};
+use sqlx::sqlite::SqliteRow;
+use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+use sqlx::{Row, SqliteConnection, SqlitePool};
+
+/// The schema of a scan's working database (not the store's: see `migrations/work/`).
+pub static WORK_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations/work");
+
+/// Rows read back per chunk.
+pub const CHUNK: i64 = 2_000;
+
+/// A staged identity that Resource Graph did not vouch for: it needs an ARM check.
+#[derive(Debug, Clone)]
+pub struct Candidate {
+    pub object_key: String,
+    pub resource: ResourceId,
+}
+
+/// The evidence of one ARM check, to stage.
+pub struct Checked<'a> {
+    pub object_key: &'a str,
+    pub answer: &'a Answer,
+    pub request_id: Option<&'a str>,
+    pub correlation_request_id: Option<&'a str>,
+    pub checked_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// A scan's working database: a file of its own beside the store's ([`Store::open_work`]), or memory
+/// ([`WorkStore::open_in_memory`]). Not the record: it holds only the schema of `migrations/work/`.
+#[derive(Clone)]
+pub struct WorkStore {
+    pool: SqlitePool,
+}
+
+impl WorkStore {
+    /// A working database in memory (a scan without a store).
+    pub async fn open_in_memory() -> Result<Self, StoreError> {
+        // An in-memory database exists per connection: exactly one.
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(SqliteConnectOptions::new().in_memory(true))
+            .await?;
+        Self::migrated(pool).await
+    }
+
+    async fn migrated(pool: SqlitePool) -> Result<Self, StoreError> {
+        WORK_MIGRATOR.run(&pool).await?;
+        Ok(Self { pool })
+    }
+}
+
+/// Writes verdicts into `scan_results` (one multi-row statement per 500). The same identity twice is an
+/// error (the primary key), not a silent choice of one verdict.
+async fn insert_results(
+    conn: &mut SqliteConnection,
+    scan_id: &str,
+    findings: &[Finding],
+) -> Result<(), StoreError> {
+    insert_rows(
+        conn,
+        "insert into scan_results (scan_id, tenant_id, object_key, object_id, app_id, display_name,
+             identity_type, resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)",
+        14,
+        "",
+        500,
+        findings,
+        |q, f| {
+            bind_finding_columns(
+                q.bind(scan_id)
+                    .bind(&f.tenant_id)
+                    .bind(f.object_id.to_ascii_lowercase())
+                    .bind(&f.object_id),
+                f,
+            )
+        },
+    )
+    .await
+}
+
+impl WorkStore {
+    /// Closes the pool (before recording attaches the file).
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    /// Stages one page of identities; an identity staged already (a repeated page) is replaced.
+    pub async fn stage_identities(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        identities: &[ManagedIdentity],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_rows(
+            &mut tx,
+            "insert into scan_items (scan_id, tenant_id, object_key, object_id, app_id, display_name,
+                 identity_type, resource_id, subscription_key, resource_type, alternative_names)",
+            11,
+            " on conflict (scan_id, tenant_id, object_key) do update set object_id = excluded.object_id,
+                 app_id = excluded.app_id, display_name = excluded.display_name,
+                 identity_type = excluded.identity_type, resource_id = excluded.resource_id,
+                 subscription_key = excluded.subscription_key, resource_type = excluded.resource_type,
+                 alternative_names = excluded.alternative_names",
+            500,
+            identities,
+            |q, i| {
+                let r = i.resource.as_ref();
+                q.bind(scan_id)
+                    .bind(tenant)
+                    .bind(i.object_id.to_ascii_lowercase())
+                    .bind(&i.object_id)
+                    .bind(&i.app_id)
+                    .bind(&i.display_name)
+                    .bind(i.identity_type.as_str())
+                    .bind(r.map(ResourceId::as_str))
+                    .bind(r.and_then(|r| r.subscription_id().map(str::to_ascii_lowercase)))
+                    .bind(r.map(ResourceId::full_type))
+                    .bind(if r.is_none() {
+                        serde_json::to_string(&i.alternative_names).ok()
+                    } else {
+                        None
+                    })
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Stages the tenant's inventory as of its last recorded scan in `record` (the base a Graph delta
+    /// applies to): every identity of its findings except those resolved as removed, a chunk at a time.
+    /// Returns how many.
+    pub async fn stage_stored_inventory(
+        &self,
+        record: &Store,
+        scan_id: &str,
+        tenant: &str,
+    ) -> Result<u64, StoreError> {
+        let mut after = String::new();
+        let mut n = 0u64;
+        while let Some((last, page)) = record.stored_inventory(tenant, &after).await? {
+            after = last;
+            n += page.len() as u64;
+            self.stage_identities(scan_id, tenant, &page).await?;
+        }
+        Ok(n)
+    }
+
+    /// Removes every staged identity of the tenant (its listing starts over).
+    pub async fn unstage_tenant(&self, scan_id: &str, tenant: &str) -> Result<(), StoreError> {
+        sqlx::query("delete from scan_items where scan_id = ? and tenant_id = ?")
+            .bind(scan_id)
+            .bind(tenant)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes staged identities by lower-case object id (Graph delta `@removed`).
+    pub async fn unstage_identities(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        object_keys: &[String],
+    ) -> Result<(), StoreError> {
+        self.per_key(
+            "delete from scan_items where scan_id = ? and tenant_id = ? and object_key = ?",
+            scan_id,
+            tenant,
+            object_keys,
+        )
+        .await
+    }
+
+    /// Runs `sql` (binding the scan id, the tenant and one object key) for each key, in one transaction.
+    async fn per_key(
+        &self,
+        sql: &'static str,
+        scan_id: &str,
+        tenant: &str,
+        object_keys: &[String],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for key in object_keys {
+            sqlx::query(sql)
+                .bind(scan_id)
+                .bind(tenant)
+                .bind(key)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The (lower-case subscription, resource type) pairs the staged identities name.
+    pub async fn staged_targets(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+    ) -> Result<Vec<(String, String)>, StoreError> {
+        let rows = sqlx::query(
+            "select distinct subscription_key, resource_type from scan_items
+             where scan_id = ? and tenant_id = ? and subscription_key is not null and resource_type is not null",
+        )
+        .bind(scan_id)
+        .bind(tenant)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .collect()
+    }
+
+    /// Stages one page of Resource Graph rows.
+    pub async fn stage_arg_rows(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        rows: &[ArgHit],
+    ) -> Result<(), StoreError> {
+        let at = chrono::Utc::now().to_rfc3339();
+        let mut tx = self.pool.begin().await?;
+        insert_rows(
+            &mut tx,
+            "insert into scan_arg_rows (scan_id, tenant_id, resource_key, principal_key, request_id, checked_at)",
+            6,
+            " on conflict (scan_id, tenant_id, resource_key) do update set
+                 principal_key = excluded.principal_key, request_id = excluded.request_id,
+                 checked_at = excluded.checked_at",
+            500,
+            rows,
+            |q, h| {
+                q.bind(scan_id)
+                    .bind(tenant)
+                    .bind(&h.resource_key)
+                    .bind(&h.principal_key)
+                    .bind(h.request_id.as_deref())
+                    .bind(&at)
+            },
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The next chunk of identities with a resource that neither Resource Graph showed carrying their
+    /// principal nor ARM has checked yet, after `after` (object key).
+    pub async fn candidates(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        after: &str,
+    ) -> Result<Vec<Candidate>, StoreError> {
+        let rows = sqlx::query(
+            "select i.object_key, i.resource_id from scan_items i
+             where i.scan_id = ? and i.tenant_id = ? and i.object_key > ? and i.resource_id is not null
+               and i.source is null
+               and (exists (select 1 from scan_must_check m
+                      where m.scan_id = i.scan_id and m.tenant_id = i.tenant_id and m.object_key = i.object_key)
+                    or not exists (select 1 from scan_arg_rows a
+                      where a.scan_id = i.scan_id and a.tenant_id = i.tenant_id
+                        and a.resource_key = lower(rtrim(i.resource_id, '/')) and a.principal_key = i.object_key))
+             order by i.object_key limit ?",
+        )
+        .bind(scan_id)
+        .bind(tenant)
+        .bind(after)
+        .bind(CHUNK)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            let raw: String = r.try_get("resource_id")?;
+            out.push(Candidate {
+                object_key: r.try_get("object_key")?,
+                resource: ResourceId::parse(&raw)
+                    .ok_or_else(|| corrupt("scan_items", format!("resource id {raw:?}")))?,
+            });
+        }
+        Ok(out)
+    }
+
+    /// Marks identities that ARM must check whatever Resource Graph shows (open findings).
+    pub async fn stage_must_check(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        object_keys: &[String],
+    ) -> Result<(), StoreError> {
+        self.per_key(
+            "insert or ignore into scan_must_check (scan_id, tenant_id, object_key) values (?, ?, ?)",
+            scan_id,
+            tenant,
+            object_keys,
+        )
+        .await
+    }
+
+    /// Stages the evidence of ARM checks.
+    pub async fn stage_checks(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        checks: &[Checked<'_>],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        for c in checks {
+            sqlx::query(
+                "update scan_items set source = 'arm', answer = ?, request_id = ?, correlation_request_id = ?,
+                     checked_at = ?
+                 where scan_id = ? and tenant_id = ? and object_key = ?",
+            )
+            .bind(serde_json::to_string(c.answer).unwrap_or_default())
+            .bind(c.request_id)
+            .bind(c.correlation_request_id)
+            .bind(c.checked_at.to_rfc3339())
+            .bind(scan_id)
+            .bind(tenant)
+            .bind(c.object_key)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The next chunk of staged identities with their evidence (subscription visibility not set), in
+    /// object key order after `after`.
+    pub async fn staged_items(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        after: &str,
+    ) -> Result<Vec<(String, ManagedIdentity, Evidence)>, StoreError> {
+        // Resource Graph's row for the resource, whatever principal it shows: the evidence of health when
+        // it carries this one, a second witness beside ARM's answer otherwise.
+        let rows = sqlx::query(
+            "select i.*, a.principal_key as arg_principal_key, a.request_id as arg_request_id,
+                    a.checked_at as arg_checked_at,
+                    (select e.resource_key from scan_arg_rows e
+                      where e.scan_id = i.scan_id and e.tenant_id = i.tenant_id and e.principal_key = i.object_key
+                        and e.resource_key != lower(rtrim(coalesce(i.resource_id, ''), '/'))
+                      order by e.resource_key limit 1) as arg_elsewhere
+             from scan_items i left join scan_arg_rows a
+               on i.resource_id is not null
+                  and a.scan_id = i.scan_id and a.tenant_id = i.tenant_id
+                  and a.resource_key = lower(rtrim(i.resource_id, '/'))
+             where i.scan_id = ? and i.tenant_id = ? and i.object_key > ?
+             order by i.object_key limit ?",
+        )
+        .bind(scan_id)
+        .bind(tenant)
+        .bind(after)
+        .bind(CHUNK)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(|r| staged_item(r, tenant)).collect()
+    }
+
+    /// Writes verdicts of a scan in progress.
+    pub async fn stage_results(
+        &self,
+        scan_id: &str,
+        findings: &[Finding],
+    ) -> Result<(), StoreError> {
+        let mut tx = self.pool.begin().await?;
+        insert_results(&mut tx, scan_id, findings).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Staged verdicts of a scan (all, or only the non-healthy ones), in tenant and object order.
+    pub async fn staged_results(
+        &self,
+        scan_id: &str,
+        non_healthy_only: bool,
+    ) -> Result<Vec<Finding>, StoreError> {
+        let sql = if non_healthy_only {
+            "select * from scan_results where scan_id = ? and verdict != 'healthy' order by tenant_id, object_key"
+        } else {
+            "select * from scan_results where scan_id = ? order by tenant_id, object_key"
+        };
+        let rows = sqlx::query(sql).bind(scan_id).fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|r| finding_columns(r, "scan_results"))
+            .collect()
+    }
+}
+
+/// A row of [`WorkStore::staged_items`]: the object key, the identity, and its evidence.
+fn staged_item(
+    r: &SqliteRow,
+    tenant: &str,
+) -> Result<(String, ManagedIdentity, Evidence), StoreError> {
+    let object_key: String = r.try_get("object_key")?;
+    let identity = staged_identity(r, tenant)?;
+    let evidence = staged_evidence(r, &identity, &object_key)?;
+    Ok((object_key, identity, evidence))
+}
+
+fn staged_identity(r: &SqliteRow, tenant: &str) -> Result<ManagedIdentity, StoreError> {
+    let t = "scan_items";
+    let kind: String = r.try_get("identity_type")?;
+    let resource: Option<String> = r.try_get("resource_id")?;
+    let names: Option<String> = r.try_get("alternative_names")?;
+    let object_id: String = r.try_get("object_id")?;
+    Ok(ManagedIdentity {
+        tenant_id: tenant.to_owned(),
+        app_id: r.try_get("app_id")?,
+        display_name: r.try_get("display_name")?,
+        identity_type: IdentityType::parse(&kind)
+            .ok_or_else(|| corrupt(t, format!("identity_type {kind:?}")))?,
+        resource: resource.as_deref().and_then(ResourceId::parse),
+        alternative_names: names
+            .map(|n| serde_json::from_str(&n).map_err(|e| corrupt(t, e.to_string())))
+            .transpose()?
+            .unwrap_or_default(),
+        object_id,
+    })
+}
+
+/// The evidence of a staged identity: ARM's answer when it checked it, Resource Graph's row when that
+/// carries the identity's principal, else none.
+fn staged_evidence(
+    r: &SqliteRow,
+    identity: &ManagedIdentity,
+    object_key: &str,
+) -> Result<Evidence, StoreError> {
+    let t = "scan_items";
+    let source: Option<String> = r.try_get("source")?;
+    let answer: Option<String> = r.try_get("answer")?;
+    let arg_checked: Option<String> = r.try_get("arg_checked_at")?;
+    let arg_principal: Option<String> = r.try_get("arg_principal_key")?;
+    let resource_graph = arg_checked.as_ref().map(|_| GraphRow {
+        principal_id: arg_principal.clone(),
+    });
+    let arg_vouches = arg_checked.is_some() && arg_principal.as_deref() == Some(object_key);
+    let (source, answer, request_id, checked_at) = match (source.as_deref(), arg_checked) {
+        (Some("arm"), _) => (
+            EvidenceSource::Arm,
+            serde_json::from_str(answer.as_deref().unwrap_or_default())
+                .map_err(|e| corrupt(t, e.to_string()))?,
+            r.try_get("request_id")?,
+            r.try_get::<Option<String>, _>("checked_at")?,
+        ),
+        (_, Some(at)) if arg_vouches => (
+            EvidenceSource::ResourceGraph,
+            Answer::Present {
+                principal_id: Some(identity.object_id.clone()),
+                latest_version: false,
+            },
+            r.try_get("arg_request_id")?,
+            Some(at),
+        ),
+        _ => (EvidenceSource::None, Answer::NotChecked, None, None),
+    };
+    Ok(Evidence {
+        source,
+        answer,
+        resource_graph,
+        carried_elsewhere: r.try_get("arg_elsewhere")?,
+        subscription_visible: None,
+        request_id,
+        correlation_request_id: r.try_get("correlation_request_id")?,
+        checked_at: checked_at.map(|c| parse_time(t, &c)).transpose()?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_restarted_listing_forgets_only_its_own_tenants_pages() {
+        let work = WorkStore::open_in_memory().await.expect("work");
+        let mi = |t: &str, id: &str| {
+            ManagedIdentity::from_alternative_names(
+                t,
+                id.into(),
+                "app".into(),
+                "name".into(),
+                vec![
+                    "isExplicit=False".into(),
+                    format!(
+                        "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/{id}"
+                    ),
+                ],
+            )
+        };
+        work.stage_identities("s1", "t1", &[mi("t1", "a"), mi("t1", "b")])
+            .await
+            .expect("staged");
+        work.stage_identities("s1", "t2", &[mi("t2", "c")])
+            .await
+            .expect("staged");
+        work.unstage_tenant("s1", "t1").await.expect("restart");
+        work.stage_identities("s1", "t1", &[mi("t1", "a")])
+            .await
+            .expect("staged");
+        let keys = |t: &'static str| {
+            let work = work.clone();
+            async move {
+                work.staged_items("s1", t, "")
+                    .await
+                    .expect("items")
+                    .into_iter()
+                    .map(|(k, _, _)| k)
+                    .collect::<Vec<_>>()
+            }
+        };
+        assert_eq!(
+            keys("t1").await,
+            ["a"],
+            "b was only in the abandoned listing"
+        );
+        assert_eq!(keys("t2").await, ["c"]);
+    }
+}
