@@ -168,7 +168,7 @@ impl ScanRunner {
     async fn record(
         &self,
         report: &ScanReport,
-        work: Option<&crate::store::staging::WorkFile>,
+        work: Option<&crate::store::work::WorkFile>,
         elapsed: f64,
     ) {
         let recorded = self

@@ -1,4 +1,4 @@
--- The schema of a scan's working database (src/store/staging.rs), not of the store: a file of its own
+-- The schema of a scan's working database (src/store/work/), not of the store: a file of its own
 -- per scan, beside the store's database, created empty for each scan and deleted when the scan has been
 -- recorded. Graph pages are staged here as they arrive (scan_items), Resource Graph rows likewise
 -- (scan_arg_rows, joined to the identities by resource id and principal), the evidence of ARM checks is

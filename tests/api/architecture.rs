@@ -47,8 +47,8 @@ fn production_code(text: &str) -> &str {
     }
 }
 
-/// Paths after `crate::` or `super::` in `code`, as segments (`crate::store::staging::X` → store,
-/// staging, X), resolved against `module` for `super`.
+/// Paths after `crate::` or `super::` in `code`, as segments (`crate::store::work::X` → store,
+/// work, X), resolved against `module` for `super`.
 fn referenced(code: &str, module: &[String], is_mod_rs: bool) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     for (prefix, base) in [
@@ -289,7 +289,7 @@ fn the_cycle_check_can_fail() {
     );
     // Paths are read from `use` groups and `super` too.
     let refs = referenced(
-        "use super::{transport::Transport, Api};\nlet x = crate::store::staging::WorkFile::f();",
+        "use super::{transport::Transport, Api};\nlet x = crate::store::work::WorkFile::f();",
         &["azure".into(), "auth".into()],
         false,
     );
@@ -300,7 +300,7 @@ fn the_cycle_check_can_fail() {
     assert!(
         refs.contains(&vec![
             "store".into(),
-            "staging".into(),
+            "work".into(),
             "WorkFile".into(),
             "f".into()
         ]),
