@@ -463,7 +463,7 @@ impl Scanner {
     }
 
     /// Evidence for every staged identity: Resource Graph in bulk, then an ARM GET of each identity
-    /// Resource Graph did not show carrying its principal.
+    /// Resource Graph did not show carrying its principal (and of every open finding).
     async fn resolve(
         &self,
         ctx: &Staging<'_>,
@@ -472,8 +472,27 @@ impl Scanner {
         trust_arg: bool,
         tr: &mut TenantReport,
     ) -> Result<(), crate::store::StoreError> {
+        if trust_arg {
+            self.bulk(ctx, arm, subscriptions, tr).await?;
+        } else {
+            tr.complete = false;
+            tr.errors
+                .push("resource graph: not used, since the open findings could not be read".into());
+        }
+        self.confirm_candidates(ctx, arm, subscriptions, tr).await
+    }
+
+    /// Resource Graph for every type named by identities in visible subscriptions, per table, into the
+    /// working database. A failed query leaves more candidates for ARM and the tenant incomplete: its
+    /// second witness (an absent identity confirmed, a principal seen on another resource) is missing.
+    async fn bulk(
+        &self,
+        ctx: &Staging<'_>,
+        arm: &ArmClient,
+        subscriptions: Option<&HashMap<String, Subscription>>,
+        tr: &mut TenantReport,
+    ) -> Result<(), crate::store::StoreError> {
         let visible = |sub: &str| subscriptions.map(|s| s.contains_key(&sub.to_ascii_lowercase()));
-        // Bulk: every type named by identities in visible subscriptions, per table.
         let mut bulk_subs: BTreeSet<String> = BTreeSet::new();
         let mut types: HashMap<ArgTable, BTreeSet<String>> = HashMap::new();
         for (sub, t) in ctx.work.staged_targets(ctx.scan_id, ctx.tenant).await? {
@@ -485,12 +504,6 @@ impl Scanner {
         let subs: Vec<String> = bulk_subs.into_iter().collect();
         let mut tables: Vec<_> = types.into_iter().collect();
         tables.sort_by_key(|(t, _)| t.name());
-        if !trust_arg {
-            tables.clear();
-            tr.complete = false;
-            tr.errors
-                .push("resource graph: not used, since the open findings could not be read".into());
-        }
         for (table, tset) in tables {
             let tlist: Vec<String> = tset.into_iter().collect();
             for batch in subs.chunks(ARG_SUBSCRIPTION_BATCH) {
@@ -499,9 +512,6 @@ impl Scanner {
                     .fetch_identity_principals(ctx.tenant, batch, table, &tlist, &mut sink)
                     .await
                 {
-                    // Without Resource Graph every identity is a candidate for ARM, but its second witness
-                    // (an absent identity confirmed, a principal seen on another resource) is missing:
-                    // the tenant was not fully checked.
                     tracing::warn!(error = %e, table = table.name(), "Resource Graph query failed; falling back to ARM");
                     tr.complete = false;
                     tr.errors
@@ -509,8 +519,19 @@ impl Scanner {
                 }
             }
         }
+        Ok(())
+    }
 
-        // Candidates: anything Resource Graph did not show carrying this principal, a chunk at a time.
+    /// An ARM GET of every candidate (anything Resource Graph did not show carrying its principal, and
+    /// every open finding), a chunk at a time, [`Settings`]' concurrency at once.
+    async fn confirm_candidates(
+        &self,
+        ctx: &Staging<'_>,
+        arm: &ArmClient,
+        subscriptions: Option<&HashMap<String, Subscription>>,
+        tr: &mut TenantReport,
+    ) -> Result<(), crate::store::StoreError> {
+        let visible = |sub: &str| subscriptions.map(|s| s.contains_key(&sub.to_ascii_lowercase()));
         let any_visible = subscriptions.and_then(|s| s.keys().next().cloned());
         let mut after = String::new();
         loop {
@@ -519,24 +540,21 @@ impl Scanner {
             after.clone_from(&last.object_key);
             tracing::debug!(candidates = chunk.len(), "confirming candidates with ARM");
             tr.arm_checks += chunk.len() as u64;
-            // The subscription whose providers API names the api-version: the resource's when visible.
-            let jobs: Vec<(Candidate, Option<String>)> = chunk
-                .into_iter()
-                .map(|c| {
+            let tenant = ctx.tenant;
+            let checks: Vec<(Candidate, crate::arm::Check)> =
+                futures::stream::iter(chunk.into_iter().map(|c| {
+                    // The subscription whose providers API names the api-version: the resource's when
+                    // visible.
                     let sub = match c.resource.subscription_id() {
                         Some(s) if visible(s) == Some(true) => Some(s.to_owned()),
                         _ => any_visible.clone(),
                     };
-                    (c, sub)
-                })
-                .collect();
-            let tenant = ctx.tenant;
-            let checks: Vec<(Candidate, crate::arm::Check)> =
-                futures::stream::iter(jobs.into_iter().map(|(c, sub)| async move {
-                    let check = arm
-                        .check_resource(tenant, &c.resource, sub.as_deref())
-                        .await;
-                    (c, check)
+                    async move {
+                        let check = arm
+                            .check_resource(tenant, &c.resource, sub.as_deref())
+                            .await;
+                        (c, check)
+                    }
                 }))
                 .buffer_unordered(self.concurrency.max(1))
                 .collect()
