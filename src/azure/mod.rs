@@ -265,6 +265,20 @@ pub struct Reply {
 }
 
 impl Reply {
+    /// A reply with `status`, these headers and no body (for tests).
+    #[cfg(test)]
+    pub(crate) fn for_test(status: u16, headers: &[(&'static str, &'static str)]) -> Self {
+        let mut h = reqwest::header::HeaderMap::new();
+        for (k, v) in headers {
+            h.insert(*k, reqwest::header::HeaderValue::from_static(v));
+        }
+        Self {
+            status,
+            headers: h,
+            body: bytes::Bytes::new(),
+        }
+    }
+
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }

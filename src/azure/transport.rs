@@ -373,18 +373,9 @@ fn describe(e: &reqwest::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use reqwest::header::{HeaderMap, HeaderValue};
 
     fn reply(headers: &[(&'static str, &'static str)]) -> Reply {
-        let mut h = HeaderMap::new();
-        for (k, v) in headers {
-            h.insert(*k, HeaderValue::from_static(v));
-        }
-        Reply {
-            status: 429,
-            headers: h,
-            body: bytes::Bytes::new(),
-        }
+        Reply::for_test(429, headers)
     }
 
     #[test]
