@@ -182,6 +182,46 @@ fn resolve(base: &Tracked, resolution: Resolution, now: DateTime<Utc>, take_verd
     }
 }
 
+/// An orphaned verdict: opens an episode (a new one after a resolved one, with ticket, note and
+/// resolution cleared), and confirms it once the orphan has been seen for `confirm_after`.
+fn orphaned(base: &Tracked, now: DateTime<Utc>, confirm_after: chrono::Duration) -> Step {
+    let from = base.state;
+    let mut next = base.clone();
+    let opening = !from.is_some_and(State::is_open_orphan);
+    if opening {
+        if from == Some(State::Resolved) {
+            next.episode += 1;
+            next.ticket = None;
+            next.note = None;
+            next.resolution = None;
+            next.resolved_at = None;
+            next.confirmed_at = None;
+        }
+        next.first_detected_at = Some(now);
+        next.state = Some(State::Suspected);
+    }
+    next.last_orphaned_at = Some(now);
+    let started = next.first_detected_at.unwrap_or(now);
+    let mut newly_confirmed = false;
+    if next.state == Some(State::Suspected) && now - started >= confirm_after {
+        next.state = Some(State::Confirmed);
+        next.confirmed_at = Some(now);
+        newly_confirmed = true;
+    }
+    let transition = (next.state != from).then(|| Transition {
+        from,
+        to: next.state.unwrap_or(State::Suspected),
+        resolution: None,
+        episode: next.episode,
+    });
+    Step {
+        next: Some(next),
+        transition,
+        take_verdict: true,
+        newly_confirmed,
+    }
+}
+
 /// Moves one identity's finding by one scan's observation.
 pub fn advance(
     prev: Option<&Tracked>,
@@ -219,42 +259,7 @@ pub fn advance(
         Observation::Judged {
             verdict: Verdict::Orphaned,
             ..
-        } => {
-            let mut next = base.clone();
-            let opening = !from.is_some_and(State::is_open_orphan);
-            if opening {
-                if from == Some(State::Resolved) {
-                    next.episode += 1;
-                    next.ticket = None;
-                    next.note = None;
-                    next.resolution = None;
-                    next.resolved_at = None;
-                    next.confirmed_at = None;
-                }
-                next.first_detected_at = Some(now);
-                next.state = Some(State::Suspected);
-            }
-            next.last_orphaned_at = Some(now);
-            let started = next.first_detected_at.unwrap_or(now);
-            let mut newly_confirmed = false;
-            if next.state == Some(State::Suspected) && now - started >= confirm_after {
-                next.state = Some(State::Confirmed);
-                next.confirmed_at = Some(now);
-                newly_confirmed = true;
-            }
-            let transition = (next.state != from).then(|| Transition {
-                from,
-                to: next.state.unwrap_or(State::Suspected),
-                resolution: None,
-                episode: next.episode,
-            });
-            Step {
-                next: Some(next),
-                transition,
-                take_verdict: true,
-                newly_confirmed,
-            }
-        }
+        } => orphaned(&base, now, confirm_after),
         Observation::Judged {
             verdict: Verdict::Healthy,
             ..
