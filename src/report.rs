@@ -192,6 +192,25 @@ pub fn render_table(report: &ScanReport, all: bool) -> String {
              identities that were judged; orphans may be among the rest. This is not an all-clear."
         );
     }
+    render_tenants(&mut out, report);
+    let rows = listed(report, all);
+    render_groups(&mut out, &rows);
+    if rows.is_empty() {
+        if report.complete {
+            let _ = writeln!(out, "\nno orphaned or unknown identities");
+        } else {
+            let _ = writeln!(
+                out,
+                "\nINCOMPLETE: nothing orphaned or unknown among the identities judged, but the scan did not \
+                 check everything (see the errors above); this is not an all-clear"
+            );
+        }
+    }
+    out
+}
+
+/// One line per tenant (complete, or what could not be judged), with its errors.
+fn render_tenants(out: &mut String, report: &ScanReport) {
     for t in &report.tenants {
         if t.complete {
             let _ = writeln!(
@@ -219,7 +238,10 @@ pub fn render_table(report: &ScanReport, all: bool) -> String {
             let _ = writeln!(out, "  error: {e}");
         }
     }
-    let rows = listed(report, all);
+}
+
+/// The listed identities grouped by verdict, orphaned first.
+fn render_groups(out: &mut String, rows: &[&Finding]) {
     for verdict in [Verdict::Orphaned, Verdict::Unknown, Verdict::Healthy] {
         let group: Vec<&&Finding> = rows.iter().filter(|f| f.verdict == verdict).collect();
         if group.is_empty() {
@@ -248,18 +270,6 @@ pub fn render_table(report: &ScanReport, all: bool) -> String {
             );
         }
     }
-    if rows.is_empty() {
-        if report.complete {
-            let _ = writeln!(out, "\nno orphaned or unknown identities");
-        } else {
-            let _ = writeln!(
-                out,
-                "\nINCOMPLETE: nothing orphaned or unknown among the identities judged, but the scan did not \
-                 check everything (see the errors above); this is not an all-clear"
-            );
-        }
-    }
-    out
 }
 
 #[cfg(test)]
