@@ -142,32 +142,38 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        m.zero_series(tenants);
+        m
+    }
+
+    /// Every series a rule or a dashboard reads exists from start-up, at zero: per configured tenant,
+    /// per scan outcome, per API, status class and error kind.
+    fn zero_series(&self, tenants: &[String]) {
         for t in tenants {
             for v in Verdict::ALL {
-                m.managed_identities
+                self.managed_identities
                     .with_label_values(&[t, v.as_str()])
                     .set(0);
             }
             for s in State::ALL {
-                m.findings.with_label_values(&[t, s.as_str()]).set(0);
+                self.findings.with_label_values(&[t, s.as_str()]).set(0);
             }
-            m.new_orphans.with_label_values(&[t]);
-            m.last_success.with_label_values(&[t]).set(0);
+            self.new_orphans.with_label_values(&[t]);
+            self.last_success.with_label_values(&[t]).set(0);
         }
         for o in SCAN_OUTCOMES {
-            m.scan_runs.with_label_values(&[o]);
+            self.scan_runs.with_label_values(&[o]);
         }
         for api in Api::ALL {
-            m.azure_throttled.with_label_values(&[api.as_str()]);
+            self.azure_throttled.with_label_values(&[api.as_str()]);
             for k in ErrorKind::ALL {
-                m.azure_failures
+                self.azure_failures
                     .with_label_values(&[api.as_str(), k.as_str()]);
             }
             for c in STATUS_CLASSES {
-                m.azure_requests.with_label_values(&[api.as_str(), c]);
+                self.azure_requests.with_label_values(&[api.as_str(), c]);
             }
         }
-        m
     }
 
     /// Adds what the Azure counters gained since the last call.
