@@ -5,10 +5,11 @@
 //! [`Fault::extreme_numbers`]), and builds a tenant whose healthy identities sit behind each of them
 //! ([`HostileWorld`]).
 
-use super::model::{OddId, SimResource, SubAccess, World};
-use super::{
+use crate::model::{OddId, SimResource, SubAccess, World};
+use crate::respond::{arm_error, arm_headers, graph_error, new_id, respond};
+use crate::{
     Api, FOREIGN_LINK_MARKER, Fault, FaultRule, Inner, LinkTo, REDIRECT_TARGET_PREFIX, RedirectTo,
-    StrayRequest, arm_error, arm_headers, graph_error, new_id, path, respond,
+    StrayRequest, path,
 };
 use axum::body::Body;
 use axum::http::request::Parts;
