@@ -9,7 +9,8 @@ use crate::respond::{arm_error, graph_error};
 use crate::token::token;
 use crate::{Api, FOREIGN_LINK_MARKER, Inner, REDIRECT_TARGET_PREFIX, hostile, path};
 use axum::body::Body;
-use axum::http::{Method, Request, StatusCode};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, Method, Request, StatusCode};
 use axum::response::Response;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -30,6 +31,7 @@ fn classify_route(method: &Method, path: &str) -> Option<Api> {
     }
 }
 
+/// Serves one request: see the module doc for the steps.
 pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
     if req.uri().path().starts_with(REDIRECT_TARGET_PREFIX) {
         return hostile::stray(&inner, "redirect target", req).await;
@@ -71,98 +73,114 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
         );
     };
     let target = format!("{path}?{}", parts.uri.query().unwrap_or(""));
-    let arm_route = match (api, path::parse(&path)) {
+    let fault = take_fault(&inner, &req_info(api, &path, &query, &bytes), &target);
+    if let Some(res) = answer_instead(&inner, api, fault.as_ref(), &parts).await {
+        return res;
+    }
+    let res = serve(&inner, api, fault.as_ref(), &parts, &path, &query, &bytes);
+    let res = charge_per_item(&inner, res).await;
+    change_answer(&inner, api, fault, &parts, res).await
+}
+
+/// What fault selection needs to know of a request.
+fn req_info(api: Api, path: &str, query: &HashMap<String, String>, body: &[u8]) -> ReqInfo {
+    let arm_route = match (api, path::parse(path)) {
         (Api::Arm, Ok(path::Route::Subscriptions)) => ArmRoute::SubscriptionList,
         (Api::Arm, Ok(path::Route::Resource(r))) if !r.is_collection() => ArmRoute::Resource,
         _ => ArmRoute::Other,
     };
-    let info = ReqInfo {
+    ReqInfo {
         api,
         has_skip_token: query.contains_key("$skiptoken")
-            || (api == Api::ResourceGraph && bytes.windows(10).any(|w| w == b"$skipToken")),
+            || (api == Api::ResourceGraph && body.windows(10).any(|w| w == b"$skipToken")),
         arm_route,
-    };
-    let fault = take_fault(&inner, &info, &target);
-    match &fault {
-        Some(
-            f @ (Fault::Throttle { .. }
-            | Fault::Status(_)
-            | Fault::ExpiredPageToken
-            | Fault::SkipTokenError
-            | Fault::NotJson),
-        ) => {
-            return fault_response(api, f, &parts.headers);
-        }
-        Some(
-            f @ (Fault::GatewayEmptyObject
-            | Fault::Redirect { .. }
-            | Fault::ProxyNotFound { .. }
-            | Fault::ImitationNotFound
-            | Fault::ArmNotFound { .. }
-            | Fault::ThrottleHeader { .. }),
-        ) => {
-            return hostile::answer(&inner, api, f, &parts);
-        }
-        Some(Fault::ExpireToken) => {
-            if let Some(t) = parts
-                .headers
-                .get("authorization")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
-            {
-                inner.tokens.lock().expect("tokens lock").remove(t.trim());
-            }
-            return match api {
-                Api::Graph => graph_error(
-                    &parts.headers,
-                    401,
-                    "InvalidAuthenticationToken",
-                    "Lifetime validation failed, the token is expired.",
-                ),
-                _ => arm_error(
-                    &parts.headers,
-                    401,
-                    "ExpiredAuthenticationToken",
-                    "The access token expiry UTC time is earlier than current UTC time.",
-                ),
-            };
-        }
-        Some(Fault::Slow(d)) => tokio::time::sleep(*d).await,
-        _ => {}
     }
+}
+
+/// The answer of a fault that answers instead of the service, if `fault` is one; a slow answer waits
+/// here and then lets the service answer.
+async fn answer_instead(
+    inner: &Inner,
+    api: Api,
+    fault: Option<&Fault>,
+    parts: &Parts,
+) -> Option<Response> {
+    match fault? {
+        f @ (Fault::Throttle { .. }
+        | Fault::Status(_)
+        | Fault::ExpiredPageToken
+        | Fault::SkipTokenError
+        | Fault::NotJson) => Some(fault_response(api, f, &parts.headers)),
+        f @ (Fault::GatewayEmptyObject
+        | Fault::Redirect { .. }
+        | Fault::ProxyNotFound { .. }
+        | Fault::ImitationNotFound
+        | Fault::ArmNotFound { .. }
+        | Fault::ThrottleHeader { .. }) => Some(hostile::answer(inner, api, f, parts)),
+        Fault::ExpireToken => Some(revoke_token(inner, api, &parts.headers)),
+        Fault::Slow(d) => {
+            tokio::time::sleep(*d).await;
+            None
+        }
+        _ => None,
+    }
+}
+
+/// Forgets the request's bearer token and answers as the service does for an expired one.
+fn revoke_token(inner: &Inner, api: Api, headers: &HeaderMap) -> Response {
+    if let Some(t) = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+    {
+        inner.tokens.lock().expect("tokens lock").remove(t.trim());
+    }
+    match api {
+        Api::Graph => graph_error(
+            headers,
+            401,
+            "InvalidAuthenticationToken",
+            "Lifetime validation failed, the token is expired.",
+        ),
+        _ => arm_error(
+            headers,
+            401,
+            "ExpiredAuthenticationToken",
+            "The access token expiry UTC time is earlier than current UTC time.",
+        ),
+    }
+}
+
+/// The service's own answer (for some faults, to another request than the one made).
+fn serve(
+    inner: &Inner,
+    api: Api,
+    fault: Option<&Fault>,
+    parts: &Parts,
+    path: &str,
+    query: &HashMap<String, String>,
+    bytes: &[u8],
+) -> Response {
+    let (method, headers) = (&parts.method, &parts.headers);
     let empty_page = matches!(fault, Some(Fault::EmptyPage));
-    let res = match api {
-        Api::Token => token(&inner, &path, &bytes),
-        Api::Graph => graph(
-            &inner,
-            &parts.method,
-            &path,
-            &query,
-            &parts.headers,
-            empty_page,
-        ),
-        Api::ResourceGraph => resource_graph(
-            &inner,
-            &parts.method,
-            &query,
-            &parts.headers,
-            &bytes,
-            empty_page,
-        ),
-        Api::Arm => match &fault {
+    match api {
+        Api::Token => token(inner, path, bytes),
+        Api::Graph => graph(inner, method, path, query, headers, empty_page),
+        Api::ResourceGraph => resource_graph(inner, method, query, headers, bytes, empty_page),
+        Api::Arm => match fault {
             // ARM's own answer, but for the collection the resource belongs to.
             Some(Fault::CollectionBody) => {
-                let collection = hostile::collection_path(&path).unwrap_or_else(|| path.clone());
-                arm_metered(&inner, &parts.method, &collection, &query, &parts.headers)
+                let collection = hostile::collection_path(path).unwrap_or_else(|| path.to_owned());
+                arm_metered(inner, method, &collection, query, headers)
             }
-            Some(Fault::OtherResourceBody) => {
-                hostile::other_resource(&inner, &path, &query, &parts.headers)
-            }
-            _ => arm_metered(&inner, &parts.method, &path, &query, &parts.headers),
+            Some(Fault::OtherResourceBody) => hostile::other_resource(inner, path, query, headers),
+            _ => arm_metered(inner, method, path, query, headers),
         },
-    };
-    // The cost of a page grows with its items (the handlers say how many in `x-sim-items`).
-    let mut res = res;
+    }
+}
+
+/// The cost of a page grows with its items (the handlers say how many in `x-sim-items`).
+async fn charge_per_item(inner: &Inner, mut res: Response) -> Response {
     if let Some(items) = res
         .headers_mut()
         .remove("x-sim-items")
@@ -173,10 +191,21 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
             tokio::time::sleep(per_item * items).await;
         }
     }
+    res
+}
+
+/// Applies the faults that change the service's answer on its way out.
+async fn change_answer(
+    inner: &Inner,
+    api: Api,
+    fault: Option<Fault>,
+    parts: &Parts,
+    res: Response,
+) -> Response {
     match fault {
         Some(
             f @ (Fault::QuotaHeader { .. } | Fault::TokenExpiresIn(_) | Fault::ForeignNextLink(_)),
-        ) => hostile::rewrite(&inner, api, &f, &parts, res).await,
+        ) => hostile::rewrite(inner, api, &f, parts, res).await,
         Some(Fault::Truncated) => {
             let (mut head, body) = res.into_parts();
             let full = axum::body::to_bytes(body, usize::MAX)

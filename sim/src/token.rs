@@ -2,6 +2,7 @@
 //! makes.
 
 use crate::Inner;
+use crate::model::World;
 use crate::respond::{arm_error, graph_error, new_id, respond};
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -32,73 +33,13 @@ pub(crate) fn token(inner: &Inner, path: &str, body: &[u8]) -> Response {
         .next()
         .unwrap_or("")
         .to_ascii_lowercase();
-    let aad = |status: u16, error: &str, code: u32, text: &str| {
-        respond(
-            status,
-            vec![],
-            &json!({
-                "error": error,
-                "error_description": format!("AADSTS{code}: {text}\r\nTrace ID: {}\r\nCorrelation ID: {}\r\nTimestamp: {}", new_id(), new_id(), chrono::Utc::now().to_rfc3339()),
-                "error_codes": [code],
-                "timestamp": chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string(),
-                "trace_id": new_id(),
-                "correlation_id": new_id(),
-            }),
-        )
-    };
     let w = inner.world.read().expect("world lock");
-    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
-        return aad(
-            400,
-            "unsupported_grant_type",
-            70003,
-            "The app requested an unsupported grant type.",
-        );
-    }
-    if tenant != w.tenant_id {
-        return aad(
-            400,
-            "invalid_request",
-            90002,
-            &format!(
-                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID."
-            ),
-        );
-    }
-    if form.get("client_id") != Some(&w.client_id) {
-        return aad(
-            400,
-            "unauthorized_client",
-            700_016,
-            &format!(
-                "Application with identifier '{}' was not found in the directory.",
-                form.get("client_id").map_or("", String::as_str)
-            ),
-        );
-    }
-    if form.get("client_secret") != Some(&w.client_secret) {
-        return aad(
-            401,
-            "invalid_client",
-            7_000_215,
-            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
-        );
+    if let Err(r) = check_client(&w, &tenant, &form) {
+        return r;
     }
     let scope = form.get("scope").map(String::as_str).unwrap_or("");
-    let audience = if scope.ends_with("graph.microsoft.com/.default")
-        || scope.ends_with("graph.microsoft.us/.default")
-        || scope.ends_with("microsoftgraph.chinacloudapi.cn/.default")
-    {
-        Audience::Graph
-    } else if scope.ends_with("management.azure.com/.default")
-        || scope.ends_with("management.azure.com//.default")
-        || scope.ends_with("management.usgovcloudapi.net/.default")
-        || scope.ends_with("management.chinacloudapi.cn/.default")
-        || scope.ends_with("management.core.windows.net/.default")
-    {
-        Audience::Arm
-    } else {
-        return aad(
+    let Some(audience) = audience_of(scope) else {
+        return aad_error(
             400,
             "invalid_scope",
             70011,
@@ -107,6 +48,88 @@ pub(crate) fn token(inner: &Inner, path: &str, body: &[u8]) -> Response {
             ),
         );
     };
+    issue(inner, &w, audience)
+}
+
+/// An AADSTS error answer.
+fn aad_error(status: u16, error: &str, code: u32, text: &str) -> Response {
+    respond(
+        status,
+        vec![],
+        &json!({
+            "error": error,
+            "error_description": format!("AADSTS{code}: {text}\r\nTrace ID: {}\r\nCorrelation ID: {}\r\nTimestamp: {}", new_id(), new_id(), chrono::Utc::now().to_rfc3339()),
+            "error_codes": [code],
+            "timestamp": chrono::Utc::now().format("%Y-%m-%d %H:%M:%SZ").to_string(),
+            "trace_id": new_id(),
+            "correlation_id": new_id(),
+        }),
+    )
+}
+
+/// The grant type, tenant, client id and secret, checked in Entra's order.
+fn check_client(w: &World, tenant: &str, form: &HashMap<String, String>) -> Result<(), Response> {
+    if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
+        return Err(aad_error(
+            400,
+            "unsupported_grant_type",
+            70003,
+            "The app requested an unsupported grant type.",
+        ));
+    }
+    if tenant != w.tenant_id {
+        return Err(aad_error(
+            400,
+            "invalid_request",
+            90002,
+            &format!(
+                "Tenant '{tenant}' not found. Check to make sure you have the correct tenant ID."
+            ),
+        ));
+    }
+    if form.get("client_id") != Some(&w.client_id) {
+        return Err(aad_error(
+            400,
+            "unauthorized_client",
+            700_016,
+            &format!(
+                "Application with identifier '{}' was not found in the directory.",
+                form.get("client_id").map_or("", String::as_str)
+            ),
+        ));
+    }
+    if form.get("client_secret") != Some(&w.client_secret) {
+        return Err(aad_error(
+            401,
+            "invalid_client",
+            7_000_215,
+            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
+        ));
+    }
+    Ok(())
+}
+
+/// The service a `.default` scope asks a token for (`None`: a scope Entra refuses here).
+fn audience_of(scope: &str) -> Option<Audience> {
+    if scope.ends_with("graph.microsoft.com/.default")
+        || scope.ends_with("graph.microsoft.us/.default")
+        || scope.ends_with("microsoftgraph.chinacloudapi.cn/.default")
+    {
+        Some(Audience::Graph)
+    } else if scope.ends_with("management.azure.com/.default")
+        || scope.ends_with("management.azure.com//.default")
+        || scope.ends_with("management.usgovcloudapi.net/.default")
+        || scope.ends_with("management.chinacloudapi.cn/.default")
+        || scope.ends_with("management.core.windows.net/.default")
+    {
+        Some(Audience::Arm)
+    } else {
+        None
+    }
+}
+
+/// Issues a token for `audience` and answers with it.
+fn issue(inner: &Inner, w: &World, audience: Audience) -> Response {
     let lifetime = inner
         .config
         .read()
