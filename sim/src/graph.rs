@@ -132,85 +132,122 @@ pub(crate) fn graph(
             ),
         );
     }
-    let (filter_type, select, top, offset) = if let Some(tok) = q.get("$skiptoken") {
+    let listing = match q.get("$skiptoken") {
+        Some(tok) => Listing::from_skip_token(tok, headers),
+        None => Listing::from_query(q, headers),
+    };
+    match listing {
+        Ok(l) => list_page(inner, &l, headers, empty_page),
+        Err(r) => r,
+    }
+}
+
+/// What a `servicePrincipals` listing asks for, from its query or its skip token.
+struct Listing {
+    filter_type: Option<String>,
+    select: Option<String>,
+    top: usize,
+    offset: usize,
+}
+
+impl Listing {
+    /// A continuation: the skip token carries the first page's query and where the next page starts.
+    fn from_skip_token(tok: &str, headers: &HeaderMap) -> Result<Self, Response> {
         let Some(v) = unb64(tok) else {
-            return graph_error(
+            return Err(graph_error(
                 headers,
                 400,
                 "Directory_ExpiredPageToken",
                 "The specified page token value has expired and can no longer be included in your request.",
-            );
+            ));
         };
-        (
-            v["f"].as_str().map(str::to_owned),
-            v["s"].as_str().map(str::to_owned),
-            usize::try_from(v["t"].as_u64().unwrap_or(100)).unwrap_or(100),
-            usize::try_from(v["o"].as_u64().unwrap_or(0)).unwrap_or(0),
-        )
-    } else {
-        let filter = match q.get("$filter") {
-            None => None,
-            Some(f) => {
-                let f = f
-                    .trim()
-                    .trim_start_matches('(')
-                    .trim_end_matches(')')
-                    .trim();
-                let parts: Vec<&str> = f.splitn(3, ' ').collect();
-                match parts.as_slice() {
-                    [prop, op, val]
-                        if prop.eq_ignore_ascii_case("servicePrincipalType")
-                            && op.eq_ignore_ascii_case("eq")
-                            && val.starts_with('\'')
-                            && val.ends_with('\'')
-                            && val.len() >= 2 =>
-                    {
-                        Some(val[1..val.len() - 1].to_owned())
-                    }
-                    _ => {
-                        return graph_error(
-                            headers,
-                            400,
-                            "Request_UnsupportedQuery",
-                            "Unsupported or invalid query filter clause specified for property 'servicePrincipalType' of resource 'ServicePrincipal'.",
-                        );
-                    }
-                }
-            }
-        };
+        Ok(Self {
+            filter_type: v["f"].as_str().map(str::to_owned),
+            select: v["s"].as_str().map(str::to_owned),
+            top: usize::try_from(v["t"].as_u64().unwrap_or(100)).unwrap_or(100),
+            offset: usize::try_from(v["o"].as_u64().unwrap_or(0)).unwrap_or(0),
+        })
+    }
+
+    /// A first page: `$filter`, `$top` and `$select` validated as Graph does.
+    fn from_query(q: &HashMap<String, String>, headers: &HeaderMap) -> Result<Self, Response> {
+        let filter_type = type_filter(q, headers)?;
         let top = match q.get("$top") {
             None => 100,
             Some(t) => match t.parse::<usize>() {
                 Ok(n) if (1..=999).contains(&n) => n,
                 _ => {
-                    return graph_error(
+                    return Err(graph_error(
                         headers,
                         400,
                         "Request_BadRequest",
                         &format!(
                             "Invalid page size specified: '{t}'. Must be between 1 and 999 inclusive."
                         ),
-                    );
+                    ));
                 }
             },
         };
         if let Some(sel) = q.get("$select") {
             for p in sel.split(',').map(str::trim) {
                 if !SP_PROPERTIES.iter().any(|k| k.eq_ignore_ascii_case(p)) {
-                    return graph_error(
+                    return Err(graph_error(
                         headers,
                         400,
                         "Request_BadRequest",
                         &format!(
                             "Could not find a property named '{p}' on type 'microsoft.graph.servicePrincipal'."
                         ),
-                    );
+                    ));
                 }
             }
         }
-        (filter, q.get("$select").cloned(), top, 0)
+        Ok(Self {
+            filter_type,
+            select: q.get("$select").cloned(),
+            top,
+            offset: 0,
+        })
+    }
+}
+
+/// The type `$filter=servicePrincipalType eq '...'` asks for; any other filter is refused.
+fn type_filter(
+    q: &HashMap<String, String>,
+    headers: &HeaderMap,
+) -> Result<Option<String>, Response> {
+    let Some(f) = q.get("$filter") else {
+        return Ok(None);
     };
-    let page_size = top
+    let f = f
+        .trim()
+        .trim_start_matches('(')
+        .trim_end_matches(')')
+        .trim();
+    let parts: Vec<&str> = f.splitn(3, ' ').collect();
+    match parts.as_slice() {
+        [prop, op, val]
+            if prop.eq_ignore_ascii_case("servicePrincipalType")
+                && op.eq_ignore_ascii_case("eq")
+                && val.starts_with('\'')
+                && val.ends_with('\'')
+                && val.len() >= 2 =>
+        {
+            Ok(Some(val[1..val.len() - 1].to_owned()))
+        }
+        _ => Err(graph_error(
+            headers,
+            400,
+            "Request_UnsupportedQuery",
+            "Unsupported or invalid query filter clause specified for property 'servicePrincipalType' of resource 'ServicePrincipal'.",
+        )),
+    }
+}
+
+/// One page of the listing, with the `@odata.nextLink` to the next if there is one.
+fn list_page(inner: &Inner, l: &Listing, headers: &HeaderMap, empty_page: bool) -> Response {
+    let page_size = l
+        .top
         .min(inner.config.read().expect("config lock").graph_max_page)
         .max(1);
     let w = inner.world.read().expect("world lock");
@@ -218,12 +255,13 @@ pub(crate) fn graph(
         .principals
         .iter()
         .filter(|p| {
-            filter_type
+            l.filter_type
                 .as_ref()
                 .is_none_or(|t| p.sp_type.eq_ignore_ascii_case(t))
         })
         .collect();
-    let selected: Option<Vec<String>> = select
+    let selected: Option<Vec<String>> = l
+        .select
         .as_ref()
         .map(|s| s.split(',').map(|p| p.trim().to_owned()).collect());
     // An injected empty page holds nothing and continues at the same offset.
@@ -234,33 +272,16 @@ pub(crate) fn graph(
     };
     let page: Vec<Value> = matching
         .iter()
-        .skip(offset)
+        .skip(l.offset)
         .take(take)
         .map(|p| p.to_json_selected(selected.as_deref()))
         .collect();
     let mut body = json!({
-        "@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#servicePrincipals{}", select.as_ref().map(|s| format!("({s})")).unwrap_or_default()),
+        "@odata.context": format!("https://graph.microsoft.com/v1.0/$metadata#servicePrincipals{}", l.select.as_ref().map(|s| format!("({s})")).unwrap_or_default()),
         "value": page,
     });
-    if offset + advance < matching.len() {
-        let nonce = inner.seq.load(Ordering::Relaxed);
-        let token = b64(
-            &json!({"o": offset + advance, "f": filter_type, "s": select, "t": top, "n": nonce}),
-        );
-        let mut qs = form_urlencoded::Serializer::new(String::new());
-        if let Some(f) = &filter_type {
-            qs.append_pair("$filter", &format!("servicePrincipalType eq '{f}'"));
-        }
-        if let Some(s) = &select {
-            qs.append_pair("$select", s);
-        }
-        qs.append_pair("$top", &top.to_string());
-        qs.append_pair("$skiptoken", &token);
-        body["@odata.nextLink"] = json!(format!(
-            "{}/v1.0/servicePrincipals?{}",
-            inner.base_url,
-            qs.finish()
-        ));
+    if l.offset + advance < matching.len() {
+        body["@odata.nextLink"] = json!(next_link(inner, l, l.offset + advance));
     }
     let rid = new_id();
     let crid = headers
@@ -275,4 +296,21 @@ pub(crate) fn graph(
         ("x-ms-ags-diagnostic", r#"{"ServerInfo":{"DataCenter":"West Europe","Slice":"E","Ring":"5","ScaleUnit":"000","RoleInstance":"SIM"}}"#.to_owned()),
         ("content-type", "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8".to_owned()),
     ], &body)
+}
+
+/// The absolute `@odata.nextLink` of the page that starts at `offset`.
+fn next_link(inner: &Inner, l: &Listing, offset: usize) -> String {
+    let nonce = inner.seq.load(Ordering::Relaxed);
+    let token =
+        b64(&json!({"o": offset, "f": l.filter_type, "s": l.select, "t": l.top, "n": nonce}));
+    let mut qs = form_urlencoded::Serializer::new(String::new());
+    if let Some(f) = &l.filter_type {
+        qs.append_pair("$filter", &format!("servicePrincipalType eq '{f}'"));
+    }
+    if let Some(s) = &l.select {
+        qs.append_pair("$select", s);
+    }
+    qs.append_pair("$top", &l.top.to_string());
+    qs.append_pair("$skiptoken", &token);
+    format!("{}/v1.0/servicePrincipals?{}", inner.base_url, qs.finish())
 }
