@@ -1,6 +1,8 @@
 //! Azure Resource Manager: subscriptions, resource groups, management groups, providers and resource
 //! GETs, behind ARM's read buckets.
 
+mod resource;
+
 use crate::Inner;
 use crate::model::{self, SubAccess, World};
 use crate::path;
@@ -8,6 +10,7 @@ use crate::respond::{arm_error, arm_headers, respond};
 use crate::token::{Audience, authorize};
 use axum::http::{HeaderMap, HeaderValue, Method};
 use axum::response::Response;
+use resource::resource_get;
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Instant;
@@ -168,135 +171,157 @@ fn arm(
     };
     match route {
         path::Route::Subscriptions => subscription_list(inner, &w, &tenant, q, &version, headers),
-        // RES-SPEC `GetSubscription`: the same object the list holds.
-        path::Route::Subscription(sub) => {
-            if let Some(r) = subscription_gate(
-                &w,
-                headers,
-                &sub,
-                "Microsoft.Resources/subscriptions/read",
-                path,
-            ) {
-                return r;
-            }
-            match w.subscription(&sub) {
-                Some(s) => respond(200, arm_headers(headers), &subscription_json(&w, s)),
-                None => arm_error(headers, 404, "SubscriptionNotFound", "Not found."),
-            }
-        }
-        // RES-SPEC `ResourceGroups_List` / `ResourceGroups_Get`.
-        path::Route::ResourceGroups(sub) => {
-            if let Some(r) = subscription_gate(
-                &w,
-                headers,
-                &sub,
-                "Microsoft.Resources/subscriptions/resourceGroups/read",
-                path,
-            ) {
-                return r;
-            }
-            let prefix = format!("/subscriptions/{sub}/resourcegroups/").to_ascii_lowercase();
-            let value: Vec<Value> = w
-                .resource_groups
-                .iter()
-                .filter(|k| k.starts_with(&prefix) && !w.denied_resource_groups.contains(*k))
-                .map(|k| resource_group_json(&sub, &k[prefix.len()..]))
-                .collect();
-            respond(200, arm_headers(headers), &json!({ "value": value }))
-        }
+        path::Route::Subscription(sub) => subscription_get(&w, headers, &sub, path),
+        path::Route::ResourceGroups(sub) => resource_group_list(&w, headers, &sub, path),
         path::Route::ResourceGroup {
             subscription,
             group,
-        } => {
-            let action = "Microsoft.Resources/subscriptions/resourceGroups/read";
-            if let Some(r) = subscription_gate(&w, headers, &subscription, action, path) {
-                return r;
-            }
-            let key = format!("/subscriptions/{subscription}/resourcegroups/{group}")
-                .to_ascii_lowercase();
-            if w.denied_resource_groups.contains(&key) {
-                return authorization_failed(&w, headers, action, path);
-            }
-            if !w.resource_groups.contains(&key) {
-                return arm_error(
-                    headers,
-                    404,
-                    "ResourceGroupNotFound",
-                    &format!("Resource group '{group}' could not be found."),
-                );
-            }
-            respond(
-                200,
-                arm_headers(headers),
-                &resource_group_json(&subscription, &group),
-            )
-        }
-        path::Route::ManagementGroup(mg) => {
-            if w.management_groups.contains(&mg.to_ascii_lowercase()) {
-                respond(
-                    200,
-                    arm_headers(headers),
-                    &json!({
-                        "id": format!("/providers/Microsoft.Management/managementGroups/{mg}"),
-                        "type": "Microsoft.Management/managementGroups",
-                        "name": mg,
-                        "properties": { "tenantId": w.tenant_id, "displayName": mg },
-                    }),
-                )
-            } else {
-                arm_error(
-                    headers,
-                    404,
-                    "ManagementGroupNotFound",
-                    &format!("Management group '{mg}' not found."),
-                )
-            }
-        }
-        // Providers: /subscriptions/{s}/providers/{ns} and /providers/{ns} (RES-SPEC GetProvider.json,
-        // GetNamedProviderAtTenant.json).
+        } => resource_group_get(&w, headers, &subscription, &group, path),
+        path::Route::ManagementGroup(mg) => management_group_get(&w, headers, &mg),
         path::Route::Provider {
             subscription,
             namespace,
-        } => {
-            let prefix = match &subscription {
-                Some(sub) => {
-                    if let Some(r) = subscription_gate(
-                        &w,
-                        headers,
-                        sub,
-                        "Microsoft.Resources/subscriptions/providers/read",
-                        &format!("/subscriptions/{sub}"),
-                    ) {
-                        return r;
-                    }
-                    format!("/subscriptions/{sub}/providers/")
-                }
-                None => "/providers/".to_owned(),
-            };
-            let Some((name, types)) = w
-                .providers
-                .iter()
-                .find(|(k, _)| k.eq_ignore_ascii_case(&namespace))
-            else {
-                return arm_error(
-                    headers,
-                    404,
-                    "InvalidResourceNamespace",
-                    &format!("The resource namespace '{namespace}' is invalid."),
-                );
-            };
-            let rt: Vec<Value> = types.iter().map(|(t, v)| json!({"resourceType": t, "locations": ["West Europe", "East US", "Sweden Central"], "apiVersions": v, "capabilities": "None"})).collect();
-            respond(
-                200,
-                arm_headers(headers),
-                &json!({
-                    "id": format!("{prefix}{name}"), "namespace": name, "registrationState": "Registered",
-                    "registrationPolicy": "RegistrationRequired", "resourceTypes": rt,
-                }),
-            )
-        }
+        } => provider_get(&w, headers, subscription.as_deref(), &namespace),
         path::Route::Resource(p) => resource_get(&w, &tenant, path, &p, &version, headers),
     }
+}
+
+/// RES-SPEC `GetSubscription`: the same object the list holds.
+fn subscription_get(w: &World, headers: &HeaderMap, sub: &str, path: &str) -> Response {
+    if let Some(r) = subscription_gate(
+        w,
+        headers,
+        sub,
+        "Microsoft.Resources/subscriptions/read",
+        path,
+    ) {
+        return r;
+    }
+    match w.subscription(sub) {
+        Some(s) => respond(200, arm_headers(headers), &subscription_json(w, s)),
+        None => arm_error(headers, 404, "SubscriptionNotFound", "Not found."),
+    }
+}
+
+/// RES-SPEC `ResourceGroups_List`.
+fn resource_group_list(w: &World, headers: &HeaderMap, sub: &str, path: &str) -> Response {
+    if let Some(r) = subscription_gate(
+        w,
+        headers,
+        sub,
+        "Microsoft.Resources/subscriptions/resourceGroups/read",
+        path,
+    ) {
+        return r;
+    }
+    let prefix = format!("/subscriptions/{sub}/resourcegroups/").to_ascii_lowercase();
+    let value: Vec<Value> = w
+        .resource_groups
+        .iter()
+        .filter(|k| k.starts_with(&prefix) && !w.denied_resource_groups.contains(*k))
+        .map(|k| resource_group_json(sub, &k[prefix.len()..]))
+        .collect();
+    respond(200, arm_headers(headers), &json!({ "value": value }))
+}
+
+/// RES-SPEC `ResourceGroups_Get`.
+fn resource_group_get(
+    w: &World,
+    headers: &HeaderMap,
+    subscription: &str,
+    group: &str,
+    path: &str,
+) -> Response {
+    let action = "Microsoft.Resources/subscriptions/resourceGroups/read";
+    if let Some(r) = subscription_gate(w, headers, subscription, action, path) {
+        return r;
+    }
+    let key = format!("/subscriptions/{subscription}/resourcegroups/{group}").to_ascii_lowercase();
+    if w.denied_resource_groups.contains(&key) {
+        return authorization_failed(w, headers, action, path);
+    }
+    if !w.resource_groups.contains(&key) {
+        return arm_error(
+            headers,
+            404,
+            "ResourceGroupNotFound",
+            &format!("Resource group '{group}' could not be found."),
+        );
+    }
+    respond(
+        200,
+        arm_headers(headers),
+        &resource_group_json(subscription, group),
+    )
+}
+
+/// A management group.
+fn management_group_get(w: &World, headers: &HeaderMap, mg: &str) -> Response {
+    if w.management_groups.contains(&mg.to_ascii_lowercase()) {
+        respond(
+            200,
+            arm_headers(headers),
+            &json!({
+                "id": format!("/providers/Microsoft.Management/managementGroups/{mg}"),
+                "type": "Microsoft.Management/managementGroups",
+                "name": mg,
+                "properties": { "tenantId": w.tenant_id, "displayName": mg },
+            }),
+        )
+    } else {
+        arm_error(
+            headers,
+            404,
+            "ManagementGroupNotFound",
+            &format!("Management group '{mg}' not found."),
+        )
+    }
+}
+
+/// Providers: /subscriptions/{s}/providers/{ns} and /providers/{ns} (RES-SPEC GetProvider.json,
+/// GetNamedProviderAtTenant.json).
+fn provider_get(
+    w: &World,
+    headers: &HeaderMap,
+    subscription: Option<&str>,
+    namespace: &str,
+) -> Response {
+    let prefix = match subscription {
+        Some(sub) => {
+            if let Some(r) = subscription_gate(
+                w,
+                headers,
+                sub,
+                "Microsoft.Resources/subscriptions/providers/read",
+                &format!("/subscriptions/{sub}"),
+            ) {
+                return r;
+            }
+            format!("/subscriptions/{sub}/providers/")
+        }
+        None => "/providers/".to_owned(),
+    };
+    let Some((name, types)) = w
+        .providers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case(namespace))
+    else {
+        return arm_error(
+            headers,
+            404,
+            "InvalidResourceNamespace",
+            &format!("The resource namespace '{namespace}' is invalid."),
+        );
+    };
+    let rt: Vec<Value> = types.iter().map(|(t, v)| json!({"resourceType": t, "locations": ["West Europe", "East US", "Sweden Central"], "apiVersions": v, "capabilities": "None"})).collect();
+    respond(
+        200,
+        arm_headers(headers),
+        &json!({
+            "id": format!("{prefix}{name}"), "namespace": name, "registrationState": "Registered",
+            "registrationPolicy": "RegistrationRequired", "resourceTypes": rt,
+        }),
+    )
 }
 
 /// A subscription as `GET /subscriptions` lists it (RES-SPEC `GetSubscriptions.json`).
@@ -364,163 +389,4 @@ fn subscription_list(
         ));
     }
     respond(200, arm_headers(headers), &body)
-}
-
-/// Whether `key` (a lower-case resource id) lies in a resource group the caller may not read.
-fn in_denied_group(w: &World, key: &str) -> bool {
-    w.denied_resource_groups
-        .iter()
-        .any(|rg| key.starts_with(rg.as_str()) && key[rg.len()..].starts_with('/'))
-}
-
-/// `GET {resourceId}?api-version=` with ARM's order of checks: subscription, type and version,
-/// authorization, resource group, parent, resource (ARM-ERR error-not-found.md; RPC). A path that ends
-/// at a type is that type's list in that scope: `{"value": [...]}` (every ARM list operation, e.g.
-/// `Namespaces_ListByResourceGroup` in the Service Bus spec), after the same checks.
-fn resource_get(
-    w: &World,
-    tenant: &str,
-    raw: &str,
-    p: &path::ResourcePath,
-    version: &str,
-    headers: &HeaderMap,
-) -> Response {
-    let action = format!("{}/{}/read", p.namespace(), p.type_path());
-    if let Some(sub) = p.subscription()
-        && let Some(r) = subscription_gate(w, headers, sub, &action, raw)
-    {
-        return r;
-    }
-    if let Some(mg) = p.management_group()
-        && !w.management_groups.contains(&mg.to_ascii_lowercase())
-    {
-        return arm_error(
-            headers,
-            404,
-            "ManagementGroupNotFound",
-            &format!("Management group '{mg}' not found."),
-        );
-    }
-    let Some((_, types)) = w
-        .providers
-        .iter()
-        .find(|(k, _)| k.eq_ignore_ascii_case(p.namespace()))
-    else {
-        return arm_error(
-            headers,
-            404,
-            "InvalidResourceNamespace",
-            &format!("The resource namespace '{}' is invalid.", p.namespace()),
-        );
-    };
-    let Some((tname, versions)) = types
-        .iter()
-        .find(|(t, _)| t.eq_ignore_ascii_case(&p.type_path()))
-    else {
-        return arm_error(
-            headers,
-            404,
-            "InvalidResourceType",
-            &format!(
-                "The resource type '{}' could not be found in the namespace '{}' for api version '{version}'.",
-                p.type_path(),
-                p.namespace()
-            ),
-        );
-    };
-    let accepted: Vec<&str> = versions
-        .iter()
-        .map(String::as_str)
-        .filter(|v| !w.refused_versions.contains(*v))
-        .collect();
-    if !accepted.contains(&version) {
-        return arm_error(
-            headers,
-            400,
-            "NoRegisteredProviderFound",
-            &format!(
-                "No registered resource provider found for location 'westeurope' and API version '{version}' for type '{tname}'. The supported api-versions are '{}'. The supported locations are 'westeurope, eastus, swedencentral'.",
-                accepted.join(", ")
-            ),
-        );
-    }
-    if let (Some(sub), Some(rg)) = (p.subscription(), p.resource_group()) {
-        let rg_key = format!("/subscriptions/{sub}/resourcegroups/{rg}").to_ascii_lowercase();
-        if w.denied_resource_groups.contains(&rg_key) {
-            return authorization_failed(w, headers, &action, raw);
-        }
-        if !w.resource_groups.contains(&rg_key) {
-            return arm_error(
-                headers,
-                404,
-                "ResourceGroupNotFound",
-                &format!("Resource group '{rg}' could not be found."),
-            );
-        }
-    }
-    // A nested child (or list of children) whose parent is gone.
-    let parent_gone = |parent: &path::ResourcePath| {
-        arm_error(
-            headers,
-            404,
-            "ParentResourceNotFound",
-            &format!(
-                "Can not perform requested operation on nested resource. Parent resource '{}' not found.",
-                parent.name().unwrap_or("")
-            ),
-        )
-    };
-    if p.is_collection() {
-        if let Some(parent) = p.parent()
-            && !w.resources.contains_key(&parent.key())
-        {
-            return parent_gone(&parent);
-        }
-        let value: Vec<Value> = w
-            .resources
-            .iter()
-            .filter(|(k, _)| !in_denied_group(w, k))
-            .filter(|(_, r)| match path::parse(&r.id) {
-                Ok(path::Route::Resource(m)) => p.lists(&m),
-                _ => false,
-            })
-            .map(|(_, r)| r.body_at(tenant, Some(version)))
-            .collect();
-        return respond(200, arm_headers(headers), &json!({ "value": value }));
-    }
-    // A decoded separator inside a segment names no resource (see `path`).
-    if !p.has_escaped_separator() {
-        if let Some(r) = w.resources.get(&p.key()) {
-            return respond(200, arm_headers(headers), &r.body_at(tenant, Some(version)));
-        }
-        if let Some(parent) = p.parent()
-            && !w.resources.contains_key(&parent.key())
-        {
-            return parent_gone(&parent);
-        }
-    }
-    let name = p.name().unwrap_or("");
-    // Resource providers use their own not-found codes (ARM-ERR; captures in the docs/azure-behaviour.md §4).
-    let (code, message) = if p
-        .namespace()
-        .eq_ignore_ascii_case("Microsoft.Authorization")
-    {
-        (
-            "PolicyAssignmentNotFound",
-            format!("The policy assignment '{name}' is not found."),
-        )
-    } else if p.namespace().eq_ignore_ascii_case("Microsoft.Sql") {
-        ("NotFound", format!("Cannot find Server with name {name}."))
-    } else {
-        (
-            "ResourceNotFound",
-            format!(
-                "The Resource '{}/{}/{name}' under resource group '{}' was not found. For more details please go to https://aka.ms/ARMResourceNotFoundFix",
-                p.namespace(),
-                p.type_path(),
-                p.resource_group().unwrap_or("")
-            ),
-        )
-    };
-    arm_error(headers, 404, code, &message)
 }
