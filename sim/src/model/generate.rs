@@ -19,6 +19,32 @@ impl World {
             .collect();
         let mg = "contoso-root";
         w.add_management_group(mg);
+        let ids = w.add_identities(&subs, identities.saturating_sub(4));
+        w.add_policy_assignments(&subs[0], mg);
+        w.make_orphans(&ids, orphans);
+        w.add_edge_cases(&subs, &ids);
+        w.add_unreadable_subscriptions();
+        w.add_other_principals();
+        w
+    }
+
+    /// `count` identities of weighted kinds, in random subscriptions and resource groups; returns
+    /// (resource id, principal) of each.
+    fn add_identities(&mut self, subs: &[String], count: usize) -> Vec<(String, String)> {
+        let mut ids: Vec<(String, String)> = Vec::new();
+        let mut n = 0u64;
+        while ids.len() < count {
+            n += 1;
+            let sub = subs[usize::try_from(self.rng.below(subs.len() as u64)).unwrap_or(0)].clone();
+            let rg = format!("rg-{}", self.rng.below(20));
+            let (ns, t) = self.pick_kind();
+            ids.push(self.add_identity(n, &sub, &rg, ns, t));
+        }
+        ids
+    }
+
+    /// A resource kind, drawn by weight.
+    fn pick_kind(&mut self) -> (&'static str, &'static str) {
         let kinds: [(&str, &str, u64); 9] = [
             ("Microsoft.Compute", "virtualMachines", 30),
             ("Microsoft.Web", "sites", 20),
@@ -31,157 +57,161 @@ impl World {
             ("Microsoft.ManagedIdentity", "userAssignedIdentities", 12),
         ];
         let total_weight: u64 = kinds.iter().map(|k| k.2).sum();
-        let mut made = 0usize;
-        let mut n = 0u64;
-        let mut ids: Vec<(String, String)> = Vec::new(); // (resource id, principal)
-        while made < identities.saturating_sub(4) {
-            n += 1;
-            let sub = subs[usize::try_from(w.rng.below(subs.len() as u64)).unwrap_or(0)].clone();
-            let rg = format!("rg-{}", w.rng.below(20));
-            let mut pick = w.rng.below(total_weight);
-            let mut kind = kinds[0];
-            for k in kinds {
-                if pick < k.2 {
-                    kind = k;
-                    break;
-                }
-                pick -= k.2;
+        let mut pick = self.rng.below(total_weight);
+        let mut kind = kinds[0];
+        for k in kinds {
+            if pick < k.2 {
+                kind = k;
+                break;
             }
-            let (ns, t, _) = kind;
-            let principal = if t == "userAssignedIdentities" {
-                let p = w.add_user_assigned(&sub, &rg, &format!("id-{n}"));
-                let id = Self::resource_id(&sub, &rg, ns, &format!("{t}/id-{n}"));
-                ids.push((id, p.clone()));
-                p
-            } else {
-                let path = if t == "sites/slots" {
-                    format!("sites/app-{n}/slots/staging")
-                } else {
-                    format!(
-                        "{t}/{}-{n}",
-                        t.split('/').next().unwrap_or("r").to_ascii_lowercase()
-                    )
-                };
-                let id = Self::resource_id(&sub, &rg, ns, &path);
-                if t == "sites/slots" {
-                    // The parent site exists (without identity of its own here).
-                    let parent = Self::resource_id(&sub, &rg, ns, &format!("sites/app-{n}"));
-                    w.resources.insert(
-                        parent.to_ascii_lowercase(),
-                        SimResource {
-                            id: parent.clone(),
-                            arm_type: "Microsoft.Web/sites".into(),
-                            location: "westeurope".into(),
-                            system_principal: None,
-                            uami_principal: None,
-                            uami_client_id: None,
-                            kind: None,
-                            identity_since: None,
-                        },
-                    );
-                }
-                let p = w.add_system_assigned(&id);
-                // Every third web site is a function app.
-                if t == "sites"
-                    && n.is_multiple_of(3)
-                    && let Some(r) = w.resources.get_mut(&id.to_ascii_lowercase())
-                {
-                    r.kind = Some("functionapp".into());
-                }
-                ids.push((id, p.clone()));
-                p
-            };
-            let _ = principal;
-            made += 1;
+            pick -= k.2;
         }
-        // Policy assignments with identities: subscription and management-group scope.
+        (kind.0, kind.1)
+    }
+
+    /// The `n`th generated identity, of type `ns/t`: returns (resource id, principal).
+    fn add_identity(&mut self, n: u64, sub: &str, rg: &str, ns: &str, t: &str) -> (String, String) {
+        if t == "userAssignedIdentities" {
+            let p = self.add_user_assigned(sub, rg, &format!("id-{n}"));
+            let id = Self::resource_id(sub, rg, ns, &format!("{t}/id-{n}"));
+            return (id, p);
+        }
+        let path = if t == "sites/slots" {
+            format!("sites/app-{n}/slots/staging")
+        } else {
+            format!(
+                "{t}/{}-{n}",
+                t.split('/').next().unwrap_or("r").to_ascii_lowercase()
+            )
+        };
+        let id = Self::resource_id(sub, rg, ns, &path);
+        if t == "sites/slots" {
+            // The parent site exists (without identity of its own here).
+            let parent = Self::resource_id(sub, rg, ns, &format!("sites/app-{n}"));
+            self.resources.insert(
+                parent.to_ascii_lowercase(),
+                SimResource {
+                    id: parent.clone(),
+                    arm_type: "Microsoft.Web/sites".into(),
+                    location: "westeurope".into(),
+                    system_principal: None,
+                    uami_principal: None,
+                    uami_client_id: None,
+                    kind: None,
+                    identity_since: None,
+                },
+            );
+        }
+        let p = self.add_system_assigned(&id);
+        // Every third web site is a function app.
+        if t == "sites"
+            && n.is_multiple_of(3)
+            && let Some(r) = self.resources.get_mut(&id.to_ascii_lowercase())
+        {
+            r.kind = Some("functionapp".into());
+        }
+        (id, p)
+    }
+
+    /// Policy assignments with identities: subscription and management-group scope, and one whose
+    /// assignment is gone.
+    fn add_policy_assignments(&mut self, sub: &str, mg: &str) {
         let pa_sub = format!(
-            "/subscriptions/{}/providers/Microsoft.Authorization/policyAssignments/deploy-diagnostics",
-            subs[0]
+            "/subscriptions/{sub}/providers/Microsoft.Authorization/policyAssignments/deploy-diagnostics"
         );
-        w.add_system_assigned(&pa_sub);
+        self.add_system_assigned(&pa_sub);
         let pa_mg = format!(
             "/providers/Microsoft.Management/managementGroups/{mg}/providers/Microsoft.Authorization/policyAssignments/enforce-tags"
         );
-        w.add_system_assigned(&pa_mg);
+        self.add_system_assigned(&pa_mg);
         let pa_mg_gone = format!(
             "/providers/Microsoft.Management/managementGroups/{mg}/providers/Microsoft.Authorization/policyAssignments/retired-initiative"
         );
-        w.add_system_assigned(&pa_mg_gone);
-        w.delete_resource(&pa_mg_gone);
+        self.add_system_assigned(&pa_mg_gone);
+        self.delete_resource(&pa_mg_gone);
+    }
 
-        // Orphans spread over the kinds of orphan, each on a distinct resource.
+    /// Orphans spread over the kinds of orphan, each on a distinct resource.
+    fn make_orphans(&mut self, ids: &[(String, String)], orphans: usize) {
         let mut order: Vec<usize> = (0..ids.len()).collect();
         for i in (1..order.len()).rev() {
-            let j = usize::try_from(w.rng.below(i as u64 + 1)).unwrap_or(0);
+            let j = usize::try_from(self.rng.below(i as u64 + 1)).unwrap_or(0);
             order.swap(i, j);
         }
         for (i, idx) in order.into_iter().take(orphans.min(ids.len())).enumerate() {
             let (id, _) = ids[idx].clone();
             match i % 4 {
-                0 | 1 => w.delete_resource(&id),
+                0 | 1 => self.delete_resource(&id),
                 2 => {
-                    w.recreate_resource(&id);
+                    self.recreate_resource(&id);
                 }
-                _ => w.disable_system_identity(&id),
+                _ => self.disable_system_identity(&id),
             }
         }
-        // A deleted resource group.
+    }
+
+    /// A deleted resource group, a resource Resource Graph lags behind on, an unreadable group.
+    fn add_edge_cases(&mut self, subs: &[String], ids: &[(String, String)]) {
         let gone_sub = subs[1 % subs.len()].clone();
-        w.add_system_assigned(&Self::resource_id(
+        self.add_system_assigned(&Self::resource_id(
             &gone_sub,
             "rg-decommissioned",
             "Microsoft.Compute",
             "virtualMachines/legacy-vm",
         ));
-        w.delete_resource_group(&gone_sub, "rg-decommissioned");
+        self.delete_resource_group(&gone_sub, "rg-decommissioned");
         // Resource Graph lag: a brand-new resource ARM already has.
         if let Some((id, _)) = ids.get(ids.len() / 2).cloned() {
-            w.hide_from_resource_graph(&id);
+            self.hide_from_resource_graph(&id);
         }
         // A resource group the auditor cannot read.
         let locked = subs[2 % subs.len()].clone();
-        w.add_system_assigned(&Self::resource_id(
+        self.add_system_assigned(&Self::resource_id(
             &locked,
             "rg-restricted",
             "Microsoft.Compute",
             "virtualMachines/secret-vm",
         ));
-        w.deny_resource_group(&locked, "rg-restricted");
-        // A subscription nobody gave us, and one transferred to another tenant.
-        let hidden = w.add_subscription("sub-hidden", SubAccess::NoAccess);
-        w.add_system_assigned(&Self::resource_id(
+        self.deny_resource_group(&locked, "rg-restricted");
+    }
+
+    /// A subscription nobody gave us, and one transferred to another tenant.
+    fn add_unreadable_subscriptions(&mut self) {
+        let hidden = self.add_subscription("sub-hidden", SubAccess::NoAccess);
+        self.add_system_assigned(&Self::resource_id(
             &hidden,
             "rg-x",
             "Microsoft.Storage",
             "storageAccounts/hiddenstore",
         ));
-        let other_tenant = w.guid();
-        let moved = w.add_subscription(
+        let other_tenant = self.guid();
+        let moved = self.add_subscription(
             "sub-moved",
             SubAccess::Transferred {
                 to_tenant: other_tenant,
             },
         );
-        w.add_system_assigned(&Self::resource_id(
+        self.add_system_assigned(&Self::resource_id(
             &moved,
             "rg-y",
             "Microsoft.Web",
             "sites/moved-app",
         ));
-        // Principals that are not managed identities, and one with unreadable alternativeNames.
-        w.add_principal("Application", "contoso-portal", None);
-        w.add_principal(
+    }
+
+    /// Principals that are not managed identities, and one with unreadable alternativeNames.
+    fn add_other_principals(&mut self) {
+        self.add_principal("Application", "contoso-portal", None);
+        self.add_principal(
             "Legacy",
             "old-app",
             Some(vec!["https://old.contoso.com".into()]),
         );
-        w.add_principal(
+        self.add_principal(
             "ManagedIdentity",
             "mystery",
             Some(vec!["isExplicit=False".into(), "not-a-resource-id".into()]),
         );
-        w
     }
 
     /// One round of the demo's churn: deletes two resources and recreates one (new orphans), brings one
