@@ -240,26 +240,7 @@ pub(super) fn answer(inner: &Inner, api: Api, fault: &Fault, parts: &Parts) -> R
     let query = parts.uri.query().unwrap_or("");
     match fault {
         Fault::GatewayEmptyObject => plain(200, Some("application/json; charset=utf-8"), "{}"),
-        Fault::Redirect { status, to } => {
-            let location = match to {
-                RedirectTo::Collection => {
-                    let c = collection_path(parts.uri.path())
-                        .unwrap_or_else(|| parts.uri.path().to_owned());
-                    format!("{}{c}?{query}", inner.base_url)
-                }
-                RedirectTo::OtherHost => format!("{}{}", inner.decoy_url, target_of(parts)),
-                RedirectTo::OtherPath => format!(
-                    "{}{REDIRECT_TARGET_PREFIX}{}",
-                    inner.base_url,
-                    target_of(parts)
-                ),
-            };
-            let mut res = plain(*status, None, "");
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                res.headers_mut().insert("location", v);
-            }
-            res
-        }
+        Fault::Redirect { status, to } => redirect(inner, *status, *to, parts),
         Fault::ProxyNotFound { html: true } => plain(404, Some("text/html"), PROXY_404_PAGE),
         Fault::ProxyNotFound { html: false } => plain(404, None, ""),
         Fault::ImitationNotFound => {
@@ -287,36 +268,58 @@ pub(super) fn answer(inner: &Inner, api: Api, fault: &Fault, parts: &Parts) -> R
                 &not_proving_message(code, parts.uri.path(), query, &tenant),
             )
         }
-        Fault::ThrottleHeader { header, value } => {
-            let mut res = match api {
-                Api::Graph => {
-                    graph_error(headers, 429, "TooManyRequests", "Please retry again later.")
-                }
-                Api::Token => respond(
-                    429,
-                    vec![],
-                    &json!({"error": "temporarily_unavailable", "error_description": "AADSTS50196: The server has been throttled."}),
-                ),
-                _ => arm_error(
-                    headers,
-                    429,
-                    "TooManyRequests",
-                    "The request is being throttled. Please retry later.",
-                ),
-            };
-            // Resource Graph's 429s carry both quota headers (ARG-THR).
-            if api == Api::ResourceGraph
-                && header.eq_ignore_ascii_case("x-ms-user-quota-resets-after")
-            {
-                res.headers_mut()
-                    .insert("x-ms-user-quota-remaining", HeaderValue::from_static("0"));
-            }
-            insert_header(res.headers_mut(), header, value);
-            res
-        }
+        Fault::ThrottleHeader { header, value } => throttle_with(api, headers, header, value),
         // Not an answer of its own: served by `handle` as the service's answer.
         _ => arm_error(headers, 500, "InternalServerError", "Unexpected fault."),
     }
+}
+
+/// A redirect with an empty body to where `to` says.
+fn redirect(inner: &Inner, status: u16, to: RedirectTo, parts: &Parts) -> Response {
+    let query = parts.uri.query().unwrap_or("");
+    let location = match to {
+        RedirectTo::Collection => {
+            let c =
+                collection_path(parts.uri.path()).unwrap_or_else(|| parts.uri.path().to_owned());
+            format!("{}{c}?{query}", inner.base_url)
+        }
+        RedirectTo::OtherHost => format!("{}{}", inner.decoy_url, target_of(parts)),
+        RedirectTo::OtherPath => format!(
+            "{}{REDIRECT_TARGET_PREFIX}{}",
+            inner.base_url,
+            target_of(parts)
+        ),
+    };
+    let mut res = plain(status, None, "");
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert("location", v);
+    }
+    res
+}
+
+/// The service's 429 with `header: value` as its only wait hint.
+fn throttle_with(api: Api, headers: &HeaderMap, header: &str, value: &str) -> Response {
+    let mut res = match api {
+        Api::Graph => graph_error(headers, 429, "TooManyRequests", "Please retry again later."),
+        Api::Token => respond(
+            429,
+            vec![],
+            &json!({"error": "temporarily_unavailable", "error_description": "AADSTS50196: The server has been throttled."}),
+        ),
+        _ => arm_error(
+            headers,
+            429,
+            "TooManyRequests",
+            "The request is being throttled. Please retry later.",
+        ),
+    };
+    // Resource Graph's 429s carry both quota headers (ARG-THR).
+    if api == Api::ResourceGraph && header.eq_ignore_ascii_case("x-ms-user-quota-resets-after") {
+        res.headers_mut()
+            .insert("x-ms-user-quota-remaining", HeaderValue::from_static("0"));
+    }
+    insert_header(res.headers_mut(), header, value);
+    res
 }
 
 fn insert_header(h: &mut HeaderMap, name: &str, value: &str) {
