@@ -5,10 +5,15 @@
 //! [`Fault::extreme_numbers`]), and builds a tenant whose healthy identities sit behind each of them
 //! ([`HostileWorld`]).
 
-use super::model::{OddId, SimResource, SubAccess, World};
-use super::{
-    Api, FOREIGN_LINK_MARKER, Fault, FaultRule, Inner, LinkTo, REDIRECT_TARGET_PREFIX, RedirectTo,
-    StrayRequest, arm_error, arm_headers, graph_error, new_id, path, respond,
+mod world;
+
+pub use world::{Behind, HostileWorld};
+
+use crate::model::SimResource;
+use crate::respond::{arm_error, arm_headers, graph_error, new_id, respond};
+use crate::{
+    Api, FOREIGN_LINK_MARKER, Fault, Inner, LinkTo, REDIRECT_TARGET_PREFIX, RedirectTo,
+    StrayRequest, path,
 };
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -235,26 +240,7 @@ pub(super) fn answer(inner: &Inner, api: Api, fault: &Fault, parts: &Parts) -> R
     let query = parts.uri.query().unwrap_or("");
     match fault {
         Fault::GatewayEmptyObject => plain(200, Some("application/json; charset=utf-8"), "{}"),
-        Fault::Redirect { status, to } => {
-            let location = match to {
-                RedirectTo::Collection => {
-                    let c = collection_path(parts.uri.path())
-                        .unwrap_or_else(|| parts.uri.path().to_owned());
-                    format!("{}{c}?{query}", inner.base_url)
-                }
-                RedirectTo::OtherHost => format!("{}{}", inner.decoy_url, target_of(parts)),
-                RedirectTo::OtherPath => format!(
-                    "{}{REDIRECT_TARGET_PREFIX}{}",
-                    inner.base_url,
-                    target_of(parts)
-                ),
-            };
-            let mut res = plain(*status, None, "");
-            if let Ok(v) = HeaderValue::from_str(&location) {
-                res.headers_mut().insert("location", v);
-            }
-            res
-        }
+        Fault::Redirect { status, to } => redirect(inner, *status, *to, parts),
         Fault::ProxyNotFound { html: true } => plain(404, Some("text/html"), PROXY_404_PAGE),
         Fault::ProxyNotFound { html: false } => plain(404, None, ""),
         Fault::ImitationNotFound => {
@@ -282,36 +268,58 @@ pub(super) fn answer(inner: &Inner, api: Api, fault: &Fault, parts: &Parts) -> R
                 &not_proving_message(code, parts.uri.path(), query, &tenant),
             )
         }
-        Fault::ThrottleHeader { header, value } => {
-            let mut res = match api {
-                Api::Graph => {
-                    graph_error(headers, 429, "TooManyRequests", "Please retry again later.")
-                }
-                Api::Token => respond(
-                    429,
-                    vec![],
-                    &json!({"error": "temporarily_unavailable", "error_description": "AADSTS50196: The server has been throttled."}),
-                ),
-                _ => arm_error(
-                    headers,
-                    429,
-                    "TooManyRequests",
-                    "The request is being throttled. Please retry later.",
-                ),
-            };
-            // Resource Graph's 429s carry both quota headers (ARG-THR).
-            if api == Api::ResourceGraph
-                && header.eq_ignore_ascii_case("x-ms-user-quota-resets-after")
-            {
-                res.headers_mut()
-                    .insert("x-ms-user-quota-remaining", HeaderValue::from_static("0"));
-            }
-            insert_header(res.headers_mut(), header, value);
-            res
-        }
+        Fault::ThrottleHeader { header, value } => throttle_with(api, headers, header, value),
         // Not an answer of its own: served by `handle` as the service's answer.
         _ => arm_error(headers, 500, "InternalServerError", "Unexpected fault."),
     }
+}
+
+/// A redirect with an empty body to where `to` says.
+fn redirect(inner: &Inner, status: u16, to: RedirectTo, parts: &Parts) -> Response {
+    let query = parts.uri.query().unwrap_or("");
+    let location = match to {
+        RedirectTo::Collection => {
+            let c =
+                collection_path(parts.uri.path()).unwrap_or_else(|| parts.uri.path().to_owned());
+            format!("{}{c}?{query}", inner.base_url)
+        }
+        RedirectTo::OtherHost => format!("{}{}", inner.decoy_url, target_of(parts)),
+        RedirectTo::OtherPath => format!(
+            "{}{REDIRECT_TARGET_PREFIX}{}",
+            inner.base_url,
+            target_of(parts)
+        ),
+    };
+    let mut res = plain(status, None, "");
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        res.headers_mut().insert("location", v);
+    }
+    res
+}
+
+/// The service's 429 with `header: value` as its only wait hint.
+fn throttle_with(api: Api, headers: &HeaderMap, header: &str, value: &str) -> Response {
+    let mut res = match api {
+        Api::Graph => graph_error(headers, 429, "TooManyRequests", "Please retry again later."),
+        Api::Token => respond(
+            429,
+            vec![],
+            &json!({"error": "temporarily_unavailable", "error_description": "AADSTS50196: The server has been throttled."}),
+        ),
+        _ => arm_error(
+            headers,
+            429,
+            "TooManyRequests",
+            "The request is being throttled. Please retry later.",
+        ),
+    };
+    // Resource Graph's 429s carry both quota headers (ARG-THR).
+    if api == Api::ResourceGraph && header.eq_ignore_ascii_case("x-ms-user-quota-resets-after") {
+        res.headers_mut()
+            .insert("x-ms-user-quota-remaining", HeaderValue::from_static("0"));
+    }
+    insert_header(res.headers_mut(), header, value);
+    res
 }
 
 fn insert_header(h: &mut HeaderMap, name: &str, value: &str) {
@@ -476,273 +484,4 @@ pub(super) async fn rewrite(
     }
     head.headers.remove("content-length");
     Response::from_parts(head, Body::from(v.to_string()))
-}
-
-/// A healthy identity kept from the truth by a hostile answer.
-#[derive(Debug, Clone)]
-pub struct Behind {
-    /// Service principal object id.
-    pub principal: String,
-    pub resource_id: String,
-    pub fault: Fault,
-}
-
-/// A tenant where healthy identities sit behind every kind of hostile ARM answer, with odd
-/// `alternativeNames`, and with a type whose stable api-version predates identity; plus genuine orphans
-/// that must still be found.
-///
-/// The hostile answers are [`FaultRule`]s (one per resource, matched by its unique name, for good) that
-/// the test installs with [`super::SimHandle::add_faults`], not behaviours of the world: they are the
-/// network between the client and ARM, which a test can take away ([`super::SimHandle::clear_faults`])
-/// to show the next scan completes on the same world. The odd ids and the late identity are properties
-/// of the data and stay. Resources behind hostile answers are hidden from Resource Graph, so only ARM
-/// can speak for them.
-#[derive(Debug, Clone)]
-pub struct HostileWorld {
-    pub world: World,
-    /// Install these to put [`HostileWorld::behind`] behind their hostile answers.
-    pub rules: Vec<FaultRule>,
-    pub behind: Vec<Behind>,
-    /// Healthy identities whose `alternativeNames` spell their resource id oddly.
-    pub odd: Vec<(String, OddId)>,
-    /// A healthy identity whose resource type shows `identity` only in a preview api-version.
-    pub preview_identity: String,
-    /// Healthy identities with nothing odd about them.
-    pub plain: Vec<String>,
-    /// Genuine orphans: (object id, the reason a correct client gives).
-    pub orphans: Vec<(String, &'static str)>,
-}
-
-impl World {
-    /// See [`HostileWorld`].
-    pub fn hostile(seed: u64) -> HostileWorld {
-        HostileWorld::build(seed)
-    }
-}
-
-impl HostileWorld {
-    pub fn build(seed: u64) -> Self {
-        let mut w = World::new(super::model::SIM_TENANT_ID, seed);
-        let sub = w.add_subscription("hostile", SubAccess::Reader);
-        let rid = |rg: &str, ns: &str, p: &str| World::resource_id(&sub, rg, ns, p);
-        // Compute lists VM extensions as a child type (azure-rest-api-specs compute
-        // `VirtualMachineExtensions_List` at `.../virtualMachines/{vm}/extensions`), so an id ending in
-        // `/extensions/..` leads a normalising client to a real collection.
-        w.register_type(
-            "Microsoft.Compute",
-            "virtualMachines/extensions",
-            &["2024-07-01", "2023-09-01"],
-        );
-        // Service Bus namespaces as the providers API listed them before 2021: the only stable version
-        // (2017-04-01) has no `identity`; 2018-01-01-preview has it (see `SimResource::identity_since`).
-        w.register_type(
-            "Microsoft.ServiceBus",
-            "namespaces",
-            &["2017-04-01", "2018-01-01-preview"],
-        );
-
-        let mut rules = Vec::new();
-        let mut behind = Vec::new();
-        for (i, fault) in Fault::hostile_answers()
-            .into_iter()
-            .filter(|f| !matches!(f, Fault::ForeignNextLink(_)))
-            .enumerate()
-        {
-            let slug = match &fault {
-                Fault::ArmNotFound { code } => format!("404-{}", code.to_ascii_lowercase()),
-                Fault::Redirect { status, .. } => format!("{}-{status}", fault.name()),
-                f => f.name().to_owned(),
-            }
-            .replace('_', "-");
-            let name = format!("hx{i:03}-{slug}");
-            let id = rid(
-                "rg-hostile",
-                "Microsoft.Compute",
-                &format!("virtualMachines/{name}"),
-            );
-            let principal = w.add_system_assigned(&id);
-            w.hide_from_resource_graph(&id);
-            rules.push(FaultRule {
-                api: Api::Arm,
-                path_contains: Some(format!("/hx{i:03}-")),
-                times: None,
-                fault: fault.clone(),
-            });
-            behind.push(Behind {
-                principal,
-                resource_id: id,
-                fault,
-            });
-        }
-
-        let odd = OddId::ALL
-            .iter()
-            .map(|&o| {
-                let id = rid(
-                    "rg-odd",
-                    "Microsoft.Compute",
-                    &format!("virtualMachines/odd-{}", o.name().replace('_', "-")),
-                );
-                (w.add_with_odd_alternative_name(&id, o), o)
-            })
-            .collect();
-
-        let sb = rid(
-            "rg-messaging",
-            "Microsoft.ServiceBus",
-            "namespaces/sb-late-identity",
-        );
-        let preview_identity = w.add_system_assigned(&sb);
-        w.set_identity_since(&sb, "2018-01-01-preview");
-
-        let plain = vec![
-            w.add_system_assigned(&rid(
-                "rg-plain",
-                "Microsoft.Compute",
-                "virtualMachines/fine",
-            )),
-            w.add_user_assigned(&sub, "rg-plain", "fine-identity"),
-        ];
-
-        let mut orphans = Vec::new();
-        let gone = rid("rg-plain", "Microsoft.Compute", "virtualMachines/gone");
-        orphans.push((w.add_system_assigned(&gone), "resource_not_found"));
-        w.delete_resource(&gone);
-        let recreated = rid("rg-plain", "Microsoft.Web", "sites/recreated");
-        orphans.push((w.add_system_assigned(&recreated), "principal_mismatch"));
-        w.recreate_resource(&recreated);
-        let switched_off = rid(
-            "rg-plain",
-            "Microsoft.Compute",
-            "virtualMachines/identity-off",
-        );
-        orphans.push((w.add_system_assigned(&switched_off), "principal_mismatch"));
-        w.disable_system_identity(&switched_off);
-        // Recreated with a new identity, of a type whose stable version does not show identity: only
-        // the preview version proves the mismatch.
-        let sb_recreated = rid(
-            "rg-messaging",
-            "Microsoft.ServiceBus",
-            "namespaces/sb-recreated",
-        );
-        orphans.push((w.add_system_assigned(&sb_recreated), "principal_mismatch"));
-        w.set_identity_since(&sb_recreated, "2018-01-01-preview");
-        w.recreate_resource(&sb_recreated);
-        orphans.push((
-            w.add_system_assigned(&rid(
-                "rg-decommissioned",
-                "Microsoft.Compute",
-                "virtualMachines/old",
-            )),
-            "resource_group_not_found",
-        ));
-        w.delete_resource_group(&sub, "rg-decommissioned");
-        let uami_gone = w.add_user_assigned(&sub, "rg-plain", "retired-identity");
-        w.delete_resource(&rid(
-            "rg-plain",
-            "Microsoft.ManagedIdentity",
-            "userAssignedIdentities/retired-identity",
-        ));
-        orphans.push((uami_gone, "resource_not_found"));
-
-        Self {
-            world: w,
-            rules,
-            behind,
-            odd,
-            preview_identity,
-            plain,
-            orphans,
-        }
-    }
-
-    /// Every healthy identity: behind hostile answers, odd ids, the late identity, the plain ones.
-    pub fn healthy(&self) -> Vec<String> {
-        self.behind
-            .iter()
-            .map(|b| b.principal.clone())
-            .chain(self.odd.iter().map(|(p, _)| p.clone()))
-            .chain([self.preview_identity.clone()])
-            .chain(self.plain.iter().cloned())
-            .collect()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn odd_ids_are_what_they_say() {
-        let id =
-            "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm";
-        let got: Vec<String> = OddId::ALL.iter().map(|o| o.apply(id)).collect();
-        assert_eq!(
-            got,
-            [
-                "/subscriptions/s/resourcegroups/rg/./providers/Microsoft.Compute/virtualMachines/vm",
-                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm/extensions/..",
-                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/elsewhere/../vm",
-                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines//vm",
-                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm/",
-                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines%2Fvm",
-                "/subscriptions/s/resourcegroups/rg/providers%2fMicrosoft.Compute/virtualMachines/vm",
-                "/subscriptions/s/resourcegroups/rg%5Cproviders/Microsoft.Compute/virtualMachines/vm",
-                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm?api-version=2024-07-01",
-                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm#identity",
-                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm ",
-                "/subscriptions/s/resourcegroups/rg/providers/Microsoft.Compute/virtualMachines/vm\t\n",
-            ]
-        );
-    }
-
-    #[test]
-    fn the_hostile_world_has_one_rule_per_identity_behind_and_unique_names() {
-        let h = World::hostile(3);
-        assert_eq!(h.rules.len(), h.behind.len());
-        // Every hostile answer but the paging links (those are not about a resource).
-        assert_eq!(h.behind.len(), Fault::hostile_answers().len() - 2);
-        for (r, b) in h.rules.iter().zip(&h.behind) {
-            let needle = r.path_contains.as_deref().expect("a path");
-            let matching = h
-                .world
-                .resources
-                .keys()
-                .filter(|k| k.contains(needle))
-                .count();
-            assert_eq!(matching, 1, "{needle}");
-            assert!(b.resource_id.to_ascii_lowercase().contains(needle));
-            assert!(
-                h.world
-                    .arg_lag
-                    .contains(&b.resource_id.to_ascii_lowercase())
-            );
-        }
-        let healthy = h.healthy();
-        for (o, _) in &h.orphans {
-            assert!(!healthy.contains(o));
-        }
-        assert_eq!(h.odd.len(), OddId::ALL.len());
-    }
-
-    #[test]
-    fn the_stable_version_of_a_late_identity_type_hides_it_and_the_preview_shows_it() {
-        let h = World::hostile(1);
-        let r = h
-            .world
-            .resources
-            .values()
-            .find(|r| r.id.ends_with("sb-late-identity"))
-            .expect("namespace");
-        assert_eq!(
-            h.world.newest_stable_version(&r.arm_type).as_deref(),
-            Some("2017-04-01")
-        );
-        assert!(r.body_at("t", Some("2017-04-01")).get("identity").is_none());
-        assert_eq!(
-            r.body_at("t", Some("2018-01-01-preview"))["identity"]["principalId"],
-            json!(h.preview_identity)
-        );
-        assert!(r.arg_row("t", Some("2017-04-01"))["identity"].is_null());
-    }
 }
