@@ -1,0 +1,333 @@
+//! One scan through the pipeline: inventory (Graph) -> parse -> resolve (Resource Graph in bulk, ARM to
+//! confirm candidates) -> judge -> report. The imperative shell: decisions are `classify`'s, storage is
+//! `store`'s.
+//!
+//! Memory: nothing per identity is held across stages. Graph and Resource Graph pages go into the scan's
+//! working database (`store::work`) as they arrive, and candidates, evidence and verdicts move through
+//! it in key-ordered chunks of [`crate::store::work::CHUNK`]; what the process holds is a few pages,
+//! one chunk, and the small sets of subscriptions and resource types that Resource Graph is asked about.
+//!
+//! Completeness: a tenant is complete when its Graph inventory was read to the end and no check ended
+//! in `check_failed`. Unknown verdicts that are answers (403, a subscription we cannot see, unreadable
+//! `alternativeNames`) do not make a scan incomplete; failures to get an answer do.
+
+use crate::arm::ArmClient;
+use crate::azure::http::AzureHttp;
+use crate::azure::transport::{RetryPolicy, Transport};
+use crate::azure::{ApiCounts, Counters, auth::TokenProvider};
+use crate::config::Settings;
+use crate::domain::{Summary, Trigger};
+use crate::graph::GraphClient;
+use crate::report::{ScanReport, TenantReport};
+use crate::store::Store;
+use crate::store::work::{WorkFile, WorkStore};
+use chrono::Utc;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// A scan made for a store: its report and, handed over beside it, the scan's working database, which
+/// holds every verdict (`scan_results`) for recording to read and is deleted when dropped. `None` when
+/// the scan worked in memory (no store, or one that cannot be written): the report then holds every
+/// verdict.
+pub struct Scanned {
+    pub report: ScanReport,
+    pub work: Option<WorkFile>,
+}
+
+/// Tenants scanned at once. Each tenant has its own principal, so its own Resource Graph and ARM
+/// quotas (ARG-THR: per user; ARM-THR: per principal), and its own token.
+pub const PARALLEL_TENANTS: usize = 4;
+
+/// One tenant's clients: its token cache, provider cache and quota pacers live as long as the scanner.
+struct TenantClients {
+    graph: GraphClient,
+    arm: ArmClient,
+    counters: Arc<Counters>,
+}
+
+/// The Azure clients of scans, built from settings.
+pub struct Scanner {
+    client: reqwest::Client,
+    policy: RetryPolicy,
+    authority_host: String,
+    client_id: String,
+    secret: crate::config::Secret,
+    graph_endpoint: String,
+    arm_endpoint: String,
+    graph_scope: String,
+    arm_scope: String,
+    /// Every tenant's counts roll up here (metrics read it).
+    counters: Arc<Counters>,
+    concurrency: usize,
+    graph_delta: bool,
+    /// How long one tenant's scan may take: a little under the whole scan's timeout.
+    tenant_deadline: std::time::Duration,
+    tenants: parking_lot::Mutex<HashMap<String, Arc<TenantClients>>>,
+}
+
+/// A full listing at least this often, even with delta (directory delta tokens live 7 days, G-DELTA).
+const FULL_SYNC_EVERY: chrono::TimeDelta = chrono::TimeDelta::days(6);
+
+impl Scanner {
+    pub fn new(settings: &Settings) -> anyhow::Result<Self> {
+        // Redirects are never followed: a 307/308 would re-send the token request (and its secret) or a
+        // bearer token to wherever it points, and an answer from elsewhere is no answer about the resource.
+        let client = reqwest::Client::builder()
+            .user_agent(concat!("miaudit/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::none())
+            .connect_timeout(
+                settings
+                    .scan
+                    .request_timeout
+                    .min(std::time::Duration::from_secs(10)),
+            )
+            .build()?;
+        let policy = RetryPolicy {
+            timeout: settings.scan.request_timeout,
+            max_retries: settings.scan.max_retries,
+            base_delay: settings.scan.retry_base_delay,
+            max_delay: settings.scan.retry_max_delay,
+            max_server_wait: settings.scan.max_server_wait,
+            max_response_bytes: settings.scan.max_response_bytes,
+        };
+        let auth = &settings.auth;
+        let secret = auth
+            .client_secret
+            .clone()
+            .ok_or_else(|| anyhow::anyhow!("auth.client_secret: no client secret configured"))?;
+        Ok(Self {
+            client,
+            policy,
+            authority_host: settings.azure.authority_host.clone(),
+            client_id: auth.client_id.clone().unwrap_or_default(),
+            secret,
+            graph_endpoint: settings.azure.graph_endpoint.clone(),
+            arm_endpoint: settings.azure.arm_endpoint.clone(),
+            graph_scope: settings.azure.graph_scope.clone(),
+            arm_scope: settings.azure.arm_scope.clone(),
+            counters: Arc::new(Counters::default()),
+            concurrency: settings.scan.concurrency,
+            graph_delta: settings.scan.graph_delta,
+            tenant_deadline: settings.scan.timeout.mul_f64(0.9),
+            tenants: parking_lot::Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    fn clients(&self, tenant: &str) -> Arc<TenantClients> {
+        let mut map = self.tenants.lock();
+        map.entry(tenant.to_owned())
+            .or_insert_with(|| {
+                let counters = Arc::new(Counters::child_of(self.counters.clone()));
+                let transport =
+                    Transport::new(self.client.clone(), self.policy.clone(), counters.clone());
+                let tokens = Arc::new(TokenProvider::new(
+                    transport.clone(),
+                    &self.authority_host,
+                    self.client_id.clone(),
+                    self.secret.clone(),
+                ));
+                let http = AzureHttp::new(
+                    transport,
+                    tokens,
+                    self.graph_scope.clone(),
+                    self.arm_scope.clone(),
+                );
+                Arc::new(TenantClients {
+                    graph: GraphClient::new(http.clone(), &self.graph_endpoint),
+                    arm: ArmClient::new(http, &self.arm_endpoint),
+                    counters,
+                })
+            })
+            .clone()
+    }
+
+    /// Scans every tenant, [`PARALLEL_TENANTS`] at a time, without a store: every verdict is in the
+    /// report.
+    pub async fn run(&self, tenants: &[String], trigger: Trigger) -> ScanReport {
+        self.run_as(uuid::Uuid::new_v4().to_string(), tenants, trigger, None)
+            .await
+            .report
+    }
+
+    /// [`Scanner::run`] with a scan id chosen by the caller (the daemon announces it before the scan).
+    /// With a store that can be written, the scan works in its staging tables (memory stays flat; the
+    /// report has its `work` file) and the opt-in Graph delta inventory continues from the last recorded
+    /// scan.
+    /// Without one, it works in a private in-memory database and the report holds every verdict.
+    pub async fn run_as(
+        &self,
+        scan_id: String,
+        tenants: &[String],
+        trigger: Trigger,
+        store: Option<&Store>,
+    ) -> Scanned {
+        let started_at = Utc::now();
+        let mut report = ScanReport {
+            scan_id,
+            started_at,
+            finished_at: started_at,
+            complete: true,
+            trigger,
+            tenants: Vec::new(),
+            summary: Summary::default(),
+            findings: Vec::new(),
+        };
+        // A store that can be written gets a working database file beside it; otherwise the scan works
+        // in memory (a report of every verdict is wanted then anyway).
+        let opened = match store.filter(|s| s.writable()) {
+            Some(s) => s
+                .open_work(&report.scan_id)
+                .await
+                .map(|(w, f)| (w, Some(f))),
+            None => WorkStore::open_in_memory().await.map(|w| (w, None)),
+        };
+        let (staging, work) = match opened {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot open a working database for the scan");
+                report.complete = false;
+                report.tenants = tenants
+                    .iter()
+                    .map(|t| {
+                        let mut tr = failed_tenant(t, format!("working database: {e}"));
+                        tr.staging_failed = true;
+                        tr
+                    })
+                    .collect();
+                return Scanned { report, work: None };
+            }
+        };
+        // The stored inventory a Graph delta continues from: only when opted in and scanning for a store.
+        let delta = store.filter(|_| self.graph_delta && work.is_some());
+        // One deadline for every tenant of the scan, a little under the scan's own timeout, so that a
+        // tenant that never ends (a service paging for ever) is reported incomplete before the whole
+        // scan is abandoned; tenants run [`PARALLEL_TENANTS`] at a time, the next starting as one ends.
+        let deadline = tokio::time::Instant::now() + self.tenant_deadline;
+        let scan_id = report.scan_id.clone();
+        let scans: Vec<_> = tenants
+            .iter()
+            .map(|t| self.scan_isolated(&scan_id, t, &staging, delta, store, deadline))
+            .collect();
+        let results: Vec<TenantReport> = futures::stream::iter(scans)
+            .buffered(PARALLEL_TENANTS)
+            .collect()
+            .await;
+        for tr in results {
+            report.complete &= tr.complete;
+            report.summary.merge(&tr.summary);
+            report.tenants.push(tr);
+        }
+        match staging
+            .staged_results(&report.scan_id, work.is_some())
+            .await
+        {
+            Ok(f) => report.findings = f,
+            Err(e) => {
+                // The verdicts were written but cannot be read back: nothing may be concluded from them.
+                tracing::error!(error = %e, "cannot read the scan's verdicts back");
+                report.complete = false;
+                for t in &mut report.tenants {
+                    t.staging_failed = true;
+                    t.complete = false;
+                    t.inventory_complete = false;
+                    t.errors.push(format!("working database: {e}"));
+                }
+            }
+        }
+        // Closed before recording attaches the file.
+        staging.close().await;
+        report.finished_at = Utc::now();
+        Scanned { report, work }
+    }
+
+    /// One tenant's scan, with a panic in it (a bug, never expected) turned into that tenant's error: the
+    /// tenant is incomplete, the other tenants and the scan go on, and nothing shared is left poisoned.
+    /// It also ends at the scan-wide `deadline` (a little under the whole scan's timeout), so a service
+    /// that pages for ever makes that tenant incomplete rather than the whole scan abandoned.
+    async fn scan_isolated(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        staging: &WorkStore,
+        delta: Option<&Store>,
+        record: Option<&Store>,
+        deadline: tokio::time::Instant,
+    ) -> TenantReport {
+        use futures::FutureExt;
+        let run = std::panic::AssertUnwindSafe(
+            self.scan_counted(scan_id, tenant, staging, delta, record),
+        );
+        match tokio::time::timeout_at(deadline, run.catch_unwind()).await {
+            Err(_) => {
+                tracing::error!(tenant, deadline = ?self.tenant_deadline, "the tenant's scan ran out of time; it is reported incomplete");
+                failed_tenant(
+                    tenant,
+                    format!(
+                        "the scan's tenants did not all finish within {:?} (90% of [scan] timeout)",
+                        self.tenant_deadline
+                    ),
+                )
+            }
+            Ok(Ok(tr)) => tr,
+            Ok(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_owned())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .map_or_else(|| "unknown cause".into(), |m| crate::azure::shorten(&m));
+                tracing::error!(tenant, panic = %what, "the tenant's scan panicked; it is reported incomplete");
+                failed_tenant(tenant, format!("internal error (panic): {what}"))
+            }
+        }
+    }
+
+    /// One tenant's scan with the requests it made.
+    async fn scan_counted(
+        &self,
+        scan_id: &str,
+        tenant: &str,
+        staging: &WorkStore,
+        delta: Option<&Store>,
+        record: Option<&Store>,
+    ) -> TenantReport {
+        let clients = self.clients(tenant);
+        let before = clients.counters.snapshot();
+        let mut tr = self
+            .scan_tenant(scan_id, tenant, &clients, staging, delta, record)
+            .await;
+        let after = clients.counters.snapshot();
+        tr.requests = after
+            .into_iter()
+            .map(|(k, a)| {
+                let b = before.get(&k).copied().unwrap_or_default();
+                (
+                    k,
+                    ApiCounts {
+                        requests: a.requests - b.requests,
+                        throttled: a.throttled - b.throttled,
+                        retries: a.retries - b.retries,
+                        failures: a.failures - b.failures,
+                    },
+                )
+            })
+            .collect();
+        tr
+    }
+}
+
+/// A tenant whose scan could not start: incomplete, with the reason.
+fn failed_tenant(tenant: &str, error: String) -> TenantReport {
+    TenantReport {
+        complete: false,
+        inventory_complete: false,
+        errors: vec![error],
+        ..TenantReport::new(tenant)
+    }
+}
+
+mod stages;
