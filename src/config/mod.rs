@@ -11,6 +11,7 @@
 
 mod read;
 mod secrets;
+mod sections;
 #[cfg(test)]
 mod tests;
 
@@ -18,6 +19,7 @@ use read::*;
 pub use read::{parse_duration, parse_size};
 pub use secrets::Secret;
 use secrets::*;
+use sections::*;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
