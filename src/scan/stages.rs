@@ -187,7 +187,7 @@ impl Scanner {
         subscriptions: Option<&HashMap<String, Subscription>>,
         tr: &mut TenantReport,
     ) -> Result<(), crate::store::StoreError> {
-        let visible = |sub: &str| subscriptions.map(|s| s.contains_key(&sub.to_ascii_lowercase()));
+        let visible = |sub: &str| visibility(subscriptions, sub);
         let mut bulk_subs: BTreeSet<String> = BTreeSet::new();
         let mut types: HashMap<ArgTable, BTreeSet<String>> = HashMap::new();
         for (sub, t) in ctx.work.staged_targets(ctx.scan_id, ctx.tenant).await? {
@@ -226,7 +226,7 @@ impl Scanner {
         subscriptions: Option<&HashMap<String, Subscription>>,
         tr: &mut TenantReport,
     ) -> Result<(), crate::store::StoreError> {
-        let visible = |sub: &str| subscriptions.map(|s| s.contains_key(&sub.to_ascii_lowercase()));
+        let visible = |sub: &str| visibility(subscriptions, sub);
         let any_visible = subscriptions.and_then(|s| s.keys().next().cloned());
         let mut after = String::new();
         loop {
@@ -278,7 +278,7 @@ impl Scanner {
         subscriptions: Option<&HashMap<String, Subscription>>,
         tr: &mut TenantReport,
     ) -> Result<(), crate::store::StoreError> {
-        let visible = |sub: &str| subscriptions.map(|s| s.contains_key(&sub.to_ascii_lowercase()));
+        let visible = |sub: &str| visibility(subscriptions, sub);
         let mut failed = 0u64;
         let mut after = String::new();
         loop {
@@ -368,4 +368,9 @@ fn finding(i: ManagedIdentity, ev: &Evidence, j: crate::domain::Judgement) -> Fi
         display_name: i.display_name,
         identity_type: i.identity_type,
     }
+}
+
+/// Whether the subscription is in the tenant's subscription list; `None` when the list could not be read.
+fn visibility(subscriptions: Option<&HashMap<String, Subscription>>, sub: &str) -> Option<bool> {
+    subscriptions.map(|s| s.contains_key(&sub.to_ascii_lowercase()))
 }
