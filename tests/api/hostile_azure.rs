@@ -930,6 +930,32 @@ fn label(h: &HostileWorld, object_id: &str) -> String {
     "plain healthy".into()
 }
 
+/// False orphans among the world's healthy identities (with `listed`, a healthy identity missing from
+/// the report counts too) and genuine orphans not found with their reason.
+fn orphan_problems(h: &HostileWorld, r: &ScanReport, listed: bool) -> Vec<String> {
+    let mut problems = Vec::new();
+    for p in h.healthy() {
+        let v = verdict_of(r, &p).map(|(v, _)| v);
+        if v == Some(Verdict::Orphaned) || (listed && v.is_none()) {
+            problems.push(format!(
+                "false orphan ({}): {p} {}",
+                label(h, &p),
+                describe(r, &p)
+            ));
+        }
+    }
+    for (p, reason) in &h.orphans {
+        if verdict_of(r, p).is_none_or(|(v, why)| v != Verdict::Orphaned || why.as_str() != *reason)
+        {
+            problems.push(format!(
+                "genuine orphan not found as orphaned/{reason}: {p} {}",
+                describe(r, p)
+            ));
+        }
+    }
+    problems
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tenant_behind_hostile_answers_gets_no_false_orphan_and_every_real_one() {
     let h = World::hostile(11);
@@ -938,26 +964,7 @@ async fn a_tenant_behind_hostile_answers_gets_no_false_orphan_and_every_real_one
     let r = scan_guarded(&env, Duration::from_secs(120))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
-    let mut problems = Vec::new();
-    for p in h.healthy() {
-        if verdict_of(&r, &p).is_none_or(|(v, _)| v == Verdict::Orphaned) {
-            problems.push(format!(
-                "false orphan ({}): {p} {}",
-                label(&h, &p),
-                describe(&r, &p)
-            ));
-        }
-    }
-    for (p, reason) in &h.orphans {
-        if verdict_of(&r, p)
-            .is_none_or(|(v, why)| v != Verdict::Orphaned || why.as_str() != *reason)
-        {
-            problems.push(format!(
-                "genuine orphan not found as orphaned/{reason}: {p} {}",
-                describe(&r, p)
-            ));
-        }
-    }
+    let mut problems = orphan_problems(&h, &r, true);
     // Every identity behind a hostile answer could not be checked: the scan says so.
     if r.complete {
         problems.push(format!(
@@ -995,25 +1002,7 @@ async fn a_tenant_behind_hostile_answers_gets_no_false_orphan_and_every_real_one
             ));
         }
     }
-    for p in h.healthy() {
-        if verdict_of(&r, &p).is_some_and(|(v, _)| v == Verdict::Orphaned) {
-            problems.push(format!(
-                "false orphan ({}): {p} {}",
-                label(&h, &p),
-                describe(&r, &p)
-            ));
-        }
-    }
-    for (p, reason) in &h.orphans {
-        if verdict_of(&r, p)
-            .is_none_or(|(v, why)| v != Verdict::Orphaned || why.as_str() != *reason)
-        {
-            problems.push(format!(
-                "genuine orphan not found as orphaned/{reason}: {p} {}",
-                describe(&r, p)
-            ));
-        }
-    }
+    problems.extend(orphan_problems(&h, &r, false));
     problems.extend(stray_problems(&env.sim));
     assert!(
         problems.is_empty(),
