@@ -261,7 +261,10 @@ mod tests {
         );
     }
 }
-/// Commit time of large scans (run: `cargo test --release --lib store::record::timing -- --ignored --nocapture`).
+/// Commit time and size of large scans (run: `cargo test --release --lib store::record::timing -- --ignored
+/// --nocapture`; sizes with `MIAUDIT_TIMING_SIZES=100000,1000000`). Realistic rows: GUID ids, Resource
+/// Graph evidence with a request id per page of 1,000 and a check time, both new every scan (as in a real
+/// repeat scan of an unchanged tenant), 0.5 % orphans.
 #[cfg(test)]
 mod timing {
     use super::*;
@@ -271,23 +274,55 @@ mod timing {
     use crate::report::TenantReport;
     use chrono::Utc;
 
-    fn report(n: usize, id: &str) -> ScanReport {
+    fn guid(a: u64, b: u64) -> String {
+        let x = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let y = x.rotate_left(29).wrapping_mul(0x1656_67B1_9E37_79F9);
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            x >> 32,
+            (x >> 16) & 0xffff,
+            x & 0xffff,
+            y >> 48,
+            y & 0xffff_ffff_ffff
+        )
+    }
+
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+    fn report(n: usize, id: &str, round: u64) -> ScanReport {
         let now = Utc::now();
         let findings = (0..n)
-            .map(|i| Finding {
-                tenant_id: "t".into(),
-                // Random-looking, like Graph's object ids.
-                object_id: format!("{:016x}-0000-0000-0000", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-                app_id: format!("{i:08x}-aaaa-0000-0000-000000000000"),
-                display_name: format!("vm-{i}"),
-                identity_type: IdentityType::SystemAssigned,
-                resource_id: Some(format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm-{i}")),
-                subscription_id: Some("s".into()),
-                resource_type: Some("microsoft.compute/virtualmachines".into()),
-                verdict: if i % 200 == 0 { Verdict::Orphaned } else { Verdict::Healthy },
-                reason: if i % 200 == 0 { Reason::ResourceNotFound } else { Reason::ResourcePresent },
-                detail: "the resource exists and carries this identity".into(),
-                evidence: EvidenceReport { source: EvidenceSource::ResourceGraph, status: Some(200), code: None, request_id: Some("r".into()), correlation_request_id: None, checked_at: Some(now) },
+            .map(|i| {
+                let orphan = i % 200 == 0;
+                let sub = guid(7, (i % 50) as u64);
+                Finding {
+                    tenant_id: TENANT.into(),
+                    object_id: guid(1, i as u64),
+                    app_id: guid(2, i as u64),
+                    display_name: format!("vm-prod-weu-{i:06}"),
+                    identity_type: IdentityType::SystemAssigned,
+                    resource_id: Some(format!(
+                        "/subscriptions/{sub}/resourceGroups/rg-app-{:03}/providers/Microsoft.Compute/virtualMachines/vm-prod-weu-{i:06}",
+                        i % 300
+                    )),
+                    subscription_id: Some(sub),
+                    resource_type: Some("microsoft.compute/virtualmachines".into()),
+                    verdict: if orphan { Verdict::Orphaned } else { Verdict::Healthy },
+                    reason: if orphan { Reason::ResourceNotFound } else { Reason::ResourcePresent },
+                    detail: if orphan {
+                        "the resource does not exist (ARM 404 ResourceNotFound)".into()
+                    } else {
+                        "the resource exists and carries this identity".into()
+                    },
+                    evidence: EvidenceReport {
+                        source: if orphan { EvidenceSource::Arm } else { EvidenceSource::ResourceGraph },
+                        status: Some(if orphan { 404 } else { 200 }),
+                        code: orphan.then(|| "ResourceNotFound".into()),
+                        request_id: Some(guid(3 + round, (i / 1000) as u64)),
+                        correlation_request_id: orphan.then(|| guid(4 + round, i as u64)),
+                        checked_at: Some(now),
+                    },
+                }
             })
             .collect();
         ScanReport {
@@ -300,7 +335,7 @@ mod timing {
                 summary: Summary::default(),
                 arm_checks: 0,
                 staging_failed: false,
-                tenant_id: "t".into(),
+                tenant_id: TENANT.into(),
                 complete: true,
                 inventory_complete: true,
                 identities: n as u64,
@@ -314,31 +349,53 @@ mod timing {
         }
     }
 
+    fn size(path: &std::path::Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
     #[tokio::test]
     #[ignore = "timing, run by hand"]
     async fn commit_time_by_size() {
         let sizes: Vec<usize> = std::env::var("MIAUDIT_TIMING_SIZES")
             .ok()
             .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-            .unwrap_or_else(|| vec![10_000, 100_000, 300_000]);
+            .unwrap_or_else(|| vec![10_000, 100_000]);
+        let rounds: u64 = std::env::var("MIAUDIT_TIMING_SCANS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(11);
         for n in sizes {
             let dir = tempfile::tempdir().expect("dir");
-            let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            let db = dir.path().join("t.db");
+            let wal = dir.path().join("t.db-wal");
+            let store = Store::connect(&format!("sqlite://{}", db.display()))
                 .await
                 .expect("db");
-            for round in 0..3 {
-                let r = report(n, &format!("s{round}"));
+            for round in 0..rounds {
+                let r = report(n, &format!("s{round}"), round);
                 let t = std::time::Instant::now();
                 let recorded = store
                     .record_scan(&r, std::time::Duration::ZERO)
                     .await
                     .expect("recorded");
                 println!(
-                    "{n} identities, scan {round}: transaction {:.2} s, record {:.2} s (staging the report included)",
+                    "{n} identities, scan {round}: transaction {:.2} s, record {:.2} s (staging the report included); database {:.0} B/identity, WAL {} B",
                     recorded.transaction.as_secs_f64(),
-                    t.elapsed().as_secs_f64()
+                    t.elapsed().as_secs_f64(),
+                    size(&db) as f64 / n as f64,
+                    size(&wal),
                 );
             }
+            let tables: Vec<(String, i64)> = sqlx::query_as(
+                "select name, sum(pgsize) from dbstat group by name order by 2 desc",
+            )
+            .fetch_all(store.pool())
+            .await
+            .expect("dbstat");
+            for (name, bytes) in tables {
+                println!("  {name}: {:.0} B/identity", bytes as f64 / n as f64);
+            }
+            store.close().await;
         }
     }
 }
