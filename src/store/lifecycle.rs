@@ -399,14 +399,18 @@ async fn insert_new_healthy(
     let (Some(t), None, false) = (&fresh.next, &fresh.transition, fresh.newly_confirmed) else {
         return Ok(());
     };
+    // A row that has exactly the scan's columns (its object id already lower-case) holds the run of
+    // verdicts the identity starts in this scan (`runs`): its seq is set here rather than by a second
+    // write of every new row.
     let q = sqlx::query(
         "insert into findings (tenant_id, object_id, app_id, display_name, identity_type, resource_id,
              subscription_id, resource_type, verdict, reason, detail, evidence, last_seen_at, last_scan_id,
              state, episode, resolution, ticket, note, first_detected_at, last_orphaned_at, confirmed_at,
-             resolved_at)
+             resolved_at, run_since)
          select r.tenant_id, r.object_key, r.app_id, r.display_name, r.identity_type, r.resource_id,
              r.subscription_id, r.resource_type, r.verdict, r.reason, r.detail, r.evidence, ?, ?,
-             ?, ?, ?, ?, ?, ?, ?, ?, ?
+             ?, ?, ?, ?, ?, ?, ?, ?, ?,
+             case when r.object_id = r.object_key then (select seq from scans where scan_id = r.scan_id) end
          from work.scan_results r
          where r.scan_id = ? and r.tenant_id = ? and r.verdict = 'healthy'
          order by r.object_key

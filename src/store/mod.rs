@@ -4,7 +4,8 @@
 //!
 //! By job: this file opens the record (connect, migrations, the read-only fallback, close); `scans` has
 //! the scan rows and what a scan reads of the record; `record` writes a finished scan in one
-//! transaction, in which `lifecycle` moves the findings through their lifecycle; `findings` writes
+//! transaction, in which `runs` keeps its verdicts (as runs of unchanged verdicts) and `lifecycle`
+//! moves the findings through their lifecycle; `findings` writes
 //! findings rows (for `lifecycle`, and acknowledgements); `queries` answers the API and the export;
 //! `rows` has the column codecs they share; `work` is the scan's working database, a separate SQLite
 //! file.
@@ -16,6 +17,7 @@ mod lifecycle;
 mod queries;
 mod record;
 mod rows;
+mod runs;
 mod scans;
 pub mod work;
 
@@ -97,6 +99,8 @@ pub struct Store {
     writable: bool,
     /// The database file (`None` in memory); scans put their working files beside it.
     file: Option<std::path::PathBuf>,
+    /// How many recorded scans keep their per-identity verdicts (`[database] retain_scans`).
+    retain_scans: u32,
 }
 
 impl Store {
@@ -196,6 +200,7 @@ impl Store {
                     pool,
                     writable: false,
                     file: None,
+                    retain_scans: KEEP_SCAN_VERDICTS,
                 })
             };
             match attempt.await {
@@ -217,7 +222,15 @@ impl Store {
             pool,
             writable: true,
             file: None,
+            retain_scans: KEEP_SCAN_VERDICTS,
         })
+    }
+
+    /// Keeps the per-identity verdicts of the newest `n` recorded scans (at least 1); older scans keep
+    /// their summary rows. Applied when the next scan is recorded.
+    pub fn retaining(mut self, n: u32) -> Self {
+        self.retain_scans = n.max(1);
+        self
     }
 
     pub fn pool(&self) -> &SqlitePool {

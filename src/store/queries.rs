@@ -218,20 +218,26 @@ impl Store {
             .collect()
     }
 
-    /// Identities per verdict and tenant in the newest finished scan that covered each tenant.
+    /// Identities per verdict and tenant in the newest finished scan that covered each tenant (none for
+    /// a tenant whose newest scan's verdicts have expired).
     pub async fn latest_verdict_counts(&self) -> Result<Vec<(String, Verdict, u64)>, StoreError> {
         let rows = sqlx::query(
-            // Each tenant's latest scan first, then only that scan's rows (through the primary key),
-            // rather than a subquery per row of every retained scan.
+            // Each tenant's latest scan first; its verdicts are the tenant's current runs (a run is
+            // current while every scan of the tenant lists the identity with that verdict).
             "with latest as (
                  select d.tenant_id,
-                        (select t.scan_id from scan_tenants t join scans s on s.scan_id = t.scan_id
+                        (select s.seq from scan_tenants t join scans s on s.scan_id = t.scan_id
                          where t.tenant_id = d.tenant_id and s.outcome != 'running'
-                         order by s.started_at desc limit 1) as scan_id
-                 from (select distinct tenant_id from scan_tenants) d)
-             select v.tenant_id, v.verdict, count(*) as n
-             from latest l join scan_verdicts v on v.scan_id = l.scan_id and v.tenant_id = l.tenant_id
-             group by v.tenant_id, v.verdict",
+                         order by s.started_at desc limit 1) as seq
+                 from (select distinct tenant_id from scan_tenants) d),
+             current as (
+                 select f.tenant_id, f.verdict from latest l
+                 join findings f on f.tenant_id = l.tenant_id and f.run_since <= l.seq
+                 union all
+                 select r.tenant_id, r.verdict from latest l
+                 join verdict_runs r on r.tenant_id = l.tenant_id and r.since <= l.seq
+                     and (r.until is null or r.until >= l.seq))
+             select tenant_id, verdict, count(*) as n from current group by tenant_id, verdict",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -248,7 +254,9 @@ impl Store {
             .collect()
     }
 
-    /// The verdicts of one scan, ordered by tenant and object id.
+    /// The verdicts of one scan, ordered by tenant and object id (none once they have expired). An
+    /// identity the scans before listed with the same verdict has the request ids and check time of the
+    /// answer its stored row holds (see `runs`).
     pub async fn load_verdicts(&self, scan_id: &str) -> Result<Vec<Finding>, StoreError> {
         let rows = sqlx::query(
             "select * from scan_verdicts where scan_id = ? order by tenant_id, object_id",

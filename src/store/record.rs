@@ -1,9 +1,10 @@
-//! Recording a finished scan in one transaction: its row and its tenants, every verdict (read from the
-//! scan's working database, attached), the lifecycle changes the verdicts cause (`lifecycle`), the
-//! Graph delta links of complete inventories, and the retention of older scans' verdicts. A crash
-//! mid-write leaves the previous state intact.
+//! Recording a finished scan in one transaction: its row and its tenants, its verdicts (read from the
+//! scan's working database, attached) as runs of unchanged verdicts (`runs`), the lifecycle changes the
+//! verdicts cause (`lifecycle`), the Graph delta links of complete inventories, and the retention of
+//! older scans' verdicts. A crash mid-write leaves the previous state intact.
 
 use super::lifecycle::apply_lifecycle;
+use super::runs::{self, TenantRuns};
 use super::work::WorkFile;
 use super::{Store, StoreError};
 use crate::domain::Finding;
@@ -19,8 +20,9 @@ pub struct Recorded {
     pub transaction: std::time::Duration,
 }
 
-/// How many scans keep their per-identity verdicts; older scans keep their summary rows only.
-pub const KEEP_SCAN_VERDICTS: i64 = 20;
+/// How many scans keep their per-identity verdicts by default (`[database] retain_scans`); older scans
+/// keep their summary rows only.
+pub const KEEP_SCAN_VERDICTS: u32 = 20;
 
 impl Store {
     /// Writes a finished scan — its tenants, every verdict, and the lifecycle changes it causes — in one
@@ -69,7 +71,7 @@ impl Store {
         let started = std::time::Instant::now();
         let result = async {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            let recorded = record_in(&mut tx, report, confirm_after).await?;
+            let recorded = record_in(&mut tx, report, confirm_after, self.retain_scans).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(recorded)
         }
@@ -94,12 +96,27 @@ async fn record_in(
     tx: &mut Tx<'_>,
     report: &ScanReport,
     confirm_after: std::time::Duration,
+    retain_scans: u32,
 ) -> Result<Recorded, StoreError> {
     write_scan(tx, report).await?;
-    copy_verdicts(tx, &report.scan_id).await?;
+    let seq = runs::number_scan(tx, &report.scan_id).await?;
+    let tenants = || {
+        report.tenants.iter().map(|t| TenantRuns {
+            scan_id: &report.scan_id,
+            tenant: &t.tenant_id,
+            seq,
+        })
+    };
+    for t in tenants() {
+        runs::end_runs(tx, t).await?;
+    }
     let newly_confirmed = apply_lifecycle(tx, report, confirm_after).await?;
+    for t in tenants() {
+        runs::start_runs(tx, t).await?;
+    }
+    runs::done(tx).await?;
     write_delta_links(tx, report).await?;
-    drop_old_verdicts(tx).await?;
+    runs::expire(tx, retain_scans).await?;
     Ok(Recorded {
         newly_confirmed,
         ..Recorded::default()
@@ -150,21 +167,6 @@ async fn write_scan(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), StoreErr
     Ok(())
 }
 
-/// Every verdict of the scan, from its working database (attached as `work`).
-async fn copy_verdicts(tx: &mut Tx<'_>, scan_id: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "insert into scan_verdicts (scan_id, tenant_id, object_id, app_id, display_name, identity_type,
-             resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)
-         select scan_id, tenant_id, object_id, app_id, display_name, identity_type, resource_id,
-             subscription_id, resource_type, verdict, reason, detail, evidence
-         from work.scan_results where scan_id = ? order by tenant_id, object_key",
-    )
-    .bind(scan_id)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 /// The Graph delta link of each tenant whose inventory was complete.
 async fn write_delta_links(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), StoreError> {
     // The delta link goes with the inventory it continues: only a complete one, in this transaction.
@@ -185,21 +187,6 @@ async fn write_delta_links(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), S
     Ok(())
 }
 
-/// Drops the verdicts of the scans beyond the newest [`KEEP_SCAN_VERDICTS`].
-async fn drop_old_verdicts(tx: &mut Tx<'_>) -> Result<(), StoreError> {
-    // The scans beyond the newest KEEP_SCAN_VERDICTS lose their verdicts, found through the primary
-    // key's scan_id prefix. (`scan_id not in (the newest)` read every retained verdict on every
-    // record: 0.1 s -> 1 s at 300k identities by the third scan.)
-    sqlx::query(
-        "delete from scan_verdicts where scan_id in
-             (select scan_id from scans where outcome != 'running' order by started_at desc limit -1 offset ?)",
-    )
-    .bind(KEEP_SCAN_VERDICTS)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -211,7 +198,7 @@ mod tests {
     async fn only_the_newest_scans_keep_their_verdicts(pool: SqlitePool) {
         let store = Store::from_pool(pool).await.expect("store");
         let t0 = Utc::now() - chrono::Duration::hours(100);
-        let n = KEEP_SCAN_VERDICTS + 2;
+        let n = i64::from(KEEP_SCAN_VERDICTS) + 2;
         for i in 0..n {
             let mut r = report(&format!("s{i:02}"), true);
             r.started_at = t0 + chrono::Duration::hours(i);
