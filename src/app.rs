@@ -37,7 +37,8 @@ impl App {
         }
         let store = Store::connect(&settings.database.url)
             .await
-            .with_context(|| format!("opening the database {}", settings.database.url))?;
+            .with_context(|| format!("opening the database {}", settings.database.url))?
+            .retaining(settings.database.retain_scans);
         let tenants = settings.tenant_ids();
         let metrics = Metrics::new(&tenants);
         match store.abandon_running_scans().await {

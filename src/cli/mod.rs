@@ -285,12 +285,15 @@ async fn export(
 
 /// Opens the configured database; a failure is a configuration error (exit 2) naming the key.
 async fn open_store(settings: &Settings) -> Result<Store, ExitCode> {
-    Store::connect(&settings.database.url).await.map_err(|e| {
-        config_error(&[format!(
-            "database.url: cannot open {}: {e}",
-            settings.database.url
-        )])
-    })
+    Store::connect(&settings.database.url)
+        .await
+        .map(|s| s.retaining(settings.database.retain_scans))
+        .map_err(|e| {
+            config_error(&[format!(
+                "database.url: cannot open {}: {e}",
+                settings.database.url
+            )])
+        })
 }
 
 /// Runs one scan, records it, prints it; returns the exit code.

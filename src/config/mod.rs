@@ -95,9 +95,14 @@ pub struct TenantSettings {
     pub name: Option<String>,
 }
 
+/// Default of `[database] retain_scans`.
+pub const DEFAULT_RETAIN_SCANS: u32 = 20;
+
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     pub url: String,
+    /// How many recorded scans keep their per-identity verdicts; older ones keep their summary.
+    pub retain_scans: u32,
 }
 
 #[derive(Debug, Clone)]

@@ -171,7 +171,16 @@ pub(super) fn read_database(r: &mut Reader<'_>) -> DatabaseSettings {
         ));
     }
 
-    DatabaseSettings { url: db_url }
+    let retain_scans = r
+        .int("database", "retain_scans", 1, 100_000)
+        .map_or(DEFAULT_RETAIN_SCANS, |n| {
+            u32::try_from(n).unwrap_or(DEFAULT_RETAIN_SCANS)
+        });
+
+    DatabaseSettings {
+        url: db_url,
+        retain_scans,
+    }
 }
 
 /// `[http]`: where to listen, the API token and what it guards.

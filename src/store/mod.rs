@@ -23,7 +23,7 @@ pub mod work;
 
 pub use findings::Acknowledged;
 pub use queries::{FindingCursor, FindingFilter, HistoryEntry, StoredFinding};
-pub use record::{KEEP_SCAN_VERDICTS, Recorded};
+pub use record::Recorded;
 pub use scans::ScanRecord;
 
 use rows::corrupt;
@@ -200,7 +200,7 @@ impl Store {
                     pool,
                     writable: false,
                     file: None,
-                    retain_scans: KEEP_SCAN_VERDICTS,
+                    retain_scans: crate::config::DEFAULT_RETAIN_SCANS,
                 })
             };
             match attempt.await {
@@ -222,7 +222,7 @@ impl Store {
             pool,
             writable: true,
             file: None,
-            retain_scans: KEEP_SCAN_VERDICTS,
+            retain_scans: crate::config::DEFAULT_RETAIN_SCANS,
         })
     }
 

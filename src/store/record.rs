@@ -20,10 +20,6 @@ pub struct Recorded {
     pub transaction: std::time::Duration,
 }
 
-/// How many scans keep their per-identity verdicts by default (`[database] retain_scans`); older scans
-/// keep their summary rows only.
-pub const KEEP_SCAN_VERDICTS: u32 = 20;
-
 impl Store {
     /// Writes a finished scan — its tenants, every verdict, and the lifecycle changes it causes — in one
     /// transaction. Returns, per tenant, how many findings entered `confirmed`.
@@ -198,7 +194,7 @@ mod tests {
     async fn only_the_newest_scans_keep_their_verdicts(pool: SqlitePool) {
         let store = Store::from_pool(pool).await.expect("store");
         let t0 = Utc::now() - chrono::Duration::hours(100);
-        let n = i64::from(KEEP_SCAN_VERDICTS) + 2;
+        let n = i64::from(crate::config::DEFAULT_RETAIN_SCANS) + 2;
         for i in 0..n {
             let mut r = report(&format!("s{i:02}"), true);
             r.started_at = t0 + chrono::Duration::hours(i);
