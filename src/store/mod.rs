@@ -28,7 +28,9 @@ pub use scans::ScanRecord;
 
 use rows::corrupt;
 use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -92,6 +94,82 @@ pub(crate) fn create_private(path: &std::path::Path) -> std::io::Result<std::fs:
     o.open(path)
 }
 
+/// Puts the database in `auto_vacuum = incremental` mode, in which the pages that deleted rows free can be
+/// returned to the file system (`pragma incremental_vacuum`, after each recorded scan) instead of
+/// staying in the file for ever. A new database is created in that mode; a database created by an
+/// earlier version is converted here, once: SQLite changes the mode only with a `VACUUM`, which rewrites
+/// the whole file (seconds for a few hundred MB; it needs free disk space for a copy of the database and
+/// holds the write lock meanwhile). A conversion that fails (another process busy with the database, a
+/// full disk) is logged and tried again at the next start; the store works either way.
+async fn incremental_vacuum_mode(pool: &SqlitePool) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mut conn = pool.acquire().await?;
+    if auto_vacuum(&mut conn).await? == INCREMENTAL {
+        return Ok(());
+    }
+    let pages: i64 = sqlx::query_scalar("pragma page_count")
+        .fetch_one(&mut *conn)
+        .await?;
+    let started = std::time::Instant::now();
+    tracing::info!(
+        pages,
+        "converting the database to incremental auto-vacuum: a one-off VACUUM rewrites it"
+    );
+    sqlx::query("pragma auto_vacuum = incremental")
+        .execute(&mut *conn)
+        .await?;
+    match sqlx::query("vacuum").execute(&mut *conn).await {
+        Ok(_) => tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            "the database is in incremental auto-vacuum mode"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not convert the database to incremental auto-vacuum; the space of expired verdicts stays in the file until it is"
+        ),
+    }
+    Ok(())
+}
+
+/// After a recorded scan (and at open): returns the pages that expired verdicts freed to the file system
+/// (`incremental_vacuum`; the database is in `auto_vacuum = incremental` mode, see
+/// [`Store::from_pool`]), then copies the write-ahead log into the database and truncates it, so that
+/// neither the file nor the log keeps the size of the largest scan's writes. Neither is needed for the
+/// scan to be recorded: a failure is logged, and the next scan tries again. The checkpoint waits for
+/// readers of older snapshots (API requests) up to the busy timeout; one that is still reading then
+/// leaves the log for the next time.
+pub(super) async fn reclaim_and_checkpoint(conn: &mut sqlx::SqliteConnection) {
+    if let Err(e) = sqlx::query("pragma incremental_vacuum")
+        .execute(&mut *conn)
+        .await
+    {
+        tracing::warn!(error = %e, "could not return the space of expired verdicts; the next scan will");
+    }
+    match sqlx::query_as::<_, (i64, i64, i64)>("pragma wal_checkpoint(truncate)")
+        .fetch_one(&mut *conn)
+        .await
+    {
+        Ok((0, _, _)) => {}
+        Ok((_, log, done)) => tracing::info!(
+            log_frames = log,
+            checkpointed = done,
+            "readers kept the write-ahead log from being truncated; the next scan will"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not checkpoint the write-ahead log"),
+    }
+}
+
+/// The database's auto-vacuum mode (0 none, 1 full, 2 incremental). SQLite answers the pragma from what
+/// the connection last read of the file's header, so the header is read first.
+async fn auto_vacuum(conn: &mut sqlx::SqliteConnection) -> Result<i64, StoreError> {
+    sqlx::query("select count(*) from sqlite_schema")
+        .execute(&mut *conn)
+        .await?;
+    Ok(sqlx::query_scalar("pragma auto_vacuum")
+        .fetch_one(&mut *conn)
+        .await?)
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
@@ -144,6 +222,8 @@ impl Store {
         }
         let opts = opts
             .create_if_missing(true)
+            // A new database starts in this mode; an existing one is converted once (`from_pool`).
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
@@ -216,8 +296,12 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// A store on an open pool: migrated, and in incremental auto-vacuum mode.
     pub async fn from_pool(pool: SqlitePool) -> Result<Self, StoreError> {
         MIGRATOR.run(&pool).await?;
+        incremental_vacuum_mode(&pool).await?;
+        // Migrations and a conversion leave their writes in the log (hundreds of KB for a new database).
+        reclaim_and_checkpoint(&mut *pool.acquire().await?).await;
         Ok(Self {
             pool,
             writable: true,
