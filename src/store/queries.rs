@@ -6,6 +6,8 @@ use super::{Store, StoreError};
 use crate::domain::{Finding, IdentityType, Reason, Verdict};
 use crate::lifecycle::{Resolution, State};
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -83,68 +85,97 @@ fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> 
     })
 }
 
+/// The statement of the findings list and its values, in order (then the limit).
+fn list_statement(f: &FindingFilter, after: Option<&FindingCursor>) -> (String, Vec<String>) {
+    let mut sql = String::from(
+        "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
+         from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id where 1 = 1",
+    );
+    let mut binds: Vec<String> = Vec::new();
+    if f.states.is_empty() && f.verdict.is_none() {
+        sql.push_str(" and f.verdict != 'healthy' and (f.state is null or f.state != 'resolved')");
+    }
+    if !f.states.is_empty() {
+        sql.push_str(" and f.state in (");
+        sql.push_str(&vec!["?"; f.states.len()].join(", "));
+        sql.push(')');
+        binds.extend(f.states.iter().map(|s| s.as_str().to_owned()));
+    }
+    let mut eq = |col: &str, v: Option<String>| {
+        if let Some(v) = v {
+            sql.push_str(&format!(" and f.{col} = ?"));
+            binds.push(v);
+        }
+    };
+    eq("verdict", f.verdict.map(|v| v.as_str().to_owned()));
+    eq("reason", f.reason.map(|v| v.as_str().to_owned()));
+    eq(
+        "identity_type",
+        f.identity_type.map(|v| v.as_str().to_owned()),
+    );
+    eq(
+        "tenant_id",
+        f.tenant_id.clone().map(|s| s.to_ascii_lowercase()),
+    );
+    if f.verdict.is_some_and(|v| v != Verdict::Healthy) {
+        // Implied, and lets SQLite read the partial index of non-healthy rows.
+        sql.push_str(" and f.verdict != 'healthy'");
+    }
+    if let Some(s) = &f.subscription_id {
+        sql.push_str(" and lower(f.subscription_id) = ?");
+        binds.push(s.to_ascii_lowercase());
+    }
+    if let Some(t) = &f.resource_type {
+        sql.push_str(" and f.resource_type = ?");
+        binds.push(t.to_ascii_lowercase());
+    }
+    if let Some((t, o)) = after {
+        sql.push_str(" and (f.tenant_id, f.object_id) > (?, ?)");
+        binds.push(t.clone());
+        binds.push(o.clone());
+    }
+    sql.push_str(" order by f.tenant_id, f.object_id limit ?");
+    (sql, binds)
+}
+
+/// Findings per tenant and state, among the rows with a state (the partial index `findings_by_state`).
+const COUNT_BY_STATE: &str = "select tenant_id, state, count(*) as n from findings
+     where state is not null group by tenant_id, state";
+
+/// The verdicts of one scan (the view over the runs, migration 0007).
+const SCAN_VERDICTS: &str =
+    "select * from scan_verdicts where scan_id = ? order by tenant_id, object_id";
+
 impl Store {
-    /// Findings in (tenant_id, object_id) order. With no state and no verdict filter: the non-healthy,
-    /// unresolved ones. `after` continues from a previous page.
+    /// Findings in (tenant_id, object_id) order, at most `limit`, as they are read (nothing is
+    /// collected). With no state and no verdict filter: the non-healthy, unresolved ones. `after`
+    /// continues from a previous page.
+    pub fn stream_findings(
+        &self,
+        f: &FindingFilter,
+        after: Option<&FindingCursor>,
+        limit: u32,
+    ) -> BoxStream<'_, Result<StoredFinding, StoreError>> {
+        let (sql, binds) = list_statement(f, after);
+        // Only static fragments and placeholders went into `sql`; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in binds {
+            q = q.bind(b);
+        }
+        q.bind(i64::from(limit))
+            .fetch(&self.pool)
+            .map(|r| finding_of(&r?))
+            .boxed()
+    }
+
+    /// [`Store::stream_findings`], collected: a page of the API.
     pub async fn list_findings(
         &self,
         f: &FindingFilter,
         after: Option<&FindingCursor>,
         limit: u32,
     ) -> Result<Vec<StoredFinding>, StoreError> {
-        let mut sql = String::from(
-            "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
-             from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id where 1 = 1",
-        );
-        let mut binds: Vec<String> = Vec::new();
-        if f.states.is_empty() && f.verdict.is_none() {
-            sql.push_str(
-                " and f.verdict != 'healthy' and (f.state is null or f.state != 'resolved')",
-            );
-        }
-        if !f.states.is_empty() {
-            sql.push_str(" and f.state in (");
-            sql.push_str(&vec!["?"; f.states.len()].join(", "));
-            sql.push(')');
-            binds.extend(f.states.iter().map(|s| s.as_str().to_owned()));
-        }
-        let mut eq = |col: &str, v: Option<String>| {
-            if let Some(v) = v {
-                sql.push_str(&format!(" and f.{col} = ?"));
-                binds.push(v);
-            }
-        };
-        eq("verdict", f.verdict.map(|v| v.as_str().to_owned()));
-        eq("reason", f.reason.map(|v| v.as_str().to_owned()));
-        eq(
-            "identity_type",
-            f.identity_type.map(|v| v.as_str().to_owned()),
-        );
-        eq(
-            "tenant_id",
-            f.tenant_id.clone().map(|s| s.to_ascii_lowercase()),
-        );
-        if let Some(s) = &f.subscription_id {
-            sql.push_str(" and lower(f.subscription_id) = ?");
-            binds.push(s.to_ascii_lowercase());
-        }
-        if let Some(t) = &f.resource_type {
-            sql.push_str(" and f.resource_type = ?");
-            binds.push(t.to_ascii_lowercase());
-        }
-        if let Some((t, o)) = after {
-            sql.push_str(" and (f.tenant_id, f.object_id) > (?, ?)");
-            binds.push(t.clone());
-            binds.push(o.clone());
-        }
-        sql.push_str(" order by f.tenant_id, f.object_id limit ?");
-        // Only static fragments and placeholders went into `sql`; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for b in &binds {
-            q = q.bind(b.as_str());
-        }
-        let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-        rows.iter().map(finding_of).collect()
+        self.stream_findings(f, after, limit).try_collect().await
     }
 
     pub async fn load_finding(
@@ -197,15 +228,12 @@ impl Store {
             .collect()
     }
 
-    /// Findings per tenant and state (`None`: healthy identities).
+    /// Findings per tenant and state (identities that never were a finding, with no state, are not
+    /// counted: the count would read every row).
     pub async fn count_findings_by_state(
         &self,
     ) -> Result<Vec<(String, Option<State>, u64)>, StoreError> {
-        let rows = sqlx::query(
-            "select tenant_id, state, count(*) as n from findings group by tenant_id, state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(COUNT_BY_STATE).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let s: Option<String> = r.try_get("state")?;
@@ -258,12 +286,10 @@ impl Store {
     /// identity the scans before listed with the same verdict has the request ids and check time of the
     /// answer its stored row holds (see `runs`).
     pub async fn load_verdicts(&self, scan_id: &str) -> Result<Vec<Finding>, StoreError> {
-        let rows = sqlx::query(
-            "select * from scan_verdicts where scan_id = ? order by tenant_id, object_id",
-        )
-        .bind(scan_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(SCAN_VERDICTS)
+            .bind(scan_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| finding_columns(r, "scan_verdicts"))
             .collect()
@@ -275,6 +301,78 @@ mod tests {
     use super::*;
     use crate::store::fixtures::{T, TWO_H, finding, scan};
     use sqlx::SqlitePool;
+
+    /// The plan of `sql` (EXPLAIN QUERY PLAN), one step a line.
+    async fn plan(store: &Store, sql: &str, binds: &[&str]) -> String {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("explain query plan {sql}")));
+        for b in binds {
+            q = q.bind(*b);
+        }
+        let rows = q.fetch_all(store.pool()).await.expect("plan");
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("detail").expect("detail"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The API's reads go through the index each was given, and none through the two indices of
+    /// every row that migration 0007 dropped.
+    #[sqlx::test]
+    async fn reads_use_their_indices(pool: SqlitePool) {
+        let store = Store::from_pool(pool).await.expect("store");
+        let list = |f: FindingFilter| list_statement(&f, None).0;
+        let cases: Vec<(String, Vec<&str>, &str)> = vec![
+            (
+                list(FindingFilter::default()),
+                vec![],
+                "SCAN f USING INDEX findings_not_healthy",
+            ),
+            (
+                list(FindingFilter {
+                    verdict: Some(Verdict::Orphaned),
+                    ..Default::default()
+                }),
+                vec!["orphaned", "9"],
+                "SCAN f USING INDEX findings_not_healthy",
+            ),
+            (
+                list(FindingFilter {
+                    states: vec![State::Suspected, State::Confirmed],
+                    ..Default::default()
+                }),
+                vec!["suspected", "confirmed", "9"],
+                "USING INDEX findings_by_state (state=?)",
+            ),
+            (
+                list(FindingFilter {
+                    verdict: Some(Verdict::Healthy),
+                    ..Default::default()
+                }),
+                vec!["healthy", "9"],
+                // Nearly every row, in primary-key order: no sort.
+                "SCAN f",
+            ),
+            (
+                COUNT_BY_STATE.into(),
+                vec![],
+                "COVERING INDEX findings_by_state",
+            ),
+            (
+                SCAN_VERDICTS.into(),
+                vec!["s"],
+                "SEARCH r USING PRIMARY KEY (tenant_id=?)",
+            ),
+            (
+                SCAN_VERDICTS.into(),
+                vec!["s"],
+                "SEARCH f USING PRIMARY KEY (tenant_id=?)",
+            ),
+        ];
+        for (sql, binds, want) in cases {
+            let got = plan(&store, &sql, &binds).await;
+            assert!(got.contains(want), "{sql}\n{got}\nwants {want}");
+        }
+    }
 
     #[sqlx::test]
     async fn unchanged_healthy_rows_are_seen_in_the_latest_complete_inventory(pool: SqlitePool) {

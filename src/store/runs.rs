@@ -178,7 +178,9 @@ pub(super) async fn start_runs(tx: &mut Tx<'_>, scan: TenantRuns<'_>) -> Result<
         "insert into verdict_runs (tenant_id, object_key, since, until, {COLUMNS})
          select r.tenant_id, r.object_key, ?3, null, {}
          from temp.run_keys k
-         join work.scan_results r on r.scan_id = ?1 and r.tenant_id = k.tenant_id and r.object_key = k.object_key
+         -- From the keys (few, after a first scan) to their verdicts, not the other way round.
+         cross join work.scan_results r
+             on r.scan_id = ?1 and r.tenant_id = k.tenant_id and r.object_key = k.object_key
          where k.tenant_id = ?2 and k.listed and not exists (select 1 from findings f
              where f.tenant_id = ?2 and f.object_id = k.object_key and f.run_since = ?3)",
         prefixed("r")
