@@ -13,10 +13,12 @@ pub use file::WorkFile;
 use super::rows::{bind_finding_columns, corrupt, finding_columns, insert_rows, parse_time};
 use super::{Store, StoreError};
 use crate::arm::ArgHit;
-use crate::domain::Finding;
 use crate::domain::{
     Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ResourceId,
 };
+use crate::domain::{Finding, Verdict};
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -403,6 +405,40 @@ impl WorkStore {
         rows.iter()
             .map(|r| finding_columns(r, "scan_results"))
             .collect()
+    }
+
+    /// The scan's verdicts (all, or those of `verdict`) in tenant and object order, as they are read:
+    /// a report of every identity, however many, without holding them.
+    pub fn stream_results(
+        &self,
+        scan_id: &str,
+        verdict: Option<Verdict>,
+    ) -> BoxStream<'_, Result<Finding, StoreError>> {
+        sqlx::query(
+            "select * from scan_results where scan_id = ?1 and (?2 is null or verdict = ?2)
+             order by tenant_id, object_key",
+        )
+        .bind(scan_id.to_owned())
+        .bind(verdict.map(Verdict::as_str))
+        .fetch(&self.pool)
+        .map(|r| finding_columns(&r?, "scan_results"))
+        .boxed()
+    }
+
+    /// How many verdicts the scan has (all, or of `verdict`).
+    pub async fn count_results(
+        &self,
+        scan_id: &str,
+        verdict: Option<Verdict>,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from scan_results where scan_id = ?1 and (?2 is null or verdict = ?2)",
+        )
+        .bind(scan_id)
+        .bind(verdict.map(Verdict::as_str))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
     }
 }
 
