@@ -264,8 +264,8 @@ fn csv_io(e: csv::Error) -> std::io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{EvidenceReport, EvidenceSource, Finding, IdentityType, Reason, Verdict};
-    use crate::report::{ScanReport, TenantReport};
+    use crate::domain::{Finding, Reason, Verdict};
+    use crate::report::TenantReport;
 
     /// The export as the previous version made it, whole: every row collected, then rendered into one
     /// string. The streamed export must write exactly this.
@@ -324,35 +324,21 @@ mod tests {
     }
 
     fn orphan(tenant: &str, i: usize) -> Finding {
-        Finding {
-            tenant_id: tenant.into(),
-            object_id: format!("o{i:03}"),
-            app_id: format!("a{i}"),
-            // Quoting, a formula, a line break, non-ASCII.
-            display_name: match i % 4 {
-                0 => format!("vm-{i}"),
-                1 => format!("name, with \"quotes\" {i}"),
-                2 => format!("=HYPERLINK(\"x\") {i}"),
-                _ => format!("zwei\nZeilen ü {i}"),
-            },
-            identity_type: IdentityType::SystemAssigned,
-            resource_id: Some(format!(
-                "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm-{i}"
-            )),
-            subscription_id: Some("s".into()),
-            resource_type: Some("microsoft.compute/virtualmachines".into()),
-            verdict: Verdict::Orphaned,
-            reason: Reason::ResourceNotFound,
-            detail: "gone".into(),
-            evidence: EvidenceReport {
-                source: EvidenceSource::Arm,
-                status: Some(404),
-                code: Some("ResourceNotFound".into()),
-                request_id: Some(format!("r{i}")),
-                correlation_request_id: None,
-                checked_at: Some(chrono::Utc::now()),
-            },
-        }
+        let mut f = crate::store::fixtures::finding(
+            &format!("o{i:03}"),
+            Verdict::Orphaned,
+            Reason::ResourceNotFound,
+        );
+        f.tenant_id = tenant.into();
+        // Quoting, a formula, a line break, non-ASCII.
+        f.display_name = match i % 4 {
+            0 => format!("vm-{i}"),
+            1 => format!("name, with \"quotes\" {i}"),
+            2 => format!("=HYPERLINK(\"x\") {i}"),
+            _ => format!("zwei\nZeilen ü {i}"),
+        };
+        f.evidence.checked_at = Some(chrono::Utc::now());
+        f
     }
 
     /// A store with `n` orphans in each of two tenants (and a healthy identity, never exported).
@@ -366,17 +352,8 @@ mod tests {
         healthy.verdict = Verdict::Healthy;
         healthy.reason = Reason::ResourcePresent;
         findings.push(healthy);
-        let now = chrono::Utc::now();
-        let report = ScanReport {
-            scan_id: "s1".into(),
-            started_at: now,
-            finished_at: now,
-            complete: true,
-            trigger: crate::domain::Trigger::Cli,
-            tenants: vec![TenantReport::new("t1"), TenantReport::new("t2")],
-            summary: Default::default(),
-            findings,
-        };
+        let mut report = crate::store::fixtures::scan("s1", 0, findings, true);
+        report.tenants = vec![TenantReport::new("t1"), TenantReport::new("t2")];
         store
             .record_scan(&report, std::time::Duration::ZERO)
             .await

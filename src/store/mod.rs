@@ -12,7 +12,7 @@
 
 mod findings;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod lifecycle;
 mod queries;
 mod record;
