@@ -127,7 +127,8 @@ pub(super) async fn end_runs(tx: &mut Tx<'_>, scan: TenantRuns<'_>) -> Result<()
     let copy = format!(
         "insert into verdict_runs (tenant_id, object_key, since, until, {COLUMNS})
          select f.tenant_id, f.object_id, f.run_since, ?2, {}
-         from temp.run_keys k join findings f on f.tenant_id = k.tenant_id and f.object_id = k.object_key
+         from temp.run_keys k
+         cross join findings f on f.tenant_id = k.tenant_id and f.object_id = k.object_key
          where k.tenant_id = ?1 and k.ended and f.run_since is not null",
         prefixed("f")
     );
