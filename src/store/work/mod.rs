@@ -263,12 +263,14 @@ impl WorkStore {
     }
 
     /// The next chunk of identities with a resource that neither Resource Graph showed carrying their
-    /// principal nor ARM has checked yet, after `after` (object key).
+    /// principal nor ARM has checked yet, after `after` (object key); with `must_check_only`, only the
+    /// open findings among them (whatever Resource Graph showed).
     pub async fn candidates(
         &self,
         scan_id: &str,
         tenant: &str,
         after: &str,
+        must_check_only: bool,
     ) -> Result<Vec<Candidate>, StoreError> {
         let rows = sqlx::query(
             "select i.object_key, i.resource_id from scan_items i
@@ -276,7 +278,7 @@ impl WorkStore {
                and i.source is null
                and (exists (select 1 from scan_must_check m
                       where m.scan_id = i.scan_id and m.tenant_id = i.tenant_id and m.object_key = i.object_key)
-                    or not exists (select 1 from scan_arg_rows a
+                    or ? = 0 and not exists (select 1 from scan_arg_rows a
                       where a.scan_id = i.scan_id and a.tenant_id = i.tenant_id
                         and a.resource_key = lower(rtrim(i.resource_id, '/')) and a.principal_key = i.object_key))
              order by i.object_key limit ?",
@@ -284,6 +286,7 @@ impl WorkStore {
         .bind(scan_id)
         .bind(tenant)
         .bind(after)
+        .bind(must_check_only)
         .bind(CHUNK)
         .fetch_all(&self.pool)
         .await?;
