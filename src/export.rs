@@ -48,7 +48,7 @@ impl From<&StoredFinding> for Row {
         let f = &stored.finding;
         Self {
             tenant_id: f.tenant_id.clone(),
-            object_id: f.object_id.clone(),
+            object_id: f.object_id.to_string(),
             app_id: f.app_id.clone(),
             display_name: f.display_name.clone(),
             identity_type: f.identity_type.as_str().to_owned(),

@@ -9,7 +9,7 @@
 use crate::azure::http::{AzureHttp, Call};
 use crate::azure::transport::follow_link;
 use crate::azure::{Api, AzureError, PageSink};
-use crate::domain::ManagedIdentity;
+use crate::domain::{ManagedIdentity, ObjectId};
 use serde::Deserialize;
 use std::collections::HashSet;
 
@@ -53,7 +53,7 @@ pub struct Inventory {
 #[derive(Debug, Default)]
 pub struct Delta {
     pub changed: Vec<ManagedIdentity>,
-    pub gone: Vec<String>,
+    pub gone: Vec<ObjectId>,
     pub link: String,
 }
 
@@ -130,11 +130,11 @@ impl GraphClient {
                 empty.saw(Api::Graph, "a delta page", page.value.len())?;
             }
             for item in page.value {
-                let Some(id) = item.get("id").and_then(|v| v.as_str()).map(str::to_owned) else {
+                let Some(id) = item.get("id").and_then(|v| v.as_str()).map(ObjectId::new) else {
                     return Ok(None);
                 };
                 if item.get("@removed").is_some() {
-                    delta.gone.push(id.to_ascii_lowercase());
+                    delta.gone.push(id);
                     continue;
                 }
                 let (Some(kind), Some(names)) = (
@@ -145,7 +145,7 @@ impl GraphClient {
                     return Ok(None);
                 };
                 if !kind.eq_ignore_ascii_case("ManagedIdentity") {
-                    delta.gone.push(id.to_ascii_lowercase());
+                    delta.gone.push(id);
                     continue;
                 }
                 let names: Vec<String> = serde_json::from_value(names.clone()).unwrap_or_default();
@@ -292,7 +292,7 @@ fn identities_of(
         if is_mi {
             items.push(ManagedIdentity::from_alternative_names(
                 tenant,
-                sp.id,
+                sp.id.into(),
                 sp.app_id.unwrap_or_default(),
                 sp.display_name.unwrap_or_default(),
                 sp.alternative_names.unwrap_or_default(),

@@ -2,7 +2,7 @@
 
 use super::{AppState, Params, Problem, authorize, decode_cursor, encode_cursor};
 use crate::domain::Trigger;
-use crate::domain::{IdentityType, Reason, Verdict};
+use crate::domain::{IdentityType, ObjectId, Reason, Verdict};
 use crate::export;
 use crate::lifecycle::{AckRefused, State};
 use crate::scheduler::Busy;
@@ -172,7 +172,7 @@ async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Resp
     let after = match p.get("cursor") {
         Some(c) => {
             let v = decode_cursor(c, 2)?;
-            Some((v[0].clone(), v[1].clone()))
+            Some((v[0].clone(), ObjectId::from(v[1].as_str())))
         }
         None => None,
     };
@@ -183,7 +183,7 @@ async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Resp
         .await
         .map_err(|e| Problem::internal(&st.metrics, &e))?;
     let next = page(&mut items, limit, |f| {
-        encode_cursor(&[&f.finding.tenant_id, &f.finding.object_id])
+        encode_cursor(&[&f.finding.tenant_id, f.finding.object_id.as_str()])
     });
     Ok(json_ok(
         StatusCode::OK,
@@ -212,10 +212,17 @@ fn check_path_id(v: &str, what: &str) -> Result<(), Problem> {
     Ok(())
 }
 
+/// The tenant and object ids of a finding's path, checked.
+fn finding_ids((tenant, object): (String, String)) -> Result<(String, ObjectId), Problem> {
+    check_path_id(&tenant, "tenant id")?;
+    check_path_id(&object, "object id")?;
+    Ok((tenant, ObjectId::from(object)))
+}
+
 async fn finding_with_history(
     st: &AppState,
     tenant: &str,
-    object: &str,
+    object: &ObjectId,
 ) -> Result<Option<Value>, Problem> {
     let Some(f) = st
         .store
@@ -239,9 +246,7 @@ async fn one_finding(
     S(st): S<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let (tenant, object) = path(p)?;
-    check_path_id(&tenant, "tenant id")?;
-    check_path_id(&object, "object id")?;
+    let (tenant, object) = finding_ids(path(p)?)?;
     match finding_with_history(&st, &tenant, &object).await? {
         Some(v) => Ok(json_ok(StatusCode::OK, &v)),
         None => Err(Problem::new(
@@ -257,10 +262,9 @@ async fn acknowledge(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let (tenant, object) = path(p)?;
+    let ids = path(p)?;
     authorize(&st, &headers)?;
-    check_path_id(&tenant, "tenant id")?;
-    check_path_id(&object, "object id")?;
+    let (tenant, object) = finding_ids(ids)?;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Ack {

@@ -7,7 +7,7 @@ use super::{ARM_REFILL_PER_S, ARM_RESERVE, ArmClient, Check, PROBE_API_VERSION, 
 use crate::azure::http::Call;
 use crate::azure::transport::{Handled, parse_count};
 use crate::azure::{Api, Reply};
-use crate::domain::{Answer, ResourceId};
+use crate::domain::{Answer, ObjectId, ResourceId};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -341,14 +341,14 @@ pub(super) const SETTLED: &[&str] = &["Succeeded", "Failed", "Canceled", "Cancel
 /// user-assigned identity (MSI-SPEC), `identity.principalId` otherwise. `Err` when the body shows no
 /// principal but cannot be taken at its word: a system-assigned identity switched on whose principal is
 /// not there yet, or a resource still being provisioned.
-pub(super) fn resource_principal(body: &Value, is_uami: bool) -> Result<Option<String>, String> {
+pub(super) fn resource_principal(body: &Value, is_uami: bool) -> Result<Option<ObjectId>, String> {
     let holder = if is_uami {
         get_ci(body, "properties")
     } else {
         get_ci(body, "identity")
     };
     if let Some(p) = non_empty(holder.and_then(|h| get_ci(h, "principalId"))) {
-        return Ok(Some(p));
+        return Ok(Some(p.into()));
     }
     if !is_uami
         && let Some(kind) = holder

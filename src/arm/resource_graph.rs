@@ -5,7 +5,7 @@ use super::{ARG_PAGE_SIZE, ArmClient, RESOURCE_GRAPH_API_VERSION, non_empty};
 use crate::azure::http::Call;
 use crate::azure::transport::{Handled, parse_count};
 use crate::azure::{Api, AzureError, PageSink, Reply};
-use crate::domain::USER_ASSIGNED_IDENTITY_TYPE;
+use crate::domain::{ObjectId, USER_ASSIGNED_IDENTITY_TYPE};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -66,7 +66,7 @@ pub fn identity_query(table: ArgTable, types: &[String]) -> String {
 #[derive(Debug, Clone)]
 pub struct ArgHit {
     pub resource_key: String,
-    pub principal_key: Option<String>,
+    pub principal_key: Option<ObjectId>,
     pub request_id: Option<Arc<str>>,
 }
 
@@ -281,7 +281,7 @@ impl ArmClient {
                 };
                 hits.push(ArgHit {
                     resource_key: id.trim_end_matches('/').to_ascii_lowercase(),
-                    principal_key: principal_of(row).map(|p| p.to_ascii_lowercase()),
+                    principal_key: principal_of(row).map(ObjectId::from),
                     request_id: request_id.clone(),
                 });
             }

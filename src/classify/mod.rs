@@ -3,8 +3,8 @@
 //! answer; anything else is *unknown*, never *orphaned* and never silently *healthy*.
 
 use crate::domain::{
-    Answer, Evidence, EvidenceSource, GraphRow, Judgement, ManagedIdentity, Reason, ResourceId,
-    Verdict,
+    Answer, Evidence, EvidenceSource, GraphRow, Judgement, ManagedIdentity, ObjectId, Reason,
+    ResourceId, Verdict,
 };
 
 /// ARM 404 codes that prove "this resource, its group or its parent is gone" (README, "Verdicts"; verdict
@@ -71,10 +71,7 @@ fn absent_identity(
     }
     match resource_graph {
         Some(row)
-            if !row
-                .principal_id
-                .as_deref()
-                .is_some_and(|p| p.eq_ignore_ascii_case(&identity.object_id)) =>
+            if row.principal_id.as_ref() != Some(&identity.object_id) =>
         {
             judgement(
                 Orphaned,
@@ -139,7 +136,7 @@ fn judge_answer(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
         Answer::Present {
             principal_id,
             latest_version,
-        } => judge_present(identity, evidence, principal_id.as_deref(), *latest_version),
+        } => judge_present(identity, evidence, principal_id.as_ref(), *latest_version),
         Answer::Error {
             status,
             code,
@@ -159,12 +156,12 @@ fn judge_answer(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
 fn judge_present(
     identity: &ManagedIdentity,
     evidence: &Evidence,
-    principal_id: Option<&str>,
+    principal_id: Option<&ObjectId>,
     latest_version: bool,
 ) -> Judgement {
     use Reason::*;
     use Verdict::*;
-    let carries = principal_id.is_some_and(|p| p.eq_ignore_ascii_case(&identity.object_id));
+    let carries = principal_id == Some(&identity.object_id);
     if carries {
         judgement(
             Healthy,

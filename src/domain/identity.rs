@@ -2,7 +2,7 @@
 //! community scripts note that the resource id does not always stand at the same index (docs/azure-behaviour.md §1,
 //! "Response shape").
 
-use super::ResourceId;
+use super::{ObjectId, ResourceId};
 use serde::{Deserialize, Serialize};
 
 /// Whether a managed identity is user-assigned (`isExplicit=True`) or system-assigned (`isExplicit=False`
@@ -36,7 +36,7 @@ impl IdentityType {
 pub struct ManagedIdentity {
     pub tenant_id: String,
     /// Service principal object id; also the `principalId` the resource carries.
-    pub object_id: String,
+    pub object_id: ObjectId,
     pub app_id: String,
     pub display_name: String,
     pub identity_type: IdentityType,
@@ -52,7 +52,7 @@ impl ManagedIdentity {
     /// turns into `unknown` / `unrecognized_alternative_names`.
     pub fn from_alternative_names(
         tenant_id: &str,
-        object_id: String,
+        object_id: ObjectId,
         app_id: String,
         display_name: String,
         alternative_names: Vec<String>,
@@ -100,7 +100,7 @@ impl ManagedIdentity {
         };
         Self {
             tenant_id: tenant_id.to_owned(),
-            object_id: object_id.trim().to_owned(),
+            object_id,
             app_id,
             display_name,
             identity_type,

@@ -6,7 +6,7 @@ use super::{FULL_SYNC_EVERY, Scanner, TenantClients};
 use crate::arm::{ARG_SUBSCRIPTION_BATCH, ArgHit, ArgTable, ArmClient, Subscription};
 use crate::azure::PageSink;
 use crate::classify::judge;
-use crate::domain::{Evidence, Finding, ManagedIdentity, Reason};
+use crate::domain::{Evidence, Finding, ManagedIdentity, ObjectId, Reason};
 use crate::report::TenantReport;
 use crate::store::Store;
 use crate::store::work::{Candidate, Checked, WorkStore};
@@ -114,12 +114,11 @@ impl Scanner {
                         .unstage_identities(ctx.scan_id, ctx.tenant, &delta.gone)
                         .await
                         .map_err(staging_error)?;
-                    let gone: std::collections::HashSet<&str> =
-                        delta.gone.iter().map(String::as_str).collect();
+                    let gone: std::collections::HashSet<&ObjectId> = delta.gone.iter().collect();
                     let changed: Vec<ManagedIdentity> = delta
                         .changed
                         .into_iter()
-                        .filter(|i| !gone.contains(i.object_id.to_ascii_lowercase().as_str()))
+                        .filter(|i| !gone.contains(&i.object_id))
                         .collect();
                     ctx.work
                         .stage_identities(ctx.scan_id, ctx.tenant, &changed)
@@ -232,7 +231,7 @@ impl Scanner {
         loop {
             let chunk = ctx.work.candidates(ctx.scan_id, ctx.tenant, &after).await?;
             let Some(last) = chunk.last() else { break };
-            after.clone_from(&last.object_key);
+            after = last.object_id.to_string();
             tracing::debug!(candidates = chunk.len(), "confirming candidates with ARM");
             tr.arm_checks += chunk.len() as u64;
             let tenant = ctx.tenant;
@@ -257,7 +256,7 @@ impl Scanner {
             let rows: Vec<_> = checks
                 .iter()
                 .map(|(c, check)| Checked {
-                    object_key: &c.object_key,
+                    object_id: &c.object_id,
                     answer: &check.answer,
                     request_id: check.request_id.as_deref(),
                     correlation_request_id: check.correlation_request_id.as_deref(),
@@ -286,12 +285,12 @@ impl Scanner {
                 .work
                 .staged_items(ctx.scan_id, ctx.tenant, &after)
                 .await?;
-            let Some((last, _, _)) = chunk.last() else {
+            let Some((last, _)) = chunk.last() else {
                 break;
             };
-            after.clone_from(last);
+            after = last.object_id.to_string();
             let mut findings = Vec::with_capacity(chunk.len());
-            for (_, identity, mut ev) in chunk {
+            for (identity, mut ev) in chunk {
                 if let Some(r) = &identity.resource {
                     ev.subscription_visible = r.subscription_id().and_then(visible);
                 }

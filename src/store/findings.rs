@@ -4,7 +4,7 @@
 use super::queries::StoredFinding;
 use super::rows::{bind_finding_columns, bind_tracked, insert_rows, tracked_of};
 use super::{Store, StoreError};
-use crate::domain::Finding;
+use crate::domain::{Finding, ObjectId};
 use crate::lifecycle::{self, AckRefused, Resolution, State, Step, Tracked};
 use chrono::{DateTime, Utc};
 use sqlx::{Sqlite, Transaction};
@@ -21,7 +21,7 @@ pub enum Acknowledged {
 pub(super) async fn write_history(
     tx: &mut Transaction<'_, Sqlite>,
     tenant: &str,
-    object: &str,
+    object: &ObjectId,
     step: &Step,
     at: DateTime<Utc>,
     scan_id: Option<&str>,
@@ -32,7 +32,7 @@ pub(super) async fn write_history(
              values (?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(tenant)
-        .bind(object)
+        .bind(object.as_str())
         .bind(i64::from(t.episode))
         .bind(at.to_rfc3339())
         .bind(scan_id)
@@ -49,7 +49,7 @@ pub(super) async fn write_history(
 pub(super) async fn write_lifecycle(
     tx: &mut Transaction<'_, Sqlite>,
     tenant: &str,
-    object: &str,
+    object: &ObjectId,
     next: &Tracked,
     scan_id: Option<&str>,
 ) -> Result<(), StoreError> {
@@ -62,7 +62,7 @@ pub(super) async fn write_lifecycle(
     let q = bind_tracked(q, next)
         .bind(scan_id)
         .bind(tenant)
-        .bind(object);
+        .bind(object.as_str());
     q.execute(&mut **tx).await?;
     Ok(())
 }
@@ -74,7 +74,7 @@ const BATCH: usize = 400;
 /// evidence columns (otherwise the stored, last authoritative ones stay).
 pub(super) async fn upsert_findings(
     tx: &mut Transaction<'_, Sqlite>,
-    rows: &[(Finding, String, Tracked)],
+    rows: &[(Finding, Tracked)],
     take_verdict: bool,
     seen_at: DateTime<Utc>,
     scan_id: &str,
@@ -105,9 +105,9 @@ pub(super) async fn upsert_findings(
         &tail,
         BATCH,
         rows,
-        |q, (f, object, t)| {
+        |q, (f, t)| {
             bind_tracked(
-                bind_finding_columns(q.bind(&f.tenant_id).bind(object), f)
+                bind_finding_columns(q.bind(&f.tenant_id).bind(f.object_id.as_str()), f)
                     .bind(&seen)
                     .bind(scan_id),
                 t,
@@ -123,16 +123,16 @@ impl Store {
     pub async fn acknowledge(
         &self,
         tenant: &str,
-        object: &str,
+        object: &ObjectId,
         ticket: String,
         note: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<Acknowledged, StoreError> {
-        let (tenant, object) = (tenant.to_ascii_lowercase(), object.to_ascii_lowercase());
+        let tenant = tenant.to_ascii_lowercase();
         let mut tx = self.pool.begin().await?;
         let Some(row) = sqlx::query("select * from findings where tenant_id = ? and object_id = ?")
             .bind(&tenant)
-            .bind(&object)
+            .bind(object.as_str())
             .fetch_optional(&mut *tx)
             .await?
         else {
@@ -144,10 +144,10 @@ impl Store {
             Err(refused) => return Ok(Acknowledged::Refused(refused)),
         };
         let next = step.next.as_ref().expect("acknowledge keeps the finding");
-        write_lifecycle(&mut tx, &tenant, &object, next, None).await?;
-        write_history(&mut tx, &tenant, &object, &step, now, None).await?;
+        write_lifecycle(&mut tx, &tenant, object, next, None).await?;
+        write_history(&mut tx, &tenant, object, &step, now, None).await?;
         tx.commit().await?;
-        match self.load_finding(&tenant, &object).await? {
+        match self.load_finding(&tenant, object).await? {
             Some(f) => Ok(Acknowledged::Done(Box::new(f))),
             None => Ok(Acknowledged::NotFound),
         }
@@ -185,20 +185,20 @@ mod tests {
             .expect("s1");
         assert_eq!(
             store
-                .acknowledge(T, "nope", "x".into(), None, now)
+                .acknowledge(T, &"nope".into(), "x".into(), None, now)
                 .await
                 .expect("ack"),
             Acknowledged::NotFound
         );
         assert!(matches!(
             store
-                .acknowledge(T, "u1", "x".into(), None, now)
+                .acknowledge(T, &"u1".into(), "x".into(), None, now)
                 .await
                 .expect("ack"),
             Acknowledged::Refused(_)
         ));
         let Acknowledged::Done(f) = store
-            .acknowledge(T, "o1", "TKT-9".into(), Some("n".into()), now)
+            .acknowledge(T, &"o1".into(), "TKT-9".into(), Some("n".into()), now)
             .await
             .expect("ack")
         else {
@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(resolved.len(), 1);
         assert!(matches!(
             store
-                .acknowledge(T, "o1", "x".into(), None, now)
+                .acknowledge(T, &"o1".into(), "x".into(), None, now)
                 .await
                 .expect("ack"),
             Acknowledged::Refused(_)
@@ -286,12 +286,19 @@ mod tests {
             )
             .await
             .expect("s3");
-        let f = store.load_finding(T, "o1").await.expect("load").expect("f");
+        let f = store
+            .load_finding(T, &"o1".into())
+            .await
+            .expect("load")
+            .expect("f");
         assert_eq!(
             (f.state, f.episode, f.ticket.clone()),
             (Some(State::Confirmed), 2, None)
         );
-        assert_eq!(store.load_history(T, "o1").await.expect("h").len(), 4);
+        assert_eq!(
+            store.load_history(T, &"o1".into()).await.expect("h").len(),
+            4
+        );
         let counts = store.count_findings_by_state().await.expect("counts");
         assert!(counts.contains(&(T.to_owned(), Some(State::Confirmed), 1)));
     }

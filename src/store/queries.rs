@@ -3,7 +3,7 @@
 
 use super::rows::{corrupt, count, finding_columns, parse_time, tracked_of};
 use super::{Store, StoreError};
-use crate::domain::{Finding, IdentityType, Reason, Verdict};
+use crate::domain::{Finding, IdentityType, ObjectId, Reason, Verdict};
 use crate::lifecycle::{Resolution, State};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -52,7 +52,7 @@ pub struct FindingFilter {
 }
 
 /// Keyset cursor of the findings list: the last (tenant_id, object_id) of the previous page.
-pub type FindingCursor = (String, String);
+pub type FindingCursor = (String, ObjectId);
 
 fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> {
     let t = "findings";
@@ -135,7 +135,7 @@ impl Store {
         if let Some((t, o)) = after {
             sql.push_str(" and (f.tenant_id, f.object_id) > (?, ?)");
             binds.push(t.clone());
-            binds.push(o.clone());
+            binds.push(o.to_string());
         }
         sql.push_str(" order by f.tenant_id, f.object_id limit ?");
         // Only static fragments and placeholders went into `sql`; every value is bound.
@@ -150,7 +150,7 @@ impl Store {
     pub async fn load_finding(
         &self,
         tenant: &str,
-        object: &str,
+        object: &ObjectId,
     ) -> Result<Option<StoredFinding>, StoreError> {
         let row = sqlx::query(
             "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
@@ -158,7 +158,7 @@ impl Store {
              where f.tenant_id = ? and f.object_id = ?",
         )
         .bind(tenant.to_ascii_lowercase())
-        .bind(object.to_ascii_lowercase())
+        .bind(object.as_str())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(finding_of).transpose()
@@ -168,13 +168,13 @@ impl Store {
     pub async fn load_history(
         &self,
         tenant: &str,
-        object: &str,
+        object: &ObjectId,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
             "select * from finding_history where tenant_id = ? and object_id = ? order by id",
         )
         .bind(tenant.to_ascii_lowercase())
-        .bind(object.to_ascii_lowercase())
+        .bind(object.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -281,7 +281,7 @@ mod tests {
             .await
             .expect("s2");
         let f = store
-            .load_finding(T, "h1")
+            .load_finding(T, &"h1".into())
             .await
             .expect("load")
             .expect("present");
@@ -293,7 +293,7 @@ mod tests {
             .await
             .expect("s3");
         let f = store
-            .load_finding(T, "h1")
+            .load_finding(T, &"h1".into())
             .await
             .expect("load")
             .expect("present");

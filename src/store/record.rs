@@ -277,7 +277,7 @@ mod timing {
             .map(|i| Finding {
                 tenant_id: "t".into(),
                 // Random-looking, like Graph's object ids.
-                object_id: format!("{:016x}-0000-0000-0000", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                object_id: format!("{:016x}-0000-0000-0000", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).into(),
                 app_id: format!("{i:08x}-aaaa-0000-0000-000000000000"),
                 display_name: format!("vm-{i}"),
                 identity_type: IdentityType::SystemAssigned,

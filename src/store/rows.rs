@@ -3,7 +3,7 @@
 //! that does not parse.
 
 use super::StoreError;
-use crate::domain::{EvidenceReport, Finding, IdentityType, Reason, Verdict};
+use crate::domain::{EvidenceReport, Finding, IdentityType, ObjectId, Reason, Verdict};
 use crate::lifecycle::{Resolution, State, Tracked};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -69,7 +69,7 @@ pub(super) fn finding_columns(
     let evidence: String = r.try_get("evidence")?;
     Ok(Finding {
         tenant_id: r.try_get("tenant_id")?,
-        object_id: r.try_get("object_id")?,
+        object_id: ObjectId::from(r.try_get::<String, _>("object_id")?),
         app_id: r.try_get("app_id")?,
         display_name: r.try_get("display_name")?,
         identity_type: IdentityType::parse(&identity_type)

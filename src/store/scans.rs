@@ -5,7 +5,7 @@
 use super::rows::{corrupt, count, parse_time};
 use super::work::CHUNK;
 use super::{Store, StoreError};
-use crate::domain::{IdentityType, ManagedIdentity, Summary, Trigger};
+use crate::domain::{IdentityType, ManagedIdentity, ObjectId, Summary, Trigger};
 use crate::report::TenantReport;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -180,17 +180,18 @@ impl Store {
 
 /// What a scan reads of the record.
 impl Store {
-    /// Object ids (lower-case) of the tenant's open findings (suspected, confirmed, acknowledged): ARM
-    /// checks them in every scan, since only ARM's word may resolve them.
-    pub async fn open_finding_keys(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
+    /// Object ids of the tenant's open findings (suspected, confirmed, acknowledged): ARM checks them in
+    /// every scan, since only ARM's word may resolve them.
+    pub async fn open_finding_keys(&self, tenant: &str) -> Result<Vec<ObjectId>, StoreError> {
+        let keys: Vec<String> = sqlx::query_scalar(
             "select object_id from findings
              where tenant_id = ? and state in ('suspected', 'confirmed', 'acknowledged')
              order by object_id",
         )
         .bind(tenant)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(keys.into_iter().map(ObjectId::from).collect())
     }
 
     /// The stored Graph delta link of a tenant and the time of its last full listing.
@@ -249,7 +250,7 @@ impl Store {
                 .unwrap_or_default();
             page.push(ManagedIdentity::from_alternative_names(
                 tenant,
-                r.try_get("object_id")?,
+                ObjectId::from(r.try_get::<String, _>("object_id")?),
                 r.try_get("app_id")?,
                 r.try_get("display_name")?,
                 names,

@@ -15,7 +15,7 @@ use super::{Store, StoreError};
 use crate::arm::ArgHit;
 use crate::domain::Finding;
 use crate::domain::{
-    Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ResourceId,
+    Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ObjectId, ResourceId,
 };
 use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
@@ -30,13 +30,13 @@ pub const CHUNK: i64 = 2_000;
 /// A staged identity that Resource Graph did not vouch for: it needs an ARM check.
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    pub object_key: String,
+    pub object_id: ObjectId,
     pub resource: ResourceId,
 }
 
 /// The evidence of one ARM check, to stage.
 pub struct Checked<'a> {
-    pub object_key: &'a str,
+    pub object_id: &'a ObjectId,
     pub answer: &'a Answer,
     pub request_id: Option<&'a str>,
     pub correlation_request_id: Option<&'a str>,
@@ -86,8 +86,8 @@ async fn insert_results(
             bind_finding_columns(
                 q.bind(scan_id)
                     .bind(&f.tenant_id)
-                    .bind(f.object_id.to_ascii_lowercase())
-                    .bind(&f.object_id),
+                    .bind(f.object_id.as_str())
+                    .bind(f.object_id.as_str()),
                 f,
             )
         },
@@ -125,8 +125,8 @@ impl WorkStore {
                 let r = i.resource.as_ref();
                 q.bind(scan_id)
                     .bind(tenant)
-                    .bind(i.object_id.to_ascii_lowercase())
-                    .bind(&i.object_id)
+                    .bind(i.object_id.as_str())
+                    .bind(i.object_id.as_str())
                     .bind(&i.app_id)
                     .bind(&i.display_name)
                     .bind(i.identity_type.as_str())
@@ -174,36 +174,37 @@ impl WorkStore {
         Ok(())
     }
 
-    /// Removes staged identities by lower-case object id (Graph delta `@removed`).
+    /// Removes staged identities (Graph delta `@removed`).
     pub async fn unstage_identities(
         &self,
         scan_id: &str,
         tenant: &str,
-        object_keys: &[String],
+        objects: &[ObjectId],
     ) -> Result<(), StoreError> {
         self.per_key(
             "delete from scan_items where scan_id = ? and tenant_id = ? and object_key = ?",
             scan_id,
             tenant,
-            object_keys,
+            objects,
         )
         .await
     }
 
-    /// Runs `sql` (binding the scan id, the tenant and one object key) for each key, in one transaction.
+    /// Runs `sql` (binding the scan id, the tenant and one object key) for each object, in one
+    /// transaction.
     async fn per_key(
         &self,
         sql: &'static str,
         scan_id: &str,
         tenant: &str,
-        object_keys: &[String],
+        objects: &[ObjectId],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for key in object_keys {
+        for object in objects {
             sqlx::query(sql)
                 .bind(scan_id)
                 .bind(tenant)
-                .bind(key)
+                .bind(object.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
@@ -252,7 +253,7 @@ impl WorkStore {
                 q.bind(scan_id)
                     .bind(tenant)
                     .bind(&h.resource_key)
-                    .bind(&h.principal_key)
+                    .bind(h.principal_key.as_ref().map(ObjectId::as_str))
                     .bind(h.request_id.as_deref())
                     .bind(&at)
             },
@@ -291,7 +292,7 @@ impl WorkStore {
         for r in &rows {
             let raw: String = r.try_get("resource_id")?;
             out.push(Candidate {
-                object_key: r.try_get("object_key")?,
+                object_id: ObjectId::from(r.try_get::<String, _>("object_key")?),
                 resource: ResourceId::parse(&raw)
                     .ok_or_else(|| corrupt("scan_items", format!("resource id {raw:?}")))?,
             });
@@ -304,13 +305,13 @@ impl WorkStore {
         &self,
         scan_id: &str,
         tenant: &str,
-        object_keys: &[String],
+        objects: &[ObjectId],
     ) -> Result<(), StoreError> {
         self.per_key(
             "insert or ignore into scan_must_check (scan_id, tenant_id, object_key) values (?, ?, ?)",
             scan_id,
             tenant,
-            object_keys,
+            objects,
         )
         .await
     }
@@ -335,7 +336,7 @@ impl WorkStore {
             .bind(c.checked_at.to_rfc3339())
             .bind(scan_id)
             .bind(tenant)
-            .bind(c.object_key)
+            .bind(c.object_id.as_str())
             .execute(&mut *tx)
             .await?;
         }
@@ -344,13 +345,13 @@ impl WorkStore {
     }
 
     /// The next chunk of staged identities with their evidence (subscription visibility not set), in
-    /// object key order after `after`.
+    /// object id order after `after`.
     pub async fn staged_items(
         &self,
         scan_id: &str,
         tenant: &str,
         after: &str,
-    ) -> Result<Vec<(String, ManagedIdentity, Evidence)>, StoreError> {
+    ) -> Result<Vec<(ManagedIdentity, Evidence)>, StoreError> {
         // Resource Graph's row for the resource, whatever principal it shows: the evidence of health when
         // it carries this one, a second witness beside ARM's answer otherwise.
         let rows = sqlx::query(
@@ -406,15 +407,11 @@ impl WorkStore {
     }
 }
 
-/// A row of [`WorkStore::staged_items`]: the object key, the identity, and its evidence.
-fn staged_item(
-    r: &SqliteRow,
-    tenant: &str,
-) -> Result<(String, ManagedIdentity, Evidence), StoreError> {
-    let object_key: String = r.try_get("object_key")?;
+/// A row of [`WorkStore::staged_items`]: the identity and its evidence.
+fn staged_item(r: &SqliteRow, tenant: &str) -> Result<(ManagedIdentity, Evidence), StoreError> {
     let identity = staged_identity(r, tenant)?;
-    let evidence = staged_evidence(r, &identity, &object_key)?;
-    Ok((object_key, identity, evidence))
+    let evidence = staged_evidence(r, &identity)?;
+    Ok((identity, evidence))
 }
 
 fn staged_identity(r: &SqliteRow, tenant: &str) -> Result<ManagedIdentity, StoreError> {
@@ -422,7 +419,7 @@ fn staged_identity(r: &SqliteRow, tenant: &str) -> Result<ManagedIdentity, Store
     let kind: String = r.try_get("identity_type")?;
     let resource: Option<String> = r.try_get("resource_id")?;
     let names: Option<String> = r.try_get("alternative_names")?;
-    let object_id: String = r.try_get("object_id")?;
+    let object_id = ObjectId::from(r.try_get::<String, _>("object_id")?);
     Ok(ManagedIdentity {
         tenant_id: tenant.to_owned(),
         app_id: r.try_get("app_id")?,
@@ -440,20 +437,18 @@ fn staged_identity(r: &SqliteRow, tenant: &str) -> Result<ManagedIdentity, Store
 
 /// The evidence of a staged identity: ARM's answer when it checked it, Resource Graph's row when that
 /// carries the identity's principal, else none.
-fn staged_evidence(
-    r: &SqliteRow,
-    identity: &ManagedIdentity,
-    object_key: &str,
-) -> Result<Evidence, StoreError> {
+fn staged_evidence(r: &SqliteRow, identity: &ManagedIdentity) -> Result<Evidence, StoreError> {
     let t = "scan_items";
     let source: Option<String> = r.try_get("source")?;
     let answer: Option<String> = r.try_get("answer")?;
     let arg_checked: Option<String> = r.try_get("arg_checked_at")?;
-    let arg_principal: Option<String> = r.try_get("arg_principal_key")?;
+    let arg_principal: Option<ObjectId> = r
+        .try_get::<Option<String>, _>("arg_principal_key")?
+        .map(ObjectId::from);
     let resource_graph = arg_checked.as_ref().map(|_| GraphRow {
         principal_id: arg_principal.clone(),
     });
-    let arg_vouches = arg_checked.is_some() && arg_principal.as_deref() == Some(object_key);
+    let arg_vouches = arg_checked.is_some() && arg_principal.as_ref() == Some(&identity.object_id);
     let (source, answer, request_id, checked_at) = match (source.as_deref(), arg_checked) {
         (Some("arm"), _) => (
             EvidenceSource::Arm,
@@ -523,7 +518,7 @@ mod tests {
                     .await
                     .expect("items")
                     .into_iter()
-                    .map(|(k, _, _)| k)
+                    .map(|(i, _)| i.object_id.to_string())
                     .collect::<Vec<_>>()
             }
         };
