@@ -2,6 +2,7 @@
 //! as CSV (RFC 4180, UTF-8, via the `csv` crate) or JSON. Used by `GET /api/v1/export` and
 //! `miaudit export`.
 
+use crate::domain::TenantId;
 use crate::lifecycle::State;
 use crate::store::{FindingFilter, StoredFinding};
 use crate::store::{Store, StoreError};
@@ -47,7 +48,7 @@ impl From<&StoredFinding> for Row {
     fn from(stored: &StoredFinding) -> Self {
         let f = &stored.finding;
         Self {
-            tenant_id: f.tenant_id.clone(),
+            tenant_id: f.tenant_id.to_string(),
             object_id: f.object_id.to_string(),
             app_id: f.app_id.clone(),
             display_name: f.display_name.clone(),
@@ -90,7 +91,7 @@ pub fn neutralise(field: &str) -> String {
 /// The open orphans matching `tenant` and `states` (default: suspected, confirmed, acknowledged).
 pub async fn load_rows(
     store: &Store,
-    tenant: Option<&str>,
+    tenant: Option<&TenantId>,
     states: &[State],
 ) -> Result<Vec<Row>, StoreError> {
     let states = if states.is_empty() {
@@ -100,7 +101,7 @@ pub async fn load_rows(
     };
     let filter = FindingFilter {
         states,
-        tenant_id: tenant.map(str::to_owned),
+        tenant_id: tenant.cloned(),
         ..FindingFilter::default()
     };
     let mut rows = Vec::new();

@@ -115,7 +115,7 @@ proptest! {
 
     #[test]
     fn alternative_names_never_panic(names in prop::collection::vec(any_text(), 0..5)) {
-        let mi = ManagedIdentity::from_alternative_names("t", "o".into(), "a".into(), "d".into(), names.clone());
+        let mi = ManagedIdentity::from_alternative_names(&"t".into(), "o".into(), "a".into(), "d".into(), names.clone());
         if let Some(r) = &mi.resource {
             prop_assert!(names.iter().any(|n| ResourceId::parse(n).as_ref() == Some(r)));
         }
@@ -138,7 +138,7 @@ proptest! {
     ) {
         let mut all = vec!["isExplicit=False".to_owned(), SEEDS[1].to_owned()];
         all.extend(names);
-        let mi = ManagedIdentity::from_alternative_names("t", "o".into(), "a".into(), "d".into(), all);
+        let mi = ManagedIdentity::from_alternative_names(&"t".into(), "o".into(), "a".into(), "d".into(), all);
         let answer = if present {
             Answer::Present { principal_id: principal.as_deref().map(ObjectId::new), latest_version }
         } else {

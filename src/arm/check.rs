@@ -7,7 +7,7 @@ use super::{ARM_REFILL_PER_S, ARM_RESERVE, ArmClient, Check, PROBE_API_VERSION, 
 use crate::azure::http::Call;
 use crate::azure::transport::{Handled, parse_count};
 use crate::azure::{Api, Reply};
-use crate::domain::{Answer, ObjectId, ResourceId};
+use crate::domain::{Answer, ObjectId, ResourceId, TenantId};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -90,7 +90,7 @@ impl ArmClient {
     /// is the resource (its `id`); anything else is retried, then a failed check.
     pub(super) async fn read_resource(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         resource: &ResourceId,
         version: &str,
     ) -> Check {
@@ -106,7 +106,7 @@ impl ArmClient {
             };
             return check;
         };
-        let call = Call::get(Api::Arm, tenant, &url);
+        let call = Call::get(Api::Arm, tenant.as_str(), &url);
         let quota_key = resource
             .subscription_id()
             .map_or_else(|| "tenant".to_owned(), str::to_ascii_lowercase);
@@ -176,7 +176,7 @@ impl ArmClient {
     #[tracing::instrument(skip_all, fields(tenant = %tenant, resource = %resource))]
     pub async fn check_resource(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         resource: &ResourceId,
         provider_subscription: Option<&str>,
     ) -> Check {
@@ -251,7 +251,7 @@ impl ArmClient {
     /// answer at all is a failed check; one refused for its version follows ARM's own list, once more.
     pub(super) async fn confirm_absence(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         resource: &ResourceId,
         mut check: Check,
         mut read: String,

@@ -28,7 +28,7 @@ use crate::azure::Api;
 use crate::azure::AzureError;
 use crate::azure::http::{AzureHttp, Call};
 use crate::azure::transport::follow_link;
-use crate::domain::Answer;
+use crate::domain::{Answer, TenantId};
 use parking_lot::Mutex;
 use resource_graph::Pacer;
 use serde::Deserialize;
@@ -117,7 +117,7 @@ impl ArmClient {
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]
     pub async fn fetch_subscriptions(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
     ) -> Result<HashMap<String, Subscription>, AzureError> {
         let mut url = format!(
             "{}/subscriptions?api-version={SUBSCRIPTIONS_API_VERSION}",
@@ -134,7 +134,7 @@ impl ArmClient {
                     detail: "more than 10000 pages".into(),
                 });
             }
-            let call = Call::get(Api::Arm, tenant, &url);
+            let call = Call::get(Api::Arm, tenant.as_str(), &url);
             let (page, _): (ListPage<Subscription>, _) =
                 self.http.json(&call, "a subscription list").await?;
             for s in page.value {

@@ -5,7 +5,7 @@ use super::{ARG_PAGE_SIZE, ArmClient, RESOURCE_GRAPH_API_VERSION, non_empty};
 use crate::azure::http::Call;
 use crate::azure::transport::{Handled, parse_count};
 use crate::azure::{Api, AzureError, PageSink, Reply};
-use crate::domain::{ObjectId, USER_ASSIGNED_IDENTITY_TYPE};
+use crate::domain::{ObjectId, TenantId, USER_ASSIGNED_IDENTITY_TYPE};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -212,7 +212,7 @@ impl ArmClient {
     #[tracing::instrument(skip_all, fields(tenant = %tenant, table = table.name(), subscriptions = subscriptions.len()))]
     pub async fn fetch_identity_principals(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         subscriptions: &[String],
         table: ArgTable,
         types: &[String],
@@ -237,7 +237,7 @@ impl ArmClient {
                 json!({ "subscriptions": subscriptions, "query": query, "options": options });
             let call = Call {
                 api: Api::ResourceGraph,
-                tenant,
+                tenant: tenant.as_str(),
                 method: reqwest::Method::POST,
                 url: &url,
                 json: Some(&body),

@@ -5,7 +5,7 @@
 use super::{ArmClient, Check, PROVIDERS_API_VERSION};
 use crate::azure::Api;
 use crate::azure::http::Call;
-use crate::domain::{Answer, ResourceId};
+use crate::domain::{Answer, ResourceId, TenantId};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -132,7 +132,7 @@ impl ArmClient {
     /// request however many checks ask at once.
     pub(super) async fn provider_versions(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         namespace: &str,
         subscription: Option<&str>,
     ) -> Option<Arc<ProviderTypes>> {
@@ -150,7 +150,7 @@ impl ArmClient {
 
     pub(super) async fn lookup_provider(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         namespace: &str,
         subscription: Option<&str>,
     ) -> Option<Arc<ProviderTypes>> {
@@ -163,7 +163,7 @@ impl ArmClient {
         }
         urls.extend(self.url(&["providers", namespace], PROVIDERS_API_VERSION));
         for url in &urls {
-            let call = Call::get(Api::Arm, tenant, url);
+            let call = Call::get(Api::Arm, tenant.as_str(), url);
             match self
                 .http
                 .json::<Provider>(&call, "a resource provider")
@@ -209,7 +209,7 @@ impl ArmClient {
     /// another resource's refusal names the versions of that resource's location only), or neither.
     pub(super) async fn api_versions(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         resource: &ResourceId,
         provider_subscription: Option<&str>,
     ) -> Result<Versions, String> {

@@ -4,7 +4,7 @@
 
 use crate::domain::{
     Answer, Evidence, EvidenceSource, GraphRow, Judgement, ManagedIdentity, ObjectId, Reason,
-    ResourceId, Verdict,
+    ResourceId, TenantId, Verdict,
 };
 
 /// ARM 404 codes that prove "this resource, its group or its parent is gone" (README, "Verdicts"; verdict
@@ -34,13 +34,13 @@ fn is_resource_gone(code: &str) -> bool {
 /// The tenant that ARM says the subscription belongs to, from a 401 `InvalidAuthenticationTokenTenant`:
 /// "... It must match the tenant 'https://sts.windows.net/<B>/' associated with this subscription ..."
 /// (Azure SDK for .NET test README capture, docs/azure-behaviour.md §4).
-pub fn tenant_named_by_wrong_tenant_error(message: &str) -> Option<String> {
+pub fn tenant_named_by_wrong_tenant_error(message: &str) -> Option<TenantId> {
     let marker = "must match the tenant '";
     let start = message.find(marker)? + marker.len();
     let rest = &message[start..];
     let url = &rest[..rest.find('\'')?];
     let tenant = url.trim_end_matches('/').rsplit('/').next()?;
-    (!tenant.is_empty()).then(|| tenant.to_ascii_lowercase())
+    (!tenant.is_empty()).then(|| TenantId::new(tenant))
 }
 
 fn judgement(verdict: Verdict, reason: Reason, detail: String) -> Judgement {
@@ -285,7 +285,7 @@ fn transferred(
     // Only for a subscription these credentials do not list: a subscription that is listed
     // belongs to this tenant, whatever an answer claims.
     match other {
-        Some(t) if invisible && !t.eq_ignore_ascii_case(&identity.tenant_id) => judgement(
+        Some(t) if invisible && t != identity.tenant_id => judgement(
             Orphaned,
             SubscriptionTransferred,
             format!(

@@ -8,7 +8,7 @@ const TENANT: &str = "aaaaaaaa-0000-0000-0000-000000000001";
 
 fn identity(names: &[&str]) -> ManagedIdentity {
     ManagedIdentity::from_alternative_names(
-        TENANT,
+        &TENANT.into(),
         OID.into(),
         "app".into(),
         "vm1".into(),

@@ -1,7 +1,7 @@
 //! Verdicts and what they rest on: the judge's output and the evidence, and the per-identity finding,
 //! summary and trigger that scanning, recording and publishing share.
 
-use super::{IdentityType, ObjectId};
+use super::{IdentityType, ObjectId, TenantId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -238,7 +238,7 @@ impl From<&Evidence> for EvidenceReport {
 /// One identity's verdict in a scan.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Finding {
-    pub tenant_id: String,
+    pub tenant_id: TenantId,
     pub object_id: ObjectId,
     pub app_id: String,
     pub display_name: String,

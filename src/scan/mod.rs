@@ -16,7 +16,7 @@ use crate::azure::http::AzureHttp;
 use crate::azure::transport::{RetryPolicy, Transport};
 use crate::azure::{ApiCounts, Counters, auth::TokenProvider};
 use crate::config::Settings;
-use crate::domain::{Summary, Trigger};
+use crate::domain::{Summary, TenantId, Trigger};
 use crate::graph::GraphClient;
 use crate::report::{ScanReport, TenantReport};
 use crate::store::Store;
@@ -63,7 +63,7 @@ pub struct Scanner {
     graph_delta: bool,
     /// How long one tenant's scan may take: a little under the whole scan's timeout.
     tenant_deadline: std::time::Duration,
-    tenants: parking_lot::Mutex<HashMap<String, Arc<TenantClients>>>,
+    tenants: parking_lot::Mutex<HashMap<TenantId, Arc<TenantClients>>>,
 }
 
 /// A full listing at least this often, even with delta (directory delta tokens live 7 days, G-DELTA).
@@ -118,9 +118,9 @@ impl Scanner {
         &self.counters
     }
 
-    fn clients(&self, tenant: &str) -> Arc<TenantClients> {
+    fn clients(&self, tenant: &TenantId) -> Arc<TenantClients> {
         let mut map = self.tenants.lock();
-        map.entry(tenant.to_owned())
+        map.entry(tenant.clone())
             .or_insert_with(|| {
                 let counters = Arc::new(Counters::child_of(self.counters.clone()));
                 let transport =
@@ -148,7 +148,7 @@ impl Scanner {
 
     /// Scans every tenant, [`PARALLEL_TENANTS`] at a time, without a store: every verdict is in the
     /// report.
-    pub async fn run(&self, tenants: &[String], trigger: Trigger) -> ScanReport {
+    pub async fn run(&self, tenants: &[TenantId], trigger: Trigger) -> ScanReport {
         self.run_as(uuid::Uuid::new_v4().to_string(), tenants, trigger, None)
             .await
             .report
@@ -162,7 +162,7 @@ impl Scanner {
     pub async fn run_as(
         &self,
         scan_id: String,
-        tenants: &[String],
+        tenants: &[TenantId],
         trigger: Trigger,
         store: Option<&Store>,
     ) -> Scanned {
@@ -252,7 +252,7 @@ impl Scanner {
     async fn scan_isolated(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         staging: &WorkStore,
         delta: Option<&Store>,
         record: Option<&Store>,
@@ -264,7 +264,7 @@ impl Scanner {
         );
         match tokio::time::timeout_at(deadline, run.catch_unwind()).await {
             Err(_) => {
-                tracing::error!(tenant, deadline = ?self.tenant_deadline, "the tenant's scan ran out of time; it is reported incomplete");
+                tracing::error!(%tenant, deadline = ?self.tenant_deadline, "the tenant's scan ran out of time; it is reported incomplete");
                 failed_tenant(
                     tenant,
                     format!(
@@ -280,7 +280,7 @@ impl Scanner {
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .map_or_else(|| "unknown cause".into(), |m| crate::azure::shorten(&m));
-                tracing::error!(tenant, panic = %what, "the tenant's scan panicked; it is reported incomplete");
+                tracing::error!(%tenant, panic = %what, "the tenant's scan panicked; it is reported incomplete");
                 failed_tenant(tenant, format!("internal error (panic): {what}"))
             }
         }
@@ -290,7 +290,7 @@ impl Scanner {
     async fn scan_counted(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         staging: &WorkStore,
         delta: Option<&Store>,
         record: Option<&Store>,
@@ -321,7 +321,7 @@ impl Scanner {
 }
 
 /// A tenant whose scan could not start: incomplete, with the reason.
-fn failed_tenant(tenant: &str, error: String) -> TenantReport {
+fn failed_tenant(tenant: &TenantId, error: String) -> TenantReport {
     TenantReport {
         complete: false,
         inventory_complete: false,

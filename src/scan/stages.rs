@@ -6,7 +6,7 @@ use super::{FULL_SYNC_EVERY, Scanner, TenantClients};
 use crate::arm::{ARG_SUBSCRIPTION_BATCH, ArgHit, ArgTable, ArmClient, Subscription};
 use crate::azure::PageSink;
 use crate::classify::judge;
-use crate::domain::{Evidence, Finding, ManagedIdentity, ObjectId, Reason};
+use crate::domain::{Evidence, Finding, ManagedIdentity, ObjectId, Reason, TenantId};
 use crate::report::TenantReport;
 use crate::store::Store;
 use crate::store::work::{Candidate, Checked, WorkStore};
@@ -19,7 +19,7 @@ impl Scanner {
     pub(super) async fn scan_tenant(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         clients: &TenantClients,
         staging: &WorkStore,
         delta: Option<&Store>,
@@ -318,7 +318,7 @@ impl Scanner {
 struct Staging<'a> {
     work: &'a WorkStore,
     scan_id: &'a str,
-    tenant: &'a str,
+    tenant: &'a TenantId,
 }
 
 impl PageSink<ManagedIdentity> for Staging<'_> {

@@ -5,9 +5,9 @@
 
 use super::StoreError;
 use super::findings::{upsert_findings, write_history, write_lifecycle};
-use super::rows::{bind_tracked, finding_columns, tracked_of};
+use super::rows::{bind_tracked, finding_columns, id, tracked_of};
 use super::work::CHUNK;
-use crate::domain::{Finding, ObjectId, Reason, Verdict};
+use crate::domain::{Finding, ObjectId, Reason, TenantId, Verdict};
 use crate::lifecycle::{self, Observation, Step, Tracked};
 use crate::report::ScanReport;
 use chrono::{DateTime, Utc};
@@ -20,7 +20,7 @@ use std::time::Duration;
 #[derive(Clone, Copy)]
 struct TenantScan<'a> {
     scan_id: &'a str,
-    tenant: &'a str,
+    tenant: &'a TenantId,
     /// The scan's finish time: the time of every change it causes.
     now: DateTime<Utc>,
     confirm_after: Duration,
@@ -39,7 +39,7 @@ pub(super) async fn apply_lifecycle(
     tx: &mut Transaction<'_, Sqlite>,
     report: &ScanReport,
     confirm_after: Duration,
-) -> Result<BTreeMap<String, u64>, StoreError> {
+) -> Result<BTreeMap<TenantId, u64>, StoreError> {
     let mut newly_confirmed = BTreeMap::new();
     for tenant in &report.tenants {
         let scan = TenantScan {
@@ -149,8 +149,8 @@ async fn mark_changing(
          where tenant_id = ? and (state is not null or verdict != 'healthy' or reason != 'resource_present')",
     )
     .bind(scan.scan_id)
-    .bind(scan.tenant)
-    .bind(scan.tenant)
+    .bind(scan.tenant.as_str())
+    .bind(scan.tenant.as_str())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -173,7 +173,7 @@ async fn load_judged(
          order by k.object_key limit ?",
     )
     .bind(scan.scan_id)
-    .bind(scan.tenant)
+    .bind(scan.tenant.as_str())
     .bind(after)
     .bind(CHUNK)
     .fetch_all(&mut **tx)
@@ -294,7 +294,7 @@ async fn any_absent(
     let stored: i64 = sqlx::query_scalar(
         "select count(*) from findings where tenant_id = ? and state is not 'resolved'",
     )
-    .bind(scan.tenant)
+    .bind(scan.tenant.as_str())
     .fetch_one(&mut **tx)
     .await?;
     let listed: i64 = sqlx::query_scalar(
@@ -304,7 +304,7 @@ async fn any_absent(
                  where f.tenant_id = ?2 and f.state = 'resolved')",
     )
     .bind(scan.scan_id)
-    .bind(scan.tenant)
+    .bind(scan.tenant.as_str())
     .fetch_one(&mut **tx)
     .await?;
     Ok(stored > listed)
@@ -324,19 +324,14 @@ async fn load_absent(
              where r.scan_id = ? and r.tenant_id = f.tenant_id and r.object_key = f.object_id)
          order by f.object_id limit ?",
     )
-    .bind(scan.tenant)
+    .bind(scan.tenant.as_str())
     .bind(after)
     .bind(scan.scan_id)
     .bind(CHUNK)
     .fetch_all(&mut **tx)
     .await?;
     rows.iter()
-        .map(|r| {
-            Ok((
-                ObjectId::from(r.try_get::<String, _>("object_id")?),
-                tracked_of(r)?,
-            ))
-        })
+        .map(|r| Ok((id(r, "object_id")?, tracked_of(r)?)))
         .collect()
 }
 
@@ -351,7 +346,7 @@ async fn write_absent(
     match &step.next {
         None => {
             sqlx::query("delete from findings where tenant_id = ? and object_id = ?")
-                .bind(scan.tenant)
+                .bind(scan.tenant.as_str())
                 .bind(object.as_str())
                 .execute(&mut **tx)
                 .await?;
@@ -375,7 +370,7 @@ async fn note_inventory(
          on conflict (tenant_id) do update set last_inventory_at = excluded.last_inventory_at,
              last_scan_id = excluded.last_scan_id",
     )
-    .bind(scan.tenant)
+    .bind(scan.tenant.as_str())
     .bind(scan.now.to_rfc3339())
     .bind(scan.scan_id)
     .execute(&mut **tx)
@@ -418,7 +413,7 @@ async fn insert_new_healthy(
     .bind(scan.scan_id);
     bind_tracked(q, t)
         .bind(scan.scan_id)
-        .bind(scan.tenant)
+        .bind(scan.tenant.as_str())
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -493,7 +488,7 @@ mod tests {
             .expect("s1");
         assert_eq!(r.newly_confirmed[T], 0);
         let f = store
-            .load_finding(T, &"O1".into())
+            .load_finding(&T.into(), &"O1".into())
             .await
             .expect("load")
             .expect("present");
@@ -511,7 +506,7 @@ mod tests {
             .expect("s3");
         assert_eq!(
             store
-                .load_finding(T, &"o1".into())
+                .load_finding(&T.into(), &"o1".into())
                 .await
                 .expect("load")
                 .expect("f")
@@ -524,7 +519,7 @@ mod tests {
             .await
             .expect("s4");
         let f = store
-            .load_finding(T, &"o1".into())
+            .load_finding(&T.into(), &"o1".into())
             .await
             .expect("load")
             .expect("f");
@@ -532,12 +527,15 @@ mod tests {
         assert_eq!(f.resolution, Some(Resolution::IdentityRemoved));
         assert!(
             store
-                .load_finding(T, &"h1".into())
+                .load_finding(&T.into(), &"h1".into())
                 .await
                 .expect("load")
                 .is_none()
         );
-        let h = store.load_history(T, &"o1".into()).await.expect("history");
+        let h = store
+            .load_history(&T.into(), &"o1".into())
+            .await
+            .expect("history");
         let path: Vec<_> = h
             .iter()
             .map(|e| (e.from, e.to, e.scan_id.clone()))
@@ -574,7 +572,7 @@ mod tests {
             .await
             .expect("s2");
         let f = store
-            .load_finding(T, &"o1".into())
+            .load_finding(&T.into(), &"o1".into())
             .await
             .expect("load")
             .expect("f");

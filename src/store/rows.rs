@@ -3,7 +3,7 @@
 //! that does not parse.
 
 use super::StoreError;
-use crate::domain::{EvidenceReport, Finding, IdentityType, ObjectId, Reason, Verdict};
+use crate::domain::{EvidenceReport, Finding, IdentityType, Reason, Verdict};
 use crate::lifecycle::{Resolution, State, Tracked};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -68,8 +68,8 @@ pub(super) fn finding_columns(
     let reason: String = r.try_get("reason")?;
     let evidence: String = r.try_get("evidence")?;
     Ok(Finding {
-        tenant_id: r.try_get("tenant_id")?,
-        object_id: ObjectId::from(r.try_get::<String, _>("object_id")?),
+        tenant_id: id(r, "tenant_id")?,
+        object_id: id(r, "object_id")?,
         app_id: r.try_get("app_id")?,
         display_name: r.try_get("display_name")?,
         identity_type: IdentityType::parse(&identity_type)
@@ -84,6 +84,14 @@ pub(super) fn finding_columns(
         evidence: serde_json::from_str::<EvidenceReport>(&evidence)
             .map_err(|e| corrupt(t, e.to_string()))?,
     })
+}
+
+/// An id column (tenant, object, subscription), in the id's type.
+pub(super) fn id<T: From<String>>(
+    r: &sqlx::sqlite::SqliteRow,
+    column: &str,
+) -> Result<T, StoreError> {
+    Ok(T::from(r.try_get::<String, _>(column)?))
 }
 
 pub(super) fn corrupt(table: &'static str, reason: impl Into<String>) -> StoreError {

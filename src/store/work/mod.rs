@@ -10,13 +10,13 @@ mod file;
 
 pub use file::WorkFile;
 
-use super::rows::{bind_finding_columns, corrupt, finding_columns, insert_rows, parse_time};
+use super::rows::{bind_finding_columns, corrupt, finding_columns, id, insert_rows, parse_time};
 use super::{Store, StoreError};
 use crate::arm::ArgHit;
-use crate::domain::Finding;
 use crate::domain::{
     Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ObjectId, ResourceId,
 };
+use crate::domain::{Finding, TenantId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -85,7 +85,7 @@ async fn insert_results(
         |q, f| {
             bind_finding_columns(
                 q.bind(scan_id)
-                    .bind(&f.tenant_id)
+                    .bind(f.tenant_id.as_str())
                     .bind(f.object_id.as_str())
                     .bind(f.object_id.as_str()),
                 f,
@@ -105,7 +105,7 @@ impl WorkStore {
     pub async fn stage_identities(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         identities: &[ManagedIdentity],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -124,7 +124,7 @@ impl WorkStore {
             |q, i| {
                 let r = i.resource.as_ref();
                 q.bind(scan_id)
-                    .bind(tenant)
+                    .bind(tenant.as_str())
                     .bind(i.object_id.as_str())
                     .bind(i.object_id.as_str())
                     .bind(&i.app_id)
@@ -152,7 +152,7 @@ impl WorkStore {
         &self,
         record: &Store,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
     ) -> Result<u64, StoreError> {
         let mut after = String::new();
         let mut n = 0u64;
@@ -165,10 +165,10 @@ impl WorkStore {
     }
 
     /// Removes every staged identity of the tenant (its listing starts over).
-    pub async fn unstage_tenant(&self, scan_id: &str, tenant: &str) -> Result<(), StoreError> {
+    pub async fn unstage_tenant(&self, scan_id: &str, tenant: &TenantId) -> Result<(), StoreError> {
         sqlx::query("delete from scan_items where scan_id = ? and tenant_id = ?")
             .bind(scan_id)
-            .bind(tenant)
+            .bind(tenant.as_str())
             .execute(&self.pool)
             .await?;
         Ok(())
@@ -178,7 +178,7 @@ impl WorkStore {
     pub async fn unstage_identities(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         objects: &[ObjectId],
     ) -> Result<(), StoreError> {
         self.per_key(
@@ -196,14 +196,14 @@ impl WorkStore {
         &self,
         sql: &'static str,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         objects: &[ObjectId],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
         for object in objects {
             sqlx::query(sql)
                 .bind(scan_id)
-                .bind(tenant)
+                .bind(tenant.as_str())
                 .bind(object.as_str())
                 .execute(&mut *tx)
                 .await?;
@@ -216,14 +216,14 @@ impl WorkStore {
     pub async fn staged_targets(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let rows = sqlx::query(
             "select distinct subscription_key, resource_type from scan_items
              where scan_id = ? and tenant_id = ? and subscription_key is not null and resource_type is not null",
         )
         .bind(scan_id)
-        .bind(tenant)
+        .bind(tenant.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -235,7 +235,7 @@ impl WorkStore {
     pub async fn stage_arg_rows(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         rows: &[ArgHit],
     ) -> Result<(), StoreError> {
         let at = chrono::Utc::now().to_rfc3339();
@@ -251,7 +251,7 @@ impl WorkStore {
             rows,
             |q, h| {
                 q.bind(scan_id)
-                    .bind(tenant)
+                    .bind(tenant.as_str())
                     .bind(&h.resource_key)
                     .bind(h.principal_key.as_ref().map(ObjectId::as_str))
                     .bind(h.request_id.as_deref())
@@ -268,7 +268,7 @@ impl WorkStore {
     pub async fn candidates(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         after: &str,
     ) -> Result<Vec<Candidate>, StoreError> {
         let rows = sqlx::query(
@@ -283,7 +283,7 @@ impl WorkStore {
              order by i.object_key limit ?",
         )
         .bind(scan_id)
-        .bind(tenant)
+        .bind(tenant.as_str())
         .bind(after)
         .bind(CHUNK)
         .fetch_all(&self.pool)
@@ -292,7 +292,7 @@ impl WorkStore {
         for r in &rows {
             let raw: String = r.try_get("resource_id")?;
             out.push(Candidate {
-                object_id: ObjectId::from(r.try_get::<String, _>("object_key")?),
+                object_id: id(r, "object_key")?,
                 resource: ResourceId::parse(&raw)
                     .ok_or_else(|| corrupt("scan_items", format!("resource id {raw:?}")))?,
             });
@@ -304,7 +304,7 @@ impl WorkStore {
     pub async fn stage_must_check(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         objects: &[ObjectId],
     ) -> Result<(), StoreError> {
         self.per_key(
@@ -320,7 +320,7 @@ impl WorkStore {
     pub async fn stage_checks(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         checks: &[Checked<'_>],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -335,7 +335,7 @@ impl WorkStore {
             .bind(c.correlation_request_id)
             .bind(c.checked_at.to_rfc3339())
             .bind(scan_id)
-            .bind(tenant)
+            .bind(tenant.as_str())
             .bind(c.object_id.as_str())
             .execute(&mut *tx)
             .await?;
@@ -349,7 +349,7 @@ impl WorkStore {
     pub async fn staged_items(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         after: &str,
     ) -> Result<Vec<(ManagedIdentity, Evidence)>, StoreError> {
         // Resource Graph's row for the resource, whatever principal it shows: the evidence of health when
@@ -369,7 +369,7 @@ impl WorkStore {
              order by i.object_key limit ?",
         )
         .bind(scan_id)
-        .bind(tenant)
+        .bind(tenant.as_str())
         .bind(after)
         .bind(CHUNK)
         .fetch_all(&self.pool)
@@ -408,18 +408,21 @@ impl WorkStore {
 }
 
 /// A row of [`WorkStore::staged_items`]: the identity and its evidence.
-fn staged_item(r: &SqliteRow, tenant: &str) -> Result<(ManagedIdentity, Evidence), StoreError> {
+fn staged_item(
+    r: &SqliteRow,
+    tenant: &TenantId,
+) -> Result<(ManagedIdentity, Evidence), StoreError> {
     let identity = staged_identity(r, tenant)?;
     let evidence = staged_evidence(r, &identity)?;
     Ok((identity, evidence))
 }
 
-fn staged_identity(r: &SqliteRow, tenant: &str) -> Result<ManagedIdentity, StoreError> {
+fn staged_identity(r: &SqliteRow, tenant: &TenantId) -> Result<ManagedIdentity, StoreError> {
     let t = "scan_items";
     let kind: String = r.try_get("identity_type")?;
     let resource: Option<String> = r.try_get("resource_id")?;
     let names: Option<String> = r.try_get("alternative_names")?;
-    let object_id = ObjectId::from(r.try_get::<String, _>("object_id")?);
+    let object_id = id(r, "object_id")?;
     Ok(ManagedIdentity {
         tenant_id: tenant.to_owned(),
         app_id: r.try_get("app_id")?,
@@ -487,7 +490,8 @@ mod tests {
     #[tokio::test]
     async fn a_restarted_listing_forgets_only_its_own_tenants_pages() {
         let work = WorkStore::open_in_memory().await.expect("work");
-        let mi = |t: &str, id: &str| {
+        let (t1, t2) = (TenantId::new("t1"), TenantId::new("t2"));
+        let mi = |t: &TenantId, id: &str| {
             ManagedIdentity::from_alternative_names(
                 t,
                 id.into(),
@@ -501,20 +505,20 @@ mod tests {
                 ],
             )
         };
-        work.stage_identities("s1", "t1", &[mi("t1", "a"), mi("t1", "b")])
+        work.stage_identities("s1", &t1, &[mi(&t1, "a"), mi(&t1, "b")])
             .await
             .expect("staged");
-        work.stage_identities("s1", "t2", &[mi("t2", "c")])
+        work.stage_identities("s1", &t2, &[mi(&t2, "c")])
             .await
             .expect("staged");
-        work.unstage_tenant("s1", "t1").await.expect("restart");
-        work.stage_identities("s1", "t1", &[mi("t1", "a")])
+        work.unstage_tenant("s1", &t1).await.expect("restart");
+        work.stage_identities("s1", &t1, &[mi(&t1, "a")])
             .await
             .expect("staged");
-        let keys = |t: &'static str| {
-            let work = work.clone();
+        let keys = |t: &TenantId| {
+            let (work, t) = (work.clone(), t.clone());
             async move {
-                work.staged_items("s1", t, "")
+                work.staged_items("s1", &t, "")
                     .await
                     .expect("items")
                     .into_iter()
@@ -523,10 +527,10 @@ mod tests {
             }
         };
         assert_eq!(
-            keys("t1").await,
+            keys(&t1).await,
             ["a"],
             "b was only in the abandoned listing"
         );
-        assert_eq!(keys("t2").await, ["c"]);
+        assert_eq!(keys(&t2).await, ["c"]);
     }
 }
