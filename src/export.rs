@@ -2,7 +2,7 @@
 //! as CSV (RFC 4180, UTF-8, via the `csv` crate) or JSON. Used by `GET /api/v1/export` and
 //! `miaudit export`.
 
-use crate::domain::TenantId;
+use crate::domain::{SubscriptionId, TenantId};
 use crate::lifecycle::State;
 use crate::store::{FindingFilter, StoredFinding};
 use crate::store::{Store, StoreError};
@@ -54,7 +54,11 @@ impl From<&StoredFinding> for Row {
             display_name: f.display_name.clone(),
             identity_type: f.identity_type.as_str().to_owned(),
             resource_id: f.resource_id.clone().unwrap_or_default(),
-            subscription_id: f.subscription_id.clone().unwrap_or_default(),
+            subscription_id: f
+                .subscription_id
+                .as_ref()
+                .map(SubscriptionId::to_string)
+                .unwrap_or_default(),
             reason: f.reason.as_str().to_owned(),
             state: stored
                 .state

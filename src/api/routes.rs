@@ -159,7 +159,7 @@ async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Resp
             IdentityType::parse,
             "system_assigned, user_assigned",
         )?,
-        subscription_id: id_param::<String>(&p, "subscription_id")?.map(|s| s.to_ascii_lowercase()),
+        subscription_id: id_param(&p, "subscription_id")?,
         resource_type: match p.get("resource_type") {
             Some(t) if crate::arm::is_queryable_type(t) => Some(t.to_ascii_lowercase()),
             Some(_) => {

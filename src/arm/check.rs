@@ -7,7 +7,7 @@ use super::{ARM_REFILL_PER_S, ARM_RESERVE, ArmClient, Check, PROBE_API_VERSION, 
 use crate::azure::http::Call;
 use crate::azure::transport::{Handled, parse_count};
 use crate::azure::{Api, Reply};
-use crate::domain::{Answer, ObjectId, ResourceId, TenantId};
+use crate::domain::{Answer, ObjectId, ResourceId, SubscriptionId, TenantId};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -109,7 +109,7 @@ impl ArmClient {
         let call = Call::get(Api::Arm, tenant.as_str(), &url);
         let quota_key = resource
             .subscription_id()
-            .map_or_else(|| "tenant".to_owned(), str::to_ascii_lowercase);
+            .map_or_else(|| "tenant".to_owned(), SubscriptionId::to_string);
         self.pace_arm(&quota_key).await;
         let is_uami = resource.is_user_assigned_identity();
         let res = self
@@ -178,7 +178,7 @@ impl ArmClient {
         &self,
         tenant: &TenantId,
         resource: &ResourceId,
-        provider_subscription: Option<&str>,
+        provider_subscription: Option<&SubscriptionId>,
     ) -> Check {
         // Without discovered versions, ask with one no provider can accept: ARM's refusal lists the
         // versions it takes (NoRegisteredProviderFound / UnsupportedApiVersionValue), and the answer to

@@ -5,7 +5,7 @@ use super::{ARG_PAGE_SIZE, ArmClient, RESOURCE_GRAPH_API_VERSION, non_empty};
 use crate::azure::http::Call;
 use crate::azure::transport::{Handled, parse_count};
 use crate::azure::{Api, AzureError, PageSink, Reply};
-use crate::domain::{ObjectId, TenantId, USER_ASSIGNED_IDENTITY_TYPE};
+use crate::domain::{ObjectId, SubscriptionId, TenantId, USER_ASSIGNED_IDENTITY_TYPE};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -213,7 +213,7 @@ impl ArmClient {
     pub async fn fetch_identity_principals(
         &self,
         tenant: &TenantId,
-        subscriptions: &[String],
+        subscriptions: &[SubscriptionId],
         table: ArgTable,
         types: &[String],
         sink: &mut impl PageSink<ArgHit>,

@@ -5,7 +5,7 @@
 use super::{ArmClient, Check, PROVIDERS_API_VERSION};
 use crate::azure::Api;
 use crate::azure::http::Call;
-use crate::domain::{Answer, ResourceId, TenantId};
+use crate::domain::{Answer, ResourceId, SubscriptionId, TenantId};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -134,7 +134,7 @@ impl ArmClient {
         &self,
         tenant: &TenantId,
         namespace: &str,
-        subscription: Option<&str>,
+        subscription: Option<&SubscriptionId>,
     ) -> Option<Arc<ProviderTypes>> {
         let lookup = self
             .providers
@@ -152,12 +152,12 @@ impl ArmClient {
         &self,
         tenant: &TenantId,
         namespace: &str,
-        subscription: Option<&str>,
+        subscription: Option<&SubscriptionId>,
     ) -> Option<Arc<ProviderTypes>> {
         let mut urls = Vec::new();
         if let Some(s) = subscription {
             urls.extend(self.url(
-                &["subscriptions", s, "providers", namespace],
+                &["subscriptions", s.as_str(), "providers", namespace],
                 PROVIDERS_API_VERSION,
             ));
         }
@@ -211,7 +211,7 @@ impl ArmClient {
         &self,
         tenant: &TenantId,
         resource: &ResourceId,
-        provider_subscription: Option<&str>,
+        provider_subscription: Option<&SubscriptionId>,
     ) -> Result<Versions, String> {
         let learnt = self.learnt.lock().get(&Self::type_key(resource)).cloned();
         let provided = self

@@ -4,7 +4,7 @@
 
 use crate::domain::{
     Answer, Evidence, EvidenceSource, GraphRow, Judgement, ManagedIdentity, ObjectId, Reason,
-    ResourceId, TenantId, Verdict,
+    ResourceId, SubscriptionId, TenantId, Verdict,
 };
 
 /// ARM 404 codes that prove "this resource, its group or its parent is gone" (README, "Verdicts"; verdict
@@ -206,7 +206,9 @@ fn judge_error(
     // The subscription list could not be read: a 403 cannot be told apart from an invisible subscription.
     let visibility_unknown =
         resource.subscription_id().is_some() && evidence.subscription_visible.is_none();
-    let sub = resource.subscription_id().unwrap_or("-");
+    let sub = resource
+        .subscription_id()
+        .map_or("-", SubscriptionId::as_str);
     if evidence.source != EvidenceSource::Arm {
         return judgement(
             Unknown,

@@ -1,7 +1,7 @@
 //! Verdicts and what they rest on: the judge's output and the evidence, and the per-identity finding,
 //! summary and trigger that scanning, recording and publishing share.
 
-use super::{IdentityType, ObjectId, TenantId};
+use super::{IdentityType, ObjectId, SubscriptionId, TenantId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -244,7 +244,7 @@ pub struct Finding {
     pub display_name: String,
     pub identity_type: IdentityType,
     pub resource_id: Option<String>,
-    pub subscription_id: Option<String>,
+    pub subscription_id: Option<SubscriptionId>,
     pub resource_type: Option<String>,
     pub verdict: Verdict,
     pub reason: Reason,

@@ -6,7 +6,9 @@ use super::{FULL_SYNC_EVERY, Scanner, TenantClients};
 use crate::arm::{ARG_SUBSCRIPTION_BATCH, ArgHit, ArgTable, ArmClient, Subscription};
 use crate::azure::PageSink;
 use crate::classify::judge;
-use crate::domain::{Evidence, Finding, ManagedIdentity, ObjectId, Reason, TenantId};
+use crate::domain::{
+    Evidence, Finding, ManagedIdentity, ObjectId, Reason, SubscriptionId, TenantId,
+};
 use crate::report::TenantReport;
 use crate::store::Store;
 use crate::store::work::{Candidate, Checked, WorkStore};
@@ -162,7 +164,7 @@ impl Scanner {
         &self,
         ctx: &Staging<'_>,
         arm: &ArmClient,
-        subscriptions: Option<&HashMap<String, Subscription>>,
+        subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
         trust_arg: bool,
         tr: &mut TenantReport,
     ) -> Result<(), crate::store::StoreError> {
@@ -183,11 +185,11 @@ impl Scanner {
         &self,
         ctx: &Staging<'_>,
         arm: &ArmClient,
-        subscriptions: Option<&HashMap<String, Subscription>>,
+        subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
         tr: &mut TenantReport,
     ) -> Result<(), crate::store::StoreError> {
-        let visible = |sub: &str| visibility(subscriptions, sub);
-        let mut bulk_subs: BTreeSet<String> = BTreeSet::new();
+        let visible = |sub: &SubscriptionId| visibility(subscriptions, sub);
+        let mut bulk_subs: BTreeSet<SubscriptionId> = BTreeSet::new();
         let mut types: HashMap<ArgTable, BTreeSet<String>> = HashMap::new();
         for (sub, t) in ctx.work.staged_targets(ctx.scan_id, ctx.tenant).await? {
             if visible(&sub) == Some(true) && crate::arm::is_queryable_type(&t) {
@@ -195,7 +197,7 @@ impl Scanner {
                 types.entry(ArgTable::for_type(&t)).or_default().insert(t);
             }
         }
-        let subs: Vec<String> = bulk_subs.into_iter().collect();
+        let subs: Vec<SubscriptionId> = bulk_subs.into_iter().collect();
         let mut tables: Vec<_> = types.into_iter().collect();
         tables.sort_by_key(|(t, _)| t.name());
         for (table, tset) in tables {
@@ -222,10 +224,10 @@ impl Scanner {
         &self,
         ctx: &Staging<'_>,
         arm: &ArmClient,
-        subscriptions: Option<&HashMap<String, Subscription>>,
+        subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
         tr: &mut TenantReport,
     ) -> Result<(), crate::store::StoreError> {
-        let visible = |sub: &str| visibility(subscriptions, sub);
+        let visible = |sub: &SubscriptionId| visibility(subscriptions, sub);
         let any_visible = subscriptions.and_then(|s| s.keys().next().cloned());
         let mut after = String::new();
         loop {
@@ -240,13 +242,11 @@ impl Scanner {
                     // The subscription whose providers API names the api-version: the resource's when
                     // visible.
                     let sub = match c.resource.subscription_id() {
-                        Some(s) if visible(s) == Some(true) => Some(s.to_owned()),
+                        Some(s) if visible(s) == Some(true) => Some(s.clone()),
                         _ => any_visible.clone(),
                     };
                     async move {
-                        let check = arm
-                            .check_resource(tenant, &c.resource, sub.as_deref())
-                            .await;
+                        let check = arm.check_resource(tenant, &c.resource, sub.as_ref()).await;
                         (c, check)
                     }
                 }))
@@ -274,10 +274,10 @@ impl Scanner {
     async fn judge_all(
         &self,
         ctx: &Staging<'_>,
-        subscriptions: Option<&HashMap<String, Subscription>>,
+        subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
         tr: &mut TenantReport,
     ) -> Result<(), crate::store::StoreError> {
-        let visible = |sub: &str| visibility(subscriptions, sub);
+        let visible = |sub: &SubscriptionId| visibility(subscriptions, sub);
         let mut failed = 0u64;
         let mut after = String::new();
         loop {
@@ -352,7 +352,7 @@ fn finding(i: ManagedIdentity, ev: &Evidence, j: crate::domain::Judgement) -> Fi
         subscription_id: i
             .resource
             .as_ref()
-            .and_then(|r| r.subscription_id().map(str::to_owned)),
+            .and_then(|r| r.subscription_id().cloned()),
         resource_type: i
             .resource
             .as_ref()
@@ -370,6 +370,9 @@ fn finding(i: ManagedIdentity, ev: &Evidence, j: crate::domain::Judgement) -> Fi
 }
 
 /// Whether the subscription is in the tenant's subscription list; `None` when the list could not be read.
-fn visibility(subscriptions: Option<&HashMap<String, Subscription>>, sub: &str) -> Option<bool> {
-    subscriptions.map(|s| s.contains_key(&sub.to_ascii_lowercase()))
+fn visibility(
+    subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
+    sub: &SubscriptionId,
+) -> Option<bool> {
+    subscriptions.map(|s| s.contains_key(sub))
 }

@@ -3,7 +3,7 @@
 
 use super::rows::{corrupt, count, finding_columns, id, parse_time, tracked_of};
 use super::{Store, StoreError};
-use crate::domain::{Finding, IdentityType, ObjectId, Reason, TenantId, Verdict};
+use crate::domain::{Finding, IdentityType, ObjectId, Reason, SubscriptionId, TenantId, Verdict};
 use crate::lifecycle::{Resolution, State};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -47,7 +47,7 @@ pub struct FindingFilter {
     pub reason: Option<Reason>,
     pub tenant_id: Option<TenantId>,
     pub identity_type: Option<IdentityType>,
-    pub subscription_id: Option<String>,
+    pub subscription_id: Option<SubscriptionId>,
     pub resource_type: Option<String>,
 }
 
@@ -123,7 +123,7 @@ impl Store {
         eq("tenant_id", f.tenant_id.as_ref().map(TenantId::to_string));
         if let Some(s) = &f.subscription_id {
             sql.push_str(" and lower(f.subscription_id) = ?");
-            binds.push(s.to_ascii_lowercase());
+            binds.push(s.to_string());
         }
         if let Some(t) = &f.resource_type {
             sql.push_str(" and f.resource_type = ?");

@@ -3,7 +3,7 @@
 //! that does not parse.
 
 use super::StoreError;
-use crate::domain::{EvidenceReport, Finding, IdentityType, Reason, Verdict};
+use crate::domain::{EvidenceReport, Finding, IdentityType, Reason, SubscriptionId, Verdict};
 use crate::lifecycle::{Resolution, State, Tracked};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -20,7 +20,7 @@ pub(super) fn bind_finding_columns<'q>(q: SqliteQuery<'q>, f: &'q Finding) -> Sq
         .bind(&f.display_name)
         .bind(f.identity_type.as_str())
         .bind(&f.resource_id)
-        .bind(&f.subscription_id)
+        .bind(f.subscription_id.as_ref().map(SubscriptionId::as_str))
         .bind(&f.resource_type)
         .bind(f.verdict.as_str())
         .bind(f.reason.as_str())
@@ -75,7 +75,9 @@ pub(super) fn finding_columns(
         identity_type: IdentityType::parse(&identity_type)
             .ok_or_else(|| corrupt(t, format!("identity_type {identity_type:?}")))?,
         resource_id: r.try_get("resource_id")?,
-        subscription_id: r.try_get("subscription_id")?,
+        subscription_id: r
+            .try_get::<Option<String>, _>("subscription_id")?
+            .map(SubscriptionId::from),
         resource_type: r.try_get("resource_type")?,
         verdict: Verdict::parse(&verdict)
             .ok_or_else(|| corrupt(t, format!("verdict {verdict:?}")))?,

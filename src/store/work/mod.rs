@@ -14,7 +14,8 @@ use super::rows::{bind_finding_columns, corrupt, finding_columns, id, insert_row
 use super::{Store, StoreError};
 use crate::arm::ArgHit;
 use crate::domain::{
-    Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ObjectId, ResourceId,
+    Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ObjectId,
+    ResourceId, SubscriptionId,
 };
 use crate::domain::{Finding, TenantId};
 use sqlx::sqlite::SqliteRow;
@@ -131,7 +132,7 @@ impl WorkStore {
                     .bind(&i.display_name)
                     .bind(i.identity_type.as_str())
                     .bind(r.map(ResourceId::as_str))
-                    .bind(r.and_then(|r| r.subscription_id().map(str::to_ascii_lowercase)))
+                    .bind(r.and_then(ResourceId::subscription_id).map(SubscriptionId::as_str))
                     .bind(r.map(ResourceId::full_type))
                     .bind(if r.is_none() {
                         serde_json::to_string(&i.alternative_names).ok()
@@ -212,12 +213,12 @@ impl WorkStore {
         Ok(())
     }
 
-    /// The (lower-case subscription, resource type) pairs the staged identities name.
+    /// The (subscription, resource type) pairs the staged identities name.
     pub async fn staged_targets(
         &self,
         scan_id: &str,
         tenant: &TenantId,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+    ) -> Result<Vec<(SubscriptionId, String)>, StoreError> {
         let rows = sqlx::query(
             "select distinct subscription_key, resource_type from scan_items
              where scan_id = ? and tenant_id = ? and subscription_key is not null and resource_type is not null",
@@ -227,7 +228,7 @@ impl WorkStore {
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| Ok((id(r, "subscription_key")?, r.try_get("resource_type")?)))
             .collect()
     }
 
