@@ -121,10 +121,10 @@ impl Store {
             f.identity_type.map(|v| v.as_str().to_owned()),
         );
         eq("tenant_id", f.tenant_id.as_ref().map(TenantId::to_string));
-        if let Some(s) = &f.subscription_id {
-            sql.push_str(" and lower(f.subscription_id) = ?");
-            binds.push(s.to_string());
-        }
+        eq(
+            "subscription_id",
+            f.subscription_id.as_ref().map(SubscriptionId::to_string),
+        );
         if let Some(t) = &f.resource_type {
             sql.push_str(" and f.resource_type = ?");
             binds.push(t.to_ascii_lowercase());
