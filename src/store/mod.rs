@@ -272,13 +272,48 @@ mod tests {
             values ('Tenant-B', 'link-b', '2026-01-01T00:00:00+00:00');
     "#;
 
-    /// Every row's ids, per table, with the column that tells the rows apart.
-    async fn rows(pool: &SqlitePool, sql: &str) -> Vec<(String, String, String)> {
-        sqlx::query_as(sqlx::AssertSqlSafe(sql))
-            .fetch_all(pool)
-            .await
-            .expect("rows")
-    }
+    /// What each table holds after the migration: a row's ids and what tells the rows apart.
+    const MIGRATED: &[(&str, &[[&str; 3]])] = &[
+        // The most recently seen finding is kept; on a tie, the one already lower-case.
+        (
+            "select tenant_id || '/' || object_id, display_name, coalesce(subscription_id, '-')
+             from findings order by 1",
+            &[
+                ["tenant-a/obj-1", "newer", "sub-1"],
+                ["tenant-a/obj-2", "alone", "sub-2"],
+                ["tenant-a/obj-3", "lower", "-"],
+            ],
+        ),
+        // Within a scan, the row already lower-case.
+        (
+            "select tenant_id || '/' || object_id, display_name, subscription_id
+             from scan_verdicts order by 1",
+            &[
+                ["tenant-a/obj-1", "lower", "sub-1"],
+                ["tenant-a/obj-4", "alone", "sub-1"],
+            ],
+        ),
+        (
+            "select scan_id, tenant_id, cast(identities as text) from scan_tenants order by 2",
+            &[["s1", "tenant-a", "2"], ["s1", "tenant-b", "3"]],
+        ),
+        // Every history entry, lower-cased.
+        (
+            "select tenant_id, object_id, to_state from finding_history order by id",
+            &[
+                ["tenant-a", "obj-1", "suspected"],
+                ["tenant-a", "obj-1", "confirmed"],
+            ],
+        ),
+        (
+            "select tenant_id, last_scan_id, last_inventory_at from tenant_inventory",
+            &[["tenant-a", "kept", "2026-01-03T00:00:00+00:00"]],
+        ),
+        (
+            "select tenant_id, delta_link, full_sync_at from graph_delta",
+            &[["tenant-b", "link-b", "2026-01-01T00:00:00+00:00"]],
+        ),
+    ];
 
     #[sqlx::test(migrations = false)]
     async fn ids_of_a_database_written_at_0005_are_lower_cased_keeping_one_of_each(
@@ -290,70 +325,17 @@ mod tests {
             .await
             .expect("rows at 0005");
         let store = Store::from_pool(pool).await.expect("migrated");
-        let pool = store.pool();
-        let s = |a: &str, b: &str, c: &str| (a.to_owned(), b.to_owned(), c.to_owned());
-        // The most recently seen finding is kept; on a tie, the one already lower-case.
-        assert_eq!(
-            rows(
-                pool,
-                "select tenant_id || '/' || object_id, display_name, coalesce(subscription_id, '-')
-                 from findings order by 1"
-            )
-            .await,
-            [
-                s("tenant-a/obj-1", "newer", "sub-1"),
-                s("tenant-a/obj-2", "alone", "sub-2"),
-                s("tenant-a/obj-3", "lower", "-"),
-            ]
-        );
-        // Within a scan, the row already lower-case.
-        assert_eq!(
-            rows(
-                pool,
-                "select tenant_id || '/' || object_id, display_name, subscription_id
-                 from scan_verdicts order by 1"
-            )
-            .await,
-            [
-                s("tenant-a/obj-1", "lower", "sub-1"),
-                s("tenant-a/obj-4", "alone", "sub-1"),
-            ]
-        );
-        assert_eq!(
-            rows(
-                pool,
-                "select scan_id, tenant_id, cast(identities as text) from scan_tenants order by 2"
-            )
-            .await,
-            [s("s1", "tenant-a", "2"), s("s1", "tenant-b", "3")]
-        );
-        assert_eq!(
-            rows(
-                pool,
-                "select tenant_id, object_id, to_state from finding_history order by id"
-            )
-            .await,
-            [
-                s("tenant-a", "obj-1", "suspected"),
-                s("tenant-a", "obj-1", "confirmed"),
-            ]
-        );
-        assert_eq!(
-            rows(
-                pool,
-                "select tenant_id, last_scan_id, last_inventory_at from tenant_inventory"
-            )
-            .await,
-            [s("tenant-a", "kept", "2026-01-03T00:00:00+00:00")]
-        );
-        assert_eq!(
-            rows(
-                pool,
-                "select tenant_id, delta_link, full_sync_at from graph_delta"
-            )
-            .await,
-            [s("tenant-b", "link-b", "2026-01-01T00:00:00+00:00")]
-        );
+        for (sql, want) in MIGRATED {
+            let rows: Vec<(String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(*sql))
+                .fetch_all(store.pool())
+                .await
+                .expect("rows");
+            let got: Vec<[&str; 3]> = rows
+                .iter()
+                .map(|(a, b, c)| [a.as_str(), b.as_str(), c.as_str()])
+                .collect();
+            assert_eq!(got, *want, "{sql}");
+        }
         // The store reads them by any case of their ids, through its types.
         let f = store
             .load_finding(&"TENANT-A".into(), &"Obj-1".into())
