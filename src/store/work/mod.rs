@@ -14,10 +14,9 @@ use super::rows::{bind_finding_columns, corrupt, finding_columns, id, insert_row
 use super::{Store, StoreError};
 use crate::arm::ArgHit;
 use crate::domain::{
-    Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ObjectId,
-    ResourceId, SubscriptionId,
+    Answer, Evidence, EvidenceSource, Finding, GraphRow, IdentityType, ManagedIdentity, ObjectId,
+    ResourceId, SubscriptionId, TenantId,
 };
-use crate::domain::{Finding, TenantId};
 use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Row, SqliteConnection, SqlitePool};
