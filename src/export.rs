@@ -2,6 +2,7 @@
 //! as CSV (RFC 4180, UTF-8, via the `csv` crate) or JSON. Used by `GET /api/v1/export` and
 //! `miaudit export`.
 
+use crate::domain::{SubscriptionId, TenantId};
 use crate::lifecycle::State;
 use crate::store::{FindingFilter, StoredFinding};
 use crate::store::{Store, StoreError};
@@ -47,13 +48,17 @@ impl From<&StoredFinding> for Row {
     fn from(stored: &StoredFinding) -> Self {
         let f = &stored.finding;
         Self {
-            tenant_id: f.tenant_id.clone(),
-            object_id: f.object_id.clone(),
+            tenant_id: f.tenant_id.to_string(),
+            object_id: f.object_id.to_string(),
             app_id: f.app_id.clone(),
             display_name: f.display_name.clone(),
             identity_type: f.identity_type.as_str().to_owned(),
             resource_id: f.resource_id.clone().unwrap_or_default(),
-            subscription_id: f.subscription_id.clone().unwrap_or_default(),
+            subscription_id: f
+                .subscription_id
+                .as_ref()
+                .map(SubscriptionId::to_string)
+                .unwrap_or_default(),
             reason: f.reason.as_str().to_owned(),
             state: stored
                 .state
@@ -90,7 +95,7 @@ pub fn neutralise(field: &str) -> String {
 /// The open orphans matching `tenant` and `states` (default: suspected, confirmed, acknowledged).
 pub async fn load_rows(
     store: &Store,
-    tenant: Option<&str>,
+    tenant: Option<&TenantId>,
     states: &[State],
 ) -> Result<Vec<Row>, StoreError> {
     let states = if states.is_empty() {
@@ -100,7 +105,7 @@ pub async fn load_rows(
     };
     let filter = FindingFilter {
         states,
-        tenant_id: tenant.map(str::to_owned),
+        tenant_id: tenant.cloned(),
         ..FindingFilter::default()
     };
     let mut rows = Vec::new();

@@ -7,7 +7,7 @@
 //! the JSON keeps `complete: false`, each tenant's errors, `inventory_complete` and `unjudged`.
 
 use crate::azure::ApiCounts;
-use crate::domain::{Finding, Reason, Summary, Trigger, Verdict};
+use crate::domain::{Finding, Reason, Summary, TenantId, Trigger, Verdict};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -16,7 +16,7 @@ use std::fmt::Write;
 /// Per-tenant outcome.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TenantReport {
-    pub tenant_id: String,
+    pub tenant_id: TenantId,
     pub complete: bool,
     /// The Graph inventory was read to the end (checks may still have failed).
     #[serde(default = "yes")]
@@ -48,9 +48,9 @@ fn yes() -> bool {
 
 impl TenantReport {
     /// A tenant about to be scanned: complete until something fails.
-    pub fn new(tenant: &str) -> Self {
+    pub fn new(tenant: &TenantId) -> Self {
         Self {
-            tenant_id: tenant.to_owned(),
+            tenant_id: tenant.clone(),
             complete: true,
             inventory_complete: true,
             identities: 0,
@@ -141,7 +141,7 @@ pub fn render_json(report: &ScanReport, all: bool) -> String {
             .tenants
             .iter()
             .map(|t| JsonTenant {
-                tenant_id: &t.tenant_id,
+                tenant_id: t.tenant_id.as_str(),
                 complete: t.complete,
                 inventory_complete: t.inventory_complete,
                 identities: t.identities,

@@ -16,7 +16,7 @@ pub mod demo;
 pub mod dev;
 
 use crate::config::{Settings, process_env};
-use crate::domain::Trigger;
+use crate::domain::{TenantId, Trigger};
 use crate::report::ScanReport;
 use crate::report::{render_json, render_table};
 use crate::scan::Scanner;
@@ -91,9 +91,9 @@ pub enum Command {
     Export {
         #[arg(long, value_enum, default_value = "csv")]
         format: ExportFormat,
-        /// Only this tenant.
+        /// Only this tenant (ids compare case-insensitively).
         #[arg(long)]
-        tenant: Option<String>,
+        tenant: Option<TenantId>,
         /// Only these states (comma-separated: suspected, confirmed, acknowledged, resolved).
         #[arg(long)]
         state: Option<String>,
@@ -187,7 +187,7 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            export(&settings, format, tenant.as_deref(), state.as_deref()).await
+            export(&settings, format, tenant.as_ref(), state.as_deref()).await
         }
         #[cfg(feature = "simulator")]
         Command::Demo(args) => demo::run(args, cli.log_format == Some(LogFormat::Json)).await,
@@ -238,7 +238,7 @@ async fn serve(settings: Settings, json: bool) -> ExitCode {
 async fn export(
     settings: &Settings,
     format: ExportFormat,
-    tenant: Option<&str>,
+    tenant: Option<&TenantId>,
     state: Option<&str>,
 ) -> ExitCode {
     let mut states = Vec::new();
@@ -265,13 +265,7 @@ async fn export(
         ExportFormat::Csv => crate::export::Format::Csv,
         ExportFormat::Json => crate::export::Format::Json,
     };
-    match crate::export::load_rows(
-        &store,
-        tenant.map(str::to_ascii_lowercase).as_deref(),
-        &states,
-    )
-    .await
-    {
+    match crate::export::load_rows(&store, tenant, &states).await {
         Ok(rows) => {
             print!("{}", crate::export::render(&rows, fmt));
             ExitCode::from(EXIT_OK)

@@ -13,7 +13,9 @@ use super::{FULL_SYNC_EVERY, Scanner, TenantClients};
 use crate::arm::{ARG_SUBSCRIPTION_BATCH, ArgHit, ArgTable, ArmClient, Subscription};
 use crate::azure::PageSink;
 use crate::classify::judge;
-use crate::domain::{Evidence, Finding, ManagedIdentity, Reason};
+use crate::domain::{
+    Evidence, Finding, ManagedIdentity, ObjectId, Reason, SubscriptionId, TenantId,
+};
 use crate::report::TenantReport;
 use crate::store::Store;
 use crate::store::work::{Candidate, Checked, WorkStore};
@@ -55,7 +57,7 @@ impl Notes {
 /// The subscriptions and resource types (per table) Resource Graph has been asked about.
 #[derive(Debug, Default)]
 struct Asked {
-    subs: BTreeSet<String>,
+    subs: BTreeSet<SubscriptionId>,
     types: HashMap<ArgTable, BTreeSet<String>>,
 }
 
@@ -64,7 +66,7 @@ impl Scanner {
     pub(super) async fn scan_tenant(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         clients: &TenantClients,
         staging: &WorkStore,
         delta: Option<&Store>,
@@ -143,12 +145,11 @@ impl Scanner {
                         .unstage_identities(ctx.scan_id, ctx.tenant, &delta.gone)
                         .await
                         .map_err(staging_error)?;
-                    let gone: std::collections::HashSet<&str> =
-                        delta.gone.iter().map(String::as_str).collect();
+                    let gone: std::collections::HashSet<&ObjectId> = delta.gone.iter().collect();
                     let changed: Vec<ManagedIdentity> = delta
                         .changed
                         .into_iter()
-                        .filter(|i| !gone.contains(i.object_id.to_ascii_lowercase().as_str()))
+                        .filter(|i| !gone.contains(&i.object_id))
                         .collect();
                     ctx.work
                         .stage_identities(ctx.scan_id, ctx.tenant, &changed)
@@ -295,7 +296,7 @@ impl Scanner {
         &self,
         ctx: &Staging<'_>,
         arm: &ArmClient,
-        subscriptions: Option<&HashMap<String, Subscription>>,
+        subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
         mut watcher: watch::Receiver<Progress>,
         notes: &mut Notes,
     ) -> Result<(), crate::store::StoreError> {
@@ -339,11 +340,11 @@ impl Scanner {
         &self,
         ctx: &Staging<'_>,
         arm: &ArmClient,
-        subscriptions: Option<&HashMap<String, Subscription>>,
+        subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
         must_check_only: bool,
         notes: &mut Notes,
     ) -> Result<(), crate::store::StoreError> {
-        let visible = |sub: &str| visibility(subscriptions, sub);
+        let visible = |sub: &SubscriptionId| visibility(subscriptions, sub);
         let any_visible = subscriptions.and_then(|s| s.keys().next().cloned());
         let mut after = String::new();
         loop {
@@ -352,7 +353,7 @@ impl Scanner {
                 .candidates(ctx.scan_id, ctx.tenant, &after, must_check_only)
                 .await?;
             let Some(last) = chunk.last() else { break };
-            after.clone_from(&last.object_key);
+            after = last.object_id.to_string();
             tracing::debug!(candidates = chunk.len(), "confirming candidates with ARM");
             notes.arm_checks += chunk.len() as u64;
             let tenant = ctx.tenant;
@@ -361,13 +362,11 @@ impl Scanner {
                     // The subscription whose providers API names the api-version: the resource's when
                     // visible.
                     let sub = match c.resource.subscription_id() {
-                        Some(s) if visible(s) == Some(true) => Some(s.to_owned()),
+                        Some(s) if visible(s) == Some(true) => Some(s.clone()),
                         _ => any_visible.clone(),
                     };
                     async move {
-                        let check = arm
-                            .check_resource(tenant, &c.resource, sub.as_deref())
-                            .await;
+                        let check = arm.check_resource(tenant, &c.resource, sub.as_ref()).await;
                         (c, check)
                     }
                 }))
@@ -377,7 +376,7 @@ impl Scanner {
             let rows: Vec<_> = checks
                 .iter()
                 .map(|(c, check)| Checked {
-                    object_key: &c.object_key,
+                    object_id: &c.object_id,
                     answer: &check.answer,
                     request_id: check.request_id.as_deref(),
                     correlation_request_id: check.correlation_request_id.as_deref(),
@@ -395,10 +394,10 @@ impl Scanner {
     async fn judge_all(
         &self,
         ctx: &Staging<'_>,
-        subscriptions: Option<&HashMap<String, Subscription>>,
+        subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
         tr: &mut TenantReport,
     ) -> Result<(), crate::store::StoreError> {
-        let visible = |sub: &str| visibility(subscriptions, sub);
+        let visible = |sub: &SubscriptionId| visibility(subscriptions, sub);
         let mut failed = 0u64;
         let mut after = String::new();
         loop {
@@ -406,12 +405,12 @@ impl Scanner {
                 .work
                 .staged_items(ctx.scan_id, ctx.tenant, &after)
                 .await?;
-            let Some((last, _, _)) = chunk.last() else {
+            let Some((last, _)) = chunk.last() else {
                 break;
             };
-            after.clone_from(last);
+            after = last.object_id.to_string();
             let mut findings = Vec::with_capacity(chunk.len());
-            for (_, identity, mut ev) in chunk {
+            for (identity, mut ev) in chunk {
                 if let Some(r) = &identity.resource {
                     ev.subscription_visible = r.subscription_id().and_then(visible);
                 }
@@ -439,7 +438,7 @@ impl Scanner {
 struct Staging<'a> {
     work: &'a WorkStore,
     scan_id: &'a str,
-    tenant: &'a str,
+    tenant: &'a TenantId,
     /// Told of each staged Graph page (Resource Graph starts on the first).
     progress: Option<&'a watch::Sender<Progress>>,
 }
@@ -479,7 +478,7 @@ fn finding(i: ManagedIdentity, ev: &Evidence, j: crate::domain::Judgement) -> Fi
         subscription_id: i
             .resource
             .as_ref()
-            .and_then(|r| r.subscription_id().map(str::to_owned)),
+            .and_then(|r| r.subscription_id().cloned()),
         resource_type: i
             .resource
             .as_ref()
@@ -497,7 +496,8 @@ fn finding(i: ManagedIdentity, ev: &Evidence, j: crate::domain::Judgement) -> Fi
 }
 
 /// The evidence stages' outcome: the subscription list (`None` when it could not be read) and notes.
-type Resolved = Result<(Option<HashMap<String, Subscription>>, Notes), crate::store::StoreError>;
+type Resolved =
+    Result<(Option<HashMap<SubscriptionId, Subscription>>, Notes), crate::store::StoreError>;
 
 /// Waits for the inventory's end: `true` when it was read to the end.
 async fn listed_in_full(mut watcher: watch::Receiver<Progress>) -> bool {
@@ -513,9 +513,9 @@ impl Asked {
     /// the new subscriptions. The areas are disjoint from what was asked, so no row comes twice.
     fn extend(
         &mut self,
-        targets: Vec<(String, String)>,
-        visible: impl Fn(&str) -> Option<bool>,
-    ) -> Vec<(ArgTable, Vec<String>, Vec<String>)> {
+        targets: Vec<(SubscriptionId, String)>,
+        visible: impl Fn(&SubscriptionId) -> Option<bool>,
+    ) -> Vec<(ArgTable, Vec<String>, Vec<SubscriptionId>)> {
         let mut subs = BTreeSet::new();
         let mut types: HashMap<ArgTable, BTreeSet<String>> = HashMap::new();
         for (sub, t) in targets {
@@ -524,9 +524,9 @@ impl Asked {
                 types.entry(ArgTable::for_type(&t)).or_default().insert(t);
             }
         }
-        let new_subs: Vec<String> = subs.difference(&self.subs).cloned().collect();
+        let new_subs: Vec<SubscriptionId> = subs.difference(&self.subs).cloned().collect();
         self.subs.extend(subs);
-        let all_subs: Vec<String> = self.subs.iter().cloned().collect();
+        let all_subs: Vec<SubscriptionId> = self.subs.iter().cloned().collect();
         let mut tables: Vec<ArgTable> = types.keys().chain(self.types.keys()).copied().collect();
         tables.sort_by_key(|t| t.name());
         tables.dedup();
@@ -549,6 +549,9 @@ impl Asked {
 }
 
 /// Whether the subscription is in the tenant's subscription list; `None` when the list could not be read.
-fn visibility(subscriptions: Option<&HashMap<String, Subscription>>, sub: &str) -> Option<bool> {
-    subscriptions.map(|s| s.contains_key(&sub.to_ascii_lowercase()))
+fn visibility(
+    subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
+    sub: &SubscriptionId,
+) -> Option<bool> {
+    subscriptions.map(|s| s.contains_key(sub))
 }

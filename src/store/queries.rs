@@ -1,9 +1,9 @@
 //! Read queries of the API and the export: the findings list (filters, keyset cursor), one finding and
 //! its history, counts per state and per verdict, a scan's verdicts.
 
-use super::rows::{corrupt, count, finding_columns, parse_time, tracked_of};
+use super::rows::{corrupt, count, finding_columns, id, parse_time, tracked_of};
 use super::{Store, StoreError};
-use crate::domain::{Finding, IdentityType, Reason, Verdict};
+use crate::domain::{Finding, IdentityType, ObjectId, Reason, SubscriptionId, TenantId, Verdict};
 use crate::lifecycle::{Resolution, State};
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -45,14 +45,14 @@ pub struct FindingFilter {
     pub states: Vec<State>,
     pub verdict: Option<Verdict>,
     pub reason: Option<Reason>,
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<TenantId>,
     pub identity_type: Option<IdentityType>,
-    pub subscription_id: Option<String>,
+    pub subscription_id: Option<SubscriptionId>,
     pub resource_type: Option<String>,
 }
 
 /// Keyset cursor of the findings list: the last (tenant_id, object_id) of the previous page.
-pub type FindingCursor = (String, String);
+pub type FindingCursor = (TenantId, ObjectId);
 
 fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> {
     let t = "findings";
@@ -120,22 +120,19 @@ impl Store {
             "identity_type",
             f.identity_type.map(|v| v.as_str().to_owned()),
         );
+        eq("tenant_id", f.tenant_id.as_ref().map(TenantId::to_string));
         eq(
-            "tenant_id",
-            f.tenant_id.clone().map(|s| s.to_ascii_lowercase()),
+            "subscription_id",
+            f.subscription_id.as_ref().map(SubscriptionId::to_string),
         );
-        if let Some(s) = &f.subscription_id {
-            sql.push_str(" and lower(f.subscription_id) = ?");
-            binds.push(s.to_ascii_lowercase());
-        }
         if let Some(t) = &f.resource_type {
             sql.push_str(" and f.resource_type = ?");
             binds.push(t.to_ascii_lowercase());
         }
         if let Some((t, o)) = after {
             sql.push_str(" and (f.tenant_id, f.object_id) > (?, ?)");
-            binds.push(t.clone());
-            binds.push(o.clone());
+            binds.push(t.to_string());
+            binds.push(o.to_string());
         }
         sql.push_str(" order by f.tenant_id, f.object_id limit ?");
         // Only static fragments and placeholders went into `sql`; every value is bound.
@@ -149,16 +146,16 @@ impl Store {
 
     pub async fn load_finding(
         &self,
-        tenant: &str,
-        object: &str,
+        tenant: &TenantId,
+        object: &ObjectId,
     ) -> Result<Option<StoredFinding>, StoreError> {
         let row = sqlx::query(
             "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
              from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id
              where f.tenant_id = ? and f.object_id = ?",
         )
-        .bind(tenant.to_ascii_lowercase())
-        .bind(object.to_ascii_lowercase())
+        .bind(tenant.as_str())
+        .bind(object.as_str())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(finding_of).transpose()
@@ -167,14 +164,14 @@ impl Store {
     /// Every transition of a finding, across episodes, oldest first.
     pub async fn load_history(
         &self,
-        tenant: &str,
-        object: &str,
+        tenant: &TenantId,
+        object: &ObjectId,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
             "select * from finding_history where tenant_id = ? and object_id = ? order by id",
         )
-        .bind(tenant.to_ascii_lowercase())
-        .bind(object.to_ascii_lowercase())
+        .bind(tenant.as_str())
+        .bind(object.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -200,7 +197,7 @@ impl Store {
     /// Findings per tenant and state (`None`: healthy identities).
     pub async fn count_findings_by_state(
         &self,
-    ) -> Result<Vec<(String, Option<State>, u64)>, StoreError> {
+    ) -> Result<Vec<(TenantId, Option<State>, u64)>, StoreError> {
         let rows = sqlx::query(
             "select tenant_id, state, count(*) as n from findings group by tenant_id, state",
         )
@@ -210,7 +207,7 @@ impl Store {
             .map(|r| {
                 let s: Option<String> = r.try_get("state")?;
                 Ok((
-                    r.try_get("tenant_id")?,
+                    id(r, "tenant_id")?,
                     s.as_deref().and_then(State::parse),
                     count(r.try_get("n")?),
                 ))
@@ -219,7 +216,7 @@ impl Store {
     }
 
     /// Identities per verdict and tenant in the newest finished scan that covered each tenant.
-    pub async fn latest_verdict_counts(&self) -> Result<Vec<(String, Verdict, u64)>, StoreError> {
+    pub async fn latest_verdict_counts(&self) -> Result<Vec<(TenantId, Verdict, u64)>, StoreError> {
         let rows = sqlx::query(
             // Each tenant's latest scan first, then only that scan's rows (through the primary key),
             // rather than a subquery per row of every retained scan.
@@ -239,7 +236,7 @@ impl Store {
             .map(|r| {
                 let v: String = r.try_get("verdict")?;
                 Ok((
-                    r.try_get("tenant_id")?,
+                    id(r, "tenant_id")?,
                     Verdict::parse(&v)
                         .ok_or_else(|| corrupt("scan_verdicts", format!("verdict {v:?}")))?,
                     count(r.try_get("n")?),
@@ -281,7 +278,7 @@ mod tests {
             .await
             .expect("s2");
         let f = store
-            .load_finding(T, "h1")
+            .load_finding(&T.into(), &"h1".into())
             .await
             .expect("load")
             .expect("present");
@@ -293,7 +290,7 @@ mod tests {
             .await
             .expect("s3");
         let f = store
-            .load_finding(T, "h1")
+            .load_finding(&T.into(), &"h1".into())
             .await
             .expect("load")
             .expect("present");

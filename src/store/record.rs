@@ -6,7 +6,7 @@
 use super::lifecycle::apply_lifecycle;
 use super::work::WorkFile;
 use super::{Store, StoreError};
-use crate::domain::Finding;
+use crate::domain::{Finding, TenantId};
 use crate::report::ScanReport;
 use std::collections::BTreeMap;
 
@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recorded {
     /// Findings that entered `confirmed`.
-    pub newly_confirmed: BTreeMap<String, u64>,
+    pub newly_confirmed: BTreeMap<TenantId, u64>,
     /// How long the recording transaction took (begin to commit).
     pub transaction: std::time::Duration,
 }
@@ -138,7 +138,7 @@ async fn write_scan(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), StoreErr
              values (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&report.scan_id)
-        .bind(&t.tenant_id)
+        .bind(t.tenant_id.as_str())
         .bind(t.complete)
         .bind(i64::try_from(t.identities).unwrap_or(i64::MAX))
         .bind(serde_json::to_string(&t.errors).unwrap_or_else(|_| "[]".into()))
@@ -175,7 +175,7 @@ async fn write_delta_links(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), S
                  on conflict (tenant_id) do update set delta_link = excluded.delta_link,
                      full_sync_at = excluded.full_sync_at",
             )
-            .bind(&t.tenant_id)
+            .bind(t.tenant_id.as_str())
             .bind(link)
             .bind(at.to_rfc3339())
             .execute(&mut **tx)
@@ -277,7 +277,7 @@ mod timing {
             .map(|i| Finding {
                 tenant_id: "t".into(),
                 // Random-looking, like Graph's object ids.
-                object_id: format!("{:016x}-0000-0000-0000", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
+                object_id: format!("{:016x}-0000-0000-0000", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)).into(),
                 app_id: format!("{i:08x}-aaaa-0000-0000-000000000000"),
                 display_name: format!("vm-{i}"),
                 identity_type: IdentityType::SystemAssigned,
