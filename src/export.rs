@@ -6,6 +6,7 @@
 //! written to the output as it arrives, so memory does not grow with the number of findings, and no
 //! reader of the output, however slow, holds the database's snapshot for longer than a page.
 
+use crate::domain::{SubscriptionId, TenantId};
 use crate::lifecycle::State;
 use crate::output::JsonArray;
 use crate::store::{FindingCursor, FindingFilter, StoredFinding};
@@ -54,13 +55,17 @@ impl From<&StoredFinding> for Row {
     fn from(stored: &StoredFinding) -> Self {
         let f = &stored.finding;
         Self {
-            tenant_id: f.tenant_id.clone(),
-            object_id: f.object_id.clone(),
+            tenant_id: f.tenant_id.to_string(),
+            object_id: f.object_id.to_string(),
             app_id: f.app_id.clone(),
             display_name: f.display_name.clone(),
             identity_type: f.identity_type.as_str().to_owned(),
             resource_id: f.resource_id.clone().unwrap_or_default(),
-            subscription_id: f.subscription_id.clone().unwrap_or_default(),
+            subscription_id: f
+                .subscription_id
+                .as_ref()
+                .map(SubscriptionId::to_string)
+                .unwrap_or_default(),
             reason: f.reason.as_str().to_owned(),
             state: stored
                 .state
@@ -142,7 +147,7 @@ pub struct Export {
 }
 
 impl Export {
-    pub fn new(tenant: Option<&str>, states: &[State], format: Format) -> Self {
+    pub fn new(tenant: Option<&TenantId>, states: &[State], format: Format) -> Self {
         let states = if states.is_empty() {
             vec![State::Suspected, State::Confirmed, State::Acknowledged]
         } else {
@@ -153,7 +158,7 @@ impl Export {
             page: PAGE,
             filter: FindingFilter {
                 states,
-                tenant_id: tenant.map(str::to_owned),
+                tenant_id: tenant.cloned(),
                 ..FindingFilter::default()
             },
             after: None,
@@ -274,7 +279,7 @@ mod tests {
 
         pub async fn load_rows(
             store: &Store,
-            tenant: Option<&str>,
+            tenant: Option<&TenantId>,
             states: &[State],
         ) -> Result<Vec<Row>, StoreError> {
             let states = if states.is_empty() {
@@ -284,7 +289,7 @@ mod tests {
             };
             let filter = FindingFilter {
                 states,
-                tenant_id: tenant.map(str::to_owned),
+                tenant_id: tenant.cloned(),
                 ..FindingFilter::default()
             };
             let mut rows = Vec::new();
@@ -353,7 +358,10 @@ mod tests {
         healthy.reason = Reason::ResourcePresent;
         findings.push(healthy);
         let mut report = crate::store::fixtures::scan("s1", 0, findings, true);
-        report.tenants = vec![TenantReport::new("t1"), TenantReport::new("t2")];
+        report.tenants = vec![
+            TenantReport::new(&"t1".into()),
+            TenantReport::new(&"t2".into()),
+        ];
         store
             .record_scan(&report, std::time::Duration::ZERO)
             .await
@@ -368,7 +376,8 @@ mod tests {
         format: Format,
         page: u32,
     ) -> Vec<Vec<u8>> {
-        let mut export = Export::new(tenant, &[], format);
+        let tenant = tenant.map(TenantId::from);
+        let mut export = Export::new(tenant.as_ref(), &[], format);
         export.page = page;
         let mut parts = Vec::new();
         loop {
@@ -387,7 +396,9 @@ mod tests {
         for format in [Format::Csv, Format::Json] {
             for tenant in [None, Some("t2"), Some("nobody")] {
                 let want = whole::render(
-                    &whole::load_rows(&store, tenant, &[]).await.expect("rows"),
+                    &whole::load_rows(&store, tenant.map(TenantId::from).as_ref(), &[])
+                        .await
+                        .expect("rows"),
                     format,
                 );
                 for page in [1, 3, 7, 1000] {

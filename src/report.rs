@@ -11,7 +11,7 @@
 //! each written as it arrives, so the report's memory does not grow with the tenant.
 
 use crate::azure::ApiCounts;
-use crate::domain::{Finding, Reason, Summary, Trigger, Verdict};
+use crate::domain::{Finding, Reason, Summary, TenantId, Trigger, Verdict};
 use crate::output::{JsonArray, close_object, open_object_field};
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
@@ -24,7 +24,7 @@ use std::io::Write;
 /// Per-tenant outcome.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TenantReport {
-    pub tenant_id: String,
+    pub tenant_id: TenantId,
     pub complete: bool,
     /// The Graph inventory was read to the end (checks may still have failed).
     #[serde(default = "yes")]
@@ -56,9 +56,9 @@ fn yes() -> bool {
 
 impl TenantReport {
     /// A tenant about to be scanned: complete until something fails.
-    pub fn new(tenant: &str) -> Self {
+    pub fn new(tenant: &TenantId) -> Self {
         Self {
-            tenant_id: tenant.to_owned(),
+            tenant_id: tenant.clone(),
             complete: true,
             inventory_complete: true,
             identities: 0,
@@ -141,7 +141,7 @@ impl<'a> JsonHead<'a> {
                 .tenants
                 .iter()
                 .map(|t| JsonTenant {
-                    tenant_id: &t.tenant_id,
+                    tenant_id: t.tenant_id.as_str(),
                     complete: t.complete,
                     inventory_complete: t.inventory_complete,
                     identities: t.identities,
@@ -390,7 +390,7 @@ mod tests {
 
     fn identity(tenant: &str, n: u32, verdict: Verdict, reason: Reason) -> Finding {
         let mut f = check_failed(tenant);
-        f.object_id = format!("00000000-0000-0000-0000-00000000000{n}");
+        f.object_id = format!("00000000-0000-0000-0000-00000000000{n}").into();
         f.app_id = format!("10000000-0000-0000-0000-00000000000{n}");
         f.verdict = verdict;
         f.reason = reason;
@@ -425,17 +425,32 @@ mod tests {
         );
         let t2 = tenant("t2", false, true, 2);
         let mut orphan = identity(
-            &t1.tenant_id,
+            t1.tenant_id.as_str(),
             1,
             Verdict::Orphaned,
             Reason::ResourceNotFound,
         );
         orphan.display_name = "vm-één, \"quoted\"".into();
-        let mut long = identity(&t1.tenant_id, 2, Verdict::Healthy, Reason::ResourcePresent);
+        let mut long = identity(
+            t1.tenant_id.as_str(),
+            2,
+            Verdict::Healthy,
+            Reason::ResourcePresent,
+        );
         long.display_name = "a-display-name-much-longer-than-the-column-allows".into();
-        let mut denied = identity(&t1.tenant_id, 3, Verdict::Unknown, Reason::AccessDenied);
+        let mut denied = identity(
+            t1.tenant_id.as_str(),
+            3,
+            Verdict::Unknown,
+            Reason::AccessDenied,
+        );
         denied.resource_id = None;
-        let healthy = identity(&t1.tenant_id, 4, Verdict::Healthy, Reason::ResourcePresent);
+        let healthy = identity(
+            t1.tenant_id.as_str(),
+            4,
+            Verdict::Healthy,
+            Reason::ResourcePresent,
+        );
         let mut failed = identity("t2", 5, Verdict::Unknown, Reason::CheckFailed);
         failed.detail = "no answer:\nthe second line".into();
         failed.evidence.status = None;
@@ -622,7 +637,7 @@ mod tests {
                 .map(move |i| {
                     s.lock().push(w.load(Ordering::SeqCst));
                     let mut f = template.clone();
-                    f.object_id = format!("{i:08}");
+                    f.object_id = format!("{i:08}").into();
                     Ok(f)
                 })
                 .boxed();

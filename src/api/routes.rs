@@ -2,7 +2,7 @@
 
 use super::{AppState, Params, Problem, authorize, decode_cursor, encode_cursor};
 use crate::domain::Trigger;
-use crate::domain::{IdentityType, Reason, Verdict};
+use crate::domain::{IdentityType, ObjectId, Reason, TenantId, Verdict};
 use crate::export;
 use crate::lifecycle::{AckRefused, State};
 use crate::output::JsonArray;
@@ -116,7 +116,8 @@ fn states_param(p: &Params) -> Result<Vec<State>, Problem> {
     }
 }
 
-fn tenant_param(p: &Params, k: &str) -> Result<Option<String>, Problem> {
+/// An id parameter (tenant, subscription), in its id type (which lower-cases it).
+fn id_param<T: for<'a> From<&'a str>>(p: &Params, k: &str) -> Result<Option<T>, Problem> {
     match p.get(k) {
         None => Ok(None),
         Some(v)
@@ -124,7 +125,7 @@ fn tenant_param(p: &Params, k: &str) -> Result<Option<String>, Problem> {
                 && v.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) =>
         {
-            Ok(Some(v.to_ascii_lowercase()))
+            Ok(Some(T::from(v)))
         }
         Some(_) => Err(Problem::bad_request(format!("{k} is not a valid id"))),
     }
@@ -154,13 +155,13 @@ async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Resp
             Reason::parse,
             "a reason code such as resource_not_found",
         )?,
-        tenant_id: tenant_param(&p, "tenant_id")?,
+        tenant_id: id_param(&p, "tenant_id")?,
         identity_type: p.one_of(
             "identity_type",
             IdentityType::parse,
             "system_assigned, user_assigned",
         )?,
-        subscription_id: tenant_param(&p, "subscription_id")?,
+        subscription_id: id_param(&p, "subscription_id")?,
         resource_type: match p.get("resource_type") {
             Some(t) if crate::arm::is_queryable_type(t) => Some(t.to_ascii_lowercase()),
             Some(_) => {
@@ -174,7 +175,7 @@ async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Resp
     let after = match p.get("cursor") {
         Some(c) => {
             let v = decode_cursor(c, 2)?;
-            Some((v[0].clone(), v[1].clone()))
+            Some((TenantId::from(v[0].as_str()), ObjectId::from(v[1].as_str())))
         }
         None => None,
     };
@@ -216,7 +217,7 @@ async fn findings_page(
     items.close(&mut body)?;
     let next = last
         .filter(|_| more)
-        .map(|f| encode_cursor(&[&f.tenant_id, &f.object_id]));
+        .map(|f| encode_cursor(&[f.tenant_id.as_str(), f.object_id.as_str()]));
     body.extend_from_slice(b",\"next_cursor\":");
     serde_json::to_writer(&mut body, &next)?;
     body.push(b'}');
@@ -244,10 +245,17 @@ fn check_path_id(v: &str, what: &str) -> Result<(), Problem> {
     Ok(())
 }
 
+/// The tenant and object ids of a finding's path, checked.
+fn finding_ids((tenant, object): (String, String)) -> Result<(TenantId, ObjectId), Problem> {
+    check_path_id(&tenant, "tenant id")?;
+    check_path_id(&object, "object id")?;
+    Ok((TenantId::from(tenant), ObjectId::from(object)))
+}
+
 async fn finding_with_history(
     st: &AppState,
-    tenant: &str,
-    object: &str,
+    tenant: &TenantId,
+    object: &ObjectId,
 ) -> Result<Option<Value>, Problem> {
     let Some(f) = st
         .store
@@ -271,9 +279,7 @@ async fn one_finding(
     S(st): S<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let (tenant, object) = path(p)?;
-    check_path_id(&tenant, "tenant id")?;
-    check_path_id(&object, "object id")?;
+    let (tenant, object) = finding_ids(path(p)?)?;
     match finding_with_history(&st, &tenant, &object).await? {
         Some(v) => Ok(json_ok(StatusCode::OK, &v)),
         None => Err(Problem::new(
@@ -289,10 +295,9 @@ async fn acknowledge(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let (tenant, object) = path(p)?;
+    let ids = path(p)?;
     authorize(&st, &headers)?;
-    check_path_id(&tenant, "tenant id")?;
-    check_path_id(&object, "object id")?;
+    let (tenant, object) = finding_ids(ids)?;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Ack {
@@ -434,9 +439,9 @@ async fn export_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Re
         Some("json") => export::Format::Json,
         Some(_) => return Err(Problem::bad_request("format must be csv or json")),
     };
-    let tenant = tenant_param(&p, "tenant_id")?;
+    let tenant: Option<TenantId> = id_param(&p, "tenant_id")?;
     let states = states_param(&p)?;
-    let mut export = export::Export::new(tenant.as_deref(), &states, format);
+    let mut export = export::Export::new(tenant.as_ref(), &states, format);
     // The first page before the answer: a database that fails at once is a 503, not a broken body.
     let mut first = Vec::new();
     let more = export

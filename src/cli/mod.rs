@@ -16,7 +16,7 @@ pub mod demo;
 pub mod dev;
 
 use crate::config::{Settings, process_env};
-use crate::domain::{Trigger, Verdict};
+use crate::domain::{TenantId, Trigger, Verdict};
 use crate::report::{Listed, ScanReport, WriteError, own_listed, write_json, write_table};
 use crate::scan::Scanner;
 use crate::store::Store;
@@ -93,9 +93,9 @@ pub enum Command {
     Export {
         #[arg(long, value_enum, default_value = "csv")]
         format: ExportFormat,
-        /// Only this tenant.
+        /// Only this tenant (ids compare case-insensitively).
         #[arg(long)]
-        tenant: Option<String>,
+        tenant: Option<TenantId>,
         /// Only these states (comma-separated: suspected, confirmed, acknowledged, resolved).
         #[arg(long)]
         state: Option<String>,
@@ -189,7 +189,7 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            export(&settings, format, tenant.as_deref(), state.as_deref()).await
+            export(&settings, format, tenant.as_ref(), state.as_deref()).await
         }
         #[cfg(feature = "simulator")]
         Command::Demo(args) => demo::run(args, cli.log_format == Some(LogFormat::Json)).await,
@@ -240,7 +240,7 @@ async fn serve(settings: Settings, json: bool) -> ExitCode {
 async fn export(
     settings: &Settings,
     format: ExportFormat,
-    tenant: Option<&str>,
+    tenant: Option<&TenantId>,
     state: Option<&str>,
 ) -> ExitCode {
     let mut states = Vec::new();
@@ -267,8 +267,7 @@ async fn export(
         ExportFormat::Csv => crate::export::Format::Csv,
         ExportFormat::Json => crate::export::Format::Json,
     };
-    let export =
-        crate::export::Export::new(tenant.map(str::to_ascii_lowercase).as_deref(), &states, fmt);
+    let export = crate::export::Export::new(tenant, &states, fmt);
     let mut out = stdout();
     let written = match export.write_all(&store, &mut out).await {
         Ok(()) => out.flush().map_err(crate::export::ExportError::from),

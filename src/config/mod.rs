@@ -15,6 +15,7 @@ mod sections;
 #[cfg(test)]
 mod tests;
 
+use crate::domain::TenantId;
 use read::*;
 pub use read::{parse_duration, parse_size};
 pub use secrets::Secret;
@@ -91,7 +92,7 @@ pub struct AuthSettings {
 
 #[derive(Debug, Clone)]
 pub struct TenantSettings {
-    pub id: String,
+    pub id: TenantId,
     pub name: Option<String>,
 }
 
@@ -264,7 +265,7 @@ impl Settings {
         }
     }
 
-    pub fn tenant_ids(&self) -> Vec<String> {
+    pub fn tenant_ids(&self) -> Vec<TenantId> {
         self.tenants.iter().map(|t| t.id.clone()).collect()
     }
 }

@@ -116,7 +116,7 @@ pub(super) fn read_tenants(r: &mut Reader<'_>, env: &Env) -> Vec<TenantSettings>
                 Some(id) if is_tenant_id(id) => tenants.push((
                     format!("tenants[{n}]"),
                     TenantSettings {
-                        id: id.trim().to_ascii_lowercase(),
+                        id: TenantId::new(id),
                         name: t
                             .get("name")
                             .and_then(toml::Value::as_str)
@@ -137,7 +137,7 @@ pub(super) fn read_tenants(r: &mut Reader<'_>, env: &Env) -> Vec<TenantSettings>
             tenants.push((
                 "AZURE_TENANT_ID".into(),
                 TenantSettings {
-                    id: id.trim().to_ascii_lowercase(),
+                    id: TenantId::new(id),
                     name: None,
                 },
             ));

@@ -326,3 +326,133 @@ impl Store {
         self.writable
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SubscriptionId;
+
+    /// Rows of every table that holds ids, written at schema 0005 with ids in mixed case.
+    const MIXED_CASE_ROWS: &str = r#"
+        insert into scans (scan_id, started_at, finished_at, complete, trigger, outcome)
+            values ('s1', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00', 1, 'cli', 'completed');
+        insert into scan_tenants (scan_id, tenant_id, complete, identities, errors, requests)
+            values ('s1', 'TENANT-A', 1, 1, '[]', '{}'), ('s1', 'tenant-a', 1, 2, '[]', '{}'),
+                   ('s1', 'Tenant-B', 1, 3, '[]', '{}');
+        insert into scan_verdicts (scan_id, tenant_id, object_id, app_id, display_name, identity_type,
+                resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)
+            values ('s1', 'tenant-a', 'OBJ-1', 'a', 'upper', 'system_assigned', null, 'SUB-1', null,
+                    'orphaned', 'resource_not_found', 'd', '{}'),
+                   ('s1', 'tenant-a', 'obj-1', 'a', 'lower', 'system_assigned', null, 'sub-1', null,
+                    'orphaned', 'resource_not_found', 'd', '{}'),
+                   ('s1', 'TENANT-A', 'Obj-4', 'a', 'alone', 'system_assigned', null, 'Sub-1', null,
+                    'healthy', 'resource_present', 'd', '{}');
+        insert into findings (tenant_id, object_id, app_id, display_name, identity_type, subscription_id,
+                verdict, reason, detail, evidence, state, last_seen_at, last_scan_id)
+            values ('TENANT-A', 'OBJ-1', 'a', 'newer', 'system_assigned', 'SUB-1', 'orphaned',
+                    'resource_not_found', 'd', '{"source":"arm"}', 'confirmed', '2026-01-02T00:00:00+00:00', 's1'),
+                   ('tenant-a', 'obj-1', 'a', 'older', 'system_assigned', 'sub-1', 'healthy',
+                    'resource_present', 'd', '{"source":"arm"}', null, '2026-01-01T00:00:00+00:00', 's1'),
+                   ('Tenant-A', 'obj-3', 'a', 'mixed', 'system_assigned', null, 'healthy',
+                    'resource_present', 'd', '{"source":"arm"}', null, '2026-01-01T00:00:00+00:00', 's1'),
+                   ('tenant-a', 'obj-3', 'a', 'lower', 'system_assigned', null, 'healthy',
+                    'resource_present', 'd', '{"source":"arm"}', null, '2026-01-01T00:00:00+00:00', 's1'),
+                   ('tenant-a', 'obj-2', 'a', 'alone', 'system_assigned', 'SUB-2', 'orphaned',
+                    'resource_not_found', 'd', '{"source":"arm"}', 'suspected', '2026-01-01T00:00:00+00:00', 's1');
+        insert into finding_history (tenant_id, object_id, episode, at, scan_id, to_state)
+            values ('TENANT-A', 'OBJ-1', 1, '2026-01-01T00:00:00+00:00', 's1', 'suspected'),
+                   ('tenant-a', 'obj-1', 1, '2026-01-02T00:00:00+00:00', 's1', 'confirmed');
+        insert into tenant_inventory (tenant_id, last_inventory_at, last_scan_id)
+            values ('TENANT-A', '2026-01-03T00:00:00+00:00', 'kept'),
+                   ('tenant-a', '2026-01-01T00:00:00+00:00', 'dropped');
+        insert into graph_delta (tenant_id, delta_link, full_sync_at)
+            values ('Tenant-B', 'link-b', '2026-01-01T00:00:00+00:00');
+    "#;
+
+    /// What each table holds after the migration: a row's ids and what tells the rows apart.
+    const MIGRATED: &[(&str, &[[&str; 3]])] = &[
+        // The most recently seen finding is kept; on a tie, the one already lower-case.
+        (
+            "select tenant_id || '/' || object_id, display_name, coalesce(subscription_id, '-')
+             from findings order by 1",
+            &[
+                ["tenant-a/obj-1", "newer", "sub-1"],
+                ["tenant-a/obj-2", "alone", "sub-2"],
+                ["tenant-a/obj-3", "lower", "-"],
+            ],
+        ),
+        // Within a scan, the row already lower-case.
+        (
+            "select tenant_id || '/' || object_id, display_name, subscription_id
+             from scan_verdicts order by 1",
+            &[
+                ["tenant-a/obj-1", "lower", "sub-1"],
+                ["tenant-a/obj-4", "alone", "sub-1"],
+            ],
+        ),
+        (
+            "select scan_id, tenant_id, cast(identities as text) from scan_tenants order by 2",
+            &[["s1", "tenant-a", "2"], ["s1", "tenant-b", "3"]],
+        ),
+        // Every history entry, lower-cased.
+        (
+            "select tenant_id, object_id, to_state from finding_history order by id",
+            &[
+                ["tenant-a", "obj-1", "suspected"],
+                ["tenant-a", "obj-1", "confirmed"],
+            ],
+        ),
+        (
+            "select tenant_id, last_scan_id, last_inventory_at from tenant_inventory",
+            &[["tenant-a", "kept", "2026-01-03T00:00:00+00:00"]],
+        ),
+        (
+            "select tenant_id, delta_link, full_sync_at from graph_delta",
+            &[["tenant-b", "link-b", "2026-01-01T00:00:00+00:00"]],
+        ),
+    ];
+
+    #[sqlx::test(migrations = false)]
+    async fn ids_of_a_database_written_at_0005_are_lower_cased_keeping_one_of_each(
+        pool: SqlitePool,
+    ) {
+        MIGRATOR.run_to(5, &pool).await.expect("schema 0005");
+        sqlx::raw_sql(MIXED_CASE_ROWS)
+            .execute(&pool)
+            .await
+            .expect("rows at 0005");
+        let store = Store::from_pool(pool).await.expect("migrated");
+        for (sql, want) in MIGRATED {
+            let rows: Vec<(String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(*sql))
+                .fetch_all(store.pool())
+                .await
+                .expect("rows");
+            let got: Vec<[&str; 3]> = rows
+                .iter()
+                .map(|(a, b, c)| [a.as_str(), b.as_str(), c.as_str()])
+                .collect();
+            assert_eq!(got, *want, "{sql}");
+        }
+        // The store reads them by any case of their ids, through its types.
+        let f = store
+            .load_finding(&"TENANT-A".into(), &"Obj-1".into())
+            .await
+            .expect("load")
+            .expect("kept");
+        assert_eq!(f.state, Some(crate::lifecycle::State::Confirmed));
+        assert_eq!(f.last_scan_id, "kept", "seen in the kept inventory");
+        let by_subscription = store
+            .list_findings(
+                &FindingFilter {
+                    subscription_id: Some(SubscriptionId::new("SUB-2")),
+                    ..FindingFilter::default()
+                },
+                None,
+                10,
+            )
+            .await
+            .expect("list");
+        assert_eq!(by_subscription.len(), 1);
+        assert_eq!(by_subscription[0].finding.object_id, "obj-2");
+    }
+}

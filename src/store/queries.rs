@@ -1,9 +1,9 @@
 //! Read queries of the API and the export: the findings list (filters, keyset cursor), one finding and
 //! its history, counts per state and per verdict, a scan's verdicts.
 
-use super::rows::{corrupt, count, finding_columns, parse_time, tracked_of};
+use super::rows::{corrupt, count, finding_columns, id, parse_time, tracked_of};
 use super::{Store, StoreError};
-use crate::domain::{Finding, IdentityType, Reason, Verdict};
+use crate::domain::{Finding, IdentityType, ObjectId, Reason, SubscriptionId, TenantId, Verdict};
 use crate::lifecycle::{Resolution, State};
 use chrono::{DateTime, Utc};
 use futures::stream::BoxStream;
@@ -47,14 +47,14 @@ pub struct FindingFilter {
     pub states: Vec<State>,
     pub verdict: Option<Verdict>,
     pub reason: Option<Reason>,
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<TenantId>,
     pub identity_type: Option<IdentityType>,
-    pub subscription_id: Option<String>,
+    pub subscription_id: Option<SubscriptionId>,
     pub resource_type: Option<String>,
 }
 
 /// Keyset cursor of the findings list: the last (tenant_id, object_id) of the previous page.
-pub type FindingCursor = (String, String);
+pub type FindingCursor = (TenantId, ObjectId);
 
 fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> {
     let t = "findings";
@@ -115,9 +115,9 @@ fn list_statement(f: &FindingFilter, after: Option<&FindingCursor>) -> (String, 
     );
     if let Some(t) = &f.tenant_id {
         // Unless healthy identities are wanted whatever their state (nearly every row of the tenant, in
-        // primary-key order),
-        // a partial index holds the rows wanted in key order (findings_by_state, findings_not_healthy);
-        // `+` keeps SQLite from walking the tenant's every row by primary key for each page instead.
+        // primary-key order), a partial index holds the rows wanted in key order (findings_by_state,
+        // findings_not_healthy); `+` keeps SQLite from walking the tenant's every row by primary key
+        // for each page instead.
         sql.push_str(
             if f.states.is_empty() && f.verdict == Some(Verdict::Healthy) {
                 " and f.tenant_id = ?"
@@ -125,15 +125,15 @@ fn list_statement(f: &FindingFilter, after: Option<&FindingCursor>) -> (String, 
                 " and +f.tenant_id = ?"
             },
         );
-        binds.push(t.to_ascii_lowercase());
+        binds.push(t.to_string());
     }
     if f.verdict.is_some_and(|v| v != Verdict::Healthy) {
         // Implied, and lets SQLite read the partial index of non-healthy rows.
         sql.push_str(" and f.verdict != 'healthy'");
     }
     if let Some(s) = &f.subscription_id {
-        sql.push_str(" and lower(f.subscription_id) = ?");
-        binds.push(s.to_ascii_lowercase());
+        sql.push_str(" and f.subscription_id = ?");
+        binds.push(s.to_string());
     }
     if let Some(t) = &f.resource_type {
         sql.push_str(" and f.resource_type = ?");
@@ -141,8 +141,8 @@ fn list_statement(f: &FindingFilter, after: Option<&FindingCursor>) -> (String, 
     }
     if let Some((t, o)) = after {
         sql.push_str(" and (f.tenant_id, f.object_id) > (?, ?)");
-        binds.push(t.clone());
-        binds.push(o.clone());
+        binds.push(t.to_string());
+        binds.push(o.to_string());
     }
     sql.push_str(" order by f.tenant_id, f.object_id limit ?");
     (sql, binds)
@@ -190,16 +190,16 @@ impl Store {
 
     pub async fn load_finding(
         &self,
-        tenant: &str,
-        object: &str,
+        tenant: &TenantId,
+        object: &ObjectId,
     ) -> Result<Option<StoredFinding>, StoreError> {
         let row = sqlx::query(
             "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
              from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id
              where f.tenant_id = ? and f.object_id = ?",
         )
-        .bind(tenant.to_ascii_lowercase())
-        .bind(object.to_ascii_lowercase())
+        .bind(tenant.as_str())
+        .bind(object.as_str())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(finding_of).transpose()
@@ -208,14 +208,14 @@ impl Store {
     /// Every transition of a finding, across episodes, oldest first.
     pub async fn load_history(
         &self,
-        tenant: &str,
-        object: &str,
+        tenant: &TenantId,
+        object: &ObjectId,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
             "select * from finding_history where tenant_id = ? and object_id = ? order by id",
         )
-        .bind(tenant.to_ascii_lowercase())
-        .bind(object.to_ascii_lowercase())
+        .bind(tenant.as_str())
+        .bind(object.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -242,13 +242,13 @@ impl Store {
     /// counted: the count would read every row).
     pub async fn count_findings_by_state(
         &self,
-    ) -> Result<Vec<(String, Option<State>, u64)>, StoreError> {
+    ) -> Result<Vec<(TenantId, Option<State>, u64)>, StoreError> {
         let rows = sqlx::query(COUNT_BY_STATE).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let s: Option<String> = r.try_get("state")?;
                 Ok((
-                    r.try_get("tenant_id")?,
+                    id(r, "tenant_id")?,
                     s.as_deref().and_then(State::parse),
                     count(r.try_get("n")?),
                 ))
@@ -258,7 +258,7 @@ impl Store {
 
     /// Identities per verdict and tenant in the newest finished scan that covered each tenant (none for
     /// a tenant whose newest scan's verdicts have expired).
-    pub async fn latest_verdict_counts(&self) -> Result<Vec<(String, Verdict, u64)>, StoreError> {
+    pub async fn latest_verdict_counts(&self) -> Result<Vec<(TenantId, Verdict, u64)>, StoreError> {
         let rows = sqlx::query(
             // Each tenant's latest scan first; its verdicts are the tenant's current runs (a run is
             // current while every scan of the tenant lists the identity with that verdict).
@@ -283,7 +283,7 @@ impl Store {
             .map(|r| {
                 let v: String = r.try_get("verdict")?;
                 Ok((
-                    r.try_get("tenant_id")?,
+                    id(r, "tenant_id")?,
                     Verdict::parse(&v)
                         .ok_or_else(|| corrupt("scan_verdicts", format!("verdict {v:?}")))?,
                     count(r.try_get("n")?),
@@ -423,7 +423,7 @@ mod tests {
             .await
             .expect("s2");
         let f = store
-            .load_finding(T, "h1")
+            .load_finding(&T.into(), &"h1".into())
             .await
             .expect("load")
             .expect("present");
@@ -435,7 +435,7 @@ mod tests {
             .await
             .expect("s3");
         let f = store
-            .load_finding(T, "h1")
+            .load_finding(&T.into(), &"h1".into())
             .await
             .expect("load")
             .expect("present");

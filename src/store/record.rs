@@ -7,7 +7,7 @@ use super::lifecycle::apply_lifecycle;
 use super::runs::{self, TenantRuns};
 use super::work::WorkFile;
 use super::{Store, StoreError};
-use crate::domain::Finding;
+use crate::domain::{Finding, TenantId};
 use crate::report::ScanReport;
 use std::collections::BTreeMap;
 
@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recorded {
     /// Findings that entered `confirmed`.
-    pub newly_confirmed: BTreeMap<String, u64>,
+    pub newly_confirmed: BTreeMap<TenantId, u64>,
     /// How long the recording transaction took (begin to commit).
     pub transaction: std::time::Duration,
     /// How long returning the space of expired verdicts and checkpointing the write-ahead log took,
@@ -106,7 +106,7 @@ async fn record_in(
     let tenants = || {
         report.tenants.iter().map(|t| TenantRuns {
             scan_id: &report.scan_id,
-            tenant: &t.tenant_id,
+            tenant: t.tenant_id.as_str(),
             seq,
         })
     };
@@ -158,7 +158,7 @@ async fn write_scan(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), StoreErr
              values (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&report.scan_id)
-        .bind(&t.tenant_id)
+        .bind(t.tenant_id.as_str())
         .bind(t.complete)
         .bind(i64::try_from(t.identities).unwrap_or(i64::MAX))
         .bind(serde_json::to_string(&t.errors).unwrap_or_else(|_| "[]".into()))
@@ -180,7 +180,7 @@ async fn write_delta_links(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), S
                  on conflict (tenant_id) do update set delta_link = excluded.delta_link,
                      full_sync_at = excluded.full_sync_at",
             )
-            .bind(&t.tenant_id)
+            .bind(t.tenant_id.as_str())
             .bind(link)
             .bind(at.to_rfc3339())
             .execute(&mut **tx)
@@ -355,7 +355,7 @@ mod timing {
                 let sub = guid(7, (i % 50) as u64);
                 Finding {
                     tenant_id: TENANT.into(),
-                    object_id: guid(1, i as u64),
+                    object_id: guid(1, i as u64).into(),
                     app_id: guid(2, i as u64),
                     display_name: format!("vm-prod-weu-{i:06}"),
                     identity_type: IdentityType::SystemAssigned,
@@ -363,7 +363,7 @@ mod timing {
                         "/subscriptions/{sub}/resourceGroups/rg-app-{:03}/providers/Microsoft.Compute/virtualMachines/vm-prod-weu-{i:06}",
                         i % 300
                     )),
-                    subscription_id: Some(sub),
+                    subscription_id: Some(sub.into()),
                     resource_type: Some("microsoft.compute/virtualmachines".into()),
                     verdict: if orphan { Verdict::Orphaned } else { Verdict::Healthy },
                     reason: if orphan { Reason::ResourceNotFound } else { Reason::ResourcePresent },

@@ -304,7 +304,7 @@ mod tests {
                         format!("id{i:02}")
                     };
                     let mut f = finding(&id, VERDICTS[v].0, VERDICTS[v].1);
-                    f.tenant_id = tenant.to_owned();
+                    f.tenant_id = tenant.into();
                     f.display_name = format!("name-{i}-{}", name / 2);
                     f.detail = format!("detail {}", name % 2);
                     f.evidence.status = Some(status);
@@ -312,7 +312,7 @@ mod tests {
                     r.findings.push(f);
                     listed += 1;
                 }
-                let mut t = TenantReport::new(tenant);
+                let mut t = TenantReport::new(&tenant.into());
                 t.inventory_complete = complete;
                 t.complete = complete;
                 t.identities = listed;
@@ -414,8 +414,8 @@ mod tests {
                      values (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 )
                 .bind(&r.scan_id)
-                .bind(&f.tenant_id)
-                .bind(&f.object_id);
+                .bind(f.tenant_id.as_str())
+                .bind(f.object_id.as_str());
                 crate::store::rows::bind_finding_columns(q, f)
                     .execute(&mut *conn)
                     .await

@@ -20,7 +20,7 @@ const ORPHANS: usize = 2_345;
 fn orphan(i: usize) -> Finding {
     Finding {
         tenant_id: TENANT.into(),
-        object_id: format!("{i:08x}-0000-4000-8000-000000000000"),
+        object_id: format!("{i:08x}-0000-4000-8000-000000000000").into(),
         app_id: format!("{i:08x}-1111-4000-8000-000000000000"),
         display_name: if i.is_multiple_of(7) {
             format!("=cmd|' /C calc'!A{i}, \"quoted\"")
@@ -64,7 +64,7 @@ async fn record_orphans(env: &TestEnv) -> Store {
         finished_at: now,
         complete: true,
         trigger: Trigger::Cli,
-        tenants: vec![TenantReport::new(TENANT)],
+        tenants: vec![TenantReport::new(&TENANT.into())],
         summary: Summary::default(),
         findings,
     };
@@ -143,7 +143,7 @@ async fn an_export_longer_than_a_page_is_streamed_whole_and_the_same_as_the_cli(
         let v: serde_json::Value = serde_json::from_str(&body).expect("JSON");
         let after = cursor.as_deref().map(|c| {
             let parts = miaudit::api::decode_cursor(c, 2).expect("cursor");
-            (parts[0].clone(), parts[1].clone())
+            (parts[0].as_str().into(), parts[1].as_str().into())
         });
         let mut items = store
             .list_findings(&FindingFilter::default(), after.as_ref(), 1001)
@@ -153,7 +153,7 @@ async fn an_export_longer_than_a_page_is_streamed_whole_and_the_same_as_the_cli(
         items.truncate(1000);
         let next = more.then(|| {
             let last = &items[items.len() - 1].finding;
-            miaudit::api::encode_cursor(&[&last.tenant_id, &last.object_id])
+            miaudit::api::encode_cursor(&[last.tenant_id.as_str(), last.object_id.as_str()])
         });
         assert_eq!(
             body,
@@ -232,7 +232,7 @@ async fn scan_all_reads_every_verdict_back_and_a_closed_stdout_is_no_error() {
         ids(&mut findings
             .iter()
             .map(|f| f["object_id"].as_str().expect("id").to_owned())),
-        ids(&mut kept.iter().map(|f| f.object_id.clone()))
+        ids(&mut kept.iter().map(|f| f.object_id.to_string()))
     );
     let table = cli(&env, &["scan", "--all"]).await;
     let text = String::from_utf8(table.stdout).expect("utf-8");

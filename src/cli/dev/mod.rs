@@ -232,9 +232,6 @@ mod tests {
     fn bench_settings_are_built_in_memory() {
         let s = bench_settings("http://127.0.0.1:1", "sqlite://bench.db", true).expect("valid");
         assert!(s.scan.graph_delta);
-        assert_eq!(
-            s.tenant_ids(),
-            [miaudit_sim::model::SIM_TENANT_ID.to_owned()]
-        );
+        assert_eq!(s.tenant_ids(), [miaudit_sim::model::SIM_TENANT_ID]);
     }
 }
