@@ -189,7 +189,10 @@ impl Store {
         let opts = SqliteConnectOptions::new()
             .filename(file.path())
             .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Off)
+            // A rollback journal in memory, not none: a tenant's evidence stages are dropped mid-write
+            // when its inventory fails, and SQLite leaves ROLLBACK undefined without a journal, in a
+            // file other tenants of the scan share. Durability is still not wanted (synchronous off).
+            .journal_mode(SqliteJournalMode::Memory)
             .synchronous(SqliteSynchronous::Off)
             .busy_timeout(Duration::from_secs(30))
             .pragma("cache_size", "-4096");
