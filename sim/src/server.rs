@@ -44,16 +44,21 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
     {
         hostile::record_stray(&inner, "foreign link", &parts, &[]);
     }
-    let latency = inner.config.read().expect("config lock").latency;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
     let path = parts.uri.path().to_owned();
     let query: HashMap<String, String> =
         form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
-    let Some(api) = classify_route(&parts.method, &path) else {
+    let api = classify_route(&parts.method, &path);
+    // The time the service takes before it answers (docs/azure-behaviour.md §11).
+    let latency = {
+        let c = inner.config.read().expect("config lock");
+        c.latency + api.map_or(std::time::Duration::ZERO, |a| c.latencies.request(a))
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let Some(api) = api else {
         return arm_error(
             &parts.headers,
             404,
@@ -78,7 +83,7 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
         return res;
     }
     let res = serve(&inner, api, fault.as_ref(), &parts, &path, &query, &bytes);
-    let res = charge_per_item(&inner, res).await;
+    let res = charge_per_item(&inner, api, res).await;
     change_answer(&inner, api, fault, &parts, res).await
 }
 
@@ -180,13 +185,18 @@ fn serve(
 }
 
 /// The cost of a page grows with its items (the handlers say how many in `x-sim-items`).
-async fn charge_per_item(inner: &Inner, mut res: Response) -> Response {
+async fn charge_per_item(inner: &Inner, api: Api, mut res: Response) -> Response {
     if let Some(items) = res
         .headers_mut()
         .remove("x-sim-items")
         .and_then(|v| v.to_str().ok().and_then(|v| v.parse::<u32>().ok()))
     {
-        let per_item = inner.config.read().expect("config lock").per_item;
+        let per_item = inner
+            .config
+            .read()
+            .expect("config lock")
+            .latencies
+            .per_item(api);
         if !per_item.is_zero() {
             tokio::time::sleep(per_item * items).await;
         }

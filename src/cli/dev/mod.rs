@@ -79,7 +79,11 @@ impl SimArgs {
     fn config(&self) -> SimConfig {
         SimConfig {
             latency: std::time::Duration::from_millis(self.latency_ms),
-            per_item: std::time::Duration::from_micros(self.per_item_us),
+            latencies: miaudit_sim::Latencies {
+                graph_per_item: std::time::Duration::from_micros(self.per_item_us),
+                resource_graph_per_row: std::time::Duration::from_micros(self.per_item_us),
+                ..miaudit_sim::Latencies::ZERO
+            },
             ..SimConfig::default()
         }
     }
