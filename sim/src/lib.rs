@@ -23,9 +23,11 @@ pub mod path;
 mod resource_graph;
 mod respond;
 mod server;
+pub mod stats;
 mod token;
 
 pub use faults::{Fault, FaultPlan, FaultRule, LinkTo, RedirectTo};
+pub use stats::Stats;
 
 use axum::body::Body;
 use axum::http::Request;
@@ -194,6 +196,12 @@ pub(crate) struct Inner {
     pub(crate) injected: Mutex<std::collections::BTreeMap<&'static str, u64>>,
     /// Requests received, by [`Api`] (in the order of [`Api::ALL`]).
     pub(crate) requests: [AtomicU64; 4],
+    /// Requests, throttled answers and distinct requests per API, since the last reset ([`stats`]).
+    pub(crate) stats: Mutex<stats::Counter>,
+    /// Indices into `world.principals` of the principals a Graph listing's type filter (lower-case;
+    /// `None`: no filter) matches, so a page is found without filtering the whole directory again.
+    /// Emptied whenever the world changes.
+    pub(crate) graph_index: Mutex<HashMap<Option<String>, Arc<Vec<usize>>>>,
     pub(crate) tokens: Mutex<HashMap<String, token::TokenInfo>>,
     pub(crate) arg_window: Mutex<(Instant, u32)>,
     pub(crate) base_url: String,
@@ -202,6 +210,26 @@ pub(crate) struct Inner {
     /// Requests that arrived where no client should go (see [`StrayRequest`]).
     pub(crate) strays: Mutex<Vec<StrayRequest>>,
     pub(crate) seq: AtomicU64,
+}
+
+impl Inner {
+    /// See [`SimHandle::stats`].
+    pub(crate) fn stats(&self, reset: bool) -> Stats {
+        let identities = self
+            .world
+            .read()
+            .expect("world lock")
+            .principals
+            .iter()
+            .filter(|p| p.sp_type == "ManagedIdentity")
+            .count() as u64;
+        let mut counter = self.stats.lock().expect("stats lock");
+        let snapshot = counter.snapshot(identities);
+        if reset {
+            *counter = stats::Counter::default();
+        }
+        snapshot
+    }
 }
 
 /// A request that arrived where a client that trusts only answers that prove it never goes: at the decoy
@@ -266,6 +294,8 @@ impl SimHandle {
             arm_buckets: Mutex::new(HashMap::new()),
             injected: Mutex::new(std::collections::BTreeMap::new()),
             requests: Default::default(),
+            stats: Mutex::default(),
+            graph_index: Mutex::default(),
             tokens: Mutex::new(HashMap::new()),
             arg_window: Mutex::new((Instant::now(), 0)),
             base_url: format!("http://{local}"),
@@ -319,7 +349,11 @@ impl SimHandle {
     /// Changes the world (deletes, recreations, ...) between scans.
     pub fn with_world<R>(&self, f: impl FnOnce(&mut World) -> R) -> R {
         self.inner.arg_cache.lock().expect("cache lock").clear();
-        f(&mut self.inner.world.write().expect("world lock"))
+        let mut world = self.inner.world.write().expect("world lock");
+        let r = f(&mut world);
+        // Under the world's write lock, so no listing rebuilds an index from the world before the change.
+        self.inner.graph_index.lock().expect("index lock").clear();
+        r
     }
 
     pub fn with_config(&self, f: impl FnOnce(&mut SimConfig)) {
@@ -358,6 +392,12 @@ impl SimHandle {
     /// Requests received per API.
     pub fn requests(&self, api: Api) -> u64 {
         self.inner.requests[api as usize].load(Ordering::Relaxed)
+    }
+
+    /// Requests, throttled answers and distinct requests per API since the start or the last reset
+    /// ([`stats`]); `reset` starts the counts over.
+    pub fn stats(&self, reset: bool) -> Stats {
+        self.inner.stats(reset)
     }
 
     /// A configuration (TOML) that points miaudit at this simulator.

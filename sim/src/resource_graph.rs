@@ -76,6 +76,11 @@ pub(crate) fn resource_graph(
     let page: Vec<Value> = data.iter().skip(offset).take(take).cloned().collect();
     let more = offset + advance < data.len() && ask.query.pageable();
     h.push(("x-sim-items", page.len().to_string()));
+    // The page asked for, whatever the nonce in its skip token (for the statistics).
+    h.push((
+        "x-sim-key",
+        format!("arg|{fingerprint}|{offset}|{page_size}"),
+    ));
     let mut out = page_body(&ask, data.len(), page, more);
     if more {
         let nonce = inner.seq.load(Ordering::Relaxed);

@@ -5,7 +5,8 @@ use crate::arm::arm_metered;
 use crate::faults::{ArmRoute, Fault, ReqInfo, fault_response, take_fault};
 use crate::graph::graph;
 use crate::resource_graph::resource_graph;
-use crate::respond::{arm_error, graph_error};
+use crate::respond::{arm_error, fxhash, graph_error, respond};
+use crate::stats::STATS_PATH;
 use crate::token::token;
 use crate::{Api, FOREIGN_LINK_MARKER, Inner, REDIRECT_TARGET_PREFIX, hostile, path};
 use axum::body::Body;
@@ -35,6 +36,10 @@ fn classify_route(method: &Method, path: &str) -> Option<Api> {
 pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
     if req.uri().path().starts_with(REDIRECT_TARGET_PREFIX) {
         return hostile::stray(&inner, "redirect target", req).await;
+    }
+    if req.uri().path() == STATS_PATH {
+        let reset = req.uri().query().is_some_and(|q| q.contains("reset=true"));
+        return respond(200, Vec::new(), &inner.stats(reset).to_json());
     }
     let (parts, body) = req.into_parts();
     if parts
@@ -78,13 +83,39 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
         );
     };
     let target = format!("{path}?{}", parts.uri.query().unwrap_or(""));
-    let fault = take_fault(&inner, &req_info(api, &path, &query, &bytes), &target);
-    if let Some(res) = answer_instead(&inner, api, fault.as_ref(), &parts).await {
-        return res;
-    }
-    let res = serve(&inner, api, fault.as_ref(), &parts, &path, &query, &bytes);
-    let res = charge_per_item(&inner, api, res).await;
-    change_answer(&inner, api, fault, &parts, res).await
+    let info = req_info(api, &path, &query, &bytes);
+    let fault = take_fault(&inner, &info, &target);
+    let res = match answer_instead(&inner, api, fault.as_ref(), &parts).await {
+        Some(res) => res,
+        None => {
+            let res = serve(&inner, api, fault.as_ref(), &parts, &path, &query, &bytes);
+            let res = charge_per_item(&inner, api, res).await;
+            change_answer(&inner, api, fault, &parts, res).await
+        }
+    };
+    count(
+        &inner,
+        &info,
+        &format!("{} {target}", parts.method),
+        &bytes,
+        res,
+    )
+}
+
+/// Counts the answered request for [`crate::stats`]: what it asked for is the handler's `x-sim-key`
+/// (pages, whose links carry a nonce), else its `request` (method, path and query) and body.
+fn count(inner: &Inner, info: &ReqInfo, request: &str, body: &[u8], mut res: Response) -> Response {
+    let key = match res.headers_mut().remove("x-sim-key") {
+        Some(k) => fxhash(k.to_str().unwrap_or_default()),
+        None => fxhash(&format!("{request}|{}", String::from_utf8_lossy(body))),
+    };
+    inner.stats.lock().expect("stats lock").note(
+        info.api,
+        info.arm_route,
+        res.status().as_u16(),
+        key,
+    );
+    res
 }
 
 /// What fault selection needs to know of a request.

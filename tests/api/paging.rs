@@ -37,6 +37,52 @@ async fn graph_pages_are_followed_until_next_link_is_absent() {
     assert_eq!(r.summary.total, 10);
 }
 
+/// The simulator's statistics (what `miaudit bench` reads): a throttled answer and its retry are two
+/// requests but one distinct one; a change of the world shows in the next listing.
+#[tokio::test]
+async fn the_simulator_counts_requests_retries_and_distinct_pages() {
+    let (mut w, sub) = world();
+    let ids: Vec<String> = (0..7)
+        .map(|i| {
+            w.add_system_assigned(&rid(
+                &sub,
+                "rg",
+                "Microsoft.Compute",
+                &format!("virtualMachines/vm{i}"),
+            ))
+        })
+        .collect();
+    let cfg = SimConfig {
+        graph_max_page: 3,
+        ..SimConfig::default()
+    };
+    let env = TestEnv::start(w, cfg).await;
+    env.sim.add_fault(miaudit_sim::FaultRule {
+        api: Api::Graph,
+        path_contains: None,
+        times: Some(1),
+        fault: miaudit_sim::Fault::Throttle {
+            retry_after: "0".into(),
+        },
+    });
+    assert!(env.scan().await.complete);
+    let s = env.sim.stats(true);
+    assert_eq!(s.identities, 7);
+    let graph = s.api(Api::Graph);
+    assert_eq!(
+        (graph.requests, graph.throttled, graph.distinct),
+        (4, 1, 3),
+        "3 pages, the first retried once"
+    );
+    assert_eq!(s.api(Api::Token).distinct, 2, "one token per audience");
+    assert_eq!(s.arm("subscription_list"), 1);
+    assert_eq!(env.sim.stats(false).api(Api::Graph).requests, 0, "reset");
+    env.sim.with_world(|w| w.remove_principal(&ids[0]));
+    let r = env.scan().await;
+    assert_eq!(r.summary.total, 6, "the listing follows the changed world");
+    assert_eq!(env.sim.stats(false).api(Api::Graph).distinct, 2);
+}
+
 #[tokio::test]
 async fn resource_graph_and_subscription_pages_are_followed() {
     let (mut w, sub) = world();
