@@ -3,8 +3,9 @@
 //!
 //! The peak is the whole process's `VmHWM` (the kernel's high-water mark of its resident set, what
 //! `getrusage` reports as `ru_maxrss`), read from `/proc/<pid>/status` every [`SAMPLE_EVERY`] while the
-//! process runs; the last reading before it exits is the figure. `VmHWM` only grows, so a sample misses
-//! a peak only if the process first reaches it in its last few milliseconds.
+//! process runs, with its `VmRSS` (the kernel updates the mark only at some events, so the current
+//! resident set can be above it): the largest reading is the figure. The mark only grows, so a sample
+//! misses a peak only if the process first reaches it in its last few milliseconds.
 
 use std::io::Write;
 use std::path::Path;
@@ -25,7 +26,7 @@ pub struct Measured {
     pub code: Option<i32>,
     /// Spawn to exit.
     pub wall: Duration,
-    /// The last `VmHWM` read, in KiB.
+    /// The largest `VmHWM` (or `VmRSS`) read, in KiB.
     pub peak_rss_kib: u64,
     /// Bytes written on stdout (read and counted, then dropped).
     pub stdout_bytes: u64,
@@ -62,8 +63,9 @@ pub fn cpu_seconds(pid: u32) -> Option<f64> {
     Some((ticks(14)? + ticks(15)?) as f64 / 100.0)
 }
 
-/// Samples `pid`'s resident set until it exits or `stop` fires; returns the last `VmHWM` (KiB). With
-/// `trace`, every sample (seconds since the start, `VmRSS` and `VmHWM` in KiB) is written there.
+/// Samples `pid`'s resident set until it exits or `stop` fires; returns the largest `VmHWM` or `VmRSS`
+/// read (KiB). With `trace`, every sample (seconds since the start, `VmRSS` and `VmHWM` in KiB) is
+/// written there.
 pub async fn sample_peak(
     pid: u32,
     stop: tokio_util::sync::CancellationToken,
@@ -74,7 +76,10 @@ pub async fn sample_peak(
     loop {
         match rss_kib(pid) {
             Some((rss, hwm)) => {
-                peak = peak.max(hwm);
+                // The kernel folds the current RSS into VmHWM only at some events (an unmap, the
+                // exit), so a sample's VmRSS can be above every VmHWM read so far: the peak is the
+                // larger of the two over all samples.
+                peak = peak.max(hwm).max(rss);
                 if let Some(f) = trace.as_mut() {
                     let _ = writeln!(f, "{:.3},{rss},{hwm}", started.elapsed().as_secs_f64());
                 }
