@@ -8,26 +8,35 @@ use miaudit_sim::SimConfig;
 use miaudit_sim::model::SubAccess;
 use std::time::Duration;
 
-#[tokio::test]
-async fn graph_pages_are_followed_until_next_link_is_absent() {
-    let (mut w, sub) = world();
-    let ids: Vec<String> = (0..10)
+/// `n` virtual machines with a system-assigned identity in `sub`; their principals.
+fn virtual_machines(w: &mut miaudit_sim::model::World, sub: &str, n: usize) -> Vec<String> {
+    (0..n)
         .map(|i| {
             w.add_system_assigned(&rid(
-                &sub,
+                sub,
                 "rg",
                 "Microsoft.Compute",
                 &format!("virtualMachines/vm{i}"),
             ))
         })
-        .collect();
+        .collect()
+}
+
+/// A simulator whose Graph pages hold at most `n` service principals.
+fn graph_pages_of(n: usize) -> SimConfig {
+    SimConfig {
+        graph_max_page: n,
+        ..SimConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn graph_pages_are_followed_until_next_link_is_absent() {
+    let (mut w, sub) = world();
+    let ids = virtual_machines(&mut w, &sub, 10);
     // Non-managed principals interleaved: the server filters them, pages stay short.
     w.add_principal("Application", "app", None);
-    let cfg = SimConfig {
-        graph_max_page: 3,
-        ..SimConfig::default()
-    };
-    let env = TestEnv::start(w, cfg).await;
+    let env = TestEnv::start(w, graph_pages_of(3)).await;
     let r = env.scan().await;
     assert!(r.complete);
     assert_eq!(env.sim.requests(Api::Graph), 4, "10 identities at 3 a page");
@@ -42,21 +51,8 @@ async fn graph_pages_are_followed_until_next_link_is_absent() {
 #[tokio::test]
 async fn the_simulator_counts_requests_retries_and_distinct_pages() {
     let (mut w, sub) = world();
-    let ids: Vec<String> = (0..7)
-        .map(|i| {
-            w.add_system_assigned(&rid(
-                &sub,
-                "rg",
-                "Microsoft.Compute",
-                &format!("virtualMachines/vm{i}"),
-            ))
-        })
-        .collect();
-    let cfg = SimConfig {
-        graph_max_page: 3,
-        ..SimConfig::default()
-    };
-    let env = TestEnv::start(w, cfg).await;
+    let ids = virtual_machines(&mut w, &sub, 7);
+    let env = TestEnv::start(w, graph_pages_of(3)).await;
     env.sim.add_fault(miaudit_sim::FaultRule {
         api: Api::Graph,
         path_contains: None,
