@@ -37,7 +37,8 @@ impl App {
         }
         let store = Store::connect(&settings.database.url)
             .await
-            .with_context(|| format!("opening the database {}", settings.database.url))?;
+            .with_context(|| format!("opening the database {}", settings.database.url))?
+            .retaining(settings.database.retain_scans);
         let tenants = settings.tenant_ids();
         let metrics = Metrics::new(&tenants);
         match store.abandon_running_scans().await {
@@ -61,7 +62,7 @@ impl App {
         for (tenant, verdict, n) in store.latest_verdict_counts().await? {
             metrics
                 .managed_identities
-                .with_label_values(&[&tenant, verdict.as_str()])
+                .with_label_values(&[tenant.as_str(), verdict.as_str()])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         metrics.set_findings(&tenants, &store.count_findings_by_state().await?);

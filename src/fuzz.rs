@@ -12,7 +12,9 @@ use crate::arm::{principal_of, versions_in_message};
 use crate::azure::Reply;
 use crate::azure::transport::{parse_hms, server_delay};
 use crate::classify::{judge, tenant_named_by_wrong_tenant_error};
-use crate::domain::{Answer, Evidence, EvidenceSource, ManagedIdentity, ResourceId, Verdict};
+use crate::domain::{
+    Answer, Evidence, EvidenceSource, ManagedIdentity, ObjectId, ResourceId, Verdict,
+};
 use proptest::prelude::*;
 
 fn cases() -> u32 {
@@ -113,7 +115,7 @@ proptest! {
 
     #[test]
     fn alternative_names_never_panic(names in prop::collection::vec(any_text(), 0..5)) {
-        let mi = ManagedIdentity::from_alternative_names("t", "o".into(), "a".into(), "d".into(), names.clone());
+        let mi = ManagedIdentity::from_alternative_names(&"t".into(), "o".into(), "a".into(), "d".into(), names.clone());
         if let Some(r) = &mi.resource {
             prop_assert!(names.iter().any(|n| ResourceId::parse(n).as_ref() == Some(r)));
         }
@@ -136,16 +138,16 @@ proptest! {
     ) {
         let mut all = vec!["isExplicit=False".to_owned(), SEEDS[1].to_owned()];
         all.extend(names);
-        let mi = ManagedIdentity::from_alternative_names("t", "o".into(), "a".into(), "d".into(), all);
+        let mi = ManagedIdentity::from_alternative_names(&"t".into(), "o".into(), "a".into(), "d".into(), all);
         let answer = if present {
-            Answer::Present { principal_id: principal, latest_version }
+            Answer::Present { principal_id: principal.as_deref().map(ObjectId::new), latest_version }
         } else {
             Answer::Error { status, code, message }
         };
         let ev = Evidence {
             source,
             answer: answer.clone(),
-            resource_graph: row.clone().map(|principal_id| crate::domain::GraphRow { principal_id }),
+            resource_graph: row.clone().map(|p| crate::domain::GraphRow { principal_id: p.as_deref().map(ObjectId::new) }),
             request_id: request_id.clone(),
             carried_elsewhere: elsewhere.clone(),
             subscription_visible: visible,
@@ -156,7 +158,7 @@ proptest! {
             prop_assert_eq!(source, EvidenceSource::Arm);
             prop_assert!(elsewhere.is_none(), "orphaned while the principal is in use elsewhere");
             match answer {
-                Answer::Present { principal_id: Some(p), .. } => prop_assert!(!p.eq_ignore_ascii_case("o")),
+                Answer::Present { principal_id: Some(p), .. } => prop_assert!(p != "o"),
                 Answer::Present { principal_id: None, latest_version } => {
                     prop_assert!(latest_version, "absent identity without the newest api-version");
                     prop_assert!(row.as_ref().is_some_and(|r| !r.as_deref().is_some_and(|p| p.eq_ignore_ascii_case("o"))), "absent identity without Resource Graph's agreement: {row:?}");

@@ -9,7 +9,7 @@
 use crate::azure::http::{AzureHttp, Call};
 use crate::azure::transport::follow_link;
 use crate::azure::{Api, AzureError, PageSink};
-use crate::domain::ManagedIdentity;
+use crate::domain::{ManagedIdentity, ObjectId, TenantId};
 use serde::Deserialize;
 use std::collections::HashSet;
 
@@ -53,7 +53,7 @@ pub struct Inventory {
 #[derive(Debug, Default)]
 pub struct Delta {
     pub changed: Vec<ManagedIdentity>,
-    pub gone: Vec<String>,
+    pub gone: Vec<ObjectId>,
     pub link: String,
 }
 
@@ -93,9 +93,9 @@ impl GraphClient {
     }
 
     /// Starts tracking changes from now (`$deltaToken=latest`, G-DELTA); returns the delta link.
-    pub async fn start_delta(&self, tenant: &str) -> Result<String, AzureError> {
+    pub async fn start_delta(&self, tenant: &TenantId) -> Result<String, AzureError> {
         let url = self.delta_url("latest");
-        let call = Call::get(Api::Graph, tenant, &url);
+        let call = Call::get(Api::Graph, tenant.as_str(), &url);
         let (page, _): (DeltaPage, _) = self.http.json(&call, "a delta page").await?;
         page.delta_link.ok_or_else(|| AzureError::Decode {
             api: Api::Graph,
@@ -107,7 +107,11 @@ impl GraphClient {
     /// Follows a delta link to its next delta link. `Ok(None)`: the service wants a full resync (410 or
     /// `syncStateNotFound`), or an item lacks the properties needed to audit it; the caller then lists
     /// the inventory in full.
-    pub async fn fetch_delta(&self, tenant: &str, link: &str) -> Result<Option<Delta>, AzureError> {
+    pub async fn fetch_delta(
+        &self,
+        tenant: &TenantId,
+        link: &str,
+    ) -> Result<Option<Delta>, AzureError> {
         let mut delta = Delta::default();
         let mut url =
             follow_link(&self.delta_url("latest"), link).ok_or(AzureError::ForeignLink {
@@ -116,7 +120,7 @@ impl GraphClient {
             })?;
         let mut empty = crate::azure::EmptyPages::default();
         for _ in 0..100_000 {
-            let call = Call::get(Api::Graph, tenant, &url);
+            let call = Call::get(Api::Graph, tenant.as_str(), &url);
             let page: DeltaPage = match self.http.json(&call, "a delta page").await {
                 Ok((p, _)) => p,
                 Err(AzureError::Status { status, code, .. })
@@ -130,11 +134,11 @@ impl GraphClient {
                 empty.saw(Api::Graph, "a delta page", page.value.len())?;
             }
             for item in page.value {
-                let Some(id) = item.get("id").and_then(|v| v.as_str()).map(str::to_owned) else {
+                let Some(id) = item.get("id").and_then(|v| v.as_str()).map(ObjectId::new) else {
                     return Ok(None);
                 };
                 if item.get("@removed").is_some() {
-                    delta.gone.push(id.to_ascii_lowercase());
+                    delta.gone.push(id);
                     continue;
                 }
                 let (Some(kind), Some(names)) = (
@@ -145,7 +149,7 @@ impl GraphClient {
                     return Ok(None);
                 };
                 if !kind.eq_ignore_ascii_case("ManagedIdentity") {
-                    delta.gone.push(id.to_ascii_lowercase());
+                    delta.gone.push(id);
                     continue;
                 }
                 let names: Vec<String> = serde_json::from_value(names.clone()).unwrap_or_default();
@@ -203,7 +207,7 @@ impl GraphClient {
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]
     pub async fn fetch_managed_identities(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         sink: &mut impl PageSink<ManagedIdentity>,
     ) -> Result<Inventory, AzureError> {
         let mut url = self.first_page_url();
@@ -214,7 +218,7 @@ impl GraphClient {
         // Each page is written while the next one is fetched: the writes cost no wall time.
         let mut pending: Vec<ManagedIdentity> = Vec::new();
         loop {
-            let call = Call::get(Api::Graph, tenant, &url);
+            let call = Call::get(Api::Graph, tenant.as_str(), &url);
             let write = async {
                 if pending.is_empty() {
                     Ok(())
@@ -273,7 +277,7 @@ impl GraphClient {
 /// anyway is skipped, one that names none is taken at the filter's word. Graph always returns `id`; a
 /// principal without one cannot be tracked or audited, and fails the page.
 fn identities_of(
-    tenant: &str,
+    tenant: &TenantId,
     page: Vec<ServicePrincipal>,
 ) -> Result<Vec<ManagedIdentity>, AzureError> {
     let mut items = Vec::with_capacity(page.len());
@@ -292,7 +296,7 @@ fn identities_of(
         if is_mi {
             items.push(ManagedIdentity::from_alternative_names(
                 tenant,
-                sp.id,
+                sp.id.into(),
                 sp.app_id.unwrap_or_default(),
                 sp.display_name.unwrap_or_default(),
                 sp.alternative_names.unwrap_or_default(),

@@ -11,7 +11,7 @@
 //! - [`lifecycle`] — pure rules that move findings (suspected, confirmed, resolved, ...) scan by scan;
 //! - [`store`] — record: SQLite, one transaction per scan;
 //! - publish: [`report`] (the CLI report), [`api`] (HTTP JSON API), [`metrics`] (Prometheus),
-//!   [`export`] (the support-ticket list).
+//!   [`export`] (the support-ticket list), all written as they are read ([`output`]).
 //!
 //! Around them: [`scan`] runs one scan through the stages, [`scheduler`] runs scans for the daemon
 //! (cron, overlap guard, timeout), [`app`] assembles the daemon, [`azure`] holds what every Azure call shares
@@ -32,6 +32,7 @@ mod fuzz;
 pub mod graph;
 pub mod lifecycle;
 pub mod metrics;
+pub mod output;
 pub mod report;
 pub mod scan;
 pub mod scheduler;

@@ -3,7 +3,7 @@
 //! states, API names, status classes, outcomes. No per-identity label, ever.
 
 use crate::azure::{Api, Counters, ErrorKind, STATUS_CLASSES};
-use crate::domain::Verdict;
+use crate::domain::{TenantId, Verdict};
 use crate::lifecycle::State;
 use parking_lot::Mutex;
 use prometheus::{
@@ -45,7 +45,7 @@ fn register<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, c: T
 
 impl Metrics {
     /// Creates every metric, with zeroed series for each configured tenant.
-    pub fn new(tenants: &[String]) -> Self {
+    pub fn new(tenants: &[TenantId]) -> Self {
         let r = Registry::new();
         let gauge_vec = |name: &str, help: &str, labels: &[&str]| {
             register(
@@ -148,8 +148,8 @@ impl Metrics {
 
     /// Every series a rule or a dashboard reads exists from start-up, at zero: per configured tenant,
     /// per scan outcome, per API, status class and error kind.
-    fn zero_series(&self, tenants: &[String]) {
-        for t in tenants {
+    fn zero_series(&self, tenants: &[TenantId]) {
+        for t in tenants.iter().map(TenantId::as_str) {
             for v in Verdict::ALL {
                 self.managed_identities
                     .with_label_values(&[t, v.as_str()])
@@ -215,7 +215,7 @@ impl Metrics {
     }
 
     /// Sets the finding gauges from the store's counts (states absent from the counts are zero).
-    pub fn set_findings(&self, tenants: &[String], counts: &[(String, Option<State>, u64)]) {
+    pub fn set_findings(&self, tenants: &[TenantId], counts: &[(TenantId, Option<State>, u64)]) {
         for t in tenants {
             for s in State::ALL {
                 let n = counts
@@ -223,18 +223,18 @@ impl Metrics {
                     .find(|(ct, cs, _)| ct == t && *cs == Some(s))
                     .map_or(0, |c| c.2);
                 self.findings
-                    .with_label_values(&[t, s.as_str()])
+                    .with_label_values(&[t.as_str(), s.as_str()])
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
         }
     }
 
     /// Sets the identity gauges of one tenant from its latest scan.
-    pub fn set_identities(&self, tenant: &str, counts: &[(Verdict, u64)]) {
+    pub fn set_identities(&self, tenant: &TenantId, counts: &[(Verdict, u64)]) {
         for v in Verdict::ALL {
             let n = counts.iter().find(|(cv, _)| *cv == v).map_or(0, |c| c.1);
             self.managed_identities
-                .with_label_values(&[tenant, v.as_str()])
+                .with_label_values(&[tenant.as_str(), v.as_str()])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }

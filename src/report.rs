@@ -5,18 +5,26 @@
 //! An incomplete scan never reads as an all-clear: the table says so at the top and in place of the
 //! "nothing found" line, and names per tenant what failed and how many identities could not be judged;
 //! the JSON keeps `complete: false`, each tenant's errors, `inventory_complete` and `unjudged`.
+//!
+//! Both are written as they are produced ([`write_json`], [`write_table`]): the identities come as a
+//! stream (with `--all` after a scan into a store, every verdict read from the scan's working database),
+//! each written as it arrives, so the report's memory does not grow with the tenant.
 
 use crate::azure::ApiCounts;
-use crate::domain::{Finding, Reason, Summary, Trigger, Verdict};
+use crate::domain::{Finding, Reason, Summary, TenantId, Trigger, Verdict};
+use crate::output::{JsonArray, close_object, open_object_field};
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-use std::fmt::Write;
+use std::fmt::Write as _;
+use std::io::Write;
 
 /// Per-tenant outcome.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct TenantReport {
-    pub tenant_id: String,
+    pub tenant_id: TenantId,
     pub complete: bool,
     /// The Graph inventory was read to the end (checks may still have failed).
     #[serde(default = "yes")]
@@ -48,9 +56,9 @@ fn yes() -> bool {
 
 impl TenantReport {
     /// A tenant about to be scanned: complete until something fails.
-    pub fn new(tenant: &str) -> Self {
+    pub fn new(tenant: &TenantId) -> Self {
         Self {
-            tenant_id: tenant.to_owned(),
+            tenant_id: tenant.clone(),
             complete: true,
             inventory_complete: true,
             identities: 0,
@@ -107,53 +115,90 @@ fn unjudged(report: &ScanReport, tenant: &TenantReport) -> Option<u64> {
     })
 }
 
+/// The JSON report but for its `findings`, which follow it.
 #[derive(Serialize)]
-struct JsonReport<'a> {
+struct JsonHead<'a> {
     scan_id: &'a str,
     started_at: String,
     finished_at: String,
     complete: bool,
     tenants: Vec<JsonTenant<'a>>,
     summary: &'a Summary,
-    findings: Vec<&'a Finding>,
 }
 
-/// The identities a report lists: non-healthy ones, or all with `--all`.
-fn listed(report: &ScanReport, all: bool) -> Vec<&Finding> {
-    report
-        .findings
-        .iter()
-        .filter(|f| all || f.verdict != Verdict::Healthy)
-        .collect()
+impl<'a> JsonHead<'a> {
+    fn of(report: &'a ScanReport) -> Self {
+        Self {
+            scan_id: &report.scan_id,
+            started_at: report
+                .started_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            finished_at: report
+                .finished_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+            complete: report.complete,
+            tenants: report
+                .tenants
+                .iter()
+                .map(|t| JsonTenant {
+                    tenant_id: t.tenant_id.as_str(),
+                    complete: t.complete,
+                    inventory_complete: t.inventory_complete,
+                    identities: t.identities,
+                    unjudged: unjudged(report, t),
+                    errors: &t.errors,
+                    requests: &t.requests,
+                })
+                .collect(),
+            summary: &report.summary,
+        }
+    }
 }
 
-pub fn render_json(report: &ScanReport, all: bool) -> String {
-    let view = JsonReport {
-        scan_id: &report.scan_id,
-        started_at: report
-            .started_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        finished_at: report
-            .finished_at
-            .to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        complete: report.complete,
-        tenants: report
-            .tenants
+/// Identities a report lists, as they are read; an error is the source's (the working database).
+pub type Listed<'a> = BoxStream<'a, Result<Finding, String>>;
+
+/// The identities of the report's own `findings` it lists, of `verdict` or all: the non-healthy ones,
+/// and with `all` the healthy ones too.
+pub fn own_listed(report: &ScanReport, all: bool, verdict: Option<Verdict>) -> Listed<'_> {
+    futures::stream::iter(
+        report
+            .findings
             .iter()
-            .map(|t| JsonTenant {
-                tenant_id: &t.tenant_id,
-                complete: t.complete,
-                inventory_complete: t.inventory_complete,
-                identities: t.identities,
-                unjudged: unjudged(report, t),
-                errors: &t.errors,
-                requests: &t.requests,
+            .filter(move |f| {
+                (all || f.verdict != Verdict::Healthy) && verdict.is_none_or(|v| f.verdict == v)
             })
-            .collect(),
-        summary: &report.summary,
-        findings: listed(report, all),
-    };
-    serde_json::to_string_pretty(&view).unwrap_or_else(|_| "{}".into())
+            .cloned()
+            .map(Ok),
+    )
+    .boxed()
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("writing the report: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("reading the scan's verdicts: {0}")]
+    Read(String),
+}
+
+/// Writes the JSON report (and a line break) to `w`, the identities of `listed` in its `findings`, each
+/// as it arrives: byte for byte what serializing the whole report at once writes.
+pub async fn write_json(
+    report: &ScanReport,
+    mut listed: Listed<'_>,
+    w: &mut impl Write,
+) -> Result<(), WriteError> {
+    open_object_field(w, &JsonHead::of(report), "findings")?;
+    let mut findings = JsonArray::pretty(1);
+    findings.open(w)?;
+    while let Some(f) = listed.try_next().await.map_err(WriteError::Read)? {
+        findings.push(w, &f)?;
+    }
+    findings.close(w)?;
+    close_object(w)?;
+    w.write_all(b"\n")?;
+    Ok(())
 }
 
 fn clip(s: &str, n: usize) -> String {
@@ -166,11 +211,19 @@ fn clip(s: &str, n: usize) -> String {
     }
 }
 
-pub fn render_table(report: &ScanReport, all: bool) -> String {
-    let mut out = String::new();
+/// Writes the table to `w`: the summary, the tenants, then the listed identities grouped by verdict,
+/// orphaned first; with `all` the healthy ones last, from `healthy` (their count and stream: every
+/// healthy verdict of a scan into a store) or else from the report's own findings.
+pub async fn write_table(
+    report: &ScanReport,
+    all: bool,
+    healthy: Option<(u64, Listed<'_>)>,
+    w: &mut impl Write,
+) -> Result<(), WriteError> {
+    let mut head = String::new();
     let s = &report.summary;
     let _ = writeln!(
-        out,
+        head,
         "miaudit scan {}  {}  {}",
         report.scan_id,
         report.finished_at.format("%Y-%m-%d %H:%M:%S UTC"),
@@ -181,32 +234,67 @@ pub fn render_table(report: &ScanReport, all: bool) -> String {
         }
     );
     let _ = writeln!(
-        out,
+        head,
         "identities: {}   healthy: {}   orphaned: {}   unknown: {}",
         s.total, s.healthy, s.orphaned, s.unknown
     );
     if !report.complete {
         let _ = writeln!(
-            out,
+            head,
             "INCOMPLETE SCAN: not every identity could be checked. The counts and lists below cover only the \
              identities that were judged; orphans may be among the rest. This is not an all-clear."
         );
     }
-    render_tenants(&mut out, report);
-    let rows = listed(report, all);
-    render_groups(&mut out, &rows);
-    if rows.is_empty() {
-        if report.complete {
-            let _ = writeln!(out, "\nno orphaned or unknown identities");
-        } else {
-            let _ = writeln!(
-                out,
-                "\nINCOMPLETE: nothing orphaned or unknown among the identities judged, but the scan did not \
-                 check everything (see the errors above); this is not an all-clear"
-            );
+    render_tenants(&mut head, report);
+    w.write_all(head.as_bytes())?;
+    let mut healthy = healthy;
+    let mut any = false;
+    for verdict in [Verdict::Orphaned, Verdict::Unknown, Verdict::Healthy] {
+        if verdict == Verdict::Healthy && !all {
+            continue;
+        }
+        let (n, mut rows) = match healthy.take() {
+            Some(streamed) if verdict == Verdict::Healthy => streamed,
+            other => {
+                healthy = other;
+                let own = report.findings.iter().filter(|f| f.verdict == verdict);
+                (own.count() as u64, own_listed(report, all, Some(verdict)))
+            }
+        };
+        if n == 0 {
+            continue;
+        }
+        any = true;
+        writeln!(w, "\n{} ({n})", verdict.as_str().to_uppercase())?;
+        writeln!(
+            w,
+            "  {:<36}  {:<15}  {:<30}  {:<28}  RESOURCE",
+            "OBJECT ID", "TYPE", "REASON", "NAME"
+        )?;
+        while let Some(f) = rows.try_next().await.map_err(WriteError::Read)? {
+            writeln!(
+                w,
+                "  {:<36}  {:<15}  {:<30}  {:<28}  {}",
+                f.object_id,
+                f.identity_type.as_str(),
+                f.reason.as_str(),
+                clip(&f.display_name, 28),
+                f.resource_id.as_deref().unwrap_or("-")
+            )?;
         }
     }
-    out
+    if !any {
+        if report.complete {
+            writeln!(w, "\nno orphaned or unknown identities")?;
+        } else {
+            writeln!(
+                w,
+                "\nINCOMPLETE: nothing orphaned or unknown among the identities judged, but the scan did not \
+                 check everything (see the errors above); this is not an all-clear"
+            )?;
+        }
+    }
+    Ok(())
 }
 
 /// One line per tenant (complete, or what could not be judged), with its errors.
@@ -236,38 +324,6 @@ fn render_tenants(out: &mut String, report: &ScanReport) {
         }
         for e in &t.errors {
             let _ = writeln!(out, "  error: {e}");
-        }
-    }
-}
-
-/// The listed identities grouped by verdict, orphaned first.
-fn render_groups(out: &mut String, rows: &[&Finding]) {
-    for verdict in [Verdict::Orphaned, Verdict::Unknown, Verdict::Healthy] {
-        let group: Vec<&&Finding> = rows.iter().filter(|f| f.verdict == verdict).collect();
-        if group.is_empty() {
-            continue;
-        }
-        let _ = writeln!(
-            out,
-            "\n{} ({})",
-            verdict.as_str().to_uppercase(),
-            group.len()
-        );
-        let _ = writeln!(
-            out,
-            "  {:<36}  {:<15}  {:<30}  {:<28}  RESOURCE",
-            "OBJECT ID", "TYPE", "REASON", "NAME"
-        );
-        for f in group {
-            let _ = writeln!(
-                out,
-                "  {:<36}  {:<15}  {:<30}  {:<28}  {}",
-                f.object_id,
-                f.identity_type.as_str(),
-                f.reason.as_str(),
-                clip(&f.display_name, 28),
-                f.resource_id.as_deref().unwrap_or("-")
-            );
         }
     }
 }
@@ -309,6 +365,115 @@ mod tests {
                 checked_at: None,
             },
         }
+    }
+
+    /// The table as `miaudit scan` prints it, from the report's own findings.
+    fn render_table(r: &ScanReport, all: bool) -> String {
+        let mut out = Vec::new();
+        futures::executor::block_on(write_table(r, all, None, &mut out)).expect("written");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    /// The JSON report as `miaudit scan --output json` prints it, from the report's own findings.
+    fn render_json(r: &ScanReport, all: bool) -> String {
+        let mut out = Vec::new();
+        futures::executor::block_on(write_json(r, own_listed(r, all, None), &mut out))
+            .expect("written");
+        String::from_utf8(out).expect("utf-8")
+    }
+
+    fn at(s: &str) -> DateTime<Utc> {
+        DateTime::parse_from_rfc3339(s)
+            .expect("time")
+            .with_timezone(&Utc)
+    }
+
+    fn identity(tenant: &str, n: u32, verdict: Verdict, reason: Reason) -> Finding {
+        let mut f = check_failed(tenant);
+        f.object_id = format!("00000000-0000-0000-0000-00000000000{n}").into();
+        f.app_id = format!("10000000-0000-0000-0000-00000000000{n}");
+        f.verdict = verdict;
+        f.reason = reason;
+        f.resource_id = Some(format!(
+            "/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm{n}"
+        ));
+        f.subscription_id = Some("s".into());
+        f.resource_type = Some("microsoft.compute/virtualmachines".into());
+        f.detail = format!("detail of {n}");
+        f.evidence = EvidenceReport {
+            source: EvidenceSource::Arm,
+            status: Some(404),
+            code: Some("ResourceNotFound".into()),
+            request_id: Some(format!("req-{n}")),
+            correlation_request_id: None,
+            checked_at: Some(at("2026-03-01T10:00:30.5Z")),
+        };
+        f
+    }
+
+    /// Reports whose rendering by the previous version (whole strings) is kept in tests/golden: a
+    /// complete scan of two tenants, one with failed checks, and an empty one. Their findings are
+    /// every verdict with `all`, else the non-healthy ones (as a scan into a store reports).
+    pub(super) fn golden_reports(all: bool) -> Vec<(&'static str, ScanReport)> {
+        let mut t1 = tenant("72f988bf-86f1-41af-91ab-2d7cd011db47", true, true, 4);
+        t1.requests.insert(
+            "arm".into(),
+            serde_json::from_value(
+                serde_json::json!({"requests": 3, "throttled": 1, "retries": 1, "failures": 0}),
+            )
+            .expect("counts"),
+        );
+        let t2 = tenant("t2", false, true, 2);
+        let mut orphan = identity(
+            t1.tenant_id.as_str(),
+            1,
+            Verdict::Orphaned,
+            Reason::ResourceNotFound,
+        );
+        orphan.display_name = "vm-één, \"quoted\"".into();
+        let mut long = identity(
+            t1.tenant_id.as_str(),
+            2,
+            Verdict::Healthy,
+            Reason::ResourcePresent,
+        );
+        long.display_name = "a-display-name-much-longer-than-the-column-allows".into();
+        let mut denied = identity(
+            t1.tenant_id.as_str(),
+            3,
+            Verdict::Unknown,
+            Reason::AccessDenied,
+        );
+        denied.resource_id = None;
+        let healthy = identity(
+            t1.tenant_id.as_str(),
+            4,
+            Verdict::Healthy,
+            Reason::ResourcePresent,
+        );
+        let mut failed = identity("t2", 5, Verdict::Unknown, Reason::CheckFailed);
+        failed.detail = "no answer:\nthe second line".into();
+        failed.evidence.status = None;
+        let mismatch = identity("t2", 6, Verdict::Orphaned, Reason::PrincipalMismatch);
+        let findings: Vec<Finding> = [orphan, long, denied, healthy, failed, mismatch]
+            .into_iter()
+            .filter(|f| all || f.verdict != Verdict::Healthy)
+            .collect();
+        let mut full = report(vec![t1.clone(), t2], findings);
+        full.scan_id = "3f2c0a8e-0000-4000-8000-000000000001".into();
+        full.started_at = at("2026-03-01T10:00:00.123Z");
+        full.finished_at = at("2026-03-01T10:00:42.9Z");
+        full.summary = Summary {
+            total: 6,
+            healthy: 2,
+            orphaned: 2,
+            unknown: 2,
+        };
+        let mut empty = report(vec![t1], vec![]);
+        empty.scan_id = "3f2c0a8e-0000-4000-8000-000000000002".into();
+        empty.started_at = full.started_at;
+        empty.finished_at = full.finished_at;
+        vec![("full", full), ("empty", empty)]
     }
 
     fn report(tenants: Vec<TenantReport>, findings: Vec<Finding>) -> ScanReport {
@@ -376,5 +541,124 @@ mod tests {
             "{table}"
         );
         assert!(table.contains("this is not an all-clear"), "{table}");
+    }
+
+    fn golden(name: &str) -> String {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden")
+            .join(name);
+        std::fs::read_to_string(&path).expect("golden file")
+    }
+
+    fn streamed(findings: Vec<Finding>) -> Listed<'static> {
+        futures::stream::iter(findings.into_iter().map(Ok)).boxed()
+    }
+
+    /// The streamed report is, byte for byte, what the previous version printed (tests/golden, written
+    /// by its whole-string renderer): from the report's own findings; with `--all` after a scan into a
+    /// store, from the report's non-healthy findings and a stream of every verdict (JSON) or of the
+    /// healthy ones (table); with `--all` after a scan without a store, from a report holding them all.
+    #[test]
+    fn the_streamed_report_is_the_previous_format_byte_for_byte() {
+        for ((name, stored), (_, whole)) in
+            golden_reports(false).into_iter().zip(golden_reports(true))
+        {
+            let json = |all: bool| golden(&format!("report-{name}-all-{all}.json"));
+            let table = |all: bool| golden(&format!("report-{name}-all-{all}.txt"));
+            assert_eq!(render_json(&stored, false), json(false), "{name}");
+            assert_eq!(render_table(&stored, false), table(false), "{name}");
+            assert_eq!(render_json(&whole, true), json(true), "{name}");
+            assert_eq!(render_table(&whole, true), table(true), "{name}");
+
+            let mut out = Vec::new();
+            futures::executor::block_on(write_json(
+                &stored,
+                streamed(whole.findings.clone()),
+                &mut out,
+            ))
+            .expect("written");
+            assert_eq!(String::from_utf8(out).expect("utf-8"), json(true), "{name}");
+            let healthy: Vec<Finding> = whole
+                .findings
+                .iter()
+                .filter(|f| f.verdict == Verdict::Healthy)
+                .cloned()
+                .collect();
+            let mut out = Vec::new();
+            let n = healthy.len() as u64;
+            futures::executor::block_on(write_table(
+                &stored,
+                true,
+                Some((n, streamed(healthy))),
+                &mut out,
+            ))
+            .expect("written");
+            assert_eq!(
+                String::from_utf8(out).expect("utf-8"),
+                table(true),
+                "{name}"
+            );
+
+            let v: serde_json::Value =
+                serde_json::from_str(&json(true)).expect("one JSON document");
+            assert_eq!(
+                v["findings"].as_array().map(Vec::len),
+                Some(whole.findings.len())
+            );
+        }
+    }
+
+    /// The writers consume the stream as they write: each identity is written before the next is
+    /// asked for, so nothing is collected, whatever the number.
+    #[test]
+    fn each_identity_is_written_before_the_next_is_read() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        /// Counts what reaches it.
+        struct Counting(Arc<AtomicUsize>);
+        impl Write for Counting {
+            fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+                self.0.fetch_add(buf.len(), Ordering::SeqCst);
+                Ok(buf.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let (_, whole) = golden_reports(true).remove(0);
+        let n = 10_000;
+        for json in [true, false] {
+            let written = Arc::new(AtomicUsize::new(0));
+            // What had been written when each identity was asked for.
+            let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+            let (w, s) = (written.clone(), seen.clone());
+            let template = whole.findings[1].clone();
+            let rows: Listed<'_> = futures::stream::iter(0..n)
+                .map(move |i| {
+                    s.lock().push(w.load(Ordering::SeqCst));
+                    let mut f = template.clone();
+                    f.object_id = format!("{i:08}").into();
+                    Ok(f)
+                })
+                .boxed();
+            let mut out = Counting(written.clone());
+            let done = if json {
+                futures::executor::block_on(write_json(&whole, rows, &mut out))
+            } else {
+                futures::executor::block_on(write_table(
+                    &whole,
+                    true,
+                    Some((n as u64, rows)),
+                    &mut out,
+                ))
+            };
+            done.expect("written");
+            let seen = seen.lock();
+            assert_eq!(seen.len(), n);
+            assert!(
+                seen.windows(2).all(|p| p[1] > p[0]),
+                "an identity was asked for before the previous one was written (json: {json})"
+            );
+        }
     }
 }

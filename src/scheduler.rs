@@ -186,7 +186,7 @@ impl ScanRunner {
                 for (tenant, n) in &recorded.newly_confirmed {
                     self.metrics
                         .new_orphans
-                        .with_label_values(&[tenant])
+                        .with_label_values(&[tenant.as_str()])
                         .inc_by(*n);
                 }
                 self.publish(report).await;

@@ -28,91 +28,107 @@ fn lex(src: &str) -> Result<Vec<Tok>, String> {
             i += 1;
             continue;
         }
-        if c == '\'' || c == '"' {
-            let q = c;
-            let mut s = String::new();
-            i += 1;
-            loop {
-                let Some(&d) = chars.get(i) else {
-                    return Err("unterminated string literal".into());
-                };
-                i += 1;
-                if d == '\\' {
-                    let Some(&e) = chars.get(i) else {
-                        return Err("unterminated escape".into());
-                    };
-                    i += 1;
-                    s.push(match e {
-                        'n' => '\n',
-                        't' => '\t',
-                        other => other,
-                    });
-                } else if d == q {
-                    break;
-                } else {
-                    s.push(d);
-                }
-            }
-            out.push(Tok::Str(s));
-            continue;
-        }
-        if c.is_ascii_digit() {
-            let start = i;
-            while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
-                i += 1;
-            }
-            let text: String = chars[start..i].iter().collect();
-            out.push(Tok::Num(
-                text.parse().map_err(|_| format!("bad number {text}"))?,
-            ));
-            continue;
-        }
-        if c.is_ascii_alphabetic() || c == '_' || c == '$' {
-            let start = i;
-            while i < chars.len()
-                && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '$')
-            {
-                i += 1;
-            }
-            let word: String = chars[start..i].iter().collect();
-            // `in~` and `!in~` are single operators.
-            if word == "in" && chars.get(i) == Some(&'~') {
-                i += 1;
-                out.push(Tok::Sym("in~"));
-            } else {
-                out.push(Tok::Ident(word));
-            }
-            continue;
-        }
-        let rest: String = chars[i..(i + 4).min(chars.len())].iter().collect();
-        let word_follows = |at: usize| chars.get(at).is_some_and(|c| c.is_ascii_alphanumeric());
-        let (sym, width): (&'static str, usize) = if rest.starts_with("!in~") {
-            ("!in~", 4)
-        } else if rest.starts_with("!in") && !word_follows(i + 3) {
-            ("!in", 3)
-        } else if rest.starts_with("==") {
-            ("==", 2)
-        } else if rest.starts_with("!=") || rest.starts_with("<>") {
-            ("!=", 2)
-        } else if rest.starts_with("=~") {
-            ("=~", 2)
-        } else if rest.starts_with("!~") {
-            ("!~", 2)
+        let (tok, next) = if c == '\'' || c == '"' {
+            lex_string(&chars, i)?
+        } else if c.is_ascii_digit() {
+            lex_number(&chars, i)?
+        } else if c.is_ascii_alphabetic() || c == '_' || c == '$' {
+            lex_word(&chars, i)
         } else {
-            match c {
-                '|' => ("|", 1),
-                '(' => ("(", 1),
-                ')' => (")", 1),
-                ',' => (",", 1),
-                '.' => (".", 1),
-                '=' => ("=", 1),
-                _ => return Err(format!("unexpected character {c:?}")),
-            }
+            lex_symbol(&chars, i)?
         };
-        i += width;
-        out.push(Tok::Sym(sym));
+        out.push(tok);
+        i = next;
     }
     Ok(out)
+}
+
+/// The string literal whose quote is at `chars[i]`, and where the text after it starts.
+fn lex_string(chars: &[char], mut i: usize) -> Result<(Tok, usize), String> {
+    let q = chars[i];
+    let mut s = String::new();
+    i += 1;
+    loop {
+        let Some(&d) = chars.get(i) else {
+            return Err("unterminated string literal".into());
+        };
+        i += 1;
+        if d == '\\' {
+            let Some(&e) = chars.get(i) else {
+                return Err("unterminated escape".into());
+            };
+            i += 1;
+            s.push(match e {
+                'n' => '\n',
+                't' => '\t',
+                other => other,
+            });
+        } else if d == q {
+            break;
+        } else {
+            s.push(d);
+        }
+    }
+    Ok((Tok::Str(s), i))
+}
+
+/// The number starting at `chars[i]`, and where the text after it starts.
+fn lex_number(chars: &[char], start: usize) -> Result<(Tok, usize), String> {
+    let mut i = start;
+    while i < chars.len() && (chars[i].is_ascii_digit() || chars[i] == '.') {
+        i += 1;
+    }
+    let text: String = chars[start..i].iter().collect();
+    let n = text.parse().map_err(|_| format!("bad number {text}"))?;
+    Ok((Tok::Num(n), i))
+}
+
+/// The identifier starting at `chars[i]` (or the operator `in~`), and where the text after it starts.
+fn lex_word(chars: &[char], start: usize) -> (Tok, usize) {
+    let mut i = start;
+    while i < chars.len()
+        && (chars[i].is_ascii_alphanumeric() || chars[i] == '_' || chars[i] == '$')
+    {
+        i += 1;
+    }
+    let word: String = chars[start..i].iter().collect();
+    // `in~` and `!in~` are single operators.
+    if word == "in" && chars.get(i) == Some(&'~') {
+        (Tok::Sym("in~"), i + 1)
+    } else {
+        (Tok::Ident(word), i)
+    }
+}
+
+/// The operator or punctuation at `chars[i]`, and where the text after it starts.
+fn lex_symbol(chars: &[char], i: usize) -> Result<(Tok, usize), String> {
+    let c = chars[i];
+    let rest: String = chars[i..(i + 4).min(chars.len())].iter().collect();
+    let word_follows = |at: usize| chars.get(at).is_some_and(|c| c.is_ascii_alphanumeric());
+    let (sym, width): (&'static str, usize) = if rest.starts_with("!in~") {
+        ("!in~", 4)
+    } else if rest.starts_with("!in") && !word_follows(i + 3) {
+        ("!in", 3)
+    } else if rest.starts_with("==") {
+        ("==", 2)
+    } else if rest.starts_with("!=") || rest.starts_with("<>") {
+        ("!=", 2)
+    } else if rest.starts_with("=~") {
+        ("=~", 2)
+    } else if rest.starts_with("!~") {
+        ("!~", 2)
+    } else {
+        match c {
+            '|' => ("|", 1),
+            '(' => ("(", 1),
+            ')' => (")", 1),
+            ',' => (",", 1),
+            '.' => (".", 1),
+            '=' => ("=", 1),
+            _ => return Err(format!("unexpected character {c:?}")),
+        }
+    };
+    Ok((Tok::Sym(sym), i + width))
 }
 
 #[derive(Debug, Clone)]

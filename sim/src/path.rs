@@ -110,6 +110,15 @@ fn is(seg: &str, keyword: &str) -> bool {
 
 /// Reads a request path (as sent, still percent-encoded). `Err` says why it is not an ARM path.
 pub fn parse(raw: &str) -> Result<Route, String> {
+    let segs = segments(raw)?;
+    match anchor(&segs)? {
+        Anchor::Route(route) => Ok(route),
+        Anchor::Scope(scope, i) => resource_route(&segs, scope, i),
+    }
+}
+
+/// The path's segments, each percent-decoded by itself.
+fn segments(raw: &str) -> Result<Vec<String>, String> {
     let Some(rest) = raw.strip_prefix('/') else {
         return Err("the path does not start with '/'".into());
     };
@@ -129,48 +138,66 @@ pub fn parse(raw: &str) -> Result<Route, String> {
         }
         segs.push(d);
     }
+    Ok(segs)
+}
+
+/// Where a path is anchored: a route of its own, or the scope of the provider blocks that start at
+/// segment `i`.
+enum Anchor {
+    Route(Route),
+    Scope(Scope, usize),
+}
+
+/// The subscription list, a subscription, its resource groups, a resource group or a management group,
+/// or the scope a resource path starts from. `segs` is not empty.
+fn anchor(segs: &[String]) -> Result<Anchor, String> {
     let n = segs.len();
-    let (scope, mut i) = if is(&segs[0], "subscriptions") {
+    if is(&segs[0], "subscriptions") {
         if n == 1 {
-            return Ok(Route::Subscriptions);
+            return Ok(Anchor::Route(Route::Subscriptions));
         }
         let sub = segs[1].clone();
         if n == 2 {
-            return Ok(Route::Subscription(sub));
+            return Ok(Anchor::Route(Route::Subscription(sub)));
         }
-        if is(&segs[2], "resourceGroups") {
-            if n == 3 {
-                return Ok(Route::ResourceGroups(sub));
-            }
-            let group = segs[3].clone();
-            if n == 4 {
-                return Ok(Route::ResourceGroup {
-                    subscription: sub,
-                    group,
-                });
-            }
-            (
-                Scope::ResourceGroup {
-                    subscription: sub,
-                    group,
-                },
-                4,
-            )
-        } else {
-            (Scope::Subscription(sub), 2)
+        if !is(&segs[2], "resourceGroups") {
+            return Ok(Anchor::Scope(Scope::Subscription(sub), 2));
         }
+        if n == 3 {
+            return Ok(Anchor::Route(Route::ResourceGroups(sub)));
+        }
+        let group = segs[3].clone();
+        if n == 4 {
+            return Ok(Anchor::Route(Route::ResourceGroup {
+                subscription: sub,
+                group,
+            }));
+        }
+        Ok(Anchor::Scope(
+            Scope::ResourceGroup {
+                subscription: sub,
+                group,
+            },
+            4,
+        ))
     } else if is(&segs[0], "providers") {
         if n >= 4 && is(&segs[1], "Microsoft.Management") && is(&segs[2], "managementGroups") {
             if n == 4 {
-                return Ok(Route::ManagementGroup(segs[3].clone()));
+                return Ok(Anchor::Route(Route::ManagementGroup(segs[3].clone())));
             }
-            (Scope::ManagementGroup(segs[3].clone()), 4)
+            Ok(Anchor::Scope(Scope::ManagementGroup(segs[3].clone()), 4))
         } else {
-            (Scope::Tenant, 0)
+            Ok(Anchor::Scope(Scope::Tenant, 0))
         }
     } else {
-        return Err(format!("'{}' is not an ARM path", segs[0]));
-    };
+        Err(format!("'{}' is not an ARM path", segs[0]))
+    }
+}
+
+/// The provider blocks from segment `i` on, in `scope`: a resource or a collection, or the providers API
+/// of a namespace.
+fn resource_route(segs: &[String], scope: Scope, mut i: usize) -> Result<Route, String> {
+    let n = segs.len();
     let mut blocks: Vec<Block> = Vec::new();
     while i < n {
         if !is(&segs[i], "providers") {

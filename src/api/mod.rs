@@ -10,6 +10,7 @@
 mod routes;
 
 use crate::config::Secret;
+use crate::domain::TenantId;
 use crate::metrics::Metrics;
 use crate::scheduler::ScanRunner;
 use crate::store::Store;
@@ -34,7 +35,7 @@ pub struct AppState {
     pub require_token_for_reads: bool,
     /// `/metrics` needs the token.
     pub metrics_require_token: bool,
-    pub tenants: Arc<Vec<String>>,
+    pub tenants: Arc<Vec<TenantId>>,
 }
 
 /// Largest request body accepted (the only bodies are small JSON documents).

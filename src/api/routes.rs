@@ -2,18 +2,20 @@
 
 use super::{AppState, Params, Problem, authorize, decode_cursor, encode_cursor};
 use crate::domain::Trigger;
-use crate::domain::{IdentityType, Reason, Verdict};
+use crate::domain::{IdentityType, ObjectId, Reason, TenantId, Verdict};
 use crate::export;
 use crate::lifecycle::{AckRefused, State};
+use crate::output::JsonArray;
 use crate::scheduler::Busy;
 use crate::store::{Acknowledged, FindingFilter};
 use axum::Router;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State as S};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+use futures::{SinkExt, TryStreamExt};
 use serde_json::{Value, json};
 
 pub fn routes() -> Router<AppState> {
@@ -114,7 +116,8 @@ fn states_param(p: &Params) -> Result<Vec<State>, Problem> {
     }
 }
 
-fn tenant_param(p: &Params, k: &str) -> Result<Option<String>, Problem> {
+/// An id parameter (tenant, subscription), in its id type (which lower-cases it).
+fn id_param<T: for<'a> From<&'a str>>(p: &Params, k: &str) -> Result<Option<T>, Problem> {
     match p.get(k) {
         None => Ok(None),
         Some(v)
@@ -122,7 +125,7 @@ fn tenant_param(p: &Params, k: &str) -> Result<Option<String>, Problem> {
                 && v.chars()
                     .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_')) =>
         {
-            Ok(Some(v.to_ascii_lowercase()))
+            Ok(Some(T::from(v)))
         }
         Some(_) => Err(Problem::bad_request(format!("{k} is not a valid id"))),
     }
@@ -152,13 +155,13 @@ async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Resp
             Reason::parse,
             "a reason code such as resource_not_found",
         )?,
-        tenant_id: tenant_param(&p, "tenant_id")?,
+        tenant_id: id_param(&p, "tenant_id")?,
         identity_type: p.one_of(
             "identity_type",
             IdentityType::parse,
             "system_assigned, user_assigned",
         )?,
-        subscription_id: tenant_param(&p, "subscription_id")?,
+        subscription_id: id_param(&p, "subscription_id")?,
         resource_type: match p.get("resource_type") {
             Some(t) if crate::arm::is_queryable_type(t) => Some(t.to_ascii_lowercase()),
             Some(_) => {
@@ -172,23 +175,53 @@ async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Resp
     let after = match p.get("cursor") {
         Some(c) => {
             let v = decode_cursor(c, 2)?;
-            Some((v[0].clone(), v[1].clone()))
+            Some((TenantId::from(v[0].as_str()), ObjectId::from(v[1].as_str())))
         }
         None => None,
     };
-    // One more than asked tells whether another page exists.
-    let mut items = st
-        .store
-        .list_findings(&filter, after.as_ref(), limit + 1)
+    let body = findings_page(&st, &filter, after.as_ref(), limit)
         .await
         .map_err(|e| Problem::internal(&st.metrics, &e))?;
-    let next = page(&mut items, limit, |f| {
-        encode_cursor(&[&f.finding.tenant_id, &f.finding.object_id])
-    });
-    Ok(json_ok(
+    Ok((
         StatusCode::OK,
-        &json!({"items": items, "next_cursor": next}),
-    ))
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response())
+}
+
+/// A page of the findings list, `{"items": [...], "next_cursor": ...}`, each finding written into the
+/// body as it is read (no list of findings, no JSON tree of the page). One more than asked is read,
+/// to tell whether another page exists. The body is sent once whole: a page is at most 1,000 findings,
+/// and the read is over before a slow client is served.
+async fn findings_page(
+    st: &AppState,
+    filter: &FindingFilter,
+    after: Option<&crate::store::FindingCursor>,
+    limit: u32,
+) -> Result<Vec<u8>, Box<dyn std::error::Error + Send + Sync>> {
+    let mut body = b"{\"items\":".to_vec();
+    let mut items = JsonArray::compact();
+    items.open(&mut body)?;
+    let mut rows = st.store.stream_findings(filter, after, limit + 1);
+    let (mut last, mut more) = (None, false);
+    while let Some(f) = rows.try_next().await? {
+        if items.len() == u64::from(limit) {
+            more = true;
+            break;
+        }
+        // Through a JSON value, as pages always were: the fields in name order.
+        items.push(&mut body, &serde_json::to_value(&f)?)?;
+        last = Some(f.finding);
+    }
+    items.close(&mut body)?;
+    let next = last
+        .filter(|_| more)
+        .map(|f| encode_cursor(&[f.tenant_id.as_str(), f.object_id.as_str()]));
+    body.extend_from_slice(b",\"next_cursor\":");
+    serde_json::to_writer(&mut body, &next)?;
+    body.push(b'}');
+    Ok(body)
 }
 
 /// Path parameters, with axum's own rejection (e.g. a segment that is not UTF-8) turned into a problem.
@@ -212,10 +245,17 @@ fn check_path_id(v: &str, what: &str) -> Result<(), Problem> {
     Ok(())
 }
 
+/// The tenant and object ids of a finding's path, checked.
+fn finding_ids((tenant, object): (String, String)) -> Result<(TenantId, ObjectId), Problem> {
+    check_path_id(&tenant, "tenant id")?;
+    check_path_id(&object, "object id")?;
+    Ok((TenantId::from(tenant), ObjectId::from(object)))
+}
+
 async fn finding_with_history(
     st: &AppState,
-    tenant: &str,
-    object: &str,
+    tenant: &TenantId,
+    object: &ObjectId,
 ) -> Result<Option<Value>, Problem> {
     let Some(f) = st
         .store
@@ -239,9 +279,7 @@ async fn one_finding(
     S(st): S<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, Problem> {
-    let (tenant, object) = path(p)?;
-    check_path_id(&tenant, "tenant id")?;
-    check_path_id(&object, "object id")?;
+    let (tenant, object) = finding_ids(path(p)?)?;
     match finding_with_history(&st, &tenant, &object).await? {
         Some(v) => Ok(json_ok(StatusCode::OK, &v)),
         None => Err(Problem::new(
@@ -257,10 +295,9 @@ async fn acknowledge(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
-    let (tenant, object) = path(p)?;
+    let ids = path(p)?;
     authorize(&st, &headers)?;
-    check_path_id(&tenant, "tenant id")?;
-    check_path_id(&object, "object id")?;
+    let (tenant, object) = finding_ids(ids)?;
     #[derive(serde::Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Ack {
@@ -402,11 +439,20 @@ async fn export_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Re
         Some("json") => export::Format::Json,
         Some(_) => return Err(Problem::bad_request("format must be csv or json")),
     };
-    let tenant = tenant_param(&p, "tenant_id")?;
+    let tenant: Option<TenantId> = id_param(&p, "tenant_id")?;
     let states = states_param(&p)?;
-    let rows = export::load_rows(&st.store, tenant.as_deref(), &states)
+    let mut export = export::Export::new(tenant.as_ref(), &states, format);
+    // The first page before the answer: a database that fails at once is a 503, not a broken body.
+    let mut first = Vec::new();
+    let more = export
+        .write_next(&st.store, &mut first)
         .await
         .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    let body = if more {
+        Body::from_stream(export_rest(st, export, first))
+    } else {
+        Body::from(first)
+    };
     let (ctype, ext) = match format {
         export::Format::Csv => ("text/csv; charset=utf-8", "csv"),
         export::Format::Json => ("application/json", "json"),
@@ -420,7 +466,43 @@ async fn export_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Re
                 format!("attachment; filename=\"miaudit-orphans.{ext}\""),
             ),
         ],
-        export::render(&rows, format),
+        body,
     )
         .into_response())
+}
+
+/// The body of an export longer than a page: `first`, then a page at a time, each written while the
+/// client reads the previous ones (two pages ahead at most: memory stays a few pages whatever the
+/// export's size, and a slow client holds no database snapshot, each page being one short read). A
+/// failure after the first page can no longer change the status: the body is cut off (the client sees
+/// an incomplete transfer, never a short document that looks whole), the error logged and counted.
+fn export_rest(
+    st: AppState,
+    mut export: export::Export,
+    first: Vec<u8>,
+) -> futures::channel::mpsc::Receiver<Result<Bytes, std::io::Error>> {
+    let (mut tx, rx) = futures::channel::mpsc::channel(1);
+    tokio::spawn(async move {
+        if tx.send(Ok(Bytes::from(first))).await.is_err() {
+            return;
+        }
+        loop {
+            let mut page = Vec::new();
+            let (part, more) = match export.write_next(&st.store, &mut page).await {
+                Ok(more) => (Ok(Bytes::from(page)), more),
+                Err(e) => {
+                    Problem::internal(&st.metrics, &e);
+                    (
+                        Err(std::io::Error::other("the export was interrupted")),
+                        false,
+                    )
+                }
+            };
+            // A client that went away ends the export.
+            if tx.send(part).await.is_err() || !more {
+                return;
+            }
+        }
+    });
+    rx
 }

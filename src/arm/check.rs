@@ -7,7 +7,7 @@ use super::{ARM_REFILL_PER_S, ARM_RESERVE, ArmClient, Check, PROBE_API_VERSION, 
 use crate::azure::http::Call;
 use crate::azure::transport::{Handled, parse_count};
 use crate::azure::{Api, Reply};
-use crate::domain::{Answer, ResourceId};
+use crate::domain::{Answer, ObjectId, ResourceId, SubscriptionId, TenantId};
 use serde_json::Value;
 use std::time::{Duration, Instant};
 
@@ -90,7 +90,7 @@ impl ArmClient {
     /// is the resource (its `id`); anything else is retried, then a failed check.
     pub(super) async fn read_resource(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         resource: &ResourceId,
         version: &str,
     ) -> Check {
@@ -106,10 +106,10 @@ impl ArmClient {
             };
             return check;
         };
-        let call = Call::get(Api::Arm, tenant, &url);
+        let call = Call::get(Api::Arm, tenant.as_str(), &url);
         let quota_key = resource
             .subscription_id()
-            .map_or_else(|| "tenant".to_owned(), str::to_ascii_lowercase);
+            .map_or_else(|| "tenant".to_owned(), SubscriptionId::to_string);
         self.pace_arm(&quota_key).await;
         let is_uami = resource.is_user_assigned_identity();
         let res = self
@@ -176,9 +176,9 @@ impl ArmClient {
     #[tracing::instrument(skip_all, fields(tenant = %tenant, resource = %resource))]
     pub async fn check_resource(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         resource: &ResourceId,
-        provider_subscription: Option<&str>,
+        provider_subscription: Option<&SubscriptionId>,
     ) -> Check {
         // Without discovered versions, ask with one no provider can accept: ARM's refusal lists the
         // versions it takes (NoRegisteredProviderFound / UnsupportedApiVersionValue), and the answer to
@@ -251,7 +251,7 @@ impl ArmClient {
     /// answer at all is a failed check; one refused for its version follows ARM's own list, once more.
     pub(super) async fn confirm_absence(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         resource: &ResourceId,
         mut check: Check,
         mut read: String,
@@ -341,14 +341,14 @@ pub(super) const SETTLED: &[&str] = &["Succeeded", "Failed", "Canceled", "Cancel
 /// user-assigned identity (MSI-SPEC), `identity.principalId` otherwise. `Err` when the body shows no
 /// principal but cannot be taken at its word: a system-assigned identity switched on whose principal is
 /// not there yet, or a resource still being provisioned.
-pub(super) fn resource_principal(body: &Value, is_uami: bool) -> Result<Option<String>, String> {
+pub(super) fn resource_principal(body: &Value, is_uami: bool) -> Result<Option<ObjectId>, String> {
     let holder = if is_uami {
         get_ci(body, "properties")
     } else {
         get_ci(body, "identity")
     };
     if let Some(p) = non_empty(holder.and_then(|h| get_ci(h, "principalId"))) {
-        return Ok(Some(p));
+        return Ok(Some(p.into()));
     }
     if !is_uami
         && let Some(kind) = holder

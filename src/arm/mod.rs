@@ -28,7 +28,7 @@ use crate::azure::Api;
 use crate::azure::AzureError;
 use crate::azure::http::{AzureHttp, Call};
 use crate::azure::transport::follow_link;
-use crate::domain::Answer;
+use crate::domain::{Answer, SubscriptionId, TenantId};
 use parking_lot::Mutex;
 use resource_graph::Pacer;
 use serde::Deserialize;
@@ -51,9 +51,9 @@ pub const ARG_SUBSCRIPTION_BATCH: usize = 1000;
 #[derive(Debug, Clone, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Subscription {
-    pub subscription_id: String,
+    pub subscription_id: SubscriptionId,
     #[serde(default)]
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<TenantId>,
     #[serde(default)]
     pub state: Option<String>,
 }
@@ -113,12 +113,12 @@ impl ArmClient {
         }
     }
 
-    /// Every subscription these credentials can see, keyed by lower-case id.
+    /// Every subscription these credentials can see, by id.
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]
     pub async fn fetch_subscriptions(
         &self,
-        tenant: &str,
-    ) -> Result<HashMap<String, Subscription>, AzureError> {
+        tenant: &TenantId,
+    ) -> Result<HashMap<SubscriptionId, Subscription>, AzureError> {
         let mut url = format!(
             "{}/subscriptions?api-version={SUBSCRIPTIONS_API_VERSION}",
             self.endpoint
@@ -134,11 +134,11 @@ impl ArmClient {
                     detail: "more than 10000 pages".into(),
                 });
             }
-            let call = Call::get(Api::Arm, tenant, &url);
+            let call = Call::get(Api::Arm, tenant.as_str(), &url);
             let (page, _): (ListPage<Subscription>, _) =
                 self.http.json(&call, "a subscription list").await?;
             for s in page.value {
-                out.insert(s.subscription_id.to_ascii_lowercase(), s);
+                out.insert(s.subscription_id.clone(), s);
             }
             match page.next_link {
                 Some(next) if !next.is_empty() => {

@@ -5,7 +5,7 @@ use super::{ARG_PAGE_SIZE, ArmClient, RESOURCE_GRAPH_API_VERSION, non_empty};
 use crate::azure::http::Call;
 use crate::azure::transport::{Handled, parse_count};
 use crate::azure::{Api, AzureError, PageSink, Reply};
-use crate::domain::USER_ASSIGNED_IDENTITY_TYPE;
+use crate::domain::{ObjectId, SubscriptionId, TenantId, USER_ASSIGNED_IDENTITY_TYPE};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -66,7 +66,7 @@ pub fn identity_query(table: ArgTable, types: &[String]) -> String {
 #[derive(Debug, Clone)]
 pub struct ArgHit {
     pub resource_key: String,
-    pub principal_key: Option<String>,
+    pub principal_key: Option<ObjectId>,
     pub request_id: Option<Arc<str>>,
 }
 
@@ -212,8 +212,8 @@ impl ArmClient {
     #[tracing::instrument(skip_all, fields(tenant = %tenant, table = table.name(), subscriptions = subscriptions.len()))]
     pub async fn fetch_identity_principals(
         &self,
-        tenant: &str,
-        subscriptions: &[String],
+        tenant: &TenantId,
+        subscriptions: &[SubscriptionId],
         table: ArgTable,
         types: &[String],
         sink: &mut impl PageSink<ArgHit>,
@@ -237,55 +237,17 @@ impl ArmClient {
                 json!({ "subscriptions": subscriptions, "query": query, "options": options });
             let call = Call {
                 api: Api::ResourceGraph,
-                tenant,
+                tenant: tenant.as_str(),
                 method: reqwest::Method::POST,
                 url: &url,
                 json: Some(&body),
             };
-            self.pace().await;
-            let page = self
-                .http
-                .execute(&call, |reply| {
-                    self.note_quota(&reply);
-                    if !reply.is_success() {
-                        return Handled::Done(Err(reply.into_status_error(Api::ResourceGraph)));
-                    }
-                    let decoded = reply
-                        .json::<ArgPage>(Api::ResourceGraph, "a Resource Graph page")
-                        .map_err(|e| e.to_string())
-                        .and_then(|p| {
-                            rows_of(&p.data)
-                                .map(|rows| (rows, p.skip_token))
-                                .ok_or_else(|| {
-                                    "`data` is neither an object array nor a table".into()
-                                })
-                        });
-                    match decoded {
-                        Ok((rows, token)) => Handled::Done(Ok((rows, token, reply.request_id()))),
-                        Err(e) => Handled::Retry(e),
-                    }
-                })
-                .await??;
+            let (rows, token, request_id) = self.arg_page(&call).await?;
             pages += 1;
-            let (rows, token, request_id) = page;
             empty.saw(Api::ResourceGraph, "a Resource Graph page", rows.len())?;
-            let request_id: Option<Arc<str>> = request_id.map(Into::into);
-            let mut hits = Vec::with_capacity(rows.len());
-            for row in &rows {
-                let Some(id) = row.get("id").and_then(Value::as_str) else {
-                    return Err(AzureError::Decode {
-                        api: Api::ResourceGraph,
-                        what: "a Resource Graph row",
-                        detail: "row without id".into(),
-                    });
-                };
-                hits.push(ArgHit {
-                    resource_key: id.trim_end_matches('/').to_ascii_lowercase(),
-                    principal_key: principal_of(row).map(|p| p.to_ascii_lowercase()),
-                    request_id: request_id.clone(),
-                });
-            }
-            sink.accept(hits).await.map_err(AzureError::Staging)?;
+            sink.accept(hits_of(&rows, request_id)?)
+                .await
+                .map_err(AzureError::Staging)?;
             match token.filter(|t| !t.is_empty()) {
                 None => return Ok(pages),
                 Some(t) => {
@@ -301,6 +263,57 @@ impl ArmClient {
             }
         }
     }
+
+    /// One page of Resource Graph, paced by its quota: its rows as objects, its `$skipToken`, and the
+    /// request id of the answer. A body that does not decode is retried, as a failed attempt.
+    async fn arg_page(
+        &self,
+        call: &Call<'_>,
+    ) -> Result<(Vec<Value>, Option<String>, Option<String>), AzureError> {
+        self.pace().await;
+        self.http
+            .execute(call, |reply| {
+                self.note_quota(&reply);
+                if !reply.is_success() {
+                    return Handled::Done(Err(reply.into_status_error(Api::ResourceGraph)));
+                }
+                let decoded = reply
+                    .json::<ArgPage>(Api::ResourceGraph, "a Resource Graph page")
+                    .map_err(|e| e.to_string())
+                    .and_then(|p| {
+                        rows_of(&p.data)
+                            .map(|rows| (rows, p.skip_token))
+                            .ok_or_else(|| "`data` is neither an object array nor a table".into())
+                    });
+                match decoded {
+                    Ok((rows, token)) => Handled::Done(Ok((rows, token, reply.request_id()))),
+                    Err(e) => Handled::Retry(e),
+                }
+            })
+            .await?
+    }
+}
+
+/// What a page's rows show: each resource's id and principal, lower-case, with the page's request id. A
+/// row without an id fails the page.
+fn hits_of(rows: &[Value], request_id: Option<String>) -> Result<Vec<ArgHit>, AzureError> {
+    let request_id: Option<Arc<str>> = request_id.map(Into::into);
+    let mut hits = Vec::with_capacity(rows.len());
+    for row in rows {
+        let Some(id) = row.get("id").and_then(Value::as_str) else {
+            return Err(AzureError::Decode {
+                api: Api::ResourceGraph,
+                what: "a Resource Graph row",
+                detail: "row without id".into(),
+            });
+        };
+        hits.push(ArgHit {
+            resource_key: id.trim_end_matches('/').to_ascii_lowercase(),
+            principal_key: principal_of(row).map(ObjectId::from),
+            request_id: request_id.clone(),
+        });
+    }
+    Ok(hits)
 }
 
 #[cfg(test)]

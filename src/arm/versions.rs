@@ -5,7 +5,7 @@
 use super::{ArmClient, Check, PROVIDERS_API_VERSION};
 use crate::azure::Api;
 use crate::azure::http::Call;
-use crate::domain::{Answer, ResourceId};
+use crate::domain::{Answer, ResourceId, SubscriptionId, TenantId};
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -132,9 +132,9 @@ impl ArmClient {
     /// request however many checks ask at once.
     pub(super) async fn provider_versions(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         namespace: &str,
-        subscription: Option<&str>,
+        subscription: Option<&SubscriptionId>,
     ) -> Option<Arc<ProviderTypes>> {
         let lookup = self
             .providers
@@ -150,20 +150,20 @@ impl ArmClient {
 
     pub(super) async fn lookup_provider(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         namespace: &str,
-        subscription: Option<&str>,
+        subscription: Option<&SubscriptionId>,
     ) -> Option<Arc<ProviderTypes>> {
         let mut urls = Vec::new();
         if let Some(s) = subscription {
             urls.extend(self.url(
-                &["subscriptions", s, "providers", namespace],
+                &["subscriptions", s.as_str(), "providers", namespace],
                 PROVIDERS_API_VERSION,
             ));
         }
         urls.extend(self.url(&["providers", namespace], PROVIDERS_API_VERSION));
         for url in &urls {
-            let call = Call::get(Api::Arm, tenant, url);
+            let call = Call::get(Api::Arm, tenant.as_str(), url);
             match self
                 .http
                 .json::<Provider>(&call, "a resource provider")
@@ -209,9 +209,9 @@ impl ArmClient {
     /// another resource's refusal names the versions of that resource's location only), or neither.
     pub(super) async fn api_versions(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         resource: &ResourceId,
-        provider_subscription: Option<&str>,
+        provider_subscription: Option<&SubscriptionId>,
     ) -> Result<Versions, String> {
         let learnt = self.learnt.lock().get(&Self::type_key(resource)).cloned();
         let provided = self

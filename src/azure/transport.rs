@@ -233,36 +233,9 @@ impl Transport {
                 // What the failed attempt met: the kind of the error if retries run out.
                 Err(SendError::Failed(e)) => (e, ErrorKind::Transient),
                 Ok(reply) => {
-                    if let Some(q) = quota_remaining(&reply) {
-                        self.counters.quota_remaining(api, q);
-                    }
-                    if reply.status == 429 {
-                        self.counters.throttled(api);
-                    }
+                    self.note_reply(api, &reply);
                     if is_transient(reply.status) {
-                        let why = format!("HTTP {}", reply.status);
-                        if attempts > self.policy.max_retries {
-                            let kind = ErrorKind::of_status(reply.status);
-                            self.counters.failure(api, kind);
-                            return Err(AzureError::Exhausted {
-                                api,
-                                attempts,
-                                last: why,
-                                kind,
-                            });
-                        }
-                        let delay = match server_delay(&reply) {
-                            Some(d) if d > self.policy.max_server_wait => {
-                                self.counters.failure(api, ErrorKind::Throttled);
-                                return Err(AzureError::WaitTooLong {
-                                    api,
-                                    asked: d,
-                                    max: self.policy.max_server_wait,
-                                });
-                            }
-                            Some(d) => d,
-                            None => self.policy.backoff(attempts - 1),
-                        };
+                        let delay = self.transient_wait(api, attempts, &reply)?;
                         tracing::debug!(api = %api, status = reply.status, ?delay, "transient answer, retrying");
                         self.counters.retry(api);
                         tokio::time::sleep(delay).await;
@@ -279,17 +252,59 @@ impl Transport {
                 }
             };
             if attempts > self.policy.max_retries {
-                self.counters.failure(api, last_kind);
-                return Err(AzureError::Exhausted {
-                    api,
-                    attempts,
-                    last: failure,
-                    kind: last_kind,
-                });
+                return Err(self.exhausted(api, attempts, failure, last_kind));
             }
             tracing::debug!(api = %api, error = %failure, "attempt failed, retrying");
             self.counters.retry(api);
             tokio::time::sleep(self.policy.backoff(attempts - 1)).await;
+        }
+    }
+
+    /// Counts what a reply announces: the request quota left, a 429.
+    fn note_reply(&self, api: Api, reply: &Reply) {
+        if let Some(q) = quota_remaining(reply) {
+            self.counters.quota_remaining(api, q);
+        }
+        if reply.status == 429 {
+            self.counters.throttled(api);
+        }
+    }
+
+    /// How long to wait before sending again after a transient answer: the server's requested wait,
+    /// else the backoff. An error, counted, when the retries are used up or the server asks for longer
+    /// than `max_server_wait`.
+    fn transient_wait(
+        &self,
+        api: Api,
+        attempts: u32,
+        reply: &Reply,
+    ) -> Result<Duration, AzureError> {
+        if attempts > self.policy.max_retries {
+            let why = format!("HTTP {}", reply.status);
+            return Err(self.exhausted(api, attempts, why, ErrorKind::of_status(reply.status)));
+        }
+        match server_delay(reply) {
+            Some(d) if d > self.policy.max_server_wait => {
+                self.counters.failure(api, ErrorKind::Throttled);
+                Err(AzureError::WaitTooLong {
+                    api,
+                    asked: d,
+                    max: self.policy.max_server_wait,
+                })
+            }
+            Some(d) => Ok(d),
+            None => Ok(self.policy.backoff(attempts - 1)),
+        }
+    }
+
+    /// The error that ends a call after `attempts`, its last failure being `last` of `kind` (counted).
+    fn exhausted(&self, api: Api, attempts: u32, last: String, kind: ErrorKind) -> AzureError {
+        self.counters.failure(api, kind);
+        AzureError::Exhausted {
+            api,
+            attempts,
+            last,
+            kind,
         }
     }
 }

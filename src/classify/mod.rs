@@ -3,8 +3,8 @@
 //! answer; anything else is *unknown*, never *orphaned* and never silently *healthy*.
 
 use crate::domain::{
-    Answer, Evidence, EvidenceSource, GraphRow, Judgement, ManagedIdentity, Reason, ResourceId,
-    Verdict,
+    Answer, Evidence, EvidenceSource, GraphRow, Judgement, ManagedIdentity, ObjectId, Reason,
+    ResourceId, SubscriptionId, TenantId, Verdict,
 };
 
 /// ARM 404 codes that prove "this resource, its group or its parent is gone" (README, "Verdicts"; verdict
@@ -34,13 +34,13 @@ fn is_resource_gone(code: &str) -> bool {
 /// The tenant that ARM says the subscription belongs to, from a 401 `InvalidAuthenticationTokenTenant`:
 /// "... It must match the tenant 'https://sts.windows.net/<B>/' associated with this subscription ..."
 /// (Azure SDK for .NET test README capture, docs/azure-behaviour.md §4).
-pub fn tenant_named_by_wrong_tenant_error(message: &str) -> Option<String> {
+pub fn tenant_named_by_wrong_tenant_error(message: &str) -> Option<TenantId> {
     let marker = "must match the tenant '";
     let start = message.find(marker)? + marker.len();
     let rest = &message[start..];
     let url = &rest[..rest.find('\'')?];
     let tenant = url.trim_end_matches('/').rsplit('/').next()?;
-    (!tenant.is_empty()).then(|| tenant.to_ascii_lowercase())
+    (!tenant.is_empty()).then(|| TenantId::new(tenant))
 }
 
 fn judgement(verdict: Verdict, reason: Reason, detail: String) -> Judgement {
@@ -71,10 +71,7 @@ fn absent_identity(
     }
     match resource_graph {
         Some(row)
-            if !row
-                .principal_id
-                .as_deref()
-                .is_some_and(|p| p.eq_ignore_ascii_case(&identity.object_id)) =>
+            if row.principal_id.as_ref() != Some(&identity.object_id) =>
         {
             judgement(
                 Orphaned,
@@ -139,7 +136,7 @@ fn judge_answer(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
         Answer::Present {
             principal_id,
             latest_version,
-        } => judge_present(identity, evidence, principal_id.as_deref(), *latest_version),
+        } => judge_present(identity, evidence, principal_id.as_ref(), *latest_version),
         Answer::Error {
             status,
             code,
@@ -159,12 +156,12 @@ fn judge_answer(identity: &ManagedIdentity, evidence: &Evidence) -> Judgement {
 fn judge_present(
     identity: &ManagedIdentity,
     evidence: &Evidence,
-    principal_id: Option<&str>,
+    principal_id: Option<&ObjectId>,
     latest_version: bool,
 ) -> Judgement {
     use Reason::*;
     use Verdict::*;
-    let carries = principal_id.is_some_and(|p| p.eq_ignore_ascii_case(&identity.object_id));
+    let carries = principal_id == Some(&identity.object_id);
     if carries {
         judgement(
             Healthy,
@@ -209,7 +206,9 @@ fn judge_error(
     // The subscription list could not be read: a 403 cannot be told apart from an invisible subscription.
     let visibility_unknown =
         resource.subscription_id().is_some() && evidence.subscription_visible.is_none();
-    let sub = resource.subscription_id().unwrap_or("-");
+    let sub = resource
+        .subscription_id()
+        .map_or("-", SubscriptionId::as_str);
     if evidence.source != EvidenceSource::Arm {
         return judgement(
             Unknown,
@@ -288,7 +287,7 @@ fn transferred(
     // Only for a subscription these credentials do not list: a subscription that is listed
     // belongs to this tenant, whatever an answer claims.
     match other {
-        Some(t) if invisible && !t.eq_ignore_ascii_case(&identity.tenant_id) => judgement(
+        Some(t) if invisible && t != identity.tenant_id => judgement(
             Orphaned,
             SubscriptionTransferred,
             format!(

@@ -8,7 +8,7 @@ const TENANT: &str = "aaaaaaaa-0000-0000-0000-000000000001";
 
 fn identity(names: &[&str]) -> ManagedIdentity {
     ManagedIdentity::from_alternative_names(
-        TENANT,
+        &TENANT.into(),
         OID.into(),
         "app".into(),
         "vm1".into(),
@@ -49,7 +49,7 @@ fn arm_error(status: u16, code: &str) -> Evidence {
 
 fn present(principal_id: Option<&str>, latest_version: bool) -> Answer {
     Answer::Present {
-        principal_id: principal_id.map(str::to_owned),
+        principal_id: principal_id.map(ObjectId::new),
         latest_version,
     }
 }
@@ -58,7 +58,7 @@ fn present(principal_id: Option<&str>, latest_version: bool) -> Answer {
 fn arm_present(principal: Option<&str>, latest: bool, row: Option<Option<&str>>) -> Evidence {
     Evidence {
         resource_graph: row.map(|p| GraphRow {
-            principal_id: p.map(str::to_owned),
+            principal_id: p.map(ObjectId::new),
         }),
         ..ev(EvidenceSource::Arm, present(principal, latest))
     }

@@ -6,6 +6,8 @@ use super::{EXIT_INCOMPLETE, EXIT_OK, Output, config_error, scan_and_print};
 use crate::config::Settings;
 use crate::domain::Trigger;
 use miaudit_sim::{SimConfig, SimHandle, model::World};
+use std::net::SocketAddr;
+use std::path::Path;
 use std::process::ExitCode;
 
 #[derive(Debug, Clone, clap::Args)]
@@ -61,38 +63,61 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> ExitCode {
         }
     };
     let dir = std::env::temp_dir().join(format!("miaudit-demo-{}", std::process::id()));
-    if let Err(e) = std::fs::create_dir_all(&dir) {
-        eprintln!("miaudit: cannot create {}: {e}", dir.display());
-        return ExitCode::from(EXIT_INCOMPLETE);
-    }
-    let db = format!("sqlite://{}", dir.join("demo.db").display());
-    // A short confirmation window and a scan every minute, so findings visibly move.
-    let toml = format!(
-        "{}\n[http]\nlisten = \"{listen}\"\napi_token = \"demo-token\"\n\n[schedule]\ncron = \"0 * * * * *\"\nscan_on_start = true\n\n[lifecycle]\nconfirm_after = \"2m\"\n",
-        sim.config_toml(&db)
-    );
-    // Built in memory, checked as a configuration file is; the environment's overrides do not apply.
-    let settings = match Settings::from_toml_str(&toml, &Default::default()) {
+    let settings = match demo_settings(&sim, &dir, listen) {
         Ok(s) => s,
-        Err(e) => return config_error(&e.0),
+        Err(code) => return code,
     };
     eprintln!(
         "miaudit demo: a simulated tenant of {identities} managed identities served at {} (seed {seed})",
         sim.base_url()
     );
+    let db_file = dir.join("demo.db");
     if once {
         let code = scan_and_print(&settings, output, false, false, Trigger::Cli).await;
-        eprintln!(
-            "miaudit demo: database at {}",
-            dir.join("demo.db").display()
-        );
+        eprintln!("miaudit demo: database at {}", db_file.display());
         return code;
     }
+    serve(settings, sim, churn_every, &db_file).await
+}
+
+/// The demo's settings: the simulator's endpoints and credentials, a database in `dir` (created), the
+/// API on `listen`, and a short confirmation window and a scan every minute, so findings visibly move.
+fn demo_settings(sim: &SimHandle, dir: &Path, listen: SocketAddr) -> Result<Settings, ExitCode> {
+    if let Err(e) = std::fs::create_dir_all(dir) {
+        eprintln!("miaudit: cannot create {}: {e}", dir.display());
+        return Err(ExitCode::from(EXIT_INCOMPLETE));
+    }
+    let db = format!("sqlite://{}", dir.join("demo.db").display());
+    let toml = format!(
+        "{}\n[http]\nlisten = \"{listen}\"\napi_token = \"demo-token\"\n\n[schedule]\ncron = \"0 * * * * *\"\nscan_on_start = true\n\n[lifecycle]\nconfirm_after = \"2m\"\n",
+        sim.config_toml(&db)
+    );
+    // Built in memory, checked as a configuration file is; the environment's overrides do not apply.
+    Settings::from_toml_str(&toml, &Default::default()).map_err(|e| config_error(&e.0))
+}
+
+/// The daemon against the simulated tenant, which changes every `churn_every` seconds, until a signal
+/// stops it.
+async fn serve(settings: Settings, sim: SimHandle, churn_every: u64, db_file: &Path) -> ExitCode {
     let app = match crate::app::App::build(settings).await {
         Ok(a) => a,
         Err(e) => return config_error(&[format!("{e:#}")]),
     };
-    let addr = app.http_addr();
+    print_endpoints(app.http_addr(), churn_every, db_file);
+    let churn = tokio::spawn(churn(sim, churn_every));
+    let res = app.run_until_stopped(crate::app::shutdown_signal()).await;
+    churn.abort();
+    match res {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("miaudit: {e:#}");
+            ExitCode::from(EXIT_INCOMPLETE)
+        }
+    }
+}
+
+/// Where to look while the demo runs.
+fn print_endpoints(addr: SocketAddr, churn_every: u64, db_file: &Path) {
     eprintln!(
         "miaudit demo: scans every minute; findings confirm after 2 minutes; the tenant changes every {churn_every} s"
     );
@@ -103,24 +128,17 @@ pub(super) async fn run(args: DemoArgs, json: bool) -> ExitCode {
     eprintln!(
         "  scan now  curl -X POST -H 'Authorization: Bearer demo-token' http://{addr}/api/v1/scans"
     );
-    eprintln!("  database  {}", dir.join("demo.db").display());
-    let churn = tokio::spawn(async move {
-        let mut tick = tokio::time::interval(std::time::Duration::from_secs(churn_every.max(1)));
+    eprintln!("  database  {}", db_file.display());
+}
+
+/// Changes the simulated tenant every `every` seconds (at least one), for ever.
+async fn churn(sim: SimHandle, every: u64) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(every.max(1)));
+    tick.tick().await;
+    loop {
         tick.tick().await;
-        loop {
-            tick.tick().await;
-            for e in sim.with_world(World::churn) {
-                eprintln!("miaudit demo: the simulated tenant changed: {e}");
-            }
-        }
-    });
-    let res = app.run_until_stopped(crate::app::shutdown_signal()).await;
-    churn.abort();
-    match res {
-        Ok(()) => ExitCode::from(EXIT_OK),
-        Err(e) => {
-            eprintln!("miaudit: {e:#}");
-            ExitCode::from(EXIT_INCOMPLETE)
+        for e in sim.with_world(World::churn) {
+            eprintln!("miaudit demo: the simulated tenant changed: {e}");
         }
     }
 }

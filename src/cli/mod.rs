@@ -16,12 +16,14 @@ pub mod demo;
 pub mod dev;
 
 use crate::config::{Settings, process_env};
-use crate::domain::Trigger;
-use crate::report::ScanReport;
-use crate::report::{render_json, render_table};
+use crate::domain::{TenantId, Trigger, Verdict};
+use crate::report::{Listed, ScanReport, WriteError, own_listed, write_json, write_table};
 use crate::scan::Scanner;
 use crate::store::Store;
+use crate::store::work::{WorkFile, WorkStore};
 use clap::{Parser, Subcommand, ValueEnum};
+use futures::{StreamExt, TryStreamExt};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -91,9 +93,9 @@ pub enum Command {
     Export {
         #[arg(long, value_enum, default_value = "csv")]
         format: ExportFormat,
-        /// Only this tenant.
+        /// Only this tenant (ids compare case-insensitively).
         #[arg(long)]
-        tenant: Option<String>,
+        tenant: Option<TenantId>,
         /// Only these states (comma-separated: suspected, confirmed, acknowledged, resolved).
         #[arg(long)]
         state: Option<String>,
@@ -187,7 +189,7 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(s) => s,
                 Err(code) => return code,
             };
-            export(&settings, format, tenant.as_deref(), state.as_deref()).await
+            export(&settings, format, tenant.as_ref(), state.as_deref()).await
         }
         #[cfg(feature = "simulator")]
         Command::Demo(args) => demo::run(args, cli.log_format == Some(LogFormat::Json)).await,
@@ -238,7 +240,7 @@ async fn serve(settings: Settings, json: bool) -> ExitCode {
 async fn export(
     settings: &Settings,
     format: ExportFormat,
-    tenant: Option<&str>,
+    tenant: Option<&TenantId>,
     state: Option<&str>,
 ) -> ExitCode {
     let mut states = Vec::new();
@@ -265,17 +267,15 @@ async fn export(
         ExportFormat::Csv => crate::export::Format::Csv,
         ExportFormat::Json => crate::export::Format::Json,
     };
-    match crate::export::load_rows(
-        &store,
-        tenant.map(str::to_ascii_lowercase).as_deref(),
-        &states,
-    )
-    .await
-    {
-        Ok(rows) => {
-            print!("{}", crate::export::render(&rows, fmt));
-            ExitCode::from(EXIT_OK)
-        }
+    let export = crate::export::Export::new(tenant, &states, fmt);
+    let mut out = stdout();
+    let written = match export.write_all(&store, &mut out).await {
+        Ok(()) => out.flush().map_err(crate::export::ExportError::from),
+        Err(e) => Err(e),
+    };
+    match written {
+        Ok(()) => ExitCode::from(EXIT_OK),
+        Err(crate::export::ExportError::Io(e)) if reader_gone(&e) => ExitCode::from(EXIT_OK),
         Err(e) => {
             eprintln!("miaudit: export failed: {e}");
             ExitCode::from(EXIT_INCOMPLETE)
@@ -283,14 +283,28 @@ async fn export(
     }
 }
 
+/// Standard output through one buffer: reports and exports are written to it as they are produced.
+fn stdout() -> std::io::BufWriter<std::io::Stdout> {
+    std::io::BufWriter::with_capacity(64 * 1024, std::io::stdout())
+}
+
+/// The reader of standard output went away (`miaudit export | head`): the rest is not wanted, which is
+/// no error (Rust ignores SIGPIPE, so the write fails instead of killing the process).
+fn reader_gone(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::BrokenPipe
+}
+
 /// Opens the configured database; a failure is a configuration error (exit 2) naming the key.
 async fn open_store(settings: &Settings) -> Result<Store, ExitCode> {
-    Store::connect(&settings.database.url).await.map_err(|e| {
-        config_error(&[format!(
-            "database.url: cannot open {}: {e}",
-            settings.database.url
-        )])
-    })
+    Store::connect(&settings.database.url)
+        .await
+        .map(|s| s.retaining(settings.database.retain_scans))
+        .map_err(|e| {
+            config_error(&[format!(
+                "database.url: cannot open {}: {e}",
+                settings.database.url
+            )])
+        })
 }
 
 /// Runs one scan, records it, prints it; returns the exit code.
@@ -309,7 +323,7 @@ pub async fn scan_and_print(
         Ok(s) => s,
         Err(e) => return config_error(&[format!("{e:#}")]),
     };
-    let crate::scan::Scanned { mut report, work } = scanner
+    let crate::scan::Scanned { report, work } = scanner
         .run_as(
             uuid::Uuid::new_v4().to_string(),
             &settings.tenant_ids(),
@@ -320,24 +334,22 @@ pub async fn scan_and_print(
     let recorded = store
         .record_scan_from(&report, work.as_ref(), settings.lifecycle.confirm_after)
         .await;
-    // A report scanned for a store names only the non-healthy identities; `--all` reads every verdict
-    // of the recorded scan back.
-    if all
-        && work.is_some()
-        && let Ok(_) = &recorded
-    {
-        match store.load_verdicts(&report.scan_id).await {
-            Ok(f) => report.findings = f,
-            Err(e) => eprintln!("miaudit: could not read the scan's verdicts back: {e}"),
+    let code = match recorded {
+        Ok(_) => exit_code(&report, fail_on_orphans),
+        Err(e) => {
+            eprintln!("miaudit: could not record the scan: {e}");
+            EXIT_INCOMPLETE
+        }
+    };
+    match print_report(&report, output, all, work.as_ref()).await {
+        Ok(()) => ExitCode::from(code),
+        Err(WriteError::Io(e)) if reader_gone(&e) => ExitCode::from(code),
+        // The report on stdout is cut short: say so, and do not exit as if it were whole.
+        Err(e) => {
+            eprintln!("miaudit: {e}");
+            ExitCode::from(EXIT_INCOMPLETE)
         }
     }
-    if let Err(e) = recorded {
-        eprintln!("miaudit: could not record the scan: {e}");
-        print_report(&report, output, all);
-        return ExitCode::from(EXIT_INCOMPLETE);
-    }
-    print_report(&report, output, all);
-    ExitCode::from(exit_code(&report, fail_on_orphans))
 }
 
 pub fn exit_code(report: &ScanReport, fail_on_orphans: bool) -> u8 {
@@ -350,11 +362,63 @@ pub fn exit_code(report: &ScanReport, fail_on_orphans: bool) -> u8 {
     }
 }
 
-fn print_report(report: &ScanReport, output: Output, all: bool) {
+/// Writes the report to stdout as it is produced. A report scanned for a store holds only the non-healthy
+/// identities; with `--all` every verdict is read from the scan's working database `work` as it is
+/// written, however many there are (without one, or if it cannot be read, the report's own are listed).
+async fn print_report(
+    report: &ScanReport,
+    output: Output,
+    all: bool,
+    work: Option<&WorkFile>,
+) -> Result<(), WriteError> {
+    let verdicts = match work.filter(|_| all) {
+        Some(w) => match w.reopen().await {
+            Ok(db) => Some(db),
+            Err(e) => {
+                eprintln!("miaudit: could not read the scan's verdicts back: {e}");
+                None
+            }
+        },
+        None => None,
+    };
+    let mut out = stdout();
     match output {
-        Output::Json => println!("{}", render_json(report, all)),
-        Output::Table => print!("{}", render_table(report, all)),
+        Output::Json => {
+            let listed = match &verdicts {
+                Some(db) => read_back(db, &report.scan_id, None),
+                None => own_listed(report, all, None),
+            };
+            write_json(report, listed, &mut out).await?;
+        }
+        Output::Table => {
+            let healthy = match &verdicts {
+                Some(db) => match db
+                    .count_results(&report.scan_id, Some(Verdict::Healthy))
+                    .await
+                {
+                    Ok(n) => Some((n, read_back(db, &report.scan_id, Some(Verdict::Healthy)))),
+                    Err(e) => {
+                        eprintln!("miaudit: could not read the scan's verdicts back: {e}");
+                        None
+                    }
+                },
+                None => None,
+            };
+            write_table(report, all, healthy, &mut out).await?;
+        }
     }
+    out.flush()?;
+    if let Some(db) = verdicts {
+        db.close().await;
+    }
+    Ok(())
+}
+
+/// The scan's verdicts (all, or those of `verdict`) read back from its working database.
+fn read_back<'a>(db: &'a WorkStore, scan_id: &str, verdict: Option<Verdict>) -> Listed<'a> {
+    db.stream_results(scan_id, verdict)
+        .map_err(|e| e.to_string())
+        .boxed()
 }
 
 #[cfg(test)]

@@ -15,6 +15,7 @@ mod sections;
 #[cfg(test)]
 mod tests;
 
+use crate::domain::TenantId;
 use read::*;
 pub use read::{parse_duration, parse_size};
 pub use secrets::Secret;
@@ -91,13 +92,18 @@ pub struct AuthSettings {
 
 #[derive(Debug, Clone)]
 pub struct TenantSettings {
-    pub id: String,
+    pub id: TenantId,
     pub name: Option<String>,
 }
+
+/// Default of `[database] retain_scans`.
+pub const DEFAULT_RETAIN_SCANS: u32 = 20;
 
 #[derive(Debug, Clone)]
 pub struct DatabaseSettings {
     pub url: String,
+    /// How many recorded scans keep their per-identity verdicts; older ones keep their summary.
+    pub retain_scans: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -259,7 +265,7 @@ impl Settings {
         }
     }
 
-    pub fn tenant_ids(&self) -> Vec<String> {
+    pub fn tenant_ids(&self) -> Vec<TenantId> {
         self.tenants.iter().map(|t| t.id.clone()).collect()
     }
 }

@@ -21,7 +21,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
         "auth",
         &["method", "client_id", "client_secret", "client_secret_file"],
     ),
-    ("database", &["url"]),
+    ("database", &["url", "retain_scans"]),
     (
         "http",
         &[

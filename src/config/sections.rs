@@ -116,7 +116,7 @@ pub(super) fn read_tenants(r: &mut Reader<'_>, env: &Env) -> Vec<TenantSettings>
                 Some(id) if is_tenant_id(id) => tenants.push((
                     format!("tenants[{n}]"),
                     TenantSettings {
-                        id: id.trim().to_ascii_lowercase(),
+                        id: TenantId::new(id),
                         name: t
                             .get("name")
                             .and_then(toml::Value::as_str)
@@ -137,7 +137,7 @@ pub(super) fn read_tenants(r: &mut Reader<'_>, env: &Env) -> Vec<TenantSettings>
             tenants.push((
                 "AZURE_TENANT_ID".into(),
                 TenantSettings {
-                    id: id.trim().to_ascii_lowercase(),
+                    id: TenantId::new(id),
                     name: None,
                 },
             ));
@@ -171,7 +171,16 @@ pub(super) fn read_database(r: &mut Reader<'_>) -> DatabaseSettings {
         ));
     }
 
-    DatabaseSettings { url: db_url }
+    let retain_scans = r
+        .int("database", "retain_scans", 1, 100_000)
+        .map_or(DEFAULT_RETAIN_SCANS, |n| {
+            u32::try_from(n).unwrap_or(DEFAULT_RETAIN_SCANS)
+        });
+
+    DatabaseSettings {
+        url: db_url,
+        retain_scans,
+    }
 }
 
 /// `[http]`: where to listen, the API token and what it guards.

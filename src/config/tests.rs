@@ -328,6 +328,30 @@ fn the_example_configuration_is_valid_and_states_the_defaults() {
         format!("{:?}", defaults.http)
     );
     assert_eq!(format!("{:?}", example.log), format!("{:?}", defaults.log));
+    assert_eq!(
+        example.database.retain_scans,
+        defaults.database.retain_scans
+    );
+}
+
+#[test]
+fn retained_scans_are_a_whole_number_from_one() {
+    let s = Settings::load(None, &Env::new()).expect("defaults");
+    assert_eq!(s.database.retain_scans, DEFAULT_RETAIN_SCANS);
+    let f = file("[database]\nretain_scans = 3\n");
+    let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+    assert_eq!(s.database.retain_scans, 3);
+    let s = Settings::load(
+        Some(f.path()),
+        &env(&[("MIAUDIT_DATABASE__RETAIN_SCANS", "500")]),
+    )
+    .expect("valid");
+    assert_eq!(s.database.retain_scans, 500, "the environment wins");
+    for bad in ["0", "-1", "\"many\""] {
+        let f = file(&format!("[database]\nretain_scans = {bad}\n"));
+        let e = Settings::load(Some(f.path()), &Env::new()).expect_err(bad);
+        assert!(e.to_string().contains("database.retain_scans"), "{e}");
+    }
 }
 
 #[test]

@@ -2,7 +2,7 @@
 //! community scripts note that the resource id does not always stand at the same index (docs/azure-behaviour.md §1,
 //! "Response shape").
 
-use super::ResourceId;
+use super::{ObjectId, ResourceId, TenantId};
 use serde::{Deserialize, Serialize};
 
 /// Whether a managed identity is user-assigned (`isExplicit=True`) or system-assigned (`isExplicit=False`
@@ -34,9 +34,9 @@ impl IdentityType {
 /// A managed-identity service principal as listed by Graph, with its `alternativeNames` parsed.
 #[derive(Debug, Clone)]
 pub struct ManagedIdentity {
-    pub tenant_id: String,
+    pub tenant_id: TenantId,
     /// Service principal object id; also the `principalId` the resource carries.
-    pub object_id: String,
+    pub object_id: ObjectId,
     pub app_id: String,
     pub display_name: String,
     pub identity_type: IdentityType,
@@ -51,8 +51,8 @@ impl ManagedIdentity {
     /// Parses `alternativeNames`. Never fails: unrecognised input leaves `resource` empty, which the judge
     /// turns into `unknown` / `unrecognized_alternative_names`.
     pub fn from_alternative_names(
-        tenant_id: &str,
-        object_id: String,
+        tenant_id: &TenantId,
+        object_id: ObjectId,
         app_id: String,
         display_name: String,
         alternative_names: Vec<String>,
@@ -99,8 +99,8 @@ impl ManagedIdentity {
             alternative_names
         };
         Self {
-            tenant_id: tenant_id.to_owned(),
-            object_id: object_id.trim().to_owned(),
+            tenant_id: tenant_id.clone(),
+            object_id,
             app_id,
             display_name,
             identity_type,
@@ -116,7 +116,7 @@ mod tests {
 
     fn mi(names: &[&str]) -> ManagedIdentity {
         ManagedIdentity::from_alternative_names(
-            "t",
+            &"t".into(),
             "oid".into(),
             "app".into(),
             "dn".into(),

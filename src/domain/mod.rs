@@ -4,15 +4,18 @@
 //! `alternativeNames` is parsed by shape, never by position: community scripts note that the resource id
 //! does not always stand at the same index (docs/azure-behaviour.md §1, "Response shape").
 //!
+//! - `ids`: [`TenantId`], [`ObjectId`], [`SubscriptionId`], trimmed and lower-cased once, where they enter.
 //! - `resource`: [`ResourceId`] and its [`Scope`], parsed strictly.
 //! - `identity`: [`ManagedIdentity`] and its [`IdentityType`], from `alternativeNames`.
 //! - `verdict`: what the judge decides and every stage after it shares: [`Verdict`], [`Reason`],
 //!   [`Evidence`], [`Judgement`], [`Finding`], [`Summary`], [`Trigger`].
 
 mod identity;
+mod ids;
 mod resource;
 mod verdict;
 
 pub use identity::*;
+pub use ids::*;
 pub use resource::*;
 pub use verdict::*;

@@ -1,5 +1,6 @@
 //! ARM resource ids as `alternativeNames` name them: parsed strictly, compared case-insensitively.
 
+use super::SubscriptionId;
 use std::fmt;
 
 /// Where an ARM resource id is anchored.
@@ -9,7 +10,7 @@ pub enum Scope {
     ManagementGroup(String),
     /// `/subscriptions/{id}[/resourceGroups/{name}]`
     Subscription {
-        subscription_id: String,
+        subscription_id: SubscriptionId,
         resource_group: Option<String>,
     },
 }
@@ -57,7 +58,7 @@ impl ResourceId {
             .first()
             .is_some_and(|s| s.eq_ignore_ascii_case("subscriptions"))
         {
-            let subscription_id = (*segs.get(1)?).to_owned();
+            let subscription_id = SubscriptionId::new(segs.get(1)?);
             i = 2;
             let resource_group = if segs
                 .get(i)
@@ -132,7 +133,8 @@ impl ResourceId {
         &self.scope
     }
 
-    pub fn subscription_id(&self) -> Option<&str> {
+    /// The subscription, lower-cased (the id's text keeps its case).
+    pub fn subscription_id(&self) -> Option<&SubscriptionId> {
         match &self.scope {
             Scope::Subscription {
                 subscription_id, ..
@@ -215,7 +217,7 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(
-            id.subscription_id(),
+            id.subscription_id().map(SubscriptionId::as_str),
             Some("fc3ca501-0000-0000-0000-000000000000")
         );
         assert_eq!(id.resource_group(), Some("VM"));
@@ -256,7 +258,20 @@ mod tests {
         )
         .expect("parses");
         assert_eq!(sub.resource_group(), None);
-        assert_eq!(sub.subscription_id(), Some("s1"));
+        assert_eq!(
+            sub.subscription_id().map(SubscriptionId::as_str),
+            Some("s1")
+        );
+        let upper = ResourceId::parse(
+            "/subscriptions/FC3CA501-AAAA-0000-0000-000000000000/providers/Microsoft.Authorization/policyAssignments/pa1",
+        )
+        .expect("parses");
+        assert_eq!(
+            upper.subscription_id().map(SubscriptionId::as_str),
+            Some("fc3ca501-aaaa-0000-0000-000000000000"),
+            "the subscription is lower-cased, the id's text is not"
+        );
+        assert!(upper.as_str().contains("FC3CA501-AAAA"));
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Verdicts and what they rest on: the judge's output and the evidence, and the per-identity finding,
 //! summary and trigger that scanning, recording and publishing share.
 
-use super::IdentityType;
+use super::{IdentityType, ObjectId, SubscriptionId, TenantId};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
@@ -108,7 +108,7 @@ pub enum Answer {
     /// answer shows none. `latest_version`: the answer was read with the newest api-version the provider
     /// lists, previews included, so an absent identity is not an older api-version's omission.
     Present {
-        principal_id: Option<String>,
+        principal_id: Option<ObjectId>,
         #[serde(default)]
         latest_version: bool,
     },
@@ -128,7 +128,7 @@ pub enum Answer {
 /// shows no principal for this kind of identity).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GraphRow {
-    pub principal_id: Option<String>,
+    pub principal_id: Option<ObjectId>,
 }
 
 /// The evidence for one identity, kept for support tickets.
@@ -238,13 +238,13 @@ impl From<&Evidence> for EvidenceReport {
 /// One identity's verdict in a scan.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Finding {
-    pub tenant_id: String,
-    pub object_id: String,
+    pub tenant_id: TenantId,
+    pub object_id: ObjectId,
     pub app_id: String,
     pub display_name: String,
     pub identity_type: IdentityType,
     pub resource_id: Option<String>,
-    pub subscription_id: Option<String>,
+    pub subscription_id: Option<SubscriptionId>,
     pub resource_type: Option<String>,
     pub verdict: Verdict,
     pub reason: Reason,

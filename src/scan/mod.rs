@@ -16,11 +16,11 @@ use crate::azure::http::AzureHttp;
 use crate::azure::transport::{RetryPolicy, Transport};
 use crate::azure::{ApiCounts, Counters, auth::TokenProvider};
 use crate::config::Settings;
-use crate::domain::{Summary, Trigger};
+use crate::domain::{Summary, TenantId, Trigger};
 use crate::graph::GraphClient;
 use crate::report::{ScanReport, TenantReport};
-use crate::store::Store;
 use crate::store::work::{WorkFile, WorkStore};
+use crate::store::{Store, StoreError};
 use chrono::Utc;
 use futures::StreamExt;
 use std::collections::HashMap;
@@ -63,7 +63,7 @@ pub struct Scanner {
     graph_delta: bool,
     /// How long one tenant's scan may take: a little under the whole scan's timeout.
     tenant_deadline: std::time::Duration,
-    tenants: parking_lot::Mutex<HashMap<String, Arc<TenantClients>>>,
+    tenants: parking_lot::Mutex<HashMap<TenantId, Arc<TenantClients>>>,
 }
 
 /// A full listing at least this often, even with delta (directory delta tokens live 7 days, G-DELTA).
@@ -118,9 +118,9 @@ impl Scanner {
         &self.counters
     }
 
-    fn clients(&self, tenant: &str) -> Arc<TenantClients> {
+    fn clients(&self, tenant: &TenantId) -> Arc<TenantClients> {
         let mut map = self.tenants.lock();
-        map.entry(tenant.to_owned())
+        map.entry(tenant.clone())
             .or_insert_with(|| {
                 let counters = Arc::new(Counters::child_of(self.counters.clone()));
                 let transport =
@@ -148,7 +148,7 @@ impl Scanner {
 
     /// Scans every tenant, [`PARALLEL_TENANTS`] at a time, without a store: every verdict is in the
     /// report.
-    pub async fn run(&self, tenants: &[String], trigger: Trigger) -> ScanReport {
+    pub async fn run(&self, tenants: &[TenantId], trigger: Trigger) -> ScanReport {
         self.run_as(uuid::Uuid::new_v4().to_string(), tenants, trigger, None)
             .await
             .report
@@ -162,31 +162,12 @@ impl Scanner {
     pub async fn run_as(
         &self,
         scan_id: String,
-        tenants: &[String],
+        tenants: &[TenantId],
         trigger: Trigger,
         store: Option<&Store>,
     ) -> Scanned {
-        let started_at = Utc::now();
-        let mut report = ScanReport {
-            scan_id,
-            started_at,
-            finished_at: started_at,
-            complete: true,
-            trigger,
-            tenants: Vec::new(),
-            summary: Summary::default(),
-            findings: Vec::new(),
-        };
-        // A store that can be written gets a working database file beside it; otherwise the scan works
-        // in memory (a report of every verdict is wanted then anyway).
-        let opened = match store.filter(|s| s.writable()) {
-            Some(s) => s
-                .open_work(&report.scan_id)
-                .await
-                .map(|(w, f)| (w, Some(f))),
-            None => WorkStore::open_in_memory().await.map(|w| (w, None)),
-        };
-        let (staging, work) = match opened {
+        let mut report = started_report(scan_id, trigger);
+        let (staging, work) = match open_working_database(store, &report.scan_id).await {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "cannot open a working database for the scan");
@@ -204,45 +185,42 @@ impl Scanner {
         };
         // The stored inventory a Graph delta continues from: only when opted in and scanning for a store.
         let delta = store.filter(|_| self.graph_delta && work.is_some());
-        // One deadline for every tenant of the scan, a little under the scan's own timeout, so that a
-        // tenant that never ends (a service paging for ever) is reported incomplete before the whole
-        // scan is abandoned; tenants run [`PARALLEL_TENANTS`] at a time, the next starting as one ends.
-        let deadline = tokio::time::Instant::now() + self.tenant_deadline;
-        let scan_id = report.scan_id.clone();
-        let scans: Vec<_> = tenants
-            .iter()
-            .map(|t| self.scan_isolated(&scan_id, t, &staging, delta, store, deadline))
-            .collect();
-        let results: Vec<TenantReport> = futures::stream::iter(scans)
-            .buffered(PARALLEL_TENANTS)
-            .collect()
+        let results = self
+            .scan_tenants(&report.scan_id, tenants, &staging, delta, store)
             .await;
         for tr in results {
             report.complete &= tr.complete;
             report.summary.merge(&tr.summary);
             report.tenants.push(tr);
         }
-        match staging
-            .staged_results(&report.scan_id, work.is_some())
-            .await
-        {
-            Ok(f) => report.findings = f,
-            Err(e) => {
-                // The verdicts were written but cannot be read back: nothing may be concluded from them.
-                tracing::error!(error = %e, "cannot read the scan's verdicts back");
-                report.complete = false;
-                for t in &mut report.tenants {
-                    t.staging_failed = true;
-                    t.complete = false;
-                    t.inventory_complete = false;
-                    t.errors.push(format!("working database: {e}"));
-                }
-            }
-        }
+        read_back_verdicts(&staging, &mut report, work.is_some()).await;
         // Closed before recording attaches the file.
         staging.close().await;
         report.finished_at = Utc::now();
         Scanned { report, work }
+    }
+
+    /// Every tenant's scan under one deadline, a little under the scan's own timeout, so that a tenant
+    /// that never ends (a service paging for ever) is reported incomplete before the whole scan is
+    /// abandoned; tenants run [`PARALLEL_TENANTS`] at a time, the next starting as one ends. In the
+    /// order of `tenants`.
+    async fn scan_tenants(
+        &self,
+        scan_id: &str,
+        tenants: &[TenantId],
+        staging: &WorkStore,
+        delta: Option<&Store>,
+        store: Option<&Store>,
+    ) -> Vec<TenantReport> {
+        let deadline = tokio::time::Instant::now() + self.tenant_deadline;
+        let scans: Vec<_> = tenants
+            .iter()
+            .map(|t| self.scan_isolated(scan_id, t, staging, delta, store, deadline))
+            .collect();
+        futures::stream::iter(scans)
+            .buffered(PARALLEL_TENANTS)
+            .collect()
+            .await
     }
 
     /// One tenant's scan, with a panic in it (a bug, never expected) turned into that tenant's error: the
@@ -252,7 +230,7 @@ impl Scanner {
     async fn scan_isolated(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         staging: &WorkStore,
         delta: Option<&Store>,
         record: Option<&Store>,
@@ -264,7 +242,7 @@ impl Scanner {
         );
         match tokio::time::timeout_at(deadline, run.catch_unwind()).await {
             Err(_) => {
-                tracing::error!(tenant, deadline = ?self.tenant_deadline, "the tenant's scan ran out of time; it is reported incomplete");
+                tracing::error!(%tenant, deadline = ?self.tenant_deadline, "the tenant's scan ran out of time; it is reported incomplete");
                 failed_tenant(
                     tenant,
                     format!(
@@ -280,7 +258,7 @@ impl Scanner {
                     .map(|s| (*s).to_owned())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .map_or_else(|| "unknown cause".into(), |m| crate::azure::shorten(&m));
-                tracing::error!(tenant, panic = %what, "the tenant's scan panicked; it is reported incomplete");
+                tracing::error!(%tenant, panic = %what, "the tenant's scan panicked; it is reported incomplete");
                 failed_tenant(tenant, format!("internal error (panic): {what}"))
             }
         }
@@ -290,7 +268,7 @@ impl Scanner {
     async fn scan_counted(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         staging: &WorkStore,
         delta: Option<&Store>,
         record: Option<&Store>,
@@ -320,8 +298,57 @@ impl Scanner {
     }
 }
 
+/// The report of a scan starting now, complete until something fails.
+fn started_report(scan_id: String, trigger: Trigger) -> ScanReport {
+    let started_at = Utc::now();
+    ScanReport {
+        scan_id,
+        started_at,
+        finished_at: started_at,
+        complete: true,
+        trigger,
+        tenants: Vec::new(),
+        summary: Summary::default(),
+        findings: Vec::new(),
+    }
+}
+
+/// The scan's working database: for a store that can be written, a file beside it (handed over with the
+/// report); otherwise memory (a report of every verdict is wanted then anyway).
+async fn open_working_database(
+    store: Option<&Store>,
+    scan_id: &str,
+) -> Result<(WorkStore, Option<WorkFile>), StoreError> {
+    match store.filter(|s| s.writable()) {
+        Some(s) => s.open_work(scan_id).await.map(|(w, f)| (w, Some(f))),
+        None => WorkStore::open_in_memory().await.map(|w| (w, None)),
+    }
+}
+
+/// The scan's verdicts, read back from its working database into the report: only the non-healthy ones
+/// when the working file goes to the store with the report, else all. Verdicts that were written but
+/// cannot be read back leave every tenant incomplete: nothing may be concluded from them.
+async fn read_back_verdicts(staging: &WorkStore, report: &mut ScanReport, non_healthy_only: bool) {
+    match staging
+        .staged_results(&report.scan_id, non_healthy_only)
+        .await
+    {
+        Ok(f) => report.findings = f,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the scan's verdicts back");
+            report.complete = false;
+            for t in &mut report.tenants {
+                t.staging_failed = true;
+                t.complete = false;
+                t.inventory_complete = false;
+                t.errors.push(format!("working database: {e}"));
+            }
+        }
+    }
+}
+
 /// A tenant whose scan could not start: incomplete, with the reason.
-fn failed_tenant(tenant: &str, error: String) -> TenantReport {
+fn failed_tenant(tenant: &TenantId, error: String) -> TenantReport {
     TenantReport {
         complete: false,
         inventory_complete: false,

@@ -1,37 +1,94 @@
 //! One tenant's scan, stage by stage: inventory (Graph, or the stored inventory and Graph delta), the
 //! subscription list, Resource Graph in bulk, ARM confirmation of candidates, and the judge; the
 //! working database is where every stage leaves its rows.
+//!
+//! The stages overlap where their inputs allow (issue 12): the subscription list and the open findings
+//! are read while Graph pages; Resource Graph starts as soon as the first Graph page is staged, asking
+//! about the subscriptions and resource types staged so far, and when the listing ends it tops up with
+//! what later pages added (the rows of both rounds are disjoint, so no row is fetched twice); the open
+//! findings, which ARM checks whatever Resource Graph shows, are confirmed while Resource Graph pages.
+//! Only the remaining candidates wait for both.
 
 use super::{FULL_SYNC_EVERY, Scanner, TenantClients};
 use crate::arm::{ARG_SUBSCRIPTION_BATCH, ArgHit, ArgTable, ArmClient, Subscription};
 use crate::azure::PageSink;
 use crate::classify::judge;
-use crate::domain::{Evidence, Finding, ManagedIdentity, Reason};
+use crate::domain::{
+    Evidence, Finding, ManagedIdentity, ObjectId, Reason, SubscriptionId, TenantId,
+};
 use crate::report::TenantReport;
 use crate::store::Store;
 use crate::store::work::{Candidate, Checked, WorkStore};
 use chrono::Utc;
 use futures::StreamExt;
 use std::collections::{BTreeSet, HashMap};
+use tokio::sync::watch;
+
+/// How far the inventory has come, for the stages that start before it ends.
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    /// Graph pages staged so far (a listing that starts over keeps counting).
+    pages: u64,
+    /// The inventory ended: `Some(true)` read to the end, `Some(false)` failed.
+    ended: Option<bool>,
+}
+
+/// What a stage running beside others notes for the tenant's report; merged when all are done.
+#[derive(Debug, Default)]
+struct Notes {
+    incomplete: bool,
+    errors: Vec<String>,
+    arm_checks: u64,
+}
+
+impl Notes {
+    fn failed(&mut self, error: String) {
+        self.incomplete = true;
+        self.errors.push(error);
+    }
+
+    fn into_report(self, tr: &mut TenantReport) {
+        tr.complete &= !self.incomplete;
+        tr.errors.extend(self.errors);
+        tr.arm_checks += self.arm_checks;
+    }
+}
+
+/// The subscriptions and resource types (per table) Resource Graph has been asked about.
+#[derive(Debug, Default)]
+struct Asked {
+    subs: BTreeSet<SubscriptionId>,
+    types: HashMap<ArgTable, BTreeSet<String>>,
+}
 
 impl Scanner {
     #[tracing::instrument(skip_all, fields(tenant = %tenant))]
     pub(super) async fn scan_tenant(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         clients: &TenantClients,
         staging: &WorkStore,
         delta: Option<&Store>,
         record: Option<&Store>,
     ) -> TenantReport {
         let mut tr = TenantReport::new(tenant);
+        let (progress, watcher) = watch::channel(Progress::default());
         let ctx = Staging {
             work: staging,
             scan_id,
             tenant,
+            progress: Some(&progress),
         };
-        if let Err(e) = self.inventory(&ctx, clients, delta, &mut tr).await {
+        clients.arm.begin_scan();
+        let inventory = async {
+            let r = self.inventory(&ctx, clients, delta, &mut tr).await;
+            progress.send_modify(|p| p.ended = Some(r.is_ok()));
+            r
+        };
+        let resolve = self.resolve_beside(&ctx, &clients.arm, record, watcher);
+        let (listed, resolved) = futures::join!(inventory, resolve);
+        if let Err(e) = listed {
             tracing::warn!(error = %e, "inventory failed");
             tr.staging_failed = matches!(e, crate::azure::AzureError::Staging(_));
             tr.complete = false;
@@ -39,42 +96,16 @@ impl Scanner {
             tr.errors.push(format!("inventory: {e}"));
             return tr;
         }
-        clients.arm.begin_scan();
-        let subscriptions = match clients.arm.fetch_subscriptions(tenant).await {
-            Ok(s) => Some(s),
-            Err(e) => {
-                // Without the list, a 403 cannot be told from a subscription we cannot see, nor a
-                // transfer proven: the checks still run, but the tenant was not fully checked.
-                tracing::warn!(error = %e, "subscription list failed");
-                tr.complete = false;
-                tr.errors.push(format!("subscriptions: {e}"));
-                None
-            }
+        // The evidence stages give up only when the inventory fails, which returned above.
+        let Some(resolved) = resolved else {
+            tr.complete = false;
+            tr.errors
+                .push("internal error: the evidence stages stopped early".into());
+            return tr;
         };
         let verdicts = async {
-            // Open findings are checked by ARM whatever Resource Graph shows: only ARM may resolve them.
-            // If they cannot be read, no identity is taken on Resource Graph's word.
-            let trust_arg = match record {
-                None => true,
-                Some(store) => match store.open_finding_keys(tenant).await {
-                    Ok(keys) => {
-                        ctx.work.stage_must_check(scan_id, tenant, &keys).await?;
-                        true
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "open findings could not be read; every identity goes to ARM");
-                        false
-                    }
-                },
-            };
-            self.resolve(
-                &ctx,
-                &clients.arm,
-                subscriptions.as_ref(),
-                trust_arg,
-                &mut tr,
-            )
-            .await?;
+            let (subscriptions, notes) = resolved?;
+            notes.into_report(&mut tr);
             self.judge_all(&ctx, subscriptions.as_ref(), &mut tr).await
         };
         if let Err(e) = verdicts.await {
@@ -114,12 +145,11 @@ impl Scanner {
                         .unstage_identities(ctx.scan_id, ctx.tenant, &delta.gone)
                         .await
                         .map_err(staging_error)?;
-                    let gone: std::collections::HashSet<&str> =
-                        delta.gone.iter().map(String::as_str).collect();
+                    let gone: std::collections::HashSet<&ObjectId> = delta.gone.iter().collect();
                     let changed: Vec<ManagedIdentity> = delta
                         .changed
                         .into_iter()
-                        .filter(|i| !gone.contains(i.object_id.to_ascii_lowercase().as_str()))
+                        .filter(|i| !gone.contains(&i.object_id))
                         .collect();
                     ctx.work
                         .stage_identities(ctx.scan_id, ctx.tenant, &changed)
@@ -157,97 +187,186 @@ impl Scanner {
         Ok(())
     }
 
-    /// Evidence for every staged identity: Resource Graph in bulk, then an ARM GET of each identity
-    /// Resource Graph did not show carrying its principal (and of every open finding).
+    /// Evidence for every staged identity, beside the inventory: the subscription list and the open
+    /// findings first, then Resource Graph in bulk (from the first staged Graph page on), the open
+    /// findings' ARM checks once the inventory has ended, and last an ARM GET of every other candidate.
+    /// Gives up (`None`) as soon as the inventory fails: its verdicts would not be used.
+    async fn resolve_beside(
+        &self,
+        ctx: &Staging<'_>,
+        arm: &ArmClient,
+        record: Option<&Store>,
+        watcher: watch::Receiver<Progress>,
+    ) -> Option<Resolved> {
+        let mut failed = watcher.clone();
+        tokio::select! {
+            r = self.resolve(ctx, arm, record, watcher) => Some(r),
+            _ = failed.wait_for(|p| p.ended == Some(false)) => None,
+        }
+    }
+
     async fn resolve(
         &self,
         ctx: &Staging<'_>,
         arm: &ArmClient,
-        subscriptions: Option<&HashMap<String, Subscription>>,
-        trust_arg: bool,
-        tr: &mut TenantReport,
-    ) -> Result<(), crate::store::StoreError> {
-        if trust_arg {
-            self.bulk(ctx, arm, subscriptions, tr).await?;
-        } else {
-            tr.complete = false;
-            tr.errors
-                .push("resource graph: not used, since the open findings could not be read".into());
+        record: Option<&Store>,
+        watcher: watch::Receiver<Progress>,
+    ) -> Resolved {
+        let mut notes = Notes::default();
+        let (subscriptions, trust_arg) = futures::join!(
+            arm.fetch_subscriptions(ctx.tenant),
+            self.stage_open_findings(ctx, record)
+        );
+        let trust_arg = trust_arg?;
+        let subscriptions = subscriptions
+            .map_err(|e| {
+                // Without the list, a 403 cannot be told from a subscription we cannot see, nor a
+                // transfer proven: the checks still run, but the tenant was not fully checked.
+                tracing::warn!(error = %e, "subscription list failed");
+                notes.failed(format!("subscriptions: {e}"));
+            })
+            .ok();
+        let subs = subscriptions.as_ref();
+        let (mut bulk_notes, mut early_notes) = (Notes::default(), Notes::default());
+        let bulk = async {
+            if trust_arg {
+                self.bulk(ctx, arm, subs, watcher.clone(), &mut bulk_notes)
+                    .await
+            } else {
+                bulk_notes.failed(
+                    "resource graph: not used, since the open findings could not be read".into(),
+                );
+                Ok(())
+            }
+        };
+        // The open findings go to ARM whatever Resource Graph shows: no need to wait for it.
+        let early = async {
+            if listed_in_full(watcher.clone()).await {
+                self.confirm_candidates(ctx, arm, subs, true, &mut early_notes)
+                    .await
+            } else {
+                Ok(())
+            }
+        };
+        let (bulk, early) = futures::join!(bulk, early);
+        bulk?;
+        early?;
+        if listed_in_full(watcher).await {
+            self.confirm_candidates(ctx, arm, subs, false, &mut notes)
+                .await?;
         }
-        self.confirm_candidates(ctx, arm, subscriptions, tr).await
+        for n in [bulk_notes, early_notes] {
+            notes.incomplete |= n.incomplete;
+            notes.errors.extend(n.errors);
+            notes.arm_checks += n.arm_checks;
+        }
+        Ok((subscriptions, notes))
+    }
+
+    /// Marks the tenant's open findings as must-check. `false` when they could not be read: then no
+    /// identity is taken on Resource Graph's word.
+    async fn stage_open_findings(
+        &self,
+        ctx: &Staging<'_>,
+        record: Option<&Store>,
+    ) -> Result<bool, crate::store::StoreError> {
+        let Some(store) = record else {
+            return Ok(true);
+        };
+        match store.open_finding_keys(ctx.tenant).await {
+            Ok(keys) => {
+                ctx.work
+                    .stage_must_check(ctx.scan_id, ctx.tenant, &keys)
+                    .await?;
+                Ok(true)
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "open findings could not be read; every identity goes to ARM");
+                Ok(false)
+            }
+        }
     }
 
     /// Resource Graph for every type named by identities in visible subscriptions, per table, into the
-    /// working database. A failed query leaves more candidates for ARM and the tenant incomplete: its
-    /// second witness (an absent identity confirmed, a principal seen on another resource) is missing.
+    /// working database, beside the inventory: a first round as soon as a Graph page is staged, and a
+    /// top-up when the listing has ended for the subscriptions and types that later pages added. A
+    /// failed query leaves more candidates for ARM and the tenant incomplete: its second witness (an
+    /// absent identity confirmed, a principal seen on another resource) is missing.
     async fn bulk(
         &self,
         ctx: &Staging<'_>,
         arm: &ArmClient,
-        subscriptions: Option<&HashMap<String, Subscription>>,
-        tr: &mut TenantReport,
+        subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
+        mut watcher: watch::Receiver<Progress>,
+        notes: &mut Notes,
     ) -> Result<(), crate::store::StoreError> {
-        let visible = |sub: &str| visibility(subscriptions, sub);
-        let mut bulk_subs: BTreeSet<String> = BTreeSet::new();
-        let mut types: HashMap<ArgTable, BTreeSet<String>> = HashMap::new();
-        for (sub, t) in ctx.work.staged_targets(ctx.scan_id, ctx.tenant).await? {
-            if visible(&sub) == Some(true) && crate::arm::is_queryable_type(&t) {
-                bulk_subs.insert(sub);
-                types.entry(ArgTable::for_type(&t)).or_default().insert(t);
-            }
+        let mut asked = Asked::default();
+        if watcher
+            .wait_for(|p| p.pages > 0 || p.ended.is_some())
+            .await
+            .is_err()
+        {
+            return Ok(());
         }
-        let subs: Vec<String> = bulk_subs.into_iter().collect();
-        let mut tables: Vec<_> = types.into_iter().collect();
-        tables.sort_by_key(|(t, _)| t.name());
-        for (table, tset) in tables {
-            let tlist: Vec<String> = tset.into_iter().collect();
-            for batch in subs.chunks(ARG_SUBSCRIPTION_BATCH) {
-                let mut sink = *ctx;
-                if let Err(e) = arm
-                    .fetch_identity_principals(ctx.tenant, batch, table, &tlist, &mut sink)
-                    .await
-                {
-                    tracing::warn!(error = %e, table = table.name(), "Resource Graph query failed; falling back to ARM");
-                    tr.complete = false;
-                    tr.errors
-                        .push(format!("resource graph ({}): {e}", table.name()));
+        loop {
+            // Read before the staged rows: once ended, they are the whole inventory.
+            let ended = watcher.borrow().ended;
+            if ended == Some(false) {
+                return Ok(());
+            }
+            let targets = ctx.work.staged_targets(ctx.scan_id, ctx.tenant).await?;
+            for (table, types, subs) in asked.extend(targets, |s| visibility(subscriptions, s)) {
+                for batch in subs.chunks(ARG_SUBSCRIPTION_BATCH) {
+                    let mut sink = *ctx;
+                    if let Err(e) = arm
+                        .fetch_identity_principals(ctx.tenant, batch, table, &types, &mut sink)
+                        .await
+                    {
+                        tracing::warn!(error = %e, table = table.name(), "Resource Graph query failed; falling back to ARM");
+                        notes.failed(format!("resource graph ({}): {e}", table.name()));
+                    }
                 }
             }
+            if ended.is_some() || watcher.wait_for(|p| p.ended.is_some()).await.is_err() {
+                return Ok(());
+            }
         }
-        Ok(())
     }
 
-    /// An ARM GET of every candidate (anything Resource Graph did not show carrying its principal, and
-    /// every open finding), a chunk at a time, [`Settings`]' concurrency at once.
+    /// An ARM GET of every candidate not checked yet (anything Resource Graph did not show carrying its
+    /// principal, and every open finding; with `must_check_only`, only the open findings), a chunk at a
+    /// time, [`Settings`]' concurrency at once.
     async fn confirm_candidates(
         &self,
         ctx: &Staging<'_>,
         arm: &ArmClient,
-        subscriptions: Option<&HashMap<String, Subscription>>,
-        tr: &mut TenantReport,
+        subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
+        must_check_only: bool,
+        notes: &mut Notes,
     ) -> Result<(), crate::store::StoreError> {
-        let visible = |sub: &str| visibility(subscriptions, sub);
+        let visible = |sub: &SubscriptionId| visibility(subscriptions, sub);
         let any_visible = subscriptions.and_then(|s| s.keys().next().cloned());
         let mut after = String::new();
         loop {
-            let chunk = ctx.work.candidates(ctx.scan_id, ctx.tenant, &after).await?;
+            let chunk = ctx
+                .work
+                .candidates(ctx.scan_id, ctx.tenant, &after, must_check_only)
+                .await?;
             let Some(last) = chunk.last() else { break };
-            after.clone_from(&last.object_key);
+            after = last.object_id.to_string();
             tracing::debug!(candidates = chunk.len(), "confirming candidates with ARM");
-            tr.arm_checks += chunk.len() as u64;
+            notes.arm_checks += chunk.len() as u64;
             let tenant = ctx.tenant;
             let checks: Vec<(Candidate, crate::arm::Check)> =
                 futures::stream::iter(chunk.into_iter().map(|c| {
                     // The subscription whose providers API names the api-version: the resource's when
                     // visible.
                     let sub = match c.resource.subscription_id() {
-                        Some(s) if visible(s) == Some(true) => Some(s.to_owned()),
+                        Some(s) if visible(s) == Some(true) => Some(s.clone()),
                         _ => any_visible.clone(),
                     };
                     async move {
-                        let check = arm
-                            .check_resource(tenant, &c.resource, sub.as_deref())
-                            .await;
+                        let check = arm.check_resource(tenant, &c.resource, sub.as_ref()).await;
                         (c, check)
                     }
                 }))
@@ -257,7 +376,7 @@ impl Scanner {
             let rows: Vec<_> = checks
                 .iter()
                 .map(|(c, check)| Checked {
-                    object_key: &c.object_key,
+                    object_id: &c.object_id,
                     answer: &check.answer,
                     request_id: check.request_id.as_deref(),
                     correlation_request_id: check.correlation_request_id.as_deref(),
@@ -275,10 +394,10 @@ impl Scanner {
     async fn judge_all(
         &self,
         ctx: &Staging<'_>,
-        subscriptions: Option<&HashMap<String, Subscription>>,
+        subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
         tr: &mut TenantReport,
     ) -> Result<(), crate::store::StoreError> {
-        let visible = |sub: &str| visibility(subscriptions, sub);
+        let visible = |sub: &SubscriptionId| visibility(subscriptions, sub);
         let mut failed = 0u64;
         let mut after = String::new();
         loop {
@@ -286,12 +405,12 @@ impl Scanner {
                 .work
                 .staged_items(ctx.scan_id, ctx.tenant, &after)
                 .await?;
-            let Some((last, _, _)) = chunk.last() else {
+            let Some((last, _)) = chunk.last() else {
                 break;
             };
-            after.clone_from(last);
+            after = last.object_id.to_string();
             let mut findings = Vec::with_capacity(chunk.len());
-            for (_, identity, mut ev) in chunk {
+            for (identity, mut ev) in chunk {
                 if let Some(r) = &identity.resource {
                     ev.subscription_visible = r.subscription_id().and_then(visible);
                 }
@@ -319,7 +438,9 @@ impl Scanner {
 struct Staging<'a> {
     work: &'a WorkStore,
     scan_id: &'a str,
-    tenant: &'a str,
+    tenant: &'a TenantId,
+    /// Told of each staged Graph page (Resource Graph starts on the first).
+    progress: Option<&'a watch::Sender<Progress>>,
 }
 
 impl PageSink<ManagedIdentity> for Staging<'_> {
@@ -327,7 +448,11 @@ impl PageSink<ManagedIdentity> for Staging<'_> {
         self.work
             .stage_identities(self.scan_id, self.tenant, &items)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        if let Some(p) = self.progress {
+            p.send_modify(|p| p.pages += 1);
+        }
+        Ok(())
     }
 
     async fn restart(&mut self) -> Result<(), String> {
@@ -353,7 +478,7 @@ fn finding(i: ManagedIdentity, ev: &Evidence, j: crate::domain::Judgement) -> Fi
         subscription_id: i
             .resource
             .as_ref()
-            .and_then(|r| r.subscription_id().map(str::to_owned)),
+            .and_then(|r| r.subscription_id().cloned()),
         resource_type: i
             .resource
             .as_ref()
@@ -370,7 +495,63 @@ fn finding(i: ManagedIdentity, ev: &Evidence, j: crate::domain::Judgement) -> Fi
     }
 }
 
+/// The evidence stages' outcome: the subscription list (`None` when it could not be read) and notes.
+type Resolved =
+    Result<(Option<HashMap<SubscriptionId, Subscription>>, Notes), crate::store::StoreError>;
+
+/// Waits for the inventory's end: `true` when it was read to the end.
+async fn listed_in_full(mut watcher: watch::Receiver<Progress>) -> bool {
+    watcher
+        .wait_for(|p| p.ended.is_some())
+        .await
+        .is_ok_and(|p| p.ended == Some(true))
+}
+
+impl Asked {
+    /// Takes the (subscription, type) pairs staged so far and returns the queries that cover what has
+    /// not been asked: per table, the new types in every subscription, and the types asked before in
+    /// the new subscriptions. The areas are disjoint from what was asked, so no row comes twice.
+    fn extend(
+        &mut self,
+        targets: Vec<(SubscriptionId, String)>,
+        visible: impl Fn(&SubscriptionId) -> Option<bool>,
+    ) -> Vec<(ArgTable, Vec<String>, Vec<SubscriptionId>)> {
+        let mut subs = BTreeSet::new();
+        let mut types: HashMap<ArgTable, BTreeSet<String>> = HashMap::new();
+        for (sub, t) in targets {
+            if visible(&sub) == Some(true) && crate::arm::is_queryable_type(&t) {
+                subs.insert(sub);
+                types.entry(ArgTable::for_type(&t)).or_default().insert(t);
+            }
+        }
+        let new_subs: Vec<SubscriptionId> = subs.difference(&self.subs).cloned().collect();
+        self.subs.extend(subs);
+        let all_subs: Vec<SubscriptionId> = self.subs.iter().cloned().collect();
+        let mut tables: Vec<ArgTable> = types.keys().chain(self.types.keys()).copied().collect();
+        tables.sort_by_key(|t| t.name());
+        tables.dedup();
+        let mut queries = Vec::new();
+        for table in tables {
+            let tset = types.remove(&table).unwrap_or_default();
+            let before = self.types.entry(table).or_default();
+            let old: Vec<String> = before.iter().cloned().collect();
+            let new: Vec<String> = tset.difference(before).cloned().collect();
+            before.extend(new.iter().cloned());
+            if !new.is_empty() {
+                queries.push((table, new, all_subs.clone()));
+            }
+            if !old.is_empty() && !new_subs.is_empty() {
+                queries.push((table, old, new_subs.clone()));
+            }
+        }
+        queries
+    }
+}
+
 /// Whether the subscription is in the tenant's subscription list; `None` when the list could not be read.
-fn visibility(subscriptions: Option<&HashMap<String, Subscription>>, sub: &str) -> Option<bool> {
-    subscriptions.map(|s| s.contains_key(&sub.to_ascii_lowercase()))
+fn visibility(
+    subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
+    sub: &SubscriptionId,
+) -> Option<bool> {
+    subscriptions.map(|s| s.contains_key(sub))
 }

@@ -4,7 +4,7 @@
 use super::queries::StoredFinding;
 use super::rows::{bind_finding_columns, bind_tracked, insert_rows, tracked_of};
 use super::{Store, StoreError};
-use crate::domain::Finding;
+use crate::domain::{Finding, ObjectId, TenantId};
 use crate::lifecycle::{self, AckRefused, Resolution, State, Step, Tracked};
 use chrono::{DateTime, Utc};
 use sqlx::{Sqlite, Transaction};
@@ -20,8 +20,8 @@ pub enum Acknowledged {
 /// Writes the step's transition, if it has one, into the finding's history.
 pub(super) async fn write_history(
     tx: &mut Transaction<'_, Sqlite>,
-    tenant: &str,
-    object: &str,
+    tenant: &TenantId,
+    object: &ObjectId,
     step: &Step,
     at: DateTime<Utc>,
     scan_id: Option<&str>,
@@ -31,8 +31,8 @@ pub(super) async fn write_history(
             "insert into finding_history (tenant_id, object_id, episode, at, scan_id, from_state, to_state, resolution)
              values (?, ?, ?, ?, ?, ?, ?, ?)",
         )
-        .bind(tenant)
-        .bind(object)
+        .bind(tenant.as_str())
+        .bind(object.as_str())
         .bind(i64::from(t.episode))
         .bind(at.to_rfc3339())
         .bind(scan_id)
@@ -48,8 +48,8 @@ pub(super) async fn write_history(
 /// Writes a finding's lifecycle (`next`); with a scan, as seen by it.
 pub(super) async fn write_lifecycle(
     tx: &mut Transaction<'_, Sqlite>,
-    tenant: &str,
-    object: &str,
+    tenant: &TenantId,
+    object: &ObjectId,
     next: &Tracked,
     scan_id: Option<&str>,
 ) -> Result<(), StoreError> {
@@ -61,8 +61,8 @@ pub(super) async fn write_lifecycle(
     );
     let q = bind_tracked(q, next)
         .bind(scan_id)
-        .bind(tenant)
-        .bind(object);
+        .bind(tenant.as_str())
+        .bind(object.as_str());
     q.execute(&mut **tx).await?;
     Ok(())
 }
@@ -74,7 +74,7 @@ const BATCH: usize = 400;
 /// evidence columns (otherwise the stored, last authoritative ones stay).
 pub(super) async fn upsert_findings(
     tx: &mut Transaction<'_, Sqlite>,
-    rows: &[(Finding, String, Tracked)],
+    rows: &[(Finding, Tracked)],
     take_verdict: bool,
     seen_at: DateTime<Utc>,
     scan_id: &str,
@@ -105,9 +105,9 @@ pub(super) async fn upsert_findings(
         &tail,
         BATCH,
         rows,
-        |q, (f, object, t)| {
+        |q, (f, t)| {
             bind_tracked(
-                bind_finding_columns(q.bind(&f.tenant_id).bind(object), f)
+                bind_finding_columns(q.bind(f.tenant_id.as_str()).bind(f.object_id.as_str()), f)
                     .bind(&seen)
                     .bind(scan_id),
                 t,
@@ -122,17 +122,16 @@ impl Store {
     /// Records a support ticket on a suspected or confirmed finding.
     pub async fn acknowledge(
         &self,
-        tenant: &str,
-        object: &str,
+        tenant: &TenantId,
+        object: &ObjectId,
         ticket: String,
         note: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<Acknowledged, StoreError> {
-        let (tenant, object) = (tenant.to_ascii_lowercase(), object.to_ascii_lowercase());
         let mut tx = self.pool.begin().await?;
         let Some(row) = sqlx::query("select * from findings where tenant_id = ? and object_id = ?")
-            .bind(&tenant)
-            .bind(&object)
+            .bind(tenant.as_str())
+            .bind(object.as_str())
             .fetch_optional(&mut *tx)
             .await?
         else {
@@ -144,10 +143,10 @@ impl Store {
             Err(refused) => return Ok(Acknowledged::Refused(refused)),
         };
         let next = step.next.as_ref().expect("acknowledge keeps the finding");
-        write_lifecycle(&mut tx, &tenant, &object, next, None).await?;
-        write_history(&mut tx, &tenant, &object, &step, now, None).await?;
+        write_lifecycle(&mut tx, tenant, object, next, None).await?;
+        write_history(&mut tx, tenant, object, &step, now, None).await?;
         tx.commit().await?;
-        match self.load_finding(&tenant, &object).await? {
+        match self.load_finding(tenant, object).await? {
             Some(f) => Ok(Acknowledged::Done(Box::new(f))),
             None => Ok(Acknowledged::NotFound),
         }
@@ -185,20 +184,26 @@ mod tests {
             .expect("s1");
         assert_eq!(
             store
-                .acknowledge(T, "nope", "x".into(), None, now)
+                .acknowledge(&T.into(), &"nope".into(), "x".into(), None, now)
                 .await
                 .expect("ack"),
             Acknowledged::NotFound
         );
         assert!(matches!(
             store
-                .acknowledge(T, "u1", "x".into(), None, now)
+                .acknowledge(&T.into(), &"u1".into(), "x".into(), None, now)
                 .await
                 .expect("ack"),
             Acknowledged::Refused(_)
         ));
         let Acknowledged::Done(f) = store
-            .acknowledge(T, "o1", "TKT-9".into(), Some("n".into()), now)
+            .acknowledge(
+                &T.into(),
+                &"o1".into(),
+                "TKT-9".into(),
+                Some("n".into()),
+                now,
+            )
             .await
             .expect("ack")
         else {
@@ -269,7 +274,7 @@ mod tests {
         assert_eq!(resolved.len(), 1);
         assert!(matches!(
             store
-                .acknowledge(T, "o1", "x".into(), None, now)
+                .acknowledge(&T.into(), &"o1".into(), "x".into(), None, now)
                 .await
                 .expect("ack"),
             Acknowledged::Refused(_)
@@ -286,13 +291,24 @@ mod tests {
             )
             .await
             .expect("s3");
-        let f = store.load_finding(T, "o1").await.expect("load").expect("f");
+        let f = store
+            .load_finding(&T.into(), &"o1".into())
+            .await
+            .expect("load")
+            .expect("f");
         assert_eq!(
             (f.state, f.episode, f.ticket.clone()),
             (Some(State::Confirmed), 2, None)
         );
-        assert_eq!(store.load_history(T, "o1").await.expect("h").len(), 4);
+        assert_eq!(
+            store
+                .load_history(&T.into(), &"o1".into())
+                .await
+                .expect("h")
+                .len(),
+            4
+        );
         let counts = store.count_findings_by_state().await.expect("counts");
-        assert!(counts.contains(&(T.to_owned(), Some(State::Confirmed), 1)));
+        assert!(counts.contains(&(T.into(), Some(State::Confirmed), 1)));
     }
 }

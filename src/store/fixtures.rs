@@ -67,7 +67,7 @@ pub(super) fn report(scan_id: &str, complete: bool) -> ScanReport {
 pub(super) const T: &str = "00000000-0000-0000-0000-00000000000a";
 
 /// An identity of tenant [`T`] with this verdict.
-pub(super) fn finding(object: &str, verdict: Verdict, reason: Reason) -> Finding {
+pub(crate) fn finding(object: &str, verdict: Verdict, reason: Reason) -> Finding {
     Finding {
         tenant_id: T.into(),
         object_id: object.into(),
@@ -94,7 +94,7 @@ pub(super) fn finding(object: &str, verdict: Verdict, reason: Reason) -> Finding
 }
 
 /// A scan of tenant [`T`], `hours` after 2026-01-01, of these verdicts.
-pub(super) fn scan(
+pub(crate) fn scan(
     id: &str,
     hours: i64,
     findings: Vec<Finding>,

@@ -5,9 +5,9 @@
 
 use super::StoreError;
 use super::findings::{upsert_findings, write_history, write_lifecycle};
-use super::rows::{bind_tracked, finding_columns, tracked_of};
+use super::rows::{bind_tracked, finding_columns, id, tracked_of};
 use super::work::CHUNK;
-use crate::domain::{Finding, Reason, Verdict};
+use crate::domain::{Finding, ObjectId, Reason, TenantId, Verdict};
 use crate::lifecycle::{self, Observation, Step, Tracked};
 use crate::report::ScanReport;
 use chrono::{DateTime, Utc};
@@ -20,7 +20,7 @@ use std::time::Duration;
 #[derive(Clone, Copy)]
 struct TenantScan<'a> {
     scan_id: &'a str,
-    tenant: &'a str,
+    tenant: &'a TenantId,
     /// The scan's finish time: the time of every change it causes.
     now: DateTime<Utc>,
     confirm_after: Duration,
@@ -39,7 +39,7 @@ pub(super) async fn apply_lifecycle(
     tx: &mut Transaction<'_, Sqlite>,
     report: &ScanReport,
     confirm_after: Duration,
-) -> Result<BTreeMap<String, u64>, StoreError> {
+) -> Result<BTreeMap<TenantId, u64>, StoreError> {
     let mut newly_confirmed = BTreeMap::new();
     for tenant in &report.tenants {
         let scan = TenantScan {
@@ -64,8 +64,6 @@ pub(super) async fn apply_lifecycle(
 /// A verdict of the scan with its identity's stored row, if it has one.
 struct Judged {
     finding: Finding,
-    /// The lower-case object id.
-    object: String,
     stored: Option<Stored>,
 }
 
@@ -103,7 +101,7 @@ async fn apply_verdicts(
     loop {
         let chunk = load_judged(tx, scan, &after).await?;
         let Some(last) = chunk.last() else { break };
-        after.clone_from(&last.object);
+        after = last.finding.object_id.to_string();
         let mut upserts = Upserts::default();
         for judged in chunk {
             let step = scan.advance(judged.prev(), judged.observation());
@@ -151,8 +149,8 @@ async fn mark_changing(
          where tenant_id = ? and (state is not null or verdict != 'healthy' or reason != 'resource_present')",
     )
     .bind(scan.scan_id)
-    .bind(scan.tenant)
-    .bind(scan.tenant)
+    .bind(scan.tenant.as_str())
+    .bind(scan.tenant.as_str())
     .execute(&mut **tx)
     .await?;
     Ok(())
@@ -175,7 +173,7 @@ async fn load_judged(
          order by k.object_key limit ?",
     )
     .bind(scan.scan_id)
-    .bind(scan.tenant)
+    .bind(scan.tenant.as_str())
     .bind(after)
     .bind(CHUNK)
     .fetch_all(&mut **tx)
@@ -195,7 +193,6 @@ fn judged_of(r: &SqliteRow) -> Result<Judged, StoreError> {
     };
     Ok(Judged {
         finding: finding_columns(r, "scan_results")?,
-        object: r.try_get("object_key")?,
         stored,
     })
 }
@@ -203,8 +200,8 @@ fn judged_of(r: &SqliteRow) -> Result<Judged, StoreError> {
 /// The rows of a chunk to upsert, by whether they take the scan's verdict.
 #[derive(Default)]
 struct Upserts {
-    taking: Vec<(Finding, String, Tracked)>,
-    keeping: Vec<(Finding, String, Tracked)>,
+    taking: Vec<(Finding, Tracked)>,
+    keeping: Vec<(Finding, Tracked)>,
 }
 
 /// What a judged identity's row needs written.
@@ -250,12 +247,12 @@ async fn write_judged(
     next: Tracked,
     upserts: &mut Upserts,
 ) -> Result<(), StoreError> {
-    let object = judged.object.as_str();
+    let object = &judged.finding.object_id;
     write_history(tx, scan.tenant, object, step, scan.now, Some(scan.scan_id)).await?;
     match Upsert::of(&judged, step, &next) {
         Upsert::Skip => {}
-        Upsert::WithVerdict => upserts.taking.push((judged.finding, judged.object, next)),
-        Upsert::LifecycleOnly => upserts.keeping.push((judged.finding, judged.object, next)),
+        Upsert::WithVerdict => upserts.taking.push((judged.finding, next)),
+        Upsert::LifecycleOnly => upserts.keeping.push((judged.finding, next)),
     }
     Ok(())
 }
@@ -277,7 +274,7 @@ async fn apply_absence(
         let Some((last, _)) = absent.last() else {
             break;
         };
-        after.clone_from(last);
+        after = last.to_string();
         for (object, prev) in absent {
             let step = scan.advance(Some(&prev), gone);
             write_absent(tx, scan, &object, &step).await?;
@@ -297,7 +294,7 @@ async fn any_absent(
     let stored: i64 = sqlx::query_scalar(
         "select count(*) from findings where tenant_id = ? and state is not 'resolved'",
     )
-    .bind(scan.tenant)
+    .bind(scan.tenant.as_str())
     .fetch_one(&mut **tx)
     .await?;
     let listed: i64 = sqlx::query_scalar(
@@ -307,7 +304,7 @@ async fn any_absent(
                  where f.tenant_id = ?2 and f.state = 'resolved')",
     )
     .bind(scan.scan_id)
-    .bind(scan.tenant)
+    .bind(scan.tenant.as_str())
     .fetch_one(&mut **tx)
     .await?;
     Ok(stored > listed)
@@ -319,7 +316,7 @@ async fn load_absent(
     tx: &mut Transaction<'_, Sqlite>,
     scan: TenantScan<'_>,
     after: &str,
-) -> Result<Vec<(String, Tracked)>, StoreError> {
+) -> Result<Vec<(ObjectId, Tracked)>, StoreError> {
     let rows = sqlx::query(
         "select f.* from findings f
          where f.tenant_id = ? and f.object_id > ? and f.state is not 'resolved' and not exists (
@@ -327,14 +324,14 @@ async fn load_absent(
              where r.scan_id = ? and r.tenant_id = f.tenant_id and r.object_key = f.object_id)
          order by f.object_id limit ?",
     )
-    .bind(scan.tenant)
+    .bind(scan.tenant.as_str())
     .bind(after)
     .bind(scan.scan_id)
     .bind(CHUNK)
     .fetch_all(&mut **tx)
     .await?;
     rows.iter()
-        .map(|r| Ok((r.try_get("object_id")?, tracked_of(r)?)))
+        .map(|r| Ok((id(r, "object_id")?, tracked_of(r)?)))
         .collect()
 }
 
@@ -343,14 +340,14 @@ async fn load_absent(
 async fn write_absent(
     tx: &mut Transaction<'_, Sqlite>,
     scan: TenantScan<'_>,
-    object: &str,
+    object: &ObjectId,
     step: &Step,
 ) -> Result<(), StoreError> {
     match &step.next {
         None => {
             sqlx::query("delete from findings where tenant_id = ? and object_id = ?")
-                .bind(scan.tenant)
-                .bind(object)
+                .bind(scan.tenant.as_str())
+                .bind(object.as_str())
                 .execute(&mut **tx)
                 .await?;
         }
@@ -373,7 +370,7 @@ async fn note_inventory(
          on conflict (tenant_id) do update set last_inventory_at = excluded.last_inventory_at,
              last_scan_id = excluded.last_scan_id",
     )
-    .bind(scan.tenant)
+    .bind(scan.tenant.as_str())
     .bind(scan.now.to_rfc3339())
     .bind(scan.scan_id)
     .execute(&mut **tx)
@@ -399,14 +396,18 @@ async fn insert_new_healthy(
     let (Some(t), None, false) = (&fresh.next, &fresh.transition, fresh.newly_confirmed) else {
         return Ok(());
     };
+    // A row that has exactly the scan's columns (its object id already lower-case) holds the run of
+    // verdicts the identity starts in this scan (`runs`): its seq is set here rather than by a second
+    // write of every new row.
     let q = sqlx::query(
         "insert into findings (tenant_id, object_id, app_id, display_name, identity_type, resource_id,
              subscription_id, resource_type, verdict, reason, detail, evidence, last_seen_at, last_scan_id,
              state, episode, resolution, ticket, note, first_detected_at, last_orphaned_at, confirmed_at,
-             resolved_at)
+             resolved_at, run_since)
          select r.tenant_id, r.object_key, r.app_id, r.display_name, r.identity_type, r.resource_id,
              r.subscription_id, r.resource_type, r.verdict, r.reason, r.detail, r.evidence, ?, ?,
-             ?, ?, ?, ?, ?, ?, ?, ?, ?
+             ?, ?, ?, ?, ?, ?, ?, ?, ?,
+             case when r.object_id = r.object_key then (select seq from scans where scan_id = r.scan_id) end
          from work.scan_results r
          where r.scan_id = ? and r.tenant_id = ? and r.verdict = 'healthy'
          order by r.object_key
@@ -416,7 +417,7 @@ async fn insert_new_healthy(
     .bind(scan.scan_id);
     bind_tracked(q, t)
         .bind(scan.scan_id)
-        .bind(scan.tenant)
+        .bind(scan.tenant.as_str())
         .execute(&mut **tx)
         .await?;
     Ok(())
@@ -435,7 +436,6 @@ mod tests {
         let now = Utc::now();
         let judged = |verdict, reason, stored: Option<(&Tracked, &str, &str)>| Judged {
             finding: finding("o1", verdict, reason),
-            object: "o1".into(),
             stored: stored.map(|(t, v, r)| Stored {
                 tracked: t.clone(),
                 verdict: v.into(),
@@ -492,7 +492,7 @@ mod tests {
             .expect("s1");
         assert_eq!(r.newly_confirmed[T], 0);
         let f = store
-            .load_finding(T, "O1")
+            .load_finding(&T.into(), &"O1".into())
             .await
             .expect("load")
             .expect("present");
@@ -510,7 +510,7 @@ mod tests {
             .expect("s3");
         assert_eq!(
             store
-                .load_finding(T, "o1")
+                .load_finding(&T.into(), &"o1".into())
                 .await
                 .expect("load")
                 .expect("f")
@@ -522,11 +522,24 @@ mod tests {
             .record_scan(&scan("s4", 5, vec![], true), TWO_H)
             .await
             .expect("s4");
-        let f = store.load_finding(T, "o1").await.expect("load").expect("f");
+        let f = store
+            .load_finding(&T.into(), &"o1".into())
+            .await
+            .expect("load")
+            .expect("f");
         assert_eq!(f.state, Some(State::Resolved));
         assert_eq!(f.resolution, Some(Resolution::IdentityRemoved));
-        assert!(store.load_finding(T, "h1").await.expect("load").is_none());
-        let h = store.load_history(T, "o1").await.expect("history");
+        assert!(
+            store
+                .load_finding(&T.into(), &"h1".into())
+                .await
+                .expect("load")
+                .is_none()
+        );
+        let h = store
+            .load_history(&T.into(), &"o1".into())
+            .await
+            .expect("history");
         let path: Vec<_> = h
             .iter()
             .map(|e| (e.from, e.to, e.scan_id.clone()))
@@ -562,7 +575,11 @@ mod tests {
             .record_scan(&scan("s2", 5, vec![failed], false), TWO_H)
             .await
             .expect("s2");
-        let f = store.load_finding(T, "o1").await.expect("load").expect("f");
+        let f = store
+            .load_finding(&T.into(), &"o1".into())
+            .await
+            .expect("load")
+            .expect("f");
         assert_eq!(f.state, Some(State::Suspected));
         assert_eq!(f.finding.verdict, Verdict::Orphaned);
         assert_eq!(f.finding.evidence.status, Some(404));

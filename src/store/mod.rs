@@ -4,29 +4,33 @@
 //!
 //! By job: this file opens the record (connect, migrations, the read-only fallback, close); `scans` has
 //! the scan rows and what a scan reads of the record; `record` writes a finished scan in one
-//! transaction, in which `lifecycle` moves the findings through their lifecycle; `findings` writes
+//! transaction, in which `runs` keeps its verdicts (as runs of unchanged verdicts) and `lifecycle`
+//! moves the findings through their lifecycle; `findings` writes
 //! findings rows (for `lifecycle`, and acknowledgements); `queries` answers the API and the export;
 //! `rows` has the column codecs they share; `work` is the scan's working database, a separate SQLite
 //! file.
 
 mod findings;
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 mod lifecycle;
 mod queries;
 mod record;
 mod rows;
+mod runs;
 mod scans;
 pub mod work;
 
 pub use findings::Acknowledged;
 pub use queries::{FindingCursor, FindingFilter, HistoryEntry, StoredFinding};
-pub use record::{KEEP_SCAN_VERDICTS, Recorded};
+pub use record::Recorded;
 pub use scans::ScanRecord;
 
 use rows::corrupt;
 use sqlx::SqlitePool;
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -90,6 +94,82 @@ pub(crate) fn create_private(path: &std::path::Path) -> std::io::Result<std::fs:
     o.open(path)
 }
 
+/// Puts the database in `auto_vacuum = incremental` mode, in which the pages that deleted rows free can be
+/// returned to the file system (`pragma incremental_vacuum`, after each recorded scan) instead of
+/// staying in the file for ever. A new database is created in that mode; a database created by an
+/// earlier version is converted here, once: SQLite changes the mode only with a `VACUUM`, which rewrites
+/// the whole file (seconds for a few hundred MB; it needs free disk space for a copy of the database and
+/// holds the write lock meanwhile). A conversion that fails (another process busy with the database, a
+/// full disk) is logged and tried again at the next start; the store works either way.
+async fn incremental_vacuum_mode(pool: &SqlitePool) -> Result<(), StoreError> {
+    const INCREMENTAL: i64 = 2;
+    let mut conn = pool.acquire().await?;
+    if auto_vacuum(&mut conn).await? == INCREMENTAL {
+        return Ok(());
+    }
+    let pages: i64 = sqlx::query_scalar("pragma page_count")
+        .fetch_one(&mut *conn)
+        .await?;
+    let started = std::time::Instant::now();
+    tracing::info!(
+        pages,
+        "converting the database to incremental auto-vacuum: a one-off VACUUM rewrites it"
+    );
+    sqlx::query("pragma auto_vacuum = incremental")
+        .execute(&mut *conn)
+        .await?;
+    match sqlx::query("vacuum").execute(&mut *conn).await {
+        Ok(_) => tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            "the database is in incremental auto-vacuum mode"
+        ),
+        Err(e) => tracing::warn!(
+            error = %e,
+            "could not convert the database to incremental auto-vacuum; the space of expired verdicts stays in the file until it is"
+        ),
+    }
+    Ok(())
+}
+
+/// After a recorded scan (and at open): returns the pages that expired verdicts freed to the file system
+/// (`incremental_vacuum`; the database is in `auto_vacuum = incremental` mode, see
+/// [`Store::from_pool`]), then copies the write-ahead log into the database and truncates it, so that
+/// neither the file nor the log keeps the size of the largest scan's writes. Neither is needed for the
+/// scan to be recorded: a failure is logged, and the next scan tries again. The checkpoint waits for
+/// readers of older snapshots (API requests) up to the busy timeout; one that is still reading then
+/// leaves the log for the next time.
+pub(super) async fn reclaim_and_checkpoint(conn: &mut sqlx::SqliteConnection) {
+    if let Err(e) = sqlx::query("pragma incremental_vacuum")
+        .execute(&mut *conn)
+        .await
+    {
+        tracing::warn!(error = %e, "could not return the space of expired verdicts; the next scan will");
+    }
+    match sqlx::query_as::<_, (i64, i64, i64)>("pragma wal_checkpoint(truncate)")
+        .fetch_one(&mut *conn)
+        .await
+    {
+        Ok((0, _, _)) => {}
+        Ok((_, log, done)) => tracing::info!(
+            log_frames = log,
+            checkpointed = done,
+            "readers kept the write-ahead log from being truncated; the next scan will"
+        ),
+        Err(e) => tracing::warn!(error = %e, "could not checkpoint the write-ahead log"),
+    }
+}
+
+/// The database's auto-vacuum mode (0 none, 1 full, 2 incremental). SQLite answers the pragma from what
+/// the connection last read of the file's header, so the header is read first.
+async fn auto_vacuum(conn: &mut sqlx::SqliteConnection) -> Result<i64, StoreError> {
+    sqlx::query("select count(*) from sqlite_schema")
+        .execute(&mut *conn)
+        .await?;
+    Ok(sqlx::query_scalar("pragma auto_vacuum")
+        .fetch_one(&mut *conn)
+        .await?)
+}
+
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
@@ -97,6 +177,8 @@ pub struct Store {
     writable: bool,
     /// The database file (`None` in memory); scans put their working files beside it.
     file: Option<std::path::PathBuf>,
+    /// How many recorded scans keep their per-identity verdicts (`[database] retain_scans`).
+    retain_scans: u32,
 }
 
 impl Store {
@@ -140,6 +222,8 @@ impl Store {
         }
         let opts = opts
             .create_if_missing(true)
+            // A new database starts in this mode; an existing one is converted once (`from_pool`).
+            .auto_vacuum(SqliteAutoVacuum::Incremental)
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
@@ -196,6 +280,7 @@ impl Store {
                     pool,
                     writable: false,
                     file: None,
+                    retain_scans: crate::config::DEFAULT_RETAIN_SCANS,
                 })
             };
             match attempt.await {
@@ -211,13 +296,25 @@ impl Store {
         self.pool.close().await;
     }
 
+    /// A store on an open pool: migrated, and in incremental auto-vacuum mode.
     pub async fn from_pool(pool: SqlitePool) -> Result<Self, StoreError> {
         MIGRATOR.run(&pool).await?;
+        incremental_vacuum_mode(&pool).await?;
+        // Migrations and a conversion leave their writes in the log (hundreds of KB for a new database).
+        reclaim_and_checkpoint(&mut *pool.acquire().await?).await;
         Ok(Self {
             pool,
             writable: true,
             file: None,
+            retain_scans: crate::config::DEFAULT_RETAIN_SCANS,
         })
+    }
+
+    /// Keeps the per-identity verdicts of the newest `n` recorded scans (at least 1); older scans keep
+    /// their summary rows. Applied when the next scan is recorded.
+    pub fn retaining(mut self, n: u32) -> Self {
+        self.retain_scans = n.max(1);
+        self
     }
 
     pub fn pool(&self) -> &SqlitePool {
@@ -227,5 +324,135 @@ impl Store {
     /// Whether scans can be written (false for a database opened read-only).
     pub fn writable(&self) -> bool {
         self.writable
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::SubscriptionId;
+
+    /// Rows of every table that holds ids, written at schema 0005 with ids in mixed case.
+    const MIXED_CASE_ROWS: &str = r#"
+        insert into scans (scan_id, started_at, finished_at, complete, trigger, outcome)
+            values ('s1', '2026-01-01T00:00:00+00:00', '2026-01-01T00:00:00+00:00', 1, 'cli', 'completed');
+        insert into scan_tenants (scan_id, tenant_id, complete, identities, errors, requests)
+            values ('s1', 'TENANT-A', 1, 1, '[]', '{}'), ('s1', 'tenant-a', 1, 2, '[]', '{}'),
+                   ('s1', 'Tenant-B', 1, 3, '[]', '{}');
+        insert into scan_verdicts (scan_id, tenant_id, object_id, app_id, display_name, identity_type,
+                resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)
+            values ('s1', 'tenant-a', 'OBJ-1', 'a', 'upper', 'system_assigned', null, 'SUB-1', null,
+                    'orphaned', 'resource_not_found', 'd', '{}'),
+                   ('s1', 'tenant-a', 'obj-1', 'a', 'lower', 'system_assigned', null, 'sub-1', null,
+                    'orphaned', 'resource_not_found', 'd', '{}'),
+                   ('s1', 'TENANT-A', 'Obj-4', 'a', 'alone', 'system_assigned', null, 'Sub-1', null,
+                    'healthy', 'resource_present', 'd', '{}');
+        insert into findings (tenant_id, object_id, app_id, display_name, identity_type, subscription_id,
+                verdict, reason, detail, evidence, state, last_seen_at, last_scan_id)
+            values ('TENANT-A', 'OBJ-1', 'a', 'newer', 'system_assigned', 'SUB-1', 'orphaned',
+                    'resource_not_found', 'd', '{"source":"arm"}', 'confirmed', '2026-01-02T00:00:00+00:00', 's1'),
+                   ('tenant-a', 'obj-1', 'a', 'older', 'system_assigned', 'sub-1', 'healthy',
+                    'resource_present', 'd', '{"source":"arm"}', null, '2026-01-01T00:00:00+00:00', 's1'),
+                   ('Tenant-A', 'obj-3', 'a', 'mixed', 'system_assigned', null, 'healthy',
+                    'resource_present', 'd', '{"source":"arm"}', null, '2026-01-01T00:00:00+00:00', 's1'),
+                   ('tenant-a', 'obj-3', 'a', 'lower', 'system_assigned', null, 'healthy',
+                    'resource_present', 'd', '{"source":"arm"}', null, '2026-01-01T00:00:00+00:00', 's1'),
+                   ('tenant-a', 'obj-2', 'a', 'alone', 'system_assigned', 'SUB-2', 'orphaned',
+                    'resource_not_found', 'd', '{"source":"arm"}', 'suspected', '2026-01-01T00:00:00+00:00', 's1');
+        insert into finding_history (tenant_id, object_id, episode, at, scan_id, to_state)
+            values ('TENANT-A', 'OBJ-1', 1, '2026-01-01T00:00:00+00:00', 's1', 'suspected'),
+                   ('tenant-a', 'obj-1', 1, '2026-01-02T00:00:00+00:00', 's1', 'confirmed');
+        insert into tenant_inventory (tenant_id, last_inventory_at, last_scan_id)
+            values ('TENANT-A', '2026-01-03T00:00:00+00:00', 'kept'),
+                   ('tenant-a', '2026-01-01T00:00:00+00:00', 'dropped');
+        insert into graph_delta (tenant_id, delta_link, full_sync_at)
+            values ('Tenant-B', 'link-b', '2026-01-01T00:00:00+00:00');
+    "#;
+
+    /// What each table holds after the migration: a row's ids and what tells the rows apart.
+    const MIGRATED: &[(&str, &[[&str; 3]])] = &[
+        // The most recently seen finding is kept; on a tie, the one already lower-case.
+        (
+            "select tenant_id || '/' || object_id, display_name, coalesce(subscription_id, '-')
+             from findings order by 1",
+            &[
+                ["tenant-a/obj-1", "newer", "sub-1"],
+                ["tenant-a/obj-2", "alone", "sub-2"],
+                ["tenant-a/obj-3", "lower", "-"],
+            ],
+        ),
+        // Within a scan, the row already lower-case.
+        (
+            "select tenant_id || '/' || object_id, display_name, subscription_id
+             from scan_verdicts order by 1",
+            &[
+                ["tenant-a/obj-1", "lower", "sub-1"],
+                ["tenant-a/obj-4", "alone", "sub-1"],
+            ],
+        ),
+        (
+            "select scan_id, tenant_id, cast(identities as text) from scan_tenants order by 2",
+            &[["s1", "tenant-a", "2"], ["s1", "tenant-b", "3"]],
+        ),
+        // Every history entry, lower-cased.
+        (
+            "select tenant_id, object_id, to_state from finding_history order by id",
+            &[
+                ["tenant-a", "obj-1", "suspected"],
+                ["tenant-a", "obj-1", "confirmed"],
+            ],
+        ),
+        (
+            "select tenant_id, last_scan_id, last_inventory_at from tenant_inventory",
+            &[["tenant-a", "kept", "2026-01-03T00:00:00+00:00"]],
+        ),
+        (
+            "select tenant_id, delta_link, full_sync_at from graph_delta",
+            &[["tenant-b", "link-b", "2026-01-01T00:00:00+00:00"]],
+        ),
+    ];
+
+    #[sqlx::test(migrations = false)]
+    async fn ids_of_a_database_written_at_0005_are_lower_cased_keeping_one_of_each(
+        pool: SqlitePool,
+    ) {
+        MIGRATOR.run_to(5, &pool).await.expect("schema 0005");
+        sqlx::raw_sql(MIXED_CASE_ROWS)
+            .execute(&pool)
+            .await
+            .expect("rows at 0005");
+        let store = Store::from_pool(pool).await.expect("migrated");
+        for (sql, want) in MIGRATED {
+            let rows: Vec<(String, String, String)> = sqlx::query_as(sqlx::AssertSqlSafe(*sql))
+                .fetch_all(store.pool())
+                .await
+                .expect("rows");
+            let got: Vec<[&str; 3]> = rows
+                .iter()
+                .map(|(a, b, c)| [a.as_str(), b.as_str(), c.as_str()])
+                .collect();
+            assert_eq!(got, *want, "{sql}");
+        }
+        // The store reads them by any case of their ids, through its types.
+        let f = store
+            .load_finding(&"TENANT-A".into(), &"Obj-1".into())
+            .await
+            .expect("load")
+            .expect("kept");
+        assert_eq!(f.state, Some(crate::lifecycle::State::Confirmed));
+        assert_eq!(f.last_scan_id, "kept", "seen in the kept inventory");
+        let by_subscription = store
+            .list_findings(
+                &FindingFilter {
+                    subscription_id: Some(SubscriptionId::new("SUB-2")),
+                    ..FindingFilter::default()
+                },
+                None,
+                10,
+            )
+            .await
+            .expect("list");
+        assert_eq!(by_subscription.len(), 1);
+        assert_eq!(by_subscription[0].finding.object_id, "obj-2");
     }
 }

@@ -1,11 +1,13 @@
 //! Read queries of the API and the export: the findings list (filters, keyset cursor), one finding and
 //! its history, counts per state and per verdict, a scan's verdicts.
 
-use super::rows::{corrupt, count, finding_columns, parse_time, tracked_of};
+use super::rows::{corrupt, count, finding_columns, id, parse_time, tracked_of};
 use super::{Store, StoreError};
-use crate::domain::{Finding, IdentityType, Reason, Verdict};
+use crate::domain::{Finding, IdentityType, ObjectId, Reason, SubscriptionId, TenantId, Verdict};
 use crate::lifecycle::{Resolution, State};
 use chrono::{DateTime, Utc};
+use futures::stream::BoxStream;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use sqlx::Row;
 
@@ -45,14 +47,14 @@ pub struct FindingFilter {
     pub states: Vec<State>,
     pub verdict: Option<Verdict>,
     pub reason: Option<Reason>,
-    pub tenant_id: Option<String>,
+    pub tenant_id: Option<TenantId>,
     pub identity_type: Option<IdentityType>,
-    pub subscription_id: Option<String>,
+    pub subscription_id: Option<SubscriptionId>,
     pub resource_type: Option<String>,
 }
 
 /// Keyset cursor of the findings list: the last (tenant_id, object_id) of the previous page.
-pub type FindingCursor = (String, String);
+pub type FindingCursor = (TenantId, ObjectId);
 
 fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> {
     let t = "findings";
@@ -83,82 +85,121 @@ fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> 
     })
 }
 
+/// The statement of the findings list and its values, in order (then the limit).
+fn list_statement(f: &FindingFilter, after: Option<&FindingCursor>) -> (String, Vec<String>) {
+    let mut sql = String::from(
+        "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
+         from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id where 1 = 1",
+    );
+    let mut binds: Vec<String> = Vec::new();
+    if f.states.is_empty() && f.verdict.is_none() {
+        sql.push_str(" and f.verdict != 'healthy' and (f.state is null or f.state != 'resolved')");
+    }
+    if !f.states.is_empty() {
+        sql.push_str(" and f.state in (");
+        sql.push_str(&vec!["?"; f.states.len()].join(", "));
+        sql.push(')');
+        binds.extend(f.states.iter().map(|s| s.as_str().to_owned()));
+    }
+    let mut eq = |col: &str, v: Option<String>| {
+        if let Some(v) = v {
+            sql.push_str(&format!(" and f.{col} = ?"));
+            binds.push(v);
+        }
+    };
+    eq("verdict", f.verdict.map(|v| v.as_str().to_owned()));
+    eq("reason", f.reason.map(|v| v.as_str().to_owned()));
+    eq(
+        "identity_type",
+        f.identity_type.map(|v| v.as_str().to_owned()),
+    );
+    if let Some(t) = &f.tenant_id {
+        // Unless healthy identities are wanted whatever their state (nearly every row of the tenant, in
+        // primary-key order), a partial index holds the rows wanted in key order (findings_by_state,
+        // findings_not_healthy); `+` keeps SQLite from walking the tenant's every row by primary key
+        // for each page instead.
+        sql.push_str(
+            if f.states.is_empty() && f.verdict == Some(Verdict::Healthy) {
+                " and f.tenant_id = ?"
+            } else {
+                " and +f.tenant_id = ?"
+            },
+        );
+        binds.push(t.to_string());
+    }
+    if f.verdict.is_some_and(|v| v != Verdict::Healthy) {
+        // Implied, and lets SQLite read the partial index of non-healthy rows.
+        sql.push_str(" and f.verdict != 'healthy'");
+    }
+    if let Some(s) = &f.subscription_id {
+        sql.push_str(" and f.subscription_id = ?");
+        binds.push(s.to_string());
+    }
+    if let Some(t) = &f.resource_type {
+        sql.push_str(" and f.resource_type = ?");
+        binds.push(t.to_ascii_lowercase());
+    }
+    if let Some((t, o)) = after {
+        sql.push_str(" and (f.tenant_id, f.object_id) > (?, ?)");
+        binds.push(t.to_string());
+        binds.push(o.to_string());
+    }
+    sql.push_str(" order by f.tenant_id, f.object_id limit ?");
+    (sql, binds)
+}
+
+/// Findings per tenant and state, among the rows with a state (the partial index `findings_by_state`).
+const COUNT_BY_STATE: &str = "select tenant_id, state, count(*) as n from findings
+     where state is not null group by tenant_id, state";
+
+/// The verdicts of one scan (the view over the runs, migration 0007).
+const SCAN_VERDICTS: &str =
+    "select * from scan_verdicts where scan_id = ? order by tenant_id, object_id";
+
 impl Store {
-    /// Findings in (tenant_id, object_id) order. With no state and no verdict filter: the non-healthy,
-    /// unresolved ones. `after` continues from a previous page.
+    /// Findings in (tenant_id, object_id) order, at most `limit`, as they are read (nothing is
+    /// collected). With no state and no verdict filter: the non-healthy, unresolved ones. `after`
+    /// continues from a previous page.
+    pub fn stream_findings(
+        &self,
+        f: &FindingFilter,
+        after: Option<&FindingCursor>,
+        limit: u32,
+    ) -> BoxStream<'_, Result<StoredFinding, StoreError>> {
+        let (sql, binds) = list_statement(f, after);
+        // Only static fragments and placeholders went into `sql`; every value is bound.
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+        for b in binds {
+            q = q.bind(b);
+        }
+        q.bind(i64::from(limit))
+            .fetch(&self.pool)
+            .map(|r| finding_of(&r?))
+            .boxed()
+    }
+
+    /// [`Store::stream_findings`], collected: a page of the API.
     pub async fn list_findings(
         &self,
         f: &FindingFilter,
         after: Option<&FindingCursor>,
         limit: u32,
     ) -> Result<Vec<StoredFinding>, StoreError> {
-        let mut sql = String::from(
-            "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
-             from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id where 1 = 1",
-        );
-        let mut binds: Vec<String> = Vec::new();
-        if f.states.is_empty() && f.verdict.is_none() {
-            sql.push_str(
-                " and f.verdict != 'healthy' and (f.state is null or f.state != 'resolved')",
-            );
-        }
-        if !f.states.is_empty() {
-            sql.push_str(" and f.state in (");
-            sql.push_str(&vec!["?"; f.states.len()].join(", "));
-            sql.push(')');
-            binds.extend(f.states.iter().map(|s| s.as_str().to_owned()));
-        }
-        let mut eq = |col: &str, v: Option<String>| {
-            if let Some(v) = v {
-                sql.push_str(&format!(" and f.{col} = ?"));
-                binds.push(v);
-            }
-        };
-        eq("verdict", f.verdict.map(|v| v.as_str().to_owned()));
-        eq("reason", f.reason.map(|v| v.as_str().to_owned()));
-        eq(
-            "identity_type",
-            f.identity_type.map(|v| v.as_str().to_owned()),
-        );
-        eq(
-            "tenant_id",
-            f.tenant_id.clone().map(|s| s.to_ascii_lowercase()),
-        );
-        if let Some(s) = &f.subscription_id {
-            sql.push_str(" and lower(f.subscription_id) = ?");
-            binds.push(s.to_ascii_lowercase());
-        }
-        if let Some(t) = &f.resource_type {
-            sql.push_str(" and f.resource_type = ?");
-            binds.push(t.to_ascii_lowercase());
-        }
-        if let Some((t, o)) = after {
-            sql.push_str(" and (f.tenant_id, f.object_id) > (?, ?)");
-            binds.push(t.clone());
-            binds.push(o.clone());
-        }
-        sql.push_str(" order by f.tenant_id, f.object_id limit ?");
-        // Only static fragments and placeholders went into `sql`; every value is bound.
-        let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
-        for b in &binds {
-            q = q.bind(b.as_str());
-        }
-        let rows = q.bind(i64::from(limit)).fetch_all(&self.pool).await?;
-        rows.iter().map(finding_of).collect()
+        self.stream_findings(f, after, limit).try_collect().await
     }
 
     pub async fn load_finding(
         &self,
-        tenant: &str,
-        object: &str,
+        tenant: &TenantId,
+        object: &ObjectId,
     ) -> Result<Option<StoredFinding>, StoreError> {
         let row = sqlx::query(
             "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
              from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id
              where f.tenant_id = ? and f.object_id = ?",
         )
-        .bind(tenant.to_ascii_lowercase())
-        .bind(object.to_ascii_lowercase())
+        .bind(tenant.as_str())
+        .bind(object.as_str())
         .fetch_optional(&self.pool)
         .await?;
         row.as_ref().map(finding_of).transpose()
@@ -167,14 +208,14 @@ impl Store {
     /// Every transition of a finding, across episodes, oldest first.
     pub async fn load_history(
         &self,
-        tenant: &str,
-        object: &str,
+        tenant: &TenantId,
+        object: &ObjectId,
     ) -> Result<Vec<HistoryEntry>, StoreError> {
         let rows = sqlx::query(
             "select * from finding_history where tenant_id = ? and object_id = ? order by id",
         )
-        .bind(tenant.to_ascii_lowercase())
-        .bind(object.to_ascii_lowercase())
+        .bind(tenant.as_str())
+        .bind(object.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
@@ -197,20 +238,17 @@ impl Store {
             .collect()
     }
 
-    /// Findings per tenant and state (`None`: healthy identities).
+    /// Findings per tenant and state (identities that never were a finding, with no state, are not
+    /// counted: the count would read every row).
     pub async fn count_findings_by_state(
         &self,
-    ) -> Result<Vec<(String, Option<State>, u64)>, StoreError> {
-        let rows = sqlx::query(
-            "select tenant_id, state, count(*) as n from findings group by tenant_id, state",
-        )
-        .fetch_all(&self.pool)
-        .await?;
+    ) -> Result<Vec<(TenantId, Option<State>, u64)>, StoreError> {
+        let rows = sqlx::query(COUNT_BY_STATE).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
                 let s: Option<String> = r.try_get("state")?;
                 Ok((
-                    r.try_get("tenant_id")?,
+                    id(r, "tenant_id")?,
                     s.as_deref().and_then(State::parse),
                     count(r.try_get("n")?),
                 ))
@@ -218,20 +256,26 @@ impl Store {
             .collect()
     }
 
-    /// Identities per verdict and tenant in the newest finished scan that covered each tenant.
-    pub async fn latest_verdict_counts(&self) -> Result<Vec<(String, Verdict, u64)>, StoreError> {
+    /// Identities per verdict and tenant in the newest finished scan that covered each tenant (none for
+    /// a tenant whose newest scan's verdicts have expired).
+    pub async fn latest_verdict_counts(&self) -> Result<Vec<(TenantId, Verdict, u64)>, StoreError> {
         let rows = sqlx::query(
-            // Each tenant's latest scan first, then only that scan's rows (through the primary key),
-            // rather than a subquery per row of every retained scan.
+            // Each tenant's latest scan first; its verdicts are the tenant's current runs (a run is
+            // current while every scan of the tenant lists the identity with that verdict).
             "with latest as (
                  select d.tenant_id,
-                        (select t.scan_id from scan_tenants t join scans s on s.scan_id = t.scan_id
+                        (select s.seq from scan_tenants t join scans s on s.scan_id = t.scan_id
                          where t.tenant_id = d.tenant_id and s.outcome != 'running'
-                         order by s.started_at desc limit 1) as scan_id
-                 from (select distinct tenant_id from scan_tenants) d)
-             select v.tenant_id, v.verdict, count(*) as n
-             from latest l join scan_verdicts v on v.scan_id = l.scan_id and v.tenant_id = l.tenant_id
-             group by v.tenant_id, v.verdict",
+                         order by s.started_at desc limit 1) as seq
+                 from (select distinct tenant_id from scan_tenants) d),
+             current as (
+                 select f.tenant_id, f.verdict from latest l
+                 join findings f on f.tenant_id = l.tenant_id and f.run_since <= l.seq
+                 union all
+                 select r.tenant_id, r.verdict from latest l
+                 join verdict_runs r on r.tenant_id = l.tenant_id and r.since <= l.seq
+                     and (r.until is null or r.until >= l.seq))
+             select tenant_id, verdict, count(*) as n from current group by tenant_id, verdict",
         )
         .fetch_all(&self.pool)
         .await?;
@@ -239,7 +283,7 @@ impl Store {
             .map(|r| {
                 let v: String = r.try_get("verdict")?;
                 Ok((
-                    r.try_get("tenant_id")?,
+                    id(r, "tenant_id")?,
                     Verdict::parse(&v)
                         .ok_or_else(|| corrupt("scan_verdicts", format!("verdict {v:?}")))?,
                     count(r.try_get("n")?),
@@ -248,14 +292,14 @@ impl Store {
             .collect()
     }
 
-    /// The verdicts of one scan, ordered by tenant and object id.
+    /// The verdicts of one scan, ordered by tenant and object id (none once they have expired). An
+    /// identity the scans before listed with the same verdict has the request ids and check time of the
+    /// answer its stored row holds (see `runs`).
     pub async fn load_verdicts(&self, scan_id: &str) -> Result<Vec<Finding>, StoreError> {
-        let rows = sqlx::query(
-            "select * from scan_verdicts where scan_id = ? order by tenant_id, object_id",
-        )
-        .bind(scan_id)
-        .fetch_all(&self.pool)
-        .await?;
+        let rows = sqlx::query(SCAN_VERDICTS)
+            .bind(scan_id)
+            .fetch_all(&self.pool)
+            .await?;
         rows.iter()
             .map(|r| finding_columns(r, "scan_verdicts"))
             .collect()
@@ -267,6 +311,104 @@ mod tests {
     use super::*;
     use crate::store::fixtures::{T, TWO_H, finding, scan};
     use sqlx::SqlitePool;
+
+    /// The plan of `sql` (EXPLAIN QUERY PLAN), one step a line.
+    async fn plan(store: &Store, sql: &str, binds: &[&str]) -> String {
+        let mut q = sqlx::query(sqlx::AssertSqlSafe(format!("explain query plan {sql}")));
+        for b in binds {
+            q = q.bind(*b);
+        }
+        let rows = q.fetch_all(store.pool()).await.expect("plan");
+        rows.iter()
+            .map(|r| r.try_get::<String, _>("detail").expect("detail"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
+    /// The API's reads go through the index each was given, and none through the two indices of
+    /// every row that migration 0007 dropped.
+    #[sqlx::test]
+    async fn reads_use_their_indices(pool: SqlitePool) {
+        let store = Store::from_pool(pool).await.expect("store");
+        let list = |f: FindingFilter| list_statement(&f, None).0;
+        let cases: Vec<(String, Vec<&str>, &str)> = vec![
+            (
+                list(FindingFilter::default()),
+                vec![],
+                "SCAN f USING INDEX findings_not_healthy",
+            ),
+            (
+                list(FindingFilter {
+                    verdict: Some(Verdict::Orphaned),
+                    ..Default::default()
+                }),
+                vec!["orphaned", "9"],
+                "SCAN f USING INDEX findings_not_healthy",
+            ),
+            (
+                list(FindingFilter {
+                    states: vec![State::Suspected, State::Confirmed],
+                    ..Default::default()
+                }),
+                vec!["suspected", "confirmed", "9"],
+                "SCAN f USING INDEX findings_by_state",
+            ),
+            (
+                list(FindingFilter {
+                    states: vec![State::Suspected, State::Confirmed],
+                    tenant_id: Some(T.into()),
+                    ..Default::default()
+                }),
+                vec!["suspected", "confirmed", T, "9"],
+                "SCAN f USING INDEX findings_by_state",
+            ),
+            (
+                list(FindingFilter {
+                    tenant_id: Some(T.into()),
+                    ..Default::default()
+                }),
+                vec![T, "9"],
+                "SCAN f USING INDEX findings_not_healthy",
+            ),
+            (
+                list(FindingFilter {
+                    verdict: Some(Verdict::Healthy),
+                    ..Default::default()
+                }),
+                vec!["healthy", "9"],
+                // Nearly every row, in primary-key order: no sort.
+                "SCAN f",
+            ),
+            (
+                COUNT_BY_STATE.into(),
+                vec![],
+                "COVERING INDEX findings_by_state",
+            ),
+            (
+                crate::store::scans::OPEN_FINDING_KEYS.into(),
+                vec![T],
+                "COVERING INDEX findings_by_state (tenant_id=?)",
+            ),
+            (
+                SCAN_VERDICTS.into(),
+                vec!["s"],
+                "SEARCH r USING PRIMARY KEY (tenant_id=?)",
+            ),
+            (
+                SCAN_VERDICTS.into(),
+                vec!["s"],
+                "SEARCH f USING PRIMARY KEY (tenant_id=?)",
+            ),
+        ];
+        for (sql, binds, want) in cases {
+            let got = plan(&store, &sql, &binds).await;
+            assert!(got.contains(want), "{sql}\n{got}\nwants {want}");
+            if sql.starts_with("select f.*") {
+                // A page is read in key order, never by sorting every matching row.
+                assert!(!got.contains("FOR ORDER BY"), "{sql}\n{got}");
+            }
+        }
+    }
 
     #[sqlx::test]
     async fn unchanged_healthy_rows_are_seen_in_the_latest_complete_inventory(pool: SqlitePool) {
@@ -281,7 +423,7 @@ mod tests {
             .await
             .expect("s2");
         let f = store
-            .load_finding(T, "h1")
+            .load_finding(&T.into(), &"h1".into())
             .await
             .expect("load")
             .expect("present");
@@ -293,7 +435,7 @@ mod tests {
             .await
             .expect("s3");
         let f = store
-            .load_finding(T, "h1")
+            .load_finding(&T.into(), &"h1".into())
             .await
             .expect("load")
             .expect("present");

@@ -1,12 +1,13 @@
-//! Recording a finished scan in one transaction: its row and its tenants, every verdict (read from the
-//! scan's working database, attached), the lifecycle changes the verdicts cause (`lifecycle`), the
-//! Graph delta links of complete inventories, and the retention of older scans' verdicts. A crash
-//! mid-write leaves the previous state intact.
+//! Recording a finished scan in one transaction: its row and its tenants, its verdicts (read from the
+//! scan's working database, attached) as runs of unchanged verdicts (`runs`), the lifecycle changes the
+//! verdicts cause (`lifecycle`), the Graph delta links of complete inventories, and the retention of
+//! older scans' verdicts. A crash mid-write leaves the previous state intact.
 
 use super::lifecycle::apply_lifecycle;
+use super::runs::{self, TenantRuns};
 use super::work::WorkFile;
 use super::{Store, StoreError};
-use crate::domain::Finding;
+use crate::domain::{Finding, TenantId};
 use crate::report::ScanReport;
 use std::collections::BTreeMap;
 
@@ -14,13 +15,13 @@ use std::collections::BTreeMap;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Recorded {
     /// Findings that entered `confirmed`.
-    pub newly_confirmed: BTreeMap<String, u64>,
+    pub newly_confirmed: BTreeMap<TenantId, u64>,
     /// How long the recording transaction took (begin to commit).
     pub transaction: std::time::Duration,
+    /// How long returning the space of expired verdicts and checkpointing the write-ahead log took,
+    /// after the commit.
+    pub checkpoint: std::time::Duration,
 }
-
-/// How many scans keep their per-identity verdicts; older scans keep their summary rows only.
-pub const KEEP_SCAN_VERDICTS: i64 = 20;
 
 impl Store {
     /// Writes a finished scan — its tenants, every verdict, and the lifecycle changes it causes — in one
@@ -69,11 +70,12 @@ impl Store {
         let started = std::time::Instant::now();
         let result = async {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            let recorded = record_in(&mut tx, report, confirm_after).await?;
+            let recorded = record_in(&mut tx, report, confirm_after, self.retain_scans).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(recorded)
         }
         .await;
+        let transaction = started.elapsed();
         if sqlx::query("detach database work")
             .execute(&mut *conn)
             .await
@@ -82,7 +84,10 @@ impl Store {
             conn.close_on_drop();
         }
         let mut recorded = result?;
-        recorded.transaction = started.elapsed();
+        recorded.transaction = transaction;
+        let started = std::time::Instant::now();
+        super::reclaim_and_checkpoint(&mut conn).await;
+        recorded.checkpoint = started.elapsed();
         Ok(recorded)
     }
 }
@@ -94,12 +99,27 @@ async fn record_in(
     tx: &mut Tx<'_>,
     report: &ScanReport,
     confirm_after: std::time::Duration,
+    retain_scans: u32,
 ) -> Result<Recorded, StoreError> {
     write_scan(tx, report).await?;
-    copy_verdicts(tx, &report.scan_id).await?;
+    let seq = runs::number_scan(tx, &report.scan_id).await?;
+    let tenants = || {
+        report.tenants.iter().map(|t| TenantRuns {
+            scan_id: &report.scan_id,
+            tenant: t.tenant_id.as_str(),
+            seq,
+        })
+    };
+    for t in tenants() {
+        runs::end_runs(tx, t).await?;
+    }
     let newly_confirmed = apply_lifecycle(tx, report, confirm_after).await?;
+    for t in tenants() {
+        runs::start_runs(tx, t).await?;
+    }
+    runs::done(tx).await?;
     write_delta_links(tx, report).await?;
-    drop_old_verdicts(tx).await?;
+    runs::expire(tx, retain_scans).await?;
     Ok(Recorded {
         newly_confirmed,
         ..Recorded::default()
@@ -138,7 +158,7 @@ async fn write_scan(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), StoreErr
              values (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&report.scan_id)
-        .bind(&t.tenant_id)
+        .bind(t.tenant_id.as_str())
         .bind(t.complete)
         .bind(i64::try_from(t.identities).unwrap_or(i64::MAX))
         .bind(serde_json::to_string(&t.errors).unwrap_or_else(|_| "[]".into()))
@@ -147,21 +167,6 @@ async fn write_scan(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), StoreErr
         .execute(&mut **tx)
         .await?;
     }
-    Ok(())
-}
-
-/// Every verdict of the scan, from its working database (attached as `work`).
-async fn copy_verdicts(tx: &mut Tx<'_>, scan_id: &str) -> Result<(), StoreError> {
-    sqlx::query(
-        "insert into scan_verdicts (scan_id, tenant_id, object_id, app_id, display_name, identity_type,
-             resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)
-         select scan_id, tenant_id, object_id, app_id, display_name, identity_type, resource_id,
-             subscription_id, resource_type, verdict, reason, detail, evidence
-         from work.scan_results where scan_id = ? order by tenant_id, object_key",
-    )
-    .bind(scan_id)
-    .execute(&mut **tx)
-    .await?;
     Ok(())
 }
 
@@ -175,7 +180,7 @@ async fn write_delta_links(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), S
                  on conflict (tenant_id) do update set delta_link = excluded.delta_link,
                      full_sync_at = excluded.full_sync_at",
             )
-            .bind(&t.tenant_id)
+            .bind(t.tenant_id.as_str())
             .bind(link)
             .bind(at.to_rfc3339())
             .execute(&mut **tx)
@@ -185,24 +190,10 @@ async fn write_delta_links(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), S
     Ok(())
 }
 
-/// Drops the verdicts of the scans beyond the newest [`KEEP_SCAN_VERDICTS`].
-async fn drop_old_verdicts(tx: &mut Tx<'_>) -> Result<(), StoreError> {
-    // The scans beyond the newest KEEP_SCAN_VERDICTS lose their verdicts, found through the primary
-    // key's scan_id prefix. (`scan_id not in (the newest)` read every retained verdict on every
-    // record: 0.1 s -> 1 s at 300k identities by the third scan.)
-    sqlx::query(
-        "delete from scan_verdicts where scan_id in
-             (select scan_id from scans where outcome != 'running' order by started_at desc limit -1 offset ?)",
-    )
-    .bind(KEEP_SCAN_VERDICTS)
-    .execute(&mut **tx)
-    .await?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{Reason, Verdict};
     use crate::store::fixtures::report;
     use chrono::Utc;
     use sqlx::SqlitePool;
@@ -211,7 +202,7 @@ mod tests {
     async fn only_the_newest_scans_keep_their_verdicts(pool: SqlitePool) {
         let store = Store::from_pool(pool).await.expect("store");
         let t0 = Utc::now() - chrono::Duration::hours(100);
-        let n = KEEP_SCAN_VERDICTS + 2;
+        let n = i64::from(crate::config::DEFAULT_RETAIN_SCANS) + 2;
         for i in 0..n {
             let mut r = report(&format!("s{i:02}"), true);
             r.started_at = t0 + chrono::Duration::hours(i);
@@ -239,6 +230,73 @@ mod tests {
         }
     }
 
+    /// After each recorded scan the write-ahead log is empty, and the pages of expired verdicts go back
+    /// to the file system.
+    #[tokio::test]
+    async fn the_log_is_truncated_and_expired_verdicts_give_their_space_back() {
+        let dir = tempfile::tempdir().expect("dir");
+        let db = dir.path().join("t.db");
+        let size = |p: &std::path::Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        let store = Store::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .expect("db")
+            .retaining(1);
+        // Every identity changes verdict every scan: each scan writes a run per identity, and the
+        // previous scan's runs expire with it.
+        let listed = |n: i64| {
+            (0..2000)
+                .map(|i| {
+                    let (v, r) = if (i + n) % 2 == 0 {
+                        (Verdict::Healthy, Reason::ResourcePresent)
+                    } else {
+                        (Verdict::Unknown, Reason::AccessDenied)
+                    };
+                    let mut f = crate::store::fixtures::finding(&format!("id{i:05}"), v, r);
+                    f.detail = "x".repeat(300);
+                    f
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut sizes = Vec::new();
+        for n in 0..6 {
+            let r = crate::store::fixtures::scan(&format!("s{n}"), n, listed(n), true);
+            store
+                .record_scan(&r, std::time::Duration::ZERO)
+                .await
+                .expect("recorded");
+            assert_eq!(size(&dir.path().join("t.db-wal")), 0, "scan {n}");
+            sizes.push(size(&db));
+        }
+        // Two scans' runs at most (the current ones, and those that ended with the kept scan): the file
+        // stops growing once the first runs expire.
+        assert!(sizes[5] <= sizes[2], "{sizes:?}");
+        let free: i64 = sqlx::query_scalar("pragma freelist_count")
+            .fetch_one(store.pool())
+            .await
+            .expect("freelist");
+        assert_eq!(free, 0);
+    }
+
+    /// A database made by an earlier version (no auto-vacuum) is converted once, when opened.
+    #[sqlx::test(migrations = false)]
+    async fn an_existing_database_is_converted_to_incremental_vacuum(pool: SqlitePool) {
+        let mode = |pool: SqlitePool| async move {
+            let mut conn = pool.acquire().await.expect("conn");
+            crate::store::auto_vacuum(&mut conn).await.expect("mode")
+        };
+        crate::store::MIGRATOR
+            .run_to(5, &pool)
+            .await
+            .expect("schema 5");
+        assert_eq!(mode(pool.clone()).await, 0);
+        let store = Store::from_pool(pool.clone()).await.expect("store");
+        assert_eq!(mode(pool).await, 2);
+        store
+            .record_scan(&report("s1", true), std::time::Duration::ZERO)
+            .await
+            .expect("recorded");
+    }
+
     #[sqlx::test]
     async fn a_failed_write_leaves_nothing_behind(pool: SqlitePool) {
         let store = Store::from_pool(pool).await.expect("store");
@@ -261,7 +319,10 @@ mod tests {
         );
     }
 }
-/// Commit time of large scans (run: `cargo test --release --lib store::record::timing -- --ignored --nocapture`).
+/// Commit time and size of large scans (run: `cargo test --release --lib store::record::timing -- --ignored
+/// --nocapture`; sizes with `MIAUDIT_TIMING_SIZES=100000,1000000`). Realistic rows: GUID ids, Resource
+/// Graph evidence with a request id per page of 1,000 and a check time, both new every scan (as in a real
+/// repeat scan of an unchanged tenant), 0.5 % orphans.
 #[cfg(test)]
 mod timing {
     use super::*;
@@ -271,23 +332,55 @@ mod timing {
     use crate::report::TenantReport;
     use chrono::Utc;
 
-    fn report(n: usize, id: &str) -> ScanReport {
+    fn guid(a: u64, b: u64) -> String {
+        let x = a.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ b.wrapping_mul(0xC2B2_AE3D_27D4_EB4F);
+        let y = x.rotate_left(29).wrapping_mul(0x1656_67B1_9E37_79F9);
+        format!(
+            "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
+            x >> 32,
+            (x >> 16) & 0xffff,
+            x & 0xffff,
+            y >> 48,
+            y & 0xffff_ffff_ffff
+        )
+    }
+
+    const TENANT: &str = "72f988bf-86f1-41af-91ab-2d7cd011db47";
+
+    fn report(n: usize, id: &str, round: u64) -> ScanReport {
         let now = Utc::now();
         let findings = (0..n)
-            .map(|i| Finding {
-                tenant_id: "t".into(),
-                // Random-looking, like Graph's object ids.
-                object_id: format!("{:016x}-0000-0000-0000", (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)),
-                app_id: format!("{i:08x}-aaaa-0000-0000-000000000000"),
-                display_name: format!("vm-{i}"),
-                identity_type: IdentityType::SystemAssigned,
-                resource_id: Some(format!("/subscriptions/s/resourceGroups/rg/providers/Microsoft.Compute/virtualMachines/vm-{i}")),
-                subscription_id: Some("s".into()),
-                resource_type: Some("microsoft.compute/virtualmachines".into()),
-                verdict: if i % 200 == 0 { Verdict::Orphaned } else { Verdict::Healthy },
-                reason: if i % 200 == 0 { Reason::ResourceNotFound } else { Reason::ResourcePresent },
-                detail: "the resource exists and carries this identity".into(),
-                evidence: EvidenceReport { source: EvidenceSource::ResourceGraph, status: Some(200), code: None, request_id: Some("r".into()), correlation_request_id: None, checked_at: Some(now) },
+            .map(|i| {
+                let orphan = i % 200 == 0;
+                let sub = guid(7, (i % 50) as u64);
+                Finding {
+                    tenant_id: TENANT.into(),
+                    object_id: guid(1, i as u64).into(),
+                    app_id: guid(2, i as u64),
+                    display_name: format!("vm-prod-weu-{i:06}"),
+                    identity_type: IdentityType::SystemAssigned,
+                    resource_id: Some(format!(
+                        "/subscriptions/{sub}/resourceGroups/rg-app-{:03}/providers/Microsoft.Compute/virtualMachines/vm-prod-weu-{i:06}",
+                        i % 300
+                    )),
+                    subscription_id: Some(sub.into()),
+                    resource_type: Some("microsoft.compute/virtualmachines".into()),
+                    verdict: if orphan { Verdict::Orphaned } else { Verdict::Healthy },
+                    reason: if orphan { Reason::ResourceNotFound } else { Reason::ResourcePresent },
+                    detail: if orphan {
+                        "the resource does not exist (ARM 404 ResourceNotFound)".into()
+                    } else {
+                        "the resource exists and carries this identity".into()
+                    },
+                    evidence: EvidenceReport {
+                        source: if orphan { EvidenceSource::Arm } else { EvidenceSource::ResourceGraph },
+                        status: Some(if orphan { 404 } else { 200 }),
+                        code: orphan.then(|| "ResourceNotFound".into()),
+                        request_id: Some(guid(3 + round, (i / 1000) as u64)),
+                        correlation_request_id: orphan.then(|| guid(4 + round, i as u64)),
+                        checked_at: Some(now),
+                    },
+                }
             })
             .collect();
         ScanReport {
@@ -300,7 +393,7 @@ mod timing {
                 summary: Summary::default(),
                 arm_checks: 0,
                 staging_failed: false,
-                tenant_id: "t".into(),
+                tenant_id: TENANT.into(),
                 complete: true,
                 inventory_complete: true,
                 identities: n as u64,
@@ -314,31 +407,54 @@ mod timing {
         }
     }
 
+    fn size(path: &std::path::Path) -> u64 {
+        std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
+    }
+
     #[tokio::test]
     #[ignore = "timing, run by hand"]
     async fn commit_time_by_size() {
         let sizes: Vec<usize> = std::env::var("MIAUDIT_TIMING_SIZES")
             .ok()
             .map(|v| v.split(',').filter_map(|x| x.trim().parse().ok()).collect())
-            .unwrap_or_else(|| vec![10_000, 100_000, 300_000]);
+            .unwrap_or_else(|| vec![10_000, 100_000]);
+        let rounds: u64 = std::env::var("MIAUDIT_TIMING_SCANS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(11);
         for n in sizes {
             let dir = tempfile::tempdir().expect("dir");
-            let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            let db = dir.path().join("t.db");
+            let wal = dir.path().join("t.db-wal");
+            let store = Store::connect(&format!("sqlite://{}", db.display()))
                 .await
                 .expect("db");
-            for round in 0..3 {
-                let r = report(n, &format!("s{round}"));
+            for round in 0..rounds {
+                let r = report(n, &format!("s{round}"), round);
                 let t = std::time::Instant::now();
                 let recorded = store
                     .record_scan(&r, std::time::Duration::ZERO)
                     .await
                     .expect("recorded");
                 println!(
-                    "{n} identities, scan {round}: transaction {:.2} s, record {:.2} s (staging the report included)",
+                    "{n} identities, scan {round}: transaction {:.2} s, checkpoint {:.2} s, record {:.2} s (staging the report included); database {:.0} B/identity, WAL {} B",
                     recorded.transaction.as_secs_f64(),
-                    t.elapsed().as_secs_f64()
+                    recorded.checkpoint.as_secs_f64(),
+                    t.elapsed().as_secs_f64(),
+                    size(&db) as f64 / n as f64,
+                    size(&wal),
                 );
             }
+            let tables: Vec<(String, i64)> = sqlx::query_as(
+                "select name, sum(pgsize) from dbstat group by name order by 2 desc",
+            )
+            .fetch_all(store.pool())
+            .await
+            .expect("dbstat");
+            for (name, bytes) in tables {
+                println!("  {name}: {:.0} B/identity", bytes as f64 / n as f64);
+            }
+            store.close().await;
         }
     }
 }

@@ -3,7 +3,7 @@
 //! that does not parse.
 
 use super::StoreError;
-use crate::domain::{EvidenceReport, Finding, IdentityType, Reason, Verdict};
+use crate::domain::{EvidenceReport, Finding, IdentityType, Reason, SubscriptionId, Verdict};
 use crate::lifecycle::{Resolution, State, Tracked};
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -20,7 +20,7 @@ pub(super) fn bind_finding_columns<'q>(q: SqliteQuery<'q>, f: &'q Finding) -> Sq
         .bind(&f.display_name)
         .bind(f.identity_type.as_str())
         .bind(&f.resource_id)
-        .bind(&f.subscription_id)
+        .bind(f.subscription_id.as_ref().map(SubscriptionId::as_str))
         .bind(&f.resource_type)
         .bind(f.verdict.as_str())
         .bind(f.reason.as_str())
@@ -68,14 +68,16 @@ pub(super) fn finding_columns(
     let reason: String = r.try_get("reason")?;
     let evidence: String = r.try_get("evidence")?;
     Ok(Finding {
-        tenant_id: r.try_get("tenant_id")?,
-        object_id: r.try_get("object_id")?,
+        tenant_id: id(r, "tenant_id")?,
+        object_id: id(r, "object_id")?,
         app_id: r.try_get("app_id")?,
         display_name: r.try_get("display_name")?,
         identity_type: IdentityType::parse(&identity_type)
             .ok_or_else(|| corrupt(t, format!("identity_type {identity_type:?}")))?,
         resource_id: r.try_get("resource_id")?,
-        subscription_id: r.try_get("subscription_id")?,
+        subscription_id: r
+            .try_get::<Option<String>, _>("subscription_id")?
+            .map(SubscriptionId::from),
         resource_type: r.try_get("resource_type")?,
         verdict: Verdict::parse(&verdict)
             .ok_or_else(|| corrupt(t, format!("verdict {verdict:?}")))?,
@@ -84,6 +86,14 @@ pub(super) fn finding_columns(
         evidence: serde_json::from_str::<EvidenceReport>(&evidence)
             .map_err(|e| corrupt(t, e.to_string()))?,
     })
+}
+
+/// An id column (tenant, object, subscription), in the id's type.
+pub(super) fn id<T: From<String>>(
+    r: &sqlx::sqlite::SqliteRow,
+    column: &str,
+) -> Result<T, StoreError> {
+    Ok(T::from(r.try_get::<String, _>(column)?))
 }
 
 pub(super) fn corrupt(table: &'static str, reason: impl Into<String>) -> StoreError {

@@ -2,10 +2,10 @@
 //! and what a scan reads of the record before it runs (open findings, the Graph delta link, the recorded
 //! inventory a delta continues).
 
-use super::rows::{corrupt, count, parse_time};
+use super::rows::{corrupt, count, id, parse_time};
 use super::work::CHUNK;
 use super::{Store, StoreError};
-use crate::domain::{IdentityType, ManagedIdentity, Summary, Trigger};
+use crate::domain::{IdentityType, ManagedIdentity, ObjectId, Summary, TenantId, Trigger};
 use crate::report::TenantReport;
 use chrono::{DateTime, Utc};
 use sqlx::Row;
@@ -147,7 +147,7 @@ impl Store {
             summary: Summary::default(),
             arm_checks: 0,
             staging_failed: false,
-            tenant_id: r.try_get("tenant_id")?,
+            tenant_id: id(r, "tenant_id")?,
             complete: r.try_get("complete")?,
             inventory_complete: r.try_get("inventory_complete")?,
             identities: count(r.try_get("identities")?),
@@ -178,29 +178,30 @@ impl Store {
     }
 }
 
+/// A tenant's open findings, from the partial index of the rows with a state.
+pub(super) const OPEN_FINDING_KEYS: &str = "select object_id from findings
+     where tenant_id = ? and state in ('suspected', 'confirmed', 'acknowledged') order by object_id";
+
 /// What a scan reads of the record.
 impl Store {
-    /// Object ids (lower-case) of the tenant's open findings (suspected, confirmed, acknowledged): ARM
-    /// checks them in every scan, since only ARM's word may resolve them.
-    pub async fn open_finding_keys(&self, tenant: &str) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "select object_id from findings
-             where tenant_id = ? and state in ('suspected', 'confirmed', 'acknowledged')
-             order by object_id",
-        )
-        .bind(tenant)
-        .fetch_all(&self.pool)
-        .await?)
+    /// Object ids of the tenant's open findings (suspected, confirmed, acknowledged): ARM checks them in
+    /// every scan, since only ARM's word may resolve them.
+    pub async fn open_finding_keys(&self, tenant: &TenantId) -> Result<Vec<ObjectId>, StoreError> {
+        let keys: Vec<String> = sqlx::query_scalar(OPEN_FINDING_KEYS)
+            .bind(tenant.as_str())
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(keys.into_iter().map(ObjectId::from).collect())
     }
 
     /// The stored Graph delta link of a tenant and the time of its last full listing.
     pub async fn load_delta(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
     ) -> Result<Option<(String, DateTime<Utc>)>, StoreError> {
         let row =
             sqlx::query("select delta_link, full_sync_at from graph_delta where tenant_id = ?")
-                .bind(tenant)
+                .bind(tenant.as_str())
                 .fetch_optional(&self.pool)
                 .await?;
         row.map(|r| {
@@ -217,7 +218,7 @@ impl Store {
     /// continue after; `None` past the last.
     pub async fn stored_inventory(
         &self,
-        tenant: &str,
+        tenant: &TenantId,
         after: &str,
     ) -> Result<Option<(String, Vec<ManagedIdentity>)>, StoreError> {
         let rows = sqlx::query(
@@ -226,7 +227,7 @@ impl Store {
                and not (coalesce(state, '') = 'resolved' and coalesce(resolution, '') = 'identity_removed')
              order by object_id limit ?",
         )
-        .bind(tenant)
+        .bind(tenant.as_str())
         .bind(after)
         .bind(CHUNK)
         .fetch_all(&self.pool)
@@ -249,7 +250,7 @@ impl Store {
                 .unwrap_or_default();
             page.push(ManagedIdentity::from_alternative_names(
                 tenant,
-                r.try_get("object_id")?,
+                id(r, "object_id")?,
                 r.try_get("app_id")?,
                 r.try_get("display_name")?,
                 names,
@@ -403,6 +404,6 @@ mod tests {
         assert_eq!(live.outcome, "abandoned");
         // The abandoned scan has no verdicts; counts come from the latest recorded scan.
         let counts = store.latest_verdict_counts().await.expect("counts");
-        assert_eq!(counts, vec![("t1".to_owned(), Verdict::Orphaned, 1)]);
+        assert_eq!(counts, vec![("t1".into(), Verdict::Orphaned, 1)]);
     }
 }

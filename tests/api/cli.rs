@@ -116,6 +116,21 @@ async fn scan_json_follows_the_promised_schema_and_exit_codes() {
         .await
         .expect("db");
     assert_eq!(store.list_scans(10, None).await.expect("scans").len(), 3);
+
+    // [database] retain_scans: the older scans lose their verdicts and keep their summary.
+    let run = miaudit(
+        &["--config", cfg, "scan"],
+        &[("MIAUDIT_DATABASE__RETAIN_SCANS", "2")],
+    )
+    .await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    let scans = store.list_scans(10, None).await.expect("scans");
+    assert_eq!(scans.len(), 4);
+    for (n, s) in scans.iter().enumerate() {
+        let verdicts = store.load_verdicts(&s.scan_id).await.expect("verdicts");
+        assert_eq!(verdicts.len(), if n < 2 { 2 } else { 0 }, "scan {n}");
+        assert_eq!(s.summary.total, 2);
+    }
 }
 
 #[tokio::test]

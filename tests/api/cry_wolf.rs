@@ -70,7 +70,7 @@ async fn snapshot(store: &miaudit::store::Store) -> Snapshot {
     rows.into_iter()
         .map(|r| {
             (
-                r.finding.object_id.clone(),
+                r.finding.object_id.to_string(),
                 (
                     r.state.map(|s| s.as_str().to_owned()),
                     r.finding.verdict.as_str().to_owned(),
@@ -104,7 +104,7 @@ async fn fault_schedules_never_produce_a_false_orphan() {
     let base: BTreeMap<String, (Verdict, Reason)> = baseline
         .findings
         .iter()
-        .map(|f| (f.object_id.clone(), (f.verdict, f.reason)))
+        .map(|f| (f.object_id.to_string(), (f.verdict, f.reason)))
         .collect();
     let store = miaudit::store::Store::connect(&env.settings().database.url)
         .await
@@ -154,7 +154,7 @@ async fn fault_schedules_never_produce_a_false_orphan() {
         }
         for f in &r.findings {
             let (bv, br) = base
-                .get(&f.object_id)
+                .get(f.object_id.as_str())
                 .unwrap_or_else(|| panic!("seed {seed}: invented identity {}", f.object_id));
             if f.verdict == Verdict::Orphaned && *bv != Verdict::Orphaned {
                 false_orphans += 1;

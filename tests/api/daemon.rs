@@ -116,7 +116,7 @@ async fn findings_api_filters_and_pages_to_the_end_without_gaps() {
         .findings
         .iter()
         .filter(|f| f.verdict.as_str() != "healthy")
-        .map(|f| f.object_id.to_ascii_lowercase())
+        .map(|f| f.object_id.to_string())
         .collect();
     assert!(expected.len() >= 6);
     let mut seen = Vec::new();
@@ -548,7 +548,7 @@ async fn metrics_after_a_scan_and_after_a_restart() {
             >= 1
     );
     assert!(
-        !text.contains(&r.findings[0].object_id),
+        !text.contains(r.findings[0].object_id.as_str()),
         "no per-identity labels"
     );
     let findings_before = get_json(&d.url("/api/v1/findings?limit=1000")).await.1;
@@ -734,7 +734,7 @@ async fn graph_delta_reads_only_what_changed_and_falls_back_to_a_full_listing() 
         let mut v: Vec<(String, &str)> = r
             .findings
             .iter()
-            .map(|f| (f.object_id.clone(), f.reason.as_str()))
+            .map(|f| (f.object_id.to_string(), f.reason.as_str()))
             .collect();
         v.sort();
         v

@@ -13,7 +13,7 @@ fn verdicts(r: &miaudit::report::ScanReport) -> BTreeMap<String, (String, String
         .iter()
         .map(|f| {
             (
-                f.object_id.clone(),
+                f.object_id.to_string(),
                 (f.verdict.as_str().to_owned(), f.reason.as_str().to_owned()),
             )
         })
@@ -180,7 +180,7 @@ async fn resource_graph_down_falls_back_to_arm_with_the_same_verdicts() {
         let f = clean
             .findings
             .iter()
-            .find(|f| &f.object_id == object_id)
+            .find(|f| f.object_id.as_str() == object_id.as_str())
             .expect("listed");
         if v.1 == "principal_mismatch" && f.detail.contains("carries no such identity") {
             *v = ("unknown".into(), "identity_unconfirmed".into());

@@ -87,7 +87,7 @@ pub fn finding<'a>(report: &'a ScanReport, object_id: &str) -> &'a Finding {
     report
         .findings
         .iter()
-        .find(|f| f.object_id.eq_ignore_ascii_case(object_id))
+        .find(|f| f.object_id == miaudit::domain::ObjectId::new(object_id))
         .unwrap_or_else(|| panic!("no finding for {object_id}"))
 }
 

@@ -891,7 +891,7 @@ async fn fault_plans_draw_each_hostile_kind_only_where_it_can_happen() {
 fn describe(r: &ScanReport, object_id: &str) -> String {
     r.findings
         .iter()
-        .find(|f| f.object_id.eq_ignore_ascii_case(object_id))
+        .find(|f| f.object_id == miaudit::domain::ObjectId::new(object_id))
         .map_or_else(
             || "no verdict".to_owned(),
             |f| format!("{}/{}: {}", f.verdict.as_str(), f.reason.as_str(), f.detail),
@@ -901,7 +901,7 @@ fn describe(r: &ScanReport, object_id: &str) -> String {
 fn verdict_of(r: &ScanReport, object_id: &str) -> Option<(Verdict, Reason)> {
     r.findings
         .iter()
-        .find(|f| f.object_id.eq_ignore_ascii_case(object_id))
+        .find(|f| f.object_id == miaudit::domain::ObjectId::new(object_id))
         .map(|f| (f.verdict, f.reason))
 }
 
@@ -1166,7 +1166,7 @@ async fn foreign_paging_links_are_refused_and_leave_the_scan_incomplete() {
                 }
                 for f in &r.findings {
                     if f.verdict == Verdict::Orphaned
-                        && verdict_of(&base, &f.object_id).map(|(v, _)| v)
+                        && verdict_of(&base, f.object_id.as_str()).map(|(v, _)| v)
                             != Some(Verdict::Orphaned)
                     {
                         problems.push(format!("{case}: false orphan {} {}", f.object_id, f.detail));

@@ -13,4 +13,5 @@ mod hostile;
 mod hostile_azure;
 mod kql;
 mod paging;
+mod streaming;
 mod verdicts;

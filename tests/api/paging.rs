@@ -193,3 +193,104 @@ async fn arm_reads_are_paced_to_the_subscription_bucket_without_throttling() {
     );
     assert!(arm.requests >= 61);
 }
+
+/// Resource Graph does not wait for the last Graph page (issue 12): it asks about the subscriptions
+/// and types of the first page while Graph is still paging.
+#[tokio::test]
+async fn resource_graph_starts_before_the_last_graph_page() {
+    let (mut w, sub) = world();
+    let ids: Vec<String> = (0..30)
+        .map(|i| w.add_system_assigned(&rid(&sub, "rg", "Microsoft.Web", &format!("sites/app{i}"))))
+        .collect();
+    let cfg = SimConfig {
+        graph_max_page: 3,
+        latency: Duration::from_millis(60),
+        ..SimConfig::default()
+    };
+    let env = TestEnv::start(w, cfg).await;
+    let scan = env.scan();
+    tokio::pin!(scan);
+    // Graph needs 10 pages; sample what has been asked while it pages.
+    let mut graph_pages_when_resource_graph_began = None;
+    let r = loop {
+        tokio::select! {
+            r = &mut scan => break r,
+            () = tokio::time::sleep(Duration::from_millis(5)) => {
+                let graph = env.sim.requests(Api::Graph);
+                if env.sim.requests(Api::ResourceGraph) > 0
+                    && graph_pages_when_resource_graph_began.is_none()
+                {
+                    graph_pages_when_resource_graph_began = Some(graph);
+                }
+            }
+        }
+    };
+    assert!(r.complete, "{:?}", r.tenants);
+    for id in &ids {
+        assert_eq!(outcome(&r, id), ("healthy", "resource_present"));
+    }
+    let began = graph_pages_when_resource_graph_began.expect("Resource Graph was asked");
+    assert!(
+        began < 10,
+        "Resource Graph began after Graph page {began} of 10"
+    );
+    assert_eq!(
+        env.sim.requests(Api::ResourceGraph),
+        1,
+        "one query: every later page named the same subscription and type"
+    );
+}
+
+/// Subscriptions and types that only later Graph pages name are asked about in a top-up when the
+/// listing ends: every identity is vouched for by Resource Graph, no row is asked for twice, and no
+/// identity falls to ARM for want of a query.
+#[tokio::test]
+async fn what_later_graph_pages_name_is_topped_up_without_asking_twice() {
+    let (mut w, sub) = world();
+    let sub2 = w.add_subscription("second", SubAccess::Reader);
+    let mut ids = Vec::new();
+    // Page 1 (3 a page): web sites in the first subscription only.
+    for i in 0..3 {
+        ids.push(w.add_system_assigned(&rid(&sub, "rg", "Microsoft.Web", &format!("sites/a{i}"))));
+    }
+    // Later pages: a new type in the first subscription, then both types in a new subscription.
+    for i in 0..3 {
+        ids.push(w.add_system_assigned(&rid(
+            &sub,
+            "rg",
+            "Microsoft.Storage",
+            &format!("storageAccounts/s{i}"),
+        )));
+    }
+    for i in 0..2 {
+        ids.push(w.add_system_assigned(&rid(&sub2, "rg", "Microsoft.Web", &format!("sites/b{i}"))));
+        ids.push(w.add_system_assigned(&rid(
+            &sub2,
+            "rg",
+            "Microsoft.Storage",
+            &format!("storageAccounts/t{i}"),
+        )));
+    }
+    let cfg = SimConfig {
+        graph_max_page: 3,
+        latency: Duration::from_millis(40),
+        ..SimConfig::default()
+    };
+    let env = TestEnv::start(w, cfg).await;
+    let r = env.scan().await;
+    assert!(r.complete, "{:?}", r.tenants);
+    for id in &ids {
+        assert_eq!(outcome(&r, id), ("healthy", "resource_present"));
+        assert_eq!(
+            finding(&r, id).evidence.source,
+            EvidenceSource::ResourceGraph,
+            "{id}"
+        );
+    }
+    let arg = env.sim.requests(Api::ResourceGraph);
+    assert!(
+        (1..=3).contains(&arg),
+        "a first round and at most two top-ups (new types everywhere, old types in new subscriptions): {arg}"
+    );
+    assert_eq!(env.sim.requests(Api::Arm), 1, "the subscription list only");
+}

@@ -1,7 +1,7 @@
 //! Every verdict the judge can give, reached through the whole pipeline against the simulator.
 
 use crate::helpers::*;
-use miaudit::domain::EvidenceSource;
+use miaudit::domain::{EvidenceSource, ObjectId};
 use miaudit_sim::Api;
 use miaudit_sim::SimConfig;
 use miaudit_sim::model::{SubAccess, World};
@@ -291,7 +291,7 @@ async fn malformed_alternative_names_are_unknown_and_other_principal_types_ignor
     assert!(
         r.findings
             .iter()
-            .all(|f| f.object_id != app && f.object_id != legacy)
+            .all(|f| f.object_id != ObjectId::new(&app) && f.object_id != ObjectId::new(&legacy))
     );
     assert_eq!(r.summary.total, 4);
     assert!(

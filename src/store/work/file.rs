@@ -29,6 +29,20 @@ impl WorkFile {
         &self.path
     }
 
+    /// The working database again, read-only: to read a finished scan's verdicts back (the scan has
+    /// closed its own connections).
+    pub async fn reopen(&self) -> Result<WorkStore, StoreError> {
+        let opts = SqliteConnectOptions::new()
+            .filename(&self.path)
+            .read_only(true)
+            .pragma("cache_size", "-4096");
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?;
+        Ok(WorkStore { pool })
+    }
+
     /// Creates the lock sidecar, locks it, then the (empty) database file: both new, both owner-only.
     fn create(path: PathBuf) -> Result<Self, StoreError> {
         let io = |what, p: &Path| {

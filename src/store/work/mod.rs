@@ -10,13 +10,16 @@ mod file;
 
 pub use file::WorkFile;
 
-use super::rows::{bind_finding_columns, corrupt, finding_columns, insert_rows, parse_time};
+use super::rows::{bind_finding_columns, corrupt, finding_columns, id, insert_rows, parse_time};
 use super::{Store, StoreError};
 use crate::arm::ArgHit;
-use crate::domain::Finding;
+use crate::domain::Verdict;
 use crate::domain::{
-    Answer, Evidence, EvidenceSource, GraphRow, IdentityType, ManagedIdentity, ResourceId,
+    Answer, Evidence, EvidenceSource, Finding, GraphRow, IdentityType, ManagedIdentity, ObjectId,
+    ResourceId, SubscriptionId, TenantId,
 };
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use sqlx::sqlite::SqliteRow;
 use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
 use sqlx::{Row, SqliteConnection, SqlitePool};
@@ -30,13 +33,13 @@ pub const CHUNK: i64 = 2_000;
 /// A staged identity that Resource Graph did not vouch for: it needs an ARM check.
 #[derive(Debug, Clone)]
 pub struct Candidate {
-    pub object_key: String,
+    pub object_id: ObjectId,
     pub resource: ResourceId,
 }
 
 /// The evidence of one ARM check, to stage.
 pub struct Checked<'a> {
-    pub object_key: &'a str,
+    pub object_id: &'a ObjectId,
     pub answer: &'a Answer,
     pub request_id: Option<&'a str>,
     pub correlation_request_id: Option<&'a str>,
@@ -85,9 +88,9 @@ async fn insert_results(
         |q, f| {
             bind_finding_columns(
                 q.bind(scan_id)
-                    .bind(&f.tenant_id)
-                    .bind(f.object_id.to_ascii_lowercase())
-                    .bind(&f.object_id),
+                    .bind(f.tenant_id.as_str())
+                    .bind(f.object_id.as_str())
+                    .bind(f.object_id.as_str()),
                 f,
             )
         },
@@ -105,7 +108,7 @@ impl WorkStore {
     pub async fn stage_identities(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         identities: &[ManagedIdentity],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -124,14 +127,14 @@ impl WorkStore {
             |q, i| {
                 let r = i.resource.as_ref();
                 q.bind(scan_id)
-                    .bind(tenant)
-                    .bind(i.object_id.to_ascii_lowercase())
-                    .bind(&i.object_id)
+                    .bind(tenant.as_str())
+                    .bind(i.object_id.as_str())
+                    .bind(i.object_id.as_str())
                     .bind(&i.app_id)
                     .bind(&i.display_name)
                     .bind(i.identity_type.as_str())
                     .bind(r.map(ResourceId::as_str))
-                    .bind(r.and_then(|r| r.subscription_id().map(str::to_ascii_lowercase)))
+                    .bind(r.and_then(ResourceId::subscription_id).map(SubscriptionId::as_str))
                     .bind(r.map(ResourceId::full_type))
                     .bind(if r.is_none() {
                         serde_json::to_string(&i.alternative_names).ok()
@@ -152,7 +155,7 @@ impl WorkStore {
         &self,
         record: &Store,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
     ) -> Result<u64, StoreError> {
         let mut after = String::new();
         let mut n = 0u64;
@@ -165,45 +168,46 @@ impl WorkStore {
     }
 
     /// Removes every staged identity of the tenant (its listing starts over).
-    pub async fn unstage_tenant(&self, scan_id: &str, tenant: &str) -> Result<(), StoreError> {
+    pub async fn unstage_tenant(&self, scan_id: &str, tenant: &TenantId) -> Result<(), StoreError> {
         sqlx::query("delete from scan_items where scan_id = ? and tenant_id = ?")
             .bind(scan_id)
-            .bind(tenant)
+            .bind(tenant.as_str())
             .execute(&self.pool)
             .await?;
         Ok(())
     }
 
-    /// Removes staged identities by lower-case object id (Graph delta `@removed`).
+    /// Removes staged identities (Graph delta `@removed`).
     pub async fn unstage_identities(
         &self,
         scan_id: &str,
-        tenant: &str,
-        object_keys: &[String],
+        tenant: &TenantId,
+        objects: &[ObjectId],
     ) -> Result<(), StoreError> {
         self.per_key(
             "delete from scan_items where scan_id = ? and tenant_id = ? and object_key = ?",
             scan_id,
             tenant,
-            object_keys,
+            objects,
         )
         .await
     }
 
-    /// Runs `sql` (binding the scan id, the tenant and one object key) for each key, in one transaction.
+    /// Runs `sql` (binding the scan id, the tenant and one object key) for each object, in one
+    /// transaction.
     async fn per_key(
         &self,
         sql: &'static str,
         scan_id: &str,
-        tenant: &str,
-        object_keys: &[String],
+        tenant: &TenantId,
+        objects: &[ObjectId],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
-        for key in object_keys {
+        for object in objects {
             sqlx::query(sql)
                 .bind(scan_id)
-                .bind(tenant)
-                .bind(key)
+                .bind(tenant.as_str())
+                .bind(object.as_str())
                 .execute(&mut *tx)
                 .await?;
         }
@@ -211,22 +215,22 @@ impl WorkStore {
         Ok(())
     }
 
-    /// The (lower-case subscription, resource type) pairs the staged identities name.
+    /// The (subscription, resource type) pairs the staged identities name.
     pub async fn staged_targets(
         &self,
         scan_id: &str,
-        tenant: &str,
-    ) -> Result<Vec<(String, String)>, StoreError> {
+        tenant: &TenantId,
+    ) -> Result<Vec<(SubscriptionId, String)>, StoreError> {
         let rows = sqlx::query(
             "select distinct subscription_key, resource_type from scan_items
              where scan_id = ? and tenant_id = ? and subscription_key is not null and resource_type is not null",
         )
         .bind(scan_id)
-        .bind(tenant)
+        .bind(tenant.as_str())
         .fetch_all(&self.pool)
         .await?;
         rows.iter()
-            .map(|r| Ok((r.try_get(0)?, r.try_get(1)?)))
+            .map(|r| Ok((id(r, "subscription_key")?, r.try_get("resource_type")?)))
             .collect()
     }
 
@@ -234,7 +238,7 @@ impl WorkStore {
     pub async fn stage_arg_rows(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         rows: &[ArgHit],
     ) -> Result<(), StoreError> {
         let at = chrono::Utc::now().to_rfc3339();
@@ -250,9 +254,9 @@ impl WorkStore {
             rows,
             |q, h| {
                 q.bind(scan_id)
-                    .bind(tenant)
+                    .bind(tenant.as_str())
                     .bind(&h.resource_key)
-                    .bind(&h.principal_key)
+                    .bind(h.principal_key.as_ref().map(ObjectId::as_str))
                     .bind(h.request_id.as_deref())
                     .bind(&at)
             },
@@ -263,12 +267,14 @@ impl WorkStore {
     }
 
     /// The next chunk of identities with a resource that neither Resource Graph showed carrying their
-    /// principal nor ARM has checked yet, after `after` (object key).
+    /// principal nor ARM has checked yet, after `after` (object key); with `must_check_only`, only the
+    /// open findings among them (whatever Resource Graph showed).
     pub async fn candidates(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         after: &str,
+        must_check_only: bool,
     ) -> Result<Vec<Candidate>, StoreError> {
         let rows = sqlx::query(
             "select i.object_key, i.resource_id from scan_items i
@@ -276,14 +282,15 @@ impl WorkStore {
                and i.source is null
                and (exists (select 1 from scan_must_check m
                       where m.scan_id = i.scan_id and m.tenant_id = i.tenant_id and m.object_key = i.object_key)
-                    or not exists (select 1 from scan_arg_rows a
+                    or ? = 0 and not exists (select 1 from scan_arg_rows a
                       where a.scan_id = i.scan_id and a.tenant_id = i.tenant_id
                         and a.resource_key = lower(rtrim(i.resource_id, '/')) and a.principal_key = i.object_key))
              order by i.object_key limit ?",
         )
         .bind(scan_id)
-        .bind(tenant)
+        .bind(tenant.as_str())
         .bind(after)
+        .bind(must_check_only)
         .bind(CHUNK)
         .fetch_all(&self.pool)
         .await?;
@@ -291,7 +298,7 @@ impl WorkStore {
         for r in &rows {
             let raw: String = r.try_get("resource_id")?;
             out.push(Candidate {
-                object_key: r.try_get("object_key")?,
+                object_id: id(r, "object_key")?,
                 resource: ResourceId::parse(&raw)
                     .ok_or_else(|| corrupt("scan_items", format!("resource id {raw:?}")))?,
             });
@@ -303,14 +310,14 @@ impl WorkStore {
     pub async fn stage_must_check(
         &self,
         scan_id: &str,
-        tenant: &str,
-        object_keys: &[String],
+        tenant: &TenantId,
+        objects: &[ObjectId],
     ) -> Result<(), StoreError> {
         self.per_key(
             "insert or ignore into scan_must_check (scan_id, tenant_id, object_key) values (?, ?, ?)",
             scan_id,
             tenant,
-            object_keys,
+            objects,
         )
         .await
     }
@@ -319,7 +326,7 @@ impl WorkStore {
     pub async fn stage_checks(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         checks: &[Checked<'_>],
     ) -> Result<(), StoreError> {
         let mut tx = self.pool.begin().await?;
@@ -334,8 +341,8 @@ impl WorkStore {
             .bind(c.correlation_request_id)
             .bind(c.checked_at.to_rfc3339())
             .bind(scan_id)
-            .bind(tenant)
-            .bind(c.object_key)
+            .bind(tenant.as_str())
+            .bind(c.object_id.as_str())
             .execute(&mut *tx)
             .await?;
         }
@@ -344,13 +351,13 @@ impl WorkStore {
     }
 
     /// The next chunk of staged identities with their evidence (subscription visibility not set), in
-    /// object key order after `after`.
+    /// object id order after `after`.
     pub async fn staged_items(
         &self,
         scan_id: &str,
-        tenant: &str,
+        tenant: &TenantId,
         after: &str,
-    ) -> Result<Vec<(String, ManagedIdentity, Evidence)>, StoreError> {
+    ) -> Result<Vec<(ManagedIdentity, Evidence)>, StoreError> {
         // Resource Graph's row for the resource, whatever principal it shows: the evidence of health when
         // it carries this one, a second witness beside ARM's answer otherwise.
         let rows = sqlx::query(
@@ -368,7 +375,7 @@ impl WorkStore {
              order by i.object_key limit ?",
         )
         .bind(scan_id)
-        .bind(tenant)
+        .bind(tenant.as_str())
         .bind(after)
         .bind(CHUNK)
         .fetch_all(&self.pool)
@@ -404,25 +411,58 @@ impl WorkStore {
             .map(|r| finding_columns(r, "scan_results"))
             .collect()
     }
+
+    /// The scan's verdicts (all, or those of `verdict`) in tenant and object order, as they are read:
+    /// a report of every identity, however many, without holding them.
+    pub fn stream_results(
+        &self,
+        scan_id: &str,
+        verdict: Option<Verdict>,
+    ) -> BoxStream<'_, Result<Finding, StoreError>> {
+        sqlx::query(
+            "select * from scan_results where scan_id = ?1 and (?2 is null or verdict = ?2)
+             order by tenant_id, object_key",
+        )
+        .bind(scan_id.to_owned())
+        .bind(verdict.map(Verdict::as_str))
+        .fetch(&self.pool)
+        .map(|r| finding_columns(&r?, "scan_results"))
+        .boxed()
+    }
+
+    /// How many verdicts the scan has (all, or of `verdict`).
+    pub async fn count_results(
+        &self,
+        scan_id: &str,
+        verdict: Option<Verdict>,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from scan_results where scan_id = ?1 and (?2 is null or verdict = ?2)",
+        )
+        .bind(scan_id)
+        .bind(verdict.map(Verdict::as_str))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
 }
 
-/// A row of [`WorkStore::staged_items`]: the object key, the identity, and its evidence.
+/// A row of [`WorkStore::staged_items`]: the identity and its evidence.
 fn staged_item(
     r: &SqliteRow,
-    tenant: &str,
-) -> Result<(String, ManagedIdentity, Evidence), StoreError> {
-    let object_key: String = r.try_get("object_key")?;
+    tenant: &TenantId,
+) -> Result<(ManagedIdentity, Evidence), StoreError> {
     let identity = staged_identity(r, tenant)?;
-    let evidence = staged_evidence(r, &identity, &object_key)?;
-    Ok((object_key, identity, evidence))
+    let evidence = staged_evidence(r, &identity)?;
+    Ok((identity, evidence))
 }
 
-fn staged_identity(r: &SqliteRow, tenant: &str) -> Result<ManagedIdentity, StoreError> {
+fn staged_identity(r: &SqliteRow, tenant: &TenantId) -> Result<ManagedIdentity, StoreError> {
     let t = "scan_items";
     let kind: String = r.try_get("identity_type")?;
     let resource: Option<String> = r.try_get("resource_id")?;
     let names: Option<String> = r.try_get("alternative_names")?;
-    let object_id: String = r.try_get("object_id")?;
+    let object_id = id(r, "object_id")?;
     Ok(ManagedIdentity {
         tenant_id: tenant.to_owned(),
         app_id: r.try_get("app_id")?,
@@ -440,20 +480,18 @@ fn staged_identity(r: &SqliteRow, tenant: &str) -> Result<ManagedIdentity, Store
 
 /// The evidence of a staged identity: ARM's answer when it checked it, Resource Graph's row when that
 /// carries the identity's principal, else none.
-fn staged_evidence(
-    r: &SqliteRow,
-    identity: &ManagedIdentity,
-    object_key: &str,
-) -> Result<Evidence, StoreError> {
+fn staged_evidence(r: &SqliteRow, identity: &ManagedIdentity) -> Result<Evidence, StoreError> {
     let t = "scan_items";
     let source: Option<String> = r.try_get("source")?;
     let answer: Option<String> = r.try_get("answer")?;
     let arg_checked: Option<String> = r.try_get("arg_checked_at")?;
-    let arg_principal: Option<String> = r.try_get("arg_principal_key")?;
+    let arg_principal: Option<ObjectId> = r
+        .try_get::<Option<String>, _>("arg_principal_key")?
+        .map(ObjectId::from);
     let resource_graph = arg_checked.as_ref().map(|_| GraphRow {
         principal_id: arg_principal.clone(),
     });
-    let arg_vouches = arg_checked.is_some() && arg_principal.as_deref() == Some(object_key);
+    let arg_vouches = arg_checked.is_some() && arg_principal.as_ref() == Some(&identity.object_id);
     let (source, answer, request_id, checked_at) = match (source.as_deref(), arg_checked) {
         (Some("arm"), _) => (
             EvidenceSource::Arm,
@@ -492,7 +530,8 @@ mod tests {
     #[tokio::test]
     async fn a_restarted_listing_forgets_only_its_own_tenants_pages() {
         let work = WorkStore::open_in_memory().await.expect("work");
-        let mi = |t: &str, id: &str| {
+        let (t1, t2) = (TenantId::new("t1"), TenantId::new("t2"));
+        let mi = |t: &TenantId, id: &str| {
             ManagedIdentity::from_alternative_names(
                 t,
                 id.into(),
@@ -506,32 +545,32 @@ mod tests {
                 ],
             )
         };
-        work.stage_identities("s1", "t1", &[mi("t1", "a"), mi("t1", "b")])
+        work.stage_identities("s1", &t1, &[mi(&t1, "a"), mi(&t1, "b")])
             .await
             .expect("staged");
-        work.stage_identities("s1", "t2", &[mi("t2", "c")])
+        work.stage_identities("s1", &t2, &[mi(&t2, "c")])
             .await
             .expect("staged");
-        work.unstage_tenant("s1", "t1").await.expect("restart");
-        work.stage_identities("s1", "t1", &[mi("t1", "a")])
+        work.unstage_tenant("s1", &t1).await.expect("restart");
+        work.stage_identities("s1", &t1, &[mi(&t1, "a")])
             .await
             .expect("staged");
-        let keys = |t: &'static str| {
-            let work = work.clone();
+        let keys = |t: &TenantId| {
+            let (work, t) = (work.clone(), t.clone());
             async move {
-                work.staged_items("s1", t, "")
+                work.staged_items("s1", &t, "")
                     .await
                     .expect("items")
                     .into_iter()
-                    .map(|(k, _, _)| k)
+                    .map(|(i, _)| i.object_id.to_string())
                     .collect::<Vec<_>>()
             }
         };
         assert_eq!(
-            keys("t1").await,
+            keys(&t1).await,
             ["a"],
             "b was only in the abandoned listing"
         );
-        assert_eq!(keys("t2").await, ["c"]);
+        assert_eq!(keys(&t2).await, ["c"]);
     }
 }
