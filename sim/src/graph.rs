@@ -251,15 +251,7 @@ fn list_page(inner: &Inner, l: &Listing, headers: &HeaderMap, empty_page: bool) 
         .min(inner.config.read().expect("config lock").graph_max_page)
         .max(1);
     let w = inner.world.read().expect("world lock");
-    let matching: Vec<&model::SimPrincipal> = w
-        .principals
-        .iter()
-        .filter(|p| {
-            l.filter_type
-                .as_ref()
-                .is_none_or(|t| p.sp_type.eq_ignore_ascii_case(t))
-        })
-        .collect();
+    let matching = matching_principals(inner, &w, l.filter_type.as_deref());
     let selected: Option<Vec<String>> = l
         .select
         .as_ref()
@@ -274,6 +266,7 @@ fn list_page(inner: &Inner, l: &Listing, headers: &HeaderMap, empty_page: bool) 
         .iter()
         .skip(l.offset)
         .take(take)
+        .filter_map(|&i| w.principals.get(i))
         .map(|p| p.to_json_selected(selected.as_deref()))
         .collect();
     let mut body = json!({
@@ -289,13 +282,46 @@ fn list_page(inner: &Inner, l: &Listing, headers: &HeaderMap, empty_page: bool) 
         .and_then(|v| v.to_str().ok())
         .map_or_else(|| rid.clone(), str::to_owned);
     let items = body["value"].as_array().map_or(0, Vec::len).to_string();
+    // The page asked for, whatever the nonce in its link (for the statistics).
+    let key = format!(
+        "graph-list|{:?}|{:?}|{}|{}",
+        l.filter_type, l.select, l.top, l.offset
+    );
     respond(200, vec![
         ("x-sim-items", items),
+        ("x-sim-key", key),
         ("request-id", rid),
         ("client-request-id", crid),
         ("x-ms-ags-diagnostic", r#"{"ServerInfo":{"DataCenter":"West Europe","Slice":"E","Ring":"5","ScaleUnit":"000","RoleInstance":"SIM"}}"#.to_owned()),
         ("content-type", "application/json;odata.metadata=minimal;odata.streaming=true;IEEE754Compatible=false;charset=utf-8".to_owned()),
     ], &body)
+}
+
+/// Indices into `w.principals` of those whose type is `filter_type` (all without a filter), built once
+/// per world (the index is emptied when the world changes): a page of a large directory is then found
+/// without filtering the whole directory for every page.
+fn matching_principals(
+    inner: &Inner,
+    w: &model::World,
+    filter_type: Option<&str>,
+) -> std::sync::Arc<Vec<usize>> {
+    let key = filter_type.map(str::to_ascii_lowercase);
+    let mut index = inner.graph_index.lock().expect("index lock");
+    index
+        .entry(key)
+        .or_insert_with_key(|key| {
+            let matching = w
+                .principals
+                .iter()
+                .enumerate()
+                .filter(|(_, p)| {
+                    key.as_ref()
+                        .is_none_or(|t| p.sp_type.eq_ignore_ascii_case(t))
+                })
+                .map(|(i, _)| i);
+            std::sync::Arc::new(matching.collect())
+        })
+        .clone()
 }
 
 /// The absolute `@odata.nextLink` of the page that starts at `offset`.

@@ -403,6 +403,14 @@ fn to_str(v: &Value) -> String {
     }
 }
 
+/// [`to_str`] without a copy when the value is a string (sorting compares many).
+fn text(v: &Value) -> std::borrow::Cow<'_, str> {
+    match v {
+        Value::String(s) => std::borrow::Cow::Borrowed(s),
+        other => std::borrow::Cow::Owned(to_str(other)),
+    }
+}
+
 fn truthy(v: &Value) -> bool {
     matches!(v, Value::Bool(true))
 }
@@ -474,29 +482,41 @@ fn eval(e: &Expr, row: &Value) -> Result<Value, String> {
     })
 }
 
+/// The row `project` makes of `row`.
+fn project(cols: &[(String, Expr)], row: &Value) -> Result<Value, String> {
+    let mut m = Map::new();
+    for (name, e) in cols {
+        m.insert(name.clone(), eval(e, row)?);
+    }
+    Ok(Value::Object(m))
+}
+
 impl Query {
     /// Runs the query over `rows` (objects). Errors are evaluation errors (`InvalidQuery`).
     pub fn run(&self, rows: impl Iterator<Item = Value>) -> Result<Vec<Value>, String> {
         let mut data: Vec<Value> = Vec::new();
-        // Filters first, streaming; then the rest on the materialised set.
-        let mut first_non_where = self.ops.len();
-        for (i, op) in self.ops.iter().enumerate() {
-            if !matches!(op, Op::Where(_)) {
-                first_non_where = i;
-                break;
-            }
-        }
-        'rows: for row in rows {
-            for op in &self.ops[..first_non_where] {
-                if let Op::Where(e) = op
-                    && !truthy(&eval(e, &row)?)
-                {
-                    continue 'rows;
+        // The operators that look at one row at a time (filters, projections) first, streaming, so only
+        // the rows kept, as projected, are held; then the rest on the materialised set.
+        let streamed = self
+            .ops
+            .iter()
+            .position(|op| !matches!(op, Op::Where(_) | Op::Project(_)))
+            .unwrap_or(self.ops.len());
+        'rows: for mut row in rows {
+            for op in &self.ops[..streamed] {
+                match op {
+                    Op::Where(e) => {
+                        if !truthy(&eval(e, &row)?) {
+                            continue 'rows;
+                        }
+                    }
+                    Op::Project(cols) => row = project(cols, &row)?,
+                    Op::Order(..) | Op::Take(_) => {}
                 }
             }
             data.push(row);
         }
-        for op in &self.ops[first_non_where..] {
+        for op in &self.ops[streamed..] {
             match op {
                 Op::Where(e) => {
                     let mut kept = Vec::with_capacity(data.len());
@@ -508,19 +528,14 @@ impl Query {
                     data = kept;
                 }
                 Op::Project(cols) => {
-                    let mut out = Vec::with_capacity(data.len());
-                    for r in &data {
-                        let mut m = Map::new();
-                        for (name, e) in cols {
-                            m.insert(name.clone(), eval(e, r)?);
-                        }
-                        out.push(Value::Object(m));
-                    }
-                    data = out;
+                    data = data
+                        .iter()
+                        .map(|r| project(cols, r))
+                        .collect::<Result<_, _>>()?;
                 }
                 Op::Order(col, desc) => {
                     data.sort_by(|a, b| {
-                        let o = to_str(&a[col]).cmp(&to_str(&b[col]));
+                        let o = text(&a[col]).cmp(&text(&b[col]));
                         if *desc { o.reverse() } else { o }
                     });
                 }

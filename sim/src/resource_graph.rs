@@ -51,15 +51,16 @@ pub(crate) fn resource_graph(
         Err(r) => return r,
     };
     // A query's result is evaluated once and paged from that snapshot, as a skip token continues the
-    // same result set (ARG paging-results); later pages do not re-run the query.
-    let cached = ask.opts.get("$skipToken").and_then(|_| {
-        inner
-            .arg_cache
-            .lock()
-            .expect("cache lock")
-            .get(&fingerprint)
-            .cloned()
-    });
+    // same result set (ARG paging-results); later pages do not re-run the query. The snapshot also
+    // answers the same query asked again while the world is unchanged (`with_world` empties the
+    // cache): the rows would be the same, and a tenant of a million resources is not evaluated anew
+    // for every scan.
+    let cached = inner
+        .arg_cache
+        .lock()
+        .expect("cache lock")
+        .get(&fingerprint)
+        .cloned();
     let data = match cached {
         Some(d) => d,
         None => match evaluate(&w, &ask, &scope) {
@@ -76,6 +77,11 @@ pub(crate) fn resource_graph(
     let page: Vec<Value> = data.iter().skip(offset).take(take).cloned().collect();
     let more = offset + advance < data.len() && ask.query.pageable();
     h.push(("x-sim-items", page.len().to_string()));
+    // The page asked for, whatever the nonce in its skip token (for the statistics).
+    h.push((
+        "x-sim-key",
+        format!("arg|{fingerprint}|{offset}|{page_size}"),
+    ));
     let mut out = page_body(&ask, data.len(), page, more);
     if more {
         let nonce = inner.seq.load(Ordering::Relaxed);

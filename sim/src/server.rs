@@ -5,7 +5,8 @@ use crate::arm::arm_metered;
 use crate::faults::{ArmRoute, Fault, ReqInfo, fault_response, take_fault};
 use crate::graph::graph;
 use crate::resource_graph::resource_graph;
-use crate::respond::{arm_error, graph_error};
+use crate::respond::{arm_error, fxhash, graph_error, respond};
+use crate::stats::STATS_PATH;
 use crate::token::token;
 use crate::{Api, FOREIGN_LINK_MARKER, Inner, REDIRECT_TARGET_PREFIX, hostile, path};
 use axum::body::Body;
@@ -36,6 +37,10 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
     if req.uri().path().starts_with(REDIRECT_TARGET_PREFIX) {
         return hostile::stray(&inner, "redirect target", req).await;
     }
+    if req.uri().path() == STATS_PATH {
+        let reset = req.uri().query().is_some_and(|q| q.contains("reset=true"));
+        return respond(200, Vec::new(), &inner.stats(reset).to_json());
+    }
     let (parts, body) = req.into_parts();
     if parts
         .uri
@@ -44,16 +49,21 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
     {
         hostile::record_stray(&inner, "foreign link", &parts, &[]);
     }
-    let latency = inner.config.read().expect("config lock").latency;
-    if !latency.is_zero() {
-        tokio::time::sleep(latency).await;
-    }
     let path = parts.uri.path().to_owned();
     let query: HashMap<String, String> =
         form_urlencoded::parse(parts.uri.query().unwrap_or("").as_bytes())
             .into_owned()
             .collect();
-    let Some(api) = classify_route(&parts.method, &path) else {
+    let api = classify_route(&parts.method, &path);
+    // The time the service takes before it answers (docs/azure-behaviour.md §11).
+    let latency = {
+        let c = inner.config.read().expect("config lock");
+        c.latency + api.map_or(std::time::Duration::ZERO, |a| c.latencies.request(a))
+    };
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    let Some(api) = api else {
         return arm_error(
             &parts.headers,
             404,
@@ -73,13 +83,39 @@ pub(crate) async fn handle(inner: Arc<Inner>, req: Request<Body>) -> Response {
         );
     };
     let target = format!("{path}?{}", parts.uri.query().unwrap_or(""));
-    let fault = take_fault(&inner, &req_info(api, &path, &query, &bytes), &target);
-    if let Some(res) = answer_instead(&inner, api, fault.as_ref(), &parts).await {
-        return res;
-    }
-    let res = serve(&inner, api, fault.as_ref(), &parts, &path, &query, &bytes);
-    let res = charge_per_item(&inner, res).await;
-    change_answer(&inner, api, fault, &parts, res).await
+    let info = req_info(api, &path, &query, &bytes);
+    let fault = take_fault(&inner, &info, &target);
+    let res = match answer_instead(&inner, api, fault.as_ref(), &parts).await {
+        Some(res) => res,
+        None => {
+            let res = serve(&inner, api, fault.as_ref(), &parts, &path, &query, &bytes);
+            let res = charge_per_item(&inner, api, res).await;
+            change_answer(&inner, api, fault, &parts, res).await
+        }
+    };
+    count(
+        &inner,
+        &info,
+        &format!("{} {target}", parts.method),
+        &bytes,
+        res,
+    )
+}
+
+/// Counts the answered request for [`crate::stats`]: what it asked for is the handler's `x-sim-key`
+/// (pages, whose links carry a nonce), else its `request` (method, path and query) and body.
+fn count(inner: &Inner, info: &ReqInfo, request: &str, body: &[u8], mut res: Response) -> Response {
+    let key = match res.headers_mut().remove("x-sim-key") {
+        Some(k) => fxhash(k.to_str().unwrap_or_default()),
+        None => fxhash(&format!("{request}|{}", String::from_utf8_lossy(body))),
+    };
+    inner.stats.lock().expect("stats lock").note(
+        info.api,
+        info.arm_route,
+        res.status().as_u16(),
+        key,
+    );
+    res
 }
 
 /// What fault selection needs to know of a request.
@@ -180,13 +216,18 @@ fn serve(
 }
 
 /// The cost of a page grows with its items (the handlers say how many in `x-sim-items`).
-async fn charge_per_item(inner: &Inner, mut res: Response) -> Response {
+async fn charge_per_item(inner: &Inner, api: Api, mut res: Response) -> Response {
     if let Some(items) = res
         .headers_mut()
         .remove("x-sim-items")
         .and_then(|v| v.to_str().ok().and_then(|v| v.parse::<u32>().ok()))
     {
-        let per_item = inner.config.read().expect("config lock").per_item;
+        let per_item = inner
+            .config
+            .read()
+            .expect("config lock")
+            .latencies
+            .per_item(api);
         if !per_item.is_zero() {
             tokio::time::sleep(per_item * items).await;
         }

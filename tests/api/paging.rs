@@ -8,26 +8,35 @@ use miaudit_sim::SimConfig;
 use miaudit_sim::model::SubAccess;
 use std::time::Duration;
 
-#[tokio::test]
-async fn graph_pages_are_followed_until_next_link_is_absent() {
-    let (mut w, sub) = world();
-    let ids: Vec<String> = (0..10)
+/// `n` virtual machines with a system-assigned identity in `sub`; their principals.
+fn virtual_machines(w: &mut miaudit_sim::model::World, sub: &str, n: usize) -> Vec<String> {
+    (0..n)
         .map(|i| {
             w.add_system_assigned(&rid(
-                &sub,
+                sub,
                 "rg",
                 "Microsoft.Compute",
                 &format!("virtualMachines/vm{i}"),
             ))
         })
-        .collect();
+        .collect()
+}
+
+/// A simulator whose Graph pages hold at most `n` service principals.
+fn graph_pages_of(n: usize) -> SimConfig {
+    SimConfig {
+        graph_max_page: n,
+        ..SimConfig::default()
+    }
+}
+
+#[tokio::test]
+async fn graph_pages_are_followed_until_next_link_is_absent() {
+    let (mut w, sub) = world();
+    let ids = virtual_machines(&mut w, &sub, 10);
     // Non-managed principals interleaved: the server filters them, pages stay short.
     w.add_principal("Application", "app", None);
-    let cfg = SimConfig {
-        graph_max_page: 3,
-        ..SimConfig::default()
-    };
-    let env = TestEnv::start(w, cfg).await;
+    let env = TestEnv::start(w, graph_pages_of(3)).await;
     let r = env.scan().await;
     assert!(r.complete);
     assert_eq!(env.sim.requests(Api::Graph), 4, "10 identities at 3 a page");
@@ -35,6 +44,39 @@ async fn graph_pages_are_followed_until_next_link_is_absent() {
         assert_eq!(outcome(&r, id).0, "healthy");
     }
     assert_eq!(r.summary.total, 10);
+}
+
+/// The simulator's statistics (what `miaudit bench` reads): a throttled answer and its retry are two
+/// requests but one distinct one; a change of the world shows in the next listing.
+#[tokio::test]
+async fn the_simulator_counts_requests_retries_and_distinct_pages() {
+    let (mut w, sub) = world();
+    let ids = virtual_machines(&mut w, &sub, 7);
+    let env = TestEnv::start(w, graph_pages_of(3)).await;
+    env.sim.add_fault(miaudit_sim::FaultRule {
+        api: Api::Graph,
+        path_contains: None,
+        times: Some(1),
+        fault: miaudit_sim::Fault::Throttle {
+            retry_after: "0".into(),
+        },
+    });
+    assert!(env.scan().await.complete);
+    let s = env.sim.stats(true);
+    assert_eq!(s.identities, 7);
+    let graph = s.api(Api::Graph);
+    assert_eq!(
+        (graph.requests, graph.throttled, graph.distinct),
+        (4, 1, 3),
+        "3 pages, the first retried once"
+    );
+    assert_eq!(s.api(Api::Token).distinct, 2, "one token per audience");
+    assert_eq!(s.arm("subscription_list"), 1);
+    assert_eq!(env.sim.stats(false).api(Api::Graph).requests, 0, "reset");
+    env.sim.with_world(|w| w.remove_principal(&ids[0]));
+    let r = env.scan().await;
+    assert_eq!(r.summary.total, 6, "the listing follows the changed world");
+    assert_eq!(env.sim.stats(false).api(Api::Graph).distinct, 2);
 }
 
 #[tokio::test]
