@@ -101,11 +101,6 @@ impl App {
             .expect("a bound listener has an address")
     }
 
-    /// The daemon's store (the bench records its measured scans through it, as the scheduler does).
-    pub fn store(&self) -> Store {
-        self.state.store.clone()
-    }
-
     pub fn runner(&self) -> Arc<ScanRunner> {
         self.state.runner.clone()
     }

@@ -112,7 +112,7 @@ pub enum Command {
     #[cfg(not(feature = "simulator"))]
     #[command(
         name = "demo",
-        aliases = ["simulate", "bench", "bench-one"],
+        aliases = ["simulate", "bench"],
         hide = true,
         disable_help_flag = true
     )]
