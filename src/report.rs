@@ -48,6 +48,10 @@ pub struct TenantReport {
     /// The scan's working rows could not be written or read (the database failed, not Azure).
     #[serde(skip)]
     pub staging_failed: bool,
+    /// Identities whose check got no answer (`check_failed`), counted by the judge: a report made for a
+    /// store does not hold its verdicts (they are streamed from the scan's working database).
+    #[serde(skip)]
+    pub unjudged: u64,
 }
 
 fn yes() -> bool {
@@ -68,6 +72,7 @@ impl TenantReport {
             full_sync_at: None,
             summary: Summary::default(),
             arm_checks: 0,
+            unjudged: 0,
             staging_failed: false,
         }
     }
@@ -105,13 +110,15 @@ struct JsonTenant<'a> {
 
 /// Identities of `tenant` whose check got no answer, or `None` when its inventory is incomplete (how
 /// many were never listed is not known).
+/// The judge's count, or, for a report built with its verdicts and no count, the report's own.
 fn unjudged(report: &ScanReport, tenant: &TenantReport) -> Option<u64> {
     tenant.inventory_complete.then(|| {
-        report
+        let own = report
             .findings
             .iter()
             .filter(|f| f.tenant_id == tenant.tenant_id && f.reason == Reason::CheckFailed)
-            .count() as u64
+            .count() as u64;
+        tenant.unjudged.max(own)
     })
 }
 
@@ -212,12 +219,13 @@ fn clip(s: &str, n: usize) -> String {
 }
 
 /// Writes the table to `w`: the summary, the tenants, then the listed identities grouped by verdict,
-/// orphaned first; with `all` the healthy ones last, from `healthy` (their count and stream: every
-/// healthy verdict of a scan into a store) or else from the report's own findings.
-pub async fn write_table(
+/// orphaned first; with `all` the healthy ones last. The identities of each verdict come from `source`
+/// (a stream per verdict, counted by the report's summary: every verdict of a scan into a store, read
+/// from its working database as it is written) or else from the report's own findings.
+pub async fn write_table<'a>(
     report: &ScanReport,
     all: bool,
-    healthy: Option<(u64, Listed<'_>)>,
+    source: Option<&dyn Fn(Verdict) -> Listed<'a>>,
     w: &mut impl Write,
 ) -> Result<(), WriteError> {
     let mut head = String::new();
@@ -247,16 +255,14 @@ pub async fn write_table(
     }
     render_tenants(&mut head, report);
     w.write_all(head.as_bytes())?;
-    let mut healthy = healthy;
     let mut any = false;
     for verdict in [Verdict::Orphaned, Verdict::Unknown, Verdict::Healthy] {
         if verdict == Verdict::Healthy && !all {
             continue;
         }
-        let (n, mut rows) = match healthy.take() {
-            Some(streamed) if verdict == Verdict::Healthy => streamed,
-            other => {
-                healthy = other;
+        let (n, mut rows) = match source {
+            Some(listed) => (s.count(verdict), listed(verdict)),
+            None => {
                 let own = report.findings.iter().filter(|f| f.verdict == verdict);
                 (own.count() as u64, own_listed(report, all, Some(verdict)))
             }
@@ -570,34 +576,31 @@ mod tests {
             assert_eq!(render_json(&whole, true), json(true), "{name}");
             assert_eq!(render_table(&whole, true), table(true), "{name}");
 
-            let mut out = Vec::new();
-            futures::executor::block_on(write_json(
-                &stored,
-                streamed(whole.findings.clone()),
-                &mut out,
-            ))
-            .expect("written");
-            assert_eq!(String::from_utf8(out).expect("utf-8"), json(true), "{name}");
-            let healthy: Vec<Finding> = whole
-                .findings
-                .iter()
-                .filter(|f| f.verdict == Verdict::Healthy)
-                .cloned()
-                .collect();
-            let mut out = Vec::new();
-            let n = healthy.len() as u64;
-            futures::executor::block_on(write_table(
-                &stored,
-                true,
-                Some((n, streamed(healthy))),
-                &mut out,
-            ))
-            .expect("written");
-            assert_eq!(
-                String::from_utf8(out).expect("utf-8"),
-                table(true),
-                "{name}"
-            );
+            // A report made for a store holds no verdicts: they are streamed from the working database,
+            // and the judge counted the unjudged ones.
+            let mut bare = stored.clone();
+            bare.findings.clear();
+            for t in &mut bare.tenants {
+                t.unjudged = whole
+                    .findings
+                    .iter()
+                    .filter(|f| f.tenant_id == t.tenant_id && f.reason == Reason::CheckFailed)
+                    .count() as u64;
+            }
+            let of = |keep: &dyn Fn(&Finding) -> bool| -> Listed<'static> {
+                streamed(whole.findings.iter().filter(|f| keep(f)).cloned().collect())
+            };
+            let by_verdict = |v: Verdict| of(&|f: &Finding| f.verdict == v);
+            for all in [false, true] {
+                let mut out = Vec::new();
+                let listed = of(&|f: &Finding| all || f.verdict != Verdict::Healthy);
+                futures::executor::block_on(write_json(&bare, listed, &mut out)).expect("written");
+                assert_eq!(String::from_utf8(out).expect("utf-8"), json(all), "{name}");
+                let mut out = Vec::new();
+                futures::executor::block_on(write_table(&bare, all, Some(&by_verdict), &mut out))
+                    .expect("written");
+                assert_eq!(String::from_utf8(out).expect("utf-8"), table(all), "{name}");
+            }
 
             let v: serde_json::Value =
                 serde_json::from_str(&json(true)).expect("one JSON document");
@@ -645,12 +648,18 @@ mod tests {
             let done = if json {
                 futures::executor::block_on(write_json(&whole, rows, &mut out))
             } else {
-                futures::executor::block_on(write_table(
-                    &whole,
-                    true,
-                    Some((n as u64, rows)),
-                    &mut out,
-                ))
+                let mut whole = whole.clone();
+                whole.summary.healthy = n as u64;
+                let rows = std::cell::RefCell::new(Some(rows));
+                let source = |v: Verdict| -> Listed<'_> {
+                    let taken = if v == Verdict::Healthy {
+                        rows.borrow_mut().take()
+                    } else {
+                        None
+                    };
+                    taken.unwrap_or_else(|| futures::stream::empty().boxed())
+                };
+                futures::executor::block_on(write_table(&whole, true, Some(&source), &mut out))
             };
             done.expect("written");
             let seen = seen.lock();

@@ -362,50 +362,40 @@ pub fn exit_code(report: &ScanReport, fail_on_orphans: bool) -> u8 {
     }
 }
 
-/// Writes the report to stdout as it is produced. A report scanned for a store holds only the non-healthy
-/// identities; with `--all` every verdict is read from the scan's working database `work` as it is
-/// written, however many there are (without one, or if it cannot be read, the report's own are listed).
+/// Writes the report to stdout as it is produced. A scan into a store leaves its verdicts in its working
+/// database `work`: the listed identities (the non-healthy ones, with `all` every one) are read from
+/// there as they are written, however many there are; otherwise they are the report's own. If the
+/// working database cannot be read, nothing is printed as if it were the whole report.
 async fn print_report(
     report: &ScanReport,
     output: Output,
     all: bool,
     work: Option<&WorkFile>,
 ) -> Result<(), WriteError> {
-    let verdicts = match work.filter(|_| all) {
-        Some(w) => match w.reopen().await {
-            Ok(db) => Some(db),
-            Err(e) => {
-                eprintln!("miaudit: could not read the scan's verdicts back: {e}");
-                None
-            }
-        },
+    let verdicts = match work {
+        Some(w) => Some(
+            w.reopen()
+                .await
+                .map_err(|e| WriteError::Read(e.to_string()))?,
+        ),
         None => None,
     };
     let mut out = stdout();
     match output {
         Output::Json => {
             let listed = match &verdicts {
-                Some(db) => read_back(db, &report.scan_id, None),
+                Some(db) => read_back(db, &report.scan_id, None, !all),
                 None => own_listed(report, all, None),
             };
             write_json(report, listed, &mut out).await?;
         }
-        Output::Table => {
-            let healthy = match &verdicts {
-                Some(db) => match db
-                    .count_results(&report.scan_id, Some(Verdict::Healthy))
-                    .await
-                {
-                    Ok(n) => Some((n, read_back(db, &report.scan_id, Some(Verdict::Healthy)))),
-                    Err(e) => {
-                        eprintln!("miaudit: could not read the scan's verdicts back: {e}");
-                        None
-                    }
-                },
-                None => None,
-            };
-            write_table(report, all, healthy, &mut out).await?;
-        }
+        Output::Table => match &verdicts {
+            Some(db) => {
+                let source = |v: Verdict| read_back(db, &report.scan_id, Some(v), false);
+                write_table(report, all, Some(&source), &mut out).await?;
+            }
+            None => write_table(report, all, None, &mut out).await?,
+        },
     }
     out.flush()?;
     if let Some(db) = verdicts {
@@ -414,9 +404,14 @@ async fn print_report(
     Ok(())
 }
 
-/// The scan's verdicts (all, or those of `verdict`) read back from its working database.
-fn read_back<'a>(db: &'a WorkStore, scan_id: &str, verdict: Option<Verdict>) -> Listed<'a> {
-    db.stream_results(scan_id, verdict)
+/// The scan's verdicts (all, of `verdict`, or the non-healthy ones) read back from its working database.
+fn read_back<'a>(
+    db: &'a WorkStore,
+    scan_id: &str,
+    verdict: Option<Verdict>,
+    non_healthy: bool,
+) -> Listed<'a> {
+    db.stream_results(scan_id, verdict, non_healthy)
         .map_err(|e| e.to_string())
         .boxed()
 }

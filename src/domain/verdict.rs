@@ -269,6 +269,15 @@ impl Summary {
         self.unknown += o.unknown;
     }
 
+    /// How many verdicts are `v`.
+    pub fn count(&self, v: Verdict) -> u64 {
+        match v {
+            Verdict::Healthy => self.healthy,
+            Verdict::Orphaned => self.orphaned,
+            Verdict::Unknown => self.unknown,
+        }
+    }
+
     pub fn add(&mut self, v: Verdict) {
         self.total += 1;
         match v {

@@ -193,7 +193,11 @@ impl Scanner {
             report.summary.merge(&tr.summary);
             report.tenants.push(tr);
         }
-        read_back_verdicts(&staging, &mut report, work.is_some()).await;
+        // A scan into a store leaves its verdicts in the working file it hands over (recording and the
+        // report on stdout read them from there as they go); a scan in memory puts them in the report.
+        if work.is_none() {
+            read_back_verdicts(&staging, &mut report).await;
+        }
         // Closed before recording attaches the file.
         staging.close().await;
         report.finished_at = Utc::now();
@@ -325,14 +329,11 @@ async fn open_working_database(
     }
 }
 
-/// The scan's verdicts, read back from its working database into the report: only the non-healthy ones
-/// when the working file goes to the store with the report, else all. Verdicts that were written but
-/// cannot be read back leave every tenant incomplete: nothing may be concluded from them.
-async fn read_back_verdicts(staging: &WorkStore, report: &mut ScanReport, non_healthy_only: bool) {
-    match staging
-        .staged_results(&report.scan_id, non_healthy_only)
-        .await
-    {
+/// Every verdict of a scan without a store, read back from its working database into the report.
+/// Verdicts that were written but cannot be read back leave every tenant incomplete: nothing may be
+/// concluded from them.
+async fn read_back_verdicts(staging: &WorkStore, report: &mut ScanReport) {
+    match staging.staged_results(&report.scan_id, false).await {
         Ok(f) => report.findings = f,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the scan's verdicts back");

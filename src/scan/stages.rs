@@ -424,6 +424,7 @@ impl Scanner {
             ctx.work.stage_results(ctx.scan_id, &findings).await?;
         }
         tr.identities = tr.summary.total;
+        tr.unjudged = failed;
         if failed > 0 {
             tr.complete = false;
             tr.errors

@@ -41,6 +41,7 @@ pub(super) fn report(scan_id: &str, complete: bool) -> ScanReport {
         complete,
         trigger: Trigger::Cli,
         tenants: vec![TenantReport {
+            unjudged: 0,
             summary: Summary::default(),
             arm_checks: 0,
             staging_failed: false,
@@ -111,6 +112,7 @@ pub(crate) fn scan(
         complete: inventory_complete,
         trigger: Trigger::Schedule,
         tenants: vec![TenantReport {
+            unjudged: 0,
             summary: Summary::default(),
             arm_checks: 0,
             staging_failed: false,

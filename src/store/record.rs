@@ -390,6 +390,7 @@ mod timing {
             complete: true,
             trigger: Trigger::Cli,
             tenants: vec![TenantReport {
+                unjudged: 0,
                 summary: Summary::default(),
                 arm_checks: 0,
                 staging_failed: false,

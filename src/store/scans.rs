@@ -147,6 +147,7 @@ impl Store {
             summary: Summary::default(),
             arm_checks: 0,
             staging_failed: false,
+            unjudged: 0,
             tenant_id: id(r, "tenant_id")?,
             complete: r.try_get("complete")?,
             inventory_complete: r.try_get("inventory_complete")?,

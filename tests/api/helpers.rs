@@ -112,6 +112,8 @@ pub fn rid(sub: &str, rg: &str, ns: &str, path: &str) -> String {
 pub struct Daemon {
     pub base: String,
     pub runner: std::sync::Arc<miaudit::scheduler::ScanRunner>,
+    /// The daemon's database, read to fill a scan's report with what it recorded.
+    database_url: String,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
 }
@@ -121,13 +123,25 @@ impl Daemon {
         format!("{}{path}", self.base)
     }
 
-    /// Runs a scan to its end, as the schedule would.
+    /// Runs a scan to its end, as the schedule would. The daemon's report holds no verdicts (they go
+    /// from the scan's working file to the store); the non-healthy ones it recorded are read back into
+    /// the report's findings, as `scan --output json` lists them.
     pub async fn scan(&self) -> ScanReport {
-        self.runner
+        let mut report = self
+            .runner
             .run_now(Trigger::Manual)
             .await
             .expect("no scan running")
-            .expect("scan finished")
+            .expect("scan finished");
+        if let Ok(store) = miaudit::store::Store::connect(&self.database_url).await
+            && let Ok(verdicts) = store.load_verdicts(&report.scan_id).await
+        {
+            report.findings = verdicts
+                .into_iter()
+                .filter(|f| f.verdict.as_str() != "healthy")
+                .collect();
+        }
+        report
     }
 
     pub async fn stop(mut self) {
@@ -155,6 +169,7 @@ impl TestEnv {
         }
         std::fs::write(&path, text).expect("config");
         let settings = Settings::load(Some(&path), &Default::default()).expect("valid");
+        let database_url = settings.database.url.clone();
         let app = miaudit::app::App::build(settings)
             .await
             .expect("app builds");
@@ -168,6 +183,7 @@ impl TestEnv {
         Daemon {
             base: format!("http://{addr}"),
             runner,
+            database_url,
             stop: Some(tx),
             task: Some(task),
         }

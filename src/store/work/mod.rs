@@ -412,19 +412,23 @@ impl WorkStore {
             .collect()
     }
 
-    /// The scan's verdicts (all, or those of `verdict`) in tenant and object order, as they are read:
-    /// a report of every identity, however many, without holding them.
+    /// The scan's verdicts (all, those of `verdict`, or with `non_healthy` the orphaned and unknown
+    /// ones) in tenant and object order, as they are read: a report of every identity, however many,
+    /// without holding them.
     pub fn stream_results(
         &self,
         scan_id: &str,
         verdict: Option<Verdict>,
+        non_healthy: bool,
     ) -> BoxStream<'_, Result<Finding, StoreError>> {
         sqlx::query(
             "select * from scan_results where scan_id = ?1 and (?2 is null or verdict = ?2)
+               and (?3 = 0 or verdict != 'healthy')
              order by tenant_id, object_key",
         )
         .bind(scan_id.to_owned())
         .bind(verdict.map(Verdict::as_str))
+        .bind(non_healthy)
         .fetch(&self.pool)
         .map(|r| finding_columns(&r?, "scan_results"))
         .boxed()
