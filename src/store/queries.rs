@@ -256,8 +256,10 @@ impl Store {
             .collect()
     }
 
-    /// Identities per verdict and tenant in the newest finished scan that covered each tenant (none for
-    /// a tenant whose newest scan's verdicts have expired).
+    /// Identities per verdict and tenant in the newest recorded scan that listed each tenant's inventory
+    /// to the end (none for a tenant whose verdicts of that scan have expired). As the scheduler
+    /// publishes them: a scan whose inventory was cut short lists only part of the tenant, and its
+    /// counts would read as fewer orphans than there are.
     pub async fn latest_verdict_counts(&self) -> Result<Vec<(TenantId, Verdict, u64)>, StoreError> {
         let rows = sqlx::query(
             // Each tenant's latest scan first; its verdicts are the tenant's current runs (a run is
@@ -265,8 +267,8 @@ impl Store {
             "with latest as (
                  select d.tenant_id,
                         (select s.seq from scan_tenants t join scans s on s.scan_id = t.scan_id
-                         where t.tenant_id = d.tenant_id and s.outcome != 'running'
-                         order by s.started_at desc limit 1) as seq
+                         where t.tenant_id = d.tenant_id and t.inventory_complete and s.seq is not null
+                         order by s.seq desc limit 1) as seq
                  from (select distinct tenant_id from scan_tenants) d),
              current as (
                  select f.tenant_id, f.verdict from latest l
