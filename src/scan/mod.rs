@@ -333,7 +333,8 @@ async fn open_working_database(
 /// Verdicts that were written but cannot be read back leave every tenant incomplete: nothing may be
 /// concluded from them.
 async fn read_back_verdicts(staging: &WorkStore, report: &mut ScanReport) {
-    match staging.staged_results(&report.scan_id, false).await {
+    let verdicts = staging.stream_results(&report.scan_id, None, false);
+    match futures::TryStreamExt::try_collect(verdicts).await {
         Ok(f) => report.findings = f,
         Err(e) => {
             tracing::error!(error = %e, "cannot read the scan's verdicts back");

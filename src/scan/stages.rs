@@ -47,6 +47,12 @@ impl Notes {
         self.errors.push(error);
     }
 
+    fn absorb(&mut self, other: Notes) {
+        self.incomplete |= other.incomplete;
+        self.errors.extend(other.errors);
+        self.arm_checks += other.arm_checks;
+    }
+
     fn into_report(self, tr: &mut TenantReport) {
         tr.complete &= !self.incomplete;
         tr.errors.extend(self.errors);
@@ -255,11 +261,8 @@ impl Scanner {
             self.confirm_candidates(ctx, arm, subs, false, &mut notes)
                 .await?;
         }
-        for n in [bulk_notes, early_notes] {
-            notes.incomplete |= n.incomplete;
-            notes.errors.extend(n.errors);
-            notes.arm_checks += n.arm_checks;
-        }
+        notes.absorb(bulk_notes);
+        notes.absorb(early_notes);
         Ok((subscriptions, notes))
     }
 

@@ -395,23 +395,6 @@ impl WorkStore {
         Ok(())
     }
 
-    /// Staged verdicts of a scan (all, or only the non-healthy ones), in tenant and object order.
-    pub async fn staged_results(
-        &self,
-        scan_id: &str,
-        non_healthy_only: bool,
-    ) -> Result<Vec<Finding>, StoreError> {
-        let sql = if non_healthy_only {
-            "select * from scan_results where scan_id = ? and verdict != 'healthy' order by tenant_id, object_key"
-        } else {
-            "select * from scan_results where scan_id = ? order by tenant_id, object_key"
-        };
-        let rows = sqlx::query(sql).bind(scan_id).fetch_all(&self.pool).await?;
-        rows.iter()
-            .map(|r| finding_columns(r, "scan_results"))
-            .collect()
-    }
-
     /// The scan's verdicts (all, those of `verdict`, or with `non_healthy` the orphaned and unknown
     /// ones) in tenant and object order, as they are read: a report of every identity, however many,
     /// without holding them.
@@ -432,22 +415,6 @@ impl WorkStore {
         .fetch(&self.pool)
         .map(|r| finding_columns(&r?, "scan_results"))
         .boxed()
-    }
-
-    /// How many verdicts the scan has (all, or of `verdict`).
-    pub async fn count_results(
-        &self,
-        scan_id: &str,
-        verdict: Option<Verdict>,
-    ) -> Result<u64, StoreError> {
-        let n: i64 = sqlx::query_scalar(
-            "select count(*) from scan_results where scan_id = ?1 and (?2 is null or verdict = ?2)",
-        )
-        .bind(scan_id)
-        .bind(verdict.map(Verdict::as_str))
-        .fetch_one(&self.pool)
-        .await?;
-        Ok(u64::try_from(n).unwrap_or(0))
     }
 }
 
