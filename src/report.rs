@@ -80,8 +80,8 @@ impl TenantReport {
 
 /// The result of one scan. Scanned without a store, `findings` holds every identity (the CLI filters
 /// healthy ones out unless `--all`). Scanned for a store, every verdict is in the scan's working
-/// database (the scanner hands its file over beside the report), which recording reads, and `findings`
-/// holds only the non-healthy ones (few, and what a report or a notification names).
+/// database (the scanner hands its file over beside the report), which recording and the printed report
+/// read as they go, and `findings` is empty: a tenant of unknowns would otherwise be held whole.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ScanReport {
     pub scan_id: String,

@@ -1,5 +1,5 @@
-//! A scan's working database file ([`WorkFile`]), beside the store's: no journal and no fsync (nothing
-//! in it has to survive a crash), no lock shared with the API's readers or the store's writers, no growth
+//! A scan's working database file ([`WorkFile`]), beside the store's: a rollback journal in memory and no
+//! fsync (nothing in it has to survive a crash), no lock shared with the API's readers or the store's writers, no growth
 //! of the store's write-ahead log, and cleanup is a file deletion. Recording attaches it.
 //!
 //! Working files are owner-only (0600), have a random part in their name, and are alive while their
