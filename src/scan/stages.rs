@@ -349,33 +349,35 @@ impl Scanner {
     ) -> Result<(), crate::store::StoreError> {
         let visible = |sub: &SubscriptionId| visibility(subscriptions, sub);
         let any_visible = subscriptions.and_then(|s| s.keys().next().cloned());
-        let mut after = String::new();
-        loop {
-            let chunk = ctx
-                .work
+        let started = std::time::Instant::now();
+        let candidates_after = |after: String| async move {
+            ctx.work
                 .candidates(ctx.scan_id, ctx.tenant, &after, must_check_only)
-                .await?;
-            let Some(last) = chunk.last() else { break };
-            after = last.object_id.to_string();
+                .await
+        };
+        let mut chunk = candidates_after(String::new()).await?;
+        while let Some(last) = chunk.last() {
+            let after = last.object_id.to_string();
             tracing::debug!(candidates = chunk.len(), "confirming candidates with ARM");
             notes.arm_checks += chunk.len() as u64;
             let tenant = ctx.tenant;
-            let checks: Vec<(Candidate, crate::arm::Check)> =
-                futures::stream::iter(chunk.into_iter().map(|c| {
-                    // The subscription whose providers API names the api-version: the resource's when
-                    // visible.
-                    let sub = match c.resource.subscription_id() {
-                        Some(s) if visible(s) == Some(true) => Some(s.clone()),
-                        _ => any_visible.clone(),
-                    };
-                    async move {
-                        let check = arm.check_resource(tenant, &c.resource, sub.as_ref()).await;
-                        (c, check)
-                    }
-                }))
-                .buffer_unordered(self.concurrency.max(1))
-                .collect()
-                .await;
+            // The next chunk is looked for (a walk through the staged identities) while ARM answers
+            // about this one.
+            let checks = futures::stream::iter(chunk.into_iter().map(|c| {
+                // The subscription whose providers API names the api-version: the resource's when
+                // visible.
+                let sub = match c.resource.subscription_id() {
+                    Some(s) if visible(s) == Some(true) => Some(s.clone()),
+                    _ => any_visible.clone(),
+                };
+                async move {
+                    let check = arm.check_resource(tenant, &c.resource, sub.as_ref()).await;
+                    (c, check)
+                }
+            }))
+            .buffer_unordered(self.concurrency.max(1))
+            .collect::<Vec<(Candidate, crate::arm::Check)>>();
+            let (checks, next) = futures::join!(checks, candidates_after(after));
             let rows: Vec<_> = checks
                 .iter()
                 .map(|(c, check)| Checked {
@@ -389,7 +391,14 @@ impl Scanner {
             ctx.work
                 .stage_checks(ctx.scan_id, ctx.tenant, &rows)
                 .await?;
+            chunk = next?;
         }
+        tracing::debug!(
+            must_check_only,
+            checks = notes.arm_checks,
+            seconds = started.elapsed().as_secs_f64(),
+            "candidates confirmed"
+        );
         Ok(())
     }
 
@@ -403,6 +412,7 @@ impl Scanner {
         let visible = |sub: &SubscriptionId| visibility(subscriptions, sub);
         let mut failed = 0u64;
         let mut after = String::new();
+        let started = std::time::Instant::now();
         loop {
             let chunk = ctx
                 .work
@@ -426,6 +436,11 @@ impl Scanner {
             }
             ctx.work.stage_results(ctx.scan_id, &findings).await?;
         }
+        tracing::debug!(
+            identities = tr.summary.total,
+            seconds = started.elapsed().as_secs_f64(),
+            "identities judged"
+        );
         tr.identities = tr.summary.total;
         tr.unjudged = failed;
         if failed > 0 {

@@ -117,12 +117,16 @@ async fn fault_schedules_never_produce_a_false_orphan() {
 
     let (mut false_orphans, mut failed_checks, mut answered, mut incomplete_scans) =
         (0u64, 0u64, 0u64, 0u64);
-    for seed in 0..schedules {
+    // First every kind alone, often enough that a scan meets it (so the check below that each was
+    // injected does not rest on chance), then `schedules` mixes of all kinds at varied rates.
+    let alone = all_kinds().into_iter().map(|kind| (300, vec![kind]));
+    let mixed = (0..schedules).map(|seed| (50 + (seed * 37) % 350, all_kinds()));
+    for (seed, (per_thousand, kinds)) in (0u64..).zip(alone.chain(mixed)) {
         env.sim.set_fault_plan(FaultPlan {
             seed,
-            per_thousand: 50 + (seed * 37) % 350,
+            per_thousand,
             apis: Api::ALL.to_vec(),
-            kinds: all_kinds(),
+            kinds,
         });
         let r = scan_guarded(&env, SCAN_LIMIT)
             .await
