@@ -14,6 +14,7 @@
 #![allow(clippy::result_large_err)]
 
 mod arm;
+mod credentials;
 mod faults;
 mod graph;
 pub mod hostile;
@@ -94,6 +95,27 @@ pub struct SimConfig {
     /// ARM read bucket per subscription (and one for tenant-level reads): capacity and refill per
     /// second. ARM-THR (2025): 250 tokens, 25 per second, per subscription, principal and region.
     pub arm_bucket: (f64, f64),
+    /// What the token endpoints accept besides the client secret ([`Credentials`]).
+    pub credentials: Credentials,
+}
+
+/// The credentials the simulated Entra accepts besides the app's client secret: a certificate
+/// registered on the app, a federated identity credential, and the managed identity endpoints.
+#[derive(Debug, Clone, Default)]
+pub struct Credentials {
+    /// The certificate registered on the app (PEM): client assertions must be signed by its key and
+    /// name it by thumbprint.
+    pub certificate_pem: Option<String>,
+    /// Its public key (PEM, `BEGIN PUBLIC KEY`), to verify signatures with.
+    pub public_key_pem: Option<String>,
+    /// The federated identity credential: the issuer and subject a workload identity's token must carry.
+    pub federated: Option<(String, String)>,
+    /// `X-IDENTITY-HEADER` the App Service identity endpoint (`/msi/token`) wants (`None`: not served).
+    pub identity_header: Option<String>,
+    /// The IMDS (`/metadata/identity/oauth2/token`) is served.
+    pub imds: bool,
+    /// Client ids of user-assigned identities attached to the simulated host (besides its system one).
+    pub user_assigned: Vec<String>,
 }
 
 impl Default for SimConfig {
@@ -110,6 +132,7 @@ impl Default for SimConfig {
             latency: Duration::ZERO,
             latencies: Latencies::ZERO,
             arm_bucket: (250.0, 25.0),
+            credentials: Credentials::default(),
         }
     }
 }
@@ -203,6 +226,8 @@ pub(crate) struct Inner {
     /// Emptied whenever the world changes.
     pub(crate) graph_index: Mutex<HashMap<Option<String>, Arc<Vec<usize>>>>,
     pub(crate) tokens: Mutex<HashMap<String, token::TokenInfo>>,
+    /// `jti` of every client assertion accepted (Entra refuses a replayed assertion).
+    pub(crate) assertions_seen: Mutex<std::collections::HashSet<String>>,
     pub(crate) arg_window: Mutex<(Instant, u32)>,
     pub(crate) base_url: String,
     /// Root of the decoy listener that plays "another host".
@@ -297,6 +322,7 @@ impl SimHandle {
             stats: Mutex::default(),
             graph_index: Mutex::default(),
             tokens: Mutex::new(HashMap::new()),
+            assertions_seen: Mutex::new(std::collections::HashSet::new()),
             arg_window: Mutex::new((Instant::now(), 0)),
             base_url: format!("http://{local}"),
             decoy_url: format!("http://{decoy_local}"),

@@ -2,12 +2,12 @@
 //! and apply the faults that change the answer on its way out.
 
 use crate::arm::arm_metered;
+use crate::credentials::token;
 use crate::faults::{ArmRoute, Fault, ReqInfo, fault_response, take_fault};
 use crate::graph::graph;
 use crate::resource_graph::resource_graph;
 use crate::respond::{arm_error, fxhash, graph_error, respond};
 use crate::stats::STATS_PATH;
-use crate::token::token;
 use crate::{Api, FOREIGN_LINK_MARKER, Inner, REDIRECT_TARGET_PREFIX, hostile, path};
 use axum::body::Body;
 use axum::http::request::Parts;
@@ -19,7 +19,11 @@ use std::sync::atomic::Ordering;
 
 fn classify_route(method: &Method, path: &str) -> Option<Api> {
     let lower = path.to_ascii_lowercase();
-    if method == Method::POST && lower.ends_with("/oauth2/v2.0/token") {
+    if method == Method::POST && lower.ends_with("/oauth2/v2.0/token")
+        || method == Method::GET
+            && (lower == crate::credentials::IMDS_PATH
+                || lower == crate::credentials::APP_SERVICE_PATH)
+    {
         Some(Api::Token)
     } else if lower.starts_with("/v1.0/") {
         Some(Api::Graph)
@@ -200,7 +204,7 @@ fn serve(
     let (method, headers) = (&parts.method, &parts.headers);
     let empty_page = matches!(fault, Some(Fault::EmptyPage));
     match api {
-        Api::Token => token(inner, path, bytes),
+        Api::Token => token(inner, path, query, headers, bytes),
         Api::Graph => graph(inner, method, path, query, headers, empty_page),
         Api::ResourceGraph => resource_graph(inner, method, query, headers, bytes, empty_page),
         Api::Arm => match fault {

@@ -1,5 +1,6 @@
-//! The Entra token endpoint (client-credentials grant) and the bearer-token check every other service
-//! makes.
+//! The Entra token endpoint (client-credentials grant: a client secret, a certificate's signed
+//! assertion, or a workload identity's federated token), the managed identity endpoints (IMDS and
+//! App Service), and the bearer-token check every other service makes.
 
 use crate::Inner;
 use crate::model::World;
@@ -23,36 +24,8 @@ pub(crate) enum Audience {
     Arm,
 }
 
-/// The client-credentials grant (CC doc): form body, one `.default` scope; AADSTS errors with
-/// `error`, `error_description`, `error_codes`, `timestamp`, `trace_id`, `correlation_id`.
-pub(crate) fn token(inner: &Inner, path: &str, body: &[u8]) -> Response {
-    let form: HashMap<String, String> = form_urlencoded::parse(body).into_owned().collect();
-    let tenant = path
-        .trim_start_matches('/')
-        .split('/')
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    let w = inner.world.read().expect("world lock");
-    if let Err(r) = check_client(&w, &tenant, &form) {
-        return r;
-    }
-    let scope = form.get("scope").map(String::as_str).unwrap_or("");
-    let Some(audience) = audience_of(scope) else {
-        return aad_error(
-            400,
-            "invalid_scope",
-            70011,
-            &format!(
-                "The provided request must include a 'scope' input parameter. The provided value for the input parameter 'scope' is not valid. The scope {scope} is not valid."
-            ),
-        );
-    };
-    issue(inner, &w, audience)
-}
-
 /// An AADSTS error answer.
-fn aad_error(status: u16, error: &str, code: u32, text: &str) -> Response {
+pub(crate) fn aad_error(status: u16, error: &str, code: u32, text: &str) -> Response {
     respond(
         status,
         vec![],
@@ -68,7 +41,11 @@ fn aad_error(status: u16, error: &str, code: u32, text: &str) -> Response {
 }
 
 /// The grant type, tenant, client id and secret, checked in Entra's order.
-fn check_client(w: &World, tenant: &str, form: &HashMap<String, String>) -> Result<(), Response> {
+pub(crate) fn check_client(
+    w: &World,
+    tenant: &str,
+    form: &HashMap<String, String>,
+) -> Result<(), Response> {
     if form.get("grant_type").map(String::as_str) != Some("client_credentials") {
         return Err(aad_error(
             400,
@@ -98,19 +75,14 @@ fn check_client(w: &World, tenant: &str, form: &HashMap<String, String>) -> Resu
             ),
         ));
     }
-    if form.get("client_secret") != Some(&w.client_secret) {
-        return Err(aad_error(
-            401,
-            "invalid_client",
-            7_000_215,
-            "Invalid client secret provided. Ensure the secret being sent in the request is the client secret value, not the client secret ID.",
-        ));
-    }
     Ok(())
 }
 
-/// The service a `.default` scope asks a token for (`None`: a scope Entra refuses here).
-fn audience_of(scope: &str) -> Option<Audience> {
+/// The service a `.default` scope (or a managed identity's `resource`) asks a token for (`None`: a
+/// scope Entra refuses here).
+pub(crate) fn audience_of(scope: &str) -> Option<Audience> {
+    let scope = scope.trim_end_matches("/.default").trim_end_matches('/');
+    let scope = &format!("{scope}/.default");
     if scope.ends_with("graph.microsoft.com/.default")
         || scope.ends_with("graph.microsoft.us/.default")
         || scope.ends_with("microsoftgraph.chinacloudapi.cn/.default")
@@ -129,7 +101,17 @@ fn audience_of(scope: &str) -> Option<Audience> {
 }
 
 /// Issues a token for `audience` and answers with it.
-fn issue(inner: &Inner, w: &World, audience: Audience) -> Response {
+pub(crate) fn issue(inner: &Inner, w: &World, audience: Audience) -> Response {
+    let (value, lifetime) = new_token(inner, w, audience);
+    respond(
+        200,
+        vec![],
+        &json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": value}),
+    )
+}
+
+/// A new access token for `audience` in the world's tenant, and its lifetime in seconds.
+pub(crate) fn new_token(inner: &Inner, w: &World, audience: Audience) -> (String, u64) {
     let lifetime = inner
         .config
         .read()
@@ -147,11 +129,7 @@ fn issue(inner: &Inner, w: &World, audience: Audience) -> Response {
             expires: Instant::now() + Duration::from_secs(lifetime),
         },
     );
-    respond(
-        200,
-        vec![],
-        &json!({"token_type": "Bearer", "expires_in": lifetime, "ext_expires_in": lifetime, "access_token": value}),
-    )
+    (value, lifetime)
 }
 
 /// Checks the bearer token; `Err` is the response the service gives.

@@ -9,6 +9,7 @@
 //! - `read`: the schema, the value parsers and one reader per section;
 //! - this file: the settings types and loading.
 
+mod auth;
 mod read;
 mod secrets;
 mod sections;
@@ -16,6 +17,10 @@ mod sections;
 mod tests;
 
 use crate::domain::TenantId;
+pub use auth::{
+    AuthMethod, AuthSettings, ClientCertificate, DEFAULT_IMDS, ManagedIdentityId,
+    ManagedIdentitySource,
+};
 use read::*;
 pub use read::{parse_duration, parse_size};
 pub use secrets::Secret;
@@ -42,6 +47,50 @@ pub enum Cloud {
 }
 
 impl Cloud {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Public => "public",
+            Self::UsGovernment => "usgovernment",
+            Self::China => "china",
+        }
+    }
+
+    /// The cloud whose host `url` names (authority, Graph or ARM, as in [`Cloud::endpoints`], and the
+    /// US Government's DoD Graph); `None` for any other host (a proxy, the simulator).
+    pub fn of_url(url: &str) -> Option<Self> {
+        let host = url::Url::parse(url.trim())
+            .ok()?
+            .host_str()?
+            .to_ascii_lowercase();
+        let under = |suffix: &str| host == suffix || host.ends_with(&format!(".{suffix}"));
+        if [
+            "login.microsoftonline.com",
+            "graph.microsoft.com",
+            "management.azure.com",
+            "management.core.windows.net",
+        ]
+        .iter()
+        .any(|h| under(h))
+        {
+            Some(Self::Public)
+        } else if [
+            "login.microsoftonline.us",
+            "graph.microsoft.us",
+            "dod-graph.microsoft.us",
+            "management.usgovcloudapi.net",
+            "management.core.usgovcloudapi.net",
+        ]
+        .iter()
+        .any(|h| under(h))
+        {
+            Some(Self::UsGovernment)
+        } else if under("chinacloudapi.cn") {
+            Some(Self::China)
+        } else {
+            None
+        }
+    }
+
     /// Authority host, Graph root and ARM root of each national cloud (G-NAT; docs/azure-behaviour.md §6d).
     pub fn endpoints(self) -> (&'static str, &'static str, &'static str) {
         match self {
@@ -74,26 +123,12 @@ pub struct AzureSettings {
     pub arm_scope: String,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AuthMethod {
-    ClientSecret,
-    ClientCertificate,
-    WorkloadIdentity,
-    ManagedIdentity,
-    AzureCli,
-}
-
-#[derive(Debug, Clone)]
-pub struct AuthSettings {
-    pub method: AuthMethod,
-    pub client_id: Option<String>,
-    pub client_secret: Option<Secret>,
-}
-
 #[derive(Debug, Clone)]
 pub struct TenantSettings {
     pub id: TenantId,
     pub name: Option<String>,
+    /// `[tenants.auth]`: replaces `[auth]` whole for this tenant.
+    pub auth: Option<AuthSettings>,
 }
 
 /// Default of `[database] retain_scans`.
@@ -228,8 +263,8 @@ impl Settings {
         let mut url_errors = Vec::new();
         let settings = Self {
             azure: read_azure(&mut r, env, &mut url_errors),
-            auth: read_auth(&mut r, env, &mut secrets),
-            tenants: read_tenants(&mut r, env),
+            auth: auth::read_auth(&mut r, env, &mut secrets, "auth"),
+            tenants: read_tenants(&mut r, env, &mut secrets),
             database: read_database(&mut r),
             http: read_http(&mut r),
             schedule: read_schedule(&mut r),
@@ -252,17 +287,28 @@ impl Settings {
         if self.tenants.is_empty() {
             errors.push("tenants: no tenant configured (add [[tenants]] id = \"...\" or set AZURE_TENANT_ID)".into());
         }
-        if self.auth.client_id.is_none() {
-            errors.push("auth.client_id: missing (or set AZURE_CLIENT_ID)".into());
+        if self.tenants.iter().any(|t| t.auth.is_none()) {
+            errors.extend(self.auth.missing("auth"));
         }
-        if self.auth.client_secret.is_none() {
-            errors.push("auth.client_secret: missing (set AZURE_CLIENT_SECRET, auth.client_secret_file or auth.client_secret)".into());
+        for (n, t) in self.tenants.iter().enumerate() {
+            if let Some(a) = &t.auth {
+                errors.extend(a.missing(&format!("tenants[{n}].auth")));
+            }
         }
         if errors.is_empty() {
             Ok(())
         } else {
             Err(ConfigError(errors))
         }
+    }
+
+    /// The credential settings a tenant's tokens are requested with: its own, else `[auth]`.
+    pub fn auth_for(&self, tenant: &TenantId) -> &AuthSettings {
+        self.tenants
+            .iter()
+            .find(|t| &t.id == tenant)
+            .and_then(|t| t.auth.as_ref())
+            .unwrap_or(&self.auth)
     }
 
     pub fn tenant_ids(&self) -> Vec<TenantId> {

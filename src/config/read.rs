@@ -4,6 +4,21 @@
 use super::secrets::shown;
 use super::*;
 
+/// The keys of `[auth]` (and of `[tenants.auth]`).
+pub(super) const AUTH_KEYS: &[&str] = &[
+    "method",
+    "client_id",
+    "client_secret",
+    "client_secret_file",
+    "certificate_path",
+    "private_key_path",
+    "send_certificate_chain",
+    "federated_token_file",
+    "imds_endpoint",
+    "object_id",
+    "mi_res_id",
+];
+
 /// Known sections and keys. `tenants` is an array of tables with `id` and `name`.
 pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     (
@@ -17,10 +32,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
             "arm_scope",
         ],
     ),
-    (
-        "auth",
-        &["method", "client_id", "client_secret", "client_secret_file"],
-    ),
+    ("auth", AUTH_KEYS),
     ("database", &["url", "retain_scans"]),
     (
         "http",
@@ -267,8 +279,26 @@ pub(super) fn unknown_keys(root: &toml::Table) -> Vec<String> {
                     for (n, t) in items.iter().enumerate() {
                         match t.as_table() {
                             Some(t) => {
-                                for k in t.keys().filter(|k| *k != "id" && *k != "name") {
+                                for k in t
+                                    .keys()
+                                    .filter(|k| !["id", "name", "auth"].contains(&k.as_str()))
+                                {
                                     errors.push(format!("tenants[{n}].{k}: unknown key"));
+                                }
+                                match t.get("auth").map(toml::Value::as_table) {
+                                    Some(Some(a)) => {
+                                        for k in
+                                            a.keys().filter(|k| !AUTH_KEYS.contains(&k.as_str()))
+                                        {
+                                            errors.push(format!(
+                                                "tenants[{n}].auth.{k}: unknown key"
+                                            ));
+                                        }
+                                    }
+                                    Some(None) => {
+                                        errors.push(format!("tenants[{n}].auth: expected a table"))
+                                    }
+                                    None => {}
                                 }
                             }
                             None => errors.push(format!("tenants[{n}]: expected a table")),

@@ -30,7 +30,7 @@ impl std::fmt::Debug for Secret {
 pub(super) const SECRET_KEYS: &[(&str, &str)] = &[("auth", "client_secret"), ("http", "api_token")];
 
 /// Environment variables that carry a secret besides the `MIAUDIT_` overrides of [`SECRET_KEYS`].
-pub(super) const SECRET_ENV: &[&str] = &["AZURE_CLIENT_SECRET"];
+pub(super) const SECRET_ENV: &[&str] = &["AZURE_CLIENT_SECRET", "IDENTITY_HEADER"];
 
 /// Secrets shorter than this are not scrubbed out of messages: replacing every "t" of a message would
 /// make it unreadable, and such a value protects nothing anyway.
@@ -159,5 +159,13 @@ pub(super) fn configured_secrets(root: &toml::Table, env: &Env) -> Vec<String> {
             secrets.push(v.to_owned());
         }
     }
+    // Each tenant's own client secret.
+    let tenant_secrets = root
+        .get("tenants")
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|t| t.get("auth")?.get("client_secret")?.as_str());
+    secrets.extend(tenant_secrets.map(str::to_owned));
     secrets
 }

@@ -11,7 +11,12 @@ pub(super) fn read_azure(
 ) -> AzureSettings {
     // [azure]
     let cloud = match r.string("azure", "cloud").as_deref() {
-        None | Some("public") => Cloud::Public,
+        // Unset: the cloud AZURE_AUTHORITY_HOST names (AKS sets it), else the public one.
+        None => env
+            .get("AZURE_AUTHORITY_HOST")
+            .and_then(|h| Cloud::of_url(h))
+            .unwrap_or(Cloud::Public),
+        Some("public") => Cloud::Public,
         Some("usgovernment") => Cloud::UsGovernment,
         Some("china") => Cloud::China,
         Some(other) => {
@@ -38,6 +43,24 @@ pub(super) fn read_azure(
     let arm_scope = r
         .string("azure", "arm_scope")
         .unwrap_or_else(|| format!("{d_arm}/.default"));
+    // A token is good for one cloud only (G-NAT): never send one cloud's token to another's endpoint.
+    let known = [
+        ("azure.authority_host", authority.as_str()),
+        ("azure.graph_endpoint", graph.as_str()),
+        ("azure.arm_endpoint", arm.as_str()),
+        ("azure.graph_scope", graph_scope.as_str()),
+        ("azure.arm_scope", arm_scope.as_str()),
+    ];
+    for (key, value) in known {
+        if let Some(other) = Cloud::of_url(value).filter(|c| *c != cloud) {
+            r.errors.push(format!(
+                "{key}: {value:?} belongs to the {} cloud, but azure.cloud is {}: tokens of one cloud are not sent to another's endpoints (set azure.cloud = \"{}\", or leave the endpoints to it)",
+                other.as_str(),
+                cloud.as_str(),
+                other.as_str()
+            ));
+        }
+    }
     AzureSettings {
         cloud,
         authority_host: check_endpoint("azure.authority_host", &authority, url_errors),
@@ -48,81 +71,47 @@ pub(super) fn read_azure(
     }
 }
 
-/// `[auth]`: the method, the client id and the client secret (inline, from a file, or the environment);
-/// a secret read from a file joins `secrets`.
-pub(super) fn read_auth(r: &mut Reader<'_>, env: &Env, secrets: &mut Vec<String>) -> AuthSettings {
-    // [auth]
-    let method = match r.string("auth", "method").as_deref() {
-        None | Some("client_secret") => AuthMethod::ClientSecret,
-        Some("client_certificate") => AuthMethod::ClientCertificate,
-        Some("workload_identity") => AuthMethod::WorkloadIdentity,
-        Some("managed_identity") => AuthMethod::ManagedIdentity,
-        Some("azure_cli") => AuthMethod::AzureCli,
-        Some(other) => {
-            r.errors.push(format!("auth.method: {other:?} is not one of client_secret, client_certificate, workload_identity, managed_identity, azure_cli"));
-            AuthMethod::ClientSecret
-        }
-    };
-    if method != AuthMethod::ClientSecret {
-        r.errors
-            .push("auth.method: only \"client_secret\" is implemented in this version".into());
-    }
-    let client_id = r
-        .string("auth", "client_id")
-        .or_else(|| env.get("AZURE_CLIENT_ID").cloned())
-        .filter(|s| !s.trim().is_empty());
-    let inline = r.string("auth", "client_secret");
-    let file = r.string("auth", "client_secret_file");
-    if inline.is_some() && file.is_some() {
-        r.errors.push(
-            "auth.client_secret_file: set either client_secret or client_secret_file, not both"
-                .into(),
-        );
-    }
-    let from_file = file.and_then(|f| match std::fs::read_to_string(&f) {
-        Ok(s) => {
-            let s = s.trim_end_matches(['\r', '\n']).to_owned();
-            secrets.push(s.clone());
-            Some(s)
-        }
-        Err(e) => {
-            r.errors.push(format!(
-                "auth.client_secret_file: cannot read the file it names: {e}"
-            ));
-            None
-        }
-    });
-    let client_secret = inline
-        .or(from_file)
-        .or_else(|| env.get("AZURE_CLIENT_SECRET").cloned())
-        .filter(|s| !s.is_empty())
-        .map(Secret::new);
-
-    AuthSettings {
-        method,
-        client_id,
-        client_secret,
-    }
-}
-
 /// `[[tenants]]` (or `AZURE_TENANT_ID` when none is listed), each once.
-pub(super) fn read_tenants(r: &mut Reader<'_>, env: &Env) -> Vec<TenantSettings> {
+pub(super) fn read_tenants(
+    r: &mut Reader<'_>,
+    env: &Env,
+    secrets: &mut Vec<String>,
+) -> Vec<TenantSettings> {
     // Each with where it was configured (for error messages).
     let mut tenants: Vec<(String, TenantSettings)> = Vec::new();
     if let Some(items) = r.root.get("tenants").and_then(toml::Value::as_array) {
         for (n, t) in items.iter().enumerate() {
             let Some(t) = t.as_table() else { continue };
             match t.get("id").and_then(toml::Value::as_str) {
-                Some(id) if is_tenant_id(id) => tenants.push((
-                    format!("tenants[{n}]"),
-                    TenantSettings {
-                        id: TenantId::new(id),
-                        name: t
-                            .get("name")
-                            .and_then(toml::Value::as_str)
-                            .map(str::to_owned),
-                    },
-                )),
+                Some(id) if is_tenant_id(id) => {
+                    let auth = t.get("auth").map(|a| {
+                        // The tenant's own table, read as `[auth]` is, its problems named after it.
+                        let root = toml::Table::from_iter([("auth".to_owned(), a.clone())]);
+                        let mut own = Reader {
+                            root: &root,
+                            errors: Vec::new(),
+                        };
+                        let settings = super::auth::read_auth(
+                            &mut own,
+                            env,
+                            secrets,
+                            &format!("tenants[{n}].auth"),
+                        );
+                        r.errors.extend(own.errors);
+                        settings
+                    });
+                    tenants.push((
+                        format!("tenants[{n}]"),
+                        TenantSettings {
+                            id: TenantId::new(id),
+                            name: t
+                                .get("name")
+                                .and_then(toml::Value::as_str)
+                                .map(str::to_owned),
+                            auth,
+                        },
+                    ));
+                }
                 Some(id) => r.errors.push(format!(
                     "tenants[{n}].id: {id:?} is not a tenant id (a GUID or a domain name)"
                 )),
@@ -139,6 +128,7 @@ pub(super) fn read_tenants(r: &mut Reader<'_>, env: &Env) -> Vec<TenantSettings>
                 TenantSettings {
                     id: TenantId::new(id),
                     name: None,
+                    auth: None,
                 },
             ));
         } else {

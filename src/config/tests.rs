@@ -105,10 +105,171 @@ fn secret_file_is_read_and_trimmed() {
 }
 
 #[test]
-fn unimplemented_auth_methods_are_refused() {
-    let f = file("[auth]\nmethod = \"managed_identity\"\n");
+fn an_unknown_auth_method_is_refused_naming_the_known_ones() {
+    let f = file("[auth]\nmethod = \"password\"\n");
     let err = Settings::load(Some(f.path()), &Env::new()).expect_err("refused");
-    assert!(err.0[0].starts_with("auth.method"));
+    assert!(err.0[0].starts_with("auth.method"), "{err}");
+    assert!(
+        err.0[0].contains("workload_identity, managed_identity, azure_cli"),
+        "{err}"
+    );
+}
+
+const TENANT_LINE: &str = "[[tenants]]\nid = \"00000000-0000-0000-0000-000000000001\"\n";
+
+#[test]
+fn without_a_method_the_choice_is_automatic_and_needs_nothing_up_front() {
+    let f = file(TENANT_LINE);
+    let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+    assert_eq!(s.auth.method, AuthMethod::Auto);
+    assert!(s.check_scan_ready().is_ok());
+    assert_eq!(s.auth.managed_identity.imds(), Some(DEFAULT_IMDS));
+}
+
+#[test]
+fn each_method_says_what_it_lacks() {
+    for (method, lacks) in [
+        ("client_secret", "auth.client_secret: missing"),
+        ("client_certificate", "auth.certificate_path: missing"),
+        ("workload_identity", "auth.federated_token_file: missing"),
+    ] {
+        let f = file(&format!(
+            "[auth]\nmethod = \"{method}\"\nclient_id = \"c\"\n{TENANT_LINE}"
+        ));
+        let s = Settings::load(Some(f.path()), &Env::new()).expect("valid file");
+        let err = s.check_scan_ready().expect_err(method);
+        assert!(
+            err.0.iter().any(|e| e.starts_with(lacks)),
+            "{method}: {err}"
+        );
+    }
+    for method in ["managed_identity", "azure_cli"] {
+        let f = file(&format!("[auth]\nmethod = \"{method}\"\n{TENANT_LINE}"));
+        let s = Settings::load(Some(f.path()), &Env::new()).expect("valid file");
+        assert!(s.check_scan_ready().is_ok(), "{method}");
+    }
+}
+
+#[test]
+fn the_sdk_variables_fill_what_the_file_leaves_unset() {
+    let env: Env = [
+        ("AZURE_CLIENT_ID", "cid"),
+        (
+            "AZURE_FEDERATED_TOKEN_FILE",
+            "/var/run/secrets/azure/tokens/azure-identity-token",
+        ),
+        (
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST",
+            "http://127.0.0.1:8080/",
+        ),
+        ("AZURE_AUTHORITY_HOST", "https://login.microsoftonline.us/"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let f = file("[auth]\nmethod = \"workload_identity\"\n");
+    let s = Settings::load(Some(f.path()), &env).expect("valid");
+    assert_eq!(s.auth.client_id.as_deref(), Some("cid"));
+    assert_eq!(
+        s.auth.federated_token_file.as_deref(),
+        Some(std::path::Path::new(
+            "/var/run/secrets/azure/tokens/azure-identity-token"
+        ))
+    );
+    assert_eq!(
+        s.auth.managed_identity.imds(),
+        Some("http://127.0.0.1:8080")
+    );
+    assert_eq!(s.azure.authority_host, "https://login.microsoftonline.us");
+    // ... and the cloud it names, when the file names none.
+    assert_eq!(s.azure.cloud, Cloud::UsGovernment);
+    assert_eq!(s.azure.graph_endpoint, "https://graph.microsoft.us");
+    // The file's authority host wins over the variable.
+    let f =
+        file("[azure]\ncloud = \"china\"\nauthority_host = \"https://login.chinacloudapi.cn\"\n");
+    let s = Settings::load(Some(f.path()), &env).expect("valid");
+    assert_eq!(s.azure.authority_host, "https://login.chinacloudapi.cn");
+}
+
+#[test]
+fn app_service_variables_choose_its_endpoint_and_its_header_is_a_secret() {
+    let env: Env = [
+        ("IDENTITY_ENDPOINT", "http://127.0.0.1:41741/msi/token"),
+        ("IDENTITY_HEADER", "header-secret-value"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let f = file(
+        "[auth]\nmethod = \"managed_identity\"\nobject_id = \"oid\"\nbogus = \"header-secret-value\"\n",
+    );
+    let err = Settings::load(Some(f.path()), &env).expect_err("unknown key");
+    assert!(!err.to_string().contains("header-secret-value"), "{err}");
+    let f = file("[auth]\nmethod = \"managed_identity\"\nobject_id = \"oid\"\n");
+    let s = Settings::load(Some(f.path()), &env).expect("valid");
+    assert!(matches!(
+        &s.auth.managed_identity,
+        ManagedIdentitySource::AppService { endpoint, .. } if endpoint == "http://127.0.0.1:41741/msi/token"
+    ));
+    assert_eq!(
+        s.auth.managed_identity_id,
+        ManagedIdentityId::ObjectId("oid".into())
+    );
+    assert!(!format!("{:?}", s.auth).contains("header-secret-value"));
+}
+
+#[test]
+fn a_tenant_may_bring_its_own_credential() {
+    let f = file(
+        "[auth]\nclient_id = \"shared\"\nclient_secret = \"shared-secret\"\n\
+         [[tenants]]\nid = \"00000000-0000-0000-0000-000000000001\"\n\
+         [[tenants]]\nid = \"00000000-0000-0000-0000-000000000002\"\n\
+         [tenants.auth]\nmethod = \"azure_cli\"\n",
+    );
+    let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+    assert!(s.tenants[0].auth.is_none());
+    assert_eq!(s.auth_for(&s.tenants[0].id).method, AuthMethod::Auto);
+    assert_eq!(s.auth_for(&s.tenants[1].id).method, AuthMethod::AzureCli);
+    let f = file(
+        "[[tenants]]\nid = \"00000000-0000-0000-0000-000000000002\"\n\
+         [tenants.auth]\nmethod = \"client_secret\"\nclient_secret = \"tenant-secret-1\"\nclent_id = \"x\"\n",
+    );
+    let err = Settings::load(Some(f.path()), &Env::new()).expect_err("typo");
+    assert!(
+        err.0
+            .iter()
+            .any(|e| e == "tenants[0].auth.clent_id: unknown key"),
+        "{err}"
+    );
+    let f = file(
+        "[[tenants]]\nid = \"00000000-0000-0000-0000-000000000002\"\n\
+         [tenants.auth]\nmethod = \"client_secret\"\nclient_secret = \"tenant-secret-1\"\n",
+    );
+    let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+    let err = s.check_scan_ready().expect_err("no client id");
+    assert!(
+        err.0
+            .iter()
+            .any(|e| e.starts_with("tenants[0].auth.client_id: missing")),
+        "{err}"
+    );
+    assert!(!format!("{err} {:?}", s.tenants).contains("tenant-secret-1"));
+}
+
+#[test]
+fn a_certificate_file_is_checked_when_the_configuration_is_read() {
+    let dir = tempfile::tempdir().expect("dir");
+    let not_pem = dir.path().join("cert.pfx");
+    std::fs::write(&not_pem, [0x30u8, 0x82, 0x01]).expect("file");
+    let f = file(&format!(
+        "[auth]\nmethod = \"client_certificate\"\ncertificate_path = \"{}\"\n",
+        not_pem.display()
+    ));
+    let err = Settings::load(Some(f.path()), &Env::new()).expect_err("not PEM");
+    assert!(
+        err.0[0].starts_with("auth.certificate_path:") && err.0[0].contains("PKCS#12"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -404,4 +565,55 @@ fn tenant_ids_are_guids_or_domains() {
     assert!(is_tenant_id("contoso.onmicrosoft.com"));
     assert!(!is_tenant_id("not a tenant"));
     assert!(!is_tenant_id("../etc"));
+}
+
+#[test]
+fn each_cloud_preset_picks_its_endpoints_and_audiences() {
+    for (cloud, authority, graph, arm) in [
+        (
+            "public",
+            "https://login.microsoftonline.com",
+            "https://graph.microsoft.com",
+            "https://management.azure.com",
+        ),
+        (
+            "usgovernment",
+            "https://login.microsoftonline.us",
+            "https://graph.microsoft.us",
+            "https://management.usgovcloudapi.net",
+        ),
+        (
+            "china",
+            "https://login.chinacloudapi.cn",
+            "https://microsoftgraph.chinacloudapi.cn",
+            "https://management.chinacloudapi.cn",
+        ),
+    ] {
+        let f = file(&format!("[azure]\ncloud = \"{cloud}\"\n"));
+        let s = Settings::load(Some(f.path()), &Env::new()).expect(cloud);
+        assert_eq!(s.azure.authority_host, authority, "{cloud}");
+        assert_eq!(s.azure.graph_endpoint, graph, "{cloud}");
+        assert_eq!(s.azure.arm_endpoint, arm, "{cloud}");
+        assert_eq!(s.azure.graph_scope, format!("{graph}/.default"), "{cloud}");
+        assert_eq!(s.azure.arm_scope, format!("{arm}/.default"), "{cloud}");
+    }
+}
+
+#[test]
+fn a_token_of_one_cloud_is_never_meant_for_another_clouds_endpoint() {
+    let f = file(
+        "[azure]\ncloud = \"usgovernment\"\ngraph_endpoint = \"https://graph.microsoft.com\"\n",
+    );
+    let err = Settings::load(Some(f.path()), &Env::new()).expect_err("mixed clouds");
+    assert!(
+        err.0
+            .iter()
+            .any(|e| e.starts_with("azure.graph_endpoint:") && e.contains("public cloud")),
+        "{err}"
+    );
+    let f = file("[azure]\narm_scope = \"https://management.chinacloudapi.cn/.default\"\n");
+    assert!(Settings::load(Some(f.path()), &Env::new()).is_err());
+    // A proxy or a simulator is no cloud's host: allowed.
+    let f = file("[azure]\ncloud = \"china\"\ngraph_endpoint = \"http://127.0.0.1:8080\"\n");
+    assert!(Settings::load(Some(f.path()), &Env::new()).is_ok());
 }

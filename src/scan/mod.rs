@@ -51,8 +51,9 @@ pub struct Scanner {
     client: reqwest::Client,
     policy: RetryPolicy,
     authority_host: String,
-    client_id: String,
-    secret: crate::config::Secret,
+    /// `[auth]`, and the tenants with a `[tenants.auth]` of their own.
+    auth: crate::config::AuthSettings,
+    tenant_auth: HashMap<TenantId, crate::config::AuthSettings>,
     graph_endpoint: String,
     arm_endpoint: String,
     graph_scope: String,
@@ -91,17 +92,16 @@ impl Scanner {
             max_server_wait: settings.scan.max_server_wait,
             max_response_bytes: settings.scan.max_response_bytes,
         };
-        let auth = &settings.auth;
-        let secret = auth
-            .client_secret
-            .clone()
-            .ok_or_else(|| anyhow::anyhow!("auth.client_secret: no client secret configured"))?;
         Ok(Self {
             client,
             policy,
             authority_host: settings.azure.authority_host.clone(),
-            client_id: auth.client_id.clone().unwrap_or_default(),
-            secret,
+            auth: settings.auth.clone(),
+            tenant_auth: settings
+                .tenants
+                .iter()
+                .filter_map(|t| Some((t.id.clone(), t.auth.clone()?)))
+                .collect(),
             graph_endpoint: settings.azure.graph_endpoint.clone(),
             arm_endpoint: settings.azure.arm_endpoint.clone(),
             graph_scope: settings.azure.graph_scope.clone(),
@@ -128,8 +128,7 @@ impl Scanner {
                 let tokens = Arc::new(TokenProvider::new(
                     transport.clone(),
                     &self.authority_host,
-                    self.client_id.clone(),
-                    self.secret.clone(),
+                    self.tenant_auth.get(tenant).unwrap_or(&self.auth),
                 ));
                 let http = AzureHttp::new(
                     transport,

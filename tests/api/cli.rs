@@ -205,10 +205,23 @@ async fn bad_configuration_exits_2_naming_every_key() {
     assert_eq!(missing.code, 2);
     assert!(missing.stderr.contains("/nonexistent/miaudit.toml"));
 
-    let no_creds = miaudit(&["scan"], &[]).await;
+    // Without a method the credential is chosen when tokens are first asked for: only the tenant is
+    // missing up front. A method that needs a secret names it.
+    let no_tenant = miaudit(&["scan"], &[]).await;
+    assert_eq!(no_tenant.code, 2);
+    assert!(no_tenant.stderr.contains("tenants"), "{}", no_tenant.stderr);
+    let no_creds = miaudit(
+        &["scan"],
+        &[
+            ("AZURE_TENANT_ID", TENANT),
+            ("MIAUDIT_AUTH__METHOD", "client_secret"),
+        ],
+    )
+    .await;
     assert_eq!(no_creds.code, 2);
     assert!(
-        no_creds.stderr.contains("tenants") && no_creds.stderr.contains("auth.client_secret"),
+        no_creds.stderr.contains("auth.client_id")
+            && no_creds.stderr.contains("auth.client_secret"),
         "{}",
         no_creds.stderr
     );

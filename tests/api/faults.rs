@@ -248,10 +248,12 @@ async fn a_wrong_secret_is_one_clear_error_without_the_secret() {
         "{err}"
     );
     assert!(!err.contains("a-wrong-secret"));
-    assert_eq!(
-        env.sim.requests(Api::Token),
-        1,
-        "credential errors are not retried"
+    // One request per audience at most (Graph's and ARM's are asked side by side): a refusal is not
+    // retried.
+    let tokens = env.sim.requests(Api::Token);
+    assert!(
+        (1..=2).contains(&tokens),
+        "credential errors are not retried: {tokens} token requests"
     );
 }
 
@@ -287,7 +289,8 @@ async fn tenants_are_scanned_side_by_side_and_one_failing_does_not_touch_the_oth
     );
     assert!(!r.complete);
     assert_eq!(r.tenants[0].requests["token"].requests, 2);
-    assert_eq!(r.tenants[1].requests["token"].requests, 1);
+    // Refused: one request per audience at most, none retried.
+    assert!((1..=2).contains(&r.tenants[1].requests["token"].requests));
 }
 
 #[tokio::test]

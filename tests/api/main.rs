@@ -4,6 +4,7 @@
 mod architecture;
 mod cli;
 mod crash;
+mod credentials;
 mod cry_wolf;
 mod daemon;
 mod exposure;

@@ -1,14 +1,18 @@
-//! Token credentials. This version speaks the client-credentials grant with a client secret
-//! (`POST {authority}/{tenant}/oauth2/v2.0/token`, form-encoded, one scope per request: CC doc,
-//! docs/azure-behaviour.md §6a), caches one token per (tenant, scope) until shortly before `expires_in`, and is
-//! told by the HTTP policy to drop a token that ARM or Graph rejected.
+//! Tokens: one cache per tenant's credential, in front of the credential kinds of [`credential`].
 //!
-//! Written over reqwest rather than with `azure_identity`: that crate rejects non-https authority hosts
-//! and hard-codes the IMDS address, so it cannot be pointed at the simulator (docs/azure-behaviour.md §8).
+//! The cache holds one token per (tenant, scope): a scan asks the token endpoint once per tenant and
+//! audience while the token lives. It refreshes ahead of expiry (five minutes, or half the lifetime of a
+//! shorter-lived token), one request at a time per key (callers that find it refreshing wait for that
+//! refresh: single flight), and keeps using a token that is still valid when a refresh fails. The HTTP
+//! policy drops a token that ARM or Graph rejected. Tokens, secrets and assertions are never logged.
 
-use super::transport::{Handled, Transport};
-use super::{Api, AzureError};
-use crate::config::Secret;
+mod assertion;
+mod credential;
+
+use super::AzureError;
+use super::transport::Transport;
+use crate::config::{AuthMethod, AuthSettings};
+use credential::{Credential, CredentialError, Skipped};
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -33,21 +37,30 @@ impl std::fmt::Debug for AccessToken {
 /// Refresh this long before expiry; Microsoft's SDKs use five minutes (RUST `azure_identity` cache).
 const REFRESH_MARGIN: Duration = Duration::from_secs(300);
 
+/// After a failed refresh of a still-valid token, wait this long (at most) before trying again.
+const RETRY_REFRESH: Duration = Duration::from_secs(30);
+
 struct Cached {
     token: AccessToken,
     refresh_at: Instant,
+    expires_at: Instant,
 }
 
-/// Acquires and caches tokens for the configured application.
+type Key = (String, String);
+
+/// Acquires and caches tokens for one tenant's credential.
 pub struct TokenProvider {
     /// The same retry loop as every other Azure call.
     transport: Transport,
     authority_host: String,
-    client_id: String,
-    secret: Secret,
-    cache: Mutex<HashMap<(String, String), Cached>>,
-    /// One token request at a time per provider, so a burst of callers with a cold cache makes one request.
-    fetch: tokio::sync::Mutex<()>,
+    /// The credential, or with `auto` the candidates in order; or why none could be made.
+    candidates: Result<Vec<Credential>, String>,
+    skipped: Vec<Skipped>,
+    /// The candidate that gave a token (fixed from then on).
+    chosen: std::sync::OnceLock<usize>,
+    cache: Mutex<HashMap<Key, Cached>>,
+    /// One token request at a time per key: callers that find a refresh under way wait for it.
+    flights: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -56,6 +69,32 @@ struct TokenResponse {
     /// Seconds; Entra sends a number, some endpoints a string (IMDS, docs/azure-behaviour.md §6b).
     #[serde(default, deserialize_with = "lifetime")]
     expires_in: Option<u64>,
+    /// Epoch seconds, as a number or a string: what the App Service endpoint sends instead of
+    /// `expires_in` (docs/azure-behaviour.md §6b).
+    #[serde(default)]
+    expires_on: Option<serde_json::Value>,
+}
+
+impl TokenResponse {
+    /// The lifetime in seconds: `expires_in`, else `expires_on` from now, else Entra's usual hour.
+    fn lifetime(&self) -> u64 {
+        self.expires_in
+            .or_else(|| {
+                let at = epoch_seconds(self.expires_on.as_ref()?)?;
+                Some(u64::try_from(at - chrono::Utc::now().timestamp()).unwrap_or(0))
+            })
+            .unwrap_or(3599)
+            .min(MAX_LIFETIME_SECS)
+    }
+}
+
+/// Epoch seconds as a JSON number or a string of digits.
+fn epoch_seconds(v: &serde_json::Value) -> Option<i64> {
+    match v {
+        serde_json::Value::Number(n) => n.as_i64(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
 }
 
 /// The longest a token is cached, whatever `expires_in` says (Entra's tokens live about an hour,
@@ -100,27 +139,38 @@ use serde::Deserialize;
 pub(crate) fn lifetime_for_fuzz(body: &[u8]) -> Option<u64> {
     serde_json::from_slice::<TokenResponse>(body)
         .ok()
-        .map(|t| t.expires_in.unwrap_or(3599))
+        .map(|t| t.lifetime())
 }
 
 impl TokenProvider {
-    pub fn new(
-        transport: Transport,
-        authority_host: &str,
-        client_id: String,
-        secret: Secret,
-    ) -> Self {
+    /// A provider for the credential `settings` describe, requesting from `authority_host`.
+    pub fn new(transport: Transport, authority_host: &str, settings: &AuthSettings) -> Self {
+        let (candidates, skipped) = match Credential::candidates(settings) {
+            Ok((c, s)) => (Ok(c), s),
+            Err(e) => (Err(e), Vec::new()),
+        };
         Self {
             transport,
             authority_host: authority_host.trim_end_matches('/').to_owned(),
-            client_id,
-            secret,
+            candidates,
+            skipped,
+            chosen: std::sync::OnceLock::new(),
             cache: Mutex::new(HashMap::new()),
-            fetch: tokio::sync::Mutex::new(()),
+            flights: Mutex::new(HashMap::new()),
         }
     }
 
-    fn cached(&self, key: &(String, String)) -> Option<AccessToken> {
+    /// The method that gave tokens so far (`None` before the first token).
+    pub fn chosen_method(&self) -> Option<AuthMethod> {
+        let i = *self.chosen.get()?;
+        self.candidates
+            .as_ref()
+            .ok()?
+            .get(i)
+            .map(Credential::method)
+    }
+
+    fn cached(&self, key: &Key) -> Option<AccessToken> {
         let cache = self.cache.lock();
         cache
             .get(key)
@@ -135,68 +185,109 @@ impl TokenProvider {
             .remove(&(tenant.to_owned(), scope.to_owned()));
     }
 
-    /// A valid token for `scope` in `tenant`, from the cache or the token endpoint.
+    /// A valid token for `scope` in `tenant`, from the cache or the credential.
     pub async fn token(&self, tenant: &str, scope: &str) -> Result<AccessToken, AzureError> {
         let key = (tenant.to_owned(), scope.to_owned());
         if let Some(t) = self.cached(&key) {
             return Ok(t);
         }
-        let _guard = self.fetch.lock().await;
+        let flight = self.flights.lock().entry(key.clone()).or_default().clone();
+        let _refreshing = flight.lock().await;
         if let Some(t) = self.cached(&key) {
             return Ok(t);
         }
-        let (token, expires_in) = self.request(tenant, scope).await?;
-        let lifetime = Duration::from_secs(expires_in.min(MAX_LIFETIME_SECS));
-        // Short-lived tokens refresh at half-life rather than never being cached.
-        let margin = REFRESH_MARGIN.min(lifetime / 2);
-        let now = Instant::now();
-        self.cache.lock().insert(
-            key,
-            Cached {
-                token: token.clone(),
-                refresh_at: now.checked_add(lifetime - margin).unwrap_or(now),
-            },
-        );
-        Ok(token)
+        match self.fetch(tenant, scope).await {
+            Ok((token, expires_in)) => {
+                let lifetime = Duration::from_secs(expires_in.min(MAX_LIFETIME_SECS));
+                // Short-lived tokens refresh at half-life rather than never being cached.
+                let margin = REFRESH_MARGIN.min(lifetime / 2);
+                let now = Instant::now();
+                self.cache.lock().insert(
+                    key,
+                    Cached {
+                        token: token.clone(),
+                        refresh_at: now.checked_add(lifetime - margin).unwrap_or(now),
+                        expires_at: now.checked_add(lifetime).unwrap_or(now),
+                    },
+                );
+                Ok(token)
+            }
+            Err(e) => {
+                // A refresh ahead of expiry failed: the token we have still works until it expires.
+                let mut cache = self.cache.lock();
+                let now = Instant::now();
+                match cache.get_mut(&key).filter(|c| now < c.expires_at) {
+                    Some(c) => {
+                        let left = c.expires_at - now;
+                        c.refresh_at = now + RETRY_REFRESH.min(left / 2);
+                        tracing::warn!(error = %e, seconds_left = left.as_secs(), "token refresh failed; the current token is used until it expires");
+                        Ok(c.token.clone())
+                    }
+                    None => Err(e),
+                }
+            }
+        }
     }
 
-    async fn request(&self, tenant: &str, scope: &str) -> Result<(AccessToken, u64), AzureError> {
-        let url = format!("{}/{}/oauth2/v2.0/token", self.authority_host, tenant);
-        let form = [
-            ("client_id", self.client_id.as_str()),
-            ("scope", scope),
-            ("client_secret", self.secret.expose()),
-            ("grant_type", "client_credentials"),
-        ];
-        let answer = self
-            .transport
-            .run(
-                Api::Token,
-                || async { Ok(self.transport.client().post(&url).form(&form)) },
-                |reply| {
-                    if reply.is_success() {
-                        return match serde_json::from_slice::<TokenResponse>(&reply.body) {
-                            Ok(t) if !t.access_token.is_empty() => Handled::Done(Ok((
-                                AccessToken(t.access_token.into()),
-                                t.expires_in.unwrap_or(3599),
-                            ))),
-                            Ok(_) => Handled::Retry("token response without access_token".into()),
-                            Err(e) => Handled::Retry(format!(
-                                "token response does not decode: {}",
-                                super::shorten(&e.to_string())
-                            )),
-                        };
-                    }
-                    Handled::Done(Err(refusal(tenant, &reply)))
-                },
-            )
-            .await?;
-        if answer.is_err() {
-            self.transport
-                .counters()
-                .failure(Api::Token, super::ErrorKind::Denied);
+    /// A token from the chosen credential, or (the first time) from the first candidate that has one.
+    async fn fetch(&self, tenant: &str, scope: &str) -> Result<(AccessToken, u64), AzureError> {
+        let candidates = self
+            .candidates
+            .as_ref()
+            .map_err(|e| AzureError::Auth(format!("credential: {e}")))?;
+
+        if let Some(&i) = self.chosen.get() {
+            return candidates[i]
+                .request(&self.transport, &self.authority_host, tenant, scope)
+                .await
+                .map_err(|e| match e {
+                    CredentialError::Unavailable(why) => AzureError::Auth(why),
+                    CredentialError::Failed(e) => e,
+                });
         }
-        answer
+        let chain = candidates.len() > 1;
+        let mut skipped: Vec<String> = self
+            .skipped
+            .iter()
+            .map(|s| format!("{}: {}", s.method.name(), s.why))
+            .collect();
+        for (i, c) in candidates.iter().enumerate() {
+            if chain
+                && let Credential::ManagedIdentity { source, .. } = c
+                && let Err(why) = credential::probe_managed_identity(&self.transport, source).await
+            {
+                skipped.push(format!("{}: {why}", c.method().name()));
+                continue;
+            }
+            match c
+                .request(&self.transport, &self.authority_host, tenant, scope)
+                .await
+            {
+                Ok(t) => {
+                    if self.chosen.set(i).is_ok() {
+                        if skipped.is_empty() {
+                            tracing::info!(
+                                tenant,
+                                credential = c.method().name(),
+                                "authenticating with {}",
+                                c.method().name()
+                            );
+                        } else {
+                            tracing::info!(tenant, credential = c.method().name(), skipped = %skipped.join("; "), "authenticating with {}", c.method().name());
+                        }
+                    }
+                    return Ok(t);
+                }
+                Err(CredentialError::Unavailable(why)) => {
+                    skipped.push(format!("{}: {why}", c.method().name()));
+                }
+                Err(CredentialError::Failed(e)) => return Err(e),
+            }
+        }
+        Err(AzureError::Auth(format!(
+            "no credential could be used (tried in DefaultAzureCredential's order): {}",
+            skipped.join("; ")
+        )))
     }
 }
 

@@ -1,0 +1,495 @@
+//! Every credential kind, through the real binary against the simulator's token endpoints: a
+//! certificate's signed assertion, a workload identity's federated token file, IMDS, the App Service
+//! endpoint, the Azure CLI, and `auto`'s order. Each scan runs at trace level, and its output is searched
+//! for every secret the run handled (issue 13, items 1, 6 and 8).
+
+use crate::helpers::*;
+use base64::Engine;
+use miaudit_sim::model::{SIM_CLIENT_ID, SIM_CLIENT_SECRET, World};
+use miaudit_sim::{Credentials, SimConfig, SimHandle};
+use std::path::{Path, PathBuf};
+
+const BIN: &str = env!("CARGO_BIN_EXE_miaudit");
+const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/auth");
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(FIXTURES).join(name)
+}
+
+fn read(name: &str) -> String {
+    std::fs::read_to_string(fixture(name)).expect("fixture")
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+/// A tenant with one healthy identity, and the simulator with `credentials`.
+async fn sim(credentials: Credentials) -> SimHandle {
+    let (mut w, sub): (World, String) = world();
+    w.add_system_assigned(&rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/vm1"));
+    SimHandle::start(
+        w,
+        SimConfig {
+            credentials,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .expect("simulator")
+}
+
+/// `miaudit scan --output json` with `[auth]` = `auth` (TOML lines), at trace level, with only `env`
+/// (and PATH) in its environment.
+async fn scan(sim: &SimHandle, dir: &Path, auth: &str, env: &[(&str, &str)]) -> Run {
+    let url = sim.base_url();
+    let config = dir.join("miaudit.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[azure]\nauthority_host = \"{url}\"\ngraph_endpoint = \"{url}\"\narm_endpoint = \"{url}\"\n\n\
+             [auth]\n{auth}\n\n[[tenants]]\nid = \"{TENANT}\"\n\n[database]\nurl = \"sqlite://{}\"\n{FAST_RETRIES}",
+            dir.join("miaudit.db").display()
+        ),
+    )
+    .expect("config");
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args([
+        "--config",
+        config.to_str().expect("utf-8"),
+        "scan",
+        "--output",
+        "json",
+    ])
+    .env_clear()
+    .env("PATH", std::env::var("PATH").unwrap_or_default())
+    .env("RUST_LOG", "trace");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("binary runs");
+    Run {
+        code: out.status.code().expect("exit code"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Neither stream holds any of `secrets`, nor an access token the simulator issued (`sim.` + base64).
+fn assert_no_secret(run: &Run, secrets: &[&str]) {
+    for (name, text) in [("stdout", &run.stdout), ("stderr", &run.stderr)] {
+        for s in secrets.iter().filter(|s| s.len() >= 8) {
+            assert!(!text.contains(s), "{name} holds a secret ({}…)", &s[..4]);
+        }
+        assert!(
+            !text.contains("sim.") || !text.contains("access_token"),
+            "{name} holds a token"
+        );
+        assert!(
+            !text
+                .split(|c: char| !c.is_ascii_alphanumeric() && c != '.' && c != '_' && c != '-')
+                .any(|w| w.starts_with("sim.") && w.len() > 20),
+            "{name} holds an access token"
+        );
+    }
+}
+
+/// The private key's base64 lines (each a secret, whatever the rest of the file).
+fn key_lines(pem: &str) -> Vec<String> {
+    pem.lines()
+        .filter(|l| !l.starts_with("-----") && l.len() > 40)
+        .map(str::to_owned)
+        .collect()
+}
+
+fn certificate() -> Credentials {
+    Credentials {
+        certificate_pem: Some(read("app-cert.pem")),
+        public_key_pem: Some(read("app-public.pem")),
+        ..Credentials::default()
+    }
+}
+
+fn ok(run: &Run) {
+    assert_eq!(run.code, 0, "stderr: {}", run.stderr);
+    let v: serde_json::Value = serde_json::from_str(&run.stdout).expect("JSON report");
+    assert_eq!(v["complete"], true);
+    assert_eq!(v["summary"]["total"], 1);
+}
+
+#[tokio::test]
+async fn a_certificate_signs_an_assertion_the_token_endpoint_verifies() {
+    let sim = sim(certificate()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = format!(
+        "method = \"client_certificate\"\nclient_id = \"{SIM_CLIENT_ID}\"\ncertificate_path = \"{}\"\nprivate_key_path = \"{}\"",
+        fixture("app-cert.pem").display(),
+        fixture("app-key.pem").display()
+    );
+    let run = scan(&sim, dir.path(), &auth, &[]).await;
+    ok(&run);
+    // Graph and ARM: two tokens, two assertions (the simulator refuses a jti it has seen).
+    assert!(sim.requests(miaudit_sim::Api::Token) >= 2);
+    let key = read("app-key.pem");
+    let lines = key_lines(&key);
+    assert_no_secret(&run, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+
+    // The same file holding certificate and key works too.
+    let both = dir.path().join("both.pem");
+    std::fs::write(&both, read("app-cert.pem") + &key).expect("pem");
+    let auth = format!(
+        "method = \"client_certificate\"\nclient_id = \"{SIM_CLIENT_ID}\"\ncertificate_path = \"{}\"",
+        both.display()
+    );
+    ok(&scan(&sim, dir.path(), &auth, &[]).await);
+}
+
+#[tokio::test]
+async fn a_certificate_the_app_does_not_have_is_refused_with_the_aadsts_code() {
+    let sim = sim(certificate()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = format!(
+        "method = \"client_certificate\"\nclient_id = \"{SIM_CLIENT_ID}\"\ncertificate_path = \"{}\"\nprivate_key_path = \"{}\"",
+        fixture("other-cert.pem").display(),
+        fixture("other-key.pem").display()
+    );
+    let run = scan(&sim, dir.path(), &auth, &[]).await;
+    assert_eq!(run.code, 3, "an incomplete scan: {}", run.stderr);
+    assert!(run.stdout.contains("AADSTS700027") || run.stderr.contains("AADSTS700027"));
+    let key = read("other-key.pem");
+    let lines = key_lines(&key);
+    assert_no_secret(&run, &lines.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_bad_certificate_file_is_a_configuration_error_naming_the_key() {
+    let sim = sim(certificate()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = format!(
+        "method = \"client_certificate\"\nclient_id = \"{SIM_CLIENT_ID}\"\ncertificate_path = \"{}\"",
+        fixture("app-cert.pem").display()
+    );
+    let run = scan(&sim, dir.path(), &auth, &[]).await;
+    assert_eq!(run.code, 2, "{}", run.stderr);
+    assert!(
+        run.stderr.contains("auth.certificate_path: no private key"),
+        "{}",
+        run.stderr
+    );
+    let missing = scan(
+        &sim,
+        dir.path(),
+        "method = \"client_certificate\"\ncertificate_path = \"/nonexistent.pem\"",
+        &[],
+    )
+    .await;
+    assert_eq!(missing.code, 2);
+    assert!(
+        missing
+            .stderr
+            .contains("auth.certificate_path: cannot read /nonexistent.pem"),
+        "{}",
+        missing.stderr
+    );
+}
+
+/// A federated token as the kubelet writes it: a JWT from the cluster's issuer (the simulator checks
+/// issuer, subject, audience and time, as Entra checks the federated identity credential).
+fn federated_token(subject: &str) -> String {
+    let b = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let now = chrono::Utc::now().timestamp();
+    format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b(serde_json::json!({"alg": "RS256", "kid": "k1"})),
+        b(
+            serde_json::json!({"iss": "https://oidc.example.test/cluster", "sub": subject,
+            "aud": ["api://AzureADTokenExchange"], "iat": now, "nbf": now, "exp": now + 3600})
+        )
+    )
+}
+
+const SUBJECT: &str = "system:serviceaccount:audit:miaudit";
+
+fn federated() -> Credentials {
+    Credentials {
+        federated: Some(("https://oidc.example.test/cluster".into(), SUBJECT.into())),
+        ..Credentials::default()
+    }
+}
+
+#[tokio::test]
+async fn workload_identity_reads_the_variables_aks_injects() {
+    let sim = sim(federated()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("azure-identity-token");
+    let token = federated_token(SUBJECT);
+    std::fs::write(&file, &token).expect("token file");
+    let env = [
+        ("AZURE_CLIENT_ID", SIM_CLIENT_ID),
+        ("AZURE_TENANT_ID", TENANT),
+        ("AZURE_FEDERATED_TOKEN_FILE", file.to_str().expect("utf-8")),
+    ];
+    let run = scan(&sim, dir.path(), "method = \"workload_identity\"", &env).await;
+    ok(&run);
+    assert_no_secret(&run, &[&token]);
+    // `auto` picks it, and says why it passed over the client secret.
+    let run = scan(&sim, dir.path(), "", &env).await;
+    ok(&run);
+    assert!(
+        run.stderr.contains("authenticating with workload identity"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("client secret: neither a client secret nor a certificate"),
+        "{}",
+        run.stderr
+    );
+    // A token for another service account is refused (AADSTS70021).
+    std::fs::write(&file, federated_token("system:serviceaccount:other:app")).expect("token file");
+    let run = scan(&sim, dir.path(), "method = \"workload_identity\"", &env).await;
+    assert_eq!(run.code, 3);
+    assert!(run.stdout.contains("AADSTS70021"), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn the_federated_token_file_is_read_again_for_every_token() {
+    let (mut w, sub) = world();
+    w.add_system_assigned(&rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/vm1"));
+    let sim = SimHandle::start(
+        w,
+        SimConfig {
+            credentials: federated(),
+            // Tokens that need refreshing within the test.
+            token_lifetime_secs: 2,
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .expect("simulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let file = dir.path().join("token");
+    std::fs::write(&file, federated_token(SUBJECT)).expect("token file");
+    let url = sim.base_url();
+    let text = format!(
+        "[azure]\nauthority_host = \"{url}\"\ngraph_endpoint = \"{url}\"\narm_endpoint = \"{url}\"\n\
+         [auth]\nmethod = \"workload_identity\"\nclient_id = \"{SIM_CLIENT_ID}\"\nfederated_token_file = \"{}\"\n\
+         [[tenants]]\nid = \"{TENANT}\"\n",
+        file.display()
+    );
+    let settings =
+        miaudit::config::Settings::from_toml_str(&text, &Default::default()).expect("settings");
+    let scanner = miaudit::scan::Scanner::new(&settings).expect("scanner");
+    let first = scanner
+        .run(&settings.tenant_ids(), miaudit::domain::Trigger::Cli)
+        .await;
+    assert!(first.complete, "{:?}", first.tenants);
+    let before = sim.requests(miaudit_sim::Api::Token);
+    // The kubelet rotates the file: the next token request must send the new contents, which the
+    // simulator refuses here (another subject), so a scan that reused the old contents would pass.
+    std::fs::write(
+        &file,
+        federated_token("system:serviceaccount:rotated:other"),
+    )
+    .expect("rotated");
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let second = scanner
+        .run(&settings.tenant_ids(), miaudit::domain::Trigger::Cli)
+        .await;
+    assert!(
+        sim.requests(miaudit_sim::Api::Token) > before,
+        "tokens were refreshed"
+    );
+    assert!(!second.complete);
+    assert!(
+        second.tenants[0]
+            .errors
+            .iter()
+            .any(|e| e.contains("AADSTS70021")),
+        "{:?}",
+        second.tenants[0].errors
+    );
+}
+
+#[tokio::test]
+async fn a_managed_identity_gets_its_token_from_imds() {
+    let sim = sim(Credentials {
+        imds: true,
+        user_assigned: vec!["11111111-2222-3333-4444-555555555555".into()],
+        ..Credentials::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let imds = format!("imds_endpoint = \"{}\"", sim.base_url());
+    ok(&scan(
+        &sim,
+        dir.path(),
+        &format!("method = \"managed_identity\"\n{imds}"),
+        &[],
+    )
+    .await);
+    // A user-assigned identity by client id; one the host does not have is refused.
+    ok(&scan(
+        &sim,
+        dir.path(),
+        &format!("method = \"managed_identity\"\n{imds}\nclient_id = \"11111111-2222-3333-4444-555555555555\""),
+        &[],
+    )
+    .await);
+    let run = scan(
+        &sim,
+        dir.path(),
+        &format!("method = \"managed_identity\"\n{imds}\nclient_id = \"99999999-2222-3333-4444-555555555555\""),
+        &[],
+    )
+    .await;
+    assert_eq!(run.code, 3);
+    assert!(run.stdout.contains("Identity not found"), "{}", run.stdout);
+    // The variable Microsoft's SDKs honour points at it too; `auto` falls through to it.
+    let run = scan(
+        &sim,
+        dir.path(),
+        "",
+        &[("AZURE_POD_IDENTITY_AUTHORITY_HOST", sim.base_url())],
+    )
+    .await;
+    ok(&run);
+    assert!(
+        run.stderr.contains("authenticating with managed identity"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("workload identity: AZURE_FEDERATED_TOKEN_FILE is not set"),
+        "{}",
+        run.stderr
+    );
+}
+
+#[tokio::test]
+async fn app_service_and_container_apps_use_their_identity_endpoint() {
+    let header = "3c0a9f4e-identity-header-value";
+    let sim = sim(Credentials {
+        identity_header: Some(header.into()),
+        ..Credentials::default()
+    })
+    .await;
+    let dir = tempfile::tempdir().expect("dir");
+    let endpoint = format!("{}/msi/token", sim.base_url());
+    let env = [
+        ("IDENTITY_ENDPOINT", endpoint.as_str()),
+        ("IDENTITY_HEADER", header),
+    ];
+    let run = scan(&sim, dir.path(), "method = \"managed_identity\"", &env).await;
+    ok(&run);
+    assert_no_secret(&run, &[header]);
+    let wrong = [
+        ("IDENTITY_ENDPOINT", endpoint.as_str()),
+        ("IDENTITY_HEADER", "wrong-header-value"),
+    ];
+    let run = scan(&sim, dir.path(), "method = \"managed_identity\"", &wrong).await;
+    assert_eq!(run.code, 3);
+    assert_no_secret(&run, &["wrong-header-value"]);
+}
+
+/// A stand-in `az` that prints, for `--resource R`, a token the simulator issued for R.
+async fn fake_az(sim: &SimHandle, dir: &Path) -> PathBuf {
+    let client = reqwest::Client::new();
+    let mut tokens = Vec::new();
+    for resource in [
+        "https://graph.microsoft.com",
+        "https://management.azure.com",
+    ] {
+        let v: serde_json::Value = client
+            .post(format!("{}/{TENANT}/oauth2/v2.0/token", sim.base_url()))
+            .form(&[
+                ("client_id", SIM_CLIENT_ID),
+                ("client_secret", SIM_CLIENT_SECRET),
+                ("grant_type", "client_credentials"),
+                ("scope", &format!("{resource}/.default")),
+            ])
+            .send()
+            .await
+            .expect("token")
+            .json()
+            .await
+            .expect("json");
+        tokens.push(v["access_token"].as_str().expect("token").to_owned());
+    }
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).expect("bin");
+    let expires = chrono::Utc::now().timestamp() + 3600;
+    let script = format!(
+        "#!/bin/sh\ncase \"$*\" in\n  *graph.microsoft.com*) t={} ;;\n  *) t={} ;;\nesac\n\
+         printf '{{\"accessToken\": \"%s\", \"expiresOn\": \"2099-01-01 00:00:00.000000\", \"expires_on\": {expires}, \"tenant\": \"{TENANT}\", \"tokenType\": \"Bearer\"}}' \"$t\"\n",
+        tokens[0], tokens[1]
+    );
+    let az = bin.join("az");
+    std::fs::write(&az, script).expect("az");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&az, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    bin
+}
+
+#[tokio::test]
+async fn the_azure_cli_gives_tokens_and_says_when_it_is_missing() {
+    let sim = sim(Credentials::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let bin = fake_az(&sim, dir.path()).await;
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd_env = vec![("PATH", path.as_str())];
+    let run = scan(&sim, dir.path(), "method = \"azure_cli\"", &cmd_env).await;
+    ok(&run);
+    // `auto` ends with the CLI when nothing else is there (IMDS pointed at a closed port).
+    let closed = "imds_endpoint = \"http://127.0.0.1:9\"";
+    let run = scan(&sim, dir.path(), closed, &cmd_env).await;
+    ok(&run);
+    assert!(
+        run.stderr.contains("authenticating with Azure CLI"),
+        "{}",
+        run.stderr
+    );
+    assert!(
+        run.stderr
+            .contains("managed identity: no managed identity endpoint answered"),
+        "{}",
+        run.stderr
+    );
+    // No `az` on PATH: a clear error.
+    cmd_env[0] = ("PATH", "/nonexistent");
+    let run = scan(&sim, dir.path(), "method = \"azure_cli\"", &cmd_env).await;
+    assert_eq!(run.code, 3);
+    assert!(
+        run.stdout.contains("`az` is not installed"),
+        "{}",
+        run.stdout
+    );
+}
+
+#[tokio::test]
+async fn auto_prefers_the_environments_secret_and_never_logs_it() {
+    let sim = sim(Credentials::default()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let env = [
+        ("AZURE_CLIENT_ID", SIM_CLIENT_ID),
+        ("AZURE_CLIENT_SECRET", SIM_CLIENT_SECRET),
+    ];
+    let run = scan(&sim, dir.path(), "", &env).await;
+    ok(&run);
+    assert!(
+        run.stderr.contains("authenticating with client secret"),
+        "{}",
+        run.stderr
+    );
+    assert_no_secret(&run, &[SIM_CLIENT_SECRET]);
+}
