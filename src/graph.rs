@@ -200,6 +200,14 @@ impl GraphClient {
         format!("{}/v1.0/servicePrincipals?{query}", self.endpoint)
     }
 
+    /// The first page of the tenant's managed identities: one request (for `miaudit check`).
+    pub async fn probe(&self, tenant: &TenantId) -> Result<Vec<ManagedIdentity>, AzureError> {
+        let url = self.first_page_url();
+        let call = Call::get(Api::Graph, tenant.as_str(), &url);
+        let (page, _): (Page, _) = self.http.json(&call, "a servicePrincipal page").await?;
+        identities_of(tenant, page.value)
+    }
+
     /// Lists every managed-identity service principal of `tenant` into `sink`, page by page. Either the
     /// whole list or an error: a partial inventory is never reported complete. A principal may reach
     /// the sink twice (paging under churn repeats items, G-PAGE): the sink keeps one verdict per

@@ -33,6 +33,7 @@ pub struct Metrics {
     pub azure_quota: IntGaugeVec,
     pub store_errors: IntCounter,
     pub build_info: IntGaugeVec,
+    pub subscription_coverage: prometheus::GaugeVec,
     /// Azure counters already exported, so only deltas are added.
     seen: std::sync::Arc<Mutex<Exported>>,
 }
@@ -135,6 +136,17 @@ impl Metrics {
                 "miaudit_build_info",
                 "Build information; the value is always 1.",
                 &["version"],
+            ),
+            subscription_coverage: register(
+                &r,
+                prometheus::GaugeVec::new(
+                    Opts::new(
+                        "miaudit_subscription_coverage_ratio",
+                        "Share of the subscriptions named by a tenant's managed identities that its credential can list, after the latest scan that listed both (1: all).",
+                    ),
+                    &["tenant_id"],
+                )
+                .expect("valid metric"),
             ),
             registry: r,
             seen: Default::default(),

@@ -52,6 +52,35 @@ pub struct TenantReport {
     /// store does not hold its verdicts (they are streamed from the scan's working database).
     #[serde(skip)]
     pub unjudged: u64,
+    /// How much of the estate the credential sees: the subscriptions its managed identities name, and
+    /// how many of those the subscription listing shows (absent when the inventory or the listing
+    /// failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subscription_coverage: Option<Coverage>,
+}
+
+/// Subscriptions referenced by a tenant's managed identities, and those of them the credential lists.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct Coverage {
+    pub referenced: u64,
+    pub listed: u64,
+    /// `listed / referenced`, 1 when no identity names a subscription.
+    pub ratio: f64,
+}
+
+impl Coverage {
+    pub fn new(referenced: u64, listed: u64) -> Self {
+        let ratio = if referenced == 0 {
+            1.0
+        } else {
+            listed as f64 / referenced as f64
+        };
+        Self {
+            referenced,
+            listed,
+            ratio,
+        }
+    }
 }
 
 fn yes() -> bool {
@@ -74,6 +103,7 @@ impl TenantReport {
             arm_checks: 0,
             unjudged: 0,
             staging_failed: false,
+            subscription_coverage: None,
         }
     }
 }

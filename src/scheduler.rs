@@ -223,6 +223,12 @@ impl ScanRunner {
                 ];
                 self.metrics.set_identities(&t.tenant_id, &counts);
             }
+            if let Some(c) = t.subscription_coverage {
+                self.metrics
+                    .subscription_coverage
+                    .with_label_values(&[&t.tenant_id])
+                    .set(c.ratio);
+            }
             if t.complete {
                 self.metrics
                     .last_success

@@ -54,6 +54,18 @@ fn client_credentials(inner: &Inner, path: &str, body: &[u8]) -> Response {
         .unwrap_or("")
         .to_ascii_lowercase();
     let w = inner.world.read().expect("world lock");
+    let rejecting = credentials(inner).rejecting_tenants;
+    if rejecting.iter().any(|t| t.eq_ignore_ascii_case(&tenant)) {
+        return aad_error(
+            400,
+            "unauthorized_client",
+            700_016,
+            &format!(
+                "Application with identifier '{}' was not found in the directory '{tenant}'. This can happen if the application has not been installed by the administrator of the tenant or consented to by any user in the tenant.",
+                form.get("client_id").map_or("", String::as_str)
+            ),
+        );
+    }
     if let Err(r) = check_client(&w, &tenant, &form) {
         return r;
     }

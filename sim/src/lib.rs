@@ -116,6 +116,9 @@ pub struct Credentials {
     pub imds: bool,
     /// Client ids of user-assigned identities attached to the simulated host (besides its system one).
     pub user_assigned: Vec<String>,
+    /// Tenants that exist but where the app is not provisioned: token requests for them answer
+    /// AADSTS700016, as Entra does for a multi-tenant app not consented to there.
+    pub rejecting_tenants: Vec<String>,
 }
 
 impl Default for SimConfig {

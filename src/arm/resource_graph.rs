@@ -264,6 +264,33 @@ impl ArmClient {
         }
     }
 
+    /// One Resource Graph query over `subscriptions` (one row at most): whether the credential may query
+    /// it (for `miaudit check`).
+    pub async fn probe_resource_graph(
+        &self,
+        tenant: &TenantId,
+        subscriptions: &[SubscriptionId],
+    ) -> Result<usize, AzureError> {
+        let url = format!(
+            "{}/providers/Microsoft.ResourceGraph/resources?api-version={RESOURCE_GRAPH_API_VERSION}",
+            self.endpoint
+        );
+        let body = json!({
+            "subscriptions": subscriptions,
+            "query": "Resources | project id | limit 1",
+            "options": { "$top": 1, "resultFormat": "objectArray" },
+        });
+        let call = Call {
+            api: Api::ResourceGraph,
+            tenant: tenant.as_str(),
+            method: reqwest::Method::POST,
+            url: &url,
+            json: Some(&body),
+        };
+        let (rows, _, _) = self.arg_page(&call).await?;
+        Ok(rows.len())
+    }
+
     /// One page of Resource Graph, paced by its quota: its rows as objects, its `$skipToken`, and the
     /// request id of the answer. A body that does not decode is retried, as a failed attempt.
     async fn arg_page(

@@ -10,6 +10,7 @@
 //! `bench` ([`dev`]). A build without the feature (`cargo build --no-default-features`) answers those
 //! three with one line saying that it leaves them out, and exit 2.
 
+pub mod check;
 #[cfg(feature = "simulator")]
 pub mod demo;
 #[cfg(feature = "simulator")]
@@ -89,6 +90,13 @@ pub enum Command {
     },
     /// The daemon: scans on the schedule, serves metrics and the JSON API.
     Serve,
+    /// The doctor: checks the configuration, every token, one Graph call, the subscription listing and
+    /// one Resource Graph query per tenant, and prints each check with the fix for what failed. Exit 0
+    /// only when everything works.
+    Check {
+        #[arg(long, value_enum, default_value = "table")]
+        output: Output,
+    },
     /// The support-ticket list of open orphans (suspected, confirmed, acknowledged) on stdout.
     Export {
         #[arg(long, value_enum, default_value = "csv")]
@@ -171,6 +179,9 @@ async fn run(cli: Cli) -> ExitCode {
             }
             crate::telemetry::init(&settings.log.level, log_json(cli.log_format, &settings));
             scan_and_print(&settings, output, all, fail_on_orphans, Trigger::Cli).await
+        }
+        Command::Check { output } => {
+            check::run(cli.config.as_deref(), output, cli.log_format).await
         }
         Command::Serve => {
             let settings = match load(cli.config.as_deref()) {

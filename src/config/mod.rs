@@ -175,6 +175,8 @@ pub struct LifecycleSettings {
 pub struct ScanSettings {
     /// ARM checks in flight at once per tenant.
     pub concurrency: usize,
+    /// Tenants scanned at once (each with its own clients, tokens and rate budgets).
+    pub max_concurrent_tenants: usize,
     pub request_timeout: Duration,
     pub max_retries: u32,
     pub retry_base_delay: Duration,
@@ -189,6 +191,9 @@ pub struct ScanSettings {
     /// call instead of sleeping.
     pub max_server_wait: Duration,
 }
+
+/// Default of `[scan] max_concurrent_tenants`.
+pub const DEFAULT_CONCURRENT_TENANTS: usize = 4;
 
 /// Default of `[scan] max_response_bytes`: Resource Graph documents a 16 MB limit on its answers;
 /// twice that leaves headroom for JSON escaping and the other APIs' largest pages.
@@ -287,8 +292,14 @@ impl Settings {
         if self.tenants.is_empty() {
             errors.push("tenants: no tenant configured (add [[tenants]] id = \"...\" or set AZURE_TENANT_ID)".into());
         }
-        if self.tenants.iter().any(|t| t.auth.is_none()) {
+        let shared = self.tenants.iter().filter(|t| t.auth.is_none()).count();
+        if shared > 0 {
             errors.extend(self.auth.missing("auth"));
+        }
+        if shared > 1 && self.auth.method == AuthMethod::ManagedIdentity {
+            errors.push(format!(
+                "auth.method: a managed identity belongs to one tenant, and {shared} tenants share [auth]: give the others a [tenants.auth] of their own"
+            ));
         }
         for (n, t) in self.tenants.iter().enumerate() {
             if let Some(a) = &t.auth {

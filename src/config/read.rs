@@ -49,6 +49,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
         "scan",
         &[
             "concurrency",
+            "max_concurrent_tenants",
             "request_timeout",
             "max_retries",
             "retry_base_delay",

@@ -91,9 +91,11 @@ pub(super) fn read_tenants(
                             root: &root,
                             errors: Vec::new(),
                         };
+                        // Whole: the table alone, not the process's AZURE_* variables (they are
+                        // [auth]'s), so no other app's secret is sent for this tenant's app.
                         let settings = super::auth::read_auth(
                             &mut own,
-                            env,
+                            &Env::new(),
                             secrets,
                             &format!("tenants[{n}].auth"),
                         );
@@ -246,6 +248,9 @@ pub(super) fn read_lifecycle(r: &mut Reader<'_>) -> LifecycleSettings {
 pub(super) fn read_scan(r: &mut Reader<'_>) -> ScanSettings {
     // [scan]
     let concurrency = r.int("scan", "concurrency", 1, 256).unwrap_or(8);
+    let max_concurrent_tenants = r
+        .int("scan", "max_concurrent_tenants", 1, 64)
+        .unwrap_or(DEFAULT_CONCURRENT_TENANTS as i64);
     let request_timeout = r
         .duration("scan", "request_timeout")
         .unwrap_or(Duration::from_secs(30));
@@ -283,6 +288,8 @@ pub(super) fn read_scan(r: &mut Reader<'_>) -> ScanSettings {
 
     ScanSettings {
         concurrency: usize::try_from(concurrency).unwrap_or(8),
+        max_concurrent_tenants: usize::try_from(max_concurrent_tenants)
+            .unwrap_or(DEFAULT_CONCURRENT_TENANTS),
         request_timeout,
         max_retries: u32::try_from(max_retries).unwrap_or(5),
         retry_base_delay,

@@ -617,3 +617,35 @@ fn a_token_of_one_cloud_is_never_meant_for_another_clouds_endpoint() {
     let f = file("[azure]\ncloud = \"china\"\ngraph_endpoint = \"http://127.0.0.1:8080\"\n");
     assert!(Settings::load(Some(f.path()), &Env::new()).is_ok());
 }
+
+#[test]
+fn a_managed_identity_is_not_shared_by_several_tenants_and_tenant_tables_ignore_the_environment() {
+    let two = "[[tenants]]\nid = \"00000000-0000-0000-0000-000000000001\"\n[[tenants]]\nid = \"00000000-0000-0000-0000-000000000002\"\n";
+    let f = file(&format!("[auth]\nmethod = \"managed_identity\"\n{two}"));
+    let s = Settings::load(Some(f.path()), &Env::new()).expect("valid file");
+    let err = s.check_scan_ready().expect_err("one identity, two tenants");
+    assert!(
+        err.0
+            .iter()
+            .any(|e| e.starts_with("auth.method: a managed identity belongs to one tenant")),
+        "{err}"
+    );
+    let env: Env = [
+        ("AZURE_CLIENT_SECRET", "main-app-secret"),
+        ("AZURE_CLIENT_ID", "main-app"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let f = file(
+        "[[tenants]]\nid = \"00000000-0000-0000-0000-000000000002\"\n\
+         [tenants.auth]\nmethod = \"client_secret\"\nclient_id = \"app-b\"\n",
+    );
+    let s = Settings::load(Some(f.path()), &env).expect("valid");
+    let own = s.tenants[0].auth.as_ref().expect("own auth");
+    assert!(
+        own.client_secret.is_none(),
+        "the main app's secret is not this app's"
+    );
+    assert!(s.check_scan_ready().is_err());
+}

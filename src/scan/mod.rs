@@ -35,14 +35,11 @@ pub struct Scanned {
     pub work: Option<WorkFile>,
 }
 
-/// Tenants scanned at once. Each tenant has its own principal, so its own Resource Graph and ARM
-/// quotas (ARG-THR: per user; ARM-THR: per principal), and its own token.
-pub const PARALLEL_TENANTS: usize = 4;
-
 /// One tenant's clients: its token cache, provider cache and quota pacers live as long as the scanner.
 struct TenantClients {
     graph: GraphClient,
     arm: ArmClient,
+    tokens: Arc<TokenProvider>,
     counters: Arc<Counters>,
 }
 
@@ -60,6 +57,7 @@ pub struct Scanner {
     arm_scope: String,
     /// Every tenant's counts roll up here (metrics read it).
     counters: Arc<Counters>,
+    max_concurrent_tenants: usize,
     concurrency: usize,
     graph_delta: bool,
     /// How long one tenant's scan may take: a little under the whole scan's timeout.
@@ -108,6 +106,7 @@ impl Scanner {
             arm_scope: settings.azure.arm_scope.clone(),
             counters: Arc::new(Counters::default()),
             concurrency: settings.scan.concurrency,
+            max_concurrent_tenants: settings.scan.max_concurrent_tenants,
             graph_delta: settings.scan.graph_delta,
             tenant_deadline: settings.scan.timeout.mul_f64(0.9),
             tenants: parking_lot::Mutex::new(HashMap::new()),
@@ -132,20 +131,21 @@ impl Scanner {
                 ));
                 let http = AzureHttp::new(
                     transport,
-                    tokens,
+                    tokens.clone(),
                     self.graph_scope.clone(),
                     self.arm_scope.clone(),
                 );
                 Arc::new(TenantClients {
                     graph: GraphClient::new(http.clone(), &self.graph_endpoint),
                     arm: ArmClient::new(http, &self.arm_endpoint),
+                    tokens,
                     counters,
                 })
             })
             .clone()
     }
 
-    /// Scans every tenant, [`PARALLEL_TENANTS`] at a time, without a store: every verdict is in the
+    /// Scans every tenant, `[scan] max_concurrent_tenants` at a time, without a store: every verdict is in the
     /// report.
     pub async fn run(&self, tenants: &[TenantId], trigger: Trigger) -> ScanReport {
         self.run_as(uuid::Uuid::new_v4().to_string(), tenants, trigger, None)
@@ -205,7 +205,8 @@ impl Scanner {
 
     /// Every tenant's scan under one deadline, a little under the scan's own timeout, so that a tenant
     /// that never ends (a service paging for ever) is reported incomplete before the whole scan is
-    /// abandoned; tenants run [`PARALLEL_TENANTS`] at a time, the next starting as one ends. In the
+    /// abandoned; tenants run `[scan] max_concurrent_tenants` at a time (each has its own principal, so its
+    /// own Resource Graph and ARM quotas (ARG-THR: per user; ARM-THR: per principal), and its own token), the next starting as one ends. In the
     /// order of `tenants`.
     async fn scan_tenants(
         &self,
@@ -221,7 +222,7 @@ impl Scanner {
             .map(|t| self.scan_isolated(scan_id, t, staging, delta, store, deadline))
             .collect();
         futures::stream::iter(scans)
-            .buffered(PARALLEL_TENANTS)
+            .buffered(self.max_concurrent_tenants.max(1))
             .collect()
             .await
     }
@@ -358,4 +359,5 @@ fn failed_tenant(tenant: &TenantId, error: String) -> TenantReport {
     }
 }
 
+pub mod check;
 mod stages;

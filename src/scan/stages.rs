@@ -112,7 +112,17 @@ impl Scanner {
         let verdicts = async {
             let (subscriptions, notes) = resolved?;
             notes.into_report(&mut tr);
-            self.judge_all(&ctx, subscriptions.as_ref(), &mut tr).await
+            self.judge_all(&ctx, subscriptions.as_ref(), &mut tr)
+                .await?;
+            if let Some(subs) = &subscriptions {
+                let referenced = ctx.work.referenced_subscriptions(scan_id, tenant).await?;
+                let listed = referenced.iter().filter(|s| subs.contains_key(*s)).count();
+                tr.subscription_coverage = Some(crate::report::Coverage::new(
+                    referenced.len() as u64,
+                    listed as u64,
+                ));
+            }
+            Ok::<_, crate::store::StoreError>(())
         };
         if let Err(e) = verdicts.await {
             // Without every verdict written, nothing about absent identities may be concluded.

@@ -394,6 +394,7 @@ mod timing {
                 summary: Summary::default(),
                 arm_checks: 0,
                 staging_failed: false,
+                subscription_coverage: None,
                 tenant_id: TENANT.into(),
                 complete: true,
                 inventory_complete: true,

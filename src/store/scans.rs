@@ -147,6 +147,7 @@ impl Store {
             summary: Summary::default(),
             arm_checks: 0,
             staging_failed: false,
+            subscription_coverage: None,
             unjudged: 0,
             tenant_id: id(r, "tenant_id")?,
             complete: r.try_get("complete")?,

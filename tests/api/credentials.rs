@@ -491,5 +491,226 @@ async fn auto_prefers_the_environments_secret_and_never_logs_it() {
         "{}",
         run.stderr
     );
+    // Nothing came before it, so nothing is said to have been skipped.
+    assert!(
+        !run.stderr.contains("AZURE_FEDERATED_TOKEN_FILE is not set"),
+        "{}",
+        run.stderr
+    );
     assert_no_secret(&run, &[SIM_CLIENT_SECRET]);
+}
+
+/// Coverage: the subscriptions the tenant's managed identities name, and how many of them the
+/// credential's subscription listing shows; in the report and as a metric after the daemon's scan.
+#[tokio::test]
+async fn coverage_counts_the_subscriptions_the_credential_cannot_list() {
+    use miaudit_sim::model::SubAccess;
+    let (mut w, sub) = world();
+    let hidden = w.add_subscription("hidden", SubAccess::NoAccess);
+    let other = w.add_subscription("other", SubAccess::Reader);
+    w.add_system_assigned(&rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/a"));
+    w.add_system_assigned(&rid(
+        &hidden,
+        "rg",
+        "Microsoft.Compute",
+        "virtualMachines/b",
+    ));
+    w.add_system_assigned(&rid(&hidden, "rg", "Microsoft.Web", "sites/c"));
+    let _ = other; // listed, but no identity names it: not counted
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    let r = env.scan().await;
+    let c = r.tenants[0].subscription_coverage.expect("coverage");
+    assert_eq!((c.referenced, c.listed), (2, 1));
+    assert!((c.ratio - 0.5).abs() < 1e-9);
+    let d = env.daemon("").await;
+    d.scan().await;
+    let text = reqwest::get(d.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains(&format!(
+            "miaudit_subscription_coverage_ratio{{tenant_id=\"{TENANT}\"}} 0.5"
+        )),
+        "{text}"
+    );
+    d.stop().await;
+}
+
+/// Three tenants with one shared app: one works, one has not provisioned the app (AADSTS700016), one
+/// does not exist (AADSTS90002). The working tenant's results stand; the others are incomplete with
+/// their reason; `miaudit check` names each failure with its fix, as text and as JSON.
+#[tokio::test]
+async fn three_tenants_of_which_two_refuse_and_the_doctor_says_why() {
+    let rejecting = "0badc0de-0000-4000-8000-000000000001";
+    let unknown = "0badc0de-0000-4000-8000-000000000002";
+    let (mut w, sub) = world();
+    let gone_id = rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/gone");
+    let gone = w.add_system_assigned(&gone_id);
+    w.delete_resource(&gone_id);
+    let env = TestEnv::start(
+        w,
+        SimConfig {
+            credentials: Credentials {
+                rejecting_tenants: vec![rejecting.into()],
+                ..Credentials::default()
+            },
+            ..SimConfig::default()
+        },
+    )
+    .await;
+    let text = std::fs::read_to_string(&env.config_path).expect("config");
+    std::fs::write(
+        &env.config_path,
+        format!("{text}\n[[tenants]]\nid = \"{rejecting}\"\n\n[[tenants]]\nid = \"{unknown}\"\n"),
+    )
+    .expect("config");
+    let r = env.scan().await;
+    assert!(r.tenants[0].complete);
+    assert_eq!(outcome(&r, &gone), ("orphaned", "resource_not_found"));
+    assert!(!r.tenants[1].complete && r.tenants[1].errors[0].contains("AADSTS700016"));
+    assert!(!r.tenants[2].complete && r.tenants[2].errors[0].contains("AADSTS90002"));
+    assert!(!r.complete);
+
+    let cfg = env.config_path.to_str().expect("utf-8");
+    let run = |args: Vec<&'static str>| {
+        let cfg = cfg.to_owned();
+        async move {
+            let out = tokio::process::Command::new(BIN)
+                .arg("--config")
+                .arg(&cfg)
+                .args(args)
+                .env_clear()
+                .output()
+                .await
+                .expect("runs");
+            (
+                out.status.code().expect("code"),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        }
+    };
+    let (code, json) = run(vec!["check", "--output", "json"]).await;
+    assert_eq!(code, 3, "{json}");
+    let v: serde_json::Value = serde_json::from_str(&json).expect("one JSON document");
+    assert_eq!(v["ok"], false);
+    let tenants = v["tenants"].as_array().expect("tenants");
+    assert_eq!(tenants.len(), 3);
+    assert_eq!(tenants[0]["ok"], true, "{json}");
+    for c in tenants[0]["checks"].as_array().expect("checks") {
+        assert_eq!(c["ok"], true, "{c}");
+        assert!(c["fix"].is_null());
+    }
+    let names: Vec<&str> = tenants[0]["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .map(|c| c["name"].as_str().expect("name"))
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "token_graph",
+            "token_arm",
+            "graph",
+            "subscriptions",
+            "resource_graph",
+            "coverage"
+        ]
+    );
+    let token_fix = |t: usize| {
+        tenants[t]["checks"][0]["fix"]
+            .as_str()
+            .unwrap_or("")
+            .to_owned()
+    };
+    assert!(
+        token_fix(1).contains(&format!("az ad sp create --id {SIM_CLIENT_ID}")),
+        "{json}"
+    );
+    assert!(token_fix(1).contains(&format!("adminconsent?client_id={SIM_CLIENT_ID}")));
+    assert!(
+        token_fix(2).contains("correct the [[tenants]] id"),
+        "{json}"
+    );
+    // Every check runs, whatever failed before it.
+    assert!(tenants[1]["checks"].as_array().expect("checks").len() >= 4);
+    let (code, text) = run(vec!["check"]).await;
+    assert_eq!(code, 3);
+    assert!(
+        text.contains("[FAIL] token_graph") && text.contains("fix: the application"),
+        "{text}"
+    );
+    assert!(!text.contains(SIM_CLIENT_SECRET));
+}
+
+#[tokio::test]
+async fn the_doctor_names_a_missing_graph_permission_and_partial_coverage() {
+    use miaudit_sim::model::SubAccess;
+    use miaudit_sim::{Fault, FaultRule};
+    let (mut w, sub) = world();
+    let hidden = w.add_subscription("hidden", SubAccess::NoAccess);
+    w.add_system_assigned(&rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/a"));
+    w.add_system_assigned(&rid(
+        &hidden,
+        "rg",
+        "Microsoft.Compute",
+        "virtualMachines/b",
+    ));
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    let cfg = env.config_path.to_str().expect("utf-8").to_owned();
+    let check = || async {
+        let out = tokio::process::Command::new(BIN)
+            .args(["--config", &cfg, "check", "--output", "json"])
+            .env_clear()
+            .output()
+            .await
+            .expect("runs");
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+        (out.status.code().expect("code"), v)
+    };
+    let (code, v) = check().await;
+    assert_eq!(code, 3);
+    let coverage = v["tenants"][0]["checks"]
+        .as_array()
+        .expect("checks")
+        .iter()
+        .find(|c| c["name"] == "coverage")
+        .expect("coverage check")
+        .clone();
+    assert_eq!(coverage["ok"], false);
+    assert!(
+        coverage["detail"]
+            .as_str()
+            .expect("detail")
+            .contains("lists 1 of 2"),
+        "{coverage}"
+    );
+    assert!(
+        coverage["fix"]
+            .as_str()
+            .expect("fix")
+            .contains("--role Reader")
+    );
+    assert_eq!(v["tenants"][0]["coverage"]["ratio"], 0.5);
+    // Graph refuses: the permission to grant is named.
+    env.sim.add_fault(FaultRule {
+        api: miaudit_sim::Api::Graph,
+        path_contains: None,
+        times: None,
+        fault: Fault::Status(403),
+    });
+    let (code, v) = check().await;
+    assert_eq!(code, 3);
+    let graph = &v["tenants"][0]["checks"][2];
+    assert_eq!(graph["name"], "graph");
+    assert!(
+        graph["fix"]
+            .as_str()
+            .expect("fix")
+            .contains("Application.Read.All"),
+        "{graph}"
+    );
 }

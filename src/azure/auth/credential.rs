@@ -54,6 +54,17 @@ pub(super) enum Credential {
     AzureCli,
 }
 
+/// A method's place in `auto`'s chain (DefaultAzureCredential's order).
+pub(super) fn rank(method: AuthMethod) -> u8 {
+    match method {
+        AuthMethod::ClientSecret | AuthMethod::ClientCertificate => 0,
+        AuthMethod::WorkloadIdentity => 1,
+        AuthMethod::ManagedIdentity => 2,
+        AuthMethod::AzureCli => 3,
+        AuthMethod::Auto => 4,
+    }
+}
+
 /// A credential `auto` passed over, and why.
 pub(super) struct Skipped {
     pub method: AuthMethod,
@@ -197,12 +208,39 @@ impl Credential {
                         form.push(("client_assertion", token.trim().to_owned()));
                     }
                 }
+                let secret = match proof {
+                    ClientProof::Secret(s) => Some(s.expose()),
+                    _ => None,
+                };
                 token_endpoint(transport, &url, &form, tenant)
                     .await
-                    .map_err(CredentialError::Failed)
+                    .map_err(|e| CredentialError::Failed(scrub(e, secret)))
             }
             Self::ManagedIdentity { source, id } => {
-                managed_identity(transport, source, id, scope).await
+                let secret = match source {
+                    ManagedIdentitySource::AppService { header, .. } => Some(header.expose()),
+                    ManagedIdentitySource::Imds(_) => None,
+                };
+                // IMDS is never reached through a proxy (MI-VMTOKEN): its own client, without one.
+                let direct = direct_transport(transport);
+                let (token, lifetime) = managed_identity(&direct, source, id, scope)
+                    .await
+                    .map_err(|e| match e {
+                        CredentialError::Failed(e) => CredentialError::Failed(scrub(e, secret)),
+                        CredentialError::Unavailable(w) => {
+                            CredentialError::Unavailable(scrub_text(w, secret))
+                        }
+                    })?;
+                // A managed identity's token is for the tenant the identity lives in, whatever tenant
+                // was asked for: refuse it for another (its data would be recorded as this tenant's).
+                match token_tenant(token.as_str()) {
+                    Some(tid) if is_guid(tenant) && !tid.eq_ignore_ascii_case(tenant) => {
+                        Err(CredentialError::Failed(AzureError::Auth(format!(
+                            "managed identity: its token is for tenant {tid}, not {tenant}: a managed identity can audit only its own tenant (give this tenant a [tenants.auth] of its own)"
+                        ))))
+                    }
+                    _ => Ok((token, lifetime)),
+                }
             }
             Self::AzureCli => azure_cli(tenant, scope).await,
         }
@@ -213,6 +251,78 @@ impl Credential {
 pub(super) enum CredentialError {
     Unavailable(String),
     Failed(AzureError),
+}
+
+/// `transport` with a client that ignores proxy settings (for IMDS and the App Service endpoint).
+fn direct_transport(transport: &Transport) -> Transport {
+    static DIRECT: std::sync::OnceLock<reqwest::Client> = std::sync::OnceLock::new();
+    let client = DIRECT
+        .get_or_init(|| {
+            reqwest::Client::builder()
+                .no_proxy()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap_or_else(|_| transport.client().clone())
+        })
+        .clone();
+    Transport::new(
+        client,
+        transport.policy().clone(),
+        transport.counters().clone(),
+    )
+}
+
+/// The tenant (`tid`) a JWT access token was issued in; `None` when it is not a JWT (or says none).
+fn token_tenant(token: &str) -> Option<String> {
+    use base64::Engine;
+    let claims = token.split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(claims.trim_end_matches('='))
+        .ok()?;
+    let v: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    v.get("tid")?.as_str().map(str::to_owned)
+}
+
+fn is_guid(s: &str) -> bool {
+    uuid::Uuid::parse_str(s).is_ok()
+}
+
+/// `text` without `secret` (an error page that echoed it back).
+fn scrub_text(text: String, secret: Option<&str>) -> String {
+    match secret.filter(|s| s.len() >= 4) {
+        Some(s) if text.contains(s) => text.replace(s, "<redacted>"),
+        _ => text,
+    }
+}
+
+/// `e` without `secret` in any of its texts.
+fn scrub(e: AzureError, secret: Option<&str>) -> AzureError {
+    match e {
+        AzureError::Auth(t) => AzureError::Auth(scrub_text(t, secret)),
+        AzureError::Exhausted {
+            api,
+            attempts,
+            last,
+            kind,
+        } => AzureError::Exhausted {
+            api,
+            attempts,
+            last: scrub_text(last, secret),
+            kind,
+        },
+        AzureError::Status {
+            api,
+            status,
+            code,
+            message,
+        } => AzureError::Status {
+            api,
+            status,
+            code: scrub_text(code, secret),
+            message: scrub_text(message, secret),
+        },
+        other => other,
+    }
 }
 
 /// `resource` of the managed-identity and CLI requests: the scope without `/.default`.
@@ -324,6 +434,14 @@ async fn managed_identity(
         .await;
     match answer {
         Ok(Ok(t)) => Ok(t),
+        // IMDS's 400: this host has no such identity (none at all, or not the one named); the SDKs
+        // treat it as the credential being unavailable, so `auto` goes on to the Azure CLI.
+        Ok(Err(e))
+            if matches!(source, ManagedIdentitySource::Imds(_))
+                && e.to_string().contains(" answered HTTP 400 ") =>
+        {
+            Err(CredentialError::Unavailable(e.to_string()))
+        }
         Ok(Err(e)) | Err(e) => Err(CredentialError::Failed(e)),
     }
 }
@@ -498,13 +616,54 @@ async fn azure_cli(tenant: &str, scope: &str) -> Result<(AccessToken, u64), Cred
         .and_then(|s| chrono::NaiveDateTime::parse_from_str(s.trim(), "%Y-%m-%d %H:%M:%S%.f").ok())
         .and_then(|n| n.and_local_timezone(chrono::Local).earliest())
         .map(|d| d.timestamp());
-    let lifetime = from_epoch
-        .or(from_text)
-        .map_or(0, |at| u64::try_from(at - now.timestamp()).unwrap_or(0));
+    let lifetime = from_epoch.or(from_text).map_or(0, |at| {
+        u64::try_from(at.checked_sub(now.timestamp()).unwrap_or(0)).unwrap_or(0)
+    });
     if t.access_token.is_empty() {
         return Err(CredentialError::Failed(AzureError::Auth(
             "Azure CLI: its answer holds no accessToken".into(),
         )));
     }
     Ok((AccessToken(t.access_token.into()), lifetime))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use base64::Engine;
+
+    #[test]
+    fn a_tokens_tenant_is_read_from_its_claims() {
+        let b = |v: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v);
+        let jwt = format!(
+            "{}.{}.sig",
+            b(r#"{"alg":"RS256"}"#),
+            b(r#"{"tid":"72f988bf-86f1-41af-91ab-2d7cd011db47","aud":"x"}"#)
+        );
+        assert_eq!(
+            token_tenant(&jwt).as_deref(),
+            Some("72f988bf-86f1-41af-91ab-2d7cd011db47")
+        );
+        assert_eq!(token_tenant("sim.opaque"), None);
+        assert_eq!(token_tenant("a.%%%.c"), None);
+    }
+
+    #[test]
+    fn an_echoed_secret_is_scrubbed_from_every_error_text() {
+        let e = scrub(
+            AzureError::Auth("proxy said: header=s3cret-header-value".into()),
+            Some("s3cret-header-value"),
+        );
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+        let e = scrub(
+            AzureError::Exhausted {
+                api: Api::Token,
+                attempts: 3,
+                last: "body echoed s3cret-header-value".into(),
+                kind: crate::azure::ErrorKind::Transient,
+            },
+            Some("s3cret-header-value"),
+        );
+        assert!(!e.to_string().contains("s3cret"), "{e}");
+    }
 }

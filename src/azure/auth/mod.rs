@@ -61,6 +61,8 @@ pub struct TokenProvider {
     cache: Mutex<HashMap<Key, Cached>>,
     /// One token request at a time per key: callers that find a refresh under way wait for it.
     flights: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    /// The last failed fetch per key, for the callers that waited on it.
+    failures: Mutex<HashMap<Key, (Instant, String)>>,
 }
 
 #[derive(serde::Deserialize)]
@@ -81,7 +83,8 @@ impl TokenResponse {
         self.expires_in
             .or_else(|| {
                 let at = epoch_seconds(self.expires_on.as_ref()?)?;
-                Some(u64::try_from(at - chrono::Utc::now().timestamp()).unwrap_or(0))
+                let left = at.checked_sub(chrono::Utc::now().timestamp()).unwrap_or(0);
+                Some(u64::try_from(left).unwrap_or(0))
             })
             .unwrap_or(3599)
             .min(MAX_LIFETIME_SECS)
@@ -100,6 +103,8 @@ fn epoch_seconds(v: &serde_json::Value) -> Option<i64> {
 /// The longest a token is cached, whatever `expires_in` says (Entra's tokens live about an hour,
 /// managed-identity tokens up to a day).
 const MAX_LIFETIME_SECS: u64 = 86_400;
+/// The shortest a token is cached (what a token with an unreadable expiry gets).
+const MIN_LIFETIME_SECS: u64 = 60;
 
 #[derive(serde::Deserialize, Default)]
 struct TokenError {
@@ -157,6 +162,7 @@ impl TokenProvider {
             chosen: std::sync::OnceLock::new(),
             cache: Mutex::new(HashMap::new()),
             flights: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -168,6 +174,15 @@ impl TokenProvider {
             .ok()?
             .get(i)
             .map(Credential::method)
+    }
+
+    /// A cached token that has not expired (it may be due for refresh).
+    fn valid(&self, key: &Key) -> Option<AccessToken> {
+        let cache = self.cache.lock();
+        cache
+            .get(key)
+            .filter(|c| Instant::now() < c.expires_at)
+            .map(|c| c.token.clone())
     }
 
     fn cached(&self, key: &Key) -> Option<AccessToken> {
@@ -192,13 +207,35 @@ impl TokenProvider {
             return Ok(t);
         }
         let flight = self.flights.lock().entry(key.clone()).or_default().clone();
-        let _refreshing = flight.lock().await;
+        // A refresh is under way and the token we have is still valid: use it meanwhile.
+        let _refreshing = match flight.try_lock() {
+            Ok(guard) => guard,
+            Err(_) => {
+                if let Some(t) = self.valid(&key) {
+                    return Ok(t);
+                }
+                let waited_from = Instant::now();
+                let guard = flight.lock().await;
+                // The flight we waited for failed: its error is ours too, rather than another
+                // round of requests (and retries) per waiting caller.
+                if let Some((at, e)) = self.failures.lock().get(&key)
+                    && *at >= waited_from
+                {
+                    return Err(AzureError::Auth(e.clone()));
+                }
+                guard
+            }
+        };
         if let Some(t) = self.cached(&key) {
             return Ok(t);
         }
         match self.fetch(tenant, scope).await {
             Ok((token, expires_in)) => {
-                let lifetime = Duration::from_secs(expires_in.min(MAX_LIFETIME_SECS));
+                self.failures.lock().remove(&key);
+                // A token said to expire at once (an unreadable expiry) is still kept a minute, so that
+                // not every call asks for a new one.
+                let lifetime =
+                    Duration::from_secs(expires_in.clamp(MIN_LIFETIME_SECS, MAX_LIFETIME_SECS));
                 // Short-lived tokens refresh at half-life rather than never being cached.
                 let margin = REFRESH_MARGIN.min(lifetime / 2);
                 let now = Instant::now();
@@ -223,7 +260,13 @@ impl TokenProvider {
                         tracing::warn!(error = %e, seconds_left = left.as_secs(), "token refresh failed; the current token is used until it expires");
                         Ok(c.token.clone())
                     }
-                    None => Err(e),
+                    None => {
+                        drop(cache);
+                        self.failures
+                            .lock()
+                            .insert(key, (Instant::now(), e.to_string()));
+                        Err(e)
+                    }
                 }
             }
         }
@@ -246,17 +289,35 @@ impl TokenProvider {
                 });
         }
         let chain = candidates.len() > 1;
-        let mut skipped: Vec<String> = self
+        // Each skipped credential with its place in the chain, so the log names only those before the
+        // one chosen.
+        let mut skipped: Vec<(u8, String)> = self
             .skipped
             .iter()
-            .map(|s| format!("{}: {}", s.method.name(), s.why))
+            .map(|s| {
+                (
+                    credential::rank(s.method),
+                    format!("{}: {}", s.method.name(), s.why),
+                )
+            })
             .collect();
+        let before = |skipped: &[(u8, String)], rank: u8| {
+            let mut earlier: Vec<&(u8, String)> =
+                skipped.iter().filter(|(r, _)| *r < rank).collect();
+            earlier.sort_by_key(|(r, _)| *r);
+            earlier
+                .iter()
+                .map(|(_, s)| s.as_str())
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
         for (i, c) in candidates.iter().enumerate() {
+            let rank = credential::rank(c.method());
             if chain
                 && let Credential::ManagedIdentity { source, .. } = c
                 && let Err(why) = credential::probe_managed_identity(&self.transport, source).await
             {
-                skipped.push(format!("{}: {why}", c.method().name()));
+                skipped.push((rank, format!("{}: {why}", c.method().name())));
                 continue;
             }
             match c
@@ -265,6 +326,7 @@ impl TokenProvider {
             {
                 Ok(t) => {
                     if self.chosen.set(i).is_ok() {
+                        let skipped = before(&skipped, rank);
                         if skipped.is_empty() {
                             tracing::info!(
                                 tenant,
@@ -273,20 +335,20 @@ impl TokenProvider {
                                 c.method().name()
                             );
                         } else {
-                            tracing::info!(tenant, credential = c.method().name(), skipped = %skipped.join("; "), "authenticating with {}", c.method().name());
+                            tracing::info!(tenant, credential = c.method().name(), skipped = %skipped, "authenticating with {}", c.method().name());
                         }
                     }
                     return Ok(t);
                 }
                 Err(CredentialError::Unavailable(why)) => {
-                    skipped.push(format!("{}: {why}", c.method().name()));
+                    skipped.push((rank, format!("{}: {why}", c.method().name())));
                 }
                 Err(CredentialError::Failed(e)) => return Err(e),
             }
         }
         Err(AzureError::Auth(format!(
             "no credential could be used (tried in DefaultAzureCredential's order): {}",
-            skipped.join("; ")
+            before(&skipped, u8::MAX)
         )))
     }
 }

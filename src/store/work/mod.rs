@@ -104,6 +104,23 @@ impl WorkStore {
         self.pool.close().await;
     }
 
+    /// The distinct subscriptions (lower-case ids) the tenant's staged identities name.
+    pub async fn referenced_subscriptions(
+        &self,
+        scan_id: &str,
+        tenant: &TenantId,
+    ) -> Result<Vec<SubscriptionId>, StoreError> {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "select distinct subscription_key from scan_items
+             where scan_id = ? and tenant_id = ? and subscription_key is not null",
+        )
+        .bind(scan_id)
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(keys.into_iter().map(SubscriptionId::from).collect())
+    }
+
     /// Stages one page of identities; an identity staged already (a repeated page) is replaced.
     pub async fn stage_identities(
         &self,
