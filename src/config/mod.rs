@@ -47,6 +47,28 @@ pub enum Cloud {
 }
 
 impl Cloud {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim() {
+            "public" => Some(Self::Public),
+            "usgovernment" => Some(Self::UsGovernment),
+            "china" => Some(Self::China),
+            _ => None,
+        }
+    }
+
+    /// The cloud's own endpoints and `.default` audiences.
+    pub fn settings(self) -> AzureSettings {
+        let (authority, graph, arm) = self.endpoints();
+        AzureSettings {
+            cloud: self,
+            authority_host: authority.to_owned(),
+            graph_endpoint: graph.to_owned(),
+            arm_endpoint: arm.to_owned(),
+            graph_scope: format!("{graph}/.default"),
+            arm_scope: format!("{arm}/.default"),
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Public => "public",
@@ -129,6 +151,8 @@ pub struct TenantSettings {
     pub name: Option<String>,
     /// `[tenants.auth]`: replaces `[auth]` whole for this tenant.
     pub auth: Option<AuthSettings>,
+    /// `cloud` of this tenant when it is not `[azure]`'s: that cloud's endpoints and audiences.
+    pub azure: Option<AzureSettings>,
 }
 
 /// Default of `[database] retain_scans`.
@@ -266,10 +290,12 @@ impl Settings {
             errors: Vec::new(),
         };
         let mut url_errors = Vec::new();
+        let azure = read_azure(&mut r, env, &mut url_errors);
+        let cloud = azure.cloud;
         let settings = Self {
-            azure: read_azure(&mut r, env, &mut url_errors),
+            azure,
             auth: auth::read_auth(&mut r, env, &mut secrets, "auth"),
-            tenants: read_tenants(&mut r, env, &mut secrets),
+            tenants: read_tenants(&mut r, env, &mut secrets, cloud),
             database: read_database(&mut r),
             http: read_http(&mut r),
             schedule: read_schedule(&mut r),
@@ -311,6 +337,15 @@ impl Settings {
         } else {
             Err(ConfigError(errors))
         }
+    }
+
+    /// The cloud endpoints and audiences of a tenant: its own cloud's, else `[azure]`.
+    pub fn azure_for(&self, tenant: &TenantId) -> &AzureSettings {
+        self.tenants
+            .iter()
+            .find(|t| &t.id == tenant)
+            .and_then(|t| t.azure.as_ref())
+            .unwrap_or(&self.azure)
     }
 
     /// The credential settings a tenant's tokens are requested with: its own, else `[auth]`.

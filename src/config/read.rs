@@ -280,10 +280,9 @@ pub(super) fn unknown_keys(root: &toml::Table) -> Vec<String> {
                     for (n, t) in items.iter().enumerate() {
                         match t.as_table() {
                             Some(t) => {
-                                for k in t
-                                    .keys()
-                                    .filter(|k| !["id", "name", "auth"].contains(&k.as_str()))
-                                {
+                                for k in t.keys().filter(|k| {
+                                    !["id", "name", "auth", "cloud"].contains(&k.as_str())
+                                }) {
                                     errors.push(format!("tenants[{n}].{k}: unknown key"));
                                 }
                                 match t.get("auth").map(toml::Value::as_table) {

@@ -76,6 +76,7 @@ pub(super) fn read_tenants(
     r: &mut Reader<'_>,
     env: &Env,
     secrets: &mut Vec<String>,
+    azure_cloud: Cloud,
 ) -> Vec<TenantSettings> {
     // Each with where it was configured (for error messages).
     let mut tenants: Vec<(String, TenantSettings)> = Vec::new();
@@ -102,6 +103,21 @@ pub(super) fn read_tenants(
                         r.errors.extend(own.errors);
                         settings
                     });
+                    // A tenant in another cloud than [azure]'s: that cloud's own endpoints.
+                    let azure = match t
+                        .get("cloud")
+                        .map(|c| (c, c.as_str().and_then(Cloud::parse)))
+                    {
+                        None => None,
+                        Some((_, Some(c))) if c == azure_cloud => None,
+                        Some((_, Some(c))) => Some(c.settings()),
+                        Some((c, None)) => {
+                            r.errors.push(format!(
+                                "tenants[{n}].cloud: {c} is not one of public, usgovernment, china"
+                            ));
+                            None
+                        }
+                    };
                     tenants.push((
                         format!("tenants[{n}]"),
                         TenantSettings {
@@ -111,6 +127,7 @@ pub(super) fn read_tenants(
                                 .and_then(toml::Value::as_str)
                                 .map(str::to_owned),
                             auth,
+                            azure,
                         },
                     ));
                 }
@@ -131,6 +148,7 @@ pub(super) fn read_tenants(
                     id: TenantId::new(id),
                     name: None,
                     auth: None,
+                    azure: None,
                 },
             ));
         } else {

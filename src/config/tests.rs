@@ -649,3 +649,26 @@ fn a_managed_identity_is_not_shared_by_several_tenants_and_tenant_tables_ignore_
     );
     assert!(s.check_scan_ready().is_err());
 }
+
+#[test]
+fn a_tenant_in_another_cloud_gets_that_clouds_endpoints_and_audiences() {
+    let f = file(
+        "[[tenants]]\nid = \"00000000-0000-0000-0000-000000000001\"\n\
+         [[tenants]]\nid = \"00000000-0000-0000-0000-000000000002\"\ncloud = \"usgovernment\"\n\
+         [[tenants]]\nid = \"00000000-0000-0000-0000-000000000003\"\ncloud = \"public\"\n",
+    );
+    let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+    let gov = s.azure_for(&s.tenants[1].id);
+    assert_eq!(gov.cloud, Cloud::UsGovernment);
+    assert_eq!(gov.authority_host, "https://login.microsoftonline.us");
+    assert_eq!(gov.graph_scope, "https://graph.microsoft.us/.default");
+    assert_eq!(gov.arm_endpoint, "https://management.usgovcloudapi.net");
+    assert_eq!(s.azure_for(&s.tenants[0].id).cloud, Cloud::Public);
+    assert!(
+        s.tenants[2].azure.is_none(),
+        "[azure]'s own cloud: its settings, overrides included"
+    );
+    let f = file("[[tenants]]\nid = \"00000000-0000-0000-0000-000000000001\"\ncloud = \"mars\"\n");
+    let err = Settings::load(Some(f.path()), &Env::new()).expect_err("unknown cloud");
+    assert!(err.0[0].starts_with("tenants[0].cloud:"), "{err}");
+}

@@ -117,9 +117,10 @@ impl Scanner {
     pub async fn check_tenant(&self, tenant: &TenantId, client: &str, delta: bool) -> TenantCheck {
         let clients = self.clients(tenant);
         let mut checks = Vec::new();
+        let (graph_scope, arm_scope) = self.scopes(tenant);
         for (name, scope, api) in [
-            ("token_graph", &self.graph_scope, Api::Graph),
-            ("token_arm", &self.arm_scope, Api::Arm),
+            ("token_graph", graph_scope, Api::Graph),
+            ("token_arm", arm_scope, Api::Arm),
         ] {
             checks.push(match clients.tokens.token(tenant.as_str(), scope).await {
                 Ok(_) => pass(

@@ -51,6 +51,8 @@ pub struct Scanner {
     /// `[auth]`, and the tenants with a `[tenants.auth]` of their own.
     auth: crate::config::AuthSettings,
     tenant_auth: HashMap<TenantId, crate::config::AuthSettings>,
+    /// The tenants in another cloud than `[azure]`'s, with that cloud's endpoints and audiences.
+    tenant_azure: HashMap<TenantId, crate::config::AzureSettings>,
     graph_endpoint: String,
     arm_endpoint: String,
     graph_scope: String,
@@ -95,6 +97,11 @@ impl Scanner {
             policy,
             authority_host: settings.azure.authority_host.clone(),
             auth: settings.auth.clone(),
+            tenant_azure: settings
+                .tenants
+                .iter()
+                .filter_map(|t| Some((t.id.clone(), t.azure.clone()?)))
+                .collect(),
             tenant_auth: settings
                 .tenants
                 .iter()
@@ -117,6 +124,14 @@ impl Scanner {
         &self.counters
     }
 
+    /// A tenant's `.default` audiences for Graph and ARM.
+    fn scopes(&self, tenant: &TenantId) -> (&str, &str) {
+        match self.tenant_azure.get(tenant) {
+            Some(c) => (&c.graph_scope, &c.arm_scope),
+            None => (&self.graph_scope, &self.arm_scope),
+        }
+    }
+
     fn clients(&self, tenant: &TenantId) -> Arc<TenantClients> {
         let mut map = self.tenants.lock();
         map.entry(tenant.clone())
@@ -124,20 +139,28 @@ impl Scanner {
                 let counters = Arc::new(Counters::child_of(self.counters.clone()));
                 let transport =
                     Transport::new(self.client.clone(), self.policy.clone(), counters.clone());
+                let cloud = self.tenant_azure.get(tenant);
+                let authority = cloud.map_or(&self.authority_host, |c| &c.authority_host);
                 let tokens = Arc::new(TokenProvider::new(
                     transport.clone(),
-                    &self.authority_host,
+                    authority,
                     self.tenant_auth.get(tenant).unwrap_or(&self.auth),
                 ));
                 let http = AzureHttp::new(
                     transport,
                     tokens.clone(),
-                    self.graph_scope.clone(),
-                    self.arm_scope.clone(),
+                    cloud.map_or(&self.graph_scope, |c| &c.graph_scope).clone(),
+                    cloud.map_or(&self.arm_scope, |c| &c.arm_scope).clone(),
                 );
                 Arc::new(TenantClients {
-                    graph: GraphClient::new(http.clone(), &self.graph_endpoint),
-                    arm: ArmClient::new(http, &self.arm_endpoint),
+                    graph: GraphClient::new(
+                        http.clone(),
+                        cloud.map_or(&self.graph_endpoint, |c| &c.graph_endpoint),
+                    ),
+                    arm: ArmClient::new(
+                        http,
+                        cloud.map_or(&self.arm_endpoint, |c| &c.arm_endpoint),
+                    ),
                     tokens,
                     counters,
                 })

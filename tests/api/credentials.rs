@@ -326,13 +326,15 @@ async fn a_managed_identity_gets_its_token_from_imds() {
     .await;
     let dir = tempfile::tempdir().expect("dir");
     let imds = format!("imds_endpoint = \"{}\"", sim.base_url());
-    ok(&scan(
+    let run = scan(
         &sim,
         dir.path(),
         &format!("method = \"managed_identity\"\n{imds}"),
         &[],
     )
-    .await);
+    .await;
+    ok(&run);
+    assert_no_secret(&run, &[]);
     // A user-assigned identity by client id; one the host does not have is refused.
     ok(&scan(
         &sim,
@@ -450,6 +452,7 @@ async fn the_azure_cli_gives_tokens_and_says_when_it_is_missing() {
     let mut cmd_env = vec![("PATH", path.as_str())];
     let run = scan(&sim, dir.path(), "method = \"azure_cli\"", &cmd_env).await;
     ok(&run);
+    assert_no_secret(&run, &[]);
     // `auto` ends with the CLI when nothing else is there (IMDS pointed at a closed port).
     let closed = "imds_endpoint = \"http://127.0.0.1:9\"";
     let run = scan(&sim, dir.path(), closed, &cmd_env).await;
@@ -713,4 +716,112 @@ async fn the_doctor_names_a_missing_graph_permission_and_partial_coverage() {
             .contains("Application.Read.All"),
         "{graph}"
     );
+}
+
+/// A cold cache and many callers at once (ARM checks eight at a time, Graph and Resource Graph beside
+/// them): one token request per audience, whatever the credential.
+#[tokio::test]
+async fn concurrent_callers_share_one_token_request_per_audience() {
+    let (mut w, sub) = world();
+    for i in 0..40 {
+        let id = rid(
+            &sub,
+            "rg",
+            "Microsoft.Compute",
+            &format!("virtualMachines/vm{i}"),
+        );
+        w.add_system_assigned(&id);
+        // Resource Graph does not show them yet: ARM checks every one.
+        w.hide_from_resource_graph(&id);
+    }
+    let sim = SimHandle::start(
+        w,
+        SimConfig {
+            credentials: certificate(),
+            latencies: miaudit_sim::Latencies {
+                token: std::time::Duration::from_millis(200),
+                ..miaudit_sim::Latencies::ZERO
+            },
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .expect("simulator");
+    let dir = tempfile::tempdir().expect("dir");
+    let auth = format!(
+        "method = \"client_certificate\"\nclient_id = \"{SIM_CLIENT_ID}\"\ncertificate_path = \"{}\"\nprivate_key_path = \"{}\"",
+        fixture("app-cert.pem").display(),
+        fixture("app-key.pem").display()
+    );
+    let run = scan(&sim, dir.path(), &auth, &[]).await;
+    assert_eq!(run.code, 0, "{}", run.stderr);
+    assert_eq!(sim.requests(miaudit_sim::Api::Token), 2, "one per audience");
+}
+
+/// Twenty callers at once with a cold cache, then again when the token is due for refresh: one token
+/// request each time (single flight), and the still-valid token is what the callers waiting on the
+/// refresh get.
+#[tokio::test]
+async fn twenty_callers_at_once_make_one_token_request() {
+    use miaudit::azure::Counters;
+    use miaudit::azure::auth::TokenProvider;
+    use miaudit::azure::transport::{RetryPolicy, Transport};
+    let (w, _) = world();
+    let sim = SimHandle::start(
+        w,
+        SimConfig {
+            // Refreshed at half-life: after 1 s.
+            token_lifetime_secs: 2,
+            latencies: miaudit_sim::Latencies {
+                token: std::time::Duration::from_millis(300),
+                ..miaudit_sim::Latencies::ZERO
+            },
+            ..SimConfig::default()
+        },
+    )
+    .await
+    .expect("simulator");
+    let url = sim.base_url();
+    let text = format!(
+        "[azure]\nauthority_host = \"{url}\"\ngraph_endpoint = \"{url}\"\narm_endpoint = \"{url}\"\n\
+         [auth]\nclient_id = \"{SIM_CLIENT_ID}\"\nclient_secret = \"{SIM_CLIENT_SECRET}\"\n\
+         [[tenants]]\nid = \"{TENANT}\"\n"
+    );
+    let settings =
+        miaudit::config::Settings::from_toml_str(&text, &Default::default()).expect("settings");
+    let transport = Transport::new(
+        reqwest::Client::new(),
+        RetryPolicy::default(),
+        std::sync::Arc::new(Counters::default()),
+    );
+    let tokens = std::sync::Arc::new(TokenProvider::new(transport, url, &settings.auth));
+    let scope = settings.azure.arm_scope.clone();
+    let burst = || {
+        let calls = (0..20).map(|_| {
+            let (tokens, scope) = (tokens.clone(), scope.clone());
+            tokio::spawn(async move {
+                tokens
+                    .token(TENANT, &scope)
+                    .await
+                    .map(|t| t.as_str().to_owned())
+            })
+        });
+        futures::future::join_all(calls)
+    };
+    let first: Vec<String> = burst()
+        .await
+        .into_iter()
+        .map(|r| r.expect("task").expect("token"))
+        .collect();
+    assert_eq!(sim.requests(miaudit_sim::Api::Token), 1);
+    assert!(first.iter().all(|t| t == &first[0]));
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let second: Vec<String> = burst()
+        .await
+        .into_iter()
+        .map(|r| r.expect("task").expect("token"))
+        .collect();
+    assert_eq!(sim.requests(miaudit_sim::Api::Token), 2, "one refresh");
+    // While the refresh ran, callers got the still-valid token; the refresher got the new one.
+    assert!(second.iter().any(|t| t == &first[0]) && second.iter().any(|t| t != &first[0]));
 }

@@ -103,8 +103,8 @@ fn epoch_seconds(v: &serde_json::Value) -> Option<i64> {
 /// The longest a token is cached, whatever `expires_in` says (Entra's tokens live about an hour,
 /// managed-identity tokens up to a day).
 const MAX_LIFETIME_SECS: u64 = 86_400;
-/// The shortest a token is cached (what a token with an unreadable expiry gets).
-const MIN_LIFETIME_SECS: u64 = 60;
+/// How long a token whose expiry is unreadable (or already past) is kept.
+const UNKNOWN_LIFETIME_SECS: u64 = 60;
 
 #[derive(serde::Deserialize, Default)]
 struct TokenError {
@@ -233,9 +233,13 @@ impl TokenProvider {
             Ok((token, expires_in)) => {
                 self.failures.lock().remove(&key);
                 // A token said to expire at once (an unreadable expiry) is still kept a minute, so that
-                // not every call asks for a new one.
-                let lifetime =
-                    Duration::from_secs(expires_in.clamp(MIN_LIFETIME_SECS, MAX_LIFETIME_SECS));
+                // not every call asks for a new one (a 401 drops it sooner if it is refused).
+                let secs = if expires_in == 0 {
+                    UNKNOWN_LIFETIME_SECS
+                } else {
+                    expires_in.min(MAX_LIFETIME_SECS)
+                };
+                let lifetime = Duration::from_secs(secs);
                 // Short-lived tokens refresh at half-life rather than never being cached.
                 let margin = REFRESH_MARGIN.min(lifetime / 2);
                 let now = Instant::now();
