@@ -209,6 +209,8 @@ pub(super) fn read_auth(
     let federated_token_file = r
         .string("auth", "federated_token_file")
         .or_else(|| var("AZURE_FEDERATED_TOKEN_FILE"))
+        .map(|f| f.trim().to_owned())
+        .filter(|f| !f.is_empty())
         .map(PathBuf::from);
     let imds = r
         .string("auth", "imds_endpoint")
@@ -226,6 +228,17 @@ pub(super) fn read_auth(
         }
     };
     let managed_identity = match (var("IDENTITY_ENDPOINT"), var("IDENTITY_HEADER")) {
+        // Service Fabric sets the same two variables (and a server thumbprint), for another protocol.
+        (Some(_), Some(header)) if var("IDENTITY_SERVER_THUMBPRINT").is_some() => {
+            secrets.push(header);
+            if method == AuthMethod::ManagedIdentity {
+                r.errors.push(
+                    "auth.method: managed identity on Service Fabric (IDENTITY_SERVER_THUMBPRINT is set) is not supported; use a certificate or workload identity"
+                        .into(),
+                );
+            }
+            ManagedIdentitySource::Imds(imds)
+        }
         (Some(endpoint), Some(header)) => {
             secrets.push(header.clone());
             ManagedIdentitySource::AppService {
@@ -235,8 +248,9 @@ pub(super) fn read_auth(
         }
         _ => ManagedIdentitySource::Imds(imds),
     };
-    let object_id = r.string("auth", "object_id");
-    let resource_id = r.string("auth", "mi_res_id");
+    let non_empty = |v: Option<String>| v.map(|s| s.trim().to_owned()).filter(|s| !s.is_empty());
+    let object_id = non_empty(r.string("auth", "object_id"));
+    let resource_id = non_empty(r.string("auth", "mi_res_id"));
     let managed_identity_id = match (object_id, resource_id) {
         (Some(_), Some(_)) => {
             r.errors.push(
@@ -298,7 +312,7 @@ fn read_client_secret(r: &mut Reader<'_>, env: &Env, secrets: &mut Vec<String>) 
     inline
         .or(from_file)
         .or_else(|| env.get("AZURE_CLIENT_SECRET").cloned())
-        .filter(|s| !s.is_empty())
+        .filter(|s| !s.trim().is_empty())
         .map(Secret::new)
 }
 
