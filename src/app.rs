@@ -66,6 +66,12 @@ impl App {
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
         metrics.set_findings(&tenants, &store.count_findings_by_state().await?);
+        for (tenant, c) in store.latest_coverage().await? {
+            metrics
+                .subscription_coverage
+                .with_label_values(&[tenant.as_str()])
+                .set(c.ratio);
+        }
         let cancel = CancellationToken::new();
         let scanner = Scanner::new(&settings)?;
         let runner = Arc::new(ScanRunner::new(

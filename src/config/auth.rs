@@ -361,6 +361,22 @@ fn read_certificate(cert_path: &str, key_path: Option<&str>) -> Result<ClientCer
             jsonwebtoken::EncodingKey::from_rsa_pem(pem_text.as_bytes()).map_err(|_| {
                 format!("auth.{key_from}: the private key is not an RSA key miaudit can sign with (PKCS#8 or PKCS#1 PEM, unencrypted)")
             })?;
+            // ... and a key that is not the certificate's: Entra would refuse every assertion
+            // (AADSTS700027) at the first token.
+            let pair = if k.tag() == "PRIVATE KEY" {
+                aws_lc_rs::rsa::KeyPair::from_pkcs8(k.contents())
+            } else {
+                aws_lc_rs::rsa::KeyPair::from_der(k.contents())
+            };
+            if let Ok(pair) = pair {
+                use aws_lc_rs::signature::KeyPair as _;
+                let public: &[u8] = pair.public_key().as_ref();
+                if !chain[0].windows(public.len()).any(|w| w == public) {
+                    return Err(format!(
+                        "auth.{key_from}: the private key does not belong to the certificate in {cert_path} (its public key is not the certificate's)"
+                    ));
+                }
+            }
             Ok(ClientCertificate {
                 chain,
                 key_pem: Secret::new(pem_text),

@@ -672,3 +672,28 @@ fn a_tenant_in_another_cloud_gets_that_clouds_endpoints_and_audiences() {
     let err = Settings::load(Some(f.path()), &Env::new()).expect_err("unknown cloud");
     assert!(err.0[0].starts_with("tenants[0].cloud:"), "{err}");
 }
+
+#[test]
+fn a_key_that_is_not_the_certificates_is_refused_at_start_up() {
+    let fixture = |n: &str| format!("{}/tests/fixtures/auth/{n}", env!("CARGO_MANIFEST_DIR"));
+    let with = |cert: &str, key: &str| {
+        file(&format!(
+            "[auth]\nmethod = \"client_certificate\"\nclient_id = \"c\"\ncertificate_path = \"{}\"\nprivate_key_path = \"{}\"\n",
+            fixture(cert),
+            fixture(key)
+        ))
+    };
+    let f = with("app-cert.pem", "app-key.pem");
+    let s = Settings::load(Some(f.path()), &Env::new()).expect("a matching pair");
+    assert!(s.auth.certificate.is_some());
+    let f = with("app-cert.pem", "other-key.pem");
+    let err = Settings::load(Some(f.path()), &Env::new()).expect_err("mismatched");
+    assert!(
+        err.0[0].starts_with("auth.private_key_path: the private key does not belong"),
+        "{err}"
+    );
+    assert!(
+        !err.to_string().contains("BEGIN"),
+        "no key material in the message"
+    );
+}

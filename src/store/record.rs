@@ -154,8 +154,9 @@ async fn write_scan(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), StoreErr
     .await?;
     for t in &report.tenants {
         sqlx::query(
-            "insert into scan_tenants (scan_id, tenant_id, complete, identities, errors, requests, inventory_complete)
-             values (?, ?, ?, ?, ?, ?, ?)",
+            "insert into scan_tenants (scan_id, tenant_id, complete, identities, errors, requests, inventory_complete,
+                 subscriptions_referenced, subscriptions_listed)
+             values (?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&report.scan_id)
         .bind(t.tenant_id.as_str())
@@ -164,6 +165,14 @@ async fn write_scan(tx: &mut Tx<'_>, report: &ScanReport) -> Result<(), StoreErr
         .bind(serde_json::to_string(&t.errors).unwrap_or_else(|_| "[]".into()))
         .bind(serde_json::to_string(&t.requests).unwrap_or_else(|_| "{}".into()))
         .bind(t.inventory_complete)
+        .bind(
+            t.subscription_coverage
+                .map(|c| i64::try_from(c.referenced).unwrap_or(i64::MAX)),
+        )
+        .bind(
+            t.subscription_coverage
+                .map(|c| i64::try_from(c.listed).unwrap_or(i64::MAX)),
+        )
         .execute(&mut **tx)
         .await?;
     }

@@ -391,7 +391,8 @@ mod tests {
         for copy in [
             "insert into scans select scan_id, started_at, finished_at, complete, trigger, total, healthy,
                  orphaned, unknown, outcome from new.scans",
-            "insert into scan_tenants select * from new.scan_tenants",
+            "insert into scan_tenants select scan_id, tenant_id, complete, identities, errors, requests,
+                 inventory_complete from new.scan_tenants",
             "insert into tenant_inventory select * from new.tenant_inventory",
             "insert into finding_history select * from new.finding_history",
             "insert into findings select tenant_id, object_id, app_id, display_name, identity_type,

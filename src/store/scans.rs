@@ -119,7 +119,8 @@ impl Store {
         }
         let ids: Vec<&str> = scans.iter().map(|s| s.scan_id.as_str()).collect();
         let rows = sqlx::query(
-            "select scan_id, tenant_id, complete, identities, errors, requests, inventory_complete
+            "select scan_id, tenant_id, complete, identities, errors, requests, inventory_complete,
+                    subscriptions_referenced, subscriptions_listed
              from scan_tenants where scan_id in (select value from json_each(?))
              order by scan_id, tenant_id",
         )
@@ -147,7 +148,7 @@ impl Store {
             summary: Summary::default(),
             arm_checks: 0,
             staging_failed: false,
-            subscription_coverage: None,
+            subscription_coverage: coverage_of(r)?,
             unjudged: 0,
             tenant_id: id(r, "tenant_id")?,
             complete: r.try_get("complete")?,
@@ -259,6 +260,39 @@ impl Store {
             ));
         }
         Ok(Some((last, page)))
+    }
+}
+
+/// A `scan_tenants` row's coverage, when it was recorded.
+fn coverage_of(r: &sqlx::sqlite::SqliteRow) -> Result<Option<crate::report::Coverage>, StoreError> {
+    let referenced: Option<i64> = r.try_get("subscriptions_referenced")?;
+    let listed: Option<i64> = r.try_get("subscriptions_listed")?;
+    Ok(match (referenced, listed) {
+        (Some(a), Some(b)) => Some(crate::report::Coverage::new(count(a), count(b))),
+        _ => None,
+    })
+}
+
+impl Store {
+    /// Each tenant's coverage in its newest recorded scan that has one (for the metric at start-up).
+    pub async fn latest_coverage(
+        &self,
+    ) -> Result<Vec<(TenantId, crate::report::Coverage)>, StoreError> {
+        let rows = sqlx::query(
+            "select t.tenant_id, t.subscriptions_referenced, t.subscriptions_listed
+             from scan_tenants t join scans s on s.scan_id = t.scan_id
+             where t.subscriptions_referenced is not null and s.seq = (
+                 select max(s2.seq) from scan_tenants t2 join scans s2 on s2.scan_id = t2.scan_id
+                 where t2.tenant_id = t.tenant_id and t2.subscriptions_referenced is not null)",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .filter_map(|r| {
+                let c = coverage_of(r).transpose()?;
+                Some(c.and_then(|c| Ok((id(r, "tenant_id")?, c))))
+            })
+            .collect()
     }
 }
 

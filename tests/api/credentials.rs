@@ -540,6 +540,21 @@ async fn coverage_counts_the_subscriptions_the_credential_cannot_list() {
         "{text}"
     );
     d.stop().await;
+    // A restarted daemon exports it from the database before it scans again.
+    let d = env.daemon("").await;
+    let text = reqwest::get(d.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains(&format!(
+            "miaudit_subscription_coverage_ratio{{tenant_id=\"{TENANT}\"}} 0.5"
+        )),
+        "{text}"
+    );
+    d.stop().await;
 }
 
 /// Three tenants with one shared app: one works, one has not provisioned the app (AADSTS700016), one
