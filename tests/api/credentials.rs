@@ -503,6 +503,21 @@ async fn auto_prefers_the_environments_secret_and_never_logs_it() {
     assert_no_secret(&run, &[SIM_CLIENT_SECRET]);
 }
 
+async fn assert_coverage_exported(d: &Daemon) {
+    let text = reqwest::get(d.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        text.contains(&format!(
+            "miaudit_subscription_coverage_ratio{{tenant_id=\"{TENANT}\"}} 0.5"
+        )),
+        "{text}"
+    );
+}
+
 /// Coverage: the subscriptions the tenant's managed identities name, and how many of them the
 /// credential's subscription listing shows; in the report and as a metric after the daemon's scan.
 #[tokio::test]
@@ -527,33 +542,11 @@ async fn coverage_counts_the_subscriptions_the_credential_cannot_list() {
     assert!((c.ratio - 0.5).abs() < 1e-9);
     let d = env.daemon("").await;
     d.scan().await;
-    let text = reqwest::get(d.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        text.contains(&format!(
-            "miaudit_subscription_coverage_ratio{{tenant_id=\"{TENANT}\"}} 0.5"
-        )),
-        "{text}"
-    );
+    assert_coverage_exported(&d).await;
     d.stop().await;
     // A restarted daemon exports it from the database before it scans again.
     let d = env.daemon("").await;
-    let text = reqwest::get(d.url("/metrics"))
-        .await
-        .expect("metrics")
-        .text()
-        .await
-        .expect("text");
-    assert!(
-        text.contains(&format!(
-            "miaudit_subscription_coverage_ratio{{tenant_id=\"{TENANT}\"}} 0.5"
-        )),
-        "{text}"
-    );
+    assert_coverage_exported(&d).await;
     d.stop().await;
 }
 
