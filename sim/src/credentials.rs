@@ -170,12 +170,7 @@ pub(crate) fn check_proof(
             ));
         }
         if !in_time {
-            return Err(aad_error(
-                400,
-                "invalid_client",
-                700_024,
-                "Client assertion is not within its valid time range.",
-            ));
+            return Err(out_of_time());
         }
         return Ok(());
     }
@@ -275,12 +270,7 @@ fn verify_certificate_assertion(
         ));
     }
     if !in_time {
-        return Err(aad_error(
-            400,
-            "invalid_client",
-            700_024,
-            "Client assertion is not within its valid time range.",
-        ));
+        return Err(out_of_time());
     }
     let jti = text("jti");
     if jti.is_empty()
@@ -298,6 +288,16 @@ fn verify_certificate_assertion(
         ));
     }
     Ok(())
+}
+
+/// Entra's refusal of an assertion outside its `nbf`..`exp`.
+fn out_of_time() -> Response {
+    aad_error(
+        400,
+        "invalid_client",
+        700_024,
+        "Client assertion is not within its valid time range.",
+    )
 }
 
 /// What the simulated Entra accepts now.

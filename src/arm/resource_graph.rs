@@ -219,10 +219,7 @@ impl ArmClient {
         sink: &mut impl PageSink<ArgHit>,
     ) -> Result<u32, AzureError> {
         let query = identity_query(table, types);
-        let url = format!(
-            "{}/providers/Microsoft.ResourceGraph/resources?api-version={RESOURCE_GRAPH_API_VERSION}",
-            self.endpoint
-        );
+        let url = self.arg_url();
         let mut skip_token: Option<String> = None;
         let mut pages = 0u32;
         let mut seen_tokens = std::collections::HashSet::new();
@@ -235,14 +232,7 @@ impl ArmClient {
             // Same query and scopes on every page (ARG-SPEC examples).
             let body =
                 json!({ "subscriptions": subscriptions, "query": query, "options": options });
-            let call = Call {
-                api: Api::ResourceGraph,
-                tenant: tenant.as_str(),
-                method: reqwest::Method::POST,
-                url: &url,
-                json: Some(&body),
-            };
-            let (rows, token, request_id) = self.arg_page(&call).await?;
+            let (rows, token, request_id) = self.arg_page(&arg_call(tenant, &url, &body)).await?;
             pages += 1;
             empty.saw(Api::ResourceGraph, "a Resource Graph page", rows.len())?;
             sink.accept(hits_of(&rows, request_id)?)
@@ -271,24 +261,22 @@ impl ArmClient {
         tenant: &TenantId,
         subscriptions: &[SubscriptionId],
     ) -> Result<usize, AzureError> {
-        let url = format!(
-            "{}/providers/Microsoft.ResourceGraph/resources?api-version={RESOURCE_GRAPH_API_VERSION}",
-            self.endpoint
-        );
+        let url = self.arg_url();
         let body = json!({
             "subscriptions": subscriptions,
             "query": "Resources | project id | limit 1",
             "options": { "$top": 1, "resultFormat": "objectArray" },
         });
-        let call = Call {
-            api: Api::ResourceGraph,
-            tenant: tenant.as_str(),
-            method: reqwest::Method::POST,
-            url: &url,
-            json: Some(&body),
-        };
-        let (rows, _, _) = self.arg_page(&call).await?;
+        let (rows, _, _) = self.arg_page(&arg_call(tenant, &url, &body)).await?;
         Ok(rows.len())
+    }
+
+    /// The Resource Graph query endpoint.
+    fn arg_url(&self) -> String {
+        format!(
+            "{}/providers/Microsoft.ResourceGraph/resources?api-version={RESOURCE_GRAPH_API_VERSION}",
+            self.endpoint
+        )
     }
 
     /// One page of Resource Graph, paced by its quota: its rows as objects, its `$skipToken`, and the
@@ -318,6 +306,17 @@ impl ArmClient {
                 }
             })
             .await?
+    }
+}
+
+/// A Resource Graph query (POST) of `tenant` with `body`.
+fn arg_call<'a>(tenant: &'a TenantId, url: &'a str, body: &'a Value) -> Call<'a> {
+    Call {
+        api: Api::ResourceGraph,
+        tenant: tenant.as_str(),
+        method: reqwest::Method::POST,
+        url,
+        json: Some(body),
     }
 }
 

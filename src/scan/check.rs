@@ -52,9 +52,7 @@ fn fail(name: &'static str, detail: String, fix: String) -> Check {
 /// What the doctor says to do about `e`, met by `api` in `tenant` with the application `client`.
 pub fn fix_for(e: &AzureError, api: Api, tenant: &TenantId, client: &str) -> String {
     let text = e.to_string();
-    let reader = format!(
-        "assign the Reader role at the tenant root management group: az role assignment create --assignee {client} --role Reader --scope /providers/Microsoft.Management/managementGroups/{tenant}"
-    );
+    let reader = reader_fix(tenant, client);
     if let Some(code) = aadsts(&text) {
         return match code {
             700_016 => format!(
@@ -100,6 +98,14 @@ pub fn fix_for(e: &AzureError, api: Api, tenant: &TenantId, client: &str) -> Str
         ),
         _ => format!("{api} failed: {text}"),
     }
+}
+
+/// The fix for a credential that does not see every subscription: Reader at the tenant root management
+/// group (whose id is the tenant's).
+fn reader_fix(tenant: &TenantId, client: &str) -> String {
+    format!(
+        "assign the Reader role at the tenant root management group: az role assignment create --assignee {client} --role Reader --scope /providers/Microsoft.Management/managementGroups/{tenant}"
+    )
 }
 
 /// The AADSTS code in a token error's text.
@@ -176,17 +182,7 @@ impl Scanner {
                 checks.push(fail(
                     "subscriptions",
                     "the credential sees no subscription".into(),
-                    fix_for(
-                        &AzureError::Status {
-                            api: Api::Arm,
-                            status: 403,
-                            code: String::new(),
-                            message: String::new(),
-                        },
-                        Api::Arm,
-                        tenant,
-                        client,
-                    ),
+                    reader_fix(tenant, client),
                 ));
                 Some(BTreeSet::new())
             }
@@ -246,9 +242,7 @@ impl Scanner {
                             "the credential lists {seen} of {} subscriptions that managed identities name (first Graph page); identities in the others can only be unknown",
                             referenced.len()
                         ),
-                        format!(
-                            "assign the Reader role at the tenant root management group: az role assignment create --assignee {client} --role Reader --scope /providers/Microsoft.Management/managementGroups/{tenant}"
-                        ),
+                        reader_fix(tenant, client),
                     )
                 });
                 Some(c)

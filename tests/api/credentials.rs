@@ -9,7 +9,6 @@ use miaudit_sim::model::{SIM_CLIENT_ID, SIM_CLIENT_SECRET, World};
 use miaudit_sim::{Credentials, SimConfig, SimHandle};
 use std::path::{Path, PathBuf};
 
-const BIN: &str = env!("CARGO_BIN_EXE_miaudit");
 const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/auth");
 
 fn fixture(name: &str) -> PathBuf {
@@ -18,12 +17,6 @@ fn fixture(name: &str) -> PathBuf {
 
 fn read(name: &str) -> String {
     std::fs::read_to_string(fixture(name)).expect("fixture")
-}
-
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
 }
 
 /// A tenant with one healthy identity, and the simulator with `credentials`.
@@ -55,26 +48,19 @@ async fn scan(sim: &SimHandle, dir: &Path, auth: &str, env: &[(&str, &str)]) -> 
         ),
     )
     .expect("config");
-    let mut cmd = tokio::process::Command::new(BIN);
-    cmd.args([
-        "--config",
-        config.to_str().expect("utf-8"),
-        "scan",
-        "--output",
-        "json",
-    ])
-    .env_clear()
-    .env("PATH", std::env::var("PATH").unwrap_or_default())
-    .env("RUST_LOG", "trace");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().await.expect("binary runs");
-    Run {
-        code: out.status.code().expect("exit code"),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
+    let mut all = vec![("RUST_LOG", "trace")];
+    all.extend_from_slice(env);
+    miaudit(
+        &[
+            "--config",
+            config.to_str().expect("utf-8"),
+            "scan",
+            "--output",
+            "json",
+        ],
+        &all,
+    )
+    .await
 }
 
 /// Neither stream holds any of `secrets`, nor an access token the simulator issued (`sim.` + base64).

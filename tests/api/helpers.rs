@@ -199,3 +199,29 @@ pub async fn get_json(url: &str) -> (u16, serde_json::Value) {
         serde_json::from_str(&body).unwrap_or(serde_json::Value::Null),
     )
 }
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_miaudit");
+
+/// What a run of the real binary printed and how it ended.
+pub struct Run {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// The real binary with `args`, an environment of PATH and `env` only (later entries win).
+pub async fn miaudit(args: &[&str], env: &[(&str, &str)]) -> Run {
+    let mut cmd = tokio::process::Command::new(BIN);
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().await.expect("binary runs");
+    Run {
+        code: out.status.code().expect("exit code"),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
