@@ -6,6 +6,7 @@ use crate::api::{self, AppState};
 use crate::config::Settings;
 use crate::domain::Trigger;
 use crate::metrics::Metrics;
+use crate::notify::Notifier;
 use crate::scan::Scanner;
 use crate::scheduler::{ScanRunner, start_cron};
 use crate::store::Store;
@@ -20,6 +21,7 @@ pub struct App {
     settings: Arc<Settings>,
     state: AppState,
     cancel: CancellationToken,
+    notifier: Notifier,
 }
 
 impl App {
@@ -38,7 +40,8 @@ impl App {
         let store = Store::connect(&settings.database.url)
             .await
             .with_context(|| format!("opening the database {}", settings.database.url))?
-            .retaining(settings.database.retain_scans);
+            .retaining(settings.database.retain_scans)
+            .notifying(settings.notify.subscribers());
         let tenants = settings.tenant_ids();
         let metrics = Metrics::new(&tenants);
         match store.abandon_running_scans().await {
@@ -72,15 +75,37 @@ impl App {
                 .with_label_values(&[tenant.as_str()])
                 .set(c.ratio);
         }
+        for (tenant, complete, last_success) in store.latest_scan_health().await? {
+            metrics
+                .scan_incomplete
+                .with_label_values(&[tenant.as_str()])
+                .set(i64::from(!complete));
+            if let Some(at) = last_success {
+                metrics
+                    .last_success
+                    .with_label_values(&[tenant.as_str()])
+                    .set(at.timestamp());
+            }
+        }
+        metrics.set_oldest_unacknowledged(&tenants, &store.oldest_unacknowledged().await?);
         let cancel = CancellationToken::new();
         let scanner = Scanner::new(&settings)?;
-        let runner = Arc::new(ScanRunner::new(
-            scanner,
+        let notifier = Notifier::new(
             store.clone(),
+            &settings.notify,
+            settings.http.listen,
             metrics.clone(),
-            settings.clone(),
-            cancel.clone(),
-        ));
+        )?;
+        let runner = Arc::new(
+            ScanRunner::new(
+                scanner,
+                store.clone(),
+                metrics.clone(),
+                settings.clone(),
+                cancel.clone(),
+            )
+            .notifying(notifier.clone()),
+        );
         let listener = tokio::net::TcpListener::bind(settings.http.listen)
             .await
             .with_context(|| format!("listening on {}", settings.http.listen))?;
@@ -98,6 +123,7 @@ impl App {
             settings,
             state,
             cancel,
+            notifier,
         })
     }
 
@@ -136,6 +162,12 @@ impl App {
         if self.settings.schedule.scan_on_start {
             let _ = self.state.runner.try_start(Trigger::Startup);
         }
+        // The outbox is delivered from start-up: what a previous process enqueued and did not deliver
+        // goes out now.
+        let delivery = self
+            .notifier
+            .is_configured()
+            .then(|| tokio::spawn(self.notifier.clone().run(cancel.clone())));
         let runner = self.state.runner.clone();
         let store = self.state.store.clone();
         let app = api::router(self.state);
@@ -147,6 +179,9 @@ impl App {
         cancel.cancel();
         let _ = sched.shutdown().await;
         runner.wait_idle().await;
+        if let Some(d) = delivery {
+            let _ = d.await;
+        }
         store.close().await;
         Ok(())
     }

@@ -11,7 +11,8 @@
 //! - [`lifecycle`] — pure rules that move findings (suspected, confirmed, resolved, ...) scan by scan;
 //! - [`store`] — record: SQLite, one transaction per scan;
 //! - publish: [`report`] (the CLI report), [`api`] (HTTP JSON API), [`metrics`] (Prometheus),
-//!   [`export`] (the support-ticket list), all written as they are read ([`output`]).
+//!   [`export`] (the support-ticket list), all written as they are read ([`output`]), [`notify`]
+//!   (webhooks fed by a durable outbox).
 //!
 //! Around them: [`scan`] runs one scan through the stages, [`scheduler`] runs scans for the daemon
 //! (cron, overlap guard, timeout), [`app`] assembles the daemon, [`azure`] holds what every Azure call shares
@@ -32,6 +33,7 @@ mod fuzz;
 pub mod graph;
 pub mod lifecycle;
 pub mod metrics;
+pub mod notify;
 pub mod output;
 pub mod report;
 pub mod scan;

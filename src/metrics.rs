@@ -34,6 +34,12 @@ pub struct Metrics {
     pub store_errors: IntCounter,
     pub build_info: IntGaugeVec,
     pub subscription_coverage: prometheus::GaugeVec,
+    pub notifications: IntCounterVec,
+    pub outbox_pending: IntGaugeVec,
+    pub scan_incomplete: IntGaugeVec,
+    pub oldest_unacknowledged: IntGaugeVec,
+    pub orphans_with_roles: IntGaugeVec,
+    pub orphans_privileged: IntGaugeVec,
     /// Azure counters already exported, so only deltas are added.
     seen: std::sync::Arc<Mutex<Exported>>,
 }
@@ -148,6 +154,36 @@ impl Metrics {
                 )
                 .expect("valid metric"),
             ),
+            notifications: counter_vec(
+                "miaudit_notifications_total",
+                "Notification delivery attempts by webhook and outcome: delivered, failed (will retry), dead (given up).",
+                &["sink", "outcome"],
+            ),
+            outbox_pending: gauge_vec(
+                "miaudit_notification_outbox_pending",
+                "Notifications waiting in the outbox for delivery, by webhook.",
+                &["sink"],
+            ),
+            scan_incomplete: gauge_vec(
+                "miaudit_scan_incomplete",
+                "1 when the latest recorded scan of the tenant was incomplete (some identities unknown, or the inventory cut short), else 0.",
+                &["tenant_id"],
+            ),
+            oldest_unacknowledged: gauge_vec(
+                "miaudit_oldest_unacknowledged_orphan_timestamp_seconds",
+                "Unix time the oldest confirmed orphan without a support ticket was confirmed (0: none).",
+                &["tenant_id"],
+            ),
+            orphans_with_roles: gauge_vec(
+                "miaudit_orphans_with_role_assignments",
+                "Open orphans whose principal still holds Azure role assignments (after the latest scan).",
+                &["tenant_id"],
+            ),
+            orphans_privileged: gauge_vec(
+                "miaudit_orphans_with_privileged_role_assignments",
+                "Open orphans whose principal still holds a privileged role (Owner, Contributor, User Access Administrator, ...): high risk.",
+                &["tenant_id"],
+            ),
             registry: r,
             seen: Default::default(),
         };
@@ -172,6 +208,14 @@ impl Metrics {
             }
             self.new_orphans.with_label_values(&[t]);
             self.last_success.with_label_values(&[t]).set(0);
+            self.scan_incomplete.with_label_values(&[t]).set(0);
+            self.oldest_unacknowledged.with_label_values(&[t]).set(0);
+            self.orphans_with_roles.with_label_values(&[t]).set(0);
+            self.orphans_privileged.with_label_values(&[t]).set(0);
+            // Unknown until a scan lists both (NaN: no comparison is true, so no alert on it).
+            self.subscription_coverage
+                .with_label_values(&[t])
+                .set(f64::NAN);
         }
         for o in SCAN_OUTCOMES {
             self.scan_runs.with_label_values(&[o]);
@@ -238,6 +282,23 @@ impl Metrics {
                     .with_label_values(&[t.as_str(), s.as_str()])
                     .set(i64::try_from(n).unwrap_or(i64::MAX));
             }
+        }
+    }
+
+    /// Sets the oldest-unacknowledged gauges from the store (tenants absent from `oldest` have none).
+    pub fn set_oldest_unacknowledged(
+        &self,
+        tenants: &[TenantId],
+        oldest: &[(TenantId, chrono::DateTime<chrono::Utc>)],
+    ) {
+        for t in tenants {
+            let at = oldest
+                .iter()
+                .find(|(ot, _)| ot == t)
+                .map_or(0, |o| o.1.timestamp());
+            self.oldest_unacknowledged
+                .with_label_values(&[t.as_str()])
+                .set(at);
         }
     }
 

@@ -40,6 +40,8 @@ pub struct ScanRunner {
     cancel: CancellationToken,
     /// The running scan task, awaited at shutdown.
     task: parking_lot::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Woken when a recorded scan may have enqueued notifications.
+    notifier: Option<crate::notify::Notifier>,
 }
 
 impl ScanRunner {
@@ -58,7 +60,14 @@ impl ScanRunner {
             guard: Arc::new(Mutex::new(())),
             cancel,
             task: parking_lot::Mutex::new(None),
+            notifier: None,
         }
+    }
+
+    /// Wakes this delivery worker after each recorded scan.
+    pub fn notifying(mut self, notifier: crate::notify::Notifier) -> Self {
+        self.notifier = Some(notifier);
+        self
     }
 
     pub fn counters(&self) -> &Arc<crate::azure::Counters> {
@@ -190,7 +199,13 @@ impl ScanRunner {
                         .inc_by(*n);
                 }
                 self.publish(report).await;
+                if recorded.notifications > 0
+                    && let Some(n) = &self.notifier
+                {
+                    n.wake();
+                }
                 tracing::info!(
+                    notifications = recorded.notifications,
                     complete = report.complete,
                     identities = report.summary.total,
                     orphaned = report.summary.orphaned,
@@ -229,6 +244,10 @@ impl ScanRunner {
                     .with_label_values(&[&t.tenant_id])
                     .set(c.ratio);
             }
+            self.metrics
+                .scan_incomplete
+                .with_label_values(&[&t.tenant_id])
+                .set(i64::from(!t.complete));
             if t.complete {
                 self.metrics
                     .last_success
@@ -241,6 +260,15 @@ impl ScanRunner {
             Err(e) => {
                 self.metrics.store_errors.inc();
                 tracing::error!(error = %e, "could not count findings");
+            }
+        }
+        match self.store.oldest_unacknowledged().await {
+            Ok(o) => self
+                .metrics
+                .set_oldest_unacknowledged(&self.settings.tenant_ids(), &o),
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::error!(error = %e, "could not read unacknowledged orphans");
             }
         }
     }

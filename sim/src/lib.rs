@@ -26,6 +26,7 @@ mod respond;
 mod server;
 pub mod stats;
 mod token;
+pub mod webhook;
 
 pub use faults::{Fault, FaultPlan, FaultRule, LinkTo, RedirectTo};
 pub use stats::Stats;

@@ -32,6 +32,58 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/scans", get(list_scans).post(start_scan))
         .route("/api/v1/scans/{scan_id}", get(one_scan))
         .route("/api/v1/export", get(export_findings))
+        .route("/api/v1/notifications", get(list_notifications))
+}
+
+/// The notification outbox, newest first: each delivery's sink (by name, never its URL), event, state,
+/// attempts and last error. `state=pending|delivered|dead` narrows it.
+async fn list_notifications(
+    S(st): S<AppState>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, Problem> {
+    let p = Params::parse(q.as_deref(), &["state", "limit", "cursor"])?;
+    let limit = p.limit()?;
+    let state = match p.get("state") {
+        None => None,
+        Some(s @ ("pending" | "delivered" | "dead")) => Some(s),
+        Some(_) => {
+            return Err(Problem::bad_request(
+                "state must be one of pending, delivered, dead".to_owned(),
+            ));
+        }
+    };
+    let after = match p.get("cursor") {
+        Some(c) => Some(decode_cursor(c, 3)?),
+        None => None,
+    };
+    let mut items = st
+        .store
+        .outbox_list(
+            state,
+            after
+                .as_ref()
+                .map(|v| (v[0].as_str(), v[1].as_str(), v[2].as_str())),
+            limit + 1,
+        )
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    let next = page(&mut items, limit, |r| {
+        encode_cursor(&[&r.occurred_at, &r.sink, &r.event_id])
+    });
+    let items: Vec<Value> = items
+        .iter()
+        .map(|r| {
+            json!({
+                "sink": r.sink, "event_id": r.event_id, "type": r.kind, "scan_id": r.scan_id,
+                "occurred_at": r.occurred_at, "state": r.state, "attempts": r.attempts,
+                "last_error": r.last_error, "delivered_at": r.delivered_at,
+            })
+        })
+        .collect();
+    Ok(json_ok(
+        StatusCode::OK,
+        &json!({"items": items, "next_cursor": next}),
+    ))
 }
 
 /// Cuts a list fetched with one extra item to `limit`, and gives the cursor of the next page when that
@@ -332,6 +384,12 @@ async fn acknowledge(
                 .await
                 .map_err(|e| Problem::internal(&st.metrics, &e))?;
             st.metrics.set_findings(&st.tenants, &counts);
+            let oldest = st
+                .store
+                .oldest_unacknowledged()
+                .await
+                .map_err(|e| Problem::internal(&st.metrics, &e))?;
+            st.metrics.set_oldest_unacknowledged(&st.tenants, &oldest);
             let v = finding_with_history(&st, &tenant, &object)
                 .await?
                 .unwrap_or(Value::Null);

@@ -309,7 +309,10 @@ fn reader_gone(e: &std::io::Error) -> bool {
 async fn open_store(settings: &Settings) -> Result<Store, ExitCode> {
     Store::connect(&settings.database.url)
         .await
-        .map(|s| s.retaining(settings.database.retain_scans))
+        .map(|s| {
+            s.retaining(settings.database.retain_scans)
+                .notifying(settings.notify.subscribers())
+        })
         .map_err(|e| {
             config_error(&[format!(
                 "database.url: cannot open {}: {e}",
@@ -361,7 +364,9 @@ pub async fn scan_and_print(
             EXIT_INCOMPLETE
         }
     };
-    match print_report(&report, output, all, work.as_ref()).await {
+    let printed = print_report(&report, output, all, work.as_ref()).await;
+    deliver_once(settings, &store).await;
+    match printed {
         Ok(()) => ExitCode::from(code),
         Err(WriteError::Io(e)) if reader_gone(&e) => ExitCode::from(code),
         // The report on stdout is cut short: say so, and do not exit as if it were whole.
@@ -369,6 +374,36 @@ pub async fn scan_and_print(
             eprintln!("miaudit: {e}");
             ExitCode::from(EXIT_INCOMPLETE)
         }
+    }
+}
+
+/// After a scan from the command line: one delivery attempt of each notification due (this scan's and
+/// any earlier one's), so a `scan` run by cron notifies without a daemon; what fails stays in the outbox
+/// for the next run or the daemon, with its back-off.
+async fn deliver_once(settings: &Settings, store: &Store) {
+    if settings.notify.webhooks.is_empty() {
+        return;
+    }
+    let metrics = crate::metrics::Metrics::new(&[]);
+    match crate::notify::Notifier::new(
+        store.clone(),
+        &settings.notify,
+        settings.http.listen,
+        metrics,
+    ) {
+        Ok(n) => {
+            let cancel = tokio_util::sync::CancellationToken::new();
+            let pass = n.deliver_due(&cancel);
+            if tokio::time::timeout(std::time::Duration::from_secs(120), pass)
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "notifications not all attempted within 2 minutes; the rest stay in the outbox"
+                );
+            }
+        }
+        Err(e) => tracing::error!(error = %e, "could not start delivering notifications"),
     }
 }
 

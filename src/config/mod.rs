@@ -10,6 +10,7 @@
 //! - this file: the settings types and loading.
 
 mod auth;
+mod notify;
 mod read;
 mod secrets;
 mod sections;
@@ -21,6 +22,7 @@ pub use auth::{
     AuthMethod, AuthSettings, ClientCertificate, DEFAULT_IMDS, ManagedIdentityId,
     ManagedIdentitySource,
 };
+pub use notify::{DEFAULT_MAX_ATTEMPTS, NotifySettings, WebhookSettings};
 use read::*;
 pub use read::{parse_duration, parse_size};
 pub use secrets::Secret;
@@ -244,6 +246,7 @@ pub struct Settings {
     pub lifecycle: LifecycleSettings,
     pub scan: ScanSettings,
     pub log: LogSettings,
+    pub notify: NotifySettings,
 }
 
 /// Where environment values come from; a map in tests, the process environment otherwise.
@@ -302,6 +305,7 @@ impl Settings {
             lifecycle: read_lifecycle(&mut r),
             scan: read_scan(&mut r),
             log: read_log(&mut r),
+            notify: notify::read_notify(&mut r, &mut secrets),
         };
         errors.extend(r.errors);
         errors.extend(url_errors);

@@ -19,6 +19,26 @@ pub(super) const AUTH_KEYS: &[&str] = &[
     "mi_res_id",
 ];
 
+/// The keys of `[notify]`.
+pub(super) const NOTIFY_KEYS: &[&str] = &[
+    "max_attempts",
+    "retry_base_delay",
+    "retry_max_delay",
+    "public_url",
+    "webhooks",
+];
+
+/// The keys of one `[[notify.webhooks]]` table.
+pub(super) const WEBHOOK_KEYS: &[&str] = &[
+    "name",
+    "url",
+    "url_file",
+    "kind",
+    "secret",
+    "secret_file",
+    "events",
+];
+
 /// Known sections and keys. `tenants` is an array of tables with `id` and `name`.
 pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     (
@@ -61,6 +81,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
         ],
     ),
     ("log", &["level", "format"]),
+    ("notify", NOTIFY_KEYS),
 ];
 
 /// Parses `"0s"`, `"500ms"`, `"30s"`, `"30m"`, `"2h"`, `"1h30m"`, `"1d"`.
@@ -316,6 +337,20 @@ pub(super) fn unknown_keys(root: &toml::Table) -> Vec<String> {
                 Some(t) => {
                     for k in t.keys().filter(|k| !keys.contains(&k.as_str())) {
                         errors.push(format!("{section}.{k}: unknown key"));
+                    }
+                    if section == "notify"
+                        && let Some(hooks) = t.get("webhooks").and_then(toml::Value::as_array)
+                    {
+                        for (n, h) in hooks.iter().enumerate() {
+                            for k in h
+                                .as_table()
+                                .into_iter()
+                                .flat_map(|h| h.keys())
+                                .filter(|k| !WEBHOOK_KEYS.contains(&k.as_str()))
+                            {
+                                errors.push(format!("notify.webhooks[{n}].{k}: unknown key"));
+                            }
+                        }
                     }
                 }
             },

@@ -167,5 +167,15 @@ pub(super) fn configured_secrets(root: &toml::Table, env: &Env) -> Vec<String> {
         .flatten()
         .filter_map(|t| t.get("auth")?.get("client_secret")?.as_str());
     secrets.extend(tenant_secrets.map(str::to_owned));
+    // Each webhook's URL (its credential) and signing secret.
+    let webhook_secrets = root
+        .get("notify")
+        .and_then(|n| n.get("webhooks"))
+        .and_then(toml::Value::as_array)
+        .into_iter()
+        .flatten()
+        .flat_map(|w| ["url", "secret"].map(|k| w.get(k).and_then(toml::Value::as_str)))
+        .flatten();
+    secrets.extend(webhook_secrets.map(str::to_owned));
     secrets
 }

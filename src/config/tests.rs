@@ -697,3 +697,64 @@ fn a_key_that_is_not_the_certificates_is_refused_at_start_up() {
         "no key material in the message"
     );
 }
+
+#[test]
+fn webhooks_are_read_with_defaults_and_every_problem_named_without_the_url() {
+    let ok = Settings::from_toml_str(
+        "[notify]\nmax_attempts = 3\n\n[[notify.webhooks]]\nurl = \"https://hooks.example.com/a\"\nsecret = \"s3cr3t-signing\"\n\n[[notify.webhooks]]\nname = \"chat\"\nurl = \"https://hooks.slack.com/services/T/B/X\"\nkind = \"slack\"\nevents = [\"confirmed\"]\n",
+        &Env::new(),
+    )
+    .expect("valid");
+    let n = &ok.notify;
+    assert_eq!(n.max_attempts, 3);
+    assert_eq!(n.webhooks.len(), 2);
+    assert_eq!(n.webhooks[0].name, "webhook-1");
+    assert_eq!(n.webhooks[0].kind, crate::domain::SinkKind::Json);
+    assert_eq!(n.webhooks[0].events, crate::domain::EventType::ALL.to_vec());
+    assert_eq!(
+        n.webhooks[1].events,
+        vec![crate::domain::EventType::Confirmed]
+    );
+    assert!(
+        !format!("{n:?}").contains("s3cr3t-signing"),
+        "Debug hides secrets"
+    );
+    assert!(
+        !format!("{n:?}").contains("hooks.example.com"),
+        "Debug hides URLs"
+    );
+    assert_eq!(
+        Settings::load(None, &Env::new())
+            .expect("defaults")
+            .notify
+            .max_attempts,
+        DEFAULT_MAX_ATTEMPTS
+    );
+
+    let bad = Settings::from_toml_str(
+        "[[notify.webhooks]]\nurl = \"http://hooks.example.com/SECRETPATH\"\nkind = \"pager\"\n\n[[notify.webhooks]]\nurl = \"http://hooks.example.com/SECRETPATH2\"\nevents = [\"created\"]\nsecret = \"abcdEFGH\"\ncolour = \"red\"\n\n[[notify.webhooks]]\nkind = \"teams\"\nsecret = \"zzzzYYYY\"\n",
+        &Env::new(),
+    )
+    .expect_err("refused")
+    .to_string();
+    for needle in [
+        "notify.webhooks[0].kind: \"pager\" is not one of json, slack, teams",
+        "notify.webhooks[1].colour: unknown key",
+        "notify.webhooks[1].events: \"created\" is not one of",
+        "notify.webhooks[1].url: must use https",
+        "notify.webhooks[2].url: missing",
+        "notify.webhooks[2].secret: only a json webhook is signed",
+    ] {
+        assert!(bad.contains(needle), "{needle} missing from:\n{bad}");
+    }
+    for secret in ["SECRETPATH", "abcdEFGH", "zzzzYYYY"] {
+        assert!(!bad.contains(secret), "{secret} printed:\n{bad}");
+    }
+    let dup = Settings::from_toml_str(
+        "[[notify.webhooks]]\nname = \"a\"\nurl = \"https://x.example/1\"\n[[notify.webhooks]]\nname = \"a\"\nurl = \"https://x.example/2\"\n",
+        &Env::new(),
+    )
+    .expect_err("two of one name")
+    .to_string();
+    assert!(dup.contains("notify.webhooks[1].name"), "{dup}");
+}

@@ -9,13 +9,16 @@
 //! - `identity`: [`ManagedIdentity`] and its [`IdentityType`], from `alternativeNames`.
 //! - `verdict`: what the judge decides and every stage after it shares: [`Verdict`], [`Reason`],
 //!   [`Evidence`], [`Judgement`], [`Finding`], [`Summary`], [`Trigger`].
+//! - `notify`: the events a notification sink subscribes to ([`EventType`]) and its kind ([`SinkKind`]).
 
 mod identity;
 mod ids;
+mod notify;
 mod resource;
 mod verdict;
 
 pub use identity::*;
 pub use ids::*;
+pub use notify::*;
 pub use resource::*;
 pub use verdict::*;

@@ -14,6 +14,7 @@ mod findings;
 #[cfg(test)]
 pub(crate) mod fixtures;
 mod lifecycle;
+pub mod outbox;
 mod queries;
 mod record;
 mod rows;
@@ -179,6 +180,8 @@ pub struct Store {
     file: Option<std::path::PathBuf>,
     /// How many recorded scans keep their per-identity verdicts (`[database] retain_scans`).
     retain_scans: u32,
+    /// The notification sinks whose events a recorded scan enqueues (`[[notify.webhooks]]`).
+    subscribers: std::sync::Arc<Vec<crate::domain::Subscriber>>,
 }
 
 impl Store {
@@ -281,6 +284,7 @@ impl Store {
                     writable: false,
                     file: None,
                     retain_scans: crate::config::DEFAULT_RETAIN_SCANS,
+                    subscribers: Default::default(),
                 })
             };
             match attempt.await {
@@ -307,6 +311,7 @@ impl Store {
             writable: true,
             file: None,
             retain_scans: crate::config::DEFAULT_RETAIN_SCANS,
+            subscribers: Default::default(),
         })
     }
 
@@ -314,6 +319,12 @@ impl Store {
     /// their summary rows. Applied when the next scan is recorded.
     pub fn retaining(mut self, n: u32) -> Self {
         self.retain_scans = n.max(1);
+        self
+    }
+
+    /// Enqueues, in each recorded scan's transaction, the notifications these sinks subscribe to.
+    pub fn notifying(mut self, subscribers: Vec<crate::domain::Subscriber>) -> Self {
+        self.subscribers = std::sync::Arc::new(subscribers);
         self
     }
 

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 pub struct Recorded {
     /// Findings that entered `confirmed`.
     pub newly_confirmed: BTreeMap<TenantId, u64>,
+    /// Notifications enqueued in the outbox (one per event and json sink, one digest per other sink).
+    pub notifications: u64,
     /// How long the recording transaction took (begin to commit).
     pub transaction: std::time::Duration,
     /// How long returning the space of expired verdicts and checkpointing the write-ahead log took,
@@ -70,7 +72,7 @@ impl Store {
         let started = std::time::Instant::now();
         let result = async {
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
-            let recorded = record_in(&mut tx, report, confirm_after, self.retain_scans).await?;
+            let recorded = record_in(&mut tx, report, confirm_after, self).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(recorded)
         }
@@ -99,7 +101,7 @@ async fn record_in(
     tx: &mut Tx<'_>,
     report: &ScanReport,
     confirm_after: std::time::Duration,
-    retain_scans: u32,
+    store: &Store,
 ) -> Result<Recorded, StoreError> {
     write_scan(tx, report).await?;
     let seq = runs::number_scan(tx, &report.scan_id).await?;
@@ -119,9 +121,11 @@ async fn record_in(
     }
     runs::done(tx).await?;
     write_delta_links(tx, report).await?;
-    runs::expire(tx, retain_scans).await?;
+    runs::expire(tx, store.retain_scans).await?;
+    let notifications = super::outbox::enqueue(tx, report, &store.subscribers).await?;
     Ok(Recorded {
         newly_confirmed,
+        notifications,
         ..Recorded::default()
     })
 }

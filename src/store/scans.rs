@@ -294,6 +294,55 @@ impl Store {
             })
             .collect()
     }
+
+    /// Per tenant: whether its newest recorded scan was complete, and the finish time of its newest
+    /// complete scan (for the health metrics at start-up, so a restart neither hides nor invents
+    /// trouble).
+    pub async fn latest_scan_health(
+        &self,
+    ) -> Result<Vec<(TenantId, bool, Option<DateTime<Utc>>)>, StoreError> {
+        let rows: Vec<(String, bool, Option<String>)> = sqlx::query_as(
+            "select t.tenant_id,
+                 (select t2.complete from scan_tenants t2 join scans s2 on s2.scan_id = t2.scan_id
+                  where t2.tenant_id = t.tenant_id and s2.seq is not null
+                  order by s2.seq desc limit 1),
+                 (select max(s3.finished_at) from scan_tenants t3 join scans s3 on s3.scan_id = t3.scan_id
+                  where t3.tenant_id = t.tenant_id and t3.complete)
+             from (select distinct tenant_id from scan_tenants) t",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.into_iter()
+            .map(|(t, complete, at)| {
+                let at = at
+                    .map(|a| {
+                        DateTime::parse_from_rfc3339(&a)
+                            .map(|d| d.with_timezone(&Utc))
+                            .map_err(|e| corrupt("scans", e.to_string()))
+                    })
+                    .transpose()?;
+                Ok((TenantId::from(t.as_str()), complete, at))
+            })
+            .collect()
+    }
+
+    /// Per tenant, the confirmation time of its oldest confirmed finding that has no ticket yet.
+    pub async fn oldest_unacknowledged(
+        &self,
+    ) -> Result<Vec<(TenantId, DateTime<Utc>)>, StoreError> {
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "select tenant_id, min(confirmed_at) from findings where state = 'confirmed' group by tenant_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(t, at)| {
+                let at = DateTime::parse_from_rfc3339(&at?).ok()?.with_timezone(&Utc);
+                Some((TenantId::from(t.as_str()), at))
+            })
+            .collect())
+    }
 }
 
 #[cfg(test)]

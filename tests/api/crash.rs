@@ -7,7 +7,6 @@ use crate::helpers::*;
 use miaudit_sim::SimConfig;
 use miaudit_sim::model::{Rng, World};
 use std::time::Duration;
-use tokio::io::AsyncBufReadExt;
 
 async fn counts(db: &str) -> (i64, i64, String) {
     let store = miaudit::store::Store::connect(db)
@@ -78,19 +77,13 @@ async fn sigkill_at_random_points_never_loses_or_half_writes_anything() {
                 w.delete_resource(&id);
             }
         });
-        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_miaudit"))
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_miaudit"))
             .args(["--config", path.to_str().expect("utf-8"), "serve"])
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .expect("serve starts");
-        let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-        while let Ok(Some(l)) = lines.next_line().await {
-            if l.contains("serving http://") {
-                break;
-            }
-        }
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let mut child = until_serving(child).await;
         tokio::time::sleep(Duration::from_millis(50 + rng.below(1200))).await;
         child.start_kill().expect("SIGKILL");
         let _ = child.wait().await;

@@ -270,7 +270,6 @@ async fn a_daemon_starting_during_a_cli_scan_leaves_its_working_file_alone() {
 #[tokio::test]
 async fn database_files_are_created_owner_only_whatever_the_umask() {
     use std::os::unix::fs::PermissionsExt;
-    use tokio::io::AsyncBufReadExt;
     let env = TestEnv::start(
         miaudit_sim::model::World::generate(6, 100),
         SimConfig {
@@ -287,7 +286,7 @@ async fn database_files_are_created_owner_only_whatever_the_umask() {
     )
     .expect("config");
     // The usual umask, which would make SQLite's files world-readable (0644).
-    let mut child = tokio::process::Command::new("sh")
+    let child = tokio::process::Command::new("sh")
         .args([
             "-c",
             "umask 022; exec \"$0\" --config \"$1\" serve",
@@ -298,13 +297,7 @@ async fn database_files_are_created_owner_only_whatever_the_umask() {
         .kill_on_drop(true)
         .spawn()
         .expect("serve starts");
-    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr")).lines();
-    while let Ok(Some(l)) = lines.next_line().await {
-        if l.contains("serving http://") {
-            break;
-        }
-    }
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let mut child = until_serving(child).await;
     // While it runs (the start-up scan under way): the database, its WAL and shared memory, and the
     // scan's working files.
     let mut seen = std::collections::BTreeMap::new();

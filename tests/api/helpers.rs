@@ -225,3 +225,29 @@ pub async fn miaudit(args: &[&str], env: &[(&str, &str)]) -> Run {
         stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
     }
 }
+
+/// Waits until a spawned `miaudit serve` (stderr piped) says it is serving, then keeps draining its
+/// stderr in the background so it never blocks on a full pipe.
+pub async fn until_serving(mut child: tokio::process::Child) -> tokio::process::Child {
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = tokio::io::BufReader::new(child.stderr.take().expect("stderr piped")).lines();
+    while let Ok(Some(l)) = lines.next_line().await {
+        if l.contains("serving http://") {
+            break;
+        }
+    }
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    child
+}
+
+impl Daemon {
+    /// The daemon's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+}

@@ -13,6 +13,8 @@ mod helpers;
 mod hostile;
 mod hostile_azure;
 mod kql;
+mod notify;
 mod paging;
+mod rules;
 mod streaming;
 mod verdicts;
