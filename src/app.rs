@@ -88,6 +88,7 @@ impl App {
             }
         }
         metrics.set_oldest_unacknowledged(&tenants, &store.oldest_unacknowledged().await?);
+        metrics.set_orphan_roles(&tenants, &store.orphan_role_counts().await?);
         let cancel = CancellationToken::new();
         let scanner = Scanner::new(&settings)?;
         let notifier = Notifier::new(

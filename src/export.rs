@@ -266,6 +266,163 @@ fn csv_io(e: csv::Error) -> std::io::Error {
     }
 }
 
+/// The support-ticket texts: one per tenant, of its confirmed orphans that await a ticket (with
+/// `include_exported`, every confirmed one), each with its evidence, its ARM request ids and the role
+/// assignments it still holds, and the ask. Returns the findings written, with their episodes, for the
+/// caller to mark exported once the text is safely out. A page of findings at a time.
+pub async fn write_tickets(
+    store: &Store,
+    tenant: Option<&TenantId>,
+    include_exported: bool,
+    w: &mut impl Write,
+) -> Result<Vec<(TenantId, crate::domain::ObjectId, u32)>, ExportError> {
+    let filter = FindingFilter {
+        states: vec![State::Confirmed],
+        tenant_id: tenant.cloned(),
+        awaiting_ticket: !include_exported,
+        ..FindingFilter::default()
+    };
+    let mut written = Vec::new();
+    let mut after: Option<FindingCursor> = None;
+    let mut current: Option<TenantId> = None;
+    let mut n_in_tenant = 0usize;
+    loop {
+        let page = store.list_findings(&filter, after.as_ref(), PAGE).await?;
+        let Some(last) = page.last() else { break };
+        after = Some((
+            last.finding.tenant_id.clone(),
+            last.finding.object_id.clone(),
+        ));
+        for stored in &page {
+            let f = &stored.finding;
+            if current.as_ref() != Some(&f.tenant_id) {
+                if current.is_some() {
+                    ticket_footer(w)?;
+                }
+                let count = store.count_awaiting(&f.tenant_id, include_exported).await?;
+                ticket_header(w, &f.tenant_id, count)?;
+                current = Some(f.tenant_id.clone());
+                n_in_tenant = 0;
+            }
+            n_in_tenant += 1;
+            let roles = store.role_assignments(&f.tenant_id, &f.object_id).await?;
+            ticket_entry(w, n_in_tenant, stored, &roles)?;
+            written.push((f.tenant_id.clone(), f.object_id.clone(), stored.episode));
+        }
+        if page.len() < PAGE as usize {
+            break;
+        }
+    }
+    if current.is_some() {
+        ticket_footer(w)?;
+    }
+    Ok(written)
+}
+
+fn ticket_header(w: &mut impl Write, tenant: &TenantId, count: u64) -> std::io::Result<()> {
+    writeln!(
+        w,
+        "Subject: Orphaned managed identity service principals in tenant {tenant}: request for removal"
+    )?;
+    writeln!(w)?;
+    writeln!(w, "Tenant ID: {tenant}")?;
+    writeln!(w, "Service principals listed: {count}")?;
+    writeln!(
+        w,
+        "Prepared by miaudit {} at {}",
+        env!("CARGO_PKG_VERSION"),
+        time(Some(chrono::Utc::now()))
+    )?;
+    writeln!(w)?;
+    writeln!(
+        w,
+        "The service principals below are managed identities (servicePrincipalType ManagedIdentity) whose Azure"
+    )?;
+    writeln!(
+        w,
+        "resource has been deleted, or now carries another identity. Azure did not delete them, and a customer"
+    )?;
+    writeln!(
+        w,
+        "cannot. Each is listed with the Azure Resource Manager answer that shows its resource is gone"
+    )?;
+    writeln!(
+        w,
+        "(status, error code, x-ms-request-id, x-ms-correlation-request-id, time in UTC)."
+    )?;
+    writeln!(w)
+}
+
+fn ticket_entry(
+    w: &mut impl Write,
+    n: usize,
+    stored: &StoredFinding,
+    roles: &[crate::domain::RoleAssignment],
+) -> std::io::Result<()> {
+    let f = &stored.finding;
+    let e = &f.evidence;
+    let or_dash = |s: Option<&str>| s.filter(|s| !s.is_empty()).unwrap_or("-").to_owned();
+    writeln!(w, "{n}. Service principal object ID: {}", f.object_id)?;
+    writeln!(w, "   Application (client) ID: {}", f.app_id)?;
+    writeln!(w, "   Display name: {}", f.display_name)?;
+    writeln!(
+        w,
+        "   Identity type: {}",
+        f.identity_type.as_str().replace('_', "-")
+    )?;
+    writeln!(w, "   Resource ID: {}", or_dash(f.resource_id.as_deref()))?;
+    writeln!(w, "   Finding: {} ({})", f.reason.as_str(), f.detail)?;
+    writeln!(
+        w,
+        "   ARM answer: status {}, code {}, x-ms-request-id {}, x-ms-correlation-request-id {}, at {}",
+        e.status.map_or("-".into(), |s| s.to_string()),
+        or_dash(e.code.as_deref()),
+        or_dash(e.request_id.as_deref()),
+        or_dash(e.correlation_request_id.as_deref()),
+        or_dash(Some(&time(e.checked_at)))
+    )?;
+    writeln!(
+        w,
+        "   First detected: {}; confirmed: {}",
+        or_dash(Some(&time(stored.first_detected_at))),
+        or_dash(Some(&time(stored.confirmed_at)))
+    )?;
+    if !roles.is_empty() {
+        writeln!(
+            w,
+            "   Role assignments it still holds (being removed by us):"
+        )?;
+        for r in roles {
+            writeln!(
+                w,
+                "     - {}{} at {} ({})",
+                r.role_name.as_deref().unwrap_or("role"),
+                if r.privileged { " [privileged]" } else { "" },
+                r.scope,
+                r.id
+            )?;
+        }
+    }
+    writeln!(w)
+}
+
+fn ticket_footer(w: &mut impl Write) -> std::io::Result<()> {
+    writeln!(
+        w,
+        "Request: please delete the service principals listed above from this tenant. They belong to deleted"
+    )?;
+    writeln!(
+        w,
+        "Azure resources, cannot be removed by the customer, and may keep role assignments that grant access."
+    )?;
+    writeln!(w)?;
+    writeln!(
+        w,
+        "----------------------------------------------------------------------"
+    )?;
+    writeln!(w)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -302,6 +302,22 @@ impl Metrics {
         }
     }
 
+    /// Sets the blast-radius gauges from the store's counts (tenants absent from them have none).
+    pub fn set_orphan_roles(&self, tenants: &[TenantId], counts: &[(TenantId, u64, u64)]) {
+        for t in tenants {
+            let (n, p) = counts
+                .iter()
+                .find(|(ct, _, _)| ct == t)
+                .map_or((0, 0), |c| (c.1, c.2));
+            self.orphans_with_roles
+                .with_label_values(&[t.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
+            self.orphans_privileged
+                .with_label_values(&[t.as_str()])
+                .set(i64::try_from(p).unwrap_or(i64::MAX));
+        }
+    }
+
     /// Sets the identity gauges of one tenant from its latest scan.
     pub fn set_identities(&self, tenant: &TenantId, counts: &[(Verdict, u64)]) {
         for v in Verdict::ALL {

@@ -57,6 +57,10 @@ pub struct TenantReport {
     /// failed).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub subscription_coverage: Option<Coverage>,
+    /// Blast radius: the role assignments the identities judged orphaned in this scan still hold
+    /// (`None` when the lookup failed or did not run: what is stored stays).
+    #[serde(skip)]
+    pub role_assignments: Option<Vec<(crate::domain::ObjectId, crate::domain::RoleAssignment)>>,
 }
 
 /// Subscriptions referenced by a tenant's managed identities, and those of them the credential lists.
@@ -104,6 +108,7 @@ impl TenantReport {
             unjudged: 0,
             staging_failed: false,
             subscription_coverage: None,
+            role_assignments: None,
         }
     }
 }

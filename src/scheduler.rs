@@ -262,6 +262,15 @@ impl ScanRunner {
                 tracing::error!(error = %e, "could not count findings");
             }
         }
+        match self.store.orphan_role_counts().await {
+            Ok(c) => self
+                .metrics
+                .set_orphan_roles(&self.settings.tenant_ids(), &c),
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::error!(error = %e, "could not count the role assignments of orphans");
+            }
+        }
         match self.store.oldest_unacknowledged().await {
             Ok(o) => self
                 .metrics

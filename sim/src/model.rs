@@ -248,10 +248,39 @@ pub struct World {
     /// Versions the providers API still lists but resource GETs refuse (`NoRegisteredProviderFound`),
     /// as when the providers metadata lags a retired version.
     pub refused_versions: BTreeSet<String>,
+    /// Azure role assignments (Resource Graph `authorizationresources`); they outlive the principal
+    /// they name, as in Azure (the portal shows such a one as "Identity not found").
+    pub role_assignments: Vec<SimRoleAssignment>,
     /// Resources deleted by [`World::churn`], some of which it brings back.
     graveyard: Vec<SimResource>,
     rng: Rng,
 }
+
+/// One Azure role assignment: `scope` gives `principal_id` the role `role` (a role definition GUID).
+#[derive(Debug, Clone)]
+pub struct SimRoleAssignment {
+    /// `{scope}/providers/Microsoft.Authorization/roleAssignments/{guid}`.
+    pub id: String,
+    pub scope: String,
+    pub role: String,
+    pub principal_id: String,
+}
+
+/// Built-in Azure roles the simulator knows (GUID, name): the names and GUIDs of Microsoft's
+/// "Azure built-in roles" page.
+pub const BUILT_IN_ROLES: &[(&str, &str)] = &[
+    ("8e3af657-a8ff-443c-a75c-2fe8c4bcb635", "Owner"),
+    ("b24988ac-6180-42a0-ab88-20f7382dd24c", "Contributor"),
+    ("acdd72a7-3385-48ef-bd42-f606fba81ae7", "Reader"),
+    (
+        "18d7d88d-d35e-4fb5-a5c3-7773c20a72d9",
+        "User Access Administrator",
+    ),
+    (
+        "ba92f5b4-2d11-453d-a403-e96b0029c9fe",
+        "Storage Blob Data Contributor",
+    ),
+];
 
 /// The credentials the simulator accepts, for configs that point at it.
 pub const SIM_CLIENT_ID: &str = "5e3ce6c0-2b1f-4285-8d4b-75ee78787346";
@@ -273,9 +302,27 @@ impl World {
             principals: Vec::new(),
             providers: default_providers(),
             refused_versions: BTreeSet::new(),
+            role_assignments: Vec::new(),
             graveyard: Vec::new(),
             rng: Rng::new(seed),
         }
+    }
+
+    /// Gives `principal_id` the built-in or custom role `role` (a GUID) at `scope` (a subscription,
+    /// resource group or resource id); returns the assignment's id.
+    pub fn add_role_assignment(&mut self, scope: &str, role: &str, principal_id: &str) -> String {
+        let id = format!(
+            "{}/providers/Microsoft.Authorization/roleAssignments/{}",
+            scope.trim_end_matches('/'),
+            self.guid()
+        );
+        self.role_assignments.push(SimRoleAssignment {
+            id: id.clone(),
+            scope: scope.to_owned(),
+            role: role.to_owned(),
+            principal_id: principal_id.to_owned(),
+        });
+        id
     }
 
     pub fn guid(&mut self) -> String {

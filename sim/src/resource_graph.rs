@@ -182,7 +182,7 @@ impl Ask {
         };
         let query = kql::parse(&query_text).map_err(|e| bad(h.clone(), "ParserFailure", &e))?;
         let table = query.table.to_ascii_lowercase();
-        if table != "resources" && table != "policyresources" {
+        if table != "resources" && table != "policyresources" && table != "authorizationresources" {
             return Err(bad(
                 h.clone(),
                 "UnknownTable",
@@ -280,6 +280,9 @@ fn evaluate(w: &World, ask: &Ask, scope: &[String]) -> Result<Vec<Value>, String
     let tenant_id = w.tenant_id.clone();
     let scope_set: std::collections::HashSet<&str> = scope.iter().map(String::as_str).collect();
     let table = ask.table.as_str();
+    if table == "authorizationresources" {
+        return ask.query.run(authorization_rows(w, &scope_set).into_iter());
+    }
     let rows = w
         .resources
         .iter()
@@ -315,6 +318,53 @@ fn evaluate(w: &World, ask: &Ask, scope: &[String]) -> Result<Vec<Value>, String
             r.arg_row(&tenant_id, stable.as_deref())
         });
     ask.query.run(rows)
+}
+
+/// `authorizationresources` (ARG-TABLES): the role assignments of the subscriptions in scope, and the
+/// built-in role definitions as each subscription in scope sees them (ids under the subscription, as
+/// role assignments name them; `properties.roleName`, `properties.type = BuiltInRole`).
+fn authorization_rows(w: &World, scope: &std::collections::HashSet<&str>) -> Vec<Value> {
+    let mut rows = Vec::new();
+    let sub_of = |id: &str| {
+        id.split('/')
+            .nth(2)
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default()
+    };
+    for a in &w.role_assignments {
+        let sub = sub_of(&a.scope);
+        if !scope.contains(sub.as_str()) {
+            continue;
+        }
+        let name = a.id.rsplit('/').next().unwrap_or_default();
+        rows.push(serde_json::json!({
+            "id": a.id,
+            "name": name,
+            "type": "microsoft.authorization/roleassignments",
+            "tenantId": w.tenant_id,
+            "subscriptionId": sub,
+            "resourceGroup": "",
+            "properties": {
+                "roleDefinitionId": format!("/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{}", a.role),
+                "principalId": a.principal_id,
+                "principalType": "ServicePrincipal",
+                "scope": a.scope,
+            },
+        }));
+    }
+    for sub in scope {
+        for (guid, role) in crate::model::BUILT_IN_ROLES {
+            rows.push(serde_json::json!({
+                "id": format!("/subscriptions/{sub}/providers/Microsoft.Authorization/roleDefinitions/{guid}"),
+                "name": guid,
+                "type": "microsoft.authorization/roledefinitions",
+                "tenantId": w.tenant_id,
+                "subscriptionId": sub,
+                "properties": {"roleName": role, "type": "BuiltInRole"},
+            }));
+        }
+    }
+    rows
 }
 
 /// Keeps a result set for its skip tokens.

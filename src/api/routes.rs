@@ -194,12 +194,23 @@ async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Resp
             "identity_type",
             "subscription_id",
             "resource_type",
+            "awaiting_ticket",
             "limit",
             "cursor",
         ],
     )?;
     let limit = p.limit()?;
+    let awaiting_ticket = match p.get("awaiting_ticket") {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => {
+            return Err(Problem::bad_request(
+                "awaiting_ticket must be true or false",
+            ));
+        }
+    };
     let filter = FindingFilter {
+        awaiting_ticket,
         states: states_param(&p)?,
         verdict: p.one_of("verdict", Verdict::parse, VERDICTS)?,
         reason: p.one_of(
@@ -322,8 +333,15 @@ async fn finding_with_history(
         .load_history(tenant, object)
         .await
         .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    let roles = st
+        .store
+        .role_assignments(tenant, object)
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
     let mut v = serde_json::to_value(&f).unwrap_or(Value::Null);
     v["history"] = serde_json::to_value(&history).unwrap_or(Value::Null);
+    v["high_risk"] = json!(roles.iter().any(|a| a.privileged));
+    v["role_assignments"] = serde_json::to_value(&roles).unwrap_or(Value::Null);
     Ok(Some(v))
 }
 
@@ -492,12 +510,27 @@ async fn start_scan(S(st): S<AppState>, headers: HeaderMap) -> Result<Response, 
 
 async fn export_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Response, Problem> {
     let p = Params::parse(q.as_deref(), &["format", "tenant_id", "state"])?;
+    let tenant: Option<TenantId> = id_param(&p, "tenant_id")?;
     let format = match p.get("format") {
         None | Some("csv") => export::Format::Csv,
         Some("json") => export::Format::Json,
-        Some(_) => return Err(Problem::bad_request("format must be csv or json")),
+        // A preview: reading it marks nothing (`miaudit export --format ticket` does).
+        Some("ticket") => {
+            let mut text = Vec::new();
+            export::write_tickets(&st.store, tenant.as_ref(), false, &mut text)
+                .await
+                .map_err(|e| Problem::internal(&st.metrics, &e))?;
+            return Ok((
+                StatusCode::OK,
+                [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+                text,
+            )
+                .into_response());
+        }
+        Some(_) => {
+            return Err(Problem::bad_request("format must be csv, json or ticket"));
+        }
     };
-    let tenant: Option<TenantId> = id_param(&p, "tenant_id")?;
     let states = states_param(&p)?;
     let mut export = export::Export::new(tenant.as_ref(), &states, format);
     // The first page before the answer: a database that fails at once is a 503, not a broken body.

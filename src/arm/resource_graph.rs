@@ -5,7 +5,10 @@ use super::{ARG_PAGE_SIZE, ArmClient, RESOURCE_GRAPH_API_VERSION, non_empty};
 use crate::azure::http::Call;
 use crate::azure::transport::{Handled, parse_count};
 use crate::azure::{Api, AzureError, PageSink, Reply};
-use crate::domain::{ObjectId, SubscriptionId, TenantId, USER_ASSIGNED_IDENTITY_TYPE};
+use crate::domain::{
+    ObjectId, RoleAssignment, SubscriptionId, TenantId, USER_ASSIGNED_IDENTITY_TYPE, is_guid,
+    is_privileged, role_guid,
+};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -249,6 +252,124 @@ impl ArmClient {
                         });
                     }
                     skip_token = Some(t);
+                }
+            }
+        }
+    }
+
+    /// Blast radius: the role assignments `principals` (object ids) hold in `subscriptions`, from
+    /// `authorizationresources` (ARG-TABLES), 100 principals a query as Resource Graph's guidance asks,
+    /// with the roles' names from the same table. Only GUID-shaped principal ids are asked about (they
+    /// go into the query); assignments at management-group scope are not seen with a subscription scope.
+    /// An error means the lookup is incomplete and nothing of it should replace what is known.
+    pub async fn fetch_role_assignments(
+        &self,
+        tenant: &TenantId,
+        subscriptions: &[SubscriptionId],
+        principals: &[ObjectId],
+    ) -> Result<Vec<(ObjectId, RoleAssignment)>, AzureError> {
+        let asked: Vec<&ObjectId> = principals.iter().filter(|p| is_guid(p.as_str())).collect();
+        let mut found: Vec<(ObjectId, RoleAssignment)> = Vec::new();
+        if subscriptions.is_empty() {
+            return Ok(found);
+        }
+        for batch in asked.chunks(100) {
+            let list = batch
+                .iter()
+                .map(|p| format!("'{}'", p.as_str()))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let query = format!(
+                "authorizationresources | where type =~ 'microsoft.authorization/roleassignments' | where tostring(properties.principalId) in~ ({list}) | project id, principalId = tolower(tostring(properties.principalId)), roleDefinitionId = tostring(properties.roleDefinitionId), scope = tostring(properties.scope) | order by id asc"
+            );
+            for row in self.query_all(tenant, subscriptions, &query).await? {
+                let field = |k: &str| row.get(k).and_then(Value::as_str).map(str::to_owned);
+                let (Some(id), Some(principal), Some(role)) =
+                    (field("id"), field("principalId"), field("roleDefinitionId"))
+                else {
+                    return Err(AzureError::Decode {
+                        api: Api::ResourceGraph,
+                        what: "a role assignment",
+                        detail: "a row without id, principalId or roleDefinitionId".into(),
+                    });
+                };
+                // Only what was asked: a row about another principal is not evidence about ours.
+                let Some(owner) = batch.iter().find(|p| p.as_str() == principal) else {
+                    continue;
+                };
+                found.push((
+                    (*owner).clone(),
+                    RoleAssignment {
+                        privileged: is_privileged(&role),
+                        role_definition_id: role,
+                        role_name: None,
+                        scope: field("scope").unwrap_or_default(),
+                        id,
+                    },
+                ));
+            }
+        }
+        let mut guids: Vec<String> = found
+            .iter()
+            .map(|(_, a)| role_guid(&a.role_definition_id))
+            .filter(|g| is_guid(g))
+            .collect();
+        guids.sort();
+        guids.dedup();
+        let mut names = std::collections::HashMap::new();
+        for batch in guids.chunks(100) {
+            let list = batch
+                .iter()
+                .map(|g| format!("'{g}'"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let query = format!(
+                "authorizationresources | where type =~ 'microsoft.authorization/roledefinitions' | where name in~ ({list}) | project name = tolower(name), roleName = tostring(properties.roleName)"
+            );
+            for row in self.query_all(tenant, subscriptions, &query).await? {
+                if let (Some(n), Some(r)) = (
+                    row.get("name").and_then(Value::as_str),
+                    row.get("roleName").and_then(Value::as_str),
+                ) {
+                    names.insert(n.to_owned(), r.to_owned());
+                }
+            }
+        }
+        for (_, a) in &mut found {
+            a.role_name = names.get(&role_guid(&a.role_definition_id)).cloned();
+        }
+        Ok(found)
+    }
+
+    /// Every row of a Resource Graph query over `subscriptions`, page by page.
+    async fn query_all(
+        &self,
+        tenant: &TenantId,
+        subscriptions: &[SubscriptionId],
+        query: &str,
+    ) -> Result<Vec<Value>, AzureError> {
+        let url = self.arg_url();
+        let mut rows = Vec::new();
+        let mut skip_token: Option<String> = None;
+        let mut seen_tokens = std::collections::HashSet::new();
+        loop {
+            let mut options = json!({ "$top": ARG_PAGE_SIZE, "resultFormat": "objectArray" });
+            if let Some(t) = &skip_token {
+                options["$skipToken"] = json!(t);
+            }
+            let body =
+                json!({ "subscriptions": subscriptions, "query": query, "options": options });
+            let (page, token, _) = self.arg_page(&arg_call(tenant, &url, &body)).await?;
+            rows.extend(page);
+            match token.filter(|t| !t.is_empty()) {
+                None => return Ok(rows),
+                Some(t) if seen_tokens.insert(t.clone()) => skip_token = Some(t),
+                Some(_) => {
+                    return Err(AzureError::Decode {
+                        api: Api::ResourceGraph,
+                        what: "a Resource Graph page",
+                        detail: "$skipToken repeats".into(),
+                    });
                 }
             }
         }

@@ -107,6 +107,10 @@ pub enum Command {
         /// Only these states (comma-separated: suspected, confirmed, acknowledged, resolved).
         #[arg(long)]
         state: Option<String>,
+        /// With --format ticket: also the confirmed orphans already exported into a ticket text (they
+        /// are not marked again).
+        #[arg(long)]
+        include_exported: bool,
     },
     /// The daemon against a built-in simulated tenant that changes every few minutes (no Azure
     /// account needed). With --once: one scan, report on stdout.
@@ -134,6 +138,9 @@ pub enum Command {
 pub enum ExportFormat {
     Csv,
     Json,
+    /// One ticket-ready text per tenant of the confirmed orphans that await a ticket; marks them
+    /// exported, so a list is never filed twice.
+    Ticket,
 }
 
 fn config_error(lines: &[String]) -> ExitCode {
@@ -195,11 +202,23 @@ async fn run(cli: Cli) -> ExitCode {
             format,
             tenant,
             state,
+            include_exported,
         } => {
             let settings = match load(cli.config.as_deref()) {
                 Ok(s) => s,
                 Err(code) => return code,
             };
+            if matches!(format, ExportFormat::Ticket) {
+                if state.is_some() {
+                    return config_error(&[
+                        "--state: a ticket lists confirmed orphans; leave --state out".into(),
+                    ]);
+                }
+                return export_tickets(&settings, tenant.as_ref(), include_exported).await;
+            }
+            if include_exported {
+                return config_error(&["--include-exported: only with --format ticket".into()]);
+            }
             export(&settings, format, tenant.as_ref(), state.as_deref()).await
         }
         #[cfg(feature = "simulator")]
@@ -276,7 +295,7 @@ async fn export(
     };
     let fmt = match format {
         ExportFormat::Csv => crate::export::Format::Csv,
-        ExportFormat::Json => crate::export::Format::Json,
+        ExportFormat::Json | ExportFormat::Ticket => crate::export::Format::Json,
     };
     let export = crate::export::Export::new(tenant, &states, fmt);
     let mut out = stdout();
@@ -287,6 +306,52 @@ async fn export(
     match written {
         Ok(()) => ExitCode::from(EXIT_OK),
         Err(crate::export::ExportError::Io(e)) if reader_gone(&e) => ExitCode::from(EXIT_OK),
+        Err(e) => {
+            eprintln!("miaudit: export failed: {e}");
+            ExitCode::from(EXIT_INCOMPLETE)
+        }
+    }
+}
+
+/// `export --format ticket`: the ticket texts on stdout; once they are all written and flushed, the
+/// findings in them are marked exported (a text cut short marks nothing).
+async fn export_tickets(
+    settings: &Settings,
+    tenant: Option<&TenantId>,
+    include_exported: bool,
+) -> ExitCode {
+    let store = match open_store(settings).await {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
+    let mut out = stdout();
+    let written =
+        match crate::export::write_tickets(&store, tenant, include_exported, &mut out).await {
+            Ok(w) => out
+                .flush()
+                .map(|()| w)
+                .map_err(crate::export::ExportError::from),
+            Err(e) => Err(e),
+        };
+    match written {
+        Ok(keys) if keys.is_empty() => {
+            eprintln!("miaudit: no confirmed orphan awaits a ticket");
+            ExitCode::from(EXIT_OK)
+        }
+        Ok(keys) => match store.mark_exported(&keys, chrono::Utc::now()).await {
+            Ok(n) => {
+                eprintln!(
+                    "miaudit: {n} findings marked exported (acknowledge each with the case number once filed)"
+                );
+                ExitCode::from(EXIT_OK)
+            }
+            Err(e) => {
+                eprintln!(
+                    "miaudit: the tickets were written but could not be marked exported: {e}"
+                );
+                ExitCode::from(EXIT_INCOMPLETE)
+            }
+        },
         Err(e) => {
             eprintln!("miaudit: export failed: {e}");
             ExitCode::from(EXIT_INCOMPLETE)

@@ -15,10 +15,12 @@ mod identity;
 mod ids;
 mod notify;
 mod resource;
+mod roles;
 mod verdict;
 
 pub use identity::*;
 pub use ids::*;
 pub use notify::*;
 pub use resource::*;
+pub use roles::*;
 pub use verdict::*;

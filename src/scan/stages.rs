@@ -121,6 +121,7 @@ impl Scanner {
                     referenced.len() as u64,
                     listed as u64,
                 ));
+                tr.role_assignments = self.blast_radius(&ctx, &clients.arm, subs).await?;
             }
             Ok::<_, crate::store::StoreError>(())
         };
@@ -410,6 +411,54 @@ impl Scanner {
             "candidates confirmed"
         );
         Ok(())
+    }
+
+    /// The role assignments the identities judged orphaned still hold, from Resource Graph. A failed
+    /// lookup is logged and leaves what is stored (`None`); it never changes a verdict.
+    async fn blast_radius(
+        &self,
+        ctx: &Staging<'_>,
+        arm: &ArmClient,
+        subscriptions: &HashMap<SubscriptionId, Subscription>,
+    ) -> Result<Option<Vec<(ObjectId, crate::domain::RoleAssignment)>>, crate::store::StoreError>
+    {
+        let orphaned = ctx.work.orphaned_objects(ctx.scan_id, ctx.tenant).await?;
+        if orphaned.is_empty() {
+            return Ok(Some(Vec::new()));
+        }
+        let mut subs: Vec<SubscriptionId> = subscriptions.keys().cloned().collect();
+        subs.sort();
+        let mut all = Ok(Vec::new());
+        for batch in subs.chunks(ARG_SUBSCRIPTION_BATCH) {
+            match arm
+                .fetch_role_assignments(ctx.tenant, batch, &orphaned)
+                .await
+            {
+                Ok(found) => {
+                    if let Ok(a) = &mut all {
+                        a.extend(found);
+                    }
+                }
+                Err(e) => {
+                    all = Err(e);
+                    break;
+                }
+            }
+        }
+        match all {
+            Ok(found) => {
+                tracing::debug!(
+                    orphans = orphaned.len(),
+                    assignments = found.len(),
+                    "role assignments of orphans read"
+                );
+                Ok(Some(found))
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "could not read the role assignments of orphans; the stored ones stay");
+                Ok(None)
+            }
+        }
     }
 
     /// Judges every staged identity, a chunk at a time, and stages the verdicts.

@@ -17,6 +17,7 @@ mod lifecycle;
 pub mod outbox;
 mod queries;
 mod record;
+mod roles;
 mod rows;
 mod runs;
 mod scans;

@@ -105,7 +105,15 @@ pub(super) async fn enqueue(
         let Some(last) = rows.last() else { break };
         after = last.try_get("id")?;
         for r in &rows {
-            let (event, doc) = event_document(r)?;
+            let (event, mut doc) = event_document(r)?;
+            let roles = super::roles::of_in(
+                tx,
+                doc["tenant_id"].as_str().unwrap_or_default(),
+                doc["object_id"].as_str().unwrap_or_default(),
+            )
+            .await?;
+            doc["high_risk"] = json!(roles.iter().any(|a| a.privileged));
+            doc["role_assignments"] = serde_json::to_value(&roles).unwrap_or_default();
             let id = doc["event_id"].as_str().unwrap_or_default().to_owned();
             let body = doc.to_string();
             for s in subscribers

@@ -28,6 +28,10 @@ pub struct StoredFinding {
     pub confirmed_at: Option<DateTime<Utc>>,
     pub resolved_at: Option<DateTime<Utc>>,
     pub last_scan_id: String,
+    /// When `export --format ticket` put this episode of the finding into a ticket text.
+    pub exported_at: Option<DateTime<Utc>>,
+    /// Confirmed, without a ticket number, and not exported in this episode: the next ticket's content.
+    pub awaiting_ticket: bool,
 }
 
 /// One transition of a finding.
@@ -51,6 +55,8 @@ pub struct FindingFilter {
     pub identity_type: Option<IdentityType>,
     pub subscription_id: Option<SubscriptionId>,
     pub resource_type: Option<String>,
+    /// Only confirmed findings not yet exported into a ticket text in their current episode.
+    pub awaiting_ticket: bool,
 }
 
 /// Keyset cursor of the findings list: the last (tenant_id, object_id) of the previous page.
@@ -69,7 +75,18 @@ fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> 
         Some(at) if at > own_seen => (at, r.try_get::<String, _>("inventory_scan_id")?),
         _ => (own_seen, r.try_get::<String, _>("last_scan_id")?),
     };
+    let exported_episode: Option<i64> = r.try_get("exported_episode")?;
+    let exported_at = match (
+        exported_episode,
+        r.try_get::<Option<String>, _>("exported_at")?,
+    ) {
+        (Some(e), Some(at)) if e == i64::from(tracked.episode) => Some(parse_time(t, &at)?),
+        _ => None,
+    };
+    let awaiting_ticket = tracked.state == Some(State::Confirmed) && exported_at.is_none();
     Ok(StoredFinding {
+        exported_at,
+        awaiting_ticket,
         finding: base,
         state: tracked.state,
         episode: tracked.episode,
@@ -139,6 +156,11 @@ fn list_statement(f: &FindingFilter, after: Option<&FindingCursor>) -> (String, 
         sql.push_str(" and f.resource_type = ?");
         binds.push(t.to_ascii_lowercase());
     }
+    if f.awaiting_ticket {
+        sql.push_str(
+            " and f.state = 'confirmed' and (f.exported_episode is null or f.exported_episode != f.episode)",
+        );
+    }
     if let Some((t, o)) = after {
         sql.push_str(" and (f.tenant_id, f.object_id) > (?, ?)");
         binds.push(t.to_string());
@@ -157,6 +179,51 @@ const SCAN_VERDICTS: &str =
     "select * from scan_verdicts where scan_id = ? order by tenant_id, object_id";
 
 impl Store {
+    /// Marks findings as put into a ticket text, each in the episode it was exported in (a finding that
+    /// has moved to another episode since is not marked).
+    pub async fn mark_exported(
+        &self,
+        keys: &[(TenantId, ObjectId, u32)],
+        at: DateTime<Utc>,
+    ) -> Result<u64, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let mut n = 0;
+        for (t, o, episode) in keys {
+            n += sqlx::query(
+                "update findings set exported_episode = ?, exported_at = ?
+                 where tenant_id = ? and object_id = ? and episode = ?",
+            )
+            .bind(i64::from(*episode))
+            .bind(at.to_rfc3339())
+            .bind(t.as_str())
+            .bind(o.as_str())
+            .bind(i64::from(*episode))
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// How many of the tenant's findings a ticket text lists: confirmed ones awaiting a ticket (with
+    /// `include_exported`, every confirmed one).
+    pub async fn count_awaiting(
+        &self,
+        tenant: &TenantId,
+        include_exported: bool,
+    ) -> Result<u64, StoreError> {
+        let n: i64 = sqlx::query_scalar(
+            "select count(*) from findings where tenant_id = ? and state = 'confirmed'
+               and (? or exported_episode is null or exported_episode != episode)",
+        )
+        .bind(tenant.as_str())
+        .bind(include_exported)
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
     /// Findings in (tenant_id, object_id) order, at most `limit`, as they are read (nothing is
     /// collected). With no state and no verdict filter: the non-healthy, unresolved ones. `after`
     /// continues from a previous page.

@@ -122,6 +122,7 @@ async fn record_in(
     runs::done(tx).await?;
     write_delta_links(tx, report).await?;
     runs::expire(tx, store.retain_scans).await?;
+    super::roles::write(tx, report).await?;
     let notifications = super::outbox::enqueue(tx, report, &store.subscribers).await?;
     Ok(Recorded {
         newly_confirmed,
@@ -408,6 +409,7 @@ mod timing {
                 arm_checks: 0,
                 staging_failed: false,
                 subscription_coverage: None,
+                role_assignments: None,
                 tenant_id: TENANT.into(),
                 complete: true,
                 inventory_complete: true,

@@ -149,6 +149,7 @@ impl Store {
             arm_checks: 0,
             staging_failed: false,
             subscription_coverage: coverage_of(r)?,
+            role_assignments: None,
             unjudged: 0,
             tenant_id: id(r, "tenant_id")?,
             complete: r.try_get("complete")?,

@@ -2,6 +2,7 @@
 //! One test binary (each file in tests/ would be another crate to link).
 
 mod architecture;
+mod blast_radius;
 mod cli;
 mod crash;
 mod credentials;
@@ -17,4 +18,5 @@ mod notify;
 mod paging;
 mod rules;
 mod streaming;
+mod tickets;
 mod verdicts;

@@ -121,6 +121,23 @@ impl WorkStore {
         Ok(keys.into_iter().map(SubscriptionId::from).collect())
     }
 
+    /// The tenant's identities judged orphaned in this scan (lower-case object ids).
+    pub async fn orphaned_objects(
+        &self,
+        scan_id: &str,
+        tenant: &TenantId,
+    ) -> Result<Vec<ObjectId>, StoreError> {
+        let keys: Vec<String> = sqlx::query_scalar(
+            "select object_key from scan_results
+             where scan_id = ? and tenant_id = ? and verdict = 'orphaned' order by object_key",
+        )
+        .bind(scan_id)
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(keys.into_iter().map(ObjectId::from).collect())
+    }
+
     /// Stages one page of identities; an identity staged already (a repeated page) is replaced.
     pub async fn stage_identities(
         &self,

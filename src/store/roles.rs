@@ -1,0 +1,119 @@
+//! Blast radius in the store: the role assignments of open orphans, written in the recording
+//! transaction, read by the API, the notifications and the metrics.
+
+use super::{Store, StoreError};
+use crate::domain::{ObjectId, RoleAssignment, TenantId};
+use crate::report::ScanReport;
+use sqlx::{Row, Sqlite, Transaction};
+
+/// Replaces the role assignments of the identities each tenant's scan judged orphaned and could read,
+/// and drops those of identities that are no longer open orphans. Runs after the lifecycle.
+pub(super) async fn write(
+    tx: &mut Transaction<'_, Sqlite>,
+    report: &ScanReport,
+) -> Result<(), StoreError> {
+    for t in &report.tenants {
+        let tenant = t.tenant_id.as_str();
+        if let Some(found) = &t.role_assignments {
+            sqlx::query(
+                "delete from role_assignments where tenant_id = ?1 and object_id in (
+                     select object_key from work.scan_results
+                     where scan_id = ?2 and tenant_id = ?1 and verdict = 'orphaned')",
+            )
+            .bind(tenant)
+            .bind(&report.scan_id)
+            .execute(&mut **tx)
+            .await?;
+            for (object, a) in found {
+                sqlx::query(
+                    "insert or replace into role_assignments
+                         (tenant_id, object_id, assignment_id, role_definition_id, role_name, scope, privileged)
+                     values (?, ?, ?, ?, ?, ?, ?)",
+                )
+                .bind(tenant)
+                .bind(object.as_str())
+                .bind(&a.id)
+                .bind(&a.role_definition_id)
+                .bind(&a.role_name)
+                .bind(&a.scope)
+                .bind(a.privileged)
+                .execute(&mut **tx)
+                .await?;
+            }
+        }
+        sqlx::query(
+            "delete from role_assignments where tenant_id = ?1 and object_id not in (
+                 select object_id from findings
+                 where tenant_id = ?1 and state in ('suspected', 'confirmed', 'acknowledged'))",
+        )
+        .bind(tenant)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
+fn assignment(r: &sqlx::sqlite::SqliteRow) -> Result<RoleAssignment, StoreError> {
+    Ok(RoleAssignment {
+        id: r.try_get("assignment_id")?,
+        role_definition_id: r.try_get("role_definition_id")?,
+        role_name: r.try_get("role_name")?,
+        scope: r.try_get("scope")?,
+        privileged: r.try_get("privileged")?,
+    })
+}
+
+/// The role assignments of one identity, in a transaction (for an event being enqueued).
+pub(super) async fn of_in(
+    tx: &mut Transaction<'_, Sqlite>,
+    tenant: &str,
+    object: &str,
+) -> Result<Vec<RoleAssignment>, StoreError> {
+    let rows = sqlx::query(
+        "select * from role_assignments where tenant_id = ? and object_id = ? order by privileged desc, assignment_id",
+    )
+    .bind(tenant)
+    .bind(object)
+    .fetch_all(&mut **tx)
+    .await?;
+    rows.iter().map(assignment).collect()
+}
+
+impl Store {
+    /// The role assignments an orphan's principal still holds, privileged ones first.
+    pub async fn role_assignments(
+        &self,
+        tenant: &TenantId,
+        object: &ObjectId,
+    ) -> Result<Vec<RoleAssignment>, StoreError> {
+        let rows = sqlx::query(
+            "select * from role_assignments where tenant_id = ? and object_id = ? order by privileged desc, assignment_id",
+        )
+        .bind(tenant.as_str())
+        .bind(object.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(assignment).collect()
+    }
+
+    /// Per tenant: open orphans holding any role assignment, and those holding a privileged one.
+    pub async fn orphan_role_counts(&self) -> Result<Vec<(TenantId, u64, u64)>, StoreError> {
+        let rows: Vec<(String, i64, i64)> = sqlx::query_as(
+            "select tenant_id, count(distinct object_id),
+                 count(distinct case when privileged then object_id end)
+             from role_assignments group by tenant_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, n, p)| {
+                (
+                    TenantId::from(t.as_str()),
+                    u64::try_from(n).unwrap_or(0),
+                    u64::try_from(p).unwrap_or(0),
+                )
+            })
+            .collect())
+    }
+}

@@ -1,0 +1,117 @@
+//! Blast radius: the role assignments an orphaned principal still holds, read from Resource Graph's
+//! `authorizationresources`, shown in the API, the notification and the metrics; privileged roles flag
+//! the finding as high risk.
+
+use crate::helpers::*;
+use miaudit_sim::SimConfig;
+use miaudit_sim::webhook::{Receiver, Script};
+use std::time::Duration;
+
+const OWNER: &str = "8e3af657-a8ff-443c-a75c-2fe8c4bcb635";
+const READER: &str = "acdd72a7-3385-48ef-bd42-f606fba81ae7";
+const CONTRIBUTOR: &str = "b24988ac-6180-42a0-ab88-20f7382dd24c";
+
+fn gauge(text: &str, name: &str) -> String {
+    let series = format!("{name}{{tenant_id=\"{TENANT}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&series))
+        .unwrap_or_else(|| panic!("{series} missing:\n{text}"))
+        .to_owned()
+}
+
+#[tokio::test]
+async fn an_orphan_keeps_its_role_assignments_and_a_privileged_one_is_high_risk() {
+    let (mut w, sub) = world();
+    let sub_scope = format!("/subscriptions/{sub}");
+    w.add_resource_group(&sub, "rg");
+    let risky_id = rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/risky");
+    let risky = w.add_system_assigned(&risky_id);
+    w.add_role_assignment(&sub_scope, OWNER, &risky);
+    w.add_role_assignment(&format!("{sub_scope}/resourceGroups/rg"), READER, &risky);
+    w.delete_resource(&risky_id);
+    let mild_id = rid(&sub, "rg", "Microsoft.Web", "sites/mild");
+    let mild = w.add_system_assigned(&mild_id);
+    w.add_role_assignment(&sub_scope, READER, &mild);
+    w.delete_resource(&mild_id);
+    let bare_id = rid(&sub, "rg", "Microsoft.Web", "sites/bare");
+    let bare = w.add_system_assigned(&bare_id);
+    w.delete_resource(&bare_id);
+    // A healthy identity's roles are nobody's business here.
+    let alive = w.add_system_assigned(&rid(&sub, "rg", "Microsoft.Web", "sites/alive"));
+    w.add_role_assignment(&sub_scope, CONTRIBUTOR, &alive);
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    let rx = Receiver::start(Script::default()).await.expect("receiver");
+    let d = env
+        .daemon(&format!(
+            "[lifecycle]\nconfirm_after = \"0s\"\n\n[[notify.webhooks]]\nurl = \"{}/hook\"\n",
+            rx.url()
+        ))
+        .await;
+    d.scan().await;
+    let (_, f) = get_json(&d.url(&format!("/api/v1/findings/{TENANT}/{risky}"))).await;
+    assert_eq!(f["high_risk"], true, "{f}");
+    let roles = f["role_assignments"].as_array().expect("roles");
+    assert_eq!(roles.len(), 2, "{f}");
+    assert_eq!(
+        (
+            roles[0]["role_name"].as_str(),
+            roles[0]["privileged"].as_bool(),
+            roles[0]["scope"].as_str()
+        ),
+        (Some("Owner"), Some(true), Some(sub_scope.as_str())),
+        "privileged first: {f}"
+    );
+    assert_eq!(roles[1]["role_name"], "Reader");
+    assert!(
+        roles[0]["id"]
+            .as_str()
+            .is_some_and(|i| i.contains("/providers/Microsoft.Authorization/roleAssignments/"))
+    );
+    let (_, m) = get_json(&d.url(&format!("/api/v1/findings/{TENANT}/{mild}"))).await;
+    assert_eq!(
+        (
+            m["high_risk"].as_bool(),
+            m["role_assignments"].as_array().map(Vec::len)
+        ),
+        (Some(false), Some(1))
+    );
+    let (_, b) = get_json(&d.url(&format!("/api/v1/findings/{TENANT}/{bare}"))).await;
+    assert_eq!(b["role_assignments"].as_array().map(Vec::len), Some(0));
+    let (_, a) = get_json(&d.url(&format!("/api/v1/findings/{TENANT}/{alive}"))).await;
+    assert_eq!(
+        a["role_assignments"].as_array().map(Vec::len),
+        Some(0),
+        "healthy: not looked up"
+    );
+    let text = d.metrics().await;
+    assert_eq!(gauge(&text, "miaudit_orphans_with_role_assignments"), "2");
+    assert_eq!(
+        gauge(&text, "miaudit_orphans_with_privileged_role_assignments"),
+        "1"
+    );
+    // The notification carries them.
+    let start = std::time::Instant::now();
+    while rx.received().len() < 3 {
+        assert!(start.elapsed() < Duration::from_secs(10), "3 events");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let event = rx
+        .received()
+        .into_iter()
+        .map(|r| r.json())
+        .find(|e| e["object_id"] == risky.as_str())
+        .expect("the risky orphan's event");
+    assert_eq!(event["high_risk"], true);
+    assert_eq!(event["role_assignments"][0]["role_name"], "Owner");
+    // Support removes the principal: the finding resolves and its role assignments are no longer
+    // counted as an orphan's (the dangling assignments themselves are another finding).
+    env.sim.with_world(|w| w.remove_principal(&risky));
+    d.scan().await;
+    let text = d.metrics().await;
+    assert_eq!(
+        gauge(&text, "miaudit_orphans_with_privileged_role_assignments"),
+        "0"
+    );
+    assert_eq!(gauge(&text, "miaudit_orphans_with_role_assignments"), "1");
+    d.stop().await;
+}
