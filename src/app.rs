@@ -41,7 +41,8 @@ impl App {
             .await
             .with_context(|| format!("opening the database {}", settings.database.url))?
             .retaining(settings.database.retain_scans)
-            .notifying(settings.notify.subscribers());
+            .notifying(settings.notify.subscribers())
+            .suppressing(settings.suppressions.clone());
         let tenants = settings.tenant_ids();
         let metrics = Metrics::new(&tenants);
         match store.abandon_running_scans().await {
@@ -169,6 +170,13 @@ impl App {
             .notifier
             .is_configured()
             .then(|| tokio::spawn(self.notifier.clone().run(cancel.clone())));
+        // Suppressions expire on their own clock: re-applied every minute, not only after scans.
+        let expiry = tokio::spawn(watch_suppressions(
+            self.state.store.clone(),
+            self.state.metrics.clone(),
+            self.state.tenants.clone(),
+            cancel.clone(),
+        ));
         let runner = self.state.runner.clone();
         let store = self.state.store.clone();
         let app = api::router(self.state);
@@ -183,8 +191,45 @@ impl App {
         if let Some(d) = delivery {
             let _ = d.await;
         }
+        let _ = expiry.await;
         store.close().await;
         Ok(())
+    }
+}
+
+/// Applies the allowlist every minute (and at start), so that a suppression that expires re-activates
+/// its findings when it expires, logged, with the finding gauges updated.
+async fn watch_suppressions(
+    store: crate::store::Store,
+    metrics: Metrics,
+    tenants: Arc<Vec<crate::domain::TenantId>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        match store.apply_suppressions(chrono::Utc::now()).await {
+            Ok(applied) => {
+                crate::scheduler::log_suppressions(&applied);
+                if applied.suppressed + applied.reactivated > 0 {
+                    if let Ok(c) = store.count_findings_by_state().await {
+                        metrics.set_findings(&tenants, &c);
+                    }
+                    if let Ok(o) = store.oldest_unacknowledged().await {
+                        metrics.set_oldest_unacknowledged(&tenants, &o);
+                    }
+                    if let Ok(c) = store.orphan_role_counts().await {
+                        metrics.set_orphan_roles(&tenants, &c);
+                    }
+                }
+            }
+            Err(e) => {
+                metrics.store_errors.inc();
+                tracing::error!(error = %e, "could not apply the suppressions");
+            }
+        }
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(std::time::Duration::from_secs(60)) => {}
+        }
     }
 }
 

@@ -33,15 +33,20 @@ pub enum State {
     Acknowledged,
     Resolved,
     Unverified,
+    /// An open orphan an active suppression (allowlist entry) covers. Shown, counted and filtered on,
+    /// never stored: the finding keeps its lifecycle underneath and shows it again when the suppression
+    /// ends.
+    Suppressed,
 }
 
 impl State {
-    pub const ALL: [State; 5] = [
+    pub const ALL: [State; 6] = [
         State::Suspected,
         State::Confirmed,
         State::Acknowledged,
         State::Resolved,
         State::Unverified,
+        State::Suppressed,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -51,6 +56,7 @@ impl State {
             Self::Acknowledged => "acknowledged",
             Self::Resolved => "resolved",
             Self::Unverified => "unverified",
+            Self::Suppressed => "suppressed",
         }
     }
 

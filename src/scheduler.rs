@@ -198,6 +198,7 @@ impl ScanRunner {
                         .with_label_values(&[tenant.as_str()])
                         .inc_by(*n);
                 }
+                log_suppressions(&recorded.suppressions);
                 self.publish(report).await;
                 if recorded.notifications > 0
                     && let Some(n) = &self.notifier
@@ -280,6 +281,24 @@ impl ScanRunner {
                 tracing::error!(error = %e, "could not read unacknowledged orphans");
             }
         }
+    }
+}
+
+/// Says what applying the allowlist changed: findings it now covers, and findings active again
+/// because their suppression ended (expired or deleted).
+pub fn log_suppressions(applied: &crate::store::suppressions::Applied) {
+    if applied.suppressed > 0 {
+        tracing::info!(
+            findings = applied.suppressed,
+            "findings suppressed by the allowlist"
+        );
+    }
+    if applied.reactivated > 0 {
+        tracing::info!(
+            findings = applied.reactivated,
+            suppressions = ?applied.ended,
+            "suppressions ended (expired or removed): their findings are active again"
+        );
     }
 }
 

@@ -33,6 +33,164 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/scans/{scan_id}", get(one_scan))
         .route("/api/v1/export", get(export_findings))
         .route("/api/v1/notifications", get(list_notifications))
+        .route(
+            "/api/v1/suppressions",
+            get(list_suppressions).post(add_suppression),
+        )
+        .route(
+            "/api/v1/suppressions/{id}",
+            axum::routing::delete(delete_suppression),
+        )
+}
+
+/// Every suppression (allowlist entry), the configuration's (`source: config`) and the API's, with
+/// whether it is in force now.
+async fn list_suppressions(S(st): S<AppState>) -> Result<Response, Problem> {
+    let now = chrono::Utc::now();
+    let all = st
+        .store
+        .suppressions()
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    let items: Vec<Value> = all
+        .iter()
+        .map(|s| {
+            let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
+            v["active"] = json!(s.active(now));
+            v
+        })
+        .collect();
+    Ok(json_ok(
+        StatusCode::OK,
+        &json!({"items": items, "next_cursor": null}),
+    ))
+}
+
+/// Makes a suppression: `{"object_id" | "resource_id" | "subscription_id" | "tenant_id" (at least one),
+/// "reason", "owner", "expires_at" (optional, RFC 3339 or a date)}`; 201 with it.
+async fn add_suppression(
+    S(st): S<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, Problem> {
+    authorize(&st, &headers)?;
+    #[derive(serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct New {
+        tenant_id: Option<String>,
+        subscription_id: Option<String>,
+        object_id: Option<String>,
+        resource_id: Option<String>,
+        reason: String,
+        owner: String,
+        expires_at: Option<String>,
+    }
+    let n: New = serde_json::from_slice(&body).map_err(|_| {
+        Problem::bad_request(
+            "body must be JSON: {\"object_id\" | \"resource_id\" | \"subscription_id\" | \"tenant_id\", \"reason\", \"owner\", \"expires_at\"}",
+        )
+    })?;
+    let text = |v: Option<String>, name: &str| -> Result<Option<String>, Problem> {
+        match v.map(|s| s.trim().to_owned()) {
+            None => Ok(None),
+            Some(s) if s.is_empty() => Ok(None),
+            Some(s) if s.chars().count() > 1024 || s.chars().any(char::is_control) => Err(
+                Problem::bad_request(format!("{name} must be at most 1024 printable characters")),
+            ),
+            Some(s) => Ok(Some(s)),
+        }
+    };
+    let lower = |v: Option<String>| v.map(|s| s.to_ascii_lowercase());
+    let expires_at = match text(n.expires_at, "expires_at")? {
+        None => None,
+        Some(e) => Some(crate::config::parse_expiry(&e).ok_or_else(|| {
+            Problem::bad_request("expires_at must be a date (2027-01-31) or an RFC 3339 time")
+        })?),
+    };
+    let s = crate::domain::Suppression {
+        id: uuid::Uuid::new_v4().to_string(),
+        tenant_id: lower(text(n.tenant_id, "tenant_id")?),
+        subscription_id: lower(text(n.subscription_id, "subscription_id")?),
+        object_id: lower(text(n.object_id, "object_id")?),
+        resource_id: text(n.resource_id, "resource_id")?,
+        reason: text(Some(n.reason), "reason")?.unwrap_or_default(),
+        owner: text(Some(n.owner), "owner")?.unwrap_or_default(),
+        expires_at,
+        source: "api".into(),
+    };
+    if s.tenant_id.is_none()
+        && s.subscription_id.is_none()
+        && s.object_id.is_none()
+        && s.resource_id.is_none()
+    {
+        return Err(Problem::bad_request(
+            "a suppression needs at least one of object_id, resource_id, subscription_id, tenant_id",
+        ));
+    }
+    if s.reason.is_empty() || s.owner.is_empty() {
+        return Err(Problem::bad_request("reason and owner are required"));
+    }
+    let now = chrono::Utc::now();
+    st.store
+        .add_suppression(&s, now)
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    refresh_suppressed(&st).await?;
+    let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
+    v["active"] = json!(s.active(now));
+    Ok(json_ok(StatusCode::CREATED, &v))
+}
+
+/// Deletes a suppression made through the API (204); one of the configuration is 409.
+async fn delete_suppression(
+    S(st): S<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+) -> Result<Response, Problem> {
+    let id = path(p)?;
+    authorize(&st, &headers)?;
+    if id.starts_with("config-") {
+        return Err(Problem::new(
+            StatusCode::CONFLICT,
+            "this suppression is defined in the configuration; remove it there",
+        ));
+    }
+    let deleted = st
+        .store
+        .delete_suppression(&id)
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    if !deleted {
+        return Err(Problem::new(
+            StatusCode::NOT_FOUND,
+            "no suppression with that id",
+        ));
+    }
+    refresh_suppressed(&st).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Applies the allowlist after a change through the API, and updates the gauges it moves.
+async fn refresh_suppressed(st: &AppState) -> Result<(), Problem> {
+    let applied = st
+        .store
+        .apply_suppressions(chrono::Utc::now())
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    crate::scheduler::log_suppressions(&applied);
+    let counts = st
+        .store
+        .count_findings_by_state()
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    st.metrics.set_findings(&st.tenants, &counts);
+    if let Ok(o) = st.store.oldest_unacknowledged().await {
+        st.metrics.set_oldest_unacknowledged(&st.tenants, &o);
+    }
+    if let Ok(c) = st.store.orphan_role_counts().await {
+        st.metrics.set_orphan_roles(&st.tenants, &c);
+    }
+    Ok(())
 }
 
 /// The notification outbox, newest first: each delivery's sink (by name, never its URL), event, state,

@@ -377,6 +377,7 @@ async fn open_store(settings: &Settings) -> Result<Store, ExitCode> {
         .map(|s| {
             s.retaining(settings.database.retain_scans)
                 .notifying(settings.notify.subscribers())
+                .suppressing(settings.suppressions.clone())
         })
         .map_err(|e| {
             config_error(&[format!(

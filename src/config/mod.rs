@@ -22,7 +22,7 @@ pub use auth::{
     AuthMethod, AuthSettings, ClientCertificate, DEFAULT_IMDS, ManagedIdentityId,
     ManagedIdentitySource,
 };
-pub use notify::{DEFAULT_MAX_ATTEMPTS, NotifySettings, WebhookSettings};
+pub use notify::{DEFAULT_MAX_ATTEMPTS, NotifySettings, WebhookSettings, parse_expiry};
 use read::*;
 pub use read::{parse_duration, parse_size};
 pub use secrets::Secret;
@@ -247,6 +247,8 @@ pub struct Settings {
     pub scan: ScanSettings,
     pub log: LogSettings,
     pub notify: NotifySettings,
+    /// `[[suppressions]]`: the configuration's allowlist.
+    pub suppressions: Vec<crate::domain::Suppression>,
 }
 
 /// Where environment values come from; a map in tests, the process environment otherwise.
@@ -306,6 +308,7 @@ impl Settings {
             scan: read_scan(&mut r),
             log: read_log(&mut r),
             notify: notify::read_notify(&mut r, &mut secrets),
+            suppressions: notify::read_suppressions(&mut r),
         };
         errors.extend(r.errors);
         errors.extend(url_errors);

@@ -271,6 +271,88 @@ fn url_problem(u: &str) -> Option<String> {
     }
 }
 
+/// `[[suppressions]]`: the allowlist of the configuration, each with at least one selector, a reason
+/// and an owner; `expires` is an RFC 3339 time or a date (the end of that day is not included: a date
+/// means midnight UTC at its start).
+pub(super) fn read_suppressions(r: &mut Reader<'_>) -> Vec<crate::domain::Suppression> {
+    let mut out = Vec::new();
+    let Some(v) = r.root.get("suppressions").cloned() else {
+        return out;
+    };
+    let Some(items) = v.as_array() else {
+        r.errors
+            .push("suppressions: expected an array of [[suppressions]] tables".into());
+        return out;
+    };
+    for (n, item) in items.iter().enumerate() {
+        let Some(t) = item.as_table() else {
+            r.errors
+                .push(format!("suppressions[{n}]: expected a table"));
+            continue;
+        };
+        let mut get = |k: &str| match t.get(k) {
+            None => None,
+            Some(toml::Value::String(s)) if !s.trim().is_empty() => Some(s.trim().to_owned()),
+            Some(_) => {
+                r.errors.push(format!(
+                    "suppressions[{n}].{k}: expected a non-empty string"
+                ));
+                None
+            }
+        };
+        let s = crate::domain::Suppression {
+            id: format!("config-{}", n + 1),
+            tenant_id: get("tenant_id").map(|v| v.to_ascii_lowercase()),
+            subscription_id: get("subscription_id").map(|v| v.to_ascii_lowercase()),
+            object_id: get("object_id").map(|v| v.to_ascii_lowercase()),
+            resource_id: get("resource_id"),
+            reason: get("reason").unwrap_or_default(),
+            owner: get("owner").unwrap_or_default(),
+            expires_at: None,
+            source: "config".into(),
+        };
+        let expires = get("expires");
+        let mut s = s;
+        if let Some(e) = expires {
+            match parse_expiry(&e) {
+                Some(at) => s.expires_at = Some(at),
+                None => r.errors.push(format!(
+                    "suppressions[{n}].expires: {e:?} is not a date (2027-01-31) or an RFC 3339 time"
+                )),
+            }
+        }
+        if s.tenant_id.is_none()
+            && s.subscription_id.is_none()
+            && s.object_id.is_none()
+            && s.resource_id.is_none()
+        {
+            r.errors.push(format!(
+                "suppressions[{n}]: needs at least one of object_id, resource_id, subscription_id, tenant_id"
+            ));
+        }
+        for (k, v) in [("reason", &s.reason), ("owner", &s.owner)] {
+            if v.is_empty() {
+                r.errors.push(format!(
+                    "suppressions[{n}].{k}: missing (every suppression says why and who owns it)"
+                ));
+            }
+        }
+        out.push(s);
+    }
+    out
+}
+
+/// An expiry: an RFC 3339 time, or a date (its midnight, UTC).
+pub fn parse_expiry(s: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    if let Ok(t) = chrono::DateTime::parse_from_rfc3339(s) {
+        return Some(t.with_timezone(&chrono::Utc));
+    }
+    chrono::NaiveDate::parse_from_str(s, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,6 +39,17 @@ pub(super) const WEBHOOK_KEYS: &[&str] = &[
     "events",
 ];
 
+/// The keys of one `[[suppressions]]` table.
+pub(super) const SUPPRESSION_KEYS: &[&str] = &[
+    "tenant_id",
+    "subscription_id",
+    "object_id",
+    "resource_id",
+    "reason",
+    "owner",
+    "expires",
+];
+
 /// Known sections and keys. `tenants` is an array of tables with `id` and `name`.
 pub(super) const SCHEMA: &[(&str, &[&str])] = &[
     (
@@ -295,6 +306,20 @@ pub(super) fn is_tenant_id(s: &str) -> bool {
 pub(super) fn unknown_keys(root: &toml::Table) -> Vec<String> {
     let mut errors = Vec::new();
     for (section, value) in root {
+        if section == "suppressions" {
+            // Read (and its shape checked) by `read_suppressions`; here only unknown keys.
+            for (n, t) in value.as_array().into_iter().flatten().enumerate() {
+                for k in t
+                    .as_table()
+                    .into_iter()
+                    .flat_map(|t| t.keys())
+                    .filter(|k| !SUPPRESSION_KEYS.contains(&k.as_str()))
+                {
+                    errors.push(format!("suppressions[{n}].{k}: unknown key"));
+                }
+            }
+            continue;
+        }
         if section == "tenants" {
             match value.as_array() {
                 Some(items) => {

@@ -16,6 +16,7 @@ mod ids;
 mod notify;
 mod resource;
 mod roles;
+mod suppression;
 mod verdict;
 
 pub use identity::*;
@@ -23,4 +24,5 @@ pub use ids::*;
 pub use notify::*;
 pub use resource::*;
 pub use roles::*;
+pub use suppression::*;
 pub use verdict::*;

@@ -125,14 +125,16 @@ impl Notifier {
         }
     }
 
-    /// One pass: attempts every row due now once. Returns how long until the next pending row is due.
+    /// One pass: attempts once every row due when the pass starts (a row that fails is due again only
+    /// in a later pass, however short its back-off). Returns how long until the next pending row is due.
     pub async fn deliver_due(&self, cancel: &CancellationToken) -> Option<Duration> {
+        let start = Utc::now().timestamp_millis();
+        let mut seen = std::collections::HashSet::new();
         loop {
             if cancel.is_cancelled() {
                 return None;
             }
-            let now = Utc::now().timestamp_millis();
-            let due = match self.store.outbox_due(now, BATCH).await {
+            let due = match self.store.outbox_due(start, BATCH).await {
                 Ok(d) => d,
                 Err(e) => {
                     self.metrics.store_errors.inc();
@@ -140,10 +142,16 @@ impl Notifier {
                     return Some(IDLE);
                 }
             };
-            if due.is_empty() {
+            // A row seen again in this pass could not be claimed or recorded (a database error): it is
+            // left for the next pass rather than tried in a loop.
+            let fresh: Vec<OutboxRow> = due
+                .into_iter()
+                .filter(|r| seen.insert((r.sink.clone(), r.event_id.clone())))
+                .collect();
+            if fresh.is_empty() {
                 break;
             }
-            for row in due {
+            for row in fresh {
                 if cancel.is_cancelled() {
                     return None;
                 }

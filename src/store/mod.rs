@@ -21,6 +21,7 @@ mod roles;
 mod rows;
 mod runs;
 mod scans;
+pub mod suppressions;
 pub mod work;
 
 pub use findings::Acknowledged;
@@ -183,6 +184,8 @@ pub struct Store {
     retain_scans: u32,
     /// The notification sinks whose events a recorded scan enqueues (`[[notify.webhooks]]`).
     subscribers: std::sync::Arc<Vec<crate::domain::Subscriber>>,
+    /// `[[suppressions]]` of the configuration (the API's are stored).
+    config_suppressions: std::sync::Arc<Vec<crate::domain::Suppression>>,
 }
 
 impl Store {
@@ -286,6 +289,7 @@ impl Store {
                     file: None,
                     retain_scans: crate::config::DEFAULT_RETAIN_SCANS,
                     subscribers: Default::default(),
+                    config_suppressions: Default::default(),
                 })
             };
             match attempt.await {
@@ -313,6 +317,7 @@ impl Store {
             file: None,
             retain_scans: crate::config::DEFAULT_RETAIN_SCANS,
             subscribers: Default::default(),
+            config_suppressions: Default::default(),
         })
     }
 
@@ -326,6 +331,12 @@ impl Store {
     /// Enqueues, in each recorded scan's transaction, the notifications these sinks subscribe to.
     pub fn notifying(mut self, subscribers: Vec<crate::domain::Subscriber>) -> Self {
         self.subscribers = std::sync::Arc::new(subscribers);
+        self
+    }
+
+    /// The configuration's allowlist, applied with the stored one after every recorded scan.
+    pub fn suppressing(mut self, suppressions: Vec<crate::domain::Suppression>) -> Self {
+        self.config_suppressions = std::sync::Arc::new(suppressions);
         self
     }
 

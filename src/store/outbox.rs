@@ -92,7 +92,7 @@ pub(super) async fn enqueue(
                  f.evidence
              from finding_history h
              join findings f on f.tenant_id = h.tenant_id and f.object_id = h.object_id
-             where h.scan_id = ? and h.id > ?
+             where h.scan_id = ? and h.id > ? and f.suppressed_by is null
                and (h.to_state = 'confirmed'
                     or (h.to_state = 'resolved' and h.from_state in ('confirmed', 'acknowledged')))
              order by h.id limit ?",

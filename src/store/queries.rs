@@ -32,6 +32,10 @@ pub struct StoredFinding {
     pub exported_at: Option<DateTime<Utc>>,
     /// Confirmed, without a ticket number, and not exported in this episode: the next ticket's content.
     pub awaiting_ticket: bool,
+    /// The suppression (allowlist entry) that covers this open orphan now; its `state` then reads
+    /// `suppressed` and `lifecycle_state` keeps the state underneath.
+    pub suppressed_by: Option<String>,
+    pub lifecycle_state: Option<State>,
 }
 
 /// One transition of a finding.
@@ -83,12 +87,23 @@ fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> 
         (Some(e), Some(at)) if e == i64::from(tracked.episode) => Some(parse_time(t, &at)?),
         _ => None,
     };
-    let awaiting_ticket = tracked.state == Some(State::Confirmed) && exported_at.is_none();
+    let suppressed_by: Option<String> = r.try_get("suppressed_by")?;
+    let covered = suppressed_by.is_some() && tracked.state.is_some_and(State::is_open_orphan);
+    let awaiting_ticket =
+        !covered && tracked.state == Some(State::Confirmed) && exported_at.is_none();
+    let lifecycle_state = tracked.state;
+    let state = if covered {
+        Some(State::Suppressed)
+    } else {
+        tracked.state
+    };
     Ok(StoredFinding {
         exported_at,
         awaiting_ticket,
+        suppressed_by: suppressed_by.filter(|_| covered),
+        lifecycle_state,
         finding: base,
-        state: tracked.state,
+        state,
         episode: tracked.episode,
         resolution: tracked.resolution,
         ticket: tracked.ticket,
@@ -113,10 +128,27 @@ fn list_statement(f: &FindingFilter, after: Option<&FindingCursor>) -> (String, 
         sql.push_str(" and f.verdict != 'healthy' and (f.state is null or f.state != 'resolved')");
     }
     if !f.states.is_empty() {
-        sql.push_str(" and f.state in (");
-        sql.push_str(&vec!["?"; f.states.len()].join(", "));
-        sql.push(')');
-        binds.extend(f.states.iter().map(|s| s.as_str().to_owned()));
+        // An open orphan covered by a suppression is in state `suppressed`, not in its own.
+        let mut any = Vec::new();
+        let stored: Vec<&State> = f
+            .states
+            .iter()
+            .filter(|s| **s != State::Suppressed)
+            .collect();
+        if !stored.is_empty() {
+            any.push(format!(
+                "(f.state in ({}) and (f.suppressed_by is null or f.state not in ('suspected', 'confirmed', 'acknowledged')))",
+                vec!["?"; stored.len()].join(", ")
+            ));
+            binds.extend(stored.iter().map(|s| s.as_str().to_owned()));
+        }
+        if f.states.contains(&State::Suppressed) {
+            any.push(
+                "(f.suppressed_by is not null and f.state in ('suspected', 'confirmed', 'acknowledged'))"
+                    .to_owned(),
+            );
+        }
+        sql.push_str(&format!(" and ({})", any.join(" or ")));
     }
     let mut eq = |col: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -158,7 +190,8 @@ fn list_statement(f: &FindingFilter, after: Option<&FindingCursor>) -> (String, 
     }
     if f.awaiting_ticket {
         sql.push_str(
-            " and f.state = 'confirmed' and (f.exported_episode is null or f.exported_episode != f.episode)",
+            " and f.state = 'confirmed' and f.suppressed_by is null
+              and (f.exported_episode is null or f.exported_episode != f.episode)",
         );
     }
     if let Some((t, o)) = after {
@@ -171,8 +204,11 @@ fn list_statement(f: &FindingFilter, after: Option<&FindingCursor>) -> (String, 
 }
 
 /// Findings per tenant and state, among the rows with a state (the partial index `findings_by_state`).
-const COUNT_BY_STATE: &str = "select tenant_id, state, count(*) as n from findings
-     where state is not null group by tenant_id, state";
+const COUNT_BY_STATE: &str = "select tenant_id,
+         case when suppressed_by is not null and state in ('suspected', 'confirmed', 'acknowledged')
+              then 'suppressed' else state end as shown,
+         count(*) as n
+     from findings where state is not null group by tenant_id, shown";
 
 /// The verdicts of one scan (the view over the runs, migration 0007).
 const SCAN_VERDICTS: &str =
@@ -215,6 +251,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let n: i64 = sqlx::query_scalar(
             "select count(*) from findings where tenant_id = ? and state = 'confirmed'
+               and suppressed_by is null
                and (? or exported_episode is null or exported_episode != episode)",
         )
         .bind(tenant.as_str())
@@ -313,7 +350,7 @@ impl Store {
         let rows = sqlx::query(COUNT_BY_STATE).fetch_all(&self.pool).await?;
         rows.iter()
             .map(|r| {
-                let s: Option<String> = r.try_get("state")?;
+                let s: Option<String> = r.try_get("shown")?;
                 Ok((
                     id(r, "tenant_id")?,
                     s.as_deref().and_then(State::parse),

@@ -16,6 +16,8 @@ use std::collections::BTreeMap;
 pub struct Recorded {
     /// Findings that entered `confirmed`.
     pub newly_confirmed: BTreeMap<TenantId, u64>,
+    /// What applying the allowlist changed.
+    pub suppressions: super::suppressions::Applied,
     /// Notifications enqueued in the outbox (one per event and json sink, one digest per other sink).
     pub notifications: u64,
     /// How long the recording transaction took (begin to commit).
@@ -123,12 +125,45 @@ async fn record_in(
     write_delta_links(tx, report).await?;
     runs::expire(tx, store.retain_scans).await?;
     super::roles::write(tx, report).await?;
+    let active =
+        super::suppressions::active_in(tx, &store.config_suppressions, report.finished_at).await?;
+    let suppressions = super::suppressions::apply(tx, &active).await?;
+    let newly_confirmed = unsuppressed(tx, report, newly_confirmed).await?;
     let notifications = super::outbox::enqueue(tx, report, &store.subscribers).await?;
     Ok(Recorded {
+        suppressions,
         newly_confirmed,
         notifications,
         ..Recorded::default()
     })
+}
+
+/// Of the findings that entered `confirmed`, per tenant, those no suppression covers: a suppressed
+/// finding is counted as such, not as a new orphan to alert on.
+async fn unsuppressed(
+    tx: &mut Tx<'_>,
+    report: &ScanReport,
+    mut confirmed: BTreeMap<TenantId, u64>,
+) -> Result<BTreeMap<TenantId, u64>, StoreError> {
+    if confirmed.values().all(|n| *n == 0) {
+        return Ok(confirmed);
+    }
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "select h.tenant_id, count(*) from finding_history h
+         join findings f on f.tenant_id = h.tenant_id and f.object_id = h.object_id
+         where h.scan_id = ? and h.to_state = 'confirmed' and f.suppressed_by is null
+         group by h.tenant_id",
+    )
+    .bind(&report.scan_id)
+    .fetch_all(&mut **tx)
+    .await?;
+    for (tenant, n) in confirmed.iter_mut() {
+        *n = rows
+            .iter()
+            .find(|(t, _)| t == tenant.as_str())
+            .map_or(0, |r| u64::try_from(r.1).unwrap_or(0));
+    }
+    Ok(confirmed)
 }
 
 /// The scan's row (finishing the one `begin_scan` noted, if any) and its tenants' rows.

@@ -99,9 +99,10 @@ impl Store {
     /// Per tenant: open orphans holding any role assignment, and those holding a privileged one.
     pub async fn orphan_role_counts(&self) -> Result<Vec<(TenantId, u64, u64)>, StoreError> {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "select tenant_id, count(distinct object_id),
-                 count(distinct case when privileged then object_id end)
-             from role_assignments group by tenant_id",
+            "select r.tenant_id, count(distinct r.object_id),
+                 count(distinct case when r.privileged then r.object_id end)
+             from role_assignments r join findings f on f.tenant_id = r.tenant_id and f.object_id = r.object_id
+             where f.suppressed_by is null group by r.tenant_id",
         )
         .fetch_all(&self.pool)
         .await?;

@@ -332,7 +332,8 @@ impl Store {
         &self,
     ) -> Result<Vec<(TenantId, DateTime<Utc>)>, StoreError> {
         let rows: Vec<(String, Option<String>)> = sqlx::query_as(
-            "select tenant_id, min(confirmed_at) from findings where state = 'confirmed' group by tenant_id",
+            "select tenant_id, min(confirmed_at) from findings
+             where state = 'confirmed' and suppressed_by is null group by tenant_id",
         )
         .fetch_all(&self.pool)
         .await?;

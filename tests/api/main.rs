@@ -18,5 +18,6 @@ mod notify;
 mod paging;
 mod rules;
 mod streaming;
+mod suppressions;
 mod tickets;
 mod verdicts;
