@@ -78,13 +78,60 @@ fn every_alert_has_annotations_and_is_tested_firing_and_not_firing() {
     }
 }
 
+/// The PromQL of every panel of the Grafana dashboard, with Grafana's variables filled in as Grafana
+/// would (`$tenant` all tenants, `$__rate_interval` a scrape-sized window).
+fn dashboard_exprs() -> Vec<String> {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("deploy/grafana/miaudit-dashboard.json");
+    let d: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).expect("dashboard")).expect("JSON");
+    let mut exprs = Vec::new();
+    for p in d["panels"].as_array().expect("panels") {
+        for t in p["targets"].as_array().expect("targets") {
+            let e = t["expr"].as_str().expect("expr");
+            exprs.push(e.replace("$tenant", ".*").replace("$__rate_interval", "5m"));
+        }
+    }
+    exprs
+}
+
+#[test]
+fn every_dashboard_expression_is_valid_promql() {
+    let exprs = dashboard_exprs();
+    assert!(exprs.len() >= 14, "{exprs:?}");
+    // promtool checks PromQL as Prometheus parses it: each expression as a recording rule.
+    let mut yaml = String::from("groups:\n  - name: dashboard\n    rules:\n");
+    for (i, e) in exprs.iter().enumerate() {
+        yaml.push_str(&format!(
+            "      - record: dashboard:panel_{i}\n        expr: '{}'\n",
+            e.replace('\'', "''")
+        ));
+    }
+    let tmp = tempfile::tempdir().expect("tmp");
+    let file = tmp.path().join("dashboard-rules.yml");
+    std::fs::write(&file, yaml).expect("write");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "rules"])
+        .arg(&file)
+        .output()
+        .expect("promtool runs");
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[tokio::test]
-async fn every_metric_a_rule_reads_is_exported_from_start_up() {
-    let rules = std::fs::read_to_string(dir().join("miaudit-rules.yml")).expect("rules");
+async fn every_metric_a_rule_or_the_dashboard_reads_is_exported_from_start_up() {
+    let rules = std::fs::read_to_string(dir().join("miaudit-rules.yml")).expect("rules")
+        + &dashboard_exprs().join("\n");
     let mut names: Vec<String> = rules
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|w| w.starts_with("miaudit_"))
-        .map(str::to_owned)
+        // A histogram's series are read through its _bucket.
+        .map(|w| w.trim_end_matches("_bucket").to_owned())
         .collect();
     names.sort();
     names.dedup();
@@ -97,7 +144,8 @@ async fn every_metric_a_rule_reads_is_exported_from_start_up() {
     let text = d.metrics().await;
     for name in &names {
         assert!(
-            text.lines().any(|l| l.starts_with(&format!("{name}{{"))),
+            text.lines().any(|l| l.starts_with(&format!("{name}{{"))
+                || l.starts_with(&format!("{name}_bucket{{"))),
             "{name} is read by a rule but not exported before the first scan:\n{text}"
         );
     }
