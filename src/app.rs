@@ -172,6 +172,7 @@ impl App {
             .then(|| tokio::spawn(self.notifier.clone().run(cancel.clone())));
         // Suppressions expire on their own clock: re-applied every minute, not only after scans.
         let expiry = tokio::spawn(watch_suppressions(
+            self.state.runner.clone(),
             self.state.store.clone(),
             self.state.metrics.clone(),
             self.state.tenants.clone(),
@@ -200,6 +201,7 @@ impl App {
 /// Applies the allowlist every minute (and at start), so that a suppression that expires re-activates
 /// its findings when it expires, logged, with the finding gauges updated.
 async fn watch_suppressions(
+    runner: Arc<ScanRunner>,
     store: crate::store::Store,
     metrics: Metrics,
     tenants: Arc<Vec<crate::domain::TenantId>>,
@@ -209,6 +211,9 @@ async fn watch_suppressions(
         match store.apply_suppressions(chrono::Utc::now()).await {
             Ok(applied) => {
                 crate::scheduler::log_suppressions(&applied);
+                if !applied.reactivated_keys.is_empty() {
+                    runner.wake_notifier();
+                }
                 if applied.suppressed + applied.reactivated > 0 {
                     if let Ok(c) = store.count_findings_by_state().await {
                         metrics.set_findings(&tenants, &c);

@@ -361,17 +361,33 @@ fn ticket_entry(
 ) -> std::io::Result<()> {
     let f = &stored.finding;
     let e = &f.evidence;
-    let or_dash = |s: Option<&str>| s.filter(|s| !s.is_empty()).unwrap_or("-").to_owned();
+    // Text from Azure on one line each: a line break in a name cannot add lines to the ticket.
+    let or_dash = |s: Option<&str>| {
+        s.filter(|s| !s.is_empty())
+            .unwrap_or("-")
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect::<String>()
+    };
     writeln!(w, "{n}. Service principal object ID: {}", f.object_id)?;
-    writeln!(w, "   Application (client) ID: {}", f.app_id)?;
-    writeln!(w, "   Display name: {}", f.display_name)?;
+    writeln!(
+        w,
+        "   Application (client) ID: {}",
+        or_dash(Some(&f.app_id))
+    )?;
+    writeln!(w, "   Display name: {}", or_dash(Some(&f.display_name)))?;
     writeln!(
         w,
         "   Identity type: {}",
         f.identity_type.as_str().replace('_', "-")
     )?;
     writeln!(w, "   Resource ID: {}", or_dash(f.resource_id.as_deref()))?;
-    writeln!(w, "   Finding: {} ({})", f.reason.as_str(), f.detail)?;
+    writeln!(
+        w,
+        "   Finding: {} ({})",
+        f.reason.as_str(),
+        or_dash(Some(&f.detail))
+    )?;
     writeln!(
         w,
         "   ARM answer: status {}, code {}, x-ms-request-id {}, x-ms-correlation-request-id {}, at {}",
@@ -396,10 +412,10 @@ fn ticket_entry(
             writeln!(
                 w,
                 "     - {}{} at {} ({})",
-                r.role_name.as_deref().unwrap_or("role"),
+                or_dash(Some(r.role_name.as_deref().unwrap_or("role"))),
                 if r.privileged { " [privileged]" } else { "" },
-                r.scope,
-                r.id
+                or_dash(Some(&r.scope)),
+                or_dash(Some(&r.id))
             )?;
         }
     }

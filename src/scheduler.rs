@@ -64,6 +64,13 @@ impl ScanRunner {
         }
     }
 
+    /// Wakes the delivery worker (after a change that may have enqueued notifications).
+    pub fn wake_notifier(&self) {
+        if let Some(n) = &self.notifier {
+            n.wake();
+        }
+    }
+
     /// Wakes this delivery worker after each recorded scan.
     pub fn notifying(mut self, notifier: crate::notify::Notifier) -> Self {
         self.notifier = Some(notifier);

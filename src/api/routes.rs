@@ -130,11 +130,22 @@ async fn add_suppression(
     if s.reason.is_empty() || s.owner.is_empty() {
         return Err(Problem::bad_request("reason and owner are required"));
     }
+    if s.resource_id
+        .as_deref()
+        .is_some_and(|p| p.chars().all(|c| c == '*' || c == '/'))
+    {
+        return Err(Problem::bad_request(
+            "resource_id must name something: a pattern of only '*' would suppress every orphan",
+        ));
+    }
     let now = chrono::Utc::now();
     st.store
         .add_suppression(&s, now)
         .await
         .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    tracing::info!(id = %s.id, owner = %s.owner, reason = %s.reason, tenant_id = ?s.tenant_id,
+        subscription_id = ?s.subscription_id, object_id = ?s.object_id, resource_id = ?s.resource_id,
+        expires_at = ?s.expires_at, "suppression added through the API");
     refresh_suppressed(&st).await?;
     let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
     v["active"] = json!(s.active(now));
@@ -178,6 +189,9 @@ async fn refresh_suppressed(st: &AppState) -> Result<(), Problem> {
         .await
         .map_err(|e| Problem::internal(&st.metrics, &e))?;
     crate::scheduler::log_suppressions(&applied);
+    if !applied.reactivated_keys.is_empty() {
+        st.runner.wake_notifier();
+    }
     let counts = st
         .store
         .count_findings_by_state()
@@ -309,7 +323,7 @@ async fn metrics(S(st): S<AppState>) -> Response {
         .into_response()
 }
 
-const STATES: &str = "suspected, confirmed, acknowledged, resolved, unverified";
+const STATES: &str = "suspected, confirmed, acknowledged, resolved, unverified, suppressed";
 const VERDICTS: &str = "healthy, orphaned, unknown";
 
 fn states_param(p: &Params) -> Result<Vec<State>, Problem> {

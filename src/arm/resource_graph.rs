@@ -324,7 +324,7 @@ impl ArmClient {
                 .collect::<Vec<_>>()
                 .join(", ");
             let query = format!(
-                "authorizationresources | where type =~ 'microsoft.authorization/roledefinitions' | where name in~ ({list}) | project name = tolower(name), roleName = tostring(properties.roleName)"
+                "authorizationresources | where type =~ 'microsoft.authorization/roledefinitions' | where name in~ ({list}) | project id, name = tolower(name), roleName = tostring(properties.roleName) | order by id asc"
             );
             for row in self.query_all(tenant, subscriptions, &query).await? {
                 if let (Some(n), Some(r)) = (

@@ -107,8 +107,8 @@ pub enum Command {
         /// Only these states (comma-separated: suspected, confirmed, acknowledged, resolved).
         #[arg(long)]
         state: Option<String>,
-        /// With --format ticket: also the confirmed orphans already exported into a ticket text (they
-        /// are not marked again).
+        /// With --format ticket: also the confirmed orphans already exported into a ticket text (their
+        /// export time is renewed).
         #[arg(long)]
         include_exported: bool,
     },
@@ -284,7 +284,7 @@ async fn export(
             Some(st) => states.push(st),
             None => {
                 return config_error(&[format!(
-                    "--state: {s:?} is not one of suspected, confirmed, acknowledged, resolved, unverified"
+                    "--state: {s:?} is not one of suspected, confirmed, acknowledged, resolved, unverified, suppressed"
                 )]);
             }
         }

@@ -57,6 +57,9 @@ pub(super) fn read_notify(r: &mut Reader<'_>, secrets: &mut Vec<String>) -> Noti
     let retry_max_delay = r
         .duration("notify", "retry_max_delay")
         .unwrap_or(Duration::from_secs(3600));
+    if retry_max_delay > Duration::from_secs(7 * 86_400) {
+        r.errors.push("notify.retry_max_delay: at most 7d".into());
+    }
     if retry_base_delay.is_zero() || retry_base_delay > retry_max_delay {
         r.errors.push(
             "notify.retry_base_delay: must be more than 0s and at most notify.retry_max_delay"

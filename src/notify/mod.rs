@@ -35,6 +35,17 @@ const KEEP: chrono::Duration = chrono::Duration::days(30);
 /// The longest `Retry-After` honoured; a longer one is capped (the delivery is not abandoned for it).
 const MAX_SERVER_WAIT: Duration = Duration::from_secs(24 * 3600);
 
+/// Whether a pass can go on after one delivery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Done,
+    /// The outbox could not be written (claimed, recorded): the pass ends.
+    StoreFailed,
+}
+
+/// How often delivered and dead rows past [`KEEP`] are pruned.
+const PRUNE_EVERY: Duration = Duration::from_secs(24 * 3600);
+
 /// The outcome of one attempt.
 #[derive(Debug, Clone, PartialEq)]
 enum Attempt {
@@ -43,6 +54,8 @@ enum Attempt {
     Failed {
         error: String,
         retry_after: Option<Duration>,
+        /// No answer, 429 or 5xx: the receiver is down or busy (not a refusal of this one event).
+        receiver_down: bool,
     },
 }
 
@@ -100,7 +113,7 @@ impl Notifier {
     }
 
     /// Delivers until `cancel`: a pass over what is due, then sleep until the next row is due, a scan
-    /// is recorded, or [`IDLE`] passes.
+    /// is recorded, or [`IDLE`] passes. Delivered and dead rows older than [`KEEP`] are pruned daily.
     pub async fn run(self, cancel: CancellationToken) {
         // This daemon is the one delivering now: what a killed process was attempting is due again.
         match self.store.outbox_release_claims().await {
@@ -111,10 +124,14 @@ impl Notifier {
             ),
             Err(e) => tracing::warn!(error = %e, "could not release the outbox's claims"),
         }
-        if let Err(e) = self.store.outbox_prune(Utc::now() - KEEP).await {
-            tracing::warn!(error = %e, "could not prune the notification outbox");
-        }
+        let mut pruned: Option<std::time::Instant> = None;
         loop {
+            if pruned.is_none_or(|p| p.elapsed() >= PRUNE_EVERY) {
+                if let Err(e) = self.store.outbox_prune(Utc::now() - KEEP).await {
+                    tracing::warn!(error = %e, "could not prune the notification outbox");
+                }
+                pruned = Some(std::time::Instant::now());
+            }
             let next = self.deliver_due(&cancel).await;
             let sleep = next.unwrap_or(IDLE).min(IDLE);
             tokio::select! {
@@ -128,13 +145,19 @@ impl Notifier {
     /// One pass: attempts once every row due when the pass starts (a row that fails is due again only
     /// in a later pass, however short its back-off). Returns how long until the next pending row is due.
     pub async fn deliver_due(&self, cancel: &CancellationToken) -> Option<Duration> {
+        let sinks: Vec<String> = self
+            .settings
+            .webhooks
+            .iter()
+            .map(|w| w.name.clone())
+            .collect();
         let start = Utc::now().timestamp_millis();
         let mut seen = std::collections::HashSet::new();
         loop {
             if cancel.is_cancelled() {
                 return None;
             }
-            let due = match self.store.outbox_due(start, BATCH).await {
+            let due = match self.store.outbox_due(start, &sinks, BATCH).await {
                 Ok(d) => d,
                 Err(e) => {
                     self.metrics.store_errors.inc();
@@ -142,8 +165,7 @@ impl Notifier {
                     return Some(IDLE);
                 }
             };
-            // A row seen again in this pass could not be claimed or recorded (a database error): it is
-            // left for the next pass rather than tried in a loop.
+            // A row seen again in this pass was held by another worker: left for the next pass.
             let fresh: Vec<OutboxRow> = due
                 .into_iter()
                 .filter(|r| seen.insert((r.sink.clone(), r.event_id.clone())))
@@ -155,11 +177,15 @@ impl Notifier {
                 if cancel.is_cancelled() {
                     return None;
                 }
-                self.deliver(&row).await;
+                match self.deliver(&row).await {
+                    Outcome::Done => {}
+                    // The database cannot be written: the pass ends instead of re-reading the same rows.
+                    Outcome::StoreFailed => return Some(IDLE),
+                }
             }
         }
         self.update_pending().await;
-        let next = self.store.outbox_next_due().await.ok().flatten()?;
+        let next = self.store.outbox_next_due(&sinks).await.ok().flatten()?;
         let wait = next.saturating_sub(Utc::now().timestamp_millis()).max(0);
         Some(Duration::from_millis(u64::try_from(wait).unwrap_or(0)))
     }
@@ -183,44 +209,47 @@ impl Notifier {
     }
 
     /// Claims, attempts and records one delivery.
-    async fn deliver(&self, row: &OutboxRow) {
+    async fn deliver(&self, row: &OutboxRow) -> Outcome {
+        let Some(sink) = self.settings.webhooks.iter().find(|w| w.name == row.sink) else {
+            // Not asked for (rows are read for configured sinks only); left as it is.
+            return Outcome::Done;
+        };
         let now = Utc::now().timestamp_millis();
-        let claim_until = now + CLAIM.as_millis() as i64;
+        let claim_until = now.saturating_add(CLAIM.as_millis() as i64);
         match self.store.outbox_claim(row, now, claim_until).await {
             Ok(true) => {}
-            Ok(false) => return, // another worker has it
+            Ok(false) => return Outcome::Done, // another worker has it, or its back-off moved
             Err(e) => {
                 self.metrics.store_errors.inc();
                 tracing::error!(error = %e, "could not claim a notification");
-                return;
+                return Outcome::StoreFailed;
             }
         }
-        let Some(sink) = self.settings.webhooks.iter().find(|w| w.name == row.sink) else {
-            // A sink removed from the configuration: nothing can deliver its rows any more.
-            tracing::warn!(sink = %row.sink, event_id = %row.event_id, "notification for a webhook that is no longer configured: dead-lettered");
-            self.record(row, None, "the webhook is no longer configured", "dead")
-                .await;
-            return;
-        };
         let attempt = self.attempt(sink, row).await;
-        let attempts = row.attempts + 1;
+        let attempts = row.attempts.saturating_add(1);
         match attempt {
             Attempt::Delivered => {
                 if let Err(e) = self.store.outbox_delivered(row, Utc::now()).await {
                     self.metrics.store_errors.inc();
                     tracing::error!(error = %e, "could not record a delivered notification; it may be sent again");
+                    return Outcome::StoreFailed;
                 }
                 self.metrics
                     .notifications
                     .with_label_values(&[&sink.name, "delivered"])
                     .inc();
                 tracing::info!(sink = %sink.name, event_id = %row.event_id, r#type = %row.kind, attempts, "notification delivered");
+                Outcome::Done
             }
-            Attempt::Failed { error, retry_after } => {
+            Attempt::Failed {
+                error,
+                retry_after,
+                receiver_down,
+            } => {
                 if attempts >= self.settings.max_attempts {
                     tracing::error!(sink = %sink.name, event_id = %row.event_id, attempts, error = %error,
                         "notification dead-lettered after its last attempt");
-                    self.record(row, None, &error, "dead").await;
+                    self.record(row, None, &error, "dead").await
                 } else {
                     // The receiver's Retry-After is a floor: never sooner than it asks, nor sooner than
                     // the back-off (a "Retry-After: 0" does not turn into a busy loop).
@@ -229,23 +258,43 @@ impl Notifier {
                         .max(self.backoff(attempts));
                     tracing::warn!(sink = %sink.name, event_id = %row.event_id, attempts, error = %error,
                         retry_in_seconds = wait.as_secs_f64(), "notification not delivered; will retry");
-                    let at = Utc::now().timestamp_millis()
-                        + i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2);
-                    self.record(row, Some(at), &error, "failed").await;
+                    let at = Utc::now()
+                        .timestamp_millis()
+                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX / 2));
+                    let outcome = self.record(row, Some(at), &error, "failed").await;
+                    // The receiver is down: its other deliveries wait with this one, rather than each
+                    // costing an attempt (and a timeout) in this pass. A refusal of this one event
+                    // (another 4xx) holds nothing else back.
+                    if receiver_down
+                        && let Err(e) = self.store.outbox_postpone_sink(&sink.name, at).await
+                    {
+                        self.metrics.store_errors.inc();
+                        tracing::error!(error = %e, "could not hold back a failing webhook's deliveries");
+                        return Outcome::StoreFailed;
+                    }
+                    outcome
                 }
             }
         }
     }
 
-    async fn record(&self, row: &OutboxRow, retry_at: Option<i64>, error: &str, outcome: &str) {
-        if let Err(e) = self.store.outbox_failed(row, retry_at, error).await {
-            self.metrics.store_errors.inc();
-            tracing::error!(error = %e, "could not record a failed notification");
-        }
+    async fn record(
+        &self,
+        row: &OutboxRow,
+        retry_at: Option<i64>,
+        error: &str,
+        outcome: &str,
+    ) -> Outcome {
         self.metrics
             .notifications
             .with_label_values(&[&row.sink, outcome])
             .inc();
+        if let Err(e) = self.store.outbox_failed(row, retry_at, error).await {
+            self.metrics.store_errors.inc();
+            tracing::error!(error = %e, "could not record a failed notification");
+            return Outcome::StoreFailed;
+        }
+        Outcome::Done
     }
 
     /// The wait after the `attempts`-th failure: the base delay doubled per attempt, capped, with
@@ -266,6 +315,7 @@ impl Notifier {
                 return Attempt::Failed {
                     error: e,
                     retry_after: None,
+                    receiver_down: false,
                 };
             }
         };
@@ -295,12 +345,17 @@ impl Notifier {
                 } else {
                     format!("HTTP {}", status.as_u16())
                 };
-                Attempt::Failed { error, retry_after }
+                Attempt::Failed {
+                    error,
+                    retry_after,
+                    receiver_down: status.as_u16() == 429 || status.is_server_error(),
+                }
             }
             // Without the URL: it is the sink's credential.
             Err(e) => Attempt::Failed {
                 error: describe(&e.without_url()),
                 retry_after: None,
+                receiver_down: true,
             },
         }
     }

@@ -106,6 +106,22 @@ pub fn slack(digest: &Value, base: &str) -> Value {
     })
 }
 
+/// Adaptive Cards' TextBlocks read a Markdown subset: its markup characters in Azure's text are
+/// escaped, so a name cannot become a link.
+fn teams_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(
+            c,
+            '\\' | '[' | ']' | '(' | ')' | '*' | '_' | '`' | '#' | '>' | '-' | '!'
+        ) {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// A Teams Workflows-webhook message carrying an Adaptive Card.
 pub fn teams(digest: &Value, base: &str) -> Value {
     let d = Digest::of(digest);
@@ -117,7 +133,7 @@ pub fn teams(digest: &Value, base: &str) -> Value {
         .iter()
         .map(|f| {
             let (who, what) = line(f);
-            json!({"title": who, "value": what})
+            json!({"title": teams_escape(&who), "value": teams_escape(&what)})
         })
         .collect();
     if !facts.is_empty() {

@@ -60,6 +60,9 @@ impl Notes {
     }
 }
 
+/// The longest the blast-radius lookup of one tenant may take.
+const BLAST_RADIUS_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// The subscriptions and resource types (per table) Resource Graph has been asked about.
 #[derive(Debug, Default)]
 struct Asked {
@@ -121,7 +124,23 @@ impl Scanner {
                     referenced.len() as u64,
                     listed as u64,
                 ));
-                tr.role_assignments = self.blast_radius(&ctx, &clients.arm, subs).await?;
+                // Enrichment, not evidence: bounded, so that it can never push a finished scan past
+                // its timeout (which would record nothing of it).
+                tr.role_assignments = match tokio::time::timeout(
+                    BLAST_RADIUS_LIMIT,
+                    self.blast_radius(&ctx, &clients.arm, subs),
+                )
+                .await
+                {
+                    Ok(r) => r?,
+                    Err(_) => {
+                        tracing::warn!(
+                            seconds = BLAST_RADIUS_LIMIT.as_secs(),
+                            "reading the role assignments of orphans took too long; the stored ones stay"
+                        );
+                        None
+                    }
+                };
             }
             Ok::<_, crate::store::StoreError>(())
         };

@@ -68,10 +68,20 @@ fn outbox_row(r: &sqlx::sqlite::SqliteRow) -> Result<OutboxRow, StoreError> {
 /// Transitions read per statement while enqueueing.
 const CHUNK: i64 = 500;
 
-/// Enqueues the events of the scan being recorded: per transition into `confirmed`, and into `resolved`
-/// from `confirmed` or `acknowledged` (a suspected finding that resolves itself was never announced), a
-/// row per json sink that wants it; per slack or teams sink, one digest of the scan if it has any event
-/// that sink wants. Returns how many rows were written.
+/// What a set of events is enqueued as: a recorded scan, or a change of the allowlist.
+struct Batch<'a> {
+    /// The scan id (or the allowlist change's label) the rows and digests carry.
+    scan_id: &'a str,
+    occurred_at: String,
+    now_ms: i64,
+}
+
+/// Enqueues the events of the scan being recorded: per transition into `confirmed` of a finding no
+/// suppression covers, and into `resolved` from `confirmed` or `acknowledged` of one that was not
+/// suppressed before this scan (a suspected or suppressed finding was never announced), a row per json
+/// sink that wants it; per slack or teams sink, one digest of the scan if it has any event that sink
+/// wants. `temp.pre_suppressed` holds the findings suppressed before this scan's allowlist was applied.
+/// Returns how many rows were written.
 pub(super) async fn enqueue(
     tx: &mut Transaction<'_, Sqlite>,
     report: &ScanReport,
@@ -80,10 +90,12 @@ pub(super) async fn enqueue(
     if subscribers.is_empty() {
         return Ok(0);
     }
-    let now_ms = Utc::now().timestamp_millis();
-    let mut written = 0u64;
-    let digests: Vec<&Subscriber> = subscribers.iter().filter(|s| s.kind.is_digest()).collect();
-    let mut digest = vec![Digest::default(); digests.len()];
+    let batch = Batch {
+        scan_id: &report.scan_id,
+        occurred_at: report.finished_at.to_rfc3339(),
+        now_ms: Utc::now().timestamp_millis(),
+    };
+    let mut writer = Writer::new(subscribers);
     let mut after = 0i64;
     loop {
         let rows = sqlx::query(
@@ -92,9 +104,11 @@ pub(super) async fn enqueue(
                  f.evidence
              from finding_history h
              join findings f on f.tenant_id = h.tenant_id and f.object_id = h.object_id
-             where h.scan_id = ? and h.id > ? and f.suppressed_by is null
-               and (h.to_state = 'confirmed'
-                    or (h.to_state = 'resolved' and h.from_state in ('confirmed', 'acknowledged')))
+             where h.scan_id = ? and h.id > ?
+               and ((h.to_state = 'confirmed' and f.suppressed_by is null)
+                    or (h.to_state = 'resolved' and h.from_state in ('confirmed', 'acknowledged')
+                        and not exists (select 1 from temp.pre_suppressed p
+                                        where p.tenant_id = h.tenant_id and p.object_id = h.object_id)))
              order by h.id limit ?",
         )
         .bind(&report.scan_id)
@@ -104,57 +118,152 @@ pub(super) async fn enqueue(
         .await?;
         let Some(last) = rows.last() else { break };
         after = last.try_get("id")?;
-        for r in &rows {
+        writer.rows(tx, &rows, &batch).await?;
+    }
+    writer.digests(tx, &batch).await
+}
+
+/// Notes, before the allowlist is applied in a recording, which findings it covered
+/// (`temp.pre_suppressed`, read by [`enqueue`]).
+pub(super) async fn note_suppressed(tx: &mut Transaction<'_, Sqlite>) -> Result<(), StoreError> {
+    sqlx::query(
+        "create temp table if not exists pre_suppressed (tenant_id text, object_id text, primary key (tenant_id, object_id))",
+    )
+    .execute(&mut **tx)
+    .await?;
+    sqlx::query("delete from temp.pre_suppressed")
+        .execute(&mut **tx)
+        .await?;
+    sqlx::query(
+        "insert into temp.pre_suppressed select tenant_id, object_id from findings
+         where state is not null and suppressed_by is not null",
+    )
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+/// Enqueues `orphan.confirmed` for confirmed (or acknowledged) findings a suppression no longer covers:
+/// they were never announced while it did. The event id is the one of their confirmation, so one that
+/// was announced before the suppression is not sent again.
+pub(super) async fn enqueue_reactivated(
+    tx: &mut Transaction<'_, Sqlite>,
+    keys: &[(String, String)],
+    subscribers: &[Subscriber],
+    at: chrono::DateTime<Utc>,
+) -> Result<u64, StoreError> {
+    if subscribers.is_empty() || keys.is_empty() {
+        return Ok(0);
+    }
+    let label = format!("allowlist-{}", at.timestamp_millis());
+    let batch = Batch {
+        scan_id: &label,
+        occurred_at: at.to_rfc3339(),
+        now_ms: Utc::now().timestamp_millis(),
+    };
+    let mut writer = Writer::new(subscribers);
+    for (tenant, object) in keys {
+        let rows = sqlx::query(
+            "select f.episode, ? as at, null as from_state, 'confirmed' as to_state, null as resolution,
+                 f.tenant_id, f.object_id, f.app_id, f.display_name, f.identity_type, f.resource_id,
+                 f.verdict, f.reason, f.detail, f.evidence
+             from findings f
+             where f.tenant_id = ? and f.object_id = ? and f.suppressed_by is null
+               and f.state in ('confirmed', 'acknowledged')",
+        )
+        .bind(&batch.occurred_at)
+        .bind(tenant)
+        .bind(object)
+        .fetch_all(&mut **tx)
+        .await?;
+        writer.rows(tx, &rows, &batch).await?;
+    }
+    writer.digests(tx, &batch).await
+}
+
+/// Writes events to the outbox for each sink that wants them, gathering the digests.
+struct Writer<'s> {
+    subscribers: &'s [Subscriber],
+    digests: Vec<(&'s Subscriber, Digest)>,
+    written: u64,
+}
+
+impl<'s> Writer<'s> {
+    fn new(subscribers: &'s [Subscriber]) -> Self {
+        Self {
+            subscribers,
+            digests: subscribers
+                .iter()
+                .filter(|s| s.kind.is_digest())
+                .map(|s| (s, Digest::default()))
+                .collect(),
+            written: 0,
+        }
+    }
+
+    async fn rows(
+        &mut self,
+        tx: &mut Transaction<'_, Sqlite>,
+        rows: &[sqlx::sqlite::SqliteRow],
+        batch: &Batch<'_>,
+    ) -> Result<(), StoreError> {
+        for r in rows {
             let (event, mut doc) = event_document(r)?;
-            let roles = super::roles::of_in(
-                tx,
-                doc["tenant_id"].as_str().unwrap_or_default(),
-                doc["object_id"].as_str().unwrap_or_default(),
-            )
-            .await?;
+            let tenant = doc["tenant_id"].as_str().unwrap_or_default().to_owned();
+            let object = doc["object_id"].as_str().unwrap_or_default().to_owned();
+            let roles = super::roles::of_in(tx, &tenant, &object).await?;
             doc["high_risk"] = json!(roles.iter().any(|a| a.privileged));
             doc["role_assignments"] = serde_json::to_value(&roles).unwrap_or_default();
             let id = doc["event_id"].as_str().unwrap_or_default().to_owned();
             let body = doc.to_string();
-            for s in subscribers
+            for s in self
+                .subscribers
                 .iter()
                 .filter(|s| !s.kind.is_digest() && s.events.contains(&event))
             {
-                written += insert(
+                self.written += insert(
                     tx,
                     &s.sink,
                     &id,
                     event.event_name(),
-                    Some(doc["tenant_id"].as_str().unwrap_or_default()),
-                    report,
+                    Some(&tenant),
+                    batch,
                     &body,
-                    now_ms,
                 )
                 .await?;
             }
-            for (s, d) in digests.iter().zip(digest.iter_mut()) {
+            for (s, d) in &mut self.digests {
                 if s.events.contains(&event) {
                     d.add(event, &doc);
                 }
             }
         }
+        Ok(())
     }
-    for (s, d) in digests.iter().zip(digest) {
-        if d.total() == 0 {
-            continue;
+
+    async fn digests(
+        self,
+        tx: &mut Transaction<'_, Sqlite>,
+        batch: &Batch<'_>,
+    ) -> Result<u64, StoreError> {
+        let mut written = self.written;
+        for (s, d) in self.digests {
+            if d.total() == 0 {
+                continue;
+            }
+            let body = json!({
+                "scan_id": batch.scan_id,
+                "occurred_at": batch.occurred_at,
+                "confirmed": d.confirmed,
+                "resolved": d.resolved,
+                "findings": d.first,
+            })
+            .to_string();
+            let id = digest_id(batch.scan_id, &s.sink);
+            written += insert(tx, &s.sink, &id, "digest", None, batch, &body).await?;
         }
-        let body = json!({
-            "scan_id": report.scan_id,
-            "occurred_at": report.finished_at.to_rfc3339(),
-            "confirmed": d.confirmed,
-            "resolved": d.resolved,
-            "findings": d.first,
-        })
-        .to_string();
-        let id = digest_id(&report.scan_id, &s.sink);
-        written += insert(tx, &s.sink, &id, "digest", None, report, &body, now_ms).await?;
+        Ok(written)
     }
-    Ok(written)
 }
 
 /// A scan's events as one sink's digest counts and shows them.
@@ -181,19 +290,17 @@ impl Digest {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn insert(
     tx: &mut Transaction<'_, Sqlite>,
     sink: &str,
     event_id: &str,
     kind: &str,
     tenant: Option<&str>,
-    report: &ScanReport,
+    batch: &Batch<'_>,
     body: &str,
-    now_ms: i64,
 ) -> Result<u64, StoreError> {
-    // `or ignore`: the same event enqueued twice (it cannot be, each transition is written once; but a
-    // stable id makes a second one harmless) keeps the first row and its delivery state.
+    // `or ignore`: the same event enqueued twice (a confirmation announced again after its suppression
+    // ends, say) keeps the first row and its delivery state.
     let done = sqlx::query(
         "insert or ignore into outbox (sink, event_id, type, tenant_id, scan_id, occurred_at, body, next_attempt_ms)
          values (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -202,10 +309,10 @@ async fn insert(
     .bind(event_id)
     .bind(kind)
     .bind(tenant)
-    .bind(&report.scan_id)
-    .bind(report.finished_at.to_rfc3339())
+    .bind(batch.scan_id)
+    .bind(&batch.occurred_at)
     .bind(body)
-    .bind(now_ms)
+    .bind(batch.now_ms)
     .execute(&mut **tx)
     .await?;
     Ok(done.rows_affected())
@@ -248,27 +355,59 @@ fn event_document(r: &sqlx::sqlite::SqliteRow) -> Result<(EventType, Value), Sto
 }
 
 impl Store {
-    /// Pending deliveries due at `now_ms` and not being attempted, oldest first.
-    pub async fn outbox_due(&self, now_ms: i64, limit: u32) -> Result<Vec<OutboxRow>, StoreError> {
+    /// Pending deliveries to `sinks` due at `now_ms` and not being attempted, oldest first (rows of a
+    /// sink no longer configured wait for it to come back).
+    pub async fn outbox_due(
+        &self,
+        now_ms: i64,
+        sinks: &[String],
+        limit: u32,
+    ) -> Result<Vec<OutboxRow>, StoreError> {
         let rows = sqlx::query(
             "select * from outbox
              where state = 'pending' and next_attempt_ms <= ?1 and coalesce(claimed_until, 0) <= ?1
-             order by next_attempt_ms, occurred_at limit ?2",
+               and sink in (select value from json_each(?3))
+             order by attempts, next_attempt_ms, occurred_at limit ?2",
         )
         .bind(now_ms)
         .bind(i64::from(limit))
+        .bind(serde_json::to_string(sinks).unwrap_or_else(|_| "[]".into()))
         .fetch_all(&self.pool)
         .await?;
         rows.iter().map(outbox_row).collect()
     }
 
-    /// When the next pending delivery is due (Unix ms), if any.
-    pub async fn outbox_next_due(&self) -> Result<Option<i64>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "select min(max(next_attempt_ms, coalesce(claimed_until, 0))) from outbox where state = 'pending'",
+    /// When the next pending delivery to one of `sinks` is due (Unix ms), if any.
+    pub async fn outbox_next_due(&self, sinks: &[String]) -> Result<Option<i64>, StoreError> {
+        let mut next: Option<i64> = None;
+        for sink in sinks {
+            let due: Option<i64> = sqlx::query_scalar(
+                "select min(max(next_attempt_ms, coalesce(claimed_until, 0))) from outbox
+                 where state = 'pending' and sink = ?",
+            )
+            .bind(sink)
+            .fetch_one(&self.pool)
+            .await?;
+            next = match (next, due) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+        }
+        Ok(next)
+    }
+
+    /// Holds back every other due delivery of a sink that just failed until `until_ms` (its own next
+    /// attempt), without counting an attempt: a receiver that is down is not asked once per event.
+    pub async fn outbox_postpone_sink(&self, sink: &str, until_ms: i64) -> Result<(), StoreError> {
+        sqlx::query(
+            "update outbox set next_attempt_ms = ?1
+             where sink = ?2 and state = 'pending' and next_attempt_ms < ?1 and claimed_until is null",
         )
-        .fetch_one(&self.pool)
-        .await?)
+        .bind(until_ms)
+        .bind(sink)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
     }
 
     /// Takes a due row for one attempt until `until_ms`, unless another worker holds it (another process
@@ -282,8 +421,9 @@ impl Store {
         until_ms: i64,
     ) -> Result<bool, StoreError> {
         let done = sqlx::query(
-            "update outbox set claimed_until = ?
-             where sink = ? and event_id = ? and state = 'pending' and coalesce(claimed_until, 0) <= ?",
+            "update outbox set claimed_until = ?1
+             where sink = ?2 and event_id = ?3 and state = 'pending' and coalesce(claimed_until, 0) <= ?4
+               and next_attempt_ms <= ?4",
         )
         .bind(until_ms)
         .bind(&row.sink)

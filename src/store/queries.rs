@@ -148,7 +148,11 @@ fn list_statement(f: &FindingFilter, after: Option<&FindingCursor>) -> (String, 
                     .to_owned(),
             );
         }
-        sql.push_str(&format!(" and ({})", any.join(" or ")));
+        // `state is not null` first: the partial index of findings with a state serves the page.
+        sql.push_str(&format!(
+            " and f.state is not null and ({})",
+            any.join(" or ")
+        ));
     }
     let mut eq = |col: &str, v: Option<String>| {
         if let Some(v) = v {
@@ -457,6 +461,14 @@ mod tests {
                     ..Default::default()
                 }),
                 vec!["suspected", "confirmed", "9"],
+                "SCAN f USING INDEX findings_by_state",
+            ),
+            (
+                list(FindingFilter {
+                    states: vec![State::Suppressed, State::Confirmed],
+                    ..Default::default()
+                }),
+                vec!["confirmed", "9"],
                 "SCAN f USING INDEX findings_by_state",
             ),
             (

@@ -127,9 +127,17 @@ async fn record_in(
     super::roles::write(tx, report).await?;
     let active =
         super::suppressions::active_in(tx, &store.config_suppressions, report.finished_at).await?;
+    super::outbox::note_suppressed(tx).await?;
     let suppressions = super::suppressions::apply(tx, &active).await?;
     let newly_confirmed = unsuppressed(tx, report, newly_confirmed).await?;
-    let notifications = super::outbox::enqueue(tx, report, &store.subscribers).await?;
+    let notifications = super::outbox::enqueue(tx, report, &store.subscribers).await?
+        + super::outbox::enqueue_reactivated(
+            tx,
+            &suppressions.reactivated_keys,
+            &store.subscribers,
+            report.finished_at,
+        )
+        .await?;
     Ok(Recorded {
         suppressions,
         newly_confirmed,

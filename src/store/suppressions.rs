@@ -43,6 +43,8 @@ pub struct Applied {
     pub reactivated: u64,
     /// The suppressions that ended since they last covered a finding (expired or deleted).
     pub ended: Vec<String>,
+    /// (tenant, object) of the confirmed or acknowledged findings active again: announced now.
+    pub reactivated_keys: Vec<(String, String)>,
 }
 
 /// Sets `suppressed_by` of every open finding from `active` (the first suppression that covers it;
@@ -53,7 +55,8 @@ pub(super) async fn apply(
 ) -> Result<Applied, StoreError> {
     let rows = sqlx::query(
         "select tenant_id, object_id, subscription_id, resource_id, suppressed_by, state from findings
-         where state in ('suspected', 'confirmed', 'acknowledged') or suppressed_by is not null",
+         where state is not null
+           and (state in ('suspected', 'confirmed', 'acknowledged') or suppressed_by is not null)",
     )
     .fetch_all(&mut *conn)
     .await?;
@@ -85,6 +88,11 @@ pub(super) async fn apply(
             (Some(b), None) => {
                 if open {
                     applied.reactivated += 1;
+                    if matches!(state.as_deref(), Some("confirmed" | "acknowledged")) {
+                        applied
+                            .reactivated_keys
+                            .push((tenant.clone(), object.clone()));
+                    }
                 }
                 if !applied.ended.contains(b) && !active.iter().any(|s| &s.id == b) {
                     applied.ended.push(b.clone());
@@ -159,9 +167,17 @@ impl Store {
     /// Applies the suppressions in force at `now` to the open findings (after a change, and
     /// periodically so that an expiry takes effect without waiting for a scan).
     pub async fn apply_suppressions(&self, now: DateTime<Utc>) -> Result<Applied, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // Immediate: it reads, then writes; another writer between the two would fail a deferred one.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let active = active_in(&mut tx, &self.config_suppressions, now).await?;
         let applied = apply(&mut tx, &active).await?;
+        super::outbox::enqueue_reactivated(
+            &mut tx,
+            &applied.reactivated_keys,
+            &self.subscribers,
+            now,
+        )
+        .await?;
         tx.commit().await?;
         Ok(applied)
     }

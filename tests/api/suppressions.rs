@@ -40,6 +40,7 @@ async fn suppressed_orphans_are_kept_and_counted_but_not_notified_exported_or_al
     let sandbox = orphan(&mut w, "Sandbox", "a");
     let expired = orphan(&mut w, "prod", "b");
     let plain = orphan(&mut w, "prod", "c");
+    let later = orphan(&mut w, "prod", "d");
     let env = TestEnv::start(w, SimConfig::default()).await;
     let rx = Receiver::start(Script::default()).await.expect("receiver");
     let d = env
@@ -51,6 +52,20 @@ async fn suppressed_orphans_are_kept_and_counted_but_not_notified_exported_or_al
             rx.url()
         ))
         .await;
+    // Suppressed through the API before its first scan: never announced while covered.
+    let c = reqwest::Client::new();
+    let r = c
+        .post(d.url("/api/v1/suppressions"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"object_id": later, "reason": "triage", "owner": "carol"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status(), 201);
+    let later_id = r.json::<serde_json::Value>().await.expect("json")["id"]
+        .as_str()
+        .expect("id")
+        .to_owned();
     d.scan().await;
     let a = state_of(&d, &sandbox).await;
     assert_eq!(
@@ -69,7 +84,7 @@ async fn suppressed_orphans_are_kept_and_counted_but_not_notified_exported_or_al
     );
     assert_eq!(state_of(&d, &plain).await["state"], "confirmed");
     let m = d.metrics().await;
-    assert_eq!(state_count(&m, "suppressed"), "1");
+    assert_eq!(state_count(&m, "suppressed"), "2");
     assert_eq!(state_count(&m, "confirmed"), "2");
     assert!(
         m.contains(&format!(
@@ -79,9 +94,11 @@ async fn suppressed_orphans_are_kept_and_counted_but_not_notified_exported_or_al
     );
     // Kept and listed (never silently hidden), filterable.
     let (_, all) = get_json(&d.url("/api/v1/findings")).await;
-    assert_eq!(all["items"].as_array().map(Vec::len), Some(3));
+    assert_eq!(all["items"].as_array().map(Vec::len), Some(4));
     let (_, sup) = get_json(&d.url("/api/v1/findings?state=suppressed")).await;
-    assert_eq!(sup["items"].as_array().map(Vec::len), Some(1));
+    assert_eq!(sup["items"].as_array().map(Vec::len), Some(2));
+    let (_, mixed) = get_json(&d.url("/api/v1/findings?state=suppressed,confirmed")).await;
+    assert_eq!(mixed["items"].as_array().map(Vec::len), Some(4));
     let (_, conf) = get_json(&d.url("/api/v1/findings?state=confirmed")).await;
     assert_eq!(conf["items"].as_array().map(Vec::len), Some(2));
     // Not exported, not notified.
@@ -109,10 +126,41 @@ async fn suppressed_orphans_are_kept_and_counted_but_not_notified_exported_or_al
         })
         .collect();
     assert_eq!(notified.len(), 2);
-    assert!(!notified.contains(&sandbox));
+    assert!(!notified.contains(&sandbox) && !notified.contains(&later));
+    // Its suppression deleted, the confirmed orphan is active again and announced now, once.
+    let del = c
+        .delete(d.url(&format!("/api/v1/suppressions/{later_id}")))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .expect("delete");
+    assert_eq!(del.status(), 204);
+    let start = std::time::Instant::now();
+    while rx.received().len() < 3 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the reactivated orphan is announced"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let announced = rx.received()[2].json();
+    assert_eq!(
+        (announced["object_id"].as_str(), announced["type"].as_str()),
+        (Some(later.as_str()), Some("orphan.confirmed"))
+    );
+    // A suppressed orphan that resolves was never announced: no resolved event either.
+    env.sim.with_world(|w| w.remove_principal(&sandbox));
+    d.scan().await;
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    assert_eq!(
+        rx.received().len(),
+        3,
+        "{:?}",
+        rx.received().iter().map(|r| r.json()).collect::<Vec<_>>()
+    );
+    assert_eq!(state_of(&d, &sandbox).await["state"], "resolved");
 
     // Through the API: needs the token, covers at once, and ends when deleted or expired.
-    let c = reqwest::Client::new();
     let body = serde_json::json!({"object_id": plain, "reason": "accepted risk", "owner": "alice"});
     let r = c
         .post(d.url("/api/v1/suppressions"))
@@ -132,7 +180,15 @@ async fn suppressed_orphans_are_kept_and_counted_but_not_notified_exported_or_al
     let made: serde_json::Value = r.json().await.expect("json");
     let id = made["id"].as_str().expect("id").to_owned();
     assert_eq!(state_of(&d, &plain).await["state"], "suppressed");
-    assert_eq!(state_count(&d.metrics().await, "suppressed"), "2");
+    assert_eq!(state_count(&d.metrics().await, "suppressed"), "1");
+    let everything = c
+        .post(d.url("/api/v1/suppressions"))
+        .bearer_auth(TOKEN)
+        .json(&serde_json::json!({"resource_id": "/*", "reason": "all", "owner": "x"}))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(everything.status(), 400, "a pattern of only '*' is refused");
     let bad = c
         .post(d.url("/api/v1/suppressions"))
         .bearer_auth(TOKEN)
