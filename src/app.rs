@@ -90,6 +90,7 @@ impl App {
         }
         metrics.set_oldest_unacknowledged(&tenants, &store.oldest_unacknowledged().await?);
         metrics.set_orphan_roles(&tenants, &store.orphan_role_counts().await?);
+        metrics.set_dangling(&tenants, &store.dangling_counts().await?);
         let cancel = CancellationToken::new();
         let scanner = Scanner::new(&settings)?;
         let notifier = Notifier::new(

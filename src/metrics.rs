@@ -40,6 +40,7 @@ pub struct Metrics {
     pub oldest_unacknowledged: IntGaugeVec,
     pub orphans_with_roles: IntGaugeVec,
     pub orphans_privileged: IntGaugeVec,
+    pub dangling: IntGaugeVec,
     /// Azure counters already exported, so only deltas are added.
     seen: std::sync::Arc<Mutex<Exported>>,
 }
@@ -184,6 +185,11 @@ impl Metrics {
                 "Open orphans whose principal still holds a privileged role (Owner, Contributor, User Access Administrator, ...): high risk.",
                 &["tenant_id"],
             ),
+            dangling: gauge_vec(
+                "miaudit_dangling_role_assignments",
+                "Role assignments to service principals that no longer exist (\"Identity not found\"), after the latest scan that could judge them.",
+                &["tenant_id"],
+            ),
             registry: r,
             seen: Default::default(),
         };
@@ -212,6 +218,7 @@ impl Metrics {
             self.oldest_unacknowledged.with_label_values(&[t]).set(0);
             self.orphans_with_roles.with_label_values(&[t]).set(0);
             self.orphans_privileged.with_label_values(&[t]).set(0);
+            self.dangling.with_label_values(&[t]).set(0);
             // Unknown until a scan lists both (NaN: no comparison is true, so no alert on it).
             self.subscription_coverage
                 .with_label_values(&[t])
@@ -315,6 +322,16 @@ impl Metrics {
             self.orphans_privileged
                 .with_label_values(&[t.as_str()])
                 .set(i64::try_from(p).unwrap_or(i64::MAX));
+        }
+    }
+
+    /// Sets the dangling-assignment gauges from the store's counts.
+    pub fn set_dangling(&self, tenants: &[TenantId], counts: &[(TenantId, u64)]) {
+        for t in tenants {
+            let n = counts.iter().find(|(ct, _)| ct == t).map_or(0, |c| c.1);
+            self.dangling
+                .with_label_values(&[t.as_str()])
+                .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
 

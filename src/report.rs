@@ -61,6 +61,9 @@ pub struct TenantReport {
     /// (`None` when the lookup failed or did not run: what is stored stays).
     #[serde(skip)]
     pub role_assignments: Option<Vec<(crate::domain::ObjectId, crate::domain::RoleAssignment)>>,
+    /// Role assignments to service principals that no longer exist (`None`: not judged in this scan).
+    #[serde(skip)]
+    pub dangling: Option<Vec<crate::domain::DanglingAssignment>>,
 }
 
 /// Subscriptions referenced by a tenant's managed identities, and those of them the credential lists.
@@ -109,6 +112,7 @@ impl TenantReport {
             staging_failed: false,
             subscription_coverage: None,
             role_assignments: None,
+            dangling: None,
         }
     }
 }

@@ -279,6 +279,13 @@ impl ScanRunner {
                 tracing::error!(error = %e, "could not count the role assignments of orphans");
             }
         }
+        match self.store.dangling_counts().await {
+            Ok(c) => self.metrics.set_dangling(&self.settings.tenant_ids(), &c),
+            Err(e) => {
+                self.metrics.store_errors.inc();
+                tracing::error!(error = %e, "could not count dangling role assignments");
+            }
+        }
         match self.store.oldest_unacknowledged().await {
             Ok(o) => self
                 .metrics

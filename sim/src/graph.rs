@@ -113,10 +113,14 @@ pub(crate) fn graph(
     path: &str,
     q: &HashMap<String, String>,
     headers: &HeaderMap,
+    body: &[u8],
     empty_page: bool,
 ) -> Response {
     if let Err(r) = authorize(inner, headers, Audience::Graph) {
         return r;
+    }
+    if method == Method::POST && path.eq_ignore_ascii_case("/v1.0/directoryObjects/getByIds") {
+        return get_by_ids(inner, headers, body);
     }
     if method == Method::GET && path.eq_ignore_ascii_case("/v1.0/servicePrincipals/delta") {
         return graph_delta(inner, q, headers);
@@ -140,6 +144,66 @@ pub(crate) fn graph(
         Ok(l) => list_page(inner, &l, headers, empty_page),
         Err(r) => r,
     }
+}
+
+/// `POST /v1.0/directoryObjects/getByIds` (G-GETBYIDS): `{"ids": [...], "types": [...]}`, at most
+/// 1,000 ids; answers the directory objects that exist among them (here: service principals), in no
+/// particular order, each with its `@odata.type`. An id that does not exist is simply not in the answer.
+fn get_by_ids(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> Response {
+    let Ok(req) = serde_json::from_slice::<Value>(body) else {
+        return graph_error(
+            headers,
+            400,
+            "BadRequest",
+            "Unable to read JSON request payload.",
+        );
+    };
+    let Some(ids) = req.get("ids").and_then(Value::as_array) else {
+        return graph_error(
+            headers,
+            400,
+            "BadRequest",
+            "The 'ids' parameter is required.",
+        );
+    };
+    if ids.len() > 1000 {
+        return graph_error(
+            headers,
+            400,
+            "BadRequest",
+            "The number of ids in the request exceeds the limit of 1000.",
+        );
+    }
+    let wants_sp = match req.get("types").and_then(Value::as_array) {
+        None => true,
+        Some(t) => t
+            .iter()
+            .filter_map(Value::as_str)
+            .any(|t| t.eq_ignore_ascii_case("servicePrincipal")),
+    };
+    let w = inner.world.read().expect("world lock");
+    let value: Vec<Value> = if wants_sp {
+        ids.iter()
+            .filter_map(Value::as_str)
+            .filter_map(|id| w.principals.iter().find(|p| p.id.eq_ignore_ascii_case(id)))
+            .map(|p| {
+                let mut v =
+                    p.to_json_selected(Some(&["appId".to_owned(), "displayName".to_owned()]));
+                v["@odata.type"] = json!("#microsoft.graph.servicePrincipal");
+                v
+            })
+            .collect()
+    } else {
+        Vec::new()
+    };
+    respond(
+        200,
+        vec![("request-id", new_id())],
+        &json!({
+            "@odata.context": "https://graph.microsoft.com/v1.0/$metadata#directoryObjects",
+            "value": value,
+        }),
+    )
 }
 
 /// What a `servicePrincipals` listing asks for, from its query or its skip token.

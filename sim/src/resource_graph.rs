@@ -349,6 +349,7 @@ fn authorization_rows(w: &World, scope: &std::collections::HashSet<&str>) -> Vec
                 "principalId": a.principal_id,
                 "principalType": "ServicePrincipal",
                 "scope": a.scope,
+                "createdOn": "2024-05-01T09:00:00.0000000Z",
             },
         }));
     }

@@ -205,7 +205,7 @@ fn serve(
     let empty_page = matches!(fault, Some(Fault::EmptyPage));
     match api {
         Api::Token => token(inner, path, query, headers, bytes),
-        Api::Graph => graph(inner, method, path, query, headers, empty_page),
+        Api::Graph => graph(inner, method, path, query, headers, bytes, empty_page),
         Api::ResourceGraph => resource_graph(inner, method, query, headers, bytes, empty_page),
         Api::Arm => match fault {
             // ARM's own answer, but for the collection the resource belongs to.

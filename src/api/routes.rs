@@ -33,6 +33,7 @@ pub fn routes() -> Router<AppState> {
         .route("/api/v1/scans/{scan_id}", get(one_scan))
         .route("/api/v1/export", get(export_findings))
         .route("/api/v1/notifications", get(list_notifications))
+        .route("/api/v1/dangling-role-assignments", get(list_dangling))
         .route(
             "/api/v1/suppressions",
             get(list_suppressions).post(add_suppression),
@@ -41,6 +42,25 @@ pub fn routes() -> Router<AppState> {
             "/api/v1/suppressions/{id}",
             axum::routing::delete(delete_suppression),
         )
+}
+
+/// Role assignments whose service principal no longer exists, as the latest scan that could judge
+/// them saw them; `tenant_id=` narrows it.
+async fn list_dangling(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Response, Problem> {
+    let p = Params::parse(q.as_deref(), &["tenant_id"])?;
+    let tenant: Option<TenantId> = id_param(&p, "tenant_id")?;
+    let items: Vec<Value> = st
+        .store
+        .dangling_assignments(tenant.as_ref())
+        .await
+        .map_err(|e| Problem::internal(&st.metrics, &e))?
+        .into_iter()
+        .map(|(_, v)| v)
+        .collect();
+    Ok(json_ok(
+        StatusCode::OK,
+        &json!({"items": items, "next_cursor": null}),
+    ))
 }
 
 /// Every suppression (allowlist entry), the configuration's (`source: config`) and the API's, with

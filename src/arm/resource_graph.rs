@@ -6,8 +6,8 @@ use crate::azure::http::Call;
 use crate::azure::transport::{Handled, parse_count};
 use crate::azure::{Api, AzureError, PageSink, Reply};
 use crate::domain::{
-    ObjectId, RoleAssignment, SubscriptionId, TenantId, USER_ASSIGNED_IDENTITY_TYPE, is_guid,
-    is_privileged, role_guid,
+    DanglingAssignment, ObjectId, RoleAssignment, SubscriptionId, TenantId,
+    USER_ASSIGNED_IDENTITY_TYPE, is_guid, is_privileged, role_guid,
 };
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -309,9 +309,25 @@ impl ArmClient {
                 ));
             }
         }
-        let mut guids: Vec<String> = found
-            .iter()
-            .map(|(_, a)| role_guid(&a.role_definition_id))
+        let names = self
+            .role_names(tenant, subscriptions, found.iter().map(|(_, a)| a))
+            .await?;
+        for (_, a) in &mut found {
+            a.role_name = names.get(&role_guid(&a.role_definition_id)).cloned();
+        }
+        Ok(found)
+    }
+
+    /// The names of the roles of `assignments`, by role GUID, from the role definitions Resource Graph
+    /// shows in `subscriptions`.
+    async fn role_names(
+        &self,
+        tenant: &TenantId,
+        subscriptions: &[SubscriptionId],
+        assignments: impl Iterator<Item = &RoleAssignment>,
+    ) -> Result<std::collections::HashMap<String, String>, AzureError> {
+        let mut guids: Vec<String> = assignments
+            .map(|a| role_guid(&a.role_definition_id))
             .filter(|g| is_guid(g))
             .collect();
         guids.sort();
@@ -335,8 +351,53 @@ impl ArmClient {
                 }
             }
         }
-        for (_, a) in &mut found {
-            a.role_name = names.get(&role_guid(&a.role_definition_id)).cloned();
+        Ok(names)
+    }
+
+    /// Every role assignment to a service principal in `subscriptions`, with its principal (for the
+    /// dangling-assignment check) and role name.
+    pub async fn fetch_service_principal_assignments(
+        &self,
+        tenant: &TenantId,
+        subscriptions: &[SubscriptionId],
+    ) -> Result<Vec<DanglingAssignment>, AzureError> {
+        if subscriptions.is_empty() {
+            return Ok(Vec::new());
+        }
+        let query = "authorizationresources | where type =~ 'microsoft.authorization/roleassignments' | where tostring(properties.principalType) =~ 'ServicePrincipal' | project id, principalId = tolower(tostring(properties.principalId)), roleDefinitionId = tostring(properties.roleDefinitionId), scope = tostring(properties.scope), createdOn = tostring(properties.createdOn) | order by id asc";
+        let mut found = Vec::new();
+        for row in self.query_all(tenant, subscriptions, query).await? {
+            let field = |k: &str| row.get(k).and_then(Value::as_str).map(str::to_owned);
+            let (Some(id), Some(principal), Some(role)) =
+                (field("id"), field("principalId"), field("roleDefinitionId"))
+            else {
+                return Err(AzureError::Decode {
+                    api: Api::ResourceGraph,
+                    what: "a role assignment",
+                    detail: "a row without id, principalId or roleDefinitionId".into(),
+                });
+            };
+            found.push(DanglingAssignment {
+                principal_id: principal,
+                created_on: field("createdOn")
+                    .and_then(|c| chrono::DateTime::parse_from_rfc3339(&c).ok())
+                    .map(|c| c.with_timezone(&chrono::Utc)),
+                assignment: RoleAssignment {
+                    privileged: is_privileged(&role),
+                    role_definition_id: role,
+                    role_name: None,
+                    scope: field("scope").unwrap_or_default(),
+                    id,
+                },
+            });
+        }
+        let names = self
+            .role_names(tenant, subscriptions, found.iter().map(|d| &d.assignment))
+            .await?;
+        for d in &mut found {
+            d.assignment.role_name = names
+                .get(&role_guid(&d.assignment.role_definition_id))
+                .cloned();
         }
         Ok(found)
     }

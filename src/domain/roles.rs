@@ -20,6 +20,19 @@ pub struct RoleAssignment {
     pub privileged: bool,
 }
 
+/// A role assignment whose principal no longer exists (the portal shows "Identity not found"): the
+/// same clean-up job as an orphaned principal. Only assignments to service principals are judged
+/// (Graph's answer about them needs nothing beyond the permission miaudit already has).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DanglingAssignment {
+    /// The principal id the assignment names, lower-case.
+    pub principal_id: String,
+    #[serde(flatten)]
+    pub assignment: RoleAssignment,
+    /// When the assignment was made, as Resource Graph shows it.
+    pub created_on: Option<chrono::DateTime<chrono::Utc>>,
+}
+
 /// Built-in roles that make an orphan high risk, by GUID (Microsoft's "Azure built-in roles" page:
 /// the privileged administrator roles).
 pub const PRIVILEGED_ROLES: &[(&str, &str)] = &[

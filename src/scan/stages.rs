@@ -141,6 +141,20 @@ impl Scanner {
                         None
                     }
                 };
+                tr.dangling = match tokio::time::timeout(
+                    BLAST_RADIUS_LIMIT,
+                    dangling_assignments(ctx.tenant, clients, subs),
+                )
+                .await
+                {
+                    Ok(d) => d,
+                    Err(_) => {
+                        tracing::warn!(
+                            "looking for dangling role assignments took too long; the stored ones stay"
+                        );
+                        None
+                    }
+                };
             }
             Ok::<_, crate::store::StoreError>(())
         };
@@ -528,6 +542,62 @@ impl Scanner {
         }
         Ok(())
     }
+}
+
+/// Role assignments to service principals that no longer exist: every assignment to a service
+/// principal in the subscriptions the credential sees (Resource Graph), its principals asked of Graph
+/// (`getByIds`); an assignment whose principal Graph did not return is dangling. Made in the last hour
+/// is left for later (Graph replicates new principals with a delay). `None` when anything could not be
+/// asked: a principal Graph could not be asked about is unknown, not gone.
+async fn dangling_assignments(
+    tenant: &TenantId,
+    clients: &TenantClients,
+    subscriptions: &HashMap<SubscriptionId, Subscription>,
+) -> Option<Vec<crate::domain::DanglingAssignment>> {
+    let mut subs: Vec<SubscriptionId> = subscriptions.keys().cloned().collect();
+    subs.sort();
+    let mut all = Vec::new();
+    for batch in subs.chunks(ARG_SUBSCRIPTION_BATCH) {
+        match clients
+            .arm
+            .fetch_service_principal_assignments(tenant, batch)
+            .await
+        {
+            Ok(found) => all.extend(found),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not list role assignments; dangling ones are not judged in this scan");
+                return None;
+            }
+        }
+    }
+    let mut principals: Vec<String> = all
+        .iter()
+        .map(|d| d.principal_id.clone())
+        .filter(|p| crate::domain::is_guid(p))
+        .collect();
+    principals.sort();
+    principals.dedup();
+    let existing = match clients
+        .graph
+        .existing_service_principals(tenant, &principals)
+        .await
+    {
+        Ok(e) => e,
+        Err(e) => {
+            tracing::warn!(error = %e, "could not ask Graph which principals exist; dangling role assignments are not judged in this scan");
+            return None;
+        }
+    };
+    let settled = Utc::now() - chrono::Duration::hours(1);
+    Some(
+        all.into_iter()
+            .filter(|d| {
+                crate::domain::is_guid(&d.principal_id)
+                    && !existing.contains(&d.principal_id)
+                    && d.created_on.is_some_and(|c| c < settled)
+            })
+            .collect(),
+    )
 }
 
 /// Where one tenant's scan keeps its working rows; also the sink of its Graph and Resource Graph pages.

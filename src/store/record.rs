@@ -125,6 +125,7 @@ async fn record_in(
     write_delta_links(tx, report).await?;
     runs::expire(tx, store.retain_scans).await?;
     super::roles::write(tx, report).await?;
+    super::roles::write_dangling(tx, report).await?;
     let active =
         super::suppressions::active_in(tx, &store.config_suppressions, report.finished_at).await?;
     super::outbox::note_suppressed(tx).await?;
@@ -453,6 +454,7 @@ mod timing {
                 staging_failed: false,
                 subscription_coverage: None,
                 role_assignments: None,
+                dangling: None,
                 tenant_id: TENANT.into(),
                 complete: true,
                 inventory_complete: true,

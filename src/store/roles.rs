@@ -53,6 +53,51 @@ pub(super) async fn write(
     Ok(())
 }
 
+/// Replaces each tenant's dangling role assignments with what this scan judged (a tenant not judged
+/// keeps its own); an assignment seen before keeps when it was first seen.
+pub(super) async fn write_dangling(
+    tx: &mut Transaction<'_, Sqlite>,
+    report: &ScanReport,
+) -> Result<(), StoreError> {
+    let now = report.finished_at.to_rfc3339();
+    for t in &report.tenants {
+        let Some(found) = &t.dangling else { continue };
+        let tenant = t.tenant_id.as_str();
+        for d in found {
+            let a = &d.assignment;
+            sqlx::query(
+                "insert into dangling_role_assignments (tenant_id, assignment_id, principal_id, role_definition_id,
+                     role_name, scope, privileged, created_on, first_seen_at, last_seen_at, last_scan_id)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
+                 on conflict (tenant_id, assignment_id) do update set principal_id = excluded.principal_id,
+                     role_definition_id = excluded.role_definition_id, role_name = excluded.role_name,
+                     scope = excluded.scope, privileged = excluded.privileged, created_on = excluded.created_on,
+                     last_seen_at = excluded.last_seen_at, last_scan_id = excluded.last_scan_id",
+            )
+            .bind(tenant)
+            .bind(&a.id)
+            .bind(&d.principal_id)
+            .bind(&a.role_definition_id)
+            .bind(&a.role_name)
+            .bind(&a.scope)
+            .bind(a.privileged)
+            .bind(d.created_on.map(|c| c.to_rfc3339()))
+            .bind(&now)
+            .bind(&report.scan_id)
+            .execute(&mut **tx)
+            .await?;
+        }
+        sqlx::query(
+            "delete from dangling_role_assignments where tenant_id = ? and last_scan_id != ?",
+        )
+        .bind(tenant)
+        .bind(&report.scan_id)
+        .execute(&mut **tx)
+        .await?;
+    }
+    Ok(())
+}
+
 fn assignment(r: &sqlx::sqlite::SqliteRow) -> Result<RoleAssignment, StoreError> {
     Ok(RoleAssignment {
         id: r.try_get("assignment_id")?,
@@ -80,6 +125,51 @@ pub(super) async fn of_in(
 }
 
 impl Store {
+    /// The dangling role assignments, by tenant then assignment id (optionally of one tenant).
+    pub async fn dangling_assignments(
+        &self,
+        tenant: Option<&TenantId>,
+    ) -> Result<Vec<(TenantId, serde_json::Value)>, StoreError> {
+        let rows = sqlx::query(
+            "select * from dangling_role_assignments where (?1 is null or tenant_id = ?1)
+             order by tenant_id, assignment_id",
+        )
+        .bind(tenant.map(TenantId::as_str))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let t: String = r.try_get("tenant_id")?;
+                let v = serde_json::json!({
+                    "tenant_id": t,
+                    "assignment_id": r.try_get::<String, _>("assignment_id")?,
+                    "principal_id": r.try_get::<String, _>("principal_id")?,
+                    "role_definition_id": r.try_get::<String, _>("role_definition_id")?,
+                    "role_name": r.try_get::<Option<String>, _>("role_name")?,
+                    "scope": r.try_get::<String, _>("scope")?,
+                    "privileged": r.try_get::<bool, _>("privileged")?,
+                    "created_on": r.try_get::<Option<String>, _>("created_on")?,
+                    "first_seen_at": r.try_get::<String, _>("first_seen_at")?,
+                    "last_seen_at": r.try_get::<String, _>("last_seen_at")?,
+                });
+                Ok((TenantId::from(t.as_str()), v))
+            })
+            .collect()
+    }
+
+    /// Dangling role assignments per tenant.
+    pub async fn dangling_counts(&self) -> Result<Vec<(TenantId, u64)>, StoreError> {
+        let rows: Vec<(String, i64)> = sqlx::query_as(
+            "select tenant_id, count(*) from dangling_role_assignments group by tenant_id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(t, n)| (TenantId::from(t.as_str()), u64::try_from(n).unwrap_or(0)))
+            .collect())
+    }
+
     /// The role assignments an orphan's principal still holds, privileged ones first.
     pub async fn role_assignments(
         &self,

@@ -150,6 +150,7 @@ impl Store {
             staging_failed: false,
             subscription_coverage: coverage_of(r)?,
             role_assignments: None,
+            dangling: None,
             unjudged: 0,
             tenant_id: id(r, "tenant_id")?,
             complete: r.try_get("complete")?,

@@ -115,3 +115,66 @@ async fn an_orphan_keeps_its_role_assignments_and_a_privileged_one_is_high_risk(
     assert_eq!(gauge(&text, "miaudit_orphans_with_role_assignments"), "1");
     d.stop().await;
 }
+
+#[tokio::test]
+async fn role_assignments_of_principals_that_no_longer_exist_are_reported_and_never_guessed() {
+    let (mut w, sub) = world();
+    let sub_scope = format!("/subscriptions/{sub}");
+    let alive = w.add_system_assigned(&rid(&sub, "rg", "Microsoft.Web", "sites/alive"));
+    w.add_role_assignment(&sub_scope, READER, &alive);
+    // An orphan's principal still exists: its assignments are blast radius, not dangling.
+    let orphan_id = rid(&sub, "rg", "Microsoft.Web", "sites/orphan");
+    let orphan = w.add_system_assigned(&orphan_id);
+    w.add_role_assignment(&sub_scope, CONTRIBUTOR, &orphan);
+    w.delete_resource(&orphan_id);
+    // Support removed this one's principal; its Owner assignment stayed behind.
+    let removed_id = rid(&sub, "rg", "Microsoft.Compute", "virtualMachines/removed");
+    let removed = w.add_system_assigned(&removed_id);
+    let dangling = w.add_role_assignment(&sub_scope, OWNER, &removed);
+    w.delete_resource(&removed_id);
+    w.remove_principal(&removed);
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    let d = env.daemon("[lifecycle]\nconfirm_after = \"0s\"\n").await;
+    d.scan().await;
+    let (status, list) = get_json(&d.url("/api/v1/dangling-role-assignments")).await;
+    assert_eq!(status, 200);
+    let items = list["items"].as_array().expect("items");
+    assert_eq!(items.len(), 1, "{list}");
+    assert_eq!(
+        (
+            items[0]["assignment_id"].as_str(),
+            items[0]["principal_id"].as_str(),
+            items[0]["role_name"].as_str(),
+            items[0]["privileged"].as_bool()
+        ),
+        (
+            Some(dangling.as_str()),
+            Some(removed.as_str()),
+            Some("Owner"),
+            Some(true)
+        ),
+        "{list}"
+    );
+    assert_eq!(
+        gauge(&d.metrics().await, "miaudit_dangling_role_assignments"),
+        "1"
+    );
+    // Graph cannot be asked: nothing is concluded, what was found stays.
+    env.sim.add_fault(miaudit_sim::FaultRule {
+        api: miaudit_sim::Api::Graph,
+        path_contains: Some("getByIds".into()),
+        times: None,
+        fault: miaudit_sim::Fault::Status(503),
+    });
+    env.sim.with_world(|w| {
+        w.add_role_assignment(&sub_scope, READER, "0f0f0f0f-1111-2222-3333-444444444444");
+    });
+    d.scan().await;
+    let (_, again) = get_json(&d.url("/api/v1/dangling-role-assignments")).await;
+    assert_eq!(again["items"].as_array().map(Vec::len), Some(1), "{again}");
+    env.sim.clear_faults();
+    d.scan().await;
+    let (_, later) = get_json(&d.url("/api/v1/dangling-role-assignments")).await;
+    assert_eq!(later["items"].as_array().map(Vec::len), Some(2), "{later}");
+    d.stop().await;
+}
