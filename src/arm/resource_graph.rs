@@ -283,30 +283,12 @@ impl ArmClient {
                 "authorizationresources | where type =~ 'microsoft.authorization/roleassignments' | where tostring(properties.principalId) in~ ({list}) | project id, principalId = tolower(tostring(properties.principalId)), roleDefinitionId = tostring(properties.roleDefinitionId), scope = tostring(properties.scope) | order by id asc"
             );
             for row in self.query_all(tenant, subscriptions, &query).await? {
-                let field = |k: &str| row.get(k).and_then(Value::as_str).map(str::to_owned);
-                let (Some(id), Some(principal), Some(role)) =
-                    (field("id"), field("principalId"), field("roleDefinitionId"))
-                else {
-                    return Err(AzureError::Decode {
-                        api: Api::ResourceGraph,
-                        what: "a role assignment",
-                        detail: "a row without id, principalId or roleDefinitionId".into(),
-                    });
-                };
+                let d = assignment_of(&row)?;
                 // Only what was asked: a row about another principal is not evidence about ours.
-                let Some(owner) = batch.iter().find(|p| p.as_str() == principal) else {
+                let Some(owner) = batch.iter().find(|p| p.as_str() == d.principal_id) else {
                     continue;
                 };
-                found.push((
-                    (*owner).clone(),
-                    RoleAssignment {
-                        privileged: is_privileged(&role),
-                        role_definition_id: role,
-                        role_name: None,
-                        scope: field("scope").unwrap_or_default(),
-                        id,
-                    },
-                ));
+                found.push(((*owner).clone(), d.assignment));
             }
         }
         let names = self
@@ -367,29 +349,7 @@ impl ArmClient {
         let query = "authorizationresources | where type =~ 'microsoft.authorization/roleassignments' | where tostring(properties.principalType) =~ 'ServicePrincipal' | project id, principalId = tolower(tostring(properties.principalId)), roleDefinitionId = tostring(properties.roleDefinitionId), scope = tostring(properties.scope), createdOn = tostring(properties.createdOn) | order by id asc";
         let mut found = Vec::new();
         for row in self.query_all(tenant, subscriptions, query).await? {
-            let field = |k: &str| row.get(k).and_then(Value::as_str).map(str::to_owned);
-            let (Some(id), Some(principal), Some(role)) =
-                (field("id"), field("principalId"), field("roleDefinitionId"))
-            else {
-                return Err(AzureError::Decode {
-                    api: Api::ResourceGraph,
-                    what: "a role assignment",
-                    detail: "a row without id, principalId or roleDefinitionId".into(),
-                });
-            };
-            found.push(DanglingAssignment {
-                principal_id: principal,
-                created_on: field("createdOn")
-                    .and_then(|c| chrono::DateTime::parse_from_rfc3339(&c).ok())
-                    .map(|c| c.with_timezone(&chrono::Utc)),
-                assignment: RoleAssignment {
-                    privileged: is_privileged(&role),
-                    role_definition_id: role,
-                    role_name: None,
-                    scope: field("scope").unwrap_or_default(),
-                    id,
-                },
-            });
+            found.push(assignment_of(&row)?);
         }
         let names = self
             .role_names(tenant, subscriptions, found.iter().map(|d| &d.assignment))
@@ -489,6 +449,34 @@ impl ArmClient {
             })
             .await?
     }
+}
+
+/// One role-assignment row of our projection (`id`, `principalId`, `roleDefinitionId`, `scope`,
+/// optionally `createdOn`); a row without the first three fails the lookup.
+fn assignment_of(row: &Value) -> Result<DanglingAssignment, AzureError> {
+    let field = |k: &str| row.get(k).and_then(Value::as_str).map(str::to_owned);
+    let (Some(id), Some(principal), Some(role)) =
+        (field("id"), field("principalId"), field("roleDefinitionId"))
+    else {
+        return Err(AzureError::Decode {
+            api: Api::ResourceGraph,
+            what: "a role assignment",
+            detail: "a row without id, principalId or roleDefinitionId".into(),
+        });
+    };
+    Ok(DanglingAssignment {
+        principal_id: principal.to_ascii_lowercase(),
+        created_on: field("createdOn")
+            .and_then(|c| chrono::DateTime::parse_from_rfc3339(&c).ok())
+            .map(|c| c.with_timezone(&chrono::Utc)),
+        assignment: RoleAssignment {
+            privileged: is_privileged(&role),
+            role_definition_id: role,
+            role_name: None,
+            scope: field("scope").unwrap_or_default(),
+            id,
+        },
+    })
 }
 
 /// A Resource Graph query (POST) of `tenant` with `body`.
