@@ -44,6 +44,12 @@ pub struct Row {
     pub evidence_request_id: String,
     pub evidence_correlation_request_id: String,
     pub evidence_checked_at: String,
+    /// The principal still holds a privileged role (Owner, Contributor, ...): `true` / `false`.
+    #[serde(default)]
+    pub high_risk: String,
+    /// Its role assignments, `Role at scope; ...` (blast radius).
+    #[serde(default)]
+    pub role_assignments: String,
 }
 
 fn time(t: Option<chrono::DateTime<chrono::Utc>>) -> String {
@@ -85,6 +91,8 @@ impl From<&StoredFinding> for Row {
                 .clone()
                 .unwrap_or_default(),
             evidence_checked_at: time(f.evidence.checked_at),
+            high_risk: stored.high_risk.to_string(),
+            role_assignments: stored.role_summary.clone().unwrap_or_default(),
         }
     }
 }
@@ -100,7 +108,7 @@ pub fn neutralise(field: &str) -> String {
 }
 
 /// The columns of the CSV export, in order: [`Row`]'s fields.
-const HEADERS: [&str; 18] = [
+const HEADERS: [&str; 20] = [
     "tenant_id",
     "object_id",
     "app_id",
@@ -119,6 +127,8 @@ const HEADERS: [&str; 18] = [
     "evidence_request_id",
     "evidence_correlation_request_id",
     "evidence_checked_at",
+    "high_risk",
+    "role_assignments",
 ];
 
 /// Findings read per statement.
@@ -253,6 +263,8 @@ fn write_csv(w: &mut csv::Writer<impl Write>, r: &Row) -> Result<(), std::io::Er
         &r.evidence_request_id,
         &r.evidence_correlation_request_id,
         &r.evidence_checked_at,
+        &r.high_risk,
+        &r.role_assignments,
     ];
     w.write_record(fields.iter().map(|f| neutralise(f)))
         .map_err(csv_io)
@@ -650,6 +662,9 @@ mod tests {
             evidence_request_id: "r".into(),
             evidence_correlation_request_id: "c".into(),
             evidence_checked_at: "2026-01-01T02:00:00Z".into(),
+            high_risk: "true".into(),
+            role_assignments:
+                "Owner at /subscriptions/s; Reader at /subscriptions/s/resourceGroups/rg".into(),
         };
         let text = whole::render(std::slice::from_ref(&row), Format::Csv);
         let mut rd = csv::Reader::from_reader(text.as_bytes());

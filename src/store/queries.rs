@@ -36,6 +36,11 @@ pub struct StoredFinding {
     /// `suppressed` and `lifecycle_state` keeps the state underneath.
     pub suppressed_by: Option<String>,
     pub lifecycle_state: Option<State>,
+    /// The principal still holds a privileged role assignment (blast radius).
+    pub high_risk: bool,
+    /// Its role assignments in one line (`Role at scope; ...`), for the export.
+    #[serde(skip)]
+    pub role_summary: Option<String>,
 }
 
 /// One transition of a finding.
@@ -97,7 +102,14 @@ fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> 
     } else {
         tracked.state
     };
+    // Present in the list's statement (`ROLES`); a statement without them reads as none.
+    let high_risk = r.try_get::<bool, _>("high_risk").unwrap_or(false);
+    let role_summary = r
+        .try_get::<Option<String>, _>("role_summary")
+        .unwrap_or(None);
     Ok(StoredFinding {
+        high_risk,
+        role_summary,
         exported_at,
         awaiting_ticket,
         suppressed_by: suppressed_by.filter(|_| covered),
@@ -117,10 +129,17 @@ fn finding_of(r: &sqlx::sqlite::SqliteRow) -> Result<StoredFinding, StoreError> 
     })
 }
 
+/// A finding's blast radius in its row: whether a privileged role is held, and the roles in one line
+/// (each a primary-key probe of `role_assignments`).
+const ROLES: &str = "coalesce((select max(r.privileged) from role_assignments r
+         where r.tenant_id = f.tenant_id and r.object_id = f.object_id), 0) as high_risk,
+     (select group_concat(coalesce(r.role_name, r.role_definition_id) || ' at ' || r.scope, '; ')
+         from role_assignments r where r.tenant_id = f.tenant_id and r.object_id = f.object_id) as role_summary";
+
 /// The statement of the findings list and its values, in order (then the limit).
 fn list_statement(f: &FindingFilter, after: Option<&FindingCursor>) -> (String, Vec<String>) {
-    let mut sql = String::from(
-        "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id
+    let mut sql = format!(
+        "select f.*, i.last_inventory_at as inventory_at, i.last_scan_id as inventory_scan_id, {ROLES}
          from findings f left join tenant_inventory i on i.tenant_id = f.tenant_id where 1 = 1",
     );
     let mut binds: Vec<String> = Vec::new();

@@ -83,6 +83,38 @@ async fn an_orphan_keeps_its_role_assignments_and_a_privileged_one_is_high_risk(
         Some(0),
         "healthy: not looked up"
     );
+    // The list and the export carry it too.
+    let (_, list) = get_json(&d.url("/api/v1/findings?verdict=orphaned")).await;
+    let item = |o: &str| {
+        list["items"]
+            .as_array()
+            .expect("items")
+            .iter()
+            .find(|i| i["object_id"] == o)
+            .cloned()
+            .expect("listed")
+    };
+    assert_eq!(
+        (
+            item(&risky)["high_risk"].as_bool(),
+            item(&mild)["high_risk"].as_bool()
+        ),
+        (Some(true), Some(false))
+    );
+    let csv = reqwest::get(d.url("/api/v1/export?format=csv"))
+        .await
+        .expect("export")
+        .text()
+        .await
+        .expect("csv");
+    let header = csv.lines().next().expect("header");
+    assert!(header.ends_with("high_risk,role_assignments"), "{header}");
+    let risky_line = csv.lines().find(|l| l.contains(&risky)).expect("risky row");
+    assert!(risky_line.contains(",true,"), "{risky_line}");
+    assert!(
+        risky_line.contains(&format!("Owner at {sub_scope}")),
+        "{risky_line}"
+    );
     let text = d.metrics().await;
     assert_eq!(gauge(&text, "miaudit_orphans_with_role_assignments"), "2");
     assert_eq!(
