@@ -92,22 +92,44 @@ impl GraphClient {
         format!("{}/v1.0/servicePrincipals/delta?{query}", self.endpoint)
     }
 
-    /// Which of `ids` are service principals that exist, by `POST /v1.0/directoryObjects/getByIds`
-    /// (types `servicePrincipal`, at most 1,000 ids a request, as Graph documents). Only an answer of
-    /// 200 counts: an id absent from it is gone; any failure is an error, never "gone".
-    pub async fn existing_service_principals(
+    /// Which of `ids` exist as directory objects, by `POST /v1.0/directoryObjects/getByIds` (at most
+    /// 1,000 ids a request, as Graph documents; types service principal, user and group, so that an
+    /// assignment whose principalType is wrong is not taken for a missing principal). `canary` is a
+    /// principal known to exist (the inventory listed it moments ago), asked in every batch: an answer
+    /// that lacks it, names an id that was not asked, continues on another page, or is not Graph's
+    /// `directoryObjects` answer is not evidence, and the whole lookup fails. Only a checked answer says
+    /// an id is gone.
+    pub async fn existing_principals(
         &self,
         tenant: &TenantId,
         ids: &[String],
+        canary: &str,
     ) -> Result<std::collections::HashSet<String>, AzureError> {
         #[derive(Deserialize)]
         struct Objects {
+            #[serde(rename = "@odata.context")]
+            context: Option<String>,
+            #[serde(rename = "@odata.nextLink")]
+            next_link: Option<String>,
             value: Vec<serde_json::Value>,
         }
+        let not_evidence = |detail: &str| AzureError::Decode {
+            api: Api::Graph,
+            what: "a getByIds answer",
+            detail: detail.to_owned(),
+        };
+        let canary = canary.to_ascii_lowercase();
         let url = format!("{}/v1.0/directoryObjects/getByIds", self.endpoint);
         let mut found = std::collections::HashSet::new();
-        for batch in ids.chunks(1000) {
-            let body = serde_json::json!({ "ids": batch, "types": ["servicePrincipal"] });
+        for batch in ids.chunks(999) {
+            let mut asked: Vec<&str> = batch.iter().map(String::as_str).collect();
+            if !asked.contains(&canary.as_str()) {
+                asked.push(&canary);
+            }
+            let body = serde_json::json!({
+                "ids": asked,
+                "types": ["servicePrincipal", "user", "group"],
+            });
             let call = Call {
                 api: Api::Graph,
                 tenant: tenant.as_str(),
@@ -116,15 +138,33 @@ impl GraphClient {
                 json: Some(&body),
             };
             let (objects, _): (Objects, _) = self.http.json(&call, "a getByIds answer").await?;
-            for o in objects.value {
-                // Only ids that were asked about count: anything else proves nothing.
-                if let Some(id) = o.get("id").and_then(serde_json::Value::as_str) {
-                    let id = id.to_ascii_lowercase();
-                    if batch.contains(&id) {
-                        found.insert(id);
-                    }
-                }
+            if !objects
+                .context
+                .as_deref()
+                .is_some_and(|c| c.ends_with("#directoryObjects"))
+            {
+                return Err(not_evidence("not Graph's directoryObjects answer"));
             }
+            if objects.next_link.is_some() {
+                return Err(not_evidence("the answer continues on another page"));
+            }
+            let mut answered = std::collections::HashSet::new();
+            for o in objects.value {
+                let Some(id) = o.get("id").and_then(serde_json::Value::as_str) else {
+                    return Err(not_evidence("an object without an id"));
+                };
+                let id = id.to_ascii_lowercase();
+                if !asked.contains(&id.as_str()) {
+                    return Err(not_evidence("an object that was not asked about"));
+                }
+                answered.insert(id);
+            }
+            if !answered.contains(&canary) {
+                return Err(not_evidence(
+                    "the answer lacks a principal the inventory just listed",
+                ));
+            }
+            found.extend(answered);
         }
         Ok(found)
     }

@@ -187,7 +187,7 @@ impl Metrics {
             ),
             dangling: gauge_vec(
                 "miaudit_dangling_role_assignments",
-                "Role assignments to service principals that no longer exist (\"Identity not found\"), after the latest scan that could judge them.",
+                "Role assignments to service principals that no longer exist (\"Identity not found\"), confirmed across scans spanning confirm_after, after the latest scan that could judge them.",
                 &["tenant_id"],
             ),
             registry: r,

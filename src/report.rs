@@ -63,7 +63,7 @@ pub struct TenantReport {
     pub role_assignments: Option<Vec<(crate::domain::ObjectId, crate::domain::RoleAssignment)>>,
     /// Role assignments to service principals that no longer exist (`None`: not judged in this scan).
     #[serde(skip)]
-    pub dangling: Option<Vec<crate::domain::DanglingAssignment>>,
+    pub dangling: Option<crate::domain::DanglingCheck>,
 }
 
 /// Subscriptions referenced by a tenant's managed identities, and those of them the credential lists.

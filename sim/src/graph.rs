@@ -120,7 +120,7 @@ pub(crate) fn graph(
         return r;
     }
     if method == Method::POST && path.eq_ignore_ascii_case("/v1.0/directoryObjects/getByIds") {
-        return get_by_ids(inner, headers, body);
+        return get_by_ids(inner, headers, body, empty_page);
     }
     if method == Method::GET && path.eq_ignore_ascii_case("/v1.0/servicePrincipals/delta") {
         return graph_delta(inner, q, headers);
@@ -149,7 +149,9 @@ pub(crate) fn graph(
 /// `POST /v1.0/directoryObjects/getByIds` (G-GETBYIDS): `{"ids": [...], "types": [...]}`, at most
 /// 1,000 ids; answers the directory objects that exist among them (here: service principals), in no
 /// particular order, each with its `@odata.type`. An id that does not exist is simply not in the answer.
-fn get_by_ids(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> Response {
+/// With `empty_page` (an injected fault), the answer lists nothing: an empty but well-formed answer, as a
+/// replica that has not caught up or a cache would give.
+fn get_by_ids(inner: &Inner, headers: &HeaderMap, body: &[u8], empty_page: bool) -> Response {
     let Ok(req) = serde_json::from_slice::<Value>(body) else {
         return graph_error(
             headers,
@@ -175,6 +177,7 @@ fn get_by_ids(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> Response {
         );
     }
     let wants_sp = match req.get("types").and_then(Value::as_array) {
+        // Types not given: every kind of directory object.
         None => true,
         Some(t) => t
             .iter()
@@ -182,7 +185,7 @@ fn get_by_ids(inner: &Inner, headers: &HeaderMap, body: &[u8]) -> Response {
             .any(|t| t.eq_ignore_ascii_case("servicePrincipal")),
     };
     let w = inner.world.read().expect("world lock");
-    let value: Vec<Value> = if wants_sp {
+    let value: Vec<Value> = if wants_sp && !empty_page {
         ids.iter()
             .filter_map(Value::as_str)
             .filter_map(|id| w.principals.iter().find(|p| p.id.eq_ignore_ascii_case(id)))

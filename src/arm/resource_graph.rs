@@ -351,15 +351,30 @@ impl ArmClient {
         for row in self.query_all(tenant, subscriptions, query).await? {
             found.push(assignment_of(&row)?);
         }
+        Ok(found)
+    }
+
+    /// Fills in the role names of `assignments` (only those found dangling are named: a large
+    /// tenant's every assignment is not).
+    pub async fn name_roles(
+        &self,
+        tenant: &TenantId,
+        subscriptions: &[SubscriptionId],
+        assignments: &mut [DanglingAssignment],
+    ) -> Result<(), AzureError> {
         let names = self
-            .role_names(tenant, subscriptions, found.iter().map(|d| &d.assignment))
+            .role_names(
+                tenant,
+                subscriptions,
+                assignments.iter().map(|d| &d.assignment),
+            )
             .await?;
-        for d in &mut found {
+        for d in assignments {
             d.assignment.role_name = names
                 .get(&role_guid(&d.assignment.role_definition_id))
                 .cloned();
         }
-        Ok(found)
+        Ok(())
     }
 
     /// Every row of a Resource Graph query over `subscriptions`, page by page.

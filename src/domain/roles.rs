@@ -33,6 +33,14 @@ pub struct DanglingAssignment {
     pub created_on: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// One scan's judgement of dangling role assignments: the subscriptions it asked about (only their
+/// stored rows are replaced) and the assignments it found dangling there.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct DanglingCheck {
+    pub subscriptions: Vec<String>,
+    pub found: Vec<DanglingAssignment>,
+}
+
 /// Built-in roles that make an orphan high risk, by GUID (Microsoft's "Azure built-in roles" page:
 /// the privileged administrator roles).
 pub const PRIVILEGED_ROLES: &[(&str, &str)] = &[

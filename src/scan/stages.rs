@@ -143,7 +143,7 @@ impl Scanner {
                 };
                 tr.dangling = match tokio::time::timeout(
                     BLAST_RADIUS_LIMIT,
-                    dangling_assignments(ctx.tenant, clients, subs),
+                    dangling_assignments(&ctx, clients, subs),
                 )
                 .await
                 {
@@ -545,17 +545,30 @@ impl Scanner {
 }
 
 /// Role assignments to service principals that no longer exist: every assignment to a service
-/// principal in the subscriptions the credential sees (Resource Graph), its principals asked of Graph
-/// (`getByIds`); an assignment whose principal Graph did not return is dangling. Made in the last hour
-/// is left for later (Graph replicates new principals with a delay). `None` when anything could not be
-/// asked: a principal Graph could not be asked about is unknown, not gone.
+/// principal in the tenant's own subscriptions the credential sees (Resource Graph), its principals
+/// asked of Graph (`getByIds`, with a principal the inventory just listed as a canary); an assignment
+/// whose principal Graph did not return is dangling. Made in the last hour is left for later (Graph
+/// replicates new principals with a delay). Subscriptions of other tenants (delegated through Azure
+/// Lighthouse, say) are not judged: their principals live in their own directory. `None` when anything
+/// could not be asked: a principal Graph could not be asked about is unknown, not gone.
 async fn dangling_assignments(
-    tenant: &TenantId,
+    ctx: &Staging<'_>,
     clients: &TenantClients,
     subscriptions: &HashMap<SubscriptionId, Subscription>,
-) -> Option<Vec<crate::domain::DanglingAssignment>> {
-    let mut subs: Vec<SubscriptionId> = subscriptions.keys().cloned().collect();
+) -> Option<crate::domain::DanglingCheck> {
+    let tenant = ctx.tenant;
+    let mut subs: Vec<SubscriptionId> = subscriptions
+        .iter()
+        .filter(|(_, s)| s.tenant_id.as_ref() == Some(tenant))
+        .map(|(id, _)| id.clone())
+        .collect();
     subs.sort();
+    if subs.is_empty() {
+        return None;
+    }
+    let Ok(Some(canary)) = ctx.work.any_object(ctx.scan_id, tenant).await else {
+        return None;
+    };
     let mut all = Vec::new();
     for batch in subs.chunks(ARG_SUBSCRIPTION_BATCH) {
         match clients
@@ -577,27 +590,39 @@ async fn dangling_assignments(
         .collect();
     principals.sort();
     principals.dedup();
-    let existing = match clients
-        .graph
-        .existing_service_principals(tenant, &principals)
-        .await
-    {
-        Ok(e) => e,
-        Err(e) => {
-            tracing::warn!(error = %e, "could not ask Graph which principals exist; dangling role assignments are not judged in this scan");
-            return None;
+    let existing = if principals.is_empty() {
+        Default::default()
+    } else {
+        match clients
+            .graph
+            .existing_principals(tenant, &principals, canary.as_str())
+            .await
+        {
+            Ok(e) => e,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not ask Graph which principals exist; dangling role assignments are not judged in this scan");
+                return None;
+            }
         }
     };
     let settled = Utc::now() - chrono::Duration::hours(1);
-    Some(
-        all.into_iter()
-            .filter(|d| {
-                crate::domain::is_guid(&d.principal_id)
-                    && !existing.contains(&d.principal_id)
-                    && d.created_on.is_some_and(|c| c < settled)
-            })
-            .collect(),
-    )
+    let mut found: Vec<crate::domain::DanglingAssignment> = all
+        .into_iter()
+        .filter(|d| {
+            crate::domain::is_guid(&d.principal_id)
+                && !existing.contains(&d.principal_id)
+                && d.created_on.is_some_and(|c| c < settled)
+        })
+        .collect();
+    if !found.is_empty()
+        && let Err(e) = clients.arm.name_roles(tenant, &subs, &mut found).await
+    {
+        tracing::warn!(error = %e, "could not read the role names of dangling assignments");
+    }
+    Some(crate::domain::DanglingCheck {
+        subscriptions: subs.iter().map(|s| s.as_str().to_owned()).collect(),
+        found,
+    })
 }
 
 /// Where one tenant's scan keeps its working rows; also the sink of its Graph and Resource Graph pages.

@@ -125,7 +125,7 @@ async fn record_in(
     write_delta_links(tx, report).await?;
     runs::expire(tx, store.retain_scans).await?;
     super::roles::write(tx, report).await?;
-    super::roles::write_dangling(tx, report).await?;
+    super::roles::write_dangling(tx, report, confirm_after).await?;
     let active =
         super::suppressions::active_in(tx, &store.config_suppressions, report.finished_at).await?;
     super::outbox::note_suppressed(tx).await?;

@@ -53,26 +53,47 @@ pub(super) async fn write(
     Ok(())
 }
 
-/// Replaces each tenant's dangling role assignments with what this scan judged (a tenant not judged
-/// keeps its own); an assignment seen before keeps when it was first seen.
+/// The subscription a role-assignment scope or id lies in, lower-case.
+fn subscription_of(scope: &str) -> Option<String> {
+    let mut segs = scope.split('/').filter(|s| !s.is_empty());
+    match (segs.next(), segs.next()) {
+        (Some(k), Some(id)) if k.eq_ignore_ascii_case("subscriptions") => {
+            Some(id.to_ascii_lowercase())
+        }
+        _ => None,
+    }
+}
+
+/// Replaces, per tenant, the dangling role assignments of the subscriptions this scan asked about
+/// with what it found there (a tenant not judged, and subscriptions not asked, keep their rows); an
+/// assignment seen before keeps when it was first seen, and is confirmed once it has been found in
+/// scans spanning `confirm_after`, as an orphan is.
 pub(super) async fn write_dangling(
     tx: &mut Transaction<'_, Sqlite>,
     report: &ScanReport,
+    confirm_after: std::time::Duration,
 ) -> Result<(), StoreError> {
-    let now = report.finished_at.to_rfc3339();
+    let now = report.finished_at;
+    let confirm_by = chrono::Duration::from_std(confirm_after)
+        .ok()
+        .and_then(|d| now.checked_sub_signed(d))
+        .map(|t| t.to_rfc3339());
     for t in &report.tenants {
-        let Some(found) = &t.dangling else { continue };
+        let Some(check) = &t.dangling else { continue };
         let tenant = t.tenant_id.as_str();
-        for d in found {
+        for d in &check.found {
             let a = &d.assignment;
+            let sub = subscription_of(&a.scope).or_else(|| subscription_of(&a.id));
             sqlx::query(
                 "insert into dangling_role_assignments (tenant_id, assignment_id, principal_id, role_definition_id,
-                     role_name, scope, privileged, created_on, first_seen_at, last_seen_at, last_scan_id)
-                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10)
+                     role_name, scope, privileged, created_on, first_seen_at, last_seen_at, last_scan_id,
+                     subscription_id)
+                 values (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?9, ?10, ?11)
                  on conflict (tenant_id, assignment_id) do update set principal_id = excluded.principal_id,
                      role_definition_id = excluded.role_definition_id, role_name = excluded.role_name,
                      scope = excluded.scope, privileged = excluded.privileged, created_on = excluded.created_on,
-                     last_seen_at = excluded.last_seen_at, last_scan_id = excluded.last_scan_id",
+                     last_seen_at = excluded.last_seen_at, last_scan_id = excluded.last_scan_id,
+                     subscription_id = excluded.subscription_id",
             )
             .bind(tenant)
             .bind(&a.id)
@@ -82,18 +103,35 @@ pub(super) async fn write_dangling(
             .bind(&a.scope)
             .bind(a.privileged)
             .bind(d.created_on.map(|c| c.to_rfc3339()))
-            .bind(&now)
+            .bind(now.to_rfc3339())
             .bind(&report.scan_id)
+            .bind(sub)
             .execute(&mut **tx)
             .await?;
         }
+        // Rows of the subscriptions asked that this scan did not find are no longer dangling.
         sqlx::query(
-            "delete from dangling_role_assignments where tenant_id = ? and last_scan_id != ?",
+            "delete from dangling_role_assignments
+             where tenant_id = ?1 and last_scan_id != ?2
+               and (subscription_id is null or subscription_id in (select value from json_each(?3)))",
         )
         .bind(tenant)
         .bind(&report.scan_id)
+        .bind(serde_json::to_string(&check.subscriptions).unwrap_or_else(|_| "[]".into()))
         .execute(&mut **tx)
         .await?;
+        if let Some(by) = &confirm_by {
+            sqlx::query(
+                "update dangling_role_assignments set confirmed_at = ?1
+                 where tenant_id = ?2 and confirmed_at is null and last_scan_id = ?3 and first_seen_at <= ?4",
+            )
+            .bind(now.to_rfc3339())
+            .bind(tenant)
+            .bind(&report.scan_id)
+            .bind(by)
+            .execute(&mut **tx)
+            .await?;
+        }
     }
     Ok(())
 }
@@ -149,6 +187,8 @@ impl Store {
                     "scope": r.try_get::<String, _>("scope")?,
                     "privileged": r.try_get::<bool, _>("privileged")?,
                     "created_on": r.try_get::<Option<String>, _>("created_on")?,
+                    "state": if r.try_get::<Option<String>, _>("confirmed_at")?.is_some() { "confirmed" } else { "suspected" },
+                    "confirmed_at": r.try_get::<Option<String>, _>("confirmed_at")?,
                     "first_seen_at": r.try_get::<String, _>("first_seen_at")?,
                     "last_seen_at": r.try_get::<String, _>("last_seen_at")?,
                 });
@@ -160,7 +200,8 @@ impl Store {
     /// Dangling role assignments per tenant.
     pub async fn dangling_counts(&self) -> Result<Vec<(TenantId, u64)>, StoreError> {
         let rows: Vec<(String, i64)> = sqlx::query_as(
-            "select tenant_id, count(*) from dangling_role_assignments group by tenant_id",
+            "select tenant_id, count(*) from dangling_role_assignments
+             where confirmed_at is not null group by tenant_id",
         )
         .fetch_all(&self.pool)
         .await?;

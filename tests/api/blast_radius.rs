@@ -191,6 +191,24 @@ async fn role_assignments_of_principals_that_no_longer_exist_are_reported_and_ne
         gauge(&d.metrics().await, "miaudit_dangling_role_assignments"),
         "1"
     );
+    // An answer that lists nothing (not even the principals the inventory just listed) proves nothing.
+    env.sim.add_fault(miaudit_sim::FaultRule {
+        api: miaudit_sim::Api::Graph,
+        path_contains: Some("getByIds".into()),
+        times: None,
+        fault: miaudit_sim::Fault::EmptyPage,
+    });
+    env.sim.with_world(|w| {
+        w.add_role_assignment(&sub_scope, READER, &alive);
+    });
+    d.scan().await;
+    let (_, empty) = get_json(&d.url("/api/v1/dangling-role-assignments")).await;
+    assert_eq!(
+        empty["items"].as_array().map(Vec::len),
+        Some(1),
+        "an empty answer is no evidence: {empty}"
+    );
+    env.sim.clear_faults();
     // Graph cannot be asked: nothing is concluded, what was found stays.
     env.sim.add_fault(miaudit_sim::FaultRule {
         api: miaudit_sim::Api::Graph,
@@ -208,5 +226,25 @@ async fn role_assignments_of_principals_that_no_longer_exist_are_reported_and_ne
     d.scan().await;
     let (_, later) = get_json(&d.url("/api/v1/dangling-role-assignments")).await;
     assert_eq!(later["items"].as_array().map(Vec::len), Some(2), "{later}");
+    d.stop().await;
+    // With a confirmation period, a new dangling assignment is suspected first and not counted.
+    let d = env.daemon("[lifecycle]\nconfirm_after = \"2h\"\n").await;
+    env.sim.with_world(|w| {
+        w.add_role_assignment(&sub_scope, READER, "1e1e1e1e-5555-6666-7777-888888888888");
+    });
+    d.scan().await;
+    let (_, list) = get_json(&d.url("/api/v1/dangling-role-assignments")).await;
+    let fresh = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .find(|i| i["principal_id"] == "1e1e1e1e-5555-6666-7777-888888888888")
+        .cloned()
+        .expect("listed");
+    assert_eq!(fresh["state"], "suspected", "{fresh}");
+    assert_eq!(
+        gauge(&d.metrics().await, "miaudit_dangling_role_assignments"),
+        "2"
+    );
     d.stop().await;
 }

@@ -218,9 +218,9 @@ async fn a_full_disk_fails_the_record_cleanly_and_loses_nothing() {
     std::fs::create_dir(&fs).expect("mount point");
     let fs_str = fs.to_str().expect("utf-8").to_owned();
     // Room for a new database (its migrations' write-ahead log, ~300 KB before the checkpoint at open)
-    // and the first small scan, not for the grown tenant's working rows. (512 KiB until migrations 0009-0011
+    // and the first small scan, not for the grown tenant's working rows. (512 KiB until migrations 0009-0014
     // made a new database larger than the first scan's room.)
-    mount(&["-t", "tmpfs", "-o", "size=640k", "tmpfs", &fs_str]);
+    mount(&["-t", "tmpfs", "-o", "size=768k", "tmpfs", &fs_str]);
     let _guard = Mount(fs.clone());
     let extra = format!(
         "[database]\nurl = \"sqlite://{fs_str}/miaudit.db\"\n[lifecycle]\nconfirm_after = \"0s\"\n"

@@ -121,6 +121,21 @@ impl WorkStore {
         Ok(keys.into_iter().map(SubscriptionId::from).collect())
     }
 
+    /// One identity the tenant's inventory listed in this scan (a principal known to exist).
+    pub async fn any_object(
+        &self,
+        scan_id: &str,
+        tenant: &TenantId,
+    ) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "select object_key from scan_items where scan_id = ? and tenant_id = ? limit 1",
+        )
+        .bind(scan_id)
+        .bind(tenant.as_str())
+        .fetch_optional(&self.pool)
+        .await?)
+    }
+
     /// The tenant's identities judged orphaned in this scan (lower-case object ids).
     pub async fn orphaned_objects(
         &self,
