@@ -44,9 +44,9 @@ pub struct Row {
     pub evidence_request_id: String,
     pub evidence_correlation_request_id: String,
     pub evidence_checked_at: String,
-    /// The principal still holds a privileged role (Owner, Contributor, ...): `true` / `false`.
+    /// The principal still holds a privileged role (Owner, Contributor, ...).
     #[serde(default)]
-    pub high_risk: String,
+    pub high_risk: bool,
     /// Its role assignments, `Role at scope; ...` (blast radius).
     #[serde(default)]
     pub role_assignments: String,
@@ -91,7 +91,7 @@ impl From<&StoredFinding> for Row {
                 .clone()
                 .unwrap_or_default(),
             evidence_checked_at: time(f.evidence.checked_at),
-            high_risk: stored.high_risk.to_string(),
+            high_risk: stored.high_risk,
             role_assignments: stored.role_summary.clone().unwrap_or_default(),
         }
     }
@@ -244,6 +244,7 @@ impl Export {
 
 fn write_csv(w: &mut csv::Writer<impl Write>, r: &Row) -> Result<(), std::io::Error> {
     let episode = r.episode.to_string();
+    let high_risk = r.high_risk.to_string();
     let fields = [
         &r.tenant_id,
         &r.object_id,
@@ -263,7 +264,7 @@ fn write_csv(w: &mut csv::Writer<impl Write>, r: &Row) -> Result<(), std::io::Er
         &r.evidence_request_id,
         &r.evidence_correlation_request_id,
         &r.evidence_checked_at,
-        &r.high_risk,
+        &high_risk,
         &r.role_assignments,
     ];
     w.write_record(fields.iter().map(|f| neutralise(f)))
@@ -662,7 +663,7 @@ mod tests {
             evidence_request_id: "r".into(),
             evidence_correlation_request_id: "c".into(),
             evidence_checked_at: "2026-01-01T02:00:00Z".into(),
-            high_risk: "true".into(),
+            high_risk: true,
             role_assignments:
                 "Owner at /subscriptions/s; Reader at /subscriptions/s/resourceGroups/rg".into(),
         };
