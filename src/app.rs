@@ -69,7 +69,7 @@ impl App {
                 .with_label_values(&[tenant.as_str(), verdict.as_str()])
                 .set(i64::try_from(n).unwrap_or(i64::MAX));
         }
-        metrics.set_findings(&tenants, &store.count_findings_by_state().await?);
+        metrics.refresh_findings(&store, &tenants).await?;
         for (tenant, c) in store.latest_coverage().await? {
             metrics
                 .subscription_coverage
@@ -88,9 +88,6 @@ impl App {
                     .set(at.timestamp());
             }
         }
-        metrics.set_oldest_unacknowledged(&tenants, &store.oldest_unacknowledged().await?);
-        metrics.set_orphan_roles(&tenants, &store.orphan_role_counts().await?);
-        metrics.set_dangling(&tenants, &store.dangling_counts().await?);
         let cancel = CancellationToken::new();
         let scanner = Scanner::new(&settings)?;
         let notifier = Notifier::new(
@@ -215,16 +212,11 @@ async fn watch_suppressions(
                 if !applied.reactivated_keys.is_empty() {
                     runner.wake_notifier();
                 }
-                if applied.suppressed + applied.reactivated > 0 {
-                    if let Ok(c) = store.count_findings_by_state().await {
-                        metrics.set_findings(&tenants, &c);
-                    }
-                    if let Ok(o) = store.oldest_unacknowledged().await {
-                        metrics.set_oldest_unacknowledged(&tenants, &o);
-                    }
-                    if let Ok(c) = store.orphan_role_counts().await {
-                        metrics.set_orphan_roles(&tenants, &c);
-                    }
+                if applied.suppressed + applied.reactivated > 0
+                    && let Err(e) = metrics.refresh_findings(&store, &tenants).await
+                {
+                    metrics.store_errors.inc();
+                    tracing::error!(error = %e, "could not count findings");
                 }
             }
             Err(e) => {

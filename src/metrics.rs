@@ -292,6 +292,21 @@ impl Metrics {
         }
     }
 
+    /// Sets every gauge of findings from the store: counts per state, the oldest unacknowledged orphan,
+    /// orphans with (privileged) role assignments, dangling role assignments. After anything that moves
+    /// findings: a recorded scan, an acknowledgement, the allowlist, start-up.
+    pub async fn refresh_findings(
+        &self,
+        store: &crate::store::Store,
+        tenants: &[TenantId],
+    ) -> Result<(), crate::store::StoreError> {
+        self.set_findings(tenants, &store.count_findings_by_state().await?);
+        self.set_oldest_unacknowledged(tenants, &store.oldest_unacknowledged().await?);
+        self.set_orphan_roles(tenants, &store.orphan_role_counts().await?);
+        self.set_dangling(tenants, &store.dangling_counts().await?);
+        Ok(())
+    }
+
     /// Sets the oldest-unacknowledged gauges from the store (tenants absent from `oldest` have none).
     pub fn set_oldest_unacknowledged(
         &self,

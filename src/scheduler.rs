@@ -263,37 +263,13 @@ impl ScanRunner {
                     .set(report.finished_at.timestamp());
             }
         }
-        match self.store.count_findings_by_state().await {
-            Ok(c) => self.metrics.set_findings(&self.settings.tenant_ids(), &c),
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                tracing::error!(error = %e, "could not count findings");
-            }
-        }
-        match self.store.orphan_role_counts().await {
-            Ok(c) => self
-                .metrics
-                .set_orphan_roles(&self.settings.tenant_ids(), &c),
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                tracing::error!(error = %e, "could not count the role assignments of orphans");
-            }
-        }
-        match self.store.dangling_counts().await {
-            Ok(c) => self.metrics.set_dangling(&self.settings.tenant_ids(), &c),
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                tracing::error!(error = %e, "could not count dangling role assignments");
-            }
-        }
-        match self.store.oldest_unacknowledged().await {
-            Ok(o) => self
-                .metrics
-                .set_oldest_unacknowledged(&self.settings.tenant_ids(), &o),
-            Err(e) => {
-                self.metrics.store_errors.inc();
-                tracing::error!(error = %e, "could not read unacknowledged orphans");
-            }
+        if let Err(e) = self
+            .metrics
+            .refresh_findings(&self.store, &self.settings.tenant_ids())
+            .await
+        {
+            self.metrics.store_errors.inc();
+            tracing::error!(error = %e, "could not count findings");
         }
     }
 }

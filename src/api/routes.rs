@@ -212,19 +212,10 @@ async fn refresh_suppressed(st: &AppState) -> Result<(), Problem> {
     if !applied.reactivated_keys.is_empty() {
         st.runner.wake_notifier();
     }
-    let counts = st
-        .store
-        .count_findings_by_state()
+    st.metrics
+        .refresh_findings(&st.store, &st.tenants)
         .await
-        .map_err(|e| Problem::internal(&st.metrics, &e))?;
-    st.metrics.set_findings(&st.tenants, &counts);
-    if let Ok(o) = st.store.oldest_unacknowledged().await {
-        st.metrics.set_oldest_unacknowledged(&st.tenants, &o);
-    }
-    if let Ok(c) = st.store.orphan_role_counts().await {
-        st.metrics.set_orphan_roles(&st.tenants, &c);
-    }
-    Ok(())
+        .map_err(|e| Problem::internal(&st.metrics, &e))
 }
 
 /// The notification outbox, newest first: each delivery's sink (by name, never its URL), event, state,
@@ -588,18 +579,10 @@ async fn acknowledge(
         .map_err(|e| Problem::internal(&st.metrics, &e))?;
     match done {
         Acknowledged::Done(_) => {
-            let counts = st
-                .store
-                .count_findings_by_state()
+            st.metrics
+                .refresh_findings(&st.store, &st.tenants)
                 .await
                 .map_err(|e| Problem::internal(&st.metrics, &e))?;
-            st.metrics.set_findings(&st.tenants, &counts);
-            let oldest = st
-                .store
-                .oldest_unacknowledged()
-                .await
-                .map_err(|e| Problem::internal(&st.metrics, &e))?;
-            st.metrics.set_oldest_unacknowledged(&st.tenants, &oldest);
             let v = finding_with_history(&st, &tenant, &object)
                 .await?
                 .unwrap_or(Value::Null);
