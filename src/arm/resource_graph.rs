@@ -222,39 +222,15 @@ impl ArmClient {
         sink: &mut impl PageSink<ArgHit>,
     ) -> Result<u32, AzureError> {
         let query = identity_query(table, types);
-        let url = self.arg_url();
-        let mut skip_token: Option<String> = None;
-        let mut pages = 0u32;
-        let mut seen_tokens = std::collections::HashSet::new();
+        let mut pages = ArgPages::new(tenant, subscriptions, &query);
         let mut empty = crate::azure::EmptyPages::default();
-        loop {
-            let mut options = json!({ "$top": ARG_PAGE_SIZE, "resultFormat": "objectArray" });
-            if let Some(t) = &skip_token {
-                options["$skipToken"] = json!(t);
-            }
-            // Same query and scopes on every page (ARG-SPEC examples).
-            let body =
-                json!({ "subscriptions": subscriptions, "query": query, "options": options });
-            let (rows, token, request_id) = self.arg_page(&arg_call(tenant, &url, &body)).await?;
-            pages += 1;
+        while let Some((rows, request_id)) = pages.next(self).await? {
             empty.saw(Api::ResourceGraph, "a Resource Graph page", rows.len())?;
             sink.accept(hits_of(&rows, request_id)?)
                 .await
                 .map_err(AzureError::Staging)?;
-            match token.filter(|t| !t.is_empty()) {
-                None => return Ok(pages),
-                Some(t) => {
-                    if !seen_tokens.insert(t.clone()) {
-                        return Err(AzureError::Decode {
-                            api: Api::ResourceGraph,
-                            what: "a Resource Graph page",
-                            detail: "$skipToken repeats".into(),
-                        });
-                    }
-                    skip_token = Some(t);
-                }
-            }
         }
+        Ok(pages.count)
     }
 
     /// Blast radius: the role assignments `principals` (object ids) hold in `subscriptions`, from
@@ -384,31 +360,12 @@ impl ArmClient {
         subscriptions: &[SubscriptionId],
         query: &str,
     ) -> Result<Vec<Value>, AzureError> {
-        let url = self.arg_url();
+        let mut pages = ArgPages::new(tenant, subscriptions, query);
         let mut rows = Vec::new();
-        let mut skip_token: Option<String> = None;
-        let mut seen_tokens = std::collections::HashSet::new();
-        loop {
-            let mut options = json!({ "$top": ARG_PAGE_SIZE, "resultFormat": "objectArray" });
-            if let Some(t) = &skip_token {
-                options["$skipToken"] = json!(t);
-            }
-            let body =
-                json!({ "subscriptions": subscriptions, "query": query, "options": options });
-            let (page, token, _) = self.arg_page(&arg_call(tenant, &url, &body)).await?;
+        while let Some((page, _)) = pages.next(self).await? {
             rows.extend(page);
-            match token.filter(|t| !t.is_empty()) {
-                None => return Ok(rows),
-                Some(t) if seen_tokens.insert(t.clone()) => skip_token = Some(t),
-                Some(_) => {
-                    return Err(AzureError::Decode {
-                        api: Api::ResourceGraph,
-                        what: "a Resource Graph page",
-                        detail: "$skipToken repeats".into(),
-                    });
-                }
-            }
         }
+        Ok(rows)
     }
 
     /// One Resource Graph query over `subscriptions` (one row at most): whether the credential may query
@@ -492,6 +449,71 @@ fn assignment_of(row: &Value) -> Result<DanglingAssignment, AzureError> {
             id,
         },
     })
+}
+
+/// The pages of one Resource Graph query: the same query and scopes on every page (ARG-SPEC examples),
+/// each after the previous page's `$skipToken`; a token seen before fails the query after that page (it
+/// would loop).
+struct ArgPages<'a> {
+    tenant: &'a TenantId,
+    subscriptions: &'a [SubscriptionId],
+    query: &'a str,
+    skip_token: Option<String>,
+    seen_tokens: std::collections::HashSet<String>,
+    done: bool,
+    /// The last page's `$skipToken` was seen before: its rows were given, the next call fails.
+    repeated: bool,
+    /// Pages read so far.
+    count: u32,
+}
+
+impl<'a> ArgPages<'a> {
+    fn new(tenant: &'a TenantId, subscriptions: &'a [SubscriptionId], query: &'a str) -> Self {
+        Self {
+            tenant,
+            subscriptions,
+            query,
+            skip_token: None,
+            seen_tokens: Default::default(),
+            done: false,
+            repeated: false,
+            count: 0,
+        }
+    }
+
+    /// The next page's rows and request id; `None` after the last page.
+    async fn next(
+        &mut self,
+        client: &ArmClient,
+    ) -> Result<Option<(Vec<Value>, Option<String>)>, AzureError> {
+        if self.repeated {
+            return Err(AzureError::Decode {
+                api: Api::ResourceGraph,
+                what: "a Resource Graph page",
+                detail: "$skipToken repeats".into(),
+            });
+        }
+        if self.done {
+            return Ok(None);
+        }
+        let mut options = json!({ "$top": ARG_PAGE_SIZE, "resultFormat": "objectArray" });
+        if let Some(t) = &self.skip_token {
+            options["$skipToken"] = json!(t);
+        }
+        let body =
+            json!({ "subscriptions": self.subscriptions, "query": self.query, "options": options });
+        let url = client.arg_url();
+        let (rows, token, request_id) =
+            client.arg_page(&arg_call(self.tenant, &url, &body)).await?;
+        self.count += 1;
+        match token.filter(|t| !t.is_empty()) {
+            None => self.done = true,
+            Some(t) if self.seen_tokens.insert(t.clone()) => self.skip_token = Some(t),
+            // The page that arrived is still usable (Resource Graph is only evidence of health).
+            Some(_) => self.repeated = true,
+        }
+        Ok(Some((rows, request_id)))
+    }
 }
 
 /// A Resource Graph query (POST) of `tenant` with `body`.
