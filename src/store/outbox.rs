@@ -379,21 +379,13 @@ impl Store {
 
     /// When the next pending delivery to one of `sinks` is due (Unix ms), if any.
     pub async fn outbox_next_due(&self, sinks: &[String]) -> Result<Option<i64>, StoreError> {
-        let mut next: Option<i64> = None;
-        for sink in sinks {
-            let due: Option<i64> = sqlx::query_scalar(
-                "select min(max(next_attempt_ms, coalesce(claimed_until, 0))) from outbox
-                 where state = 'pending' and sink = ?",
-            )
-            .bind(sink)
-            .fetch_one(&self.pool)
-            .await?;
-            next = match (next, due) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-        }
-        Ok(next)
+        Ok(sqlx::query_scalar(
+            "select min(max(next_attempt_ms, coalesce(claimed_until, 0))) from outbox
+             where state = 'pending' and sink in (select value from json_each(?))",
+        )
+        .bind(serde_json::to_string(sinks).unwrap_or_else(|_| "[]".into()))
+        .fetch_one(&self.pool)
+        .await?)
     }
 
     /// Holds back every other due delivery of a sink that just failed until `until_ms` (its own next
