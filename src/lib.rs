@@ -40,3 +40,14 @@ pub mod scan;
 pub mod scheduler;
 pub mod store;
 pub mod telemetry;
+
+/// The git commit the binary was built from (build.rs): 12 hex digits, "-dirty" when the checkout had
+/// changes, or "unknown".
+pub const GIT_COMMIT: &str = env!("MIAUDIT_GIT_COMMIT");
+/// `miaudit --version`: the version and the commit.
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("MIAUDIT_GIT_COMMIT"),
+    ")"
+);

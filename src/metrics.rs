@@ -142,7 +142,7 @@ impl Metrics {
             build_info: gauge_vec(
                 "miaudit_build_info",
                 "Build information; the value is always 1.",
-                &["version"],
+                &["version", "commit"],
             ),
             subscription_coverage: register(
                 &r,
@@ -194,7 +194,7 @@ impl Metrics {
             seen: Default::default(),
         };
         m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .with_label_values(&[env!("CARGO_PKG_VERSION"), crate::GIT_COMMIT])
             .set(1);
         m.zero_series(tenants);
         m
@@ -385,7 +385,11 @@ mod tests {
         assert!(text.contains(r#"miaudit_findings{state="confirmed",tenant_id="t1"} 0"#));
         assert!(text.contains(r#"miaudit_new_orphans_total{tenant_id="t1"} 0"#));
         assert!(text.contains(r#"miaudit_last_scan_success_timestamp_seconds{tenant_id="t1"} 0"#));
-        assert!(text.contains("miaudit_build_info{version="));
+        assert!(text.contains(&format!(
+            "miaudit_build_info{{commit=\"{}\",version=\"{}\"}} 1",
+            crate::GIT_COMMIT,
+            env!("CARGO_PKG_VERSION")
+        )));
         assert!(text.contains("# HELP miaudit_findings Findings by lifecycle state after the latest scan (cached, not live)."));
     }
 

@@ -22,7 +22,7 @@ use std::fmt::Write as _;
 use std::io::Write;
 
 /// Per-tenant outcome.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct TenantReport {
     pub tenant_id: TenantId,
     pub complete: bool,
@@ -67,7 +67,7 @@ pub struct TenantReport {
 }
 
 /// Subscriptions referenced by a tenant's managed identities, and those of them the credential lists.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Coverage {
     pub referenced: u64,
     pub listed: u64,

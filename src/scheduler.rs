@@ -83,6 +83,24 @@ impl ScanRunner {
 
     /// Starts a scan in the background; returns its id, or why it cannot start.
     pub fn try_start(self: &Arc<Self>, trigger: Trigger) -> Result<String, Busy> {
+        self.spawn(trigger, None)
+    }
+
+    /// Starts a scan like [`Self::try_start`] and returns once its row is written, so the scan's URL
+    /// answers from the moment its id is given out (`POST /api/v1/scans`).
+    pub async fn start(self: &Arc<Self>, trigger: Trigger) -> Result<String, Busy> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let id = self.spawn(trigger, Some(tx))?;
+        // An error only means the task ended before it could say so: the row is as written as it gets.
+        let _ = rx.await;
+        Ok(id)
+    }
+
+    fn spawn(
+        self: &Arc<Self>,
+        trigger: Trigger,
+        begun: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Result<String, Busy> {
         if self.cancel.is_cancelled() {
             return Err(Busy::ShuttingDown);
         }
@@ -94,7 +112,7 @@ impl ScanRunner {
         let id = scan_id.clone();
         let handle = tokio::spawn(async move {
             let _guard = guard;
-            me.execute(id, trigger).await;
+            me.execute(id, trigger, begun).await;
         });
         *self.task.lock() = Some(handle);
         Ok(scan_id)
@@ -104,7 +122,7 @@ impl ScanRunner {
     pub async fn run_now(self: &Arc<Self>, trigger: Trigger) -> Option<Option<ScanReport>> {
         let guard = self.guard.clone().try_lock_owned().ok()?;
         let report = self
-            .execute(uuid::Uuid::new_v4().to_string(), trigger)
+            .execute(uuid::Uuid::new_v4().to_string(), trigger, None)
             .await;
         drop(guard);
         Some(report)
@@ -119,7 +137,12 @@ impl ScanRunner {
     }
 
     #[tracing::instrument(skip_all, fields(scan_id = %scan_id, trigger = trigger.as_str()))]
-    async fn execute(&self, scan_id: String, trigger: Trigger) -> Option<ScanReport> {
+    async fn execute(
+        &self,
+        scan_id: String,
+        trigger: Trigger,
+        begun: Option<tokio::sync::oneshot::Sender<()>>,
+    ) -> Option<ScanReport> {
         let started = std::time::Instant::now();
         if let Err(e) = self
             .store
@@ -128,6 +151,9 @@ impl ScanRunner {
         {
             self.metrics.store_errors.inc();
             tracing::error!(error = %e, "could not record the start of the scan");
+        }
+        if let Some(tx) = begun {
+            let _ = tx.send(());
         }
         let tenants = self.settings.tenant_ids();
         // A panic escaping the scan (each tenant's own are caught inside it) ends this scan like a

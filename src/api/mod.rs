@@ -7,6 +7,8 @@
 //! `/healthz`, `/readyz` and `/metrics` needs the token, unknown paths included, before any handler
 //! runs); `/metrics` has its own `[http] metrics_require_token`.
 
+mod openapi;
+mod page;
 mod routes;
 
 use crate::config::Secret;
@@ -44,7 +46,11 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub fn router(state: AppState) -> Router {
-    routes::routes()
+    let (routes, doc) = routes::routes();
+    routes::keep_document(doc);
+    routes
+        // The page for people (HTML, not part of the JSON API's document).
+        .route("/", axum::routing::get(page::index))
         .fallback(|| async { Problem::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
             Problem::new(
@@ -176,6 +182,17 @@ pub fn authorize(state: &AppState, headers: &HeaderMap) -> Result<(), Problem> {
 pub struct Params(HashMap<String, String>);
 
 impl Params {
+    /// The query of an endpoint whose parameters `P` describes in the OpenAPI document: the names it
+    /// accepts are the names the document gives, so the two cannot differ.
+    pub fn of<P: utoipa::IntoParams>(raw: Option<&str>) -> Result<Self, Problem> {
+        let names: Vec<String> = P::into_params(|| Some(utoipa::openapi::path::ParameterIn::Query))
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        Self::parse(raw, &names)
+    }
+
     pub fn parse(raw: Option<&str>, allowed: &[&str]) -> Result<Self, Problem> {
         let mut map = HashMap::new();
         for (k, v) in form_urlencoded::parse(raw.unwrap_or("").as_bytes()) {
@@ -195,13 +212,22 @@ impl Params {
         Ok(Self(map))
     }
 
+    /// A text parameter; an empty one is as if absent (a form's empty field).
     pub fn get(&self, k: &str) -> Option<&str> {
         self.0.get(k).map(String::as_str).filter(|v| !v.is_empty())
     }
 
+    /// A typed parameter (a number, a boolean, one of a set): present means non-empty.
+    pub fn typed(&self, k: &str) -> Result<Option<&str>, Problem> {
+        match self.0.get(k).map(String::as_str) {
+            Some("") => Err(Problem::bad_request(format!("{k} must not be empty"))),
+            v => Ok(v),
+        }
+    }
+
     /// `limit`: 1–1000, default 100.
     pub fn limit(&self) -> Result<u32, Problem> {
-        match self.get("limit") {
+        match self.typed("limit")? {
             None => Ok(100),
             Some(v) => match v.parse::<u32>() {
                 Ok(n) if (1..=1000).contains(&n) => Ok(n),
@@ -219,7 +245,7 @@ impl Params {
         parse: impl Fn(&str) -> Option<T>,
         allowed: &str,
     ) -> Result<Option<T>, Problem> {
-        match self.get(k) {
+        match self.typed(k)? {
             None => Ok(None),
             Some(v) => parse(v)
                 .map(Some)

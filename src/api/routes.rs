@@ -1,5 +1,10 @@
 //! The endpoints. Handlers parse and check input, call the store or the runner, and shape answers.
 
+use super::openapi::{
+    Ack, ApiDoc, DanglingList, ExportQuery, FindingDetail, FindingPage, FindingQuery,
+    NewSuppression, Notification, NotificationPage, NotificationQuery, PageQuery, ProblemBody,
+    ScanPage, ScanStarted, Status, SuppressionList, SuppressionView, TenantQuery,
+};
 use super::{AppState, Params, Problem, authorize, decode_cursor, encode_cursor};
 use crate::domain::Trigger;
 use crate::domain::{IdentityType, ObjectId, Reason, TenantId, Verdict};
@@ -7,6 +12,7 @@ use crate::export;
 use crate::lifecycle::{AckRefused, State};
 use crate::output::JsonArray;
 use crate::scheduler::Busy;
+use crate::store::ScanRecord;
 use crate::store::{Acknowledged, FindingFilter};
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -14,57 +20,104 @@ use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State as S};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use futures::{SinkExt, TryStreamExt};
 use serde_json::{Value, json};
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
-pub fn routes() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
-        .route("/api/v1/findings", get(list_findings))
-        .route("/api/v1/findings/{tenant_id}/{object_id}", get(one_finding))
-        .route(
-            "/api/v1/findings/{tenant_id}/{object_id}/acknowledge",
-            post(acknowledge),
-        )
-        .route("/api/v1/scans", get(list_scans).post(start_scan))
-        .route("/api/v1/scans/{scan_id}", get(one_scan))
-        .route("/api/v1/export", get(export_findings))
-        .route("/api/v1/notifications", get(list_notifications))
-        .route("/api/v1/dangling-role-assignments", get(list_dangling))
-        .route(
-            "/api/v1/suppressions",
-            get(list_suppressions).post(add_suppression),
-        )
-        .route(
-            "/api/v1/suppressions/{id}",
-            axum::routing::delete(delete_suppression),
-        )
+/// The routes, each registered with its OpenAPI description, and the document they make.
+pub fn routes() -> (Router<AppState>, utoipa::openapi::OpenApi) {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+        .routes(routes!(metrics))
+        .routes(routes!(openapi_json))
+        .routes(routes!(list_findings))
+        .routes(routes!(one_finding))
+        .routes(routes!(acknowledge))
+        .routes(routes!(list_scans, start_scan))
+        .routes(routes!(one_scan))
+        .routes(routes!(export_findings))
+        .routes(routes!(list_notifications))
+        .routes(routes!(list_dangling))
+        .routes(routes!(list_suppressions, add_suppression))
+        .routes(routes!(delete_suppression))
+        .split_for_parts()
+}
+
+/// The API's OpenAPI document, made once when the router is built.
+static DOCUMENT: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Keeps the document to serve (the first router built in a process sets it; every router is built
+/// from the same routes, so every document is the same).
+pub fn keep_document(doc: utoipa::openapi::OpenApi) {
+    DOCUMENT.get_or_init(|| super::openapi::document(doc));
+}
+
+#[utoipa::path(
+    get,
+    path = "/api/v1/openapi.json",
+    tag = "operations",
+    summary = "This document (OpenAPI 3.1)",
+    responses(
+        (status = 200, description = "The OpenAPI document", body = Object, content_type = "application/json"),
+    )
+)]
+async fn openapi_json() -> Response {
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        DOCUMENT.get().cloned().unwrap_or_else(|| "{}".to_owned()),
+    )
+        .into_response()
 }
 
 /// Role assignments whose service principal no longer exists, as the latest scan that could judge
 /// them saw them; `tenant_id=` narrows it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/dangling-role-assignments",
+    tag = "findings",
+    summary = "Role assignments whose service principal no longer exists",
+    params(TenantQuery),
+    responses(
+        (status = 200, description = "The assignments", body = DanglingList),
+        (status = 400, description = "A query parameter or the body is not valid", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn list_dangling(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Response, Problem> {
-    let p = Params::parse(q.as_deref(), &["tenant_id"])?;
+    let p = Params::of::<TenantQuery>(q.as_deref())?;
     let tenant: Option<TenantId> = id_param(&p, "tenant_id")?;
-    let items: Vec<Value> = st
+    let items = st
         .store
         .dangling_assignments(tenant.as_ref())
         .await
-        .map_err(|e| Problem::internal(&st.metrics, &e))?
-        .into_iter()
-        .map(|(_, v)| v)
-        .collect();
-    Ok(json_ok(
+        .map_err(|e| Problem::internal(&st.metrics, &e))?;
+    Ok(typed_ok(
         StatusCode::OK,
-        &json!({"items": items, "next_cursor": null}),
+        &DanglingList {
+            items,
+            next_cursor: None,
+        },
     ))
 }
 
 /// Every suppression (allowlist entry), the configuration's (`source: config`) and the API's, with
 /// whether it is in force now.
+#[utoipa::path(
+    get,
+    path = "/api/v1/suppressions",
+    tag = "suppressions",
+    summary = "Every suppression (allowlist entry)",
+    responses(
+        (status = 200, description = "The suppressions", body = SuppressionList),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn list_suppressions(S(st): S<AppState>) -> Result<Response, Problem> {
     let now = chrono::Utc::now();
     let all = st
@@ -72,40 +125,47 @@ async fn list_suppressions(S(st): S<AppState>) -> Result<Response, Problem> {
         .suppressions()
         .await
         .map_err(|e| Problem::internal(&st.metrics, &e))?;
-    let items: Vec<Value> = all
-        .iter()
-        .map(|s| {
-            let mut v = serde_json::to_value(s).unwrap_or(Value::Null);
-            v["active"] = json!(s.active(now));
-            v
+    let items = all
+        .into_iter()
+        .map(|s| SuppressionView {
+            active: s.active(now),
+            suppression: s,
         })
         .collect();
-    Ok(json_ok(
+    Ok(typed_ok(
         StatusCode::OK,
-        &json!({"items": items, "next_cursor": null}),
+        &SuppressionList {
+            items,
+            next_cursor: None,
+        },
     ))
 }
 
 /// Makes a suppression: `{"object_id" | "resource_id" | "subscription_id" | "tenant_id" (at least one),
 /// "reason", "owner", "expires_at" (optional, RFC 3339 or a date)}`; 201 with it.
+#[utoipa::path(
+    post,
+    path = "/api/v1/suppressions",
+    tag = "suppressions",
+    summary = "Makes a suppression",
+    request_body = NewSuppression,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Made", body = SuppressionView),
+        (status = 400, description = "A query parameter or the body is not valid", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Mutating endpoints are disabled: no API token is configured", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 64 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn add_suppression(
     S(st): S<AppState>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, Problem> {
     authorize(&st, &headers)?;
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct New {
-        tenant_id: Option<String>,
-        subscription_id: Option<String>,
-        object_id: Option<String>,
-        resource_id: Option<String>,
-        reason: String,
-        owner: String,
-        expires_at: Option<String>,
-    }
-    let n: New = serde_json::from_slice(&body).map_err(|_| {
+    let n: NewSuppression = serde_json::from_slice(&body).map_err(|_| {
         Problem::bad_request(
             "body must be JSON: {\"object_id\" | \"resource_id\" | \"subscription_id\" | \"tenant_id\", \"reason\", \"owner\", \"expires_at\"}",
         )
@@ -167,12 +227,32 @@ async fn add_suppression(
         subscription_id = ?s.subscription_id, object_id = ?s.object_id, resource_id = ?s.resource_id,
         expires_at = ?s.expires_at, "suppression added through the API");
     refresh_suppressed(&st).await?;
-    let mut v = serde_json::to_value(&s).unwrap_or(Value::Null);
-    v["active"] = json!(s.active(now));
-    Ok(json_ok(StatusCode::CREATED, &v))
+    Ok(typed_ok(
+        StatusCode::CREATED,
+        &SuppressionView {
+            active: s.active(now),
+            suppression: s,
+        },
+    ))
 }
 
 /// Deletes a suppression made through the API (204); one of the configuration is 409.
+#[utoipa::path(
+    delete,
+    path = "/api/v1/suppressions/{id}",
+    tag = "suppressions",
+    summary = "Deletes a suppression made through the API",
+    params(("id" = String, Path, description = "Suppression id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Mutating endpoints are disabled: no API token is configured", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No suppression with that id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The suppression is defined in the configuration", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn delete_suppression(
     S(st): S<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -220,13 +300,26 @@ async fn refresh_suppressed(st: &AppState) -> Result<(), Problem> {
 
 /// The notification outbox, newest first: each delivery's sink (by name, never its URL), event, state,
 /// attempts and last error. `state=pending|delivered|dead` narrows it.
+#[utoipa::path(
+    get,
+    path = "/api/v1/notifications",
+    tag = "notifications",
+    summary = "The notification outbox, newest first",
+    params(NotificationQuery),
+    responses(
+        (status = 200, description = "A page of deliveries", body = NotificationPage),
+        (status = 400, description = "A query parameter or the body is not valid", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn list_notifications(
     S(st): S<AppState>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, Problem> {
-    let p = Params::parse(q.as_deref(), &["state", "limit", "cursor"])?;
+    let p = Params::of::<NotificationQuery>(q.as_deref())?;
     let limit = p.limit()?;
-    let state = match p.get("state") {
+    let state = match p.typed("state")? {
         None => None,
         Some(s @ ("pending" | "delivered" | "dead")) => Some(s),
         Some(_) => {
@@ -253,19 +346,26 @@ async fn list_notifications(
     let next = page(&mut items, limit, |r| {
         encode_cursor(&[&r.occurred_at, &r.sink, &r.event_id])
     });
-    let items: Vec<Value> = items
-        .iter()
-        .map(|r| {
-            json!({
-                "sink": r.sink, "event_id": r.event_id, "type": r.kind, "scan_id": r.scan_id,
-                "occurred_at": r.occurred_at, "state": r.state, "attempts": r.attempts,
-                "last_error": r.last_error, "delivered_at": r.delivered_at,
-            })
+    let items = items
+        .into_iter()
+        .map(|r| Notification {
+            sink: r.sink,
+            event_id: r.event_id,
+            kind: r.kind,
+            scan_id: r.scan_id,
+            occurred_at: r.occurred_at,
+            state: r.state,
+            attempts: r.attempts,
+            last_error: r.last_error,
+            delivered_at: r.delivered_at,
         })
         .collect();
-    Ok(json_ok(
+    Ok(typed_ok(
         StatusCode::OK,
-        &json!({"items": items, "next_cursor": next}),
+        &NotificationPage {
+            items,
+            next_cursor: next,
+        },
     ))
 }
 
@@ -282,6 +382,18 @@ fn page<T>(items: &mut Vec<T>, limit: u32, cursor_of: impl Fn(&T) -> String) -> 
     }
 }
 
+/// A typed answer as JSON.
+fn typed_ok<T: serde::Serialize>(status: StatusCode, v: &T) -> Response {
+    match serde_json::to_string(v) {
+        Ok(body) => (status, [(header::CONTENT_TYPE, "application/json")], body).into_response(),
+        Err(_) => Problem::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "could not write the answer",
+        )
+        .into_response(),
+    }
+}
+
 fn json_ok(status: StatusCode, v: &Value) -> Response {
     (
         status,
@@ -291,11 +403,31 @@ fn json_ok(status: StatusCode, v: &Value) -> Response {
         .into_response()
 }
 
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Liveness: the process answers",
+    responses(
+        (status = 200, description = "Alive", body = Status),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn healthz() -> Response {
     json_ok(StatusCode::OK, &json!({"status": "ok"}))
 }
 
 /// Ready once the database answers and every migration is applied (not waiting for a first scan).
+#[utoipa::path(
+    get,
+    path = "/readyz",
+    tag = "operations",
+    summary = "Readiness: the database answers and every migration is applied",
+    responses(
+        (status = 200, description = "Ready", body = Status),
+        (status = 503, description = "Not ready: the database is not reachable or not migrated", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn readyz(S(st): S<AppState>) -> Response {
     let applied: Result<i64, _> =
         sqlx::query_scalar("select count(*) from _sqlx_migrations where success = 1")
@@ -321,6 +453,17 @@ async fn readyz(S(st): S<AppState>) -> Response {
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (text exposition format 0.0.4)",
+    responses(
+        (status = 200, description = "The metrics", body = String, content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn metrics(S(st): S<AppState>) -> Response {
     st.metrics.sync_azure(st.runner.counters());
     (
@@ -366,24 +509,23 @@ fn id_param<T: for<'a> From<&'a str>>(p: &Params, k: &str) -> Result<Option<T>, 
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/findings",
+    tag = "findings",
+    summary = "Findings, by tenant and object id",
+    params(FindingQuery),
+    responses(
+        (status = 200, description = "A page of findings", body = FindingPage),
+        (status = 400, description = "A query parameter or the body is not valid", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn list_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Response, Problem> {
-    let p = Params::parse(
-        q.as_deref(),
-        &[
-            "state",
-            "verdict",
-            "reason",
-            "tenant_id",
-            "identity_type",
-            "subscription_id",
-            "resource_type",
-            "awaiting_ticket",
-            "limit",
-            "cursor",
-        ],
-    )?;
+    let p = Params::of::<FindingQuery>(q.as_deref())?;
     let limit = p.limit()?;
-    let awaiting_ticket = match p.get("awaiting_ticket") {
+    let awaiting_ticket = match p.typed("awaiting_ticket")? {
         None | Some("false") => false,
         Some("true") => true,
         Some(_) => {
@@ -502,8 +644,8 @@ async fn finding_with_history(
     st: &AppState,
     tenant: &TenantId,
     object: &ObjectId,
-) -> Result<Option<Value>, Problem> {
-    let Some(f) = st
+) -> Result<Option<FindingDetail>, Problem> {
+    let Some(mut f) = st
         .store
         .load_finding(tenant, object)
         .await
@@ -521,20 +663,34 @@ async fn finding_with_history(
         .role_assignments(tenant, object)
         .await
         .map_err(|e| Problem::internal(&st.metrics, &e))?;
-    let mut v = serde_json::to_value(&f).unwrap_or(Value::Null);
-    v["history"] = serde_json::to_value(&history).unwrap_or(Value::Null);
-    v["high_risk"] = json!(roles.iter().any(|a| a.privileged));
-    v["role_assignments"] = serde_json::to_value(&roles).unwrap_or(Value::Null);
-    Ok(Some(v))
+    f.high_risk = roles.iter().any(|a| a.privileged);
+    Ok(Some(FindingDetail {
+        finding: f,
+        history,
+        role_assignments: roles,
+    }))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/findings/{tenant_id}/{object_id}",
+    tag = "findings",
+    summary = "One finding with its history and role assignments",
+    params(("tenant_id" = String, Path, description = "Tenant id"), ("object_id" = String, Path, description = "Object id of the service principal")),
+    responses(
+        (status = 200, description = "The finding", body = FindingDetail),
+        (status = 404, description = "No finding for that tenant and object id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn one_finding(
     S(st): S<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
 ) -> Result<Response, Problem> {
     let (tenant, object) = finding_ids(path(p)?)?;
     match finding_with_history(&st, &tenant, &object).await? {
-        Some(v) => Ok(json_ok(StatusCode::OK, &v)),
+        Some(v) => Ok(typed_ok(StatusCode::OK, &v)),
         None => Err(Problem::new(
             StatusCode::NOT_FOUND,
             "no finding for that tenant and object id",
@@ -542,6 +698,25 @@ async fn one_finding(
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/findings/{tenant_id}/{object_id}/acknowledge",
+    tag = "findings",
+    summary = "Acknowledges an open orphan with the support case that will remove it",
+    params(("tenant_id" = String, Path, description = "Tenant id"), ("object_id" = String, Path, description = "Object id of the service principal")),
+    request_body = Ack,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Acknowledged; the finding", body = FindingDetail),
+        (status = 400, description = "A query parameter or the body is not valid", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Mutating endpoints are disabled: no API token is configured", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 404, description = "No finding for that tenant and object id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "The finding is not suspected or confirmed", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 64 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn acknowledge(
     S(st): S<AppState>,
     p: Result<Path<(String, String)>, PathRejection>,
@@ -551,13 +726,6 @@ async fn acknowledge(
     let ids = path(p)?;
     authorize(&st, &headers)?;
     let (tenant, object) = finding_ids(ids)?;
-    #[derive(serde::Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Ack {
-        ticket: String,
-        #[serde(default)]
-        note: Option<String>,
-    }
     let ack: Ack = serde_json::from_slice(&body).map_err(|_| {
         Problem::bad_request(
             "body must be JSON: {\"ticket\": \"support case number\", \"note\": \"optional text\"}",
@@ -583,10 +751,13 @@ async fn acknowledge(
                 .refresh_findings(&st.store, &st.tenants)
                 .await
                 .map_err(|e| Problem::internal(&st.metrics, &e))?;
-            let v = finding_with_history(&st, &tenant, &object)
-                .await?
-                .unwrap_or(Value::Null);
-            Ok(json_ok(StatusCode::OK, &v))
+            match finding_with_history(&st, &tenant, &object).await? {
+                Some(v) => Ok(typed_ok(StatusCode::OK, &v)),
+                None => Err(Problem::new(
+                    StatusCode::NOT_FOUND,
+                    "no finding for that tenant and object id",
+                )),
+            }
         }
         Acknowledged::NotFound => Err(Problem::new(
             StatusCode::NOT_FOUND,
@@ -602,21 +773,21 @@ async fn acknowledge(
     }
 }
 
-fn scan_json(r: &crate::store::ScanRecord) -> Value {
-    json!({
-        "scan_id": r.scan_id,
-        "started_at": r.started_at,
-        "finished_at": r.finished_at,
-        "complete": r.complete,
-        "outcome": r.outcome,
-        "trigger": r.trigger,
-        "summary": r.summary,
-        "tenants": r.tenants,
-    })
-}
-
+#[utoipa::path(
+    get,
+    path = "/api/v1/scans",
+    tag = "scans",
+    summary = "Scans, newest first",
+    params(PageQuery),
+    responses(
+        (status = 200, description = "A page of scans", body = ScanPage),
+        (status = 400, description = "A query parameter or the body is not valid", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn list_scans(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Response, Problem> {
-    let p = Params::parse(q.as_deref(), &["limit", "cursor"])?;
+    let p = Params::of::<PageQuery>(q.as_deref())?;
     let limit = p.limit()?;
     let before = match p.get("cursor") {
         Some(c) => Some(decode_cursor(c, 2)?),
@@ -633,13 +804,28 @@ async fn list_scans(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Respons
     let next = page(&mut items, limit, |s| {
         encode_cursor(&[&s.started_at.to_rfc3339(), &s.scan_id])
     });
-    let items: Vec<Value> = items.iter().map(scan_json).collect();
-    Ok(json_ok(
+    Ok(typed_ok(
         StatusCode::OK,
-        &json!({"items": items, "next_cursor": next}),
+        &ScanPage {
+            items,
+            next_cursor: next,
+        },
     ))
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/scans/{scan_id}",
+    tag = "scans",
+    summary = "One scan",
+    params(("scan_id" = String, Path, description = "Scan id")),
+    responses(
+        (status = 200, description = "The scan", body = ScanRecord),
+        (status = 404, description = "No scan with that id", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn one_scan(
     S(st): S<AppState>,
     p: Result<Path<String>, PathRejection>,
@@ -654,18 +840,37 @@ async fn one_scan(
         .await
         .map_err(|e| Problem::internal(&st.metrics, &e))?
     {
-        Some(r) => Ok(json_ok(StatusCode::OK, &scan_json(&r))),
+        Some(r) => Ok(typed_ok(StatusCode::OK, &r)),
         None => Err(Problem::new(StatusCode::NOT_FOUND, "no scan with that id")),
     }
 }
 
+#[utoipa::path(
+    post,
+    path = "/api/v1/scans",
+    tag = "scans",
+    summary = "Starts a scan now",
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Started", body = ScanStarted, headers(("Location" = String, description = "The scan"))),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 403, description = "Mutating endpoints are disabled: no API token is configured", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 409, description = "A scan is already running", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 413, description = "The body is larger than 64 KiB", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Shutting down, or the request took too long", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn start_scan(S(st): S<AppState>, headers: HeaderMap) -> Result<Response, Problem> {
     authorize(&st, &headers)?;
-    match st.runner.try_start(Trigger::Manual) {
+    match st.runner.start(Trigger::Manual).await {
         Ok(id) => {
-            let mut res = json_ok(
+            let mut res = typed_ok(
                 StatusCode::ACCEPTED,
-                &json!({"scan_id": id, "status": "running", "href": format!("/api/v1/scans/{id}")}),
+                &ScanStarted {
+                    href: format!("/api/v1/scans/{id}"),
+                    scan_id: id.clone(),
+                    status: "running".to_owned(),
+                },
             );
             if let Ok(v) = HeaderValue::from_str(&format!("/api/v1/scans/{id}")) {
                 res.headers_mut().insert(header::LOCATION, v);
@@ -683,8 +888,25 @@ async fn start_scan(S(st): S<AppState>, headers: HeaderMap) -> Result<Response, 
     }
 }
 
+#[utoipa::path(
+    get,
+    path = "/api/v1/export",
+    tag = "exports",
+    summary = "The support-ticket list of open orphans",
+    params(ExportQuery),
+    responses(
+        (status = 200, description = "The list: CSV, a JSON array, or the ticket text", content(
+            (String = "text/csv; charset=utf-8"),
+            (Vec<serde_json::Value> = "application/json"),
+            (String = "text/plain; charset=utf-8"),
+        )),
+        (status = 400, description = "A query parameter or the body is not valid", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 401, description = "The bearer token is missing or wrong (mutating endpoints; reads with `require_token_for_reads`)", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "The database is not available, or the request took too long; retry later", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
 async fn export_findings(S(st): S<AppState>, RawQuery(q): RawQuery) -> Result<Response, Problem> {
-    let p = Params::parse(q.as_deref(), &["format", "tenant_id", "state"])?;
+    let p = Params::of::<ExportQuery>(q.as_deref())?;
     let tenant: Option<TenantId> = id_param(&p, "tenant_id")?;
     let format = match p.get("format") {
         None | Some("csv") => export::Format::Csv,

@@ -389,7 +389,17 @@ impl Default for Counters {
 }
 
 /// A snapshot of [`Counters`] for one API.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    utoipa::ToSchema,
+)]
 pub struct ApiCounts {
     pub requests: u64,
     pub throttled: u64,

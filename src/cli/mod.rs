@@ -15,6 +15,7 @@ pub mod check;
 pub mod demo;
 #[cfg(feature = "simulator")]
 pub mod dev;
+mod healthcheck;
 
 use crate::config::{Settings, process_env};
 use crate::domain::{TenantId, Trigger, Verdict};
@@ -36,7 +37,7 @@ pub const EXIT_INCOMPLETE: u8 = 3;
 #[derive(Parser, Debug)]
 #[command(
     name = "miaudit",
-    version,
+    version = crate::VERSION,
     about = "Finds orphaned managed identities in Microsoft Entra ID tenants",
     after_help = AFTER_HELP
 )]
@@ -111,6 +112,17 @@ pub enum Command {
         /// export time is renewed).
         #[arg(long)]
         include_exported: bool,
+    },
+    /// Asks a running daemon's /healthz (for container health checks; images have no curl). Exit 0
+    /// when it answers 200, 1 otherwise.
+    Healthcheck {
+        /// The URL to ask (default: http://<[http] listen>/healthz, an unspecified address asked on
+        /// loopback).
+        #[arg(long)]
+        url: Option<String>,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
     },
     /// The daemon against a built-in simulated tenant that changes every few minutes (no Azure
     /// account needed). With --once: one scan, report on stdout.
@@ -220,6 +232,9 @@ async fn run(cli: Cli) -> ExitCode {
                 return config_error(&["--include-exported: only with --format ticket".into()]);
             }
             export(&settings, format, tenant.as_ref(), state.as_deref()).await
+        }
+        Command::Healthcheck { url, timeout } => {
+            healthcheck::run(url, cli.config.as_deref(), timeout).await
         }
         #[cfg(feature = "simulator")]
         Command::Demo(args) => demo::run(args, cli.log_format == Some(LogFormat::Json)).await,

@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 /// Whether a managed identity is user-assigned (`isExplicit=True`) or system-assigned (`isExplicit=False`
 /// or no marker at all), per the subscription-transfer doc's criteria (docs/azure-behaviour.md §1).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum IdentityType {
     SystemAssigned,

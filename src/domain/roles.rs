@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 /// One role assignment of a principal, as Resource Graph (`authorizationresources`) shows it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct RoleAssignment {
     /// The assignment's resource id.
     pub id: String,

@@ -6,7 +6,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 /// The three verdicts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Verdict {
     Healthy,
@@ -31,7 +31,7 @@ impl Verdict {
 }
 
 /// Reason codes of the verdict rules (README, "Verdicts").
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
     ResourcePresent,
@@ -87,7 +87,7 @@ impl Reason {
 }
 
 /// Which service gave the answer a verdict rests on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum EvidenceSource {
     /// Azure Resource Graph (bulk, eventually consistent: only ever used to say "healthy").
@@ -191,7 +191,7 @@ pub struct Judgement {
 }
 
 /// What started a scan.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum Trigger {
     Schedule,
@@ -212,7 +212,7 @@ impl Trigger {
 }
 
 /// The evidence of a finding, as reported and stored.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct EvidenceReport {
     pub source: EvidenceSource,
     pub status: Option<u16>,
@@ -236,7 +236,7 @@ impl From<&Evidence> for EvidenceReport {
 }
 
 /// One identity's verdict in a scan.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, utoipa::ToSchema)]
 pub struct Finding {
     pub tenant_id: TenantId,
     pub object_id: ObjectId,
@@ -253,7 +253,7 @@ pub struct Finding {
 }
 
 /// Verdicts counted.
-#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct Summary {
     pub total: u64,
     pub healthy: u64,

@@ -27,6 +27,7 @@ pub mod work;
 pub use findings::Acknowledged;
 pub use queries::{FindingCursor, FindingFilter, HistoryEntry, StoredFinding};
 pub use record::Recorded;
+pub use roles::DanglingRow;
 pub use scans::ScanRecord;
 
 use rows::corrupt;

@@ -13,7 +13,7 @@ use sqlx::Row;
 
 /// A finding as the API and the export show it: the identity's last authoritative verdict with its
 /// evidence (the same fields as in a scan), and its lifecycle.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct StoredFinding {
     #[serde(flatten)]
     pub finding: Finding,
@@ -44,7 +44,7 @@ pub struct StoredFinding {
 }
 
 /// One transition of a finding.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct HistoryEntry {
     pub at: DateTime<Utc>,
     pub scan_id: Option<String>,

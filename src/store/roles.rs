@@ -162,12 +162,31 @@ pub(super) async fn of_in(
     rows.iter().map(assignment).collect()
 }
 
+/// A dangling role assignment as stored: what the last scan that could judge it saw.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, utoipa::ToSchema)]
+pub struct DanglingRow {
+    pub tenant_id: String,
+    pub assignment_id: String,
+    /// The principal id the assignment names (no such service principal exists).
+    pub principal_id: String,
+    pub role_definition_id: String,
+    pub role_name: Option<String>,
+    pub scope: String,
+    pub privileged: bool,
+    pub created_on: Option<String>,
+    /// `suspected` (seen dangling once) or `confirmed` (seen dangling by a later scan too).
+    pub state: String,
+    pub confirmed_at: Option<String>,
+    pub first_seen_at: String,
+    pub last_seen_at: String,
+}
+
 impl Store {
     /// The dangling role assignments, by tenant then assignment id (optionally of one tenant).
     pub async fn dangling_assignments(
         &self,
         tenant: Option<&TenantId>,
-    ) -> Result<Vec<(TenantId, serde_json::Value)>, StoreError> {
+    ) -> Result<Vec<DanglingRow>, StoreError> {
         let rows = sqlx::query(
             "select * from dangling_role_assignments where (?1 is null or tenant_id = ?1)
              order by tenant_id, assignment_id",
@@ -177,22 +196,26 @@ impl Store {
         .await?;
         rows.iter()
             .map(|r| {
-                let t: String = r.try_get("tenant_id")?;
-                let v = serde_json::json!({
-                    "tenant_id": t,
-                    "assignment_id": r.try_get::<String, _>("assignment_id")?,
-                    "principal_id": r.try_get::<String, _>("principal_id")?,
-                    "role_definition_id": r.try_get::<String, _>("role_definition_id")?,
-                    "role_name": r.try_get::<Option<String>, _>("role_name")?,
-                    "scope": r.try_get::<String, _>("scope")?,
-                    "privileged": r.try_get::<bool, _>("privileged")?,
-                    "created_on": r.try_get::<Option<String>, _>("created_on")?,
-                    "state": if r.try_get::<Option<String>, _>("confirmed_at")?.is_some() { "confirmed" } else { "suspected" },
-                    "confirmed_at": r.try_get::<Option<String>, _>("confirmed_at")?,
-                    "first_seen_at": r.try_get::<String, _>("first_seen_at")?,
-                    "last_seen_at": r.try_get::<String, _>("last_seen_at")?,
-                });
-                Ok((TenantId::from(t.as_str()), v))
+                let confirmed_at: Option<String> = r.try_get("confirmed_at")?;
+                Ok(DanglingRow {
+                    tenant_id: r.try_get("tenant_id")?,
+                    assignment_id: r.try_get("assignment_id")?,
+                    principal_id: r.try_get("principal_id")?,
+                    role_definition_id: r.try_get("role_definition_id")?,
+                    role_name: r.try_get("role_name")?,
+                    scope: r.try_get("scope")?,
+                    privileged: r.try_get("privileged")?,
+                    created_on: r.try_get("created_on")?,
+                    state: if confirmed_at.is_some() {
+                        "confirmed"
+                    } else {
+                        "suspected"
+                    }
+                    .to_owned(),
+                    confirmed_at,
+                    first_seen_at: r.try_get("first_seen_at")?,
+                    last_seen_at: r.try_get("last_seen_at")?,
+                })
             })
             .collect()
     }

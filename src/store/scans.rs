@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use sqlx::Row;
 
 /// A scan as listed, without its verdicts.
-#[derive(Debug, Clone, serde::Serialize, PartialEq)]
+#[derive(Debug, Clone, serde::Serialize, PartialEq, utoipa::ToSchema)]
 pub struct ScanRecord {
     pub scan_id: String,
     pub started_at: DateTime<Utc>,

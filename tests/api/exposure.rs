@@ -71,9 +71,13 @@ async fn with_require_token_for_reads_every_read_needs_the_bearer_token() {
         (format!("/api/v1/scans/{scan_id}"), 200),
         ("/api/v1/export?format=csv".to_owned(), 200),
         ("/api/v1/export?format=json".to_owned(), 200),
+        ("/api/v1/openapi.json".to_owned(), 200),
+        // The page shows the findings too.
+        ("/".to_owned(), 200),
+        ("/?state=confirmed".to_owned(), 200),
         // Unknown paths do not tell a stranger what exists.
         ("/api/v1/nothing".to_owned(), 404),
-        ("/".to_owned(), 404),
+        ("/nothing".to_owned(), 404),
     ] {
         let url = d.url(&path);
         let (s, auth, body) = get(&url, None).await;

@@ -21,3 +21,4 @@ mod streaming;
 mod suppressions;
 mod tickets;
 mod verdicts;
+mod web;
