@@ -176,8 +176,12 @@ pub async fn index(S(st): S<AppState>, RawQuery(raw): RawQuery) -> Result<Respon
         .await
         .map_err(|e| internal(&e))?;
 
+    let heading = STATE_CHOICES
+        .iter()
+        .find(|(v, _)| *v == filters.state)
+        .map_or("Findings", |(_, l)| l);
     let mut html = String::with_capacity(64 * 1024);
-    head(&mut html);
+    head(&mut html, heading, filters.tenant.as_ref());
     let _ = write!(
         html,
         "<body>\n<a class=\"skip\" href=\"#findings\">Skip to the findings</a>\n<header>\n<h1>miaudit</h1>\n\
@@ -192,10 +196,7 @@ identity. Only Microsoft support can delete them; this page lists what to hand o
     let _ = write!(
         html,
         "<section id=\"findings\" aria-labelledby=\"findings-h\" tabindex=\"-1\">\n<h2 id=\"findings-h\">{}</h2>\n",
-        Esc(STATE_CHOICES
-            .iter()
-            .find(|(v, _)| *v == filters.state)
-            .map_or("Findings", |(_, l)| l))
+        Esc(heading)
     );
     let filter = filters.finding_filter();
     let mut rows = st
@@ -269,11 +270,19 @@ identity. Only Microsoft support can delete them; this page lists what to hand o
         .into_response())
 }
 
-fn head(html: &mut String) {
+/// The document's head; the title says what the page shows (filters change it).
+fn head(html: &mut String, heading: &str, tenant: Option<&TenantId>) {
+    let _ = write!(
+        html,
+        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n\
+<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n\
+<title>{}{}{} - miaudit</title>\n",
+        Esc(heading),
+        if tenant.is_some() { ", tenant " } else { "" },
+        Esc(tenant.map_or("", TenantId::as_str)),
+    );
     html.push_str(concat!(
-        "<!DOCTYPE html>\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n",
-        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\n",
-        "<title>miaudit: orphaned managed identities</title>\n<style>\n",
+        "<style>\n",
         // Colours meet WCAG AA contrast on white (text #1b1b1b, links #0b4f9c, badges' text on tints).
         "body{font-family:system-ui,-apple-system,'Segoe UI',Roboto,sans-serif;color:#1b1b1b;background:#fff;margin:0 1.5rem 2rem;line-height:1.45}\n",
         "a{color:#0b4f9c}a:focus-visible,button:focus-visible,select:focus-visible,input:focus-visible,[tabindex]:focus-visible{outline:3px solid #b35900;outline-offset:2px}\n",
@@ -337,6 +346,7 @@ fn summary(html: &mut String, tenants: &[TenantId], counts: &[(TenantId, Option<
         State::Acknowledged,
         State::Suppressed,
         State::Resolved,
+        State::Unverified,
     ];
     for s in states {
         let _ = write!(html, "<th scope=\"col\">{}</th>", s.as_str());
