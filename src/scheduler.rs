@@ -44,6 +44,9 @@ pub struct ScanRunner {
     notifier: Option<crate::notify::Notifier>,
 }
 
+/// How long `POST /api/v1/scans` waits for the new scan's row before answering.
+pub const START_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 impl ScanRunner {
     pub fn new(
         scanner: Scanner,
@@ -88,11 +91,13 @@ impl ScanRunner {
 
     /// Starts a scan like [`Self::try_start`] and returns once its row is written, so the scan's URL
     /// answers from the moment its id is given out (`POST /api/v1/scans`).
+    /// Waits at most [`START_WAIT`] for the row (a database that is slow to answer must not hold the
+    /// request past its own timeout); the scan goes on either way.
     pub async fn start(self: &Arc<Self>, trigger: Trigger) -> Result<String, Busy> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let id = self.spawn(trigger, Some(tx))?;
         // An error only means the task ended before it could say so: the row is as written as it gets.
-        let _ = rx.await;
+        let _ = tokio::time::timeout(START_WAIT, rx).await;
         Ok(id)
     }
 

@@ -63,6 +63,8 @@ pub fn router(state: AppState) -> Router {
             StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
+        // The layers above answer 413 and 503 with a bare body; every error is a problem.
+        .layer(axum::middleware::map_response(bare_errors_as_problems))
         // Outermost: a request without the token is refused before a body is read or a route matched.
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -83,11 +85,74 @@ fn token_required(state: &AppState, path: &str) -> bool {
 
 async fn require_token(State(state): State<AppState>, req: Request, next: Next) -> Response {
     if token_required(&state, req.uri().path())
-        && let Err(p) = authorize(&state, req.headers())
+        && let Err(mut p) = authorize(&state, req.headers())
     {
+        // A browser cannot send a bearer token; it can send the token as the Basic password (any
+        // user name), which it asks for when told the realm. Reads only: mutations take the bearer.
+        let read = matches!(
+            *req.method(),
+            axum::http::Method::GET | axum::http::Method::HEAD
+        );
+        if read && basic_password_matches(&state, req.headers()) {
+            return next.run(req).await;
+        }
+        if read && p.status == StatusCode::UNAUTHORIZED {
+            p.headers.push((
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Basic realm=\"miaudit\", charset=\"UTF-8\""),
+            ));
+        }
         return p.into_response();
     }
     next.run(req).await
+}
+
+/// `Authorization: Basic` whose password is the API token (compared in constant time).
+fn basic_password_matches(state: &AppState, headers: &HeaderMap) -> bool {
+    let Some(expected) = &state.api_token else {
+        return false;
+    };
+    let Some(encoded) = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Basic ")
+                .or_else(|| v.strip_prefix("basic "))
+        })
+    else {
+        return false;
+    };
+    let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(encoded.trim()) else {
+        return false;
+    };
+    let password = match decoded.iter().position(|b| *b == b':') {
+        Some(i) => &decoded[i + 1..],
+        None => return false,
+    };
+    constant_time_eq(password, expected.expose().as_bytes())
+}
+
+/// A 413 or 503 that a layer answered with a bare body becomes a problem like every other error.
+async fn bare_errors_as_problems(res: Response) -> Response {
+    let status = res.status();
+    let is_problem = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes().starts_with(b"application/problem+json"));
+    if is_problem {
+        return res;
+    }
+    match status {
+        StatusCode::PAYLOAD_TOO_LARGE => Problem::new(
+            status,
+            format!("the body is larger than {} KiB", BODY_LIMIT / 1024),
+        )
+        .into_response(),
+        StatusCode::SERVICE_UNAVAILABLE => {
+            Problem::new(status, "the request took too long; retry later").into_response()
+        }
+        _ => res,
+    }
 }
 
 /// An RFC 9457 problem.
@@ -136,7 +201,7 @@ impl IntoResponse for Problem {
             HeaderValue::from_static("application/problem+json"),
         );
         for (k, v) in self.headers {
-            res.headers_mut().insert(k, v);
+            res.headers_mut().append(k, v);
         }
         res
     }

@@ -5,7 +5,8 @@
 //!
 //! The query structs (`*Query`) describe and are not read: handlers parse the raw query strictly (an
 //! unknown or repeated name is a 400) with [`super::Params::of`], which takes the names it accepts
-//! from them. An empty parameter is as if absent (`?state=` lists every state), which the patterns say.
+//! from them. An empty text parameter is as if absent (`?tenant_id=` lists every tenant), which the patterns say;
+//! an empty typed one (a number, a boolean, one of a set) is a 400.
 
 use crate::domain::{RoleAssignment, Suppression};
 use crate::store::{DanglingRow, HistoryEntry, ScanRecord, StoredFinding};

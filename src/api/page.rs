@@ -45,14 +45,25 @@ impl fmt::Display for Esc<'_> {
                 '>' => f.write_str("&gt;")?,
                 '"' => f.write_str("&quot;")?,
                 '\'' => f.write_str("&#39;")?,
-                // Control characters would only confuse a reader or a screen reader.
-                c if c.is_control() && c != '\n' && c != '\t' => f.write_str("\u{fffd}")?,
+                // Control characters would only confuse a reader or a screen reader, and bidi
+                // controls would let a name reorder the text around it.
+                c if (c.is_control() && c != '\n' && c != '\t') || is_bidi_control(c) => {
+                    f.write_str("\u{fffd}")?;
+                }
                 c => f.write_char(c)?,
             }
         }
         Ok(())
     }
 }
+
+/// Unicode's explicit directional formatting characters (embeddings, overrides, isolates, marks).
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}' | '\u{200e}' | '\u{200f}' | '\u{061c}')
+}
+
+/// Role assignments shown in a row; the rest are counted and in the finding's JSON.
+const ROLES_SHOWN: usize = 10;
 
 /// A time as people read it (to the second, UTC); only digits and punctuation, nothing to escape.
 fn when(t: chrono::DateTime<chrono::Utc>) -> String {
@@ -229,13 +240,10 @@ identity. Only Microsoft support can delete them; this page lists what to hand o
             html.push_str(
                 " No scan has finished yet, so this is <strong>not</strong> an all-clear.",
             );
-        } else if scans
-            .iter()
-            .find(|s| s.finished_at.is_some())
-            .is_some_and(|s| !s.complete)
-        {
+        } else if not_all_clear(&scans) {
             html.push_str(
-                " The last scan was incomplete, so this is <strong>not</strong> an all-clear.",
+                " The last scan was incomplete or a newer one did not finish, so this is \
+<strong>not</strong> an all-clear.",
             );
         }
         html.push_str("</p>\n");
@@ -302,9 +310,23 @@ fn head(html: &mut String, heading: &str, tenant: Option<&TenantId>) {
     ));
 }
 
+/// Whether the page may not be read as complete: no scan finished, the last finished one was
+/// incomplete, or a newer one was abandoned (timed out, or the process stopped during it).
+fn not_all_clear(scans: &[ScanRecord]) -> bool {
+    match scans.iter().position(|s| s.finished_at.is_some()) {
+        None => true,
+        Some(i) => !scans[i].complete || scans[..i].iter().any(|s| s.outcome == "abandoned"),
+    }
+}
+
 fn scan_status(html: &mut String, scans: &[ScanRecord]) {
     html.push_str("<section aria-labelledby=\"scan-h\">\n<h2 id=\"scan-h\">Last scan</h2>\n");
-    let running = scans.first().filter(|s| s.finished_at.is_none());
+    let running = scans.first().filter(|s| s.outcome == "running");
+    let abandoned = scans
+        .iter()
+        .take_while(|s| s.finished_at.is_none())
+        .filter(|s| s.outcome == "abandoned")
+        .count();
     match scans.iter().find(|s| s.finished_at.is_some()) {
         None => html.push_str(
             "<p class=\"warn\" role=\"status\">No scan has finished yet: nothing below is an all-clear.</p>\n",
@@ -327,6 +349,13 @@ fn scan_status(html: &mut String, scans: &[ScanRecord]) {
                 );
             }
         }
+    }
+    if abandoned > 0 {
+        let _ = writeln!(
+            html,
+            "<p class=\"warn\" role=\"status\">{abandoned} newer scan(s) did not finish (abandoned: timed out or \
+stopped): what follows is as of the last finished scan, not an all-clear.</p>"
+        );
     }
     if let Some(r) = running {
         let _ = writeln!(
@@ -540,7 +569,17 @@ fn row(html: &mut String, f: &StoredFinding) {
     }
     match f.role_summary.as_deref().filter(|s| !s.is_empty()) {
         Some(r) => {
-            let _ = write!(html, "{}", Esc(r));
+            let all: Vec<&str> = r.split("; ").collect();
+            for (i, a) in all.iter().take(ROLES_SHOWN).enumerate() {
+                let _ = write!(html, "{}{}", if i > 0 { "<br>" } else { "" }, Esc(a));
+            }
+            if all.len() > ROLES_SHOWN {
+                let _ = write!(
+                    html,
+                    "<br>and {} more (in the JSON)",
+                    all.len() - ROLES_SHOWN
+                );
+            }
         }
         None => html.push_str("no role assignment known"),
     }
@@ -553,10 +592,10 @@ mod tests {
 
     #[test]
     fn escaping_leaves_no_markup() {
-        let s = Esc("<script>alert('x')</script> & \"q\" \u{7}").to_string();
+        let s = Esc("<script>alert('x')</script> & \"q\" \u{7}\u{202e}gpj.exe\u{2066}").to_string();
         assert_eq!(
             s,
-            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot; \u{fffd}"
+            "&lt;script&gt;alert(&#39;x&#39;)&lt;/script&gt; &amp; &quot;q&quot; \u{fffd}\u{fffd}gpj.exe\u{fffd}"
         );
     }
 }

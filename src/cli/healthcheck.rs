@@ -42,6 +42,18 @@ pub fn health_url(
     Ok(format!("http://{addr}/healthz"))
 }
 
+/// The URL as it may be printed (a health log keeps it): without a user name or password.
+fn without_userinfo(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) => {
+            let _ = u.set_username("");
+            let _ = u.set_password(None);
+            u.to_string()
+        }
+        Err(_) => "the given URL".to_owned(),
+    }
+}
+
 pub(super) async fn run(url: Option<String>, config: Option<&Path>, timeout: u64) -> ExitCode {
     let config_text = config.and_then(|p| std::fs::read_to_string(p).ok());
     let env_listen = std::env::var("MIAUDIT_HTTP__LISTEN").ok();
@@ -52,10 +64,12 @@ pub(super) async fn run(url: Option<String>, config: Option<&Path>, timeout: u64
     ) {
         Ok(u) => u,
         Err(e) => {
+            // 1, not 2: Docker reserves a health check's exit code 2.
             eprintln!("miaudit healthcheck: {e}");
-            return ExitCode::from(super::EXIT_CONFIG);
+            return ExitCode::from(1);
         }
     };
+    let shown = without_userinfo(&url);
     let client = match reqwest::Client::builder()
         .no_proxy()
         .redirect(reqwest::redirect::Policy::none())
@@ -71,7 +85,7 @@ pub(super) async fn run(url: Option<String>, config: Option<&Path>, timeout: u64
     match client.get(&url).send().await {
         Ok(r) if r.status() == reqwest::StatusCode::OK => ExitCode::SUCCESS,
         Ok(r) => {
-            eprintln!("miaudit healthcheck: {url} answered {}", r.status());
+            eprintln!("miaudit healthcheck: {shown} answered {}", r.status());
             ExitCode::from(1)
         }
         Err(e) => {
@@ -80,7 +94,7 @@ pub(super) async fn run(url: Option<String>, config: Option<&Path>, timeout: u64
             } else {
                 "could not connect"
             };
-            eprintln!("miaudit healthcheck: {url}: {why}");
+            eprintln!("miaudit healthcheck: {shown}: {why}");
             ExitCode::from(1)
         }
     }
@@ -114,6 +128,10 @@ mod tests {
             "http://127.0.0.1:9464/healthz"
         );
         assert!(health_url(None, Some("nonsense"), None).is_err());
+        assert_eq!(
+            super::without_userinfo("http://user:pw@127.0.0.1:1/healthz"),
+            "http://127.0.0.1:1/healthz"
+        );
         // A file that is not TOML leaves the default.
         assert_eq!(
             health_url(None, None, Some("[[[")).unwrap(),

@@ -302,7 +302,7 @@ impl Settings {
             auth: auth::read_auth(&mut r, env, &mut secrets, "auth"),
             tenants: read_tenants(&mut r, env, &mut secrets, cloud),
             database: read_database(&mut r),
-            http: read_http(&mut r),
+            http: read_http(&mut r, &mut secrets),
             schedule: read_schedule(&mut r),
             lifecycle: read_lifecycle(&mut r),
             scan: read_scan(&mut r),

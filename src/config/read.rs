@@ -70,6 +70,7 @@ pub(super) const SCHEMA: &[(&str, &[&str])] = &[
         &[
             "listen",
             "api_token",
+            "api_token_file",
             "require_token_for_reads",
             "metrics_require_token",
         ],

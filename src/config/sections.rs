@@ -194,7 +194,7 @@ pub(super) fn read_database(r: &mut Reader<'_>) -> DatabaseSettings {
 }
 
 /// `[http]`: where to listen, the API token and what it guards.
-pub(super) fn read_http(r: &mut Reader<'_>) -> HttpSettings {
+pub(super) fn read_http(r: &mut Reader<'_>, secrets: &mut Vec<String>) -> HttpSettings {
     // [http]
     let listen = r
         .string("http", "listen")
@@ -205,8 +205,29 @@ pub(super) fn read_http(r: &mut Reader<'_>) -> HttpSettings {
         ));
         SocketAddr::from(([127, 0, 0, 1], 9464))
     });
-    let api_token = r
-        .string("http", "api_token")
+    // The token inline, or from a file (a mounted Kubernetes Secret, a systemd credential), so it
+    // need not sit in the environment where `docker inspect` and /proc/<pid>/environ show it.
+    let inline = r.string("http", "api_token");
+    let file = r.string("http", "api_token_file");
+    if inline.is_some() && file.is_some() {
+        r.errors
+            .push("http.api_token_file: set either api_token or api_token_file, not both".into());
+    }
+    let from_file = file.and_then(|f| match std::fs::read_to_string(&f) {
+        Ok(s) => {
+            let s = s.trim_end_matches(['\r', '\n']).to_owned();
+            secrets.push(s.clone());
+            Some(s)
+        }
+        Err(e) => {
+            r.errors.push(format!(
+                "http.api_token_file: cannot read the file it names: {e}"
+            ));
+            None
+        }
+    });
+    let api_token = inline
+        .or(from_file)
         .filter(|s| !s.is_empty())
         .map(Secret::new);
     let require_token_for_reads = r
@@ -219,7 +240,7 @@ pub(super) fn read_http(r: &mut Reader<'_>) -> HttpSettings {
     ] {
         if on && api_token.is_none() {
             r.errors.push(format!(
-                "http.{key}: needs a token to require: set http.api_token (or MIAUDIT_HTTP__API_TOKEN)"
+                "http.{key}: needs a token to require: set http.api_token, http.api_token_file (or MIAUDIT_HTTP__API_TOKEN)"
             ));
         }
     }

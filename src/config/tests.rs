@@ -105,6 +105,32 @@ fn secret_file_is_read_and_trimmed() {
 }
 
 #[test]
+fn the_api_token_is_read_from_a_file_and_never_shown() {
+    let token = file("s3cret-api-t0ken\n");
+    let f = file(&format!(
+        "[http]\napi_token_file = {:?}\nrequire_token_for_reads = true\n",
+        token.path().display().to_string()
+    ));
+    let s = Settings::load(Some(f.path()), &Env::new()).expect("valid");
+    assert_eq!(
+        s.http.api_token.as_ref().map(Secret::expose),
+        Some("s3cret-api-t0ken")
+    );
+    let both = file(&format!(
+        "[http]\napi_token = \"x\"\napi_token_file = {:?}\n",
+        token.path().display().to_string()
+    ));
+    let err = Settings::load(Some(both.path()), &Env::new()).expect_err("refused");
+    assert!(err.0.iter().any(|e| e.contains("not both")), "{err}");
+    let missing = file("[http]\napi_token_file = \"/nonexistent/token\"\n");
+    let err = Settings::load(Some(missing.path()), &Env::new()).expect_err("refused");
+    assert!(
+        err.0[0].starts_with("http.api_token_file: cannot read"),
+        "{err}"
+    );
+}
+
+#[test]
 fn an_unknown_auth_method_is_refused_naming_the_known_ones() {
     let f = file("[auth]\nmethod = \"password\"\n");
     let err = Settings::load(Some(f.path()), &Env::new()).expect_err("refused");

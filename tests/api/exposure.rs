@@ -90,6 +90,53 @@ async fn with_require_token_for_reads_every_read_needs_the_bearer_token() {
         let (s, _, body) = get(&url, Some(TOKEN)).await;
         assert_eq!(s, ok, "{path}: {body}");
     }
+    // A browser sends the token as the Basic password (it asks when told the realm); reads only.
+    let basic = |user: &str, password: &str| {
+        use base64::Engine;
+        format!(
+            "Basic {}",
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"))
+        )
+    };
+    let c = reqwest::Client::new();
+    let r = c.get(d.url("/")).send().await.expect("page");
+    assert_eq!(r.status().as_u16(), 401);
+    let challenges: Vec<&str> = r
+        .headers()
+        .get_all("www-authenticate")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    assert!(
+        challenges.contains(&"Bearer") && challenges.iter().any(|c| c.starts_with("Basic realm=")),
+        "{challenges:?}"
+    );
+    for (path, auth, want) in [
+        ("/", basic("anyone", TOKEN), 200),
+        ("/api/v1/findings", basic("", TOKEN), 200),
+        ("/", basic("anyone", "wrong"), 401),
+        ("/", basic(TOKEN, ""), 401),
+        ("/", "Basic !!!".to_owned(), 401),
+    ] {
+        let r = c
+            .get(d.url(path))
+            .header("authorization", &auth)
+            .send()
+            .await
+            .expect("get");
+        assert_eq!(r.status().as_u16(), want, "{path} {auth}");
+    }
+    let r = c
+        .post(d.url("/api/v1/scans"))
+        .header("authorization", basic("anyone", TOKEN))
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        r.status().as_u16(),
+        401,
+        "mutations take the bearer token only"
+    );
     // Health checks stay open; metrics keep their own setting (open here).
     for path in ["/healthz", "/readyz", "/metrics"] {
         let (s, _, _) = get(&d.url(path), None).await;

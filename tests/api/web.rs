@@ -249,3 +249,53 @@ async fn version_names_the_commit_and_healthcheck_asks_the_daemon() {
     .await;
     assert_eq!(not_found.code, 1, "a 404 is not healthy");
 }
+
+#[tokio::test]
+async fn an_abandoned_newer_scan_is_said_on_the_page_and_layer_errors_are_problems() {
+    let (w, orphan, _, _) = hostile_world();
+    let env = TestEnv::start(w, SimConfig::default()).await;
+    let d = env
+        .daemon("[http]\nlisten = \"127.0.0.1:0\"\napi_token = \"t0ken-for-tests\"\n")
+        .await;
+    d.scan().await;
+    let (_, _, html) = page(&d, "?state=confirmed").await;
+    assert!(!html.contains("did not finish"), "{html}");
+    // A scan that started and never finished (the process stopped during it): what the page shows is
+    // as of the last finished scan, and an empty list is not an all-clear.
+    let store = miaudit::store::Store::connect(&env.settings().database.url)
+        .await
+        .expect("store");
+    store
+        .begin_scan(
+            "abandoned-1",
+            chrono::Utc::now(),
+            miaudit::domain::Trigger::Schedule,
+        )
+        .await
+        .expect("begin");
+    store.abandon_running_scans().await.expect("abandon");
+    let (_, _, html) = page(&d, "?state=confirmed").await;
+    assert!(html.contains("1 newer scan(s) did not finish"), "{html}");
+    assert!(!html.contains("A scan is running"), "{html}");
+    assert!(html.contains("not</strong> an all-clear"), "{html}");
+    let (_, _, html) = page(&d, "").await;
+    assert!(html.contains(&orphan), "the findings stay listed");
+
+    // A body over the limit is refused by a layer: still a problem document.
+    let r = reqwest::Client::new()
+        .post(d.url("/api/v1/suppressions"))
+        .bearer_auth("t0ken-for-tests")
+        .header("content-type", "application/json")
+        .body(vec![b' '; 200 * 1024])
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(r.status().as_u16(), 413);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body: serde_json::Value = r.json().await.expect("json");
+    assert_eq!(body["status"], 413);
+    d.stop().await;
+}
