@@ -31,7 +31,8 @@ Grafana's variables are substituted as Grafana does for that time range:
 Queries, as Grafana's Prometheus data source sends them: a range query (start and end aligned down to the
 step) for each target of a time series, stat, gauge or bar gauge panel; an instant query at the end for a
 target marked `instant` and for table panels. Stat, gauge and bar gauge panels reduce each series with
-their reduceOptions.calcs (Grafana's default: lastNotNull). Hidden targets are sent but not drawn.
+their reduceOptions.calcs (Grafana's default: lastNotNull). Hidden targets are sent too (their
+expressions checked) but not drawn.
 
 Drawing: time series as lines (stacked and filled when the panel stacks), legends from legendFormat
 (`{{label}}`; a missing label renders as its name, as in Grafana); stat panels as big numbers coloured by
@@ -291,10 +292,6 @@ def legend(legend_format, metric, expr):
     return f"{name}{{{inner}}}" if inner else (name or expr)
 
 
-def fvalue(s):
-    return float(s)  # Prometheus writes NaN, +Inf, -Inf, which float() reads
-
-
 def run_queries(panels, prom, values, start, end, scrape_s, px_width, problems, failures):
     """Sends every target of every panel; fills each panel's "_series" and "_meta"."""
     for p in panels:
@@ -362,7 +359,7 @@ def run_queries(panels, prom, values, start, end, scrape_s, px_width, problems, 
                     {
                         "metric": s.get("metric", {}),
                         "t": [float(x[0]) for x in pts],
-                        "v": [fvalue(x[1]) for x in pts],
+                        "v": [float(x[1]) for x in pts],  # NaN, +Inf and -Inf read as such
                         "legend": legend(t.get("legendFormat"), s.get("metric", {}), expr),
                         "hide": bool(t.get("hide")),
                         "refId": t.get("refId"),
@@ -447,9 +444,9 @@ def threshold_color(v, fc):
 
 
 def time_locator(mdates, tz, span, panel_px):
-    """Ticks every 10 s ... 1 d, the finest giving at most one tick per 110 pixels of the panel."""
+    """Ticks every 1 s ... 1 d, the finest giving at most one tick per 110 pixels of the panel."""
     most = max(2, int(panel_px // 110))
-    for secs in (10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400):
+    for secs in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400):
         if span / secs <= most:
             break
     if secs < 60:
@@ -462,33 +459,51 @@ def time_locator(mdates, tz, span, panel_px):
 
 
 def draw(dash, panels, values, start, end, scrape_s, prom_version, out, width, row_px, note, dash_label):
+    import io
+
     import matplotlib
+    from PIL import Image
 
     matplotlib.use("Agg")
     import matplotlib.dates as mdates
     import matplotlib.pyplot as plt
+    from matplotlib.font_manager import FontProperties
     from matplotlib.patches import Rectangle
+    from matplotlib.textpath import TextToPath
     from matplotlib.ticker import FuncFormatter, MaxNLocator
 
-    matplotlib.rcParams.update({"font.family": "DejaVu Sans", "axes.unicode_minus": False, "svg.hashsalt": "0"})
-    utc = dt.timezone.utc
-    from matplotlib.font_manager import FontProperties
-    from matplotlib.textpath import TextToPath
-
+    matplotlib.rcParams.update({"font.family": "DejaVu Sans", "axes.unicode_minus": False})  # matplotlib's own font
     dpi = 100
     measure = TextToPath()
 
-    def text_px(s, size, weight="normal"):  # the width of a text in pixels
-        w, _, _ = measure.get_text_width_height_descent(s, FontProperties(size=size, weight=weight), ismath=False)
-        return w * dpi / 72
+    def text_px(s, size, weight="normal", family="DejaVu Sans"):  # the width of a text in pixels
+        font = FontProperties(size=size, weight=weight, family=family)
+        return measure.get_text_width_height_descent(s, font, ismath=False)[0] * dpi / 72
 
-    margin, gap, header = 12, 8, 78
-    notes = []
-    for word in note.split():
-        if notes and text_px(notes[-1] + " " + word, 9.5) < width - 2 * margin:
-            notes[-1] += " " + word
-        else:
-            notes.append(word)
+    def wrap(s, size, px):
+        lines = []
+        for word in s.split():
+            if lines and text_px(lines[-1] + " " + word, size) < px:
+                lines[-1] += " " + word
+            else:
+                lines.append(word)
+        return lines
+
+    margin, gap = 12, 8
+    utc = dt.timezone.utc
+
+    def fmt_t(t):
+        return dt.datetime.fromtimestamp(t, utc).strftime("%Y-%m-%d %H:%M:%S")
+
+    varline = "; ".join(f"{k} = {d}" for k, (_, d) in values.items() if k != "datasource")
+    subs = wrap(
+        f"{fmt_t(start)} to {fmt_t(end)[11:]} UTC ({prom_duration(round(end - start))}), scrape interval "
+        f"{prom_duration(scrape_s)}, {prom_version}.  Variables: {varline or 'none'}.",
+        10,
+        width - 2 * margin,
+    )
+    header = 64 + 15 * len(subs)
+    notes = wrap(note, 9.5, width - 2 * margin)
     footer = 44 + 15 * len(notes)
     bottom = max((p.get("gridPos", {}).get("y", 0) + p.get("gridPos", {}).get("h", 8) for p in panels), default=0)
     height = header + bottom * row_px + footer
@@ -504,13 +519,8 @@ def draw(dash, panels, values, start, end, scrape_s, prom_version, out, width, r
         fig.text(x / W, 1 - y / H, s, parse_math=False, **kw)
 
     text(margin, 14, dash.get("title", "dashboard"), fontsize=19, fontweight="bold", va="top")
-    fmt_t = lambda t: dt.datetime.fromtimestamp(t, utc).strftime("%Y-%m-%d %H:%M:%S")
-    varline = "; ".join(f"{k} = {d}" for k, (_, d) in values.items() if k != "datasource")
-    sub = (
-        f"{fmt_t(start)} to {fmt_t(end)[11:]} UTC ({prom_duration(round(end - start))}), scrape interval "
-        f"{prom_duration(scrape_s)}, {prom_version}.  Variables: {varline or 'none'}."
-    )
-    text(margin, 46, sub, fontsize=10, color=MUTED, va="top")
+    for i, line in enumerate(subs):
+        text(margin, 46 + 15 * i, line, fontsize=10, color=MUTED, va="top")
 
     def ts_axes(x0, y0, w, h):
         ax = fig.add_axes(rect(x0, y0, w, h))
@@ -556,6 +566,9 @@ def draw(dash, panels, values, start, end, scrape_s, prom_version, out, width, r
             item_w = max(text_px(lbl, 9) for lbl in labels) + 40  # the handle and the spacing
             ncol = max(1, min(len(labels), int(cw // item_w)))
             rows = math.ceil(len(labels) / ncol)
+            max_rows = max(1, int(ch * 0.45 // 17))  # Grafana scrolls a longer legend: here it is cut
+            shown = len(labels) if rows <= max_rows else max_rows * ncol - 1
+            rows = min(rows, max_rows)
             leg_h = rows * 17 + 4
             ax = ts_axes(cx + 58, cy + 4, cw - 62, ch - leg_h - 26)
             times = sorted({t for s in drawn for t in s["t"]})
@@ -568,7 +581,7 @@ def draw(dash, panels, values, start, end, scrape_s, prom_version, out, width, r
                 for t, v in zip(s["t"], s["v"]):
                     ys[idx[t]] = v
                 if stacking == "normal":
-                    top = [b + (0 if math.isnan(v) else v) if not math.isnan(v) else math.nan for b, v in zip(base, ys)]
+                    top = [b + v if not math.isnan(v) else math.nan for b, v in zip(base, ys)]
                     lower = [b if not math.isnan(v) else math.nan for b, v in zip(base, ys)]
                     ax.fill_between(xs, lower, top, color=colr, alpha=fill or 0.3, linewidth=0, step=None)
                     ax.plot(xs, top, color=colr, linewidth=1.4, label=s["legend"])
@@ -598,6 +611,10 @@ def draw(dash, panels, values, start, end, scrape_s, prom_version, out, width, r
             ax.yaxis.set_major_locator(MaxNLocator(nbins=5))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _, u=unit: fmt(v, u)))
             handles, lbls = ax.get_legend_handles_labels()
+            handles, lbls = handles[:shown], lbls[:shown]
+            if shown < len(labels):
+                handles.append(Rectangle((0, 0), 0, 0, visible=False))
+                lbls.append(f"... {len(labels) - shown} more")
             lgd = ax.legend(handles, lbls, loc="upper left", ncol=ncol, frameon=False, fontsize=9,
                             bbox_to_anchor=((cx - (cx + 58)) / (cw - 62), -22 / (ch - leg_h - 26)),
                             handlelength=1.6, columnspacing=1.4, borderaxespad=0, labelcolor=TEXT)
@@ -622,10 +639,9 @@ def draw(dash, panels, values, start, end, scrape_s, prom_version, out, width, r
                     ax = fig.add_axes(rect(sx, cy + ch * 0.55, cellw, ch * 0.45))
                     ax.set_axis_off()
                     xs = [dt.datetime.fromtimestamp(t, utc) for t in s["t"]]
-                    finite = [v_ if not math.isnan(v_) else math.nan for v_ in s["v"]]
-                    ax.fill_between(xs, min((v_ for v_ in finite if not math.isnan(v_)), default=0), finite,
-                                    color=colr, alpha=0.12, linewidth=0)
-                    ax.plot(xs, finite, color=colr, linewidth=1.2, alpha=0.6)
+                    floor = min((v_ for v_ in s["v"] if not math.isnan(v_)), default=0)
+                    ax.fill_between(xs, floor, s["v"], color=colr, alpha=0.12, linewidth=0)
+                    ax.plot(xs, s["v"], color=colr, linewidth=1.2, alpha=0.6)
                     ax.set_xlim(t0, t1)
                 size_px = min(ch * 0.55, 0.8 * cellw / text_px(txt, 72 / dpi, "bold"))  # a 1 px font's width
                 name_h = 0
@@ -647,6 +663,9 @@ def draw(dash, panels, values, start, end, scrape_s, prom_version, out, width, r
                     color=[threshold_color(v, fc) for _, v in vals])
             ax.set_yticks(range(len(vals)), [lbl for lbl, _ in vals])
             ax.invert_yaxis()
+            top = max(v for _, v in vals)
+            if min(v for _, v in vals) >= 0:
+                ax.set_xlim(0, top * 1.15 if top > 0 else 1)
             ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _, u=unit: fmt(v, u)))
             for k, (_, v) in enumerate(vals):
                 ax.text(v, k, " " + fmt(v, unit), va="center", fontsize=9, color=TEXT, parse_math=False)
@@ -658,7 +677,8 @@ def draw(dash, panels, values, start, end, scrape_s, prom_version, out, width, r
             rows = [[s["metric"].get(k, "") for k in keys] + [fmt(s["v"][-1] if s["v"] else None, unit)] for s in series]
             head = keys + ["Value"]
             line_h = 16
-            colw = [max(len(str(r[i])) for r in [head, *rows]) * 6.4 + 14 for i in range(len(head))]
+            colw = [max(text_px(str(r[i]), 9, "bold", "DejaVu Sans Mono") for r in [head, *rows]) * 1.1 + 16
+                    for i in range(len(head))]
             for r_i, r in enumerate([head, *rows][: int(ch // line_h)]):
                 xx = cx
                 for c_i, cell in enumerate(r):
@@ -677,8 +697,14 @@ def draw(dash, panels, values, start, end, scrape_s, prom_version, out, width, r
     for i, line in enumerate(notes):
         text(margin, fy + 24 + i * 15, line, fontsize=9.5, color=MUTED, va="top")
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    fig.savefig(out, dpi=dpi, facecolor=BG, metadata={"Software": None})
+    # Through Pillow (a dependency of matplotlib): 256 colours, no dithering, no metadata: a third of the
+    # size, and the same bytes for the same answers.
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, facecolor=BG, metadata={"Software": None})
     plt.close(fig)
+    buf.seek(0)
+    img = Image.open(buf).convert("RGB")
+    img.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(out, optimize=True)
 
 
 # --- main -------------------------------------------------------------------------------------------
