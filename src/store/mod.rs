@@ -31,12 +31,21 @@ pub use roles::DanglingRow;
 pub use scans::ScanRecord;
 
 use rows::corrupt;
-use sqlx::SqlitePool;
 use sqlx::sqlite::{
     SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::{ConnectOptions, SqlitePool};
 use std::str::FromStr;
 use std::time::Duration;
+
+/// Statements slower than this are logged at debug, not sqlx's default warning: a streamed query (a report or
+/// export of every finding) lasts as long as its reader takes, and recording's own duration is logged with the
+/// scan (`transaction_seconds`).
+pub(crate) const SLOW_STATEMENT: Duration = Duration::from_secs(1);
+
+/// SQLite's page cache of every connection, main database and working files alike, as `pragma cache_size`
+/// (negative: KiB). The figures behind it are at the main database's connect options.
+pub(crate) const PAGE_CACHE: &str = "-512";
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -236,10 +245,13 @@ impl Store {
             .synchronous(SqliteSynchronous::Normal)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(5))
-            // Per connection (four). Recording reads and writes in key order, so a small cache suffices:
-            // at 100k identities 4 MiB gave commits of 1.5-2.0 s (first) and a peak RSS of 49-51 MiB,
-            // 8 MiB 1.7-2.0 s and 54-62 MiB; 64 MiB a connection took the peak to 240 MiB.
-            .pragma("cache_size", "-4096");
+            // Per connection (four). Recording reads and writes in key order, so a small cache suffices.
+            // At 100k identities (release build, `scan --output json --all`, then two repeat scans without
+            // `--all`; this and the working database's cache varied together): 4 MiB gave records of
+            // 1.0-1.7 s and a peak RSS of 50-51 MiB, 1 MiB 0.9-1.6 s and 41-44 MiB, 512 KiB 1.0-2.0 s and
+            // 37-39 MiB; 64 MiB a connection took the peak to 240 MiB.
+            .pragma("cache_size", PAGE_CACHE)
+            .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
         // An in-memory database exists per connection: keep exactly one.
         let max = if url.contains(":memory:") { 1 } else { 4 };
         let pool = SqlitePoolOptions::new()

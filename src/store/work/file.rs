@@ -9,7 +9,8 @@
 //! meets SQLite's own (POSIX) locks on that file, which on some file systems are the same kind.
 
 use super::WorkStore;
-use crate::store::{Store, StoreError, create_private};
+use crate::store::{PAGE_CACHE, SLOW_STATEMENT, Store, StoreError, create_private};
+use sqlx::ConnectOptions;
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -35,7 +36,8 @@ impl WorkFile {
         let opts = SqliteConnectOptions::new()
             .filename(&self.path)
             .read_only(true)
-            .pragma("cache_size", "-2048");
+            .pragma("cache_size", PAGE_CACHE)
+            .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(opts)
@@ -195,10 +197,10 @@ impl Store {
             .journal_mode(SqliteJournalMode::Memory)
             .synchronous(SqliteSynchronous::Off)
             .busy_timeout(Duration::from_secs(30))
-            // 2 MiB a connection (two): the working rows are written once and read back in key-ordered
-            // chunks, so a larger cache buys little; at 1M identities 4 MiB each took the whole
-            // process's peak to 64 MiB.
-            .pragma("cache_size", "-2048");
+            // 512 KiB a connection (two): the working rows are written once and read back in key-ordered
+            // chunks, so a larger cache buys little (figures beside the main database's cache size).
+            .pragma("cache_size", PAGE_CACHE)
+            .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
         let pool = SqlitePoolOptions::new()
             .max_connections(2)
             .connect_with(opts)
@@ -254,6 +256,47 @@ mod tests {
             !same_file(&f, &p),
             "replaced by another file of the same name"
         );
+    }
+
+    /// Peak RSS follows the page caches (README, "Performance"): every connection of the main database, of a
+    /// scan's working file and of the file reopened for reading runs with the small cache.
+    #[tokio::test]
+    async fn every_connection_runs_with_the_small_page_cache() {
+        async fn cache_size(pool: &sqlx::SqlitePool) -> Vec<i64> {
+            // Hold every connection at once, so each one of the pool is asked, not the same one again.
+            let mut conns = Vec::new();
+            for _ in 0..pool.options().get_max_connections() {
+                conns.push(pool.acquire().await.expect("connection"));
+            }
+            let mut sizes = Vec::new();
+            for c in &mut conns {
+                sizes.push(
+                    sqlx::query_scalar("pragma cache_size")
+                        .fetch_one(&mut **c)
+                        .await
+                        .expect("pragma"),
+                );
+            }
+            sizes
+        }
+        let want: i64 = PAGE_CACHE.parse().expect("a number");
+        let dir = tempfile::tempdir().expect("dir");
+        let url = format!("sqlite://{}", dir.path().join("m.db").display());
+        let store = Store::connect(&url).await.expect("store");
+        let main = cache_size(store.pool()).await;
+        let (work, file) = store.open_work("scan/1").await.expect("work");
+        let working = cache_size(&work.pool).await;
+        work.close().await;
+        let reopened = file.reopen().await.expect("reopen");
+        let read_back = cache_size(&reopened.pool).await;
+        for (what, sizes) in [
+            ("main", main),
+            ("working", working),
+            ("reopened", read_back),
+        ] {
+            assert!(!sizes.is_empty(), "{what}: no connection");
+            assert!(sizes.iter().all(|&s| s == want), "{what}: {sizes:?}");
+        }
     }
 
     #[tokio::test]
