@@ -267,7 +267,14 @@ impl Scanner {
         let run = std::panic::AssertUnwindSafe(
             self.scan_counted(scan_id, tenant, staging, delta, record),
         );
-        match tokio::time::timeout_at(deadline, run.catch_unwind()).await {
+        let outcome = tokio::time::timeout_at(deadline, run.catch_unwind()).await;
+        if !matches!(outcome, Ok(Ok(_))) {
+            // Reported with none judged, so none of the verdicts it had staged is recorded.
+            if let Err(e) = staging.unstage_results(scan_id, tenant).await {
+                tracing::error!(%tenant, error = %e, "the verdicts of a tenant cut short could not be removed");
+            }
+        }
+        match outcome {
             Err(_) => {
                 tracing::error!(%tenant, deadline = ?self.tenant_deadline, "the tenant's scan ran out of time; it is reported incomplete");
                 failed_tenant(

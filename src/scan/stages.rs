@@ -7,7 +7,8 @@
 //! about the subscriptions and resource types staged so far, and when the listing ends it tops up with
 //! what later pages added (the rows of both rounds are disjoint, so no row is fetched twice); the open
 //! findings, which ARM checks whatever Resource Graph shows, are confirmed while Resource Graph pages.
-//! Only the remaining candidates wait for both.
+//! Only the remaining candidates wait for both, and while ARM answers about them the judge takes every
+//! identity whose evidence is settled (no ARM check can reach it); the rest is judged after.
 
 use super::{FULL_SYNC_EVERY, Scanner, TenantClients};
 use crate::arm::{ARG_SUBSCRIPTION_BATCH, ArgHit, ArgTable, ArmClient, Subscription};
@@ -18,7 +19,7 @@ use crate::domain::{
 };
 use crate::report::TenantReport;
 use crate::store::Store;
-use crate::store::work::{Candidate, Checked, WorkStore};
+use crate::store::work::{Candidate, Checked, Judging, WorkStore};
 use chrono::Utc;
 use futures::StreamExt;
 use std::collections::{BTreeSet, HashMap};
@@ -39,6 +40,29 @@ struct Notes {
     incomplete: bool,
     errors: Vec<String>,
     arm_checks: u64,
+}
+
+/// What the judge counted: a tenant's identities are judged in two passes ([`Judging`]).
+#[derive(Debug, Default)]
+struct Judged {
+    summary: crate::domain::Summary,
+    /// Identities whose check did not complete.
+    failed: u64,
+}
+
+impl Judged {
+    fn into_report(self, tr: &mut TenantReport) {
+        tr.summary.merge(&self.summary);
+        tr.identities = tr.summary.total;
+        tr.unjudged = self.failed;
+        if self.failed > 0 {
+            tr.complete = false;
+            tr.errors.push(format!(
+                "checks: {} resource checks did not complete",
+                self.failed
+            ));
+        }
+    }
 }
 
 impl Notes {
@@ -113,10 +137,17 @@ impl Scanner {
             return tr;
         };
         let verdicts = async {
-            let (subscriptions, notes) = resolved?;
+            let (subscriptions, notes, mut judged) = resolved?;
             notes.into_report(&mut tr);
-            self.judge_all(&ctx, subscriptions.as_ref(), &mut tr)
-                .await?;
+            // The rest, now that ARM has answered about every candidate. What was judged is counted
+            // in the report even when this fails, since those verdicts are recorded.
+            let rest = self
+                .judge(&ctx, subscriptions.as_ref(), Judging::Unjudged, &mut judged)
+                .await;
+            let counted = judged.summary.total;
+            judged.into_report(&mut tr);
+            rest?;
+            ctx.work.verify_judged(scan_id, tenant, counted).await?;
             if let Some(subs) = &subscriptions {
                 let referenced = ctx.work.referenced_subscriptions(scan_id, tenant).await?;
                 let listed = referenced.iter().filter(|s| subs.contains_key(*s)).count();
@@ -301,13 +332,19 @@ impl Scanner {
         let (bulk, early) = futures::join!(bulk, early);
         bulk?;
         early?;
+        let mut judged = Judged::default();
         if listed_in_full(watcher).await {
-            self.confirm_candidates(ctx, arm, subs, false, &mut notes)
-                .await?;
+            // Resource Graph has answered and every identity is staged: those no ARM answer can change
+            // are judged while ARM confirms the candidates (the judge mostly works while ARM's answers
+            // are awaited). The first error stops both.
+            futures::try_join!(
+                self.confirm_candidates(ctx, arm, subs, false, &mut notes),
+                self.judge(ctx, subs, Judging::Settled, &mut judged)
+            )?;
         }
         notes.absorb(bulk_notes);
         notes.absorb(early_notes);
-        Ok((subscriptions, notes))
+        Ok((subscriptions, notes, judged))
     }
 
     /// Marks the tenant's open findings as must-check. `false` when they could not be read: then no
@@ -494,21 +531,22 @@ impl Scanner {
         }
     }
 
-    /// Judges every staged identity, a chunk at a time, and stages the verdicts.
-    async fn judge_all(
+    /// Judges the staged identities of `which`, a chunk at a time, and stages the verdicts.
+    async fn judge(
         &self,
         ctx: &Staging<'_>,
         subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
-        tr: &mut TenantReport,
+        which: Judging,
+        judged: &mut Judged,
     ) -> Result<(), crate::store::StoreError> {
         let visible = |sub: &SubscriptionId| visibility(subscriptions, sub);
-        let mut failed = 0u64;
         let mut after = String::new();
         let started = std::time::Instant::now();
+        let before = judged.summary.total;
         loop {
             let chunk = ctx
                 .work
-                .staged_items(ctx.scan_id, ctx.tenant, &after)
+                .staged_items(ctx.scan_id, ctx.tenant, which, &after)
                 .await?;
             let Some((last, _)) = chunk.last() else {
                 break;
@@ -521,25 +559,19 @@ impl Scanner {
                 }
                 let j = judge(&identity, &ev);
                 if j.reason == Reason::CheckFailed {
-                    failed += 1;
+                    judged.failed += 1;
                 }
-                tr.summary.add(j.verdict);
+                judged.summary.add(j.verdict);
                 findings.push(finding(identity, &ev, j));
             }
             ctx.work.stage_results(ctx.scan_id, &findings).await?;
         }
         tracing::debug!(
-            identities = tr.summary.total,
+            ?which,
+            identities = judged.summary.total - before,
             seconds = started.elapsed().as_secs_f64(),
             "identities judged"
         );
-        tr.identities = tr.summary.total;
-        tr.unjudged = failed;
-        if failed > 0 {
-            tr.complete = false;
-            tr.errors
-                .push(format!("checks: {failed} resource checks did not complete"));
-        }
         Ok(())
     }
 }
@@ -687,9 +719,12 @@ fn finding(i: ManagedIdentity, ev: &Evidence, j: crate::domain::Judgement) -> Fi
     }
 }
 
-/// The evidence stages' outcome: the subscription list (`None` when it could not be read) and notes.
-type Resolved =
-    Result<(Option<HashMap<SubscriptionId, Subscription>>, Notes), crate::store::StoreError>;
+/// The evidence stages' outcome: the subscription list (`None` when it could not be read), notes, and
+/// what the judge counted of the identities it could judge beside them.
+type Resolved = Result<
+    (Option<HashMap<SubscriptionId, Subscription>>, Notes, Judged),
+    crate::store::StoreError,
+>;
 
 /// Waits for the inventory's end: `true` when it was read to the end.
 async fn listed_in_full(mut watcher: watch::Receiver<Progress>) -> bool {
