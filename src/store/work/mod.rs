@@ -289,12 +289,23 @@ impl WorkStore {
         scan_id: &str,
         tenant: &TenantId,
     ) -> Result<(), StoreError> {
-        sqlx::query("delete from scan_results where scan_id = ? and tenant_id = ?")
+        // A chunk a statement: one delete of a large tenant would keep every page it changes in the
+        // rollback journal, which is in memory.
+        loop {
+            let deleted = sqlx::query(
+                "delete from scan_results where scan_id = ?1 and tenant_id = ?2 and object_key in
+                   (select object_key from scan_results where scan_id = ?1 and tenant_id = ?2 limit ?3)",
+            )
             .bind(scan_id)
             .bind(tenant.as_str())
+            .bind(CHUNK)
             .execute(&self.pool)
-            .await?;
-        Ok(())
+            .await?
+            .rows_affected();
+            if deleted == 0 {
+                return Ok(());
+            }
+        }
     }
 
     /// Removes staged identities (Graph delta `@removed`).
