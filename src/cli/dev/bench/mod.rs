@@ -65,7 +65,8 @@ pub struct BenchArgs {
     /// this directory.
     #[arg(long)]
     pub rss_trace: Option<PathBuf>,
-    /// Keep each size's database (its directory is printed).
+    /// Keep each size's database and each scan process's log, `scan-<n>.log` (its directory is printed;
+    /// `RUST_LOG` reaches the scan processes).
     #[arg(long)]
     pub keep: bool,
     /// Leave out the daemon.
@@ -287,6 +288,7 @@ async fn run_scan(
     all: bool,
     sim: &Simulator,
     trace: Option<PathBuf>,
+    log: Option<PathBuf>,
 ) -> anyhow::Result<ScanRun> {
     let mut cmd = tokio::process::Command::new(exe);
     cmd.arg("--config")
@@ -295,7 +297,7 @@ async fn run_scan(
         .args(all.then_some("--all"));
     let cpu = sim.cpu_s();
     let spawned_at = chrono::Utc::now();
-    let proc = process::run(cmd, trace.as_deref()).await?;
+    let proc = process::run(cmd, trace.as_deref(), log.as_deref()).await?;
     let sim_cpu_s = sim.cpu_s() - cpu;
     let stats = sim.take_stats().await?;
     let wal = PathBuf::from(format!("{}-wal", db.display()));
@@ -348,7 +350,8 @@ async fn run_size(exe: &Path, size: usize, args: &BenchArgs) -> anyhow::Result<S
             .rss_trace
             .as_ref()
             .map(|d| d.join(format!("scan-{size}-{}.csv", i + 1)));
-        let run = run_scan(exe, &config, &db, all, &sim, trace).await?;
+        let log = args.keep.then(|| dir.join(format!("scan-{}.log", i + 1)));
+        let run = run_scan(exe, &config, &db, all, &sim, trace, log).await?;
         println!("{}", scan_row(i + 1, &run));
         if !run.ok() {
             println!(

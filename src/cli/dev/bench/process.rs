@@ -93,10 +93,12 @@ pub async fn sample_peak(
     }
 }
 
-/// Runs `cmd` to its end: stdout read and counted, stderr's tail kept, the resident set sampled.
+/// Runs `cmd` to its end: stdout read and counted, stderr's tail kept (all of it written to `log` when
+/// given), the resident set sampled.
 pub async fn run(
     mut cmd: tokio::process::Command,
     trace: Option<&Path>,
+    log: Option<&Path>,
 ) -> anyhow::Result<Measured> {
     let trace = match trace {
         Some(p) => {
@@ -120,9 +122,13 @@ pub async fn run(
     let sampler = tokio::spawn(sample_peak(pid, stop.clone(), trace));
     let mut stdout = child.stdout.take().expect("piped");
     let mut stderr = child.stderr.take().expect("piped");
+    let log = log.map(Path::to_path_buf);
     let err_task = tokio::spawn(async move {
         let mut all = Vec::new();
         let _ = stderr.read_to_end(&mut all).await;
+        if let Some(p) = log {
+            let _ = tokio::fs::write(p, &all).await;
+        }
         let from = all.len().saturating_sub(16 * 1024);
         String::from_utf8_lossy(&all[from..]).into_owned()
     });
