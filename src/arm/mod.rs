@@ -46,6 +46,9 @@ pub const PROBE_API_VERSION: &str = "1900-01-01";
 pub const ARG_PAGE_SIZE: u32 = 1000;
 /// Subscriptions per Resource Graph request: the REST API's documented batch (ARG troubleshoot).
 pub const ARG_SUBSCRIPTION_BATCH: usize = 1000;
+/// Principals named in one Resource Graph query for their role assignments, as Resource Graph's
+/// guidance asks.
+pub const ROLE_QUERY_PRINCIPALS: usize = 100;
 
 /// A subscription as `GET /subscriptions` lists it.
 #[derive(Debug, Clone, Deserialize)]

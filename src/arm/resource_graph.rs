@@ -1,7 +1,9 @@
 //! Azure Resource Graph in bulk: the query for the identity principals of the resource types the
 //! inventory names, its rows (either result format), and the pacer that keeps it inside its quota.
 
-use super::{ARG_PAGE_SIZE, ArmClient, RESOURCE_GRAPH_API_VERSION, non_empty};
+use super::{
+    ARG_PAGE_SIZE, ArmClient, RESOURCE_GRAPH_API_VERSION, ROLE_QUERY_PRINCIPALS, non_empty,
+};
 use crate::azure::http::Call;
 use crate::azure::transport::{Handled, parse_count};
 use crate::azure::{Api, AzureError, PageSink, Reply};
@@ -234,10 +236,11 @@ impl ArmClient {
     }
 
     /// Blast radius: the role assignments `principals` (object ids) hold in `subscriptions`, from
-    /// `authorizationresources` (ARG-TABLES), 100 principals a query as Resource Graph's guidance asks,
-    /// with the roles' names from the same table. Only GUID-shaped principal ids are asked about (they
-    /// go into the query); assignments at management-group scope are not seen with a subscription scope.
-    /// An error means the lookup is incomplete and nothing of it should replace what is known.
+    /// `authorizationresources` (ARG-TABLES), [`ROLE_QUERY_PRINCIPALS`] principals a query as Resource
+    /// Graph's guidance asks; [`Self::name_assignments`] names their roles. Only GUID-shaped principal ids
+    /// are asked about (they go into the query); assignments at management-group scope are not seen with
+    /// a subscription scope. An error means the lookup is incomplete and nothing of it should replace
+    /// what is known.
     pub async fn fetch_role_assignments(
         &self,
         tenant: &TenantId,
@@ -249,7 +252,7 @@ impl ArmClient {
         if subscriptions.is_empty() {
             return Ok(found);
         }
-        for batch in asked.chunks(100) {
+        for batch in asked.chunks(ROLE_QUERY_PRINCIPALS) {
             let list = batch
                 .iter()
                 .map(|p| format!("'{}'", p.as_str()))
@@ -267,13 +270,32 @@ impl ArmClient {
                 found.push(((*owner).clone(), d.assignment));
             }
         }
+        Ok(found)
+    }
+
+    /// Names the roles of `found` (from [`Self::fetch_role_assignments`] over `subscriptions`) from the
+    /// role definitions Resource Graph shows there: one query per 100 roles, however many lookups
+    /// found them.
+    pub async fn name_assignments(
+        &self,
+        tenant: &TenantId,
+        subscriptions: &[SubscriptionId],
+        found: &mut [(ObjectId, RoleAssignment)],
+    ) -> Result<(), AzureError> {
+        if subscriptions.is_empty() || found.is_empty() {
+            return Ok(());
+        }
         let names = self
             .role_names(tenant, subscriptions, found.iter().map(|(_, a)| a))
             .await?;
-        for (_, a) in &mut found {
-            a.role_name = names.get(&role_guid(&a.role_definition_id)).cloned();
+        // Only where these subscriptions name the role: `found` may hold assignments other batches of
+        // subscriptions named (a custom role is defined in one place).
+        for (_, a) in found {
+            if let Some(n) = names.get(&role_guid(&a.role_definition_id)) {
+                a.role_name = Some(n.clone());
+            }
         }
-        Ok(found)
+        Ok(())
     }
 
     /// The names of the roles of `assignments`, by role GUID, from the role definitions Resource Graph

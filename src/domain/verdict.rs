@@ -279,11 +279,16 @@ impl Summary {
     }
 
     pub fn add(&mut self, v: Verdict) {
-        self.total += 1;
+        self.add_n(v, 1);
+    }
+
+    /// Counts `n` verdicts `v`.
+    pub fn add_n(&mut self, v: Verdict, n: u64) {
+        self.total += n;
         match v {
-            Verdict::Healthy => self.healthy += 1,
-            Verdict::Orphaned => self.orphaned += 1,
-            Verdict::Unknown => self.unknown += 1,
+            Verdict::Healthy => self.healthy += n,
+            Verdict::Orphaned => self.orphaned += n,
+            Verdict::Unknown => self.unknown += n,
         }
     }
 }

@@ -7,19 +7,21 @@
 //! about the subscriptions and resource types staged so far, and when the listing ends it tops up with
 //! what later pages added (the rows of both rounds are disjoint, so no row is fetched twice); the open
 //! findings, which ARM checks whatever Resource Graph shows, are confirmed while Resource Graph pages.
-//! Only the remaining candidates wait for both, and while ARM answers about them the judge takes every
-//! identity whose evidence is settled (no ARM check can reach it); the rest is judged after.
+//! Only the remaining candidates wait for both. While ARM answers about them the judge takes every
+//! identity whose evidence is settled (no ARM check can reach it), the dangling role assignments are
+//! looked for, and once ARM has answered the candidates are judged and the orphans' role assignments
+//! read, the settled pass going on beside them.
 
 use super::{FULL_SYNC_EVERY, Scanner, TenantClients};
 use crate::arm::{ARG_SUBSCRIPTION_BATCH, ArgHit, ArgTable, ArmClient, Subscription};
 use crate::azure::PageSink;
 use crate::classify::judge;
 use crate::domain::{
-    Evidence, Finding, ManagedIdentity, ObjectId, Reason, SubscriptionId, TenantId,
+    Evidence, Finding, ManagedIdentity, ObjectId, SubscriptionId, TenantId, Verdict,
 };
 use crate::report::TenantReport;
 use crate::store::Store;
-use crate::store::work::{Candidate, Checked, Judging, WorkStore};
+use crate::store::work::{Candidate, Checked, Existing, Judging, WorkStore};
 use chrono::Utc;
 use futures::StreamExt;
 use std::collections::{BTreeSet, HashMap};
@@ -84,7 +86,19 @@ impl Notes {
     }
 }
 
-/// The longest the blast-radius lookup of one tenant may take.
+/// The first chunk of candidates ARM checks ([`Scanner::confirm_candidates`]); each next one is four
+/// times larger, up to [`MAX_CANDIDATES`].
+const FIRST_CANDIDATES: i64 = 128;
+
+/// The largest chunk of candidates: a chunk's orphans are known when ARM has answered about all of it,
+/// and their role assignments are then asked of Resource Graph (15 queries per 5 s), so the last
+/// chunk's lookups are what follows the last ARM answer (2,000 orphans: 20 queries, 5 s).
+const MAX_CANDIDATES: i64 = 512;
+
+/// How often the settled identities are judged while Resource Graph pages.
+const SETTLED_PASS_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// The longest the blast-radius lookup of one tenant may take once the candidates are judged.
 const BLAST_RADIUS_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
 
 /// The subscriptions and resource types (per table) Resource Graph has been asked about.
@@ -119,7 +133,7 @@ impl Scanner {
             progress.send_modify(|p| p.ended = Some(r.is_ok()));
             r
         };
-        let resolve = self.resolve_beside(&ctx, &clients.arm, record, watcher);
+        let resolve = self.resolve_beside(&ctx, clients, record, watcher);
         let (listed, resolved) = futures::join!(inventory, resolve);
         if let Err(e) = listed {
             tracing::warn!(error = %e, "inventory failed");
@@ -137,61 +151,50 @@ impl Scanner {
             return tr;
         };
         let verdicts = async {
-            let (subscriptions, notes, mut judged) = resolved?;
+            let (notes, enriched) = resolved?;
             notes.into_report(&mut tr);
-            // The rest, now that ARM has answered about every candidate. What was judged is counted
-            // in the report even when this fails, since those verdicts are recorded.
-            let rest = self
-                .judge(&ctx, subscriptions.as_ref(), Judging::Unjudged, &mut judged)
-                .await;
-            let counted = judged.summary.total;
-            judged.into_report(&mut tr);
-            rest?;
-            ctx.work.verify_judged(scan_id, tenant, counted).await?;
-            if let Some(subs) = &subscriptions {
-                let referenced = ctx.work.referenced_subscriptions(scan_id, tenant).await?;
-                let listed = referenced.iter().filter(|s| subs.contains_key(*s)).count();
-                tr.subscription_coverage = Some(crate::report::Coverage::new(
-                    referenced.len() as u64,
-                    listed as u64,
-                ));
-                // Enrichment, not evidence: bounded, so that it can never push a finished scan past
-                // its timeout (which would record nothing of it).
-                tr.role_assignments = match tokio::time::timeout(
-                    BLAST_RADIUS_LIMIT,
-                    self.blast_radius(&ctx, &clients.arm, subs),
-                )
-                .await
-                {
-                    Ok(r) => r?,
-                    Err(_) => {
-                        tracing::warn!(
-                            seconds = BLAST_RADIUS_LIMIT.as_secs(),
-                            "reading the role assignments of orphans took too long; the stored ones stay"
-                        );
-                        None
+            // Counted from what is staged, which is what is recorded: a verdict the candidates pass
+            // replaced is counted once.
+            let counted = match ctx.work.judged_summary(scan_id, tenant).await {
+                Ok(c) => Ok((c, false)),
+                // The passes judge complementary sets, so none is left; if one was, judge it rather
+                // than leave a verdict missing (which would read as an identity gone).
+                Err(e) => {
+                    let subs = enriched.subscriptions.as_ref();
+                    match self.judge(&ctx, subs, Judging::Unjudged, "", None).await {
+                        Ok((0, _)) => ctx
+                            .work
+                            .judged_summary(scan_id, tenant)
+                            .await
+                            .map(|c| (c, false)),
+                        Ok((n, _)) => {
+                            tracing::warn!(error = %e, judged = n, "the judging passes left identities; judged them after");
+                            ctx.work
+                                .judged_summary(scan_id, tenant)
+                                .await
+                                .map(|c| (c, true))
+                        }
+                        Err(e) => Err(e),
                     }
-                };
-                tr.dangling = match tokio::time::timeout(
-                    BLAST_RADIUS_LIMIT,
-                    dangling_assignments(&ctx, clients, subs),
-                )
-                .await
-                {
-                    Ok(d) => d,
-                    Err(_) => {
-                        tracing::warn!(
-                            "looking for dangling role assignments took too long; the stored ones stay"
-                        );
-                        None
-                    }
-                };
-            }
+                }
+            };
+            let ((summary, failed), late) = counted?;
+            Judged { summary, failed }.into_report(&mut tr);
+            tr.subscription_coverage = enriched.coverage;
+            // Read for the orphans the candidates pass found; one judged later has none read, so
+            // none replace the stored ones.
+            tr.role_assignments = enriched.role_assignments.filter(|_| !late);
+            tr.dangling = enriched.dangling;
             Ok::<_, crate::store::StoreError>(())
         };
         if let Err(e) = verdicts.await {
-            // Without every verdict written, nothing about absent identities may be concluded.
+            // Without every verdict written, nothing about absent identities may be concluded; and
+            // what was staged is not recorded (not counted, and possibly a settled verdict a later
+            // Resource Graph row would have sent to ARM).
             tracing::error!(error = %e, "the scan's working rows failed");
+            if let Err(e) = ctx.work.unstage_results(scan_id, tenant).await {
+                tracing::error!(error = %e, "the tenant's verdicts could not be removed");
+            }
             tr.staging_failed = true;
             tr.complete = false;
             tr.inventory_complete = false;
@@ -275,13 +278,13 @@ impl Scanner {
     async fn resolve_beside(
         &self,
         ctx: &Staging<'_>,
-        arm: &ArmClient,
+        clients: &TenantClients,
         record: Option<&Store>,
         watcher: watch::Receiver<Progress>,
     ) -> Option<Resolved> {
         let mut failed = watcher.clone();
         tokio::select! {
-            r = self.resolve(ctx, arm, record, watcher) => Some(r),
+            r = self.resolve(ctx, clients, record, watcher) => Some(r),
             _ = failed.wait_for(|p| p.ended == Some(false)) => None,
         }
     }
@@ -289,10 +292,11 @@ impl Scanner {
     async fn resolve(
         &self,
         ctx: &Staging<'_>,
-        arm: &ArmClient,
+        clients: &TenantClients,
         record: Option<&Store>,
         watcher: watch::Receiver<Progress>,
     ) -> Resolved {
+        let arm = &clients.arm;
         let mut notes = Notes::default();
         let (subscriptions, trust_arg) = futures::join!(
             arm.fetch_subscriptions(ctx.tenant),
@@ -309,8 +313,9 @@ impl Scanner {
             .ok();
         let subs = subscriptions.as_ref();
         let (mut bulk_notes, mut early_notes) = (Notes::default(), Notes::default());
+        let (bulk_done, bulk_watch) = watch::channel(false);
         let bulk = async {
-            if trust_arg {
+            let r = if trust_arg {
                 self.bulk(ctx, arm, subs, watcher.clone(), &mut bulk_notes)
                     .await
             } else {
@@ -318,33 +323,96 @@ impl Scanner {
                     "resource graph: not used, since the open findings could not be read".into(),
                 );
                 Ok(())
-            }
+            };
+            bulk_done.send_replace(true);
+            r
         };
         // The open findings go to ARM whatever Resource Graph shows: no need to wait for it.
         let early = async {
             if listed_in_full(watcher.clone()).await {
-                self.confirm_candidates(ctx, arm, subs, true, &mut early_notes)
+                self.confirm_candidates(ctx, arm, subs, None, &mut early_notes)
                     .await
             } else {
                 Ok(())
             }
         };
-        let (bulk, early) = futures::join!(bulk, early);
-        bulk?;
-        early?;
-        let mut judged = Judged::default();
-        if listed_in_full(watcher).await {
-            // Resource Graph has answered and every identity is staged: those no ARM answer can change
-            // are judged while ARM confirms the candidates (the judge mostly works while ARM's answers
-            // are awaited). The first error stops both.
-            futures::try_join!(
-                self.confirm_candidates(ctx, arm, subs, false, &mut notes),
-                self.judge(ctx, subs, Judging::Settled, &mut judged)
-            )?;
-        }
+        let mut enriched = Enriched::default();
+        // Once Resource Graph has answered and every identity is staged: the candidates confirmed by
+        // ARM and judged a chunk at a time, the orphans' role assignments read as they are found, and
+        // beside them the dangling role assignments (no verdict needed).
+        let evidence = async {
+            let (bulk, early) = futures::join!(bulk, early);
+            bulk?;
+            early?;
+            if !listed_in_full(watcher.clone()).await {
+                return Ok(());
+            }
+            let (orphans, found) = tokio::sync::mpsc::unbounded_channel();
+            let (confirmed, confirmed_watch) = watch::channel(false);
+            let candidates = async {
+                let r = self
+                    .confirm_candidates(ctx, arm, subs, Some(orphans), &mut notes)
+                    .await;
+                confirmed.send_replace(true);
+                r
+            };
+            let roles = async {
+                Ok(match subs {
+                    Some(s) => {
+                        self.bounded_blast_radius(ctx, arm, s, found, confirmed_watch)
+                            .await
+                    }
+                    None => None,
+                })
+            };
+            let beside = async {
+                match subs {
+                    Some(s) => {
+                        let coverage = coverage(ctx, s).await?;
+                        let dangling = bounded_dangling(ctx, clients, s).await;
+                        Ok((Some(coverage), dangling))
+                    }
+                    None => Ok::<_, crate::store::StoreError>((None, None)),
+                }
+            };
+            // The first error stops the others (the lookups of a tenant that failed are not wanted).
+            let ((), roles, beside) = futures::try_join!(candidates, roles, beside)?;
+            enriched.role_assignments = roles;
+            (enriched.coverage, enriched.dangling) = beside;
+            Ok::<_, crate::store::StoreError>(())
+        };
+        // The settled identities, judged while Resource Graph pages (each pass taking those settled
+        // since the last) and while ARM confirms the candidates: the judge mostly works while the
+        // services' answers are awaited. The last pass starts once Resource Graph has answered.
+        let settled = async {
+            if !listed_in_full(watcher.clone()).await {
+                return Ok(());
+            }
+            let mut done = bulk_watch;
+            loop {
+                let last = *done.borrow_and_update();
+                self.judge(ctx, subs, Judging::Settled, "", None).await?;
+                if last {
+                    return Ok(());
+                }
+                tokio::select! {
+                    changed = done.changed() => {
+                        if changed.is_err() {
+                            // The bulk stage is gone without saying it ended: judge what is settled
+                            // now, the evidence stage fails or ends with it.
+                            return self.judge(ctx, subs, Judging::Settled, "", None).await.map(drop);
+                        }
+                    }
+                    () = tokio::time::sleep(SETTLED_PASS_EVERY) => {}
+                }
+            }
+        };
+        // The first error stops all.
+        futures::try_join!(evidence, settled)?;
         notes.absorb(bulk_notes);
         notes.absorb(early_notes);
-        Ok((subscriptions, notes, judged))
+        enriched.subscriptions = subscriptions;
+        Ok((notes, enriched))
     }
 
     /// Marks the tenant's open findings as must-check. `false` when they could not be read: then no
@@ -418,32 +486,64 @@ impl Scanner {
     }
 
     /// An ARM GET of every candidate not checked yet (anything Resource Graph did not show carrying its
-    /// principal, and every open finding; with `must_check_only`, only the open findings), a chunk at a
-    /// time, [`Settings`]' concurrency at once.
+    /// principal, and every open finding), a chunk at a time, [`Settings`]' concurrency at once. With
+    /// `orphans` (once Resource Graph has answered in full), each chunk's key range is judged as a
+    /// candidates range while ARM answers about the next one, and the orphans found are sent there;
+    /// without (while Resource Graph still pages), only the open findings are checked and nothing is
+    /// judged.
     async fn confirm_candidates(
         &self,
         ctx: &Staging<'_>,
         arm: &ArmClient,
         subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
-        must_check_only: bool,
+        orphans: Option<tokio::sync::mpsc::UnboundedSender<Vec<ObjectId>>>,
         notes: &mut Notes,
     ) -> Result<(), crate::store::StoreError> {
+        let must_check_only = orphans.is_none();
         let visible = |sub: &SubscriptionId| visibility(subscriptions, sub);
         let any_visible = subscriptions.and_then(|s| s.keys().next().cloned());
         let started = std::time::Instant::now();
-        let candidates_after = |after: String| async move {
+        let candidates_after = |after: String, limit: i64| async move {
             ctx.work
-                .candidates(ctx.scan_id, ctx.tenant, &after, must_check_only)
+                .candidates(ctx.scan_id, ctx.tenant, &after, must_check_only, limit)
                 .await
         };
-        let mut chunk = candidates_after(String::new()).await?;
+        // The first chunks small, growing: ARM starts after a short walk (the first 2,000 of 5,000
+        // candidates among 1,000,000 identities were 4 s of walking), and each next walk takes less
+        // than ARM takes over the chunk before it.
+        let mut limit = FIRST_CANDIDATES;
+        // The candidates ranges: judged up to `judged`; checked (not judged yet) up to `checked`.
+        let (mut judged, mut checked) = (String::new(), None::<String>);
+        let judge_range = |from: String, upto: Option<String>| {
+            let orphans = orphans.clone();
+            async move {
+                if let Some(tx) = orphans {
+                    let (_, found) = self
+                        .judge(
+                            ctx,
+                            subscriptions,
+                            Judging::Candidates,
+                            &from,
+                            upto.as_deref(),
+                        )
+                        .await?;
+                    if !found.is_empty() {
+                        // The receiver gone (its lookup gave up) is no reason to stop judging.
+                        let _ = tx.send(found);
+                    }
+                }
+                Ok::<_, crate::store::StoreError>(())
+            }
+        };
+        let mut chunk = candidates_after(String::new(), limit).await?;
         while let Some(last) = chunk.last() {
+            limit = (limit * 4).min(MAX_CANDIDATES);
             let after = last.object_id.to_string();
             tracing::debug!(candidates = chunk.len(), "confirming candidates with ARM");
             notes.arm_checks += chunk.len() as u64;
             let tenant = ctx.tenant;
-            // The next chunk is looked for (a walk through the staged identities) while ARM answers
-            // about this one.
+            // The next chunk is looked for (a walk through the staged identities), and the last one
+            // judged, while ARM answers about this one.
             let checks = futures::stream::iter(chunk.into_iter().map(|c| {
                 // The subscription whose providers API names the api-version: the resource's when
                 // visible.
@@ -458,7 +558,22 @@ impl Scanner {
             }))
             .buffer_unordered(self.concurrency.max(1))
             .collect::<Vec<(Candidate, crate::arm::Check)>>();
-            let (checks, next) = futures::join!(checks, candidates_after(after));
+            let previous = match checked.take() {
+                Some(upto) => {
+                    let from = std::mem::replace(&mut judged, upto.clone());
+                    Some(judge_range(from, Some(upto)))
+                }
+                None => None,
+            };
+            let previous = async {
+                match previous {
+                    Some(p) => p.await,
+                    None => Ok(()),
+                }
+            };
+            let (checks, next, previous) =
+                futures::join!(checks, candidates_after(after.clone(), limit), previous);
+            previous?;
             let rows: Vec<_> = checks
                 .iter()
                 .map(|(c, check)| Checked {
@@ -472,8 +587,15 @@ impl Scanner {
             ctx.work
                 .stage_checks(ctx.scan_id, ctx.tenant, &rows)
                 .await?;
+            checked = Some(after);
             chunk = next?;
         }
+        // The last chunk's range, then everything after it (open findings checked early, say).
+        if let Some(upto) = checked.take() {
+            let from = std::mem::replace(&mut judged, upto.clone());
+            judge_range(from, Some(upto)).await?;
+        }
+        judge_range(judged, None).await?;
         tracing::debug!(
             must_check_only,
             checks = notes.arm_checks,
@@ -483,71 +605,138 @@ impl Scanner {
         Ok(())
     }
 
-    /// The role assignments the identities judged orphaned still hold, from Resource Graph. A failed
-    /// lookup is logged and leaves what is stored (`None`); it never changes a verdict.
+    /// [`Self::blast_radius`], given at most [`BLAST_RADIUS_LIMIT`] once the candidates are judged
+    /// (`confirmed`): enrichment, not evidence, so bounded, that it can never push a finished scan past
+    /// its timeout (which would record nothing of it).
+    async fn bounded_blast_radius(
+        &self,
+        ctx: &Staging<'_>,
+        arm: &ArmClient,
+        subscriptions: &HashMap<SubscriptionId, Subscription>,
+        orphans: tokio::sync::mpsc::UnboundedReceiver<Vec<ObjectId>>,
+        mut confirmed: watch::Receiver<bool>,
+    ) -> Option<Vec<(ObjectId, crate::domain::RoleAssignment)>> {
+        let lookup = self.blast_radius(ctx, arm, subscriptions, orphans);
+        let limit = async {
+            let _ = confirmed.wait_for(|c| *c).await;
+            tokio::time::sleep(BLAST_RADIUS_LIMIT).await;
+        };
+        tokio::select! {
+            r = lookup => r,
+            () = limit => {
+                tracing::warn!(
+                    seconds = BLAST_RADIUS_LIMIT.as_secs(),
+                    "reading the role assignments of orphans took too long; the stored ones stay"
+                );
+                None
+            }
+        }
+    }
+
+    /// The role assignments the identities judged orphaned still hold, from Resource Graph: asked about
+    /// as the orphans arrive (as many a query as [`crate::arm::ROLE_QUERY_PRINCIPALS`]), the roles named
+    /// once all are in. A failed lookup is logged and leaves what is stored (`None`); it never changes a
+    /// verdict.
     async fn blast_radius(
         &self,
         ctx: &Staging<'_>,
         arm: &ArmClient,
         subscriptions: &HashMap<SubscriptionId, Subscription>,
-    ) -> Result<Option<Vec<(ObjectId, crate::domain::RoleAssignment)>>, crate::store::StoreError>
-    {
-        let orphaned = ctx.work.orphaned_objects(ctx.scan_id, ctx.tenant).await?;
-        if orphaned.is_empty() {
-            return Ok(Some(Vec::new()));
-        }
+        mut orphans: tokio::sync::mpsc::UnboundedReceiver<Vec<ObjectId>>,
+    ) -> Option<Vec<(ObjectId, crate::domain::RoleAssignment)>> {
+        let started = std::time::Instant::now();
         let mut subs: Vec<SubscriptionId> = subscriptions.keys().cloned().collect();
         subs.sort();
-        let mut all = Ok(Vec::new());
-        for batch in subs.chunks(ARG_SUBSCRIPTION_BATCH) {
-            match arm
-                .fetch_role_assignments(ctx.tenant, batch, &orphaned)
-                .await
-            {
-                Ok(found) => {
-                    if let Ok(a) = &mut all {
-                        a.extend(found);
+        let per = crate::arm::ROLE_QUERY_PRINCIPALS;
+        let (mut pending, mut asked) = (Vec::new(), 0usize);
+        let mut found: Vec<(ObjectId, crate::domain::RoleAssignment)> = Vec::new();
+        let ask = async |batch: &[ObjectId], found: &mut Vec<_>| {
+            for subs in subs.chunks(ARG_SUBSCRIPTION_BATCH) {
+                found.extend(arm.fetch_role_assignments(ctx.tenant, subs, batch).await?);
+            }
+            Ok::<_, crate::azure::AzureError>(())
+        };
+        let mut outcome = Ok(());
+        loop {
+            let more = orphans.recv().await;
+            if let Some(batch) = more.as_ref() {
+                pending.extend(batch.iter().cloned());
+            }
+            // Whole queries while orphans arrive; what is left once they are all in.
+            let take = if more.is_some() {
+                pending.len() / per * per
+            } else {
+                pending.len()
+            };
+            if take > 0 && outcome.is_ok() {
+                let batch: Vec<ObjectId> = pending.drain(..take).collect();
+                asked += batch.len();
+                for part in batch.chunks(per) {
+                    outcome = ask(part, &mut found).await;
+                    if outcome.is_err() {
+                        break;
                     }
                 }
-                Err(e) => {
-                    all = Err(e);
-                    break;
-                }
+            } else if outcome.is_err() {
+                pending.clear();
+            }
+            if more.is_none() {
+                break;
             }
         }
-        match all {
-            Ok(found) => {
+        let named = match outcome {
+            Ok(()) => {
+                let mut named = Ok(());
+                for subs in subs.chunks(ARG_SUBSCRIPTION_BATCH) {
+                    named = arm.name_assignments(ctx.tenant, subs, &mut found).await;
+                    if named.is_err() {
+                        break;
+                    }
+                }
+                named
+            }
+            Err(e) => Err(e),
+        };
+        match named {
+            Ok(()) => {
                 tracing::debug!(
-                    orphans = orphaned.len(),
+                    orphans = asked,
                     assignments = found.len(),
+                    seconds = started.elapsed().as_secs_f64(),
                     "role assignments of orphans read"
                 );
-                Ok(Some(found))
+                Some(found)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the role assignments of orphans; the stored ones stay");
-                Ok(None)
+                None
             }
         }
     }
 
-    /// Judges the staged identities of `which`, a chunk at a time, and stages the verdicts.
+    /// Judges the staged identities of `which` after `after` (up to `upto` when given), a chunk at a
+    /// time, and stages the verdicts (the candidates' replacing any staged before); returns how many
+    /// it judged and the orphans among them.
     async fn judge(
         &self,
         ctx: &Staging<'_>,
         subscriptions: Option<&HashMap<SubscriptionId, Subscription>>,
         which: Judging,
-        judged: &mut Judged,
-    ) -> Result<(), crate::store::StoreError> {
+        after: &str,
+        upto: Option<&str>,
+    ) -> Result<(u64, Vec<ObjectId>), crate::store::StoreError> {
         let visible = |sub: &SubscriptionId| visibility(subscriptions, sub);
-        let mut after = String::new();
+        let mut after = after.to_owned();
         let started = std::time::Instant::now();
-        let before = judged.summary.total;
+        let (mut read, mut written) = (std::time::Duration::ZERO, std::time::Duration::ZERO);
+        let (mut judged, mut orphans) = (0u64, Vec::new());
         loop {
+            let t = std::time::Instant::now();
             let chunk = ctx
                 .work
-                .staged_items(ctx.scan_id, ctx.tenant, which, &after)
+                .staged_items(ctx.scan_id, ctx.tenant, which, &after, upto)
                 .await?;
+            read += t.elapsed();
             let Some((last, _)) = chunk.last() else {
                 break;
             };
@@ -558,21 +747,82 @@ impl Scanner {
                     ev.subscription_visible = r.subscription_id().and_then(visible);
                 }
                 let j = judge(&identity, &ev);
-                if j.reason == Reason::CheckFailed {
-                    judged.failed += 1;
+                if j.verdict == Verdict::Orphaned {
+                    orphans.push(identity.object_id.clone());
                 }
-                judged.summary.add(j.verdict);
+                judged += 1;
                 findings.push(finding(identity, &ev, j));
             }
-            ctx.work.stage_results(ctx.scan_id, &findings).await?;
+            let t = std::time::Instant::now();
+            let existing = match which {
+                Judging::Settled => Existing::Keep,
+                Judging::Candidates => Existing::Replace,
+                Judging::Unjudged => Existing::Fail,
+            };
+            ctx.work
+                .stage_results(ctx.scan_id, &findings, existing)
+                .await?;
+            written += t.elapsed();
         }
         tracing::debug!(
             ?which,
-            identities = judged.summary.total - before,
+            identities = judged,
+            orphans = orphans.len(),
             seconds = started.elapsed().as_secs_f64(),
+            reading_seconds = read.as_secs_f64(),
+            writing_seconds = written.as_secs_f64(),
             "identities judged"
         );
-        Ok(())
+        Ok((judged, orphans))
+    }
+}
+
+/// How many of the subscriptions the staged identities name are in the tenant's list.
+async fn coverage(
+    ctx: &Staging<'_>,
+    subscriptions: &HashMap<SubscriptionId, Subscription>,
+) -> Result<crate::report::Coverage, crate::store::StoreError> {
+    let referenced = ctx
+        .work
+        .referenced_subscriptions(ctx.scan_id, ctx.tenant)
+        .await?;
+    let listed = referenced
+        .iter()
+        .filter(|s| subscriptions.contains_key(*s))
+        .count();
+    Ok(crate::report::Coverage::new(
+        referenced.len() as u64,
+        listed as u64,
+    ))
+}
+
+/// [`dangling_assignments`] within [`BLAST_RADIUS_LIMIT`].
+async fn bounded_dangling(
+    ctx: &Staging<'_>,
+    clients: &TenantClients,
+    subscriptions: &HashMap<SubscriptionId, Subscription>,
+) -> Option<crate::domain::DanglingCheck> {
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(
+        BLAST_RADIUS_LIMIT,
+        dangling_assignments(ctx, clients, subscriptions),
+    )
+    .await
+    {
+        Ok(d) => {
+            tracing::debug!(
+                found = d.as_ref().map(|d| d.found.len()),
+                seconds = started.elapsed().as_secs_f64(),
+                "dangling role assignments looked for"
+            );
+            d
+        }
+        Err(_) => {
+            tracing::warn!(
+                "looking for dangling role assignments took too long; the stored ones stay"
+            );
+            None
+        }
     }
 }
 
@@ -719,12 +969,18 @@ fn finding(i: ManagedIdentity, ev: &Evidence, j: crate::domain::Judgement) -> Fi
     }
 }
 
-/// The evidence stages' outcome: the subscription list (`None` when it could not be read), notes, and
-/// what the judge counted of the identities it could judge beside them.
-type Resolved = Result<
-    (Option<HashMap<SubscriptionId, Subscription>>, Notes, Judged),
-    crate::store::StoreError,
->;
+/// What the evidence stages read beside the verdicts: never evidence itself.
+#[derive(Debug, Default)]
+struct Enriched {
+    /// The tenant's subscription list; `None` when it could not be read.
+    subscriptions: Option<HashMap<SubscriptionId, Subscription>>,
+    coverage: Option<crate::report::Coverage>,
+    role_assignments: Option<Vec<(ObjectId, crate::domain::RoleAssignment)>>,
+    dangling: Option<crate::domain::DanglingCheck>,
+}
+
+/// The evidence stages' outcome: notes, and what was read beside the verdicts.
+type Resolved = Result<(Notes, Enriched), crate::store::StoreError>;
 
 /// Waits for the inventory's end: `true` when it was read to the end.
 async fn listed_in_full(mut watcher: watch::Receiver<Progress>) -> bool {

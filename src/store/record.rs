@@ -57,7 +57,9 @@ impl Store {
                 sorted.sort_unstable_by(|a, b| {
                     (&a.tenant_id, &a.object_id).cmp(&(&b.tenant_id, &b.object_id))
                 });
-                let staged = db.stage_results(&report.scan_id, &sorted).await;
+                let staged = db
+                    .stage_results(&report.scan_id, &sorted, super::work::Existing::Fail)
+                    .await;
                 db.close().await;
                 staged?;
                 own = file;

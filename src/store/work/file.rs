@@ -197,12 +197,16 @@ impl Store {
             .journal_mode(SqliteJournalMode::Memory)
             .synchronous(SqliteSynchronous::Off)
             .busy_timeout(Duration::from_secs(30))
-            // 512 KiB a connection (two): the working rows are written once and read back in key-ordered
-            // chunks, so a larger cache buys little (figures beside the main database's cache size).
+            // 512 KiB a connection (three): the working rows are written once and read back in
+            // key-ordered chunks, so a larger cache buys little (figures beside the main database's
+            // cache size).
             .pragma("cache_size", PAGE_CACHE)
             .log_slow_statements(log::LevelFilter::Debug, SLOW_STATEMENT);
+        // Three: once the listing has ended, the settled pass, the walk for the next candidates, the
+        // judging of the last chunk's and the staging of Resource Graph's pages or ARM's answers all
+        // run at once; with two, a candidates range waited 4 s for a connection at 1,000,000.
         let pool = SqlitePoolOptions::new()
-            .max_connections(2)
+            .max_connections(3)
             .connect_with(opts)
             .await?;
         Ok((WorkStore::migrated(pool).await?, file))
@@ -352,7 +356,9 @@ mod tests {
         let store = Store::connect(&url).await.expect("store");
         let (work, file) = store.open_work("s").await.expect("work");
         // Written through SQLite, as a scan does.
-        work.stage_results("s", &[]).await.expect("staged");
+        work.stage_results("s", &[], crate::store::work::Existing::Fail)
+            .await
+            .expect("staged");
         for p in [file.path().to_path_buf(), lock_path(file.path())] {
             let mode = std::fs::metadata(&p).expect("meta").permissions().mode();
             assert_eq!(mode & 0o777, 0o600, "{}", p.display());

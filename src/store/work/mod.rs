@@ -40,23 +40,47 @@ pub struct Candidate {
     pub resource: ResourceId,
 }
 
-/// Which staged identities [`WorkStore::staged_items`] reads. A tenant is judged in two passes: the
-/// settled ones while ARM confirms the candidates, then every one not judged yet.
+/// Which staged identities [`WorkStore::staged_items`] reads. Once the listing has ended, the settled
+/// ones are judged while Resource Graph still pages (again and again, each pass taking those settled
+/// since) and while ARM confirms the candidates; the candidates once ARM has answered about them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Judging {
-    /// Those whose evidence no later stage can change once Resource Graph has answered in full and the
-    /// listing has ended: no resource to check, or Resource Graph shows the resource carrying the
-    /// identity and no open finding asks for ARM's word. None of them can be a candidate
-    /// ([`WorkStore::candidates`]), so no ARM answer will be written to them.
+    /// Those not judged yet whose verdict no later answer can change: no resource to check, or Resource
+    /// Graph shows the resource carrying the identity and no open finding asks for ARM's word. ARM
+    /// never checks them ([`WorkStore::candidates`]). One that a later Resource Graph row turns into a
+    /// candidate (a row for the same resource repeated with another principal) is judged again as one.
     Settled,
-    /// Those without a staged verdict, once ARM has answered about every candidate.
-    /// [`WorkStore::verify_judged`] checks that the two passes judged each identity once.
+    /// Every identity ARM has checked that is not settled, judged or not: once ARM has answered about
+    /// every candidate, the complement of the settled condition (negated, a null read as not settled),
+    /// read through the checked identities' index. Their verdicts replace any staged before.
+    Candidates,
+    /// Those without a staged verdict: what the passes left, which they never should.
     Unjudged,
 }
 
-/// `staged_items`' statement, with a condition on `scan_items i` and its Resource Graph row `a`.
+/// The settled condition on `scan_items i` and its Resource Graph row `a` (null when it has none);
+/// `Judging::Candidates` is its negation.
+macro_rules! settled {
+    () => {
+        "i.resource_id is null
+         or a.principal_key = i.object_key
+            and not exists (select 1 from scan_must_check m
+              where m.scan_id = i.scan_id and m.tenant_id = i.tenant_id and m.object_key = i.object_key)"
+    };
+}
+
+/// Not judged yet: no staged verdict.
+macro_rules! unjudged {
+    () => {
+        "not exists (select 1 from scan_results r
+           where r.scan_id = i.scan_id and r.tenant_id = i.tenant_id and r.object_key = i.object_key)"
+    };
+}
+
+/// `staged_items`' statement: identities of `scan_items i` (read as `$from` says) after a key (and up
+/// to one, with `$bound`) that meet a condition on them and their Resource Graph row `a`.
 macro_rules! staged_items_sql {
-    ($condition:literal) => {
+    ($from:literal, $bound:literal, $($condition:tt)+) => {
         concat!(
             "select i.*, a.principal_key as arg_principal_key, a.request_id as arg_request_id,
                     a.checked_at as arg_checked_at,
@@ -64,31 +88,42 @@ macro_rules! staged_items_sql {
                       where e.scan_id = i.scan_id and e.tenant_id = i.tenant_id and e.principal_key = i.object_key
                         and e.resource_key != lower(rtrim(coalesce(i.resource_id, ''), '/'))
                       order by e.resource_key limit 1) as arg_elsewhere
-             from scan_items i left join scan_arg_rows a
+             from ",
+            $from,
+            " left join scan_arg_rows a
                on i.resource_id is not null
                   and a.scan_id = i.scan_id and a.tenant_id = i.tenant_id
                   and a.resource_key = lower(rtrim(i.resource_id, '/'))
-             where i.scan_id = ? and i.tenant_id = ? and i.object_key > ? and (",
-            $condition,
+             where i.scan_id = ? and i.tenant_id = ? and i.object_key > ?",
+            $bound,
+            " and (",
+            $($condition)+,
             ") order by i.object_key limit ?"
         )
     };
 }
 
 impl Judging {
-    fn staged_items_sql(self) -> &'static str {
+    /// The statement; with `bounded`, it takes the highest key as its fourth parameter.
+    fn staged_items_sql(self, bounded: bool) -> &'static str {
+        macro_rules! both {
+            ($from:literal, $($condition:tt)+) => {
+                if bounded {
+                    staged_items_sql!($from, " and i.object_key <= ?", $($condition)+)
+                } else {
+                    staged_items_sql!($from, "", $($condition)+)
+                }
+            };
+        }
         match self {
-            Self::Settled => staged_items_sql!(
-                "i.resource_id is null
-                 or a.principal_key = i.object_key
-                    and not exists (select 1 from scan_must_check m
-                      where m.scan_id = i.scan_id and m.tenant_id = i.tenant_id and m.object_key = i.object_key)"
+            Self::Settled => both!("scan_items i", "(", settled!(), ") and ", unjudged!()),
+            Self::Candidates => both!(
+                "scan_items i indexed by scan_items_checked",
+                "i.source is not null and not coalesce((",
+                settled!(),
+                "), 0)"
             ),
-            // Not the complement of `Settled`: that walk took 8 s at 1,000,000 identities, this one 3 s.
-            Self::Unjudged => staged_items_sql!(
-                "not exists (select 1 from scan_results r
-                   where r.scan_id = i.scan_id and r.tenant_id = i.tenant_id and r.object_key = i.object_key)"
-            ),
+            Self::Unjudged => both!("scan_items i", unjudged!()),
         }
     }
 }
@@ -126,17 +161,38 @@ impl WorkStore {
     }
 }
 
-/// Writes verdicts into `scan_results` (one multi-row statement per 500). The same identity twice is an
-/// error (the primary key), not a silent choice of one verdict.
+/// What [`WorkStore::stage_results`] does with a verdict already staged for the same identity.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Existing {
+    /// An error (the primary key), not a silent choice of one verdict.
+    Fail,
+    /// It stays: the new one is dropped (a settled pass that read a row before Resource Graph's last
+    /// word yields to the candidates pass that judged after it).
+    Keep,
+    /// It is replaced (the candidates pass's verdict, on ARM's answer, wins).
+    Replace,
+}
+
+/// Writes verdicts into `scan_results` (one multi-row statement per 500).
 async fn insert_results(
     conn: &mut SqliteConnection,
     scan_id: &str,
     findings: &[Finding],
+    existing: Existing,
 ) -> Result<(), StoreError> {
     insert_rows(
         conn,
-        "insert into scan_results (scan_id, tenant_id, object_key, object_id, app_id, display_name,
-             identity_type, resource_id, subscription_id, resource_type, verdict, reason, detail, evidence)",
+        match existing {
+            Existing::Fail => "insert into scan_results (scan_id, tenant_id, object_key, object_id, app_id,
+                 display_name, identity_type, resource_id, subscription_id, resource_type, verdict, reason,
+                 detail, evidence)",
+            Existing::Keep => "insert or ignore into scan_results (scan_id, tenant_id, object_key, object_id,
+                 app_id, display_name, identity_type, resource_id, subscription_id, resource_type, verdict,
+                 reason, detail, evidence)",
+            Existing::Replace => "insert or replace into scan_results (scan_id, tenant_id, object_key,
+                 object_id, app_id, display_name, identity_type, resource_id, subscription_id, resource_type,
+                 verdict, reason, detail, evidence)",
+        },
         14,
         "",
         500,
@@ -190,23 +246,6 @@ impl WorkStore {
         .bind(tenant.as_str())
         .fetch_optional(&self.pool)
         .await?)
-    }
-
-    /// The tenant's identities judged orphaned in this scan (lower-case object ids).
-    pub async fn orphaned_objects(
-        &self,
-        scan_id: &str,
-        tenant: &TenantId,
-    ) -> Result<Vec<ObjectId>, StoreError> {
-        let keys: Vec<String> = sqlx::query_scalar(
-            "select object_key from scan_results
-             where scan_id = ? and tenant_id = ? and verdict = 'orphaned' order by object_key",
-        )
-        .bind(scan_id)
-        .bind(tenant.as_str())
-        .fetch_all(&self.pool)
-        .await?;
-        Ok(keys.into_iter().map(ObjectId::from).collect())
     }
 
     /// Stages one page of identities; an identity staged already (a repeated page) is replaced.
@@ -398,14 +437,15 @@ impl WorkStore {
     }
 
     /// The next chunk of identities with a resource that neither Resource Graph showed carrying their
-    /// principal nor ARM has checked yet, after `after` (object key); with `must_check_only`, only the
-    /// open findings among them (whatever Resource Graph showed).
+    /// principal nor ARM has checked yet, after `after` (object key), at most `limit`; with
+    /// `must_check_only`, only the open findings among them (whatever Resource Graph showed).
     pub async fn candidates(
         &self,
         scan_id: &str,
         tenant: &TenantId,
         after: &str,
         must_check_only: bool,
+        limit: i64,
     ) -> Result<Vec<Candidate>, StoreError> {
         let rows = sqlx::query(
             "select i.object_key, i.resource_id from scan_items i
@@ -422,7 +462,7 @@ impl WorkStore {
         .bind(tenant.as_str())
         .bind(after)
         .bind(must_check_only)
-        .bind(CHUNK)
+        .bind(limit)
         .fetch_all(&self.pool)
         .await?;
         let mut out = Vec::with_capacity(rows.len());
@@ -482,63 +522,83 @@ impl WorkStore {
     }
 
     /// The next chunk of staged identities with their evidence (subscription visibility not set), in
-    /// object id order after `after`: those of `which`.
+    /// object id order after `after` and up to `upto` (inclusive) when given: those of `which`.
     pub async fn staged_items(
         &self,
         scan_id: &str,
         tenant: &TenantId,
         which: Judging,
         after: &str,
+        upto: Option<&str>,
     ) -> Result<Vec<(ManagedIdentity, Evidence)>, StoreError> {
         // Resource Graph's row for the resource, whatever principal it shows: the evidence of health when
         // it carries this one, a second witness beside ARM's answer otherwise.
-        let rows = sqlx::query(which.staged_items_sql())
+        let mut q = sqlx::query(which.staged_items_sql(upto.is_some()))
             .bind(scan_id)
             .bind(tenant.as_str())
-            .bind(after)
-            .bind(CHUNK)
-            .fetch_all(&self.pool)
-            .await?;
+            .bind(after);
+        if let Some(upto) = upto {
+            q = q.bind(upto);
+        }
+        let rows = q.bind(CHUNK).fetch_all(&self.pool).await?;
         rows.iter().map(|r| staged_item(r, tenant)).collect()
     }
 
-    /// Checks that every staged identity of the tenant has exactly one staged verdict and that the judge
-    /// counted `judged` of them: a verdict missing would read as an identity gone.
-    pub async fn verify_judged(
+    /// The tenant's staged verdicts counted (and how many say a check did not complete), once every
+    /// staged identity has one: a verdict missing would read as an identity gone, so that is an error.
+    pub async fn judged_summary(
         &self,
         scan_id: &str,
         tenant: &TenantId,
-        judged: u64,
-    ) -> Result<(), StoreError> {
-        let (items, results): (i64, i64) = sqlx::query_as(
-            "select (select count(*) from scan_items where scan_id = ?1 and tenant_id = ?2),
-                    (select count(*) from scan_results where scan_id = ?1 and tenant_id = ?2)",
+    ) -> Result<(crate::domain::Summary, u64), StoreError> {
+        let items: i64 = sqlx::query_scalar(
+            "select count(*) from scan_items where scan_id = ? and tenant_id = ?",
         )
         .bind(scan_id)
         .bind(tenant.as_str())
         .fetch_one(&self.pool)
         .await?;
-        if items != results || u64::try_from(items).ok() != Some(judged) {
+        let rows: Vec<(String, bool, i64)> = sqlx::query_as(
+            "select verdict, reason = 'check_failed', count(*) from scan_results
+             where scan_id = ? and tenant_id = ? group by 1, 2",
+        )
+        .bind(scan_id)
+        .bind(tenant.as_str())
+        .fetch_all(&self.pool)
+        .await?;
+        let (mut summary, mut failed) = (crate::domain::Summary::default(), 0u64);
+        for (verdict, check_failed, n) in rows {
+            let v = Verdict::parse(&verdict)
+                .ok_or_else(|| corrupt("scan_results", format!("verdict {verdict:?}")))?;
+            let n = u64::try_from(n).unwrap_or(0);
+            summary.add_n(v, n);
+            if check_failed {
+                failed += n;
+            }
+        }
+        if u64::try_from(items).ok() != Some(summary.total) {
             return Err(corrupt(
                 "scan_results",
-                format!("{results} verdicts staged and {judged} judged for {items} identities"),
+                format!("{} verdicts staged for {items} identities", summary.total),
             ));
         }
-        Ok(())
+        Ok((summary, failed))
     }
 
-    /// Writes verdicts of a scan in progress.
+    /// Writes verdicts of a scan in progress; `existing` says what happens to a verdict staged before
+    /// for the same identity.
     pub async fn stage_results(
         &self,
         scan_id: &str,
         findings: &[Finding],
+        existing: Existing,
     ) -> Result<(), StoreError> {
         // A transaction per 250: the second judging pass inserts among the first pass's rows, a page
         // each, and the rollback journal (in memory) keeps every page a transaction changes. Chunks of
         // 2,000 took peak RSS from 45 to 77 MiB at 1,000,000 identities.
         for part in findings.chunks(RESULTS_PER_TRANSACTION) {
             let mut tx = self.pool.begin().await?;
-            insert_results(&mut tx, scan_id, part).await?;
+            insert_results(&mut tx, scan_id, part, existing).await?;
             tx.commit().await?;
         }
         Ok(())
@@ -678,7 +738,7 @@ mod tests {
         let keys = |t: &TenantId| {
             let (work, t) = (work.clone(), t.clone());
             async move {
-                work.staged_items("s1", &t, Judging::Unjudged, "")
+                work.staged_items("s1", &t, Judging::Unjudged, "", None)
                     .await
                     .expect("items")
                     .into_iter()
@@ -695,7 +755,8 @@ mod tests {
     }
 
     /// The judge's two passes ([`Judging`]): the settled pass reads no identity ARM may still check (a
-    /// candidate, now or as an open finding), and the second pass reads exactly what the first left.
+    /// candidate, now or as an open finding), and the candidates pass reads exactly what the first left
+    /// (the null case included: no Resource Graph row).
     #[tokio::test]
     async fn the_two_judging_passes_split_the_identities_and_no_candidate_is_settled() {
         let work = WorkStore::open_in_memory().await.expect("work");
@@ -737,7 +798,11 @@ mod tests {
             .expect("must check");
         let read = |which: Judging| {
             let (work, t) = (work.clone(), t.clone());
-            async move { work.staged_items("s1", &t, which, "").await.expect("items") }
+            async move {
+                work.staged_items("s1", &t, which, "", None)
+                    .await
+                    .expect("items")
+            }
         };
         let keys = |rows: &[(ManagedIdentity, Evidence)]| {
             rows.iter()
@@ -747,7 +812,7 @@ mod tests {
         let settled = read(Judging::Settled).await;
         assert_eq!(keys(&settled), ["a", "b"]);
         let candidates: Vec<String> = work
-            .candidates("s1", &t, "", false)
+            .candidates("s1", &t, "", false, CHUNK)
             .await
             .expect("candidates")
             .into_iter()
@@ -755,13 +820,13 @@ mod tests {
             .collect();
         assert_eq!(candidates, ["c", "d", "e"], "none of them settled");
 
-        let verdicts = |rows: Vec<(ManagedIdentity, Evidence)>| {
+        let verdicts = |rows: Vec<(ManagedIdentity, Evidence)>, verdict: Verdict| {
             rows.into_iter()
                 .map(|(i, ev)| Finding {
                     resource_id: i.resource.as_ref().map(|r| r.as_str().to_owned()),
                     subscription_id: None,
                     resource_type: None,
-                    verdict: Verdict::Healthy,
+                    verdict,
                     reason: crate::domain::Reason::ResourcePresent,
                     detail: String::new(),
                     evidence: (&ev).into(),
@@ -773,31 +838,112 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        work.stage_results("s1", &verdicts(settled))
+        work.stage_results("s1", &verdicts(settled, Verdict::Healthy), Existing::Keep)
             .await
             .expect("first pass");
         assert!(
-            work.verify_judged("s1", &t, 2).await.is_err(),
+            work.judged_summary("s1", &t).await.is_err(),
             "three identities have no verdict yet"
         );
-        let rest = read(Judging::Unjudged).await;
-        assert_eq!(keys(&rest), ["c", "d", "e"]);
-        work.stage_results("s1", &verdicts(rest))
+        assert!(
+            read(Judging::Settled).await.is_empty(),
+            "a settled pass takes only those not judged yet"
+        );
+        assert_eq!(
+            keys(&read(Judging::Unjudged).await),
+            ["c", "d", "e"],
+            "what the settled pass left"
+        );
+        assert!(
+            read(Judging::Candidates).await.is_empty(),
+            "the candidates pass reads what ARM has checked"
+        );
+        let check = |ids: &'static [&'static str]| {
+            let (work, t) = (work.clone(), t.clone());
+            async move {
+                let answer = crate::domain::Answer::Error {
+                    status: 404,
+                    code: Some("ResourceNotFound".into()),
+                    message: None,
+                };
+                let objects: Vec<ObjectId> = ids.iter().map(|i| ObjectId::from(*i)).collect();
+                let rows: Vec<Checked<'_>> = objects
+                    .iter()
+                    .map(|o| Checked {
+                        object_id: o,
+                        answer: &answer,
+                        request_id: None,
+                        correlation_request_id: None,
+                        checked_at: chrono::Utc::now(),
+                    })
+                    .collect();
+                work.stage_checks("s1", &t, &rows).await.expect("checks");
+            }
+        };
+        check(&["c", "d", "e"]).await;
+        let rest = read(Judging::Candidates).await;
+        assert_eq!(
+            keys(&rest),
+            ["c", "d", "e"],
+            "the complement of the settled"
+        );
+        // Candidates judged a range at a time: the ranges meet and do not overlap.
+        let range = |after: &'static str, upto: Option<&'static str>| {
+            let (work, t) = (work.clone(), t.clone());
+            async move {
+                let rows = work
+                    .staged_items("s1", &t, Judging::Candidates, after, upto)
+                    .await
+                    .expect("items");
+                keys(&rows)
+            }
+        };
+        assert_eq!(range("", Some("c")).await, ["c"]);
+        assert_eq!(range("c", Some("d")).await, ["d"]);
+        assert_eq!(range("d", None).await, ["e"]);
+        assert!(range("", Some("b")).await.is_empty());
+        work.stage_results("s1", &verdicts(rest, Verdict::Orphaned), Existing::Replace)
             .await
             .expect("second pass");
         assert!(read(Judging::Unjudged).await.is_empty());
-        work.verify_judged("s1", &t, 5).await.expect("all judged");
+        let (summary, failed) = work.judged_summary("s1", &t).await.expect("all judged");
+        assert_eq!(
+            (summary.total, summary.healthy, summary.orphaned, failed),
+            (5, 2, 3, 0)
+        );
+
+        // A later Resource Graph row for b's resource shows another principal: b is a candidate
+        // now, and its verdict from the candidates pass replaces the settled one.
+        work.stage_arg_rows("s1", &t, &[hit("b", "y")])
+            .await
+            .expect("rows");
+        check(&["b"]).await;
+        let again = read(Judging::Candidates).await;
+        assert_eq!(keys(&again), ["b", "c", "d", "e"]);
+        // A settled pass that read b before that row yields to the candidates pass.
+        let stale = verdicts(vec![again[0].clone()], Verdict::Healthy);
+        work.stage_results("s1", &verdicts(again, Verdict::Unknown), Existing::Replace)
+            .await
+            .expect("replaced");
+        work.stage_results("s1", &stale, Existing::Keep)
+            .await
+            .expect("kept");
+        let (summary, _) = work.judged_summary("s1", &t).await.expect("all judged");
+        assert_eq!(
+            (summary.total, summary.healthy, summary.unknown),
+            (5, 1, 4),
+            "each identity counted once, b by its last verdict"
+        );
         assert!(
-            work.verify_judged("s1", &t, 4).await.is_err(),
-            "the judge counted one less than it staged"
+            work.stage_results("s1", &stale, Existing::Fail)
+                .await
+                .is_err(),
+            "twice, without saying which wins"
         );
         work.unstage_results("s1", &t).await.expect("unstaged");
         assert!(
-            work.verify_judged("s1", &t, 5).await.is_err(),
+            work.judged_summary("s1", &t).await.is_err(),
             "a tenant cut short keeps no verdict"
         );
-        work.stage_results("s1", &verdicts(read(Judging::Settled).await))
-            .await
-            .expect("none left to collide with");
     }
 }
