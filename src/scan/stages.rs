@@ -95,7 +95,8 @@ const FIRST_CANDIDATES: i64 = 128;
 /// chunk's lookups are what follows the last ARM answer (2,000 orphans: 20 queries, 5 s).
 const MAX_CANDIDATES: i64 = 512;
 
-/// How often the settled identities are judged while Resource Graph pages.
+/// How often the settled identities are judged while Resource Graph pages (the first time this long
+/// after the listing ended).
 const SETTLED_PASS_EVERY: std::time::Duration = std::time::Duration::from_secs(20);
 
 /// The longest the blast-radius lookup of one tenant may take once the candidates are judged.
@@ -390,20 +391,25 @@ impl Scanner {
             }
             let mut done = bulk_watch;
             loop {
+                if !*done.borrow_and_update() {
+                    // Resource Graph still pages: a pass only once it has paged a while, so a short
+                    // bulk stage (10,000 identities: 2 s) is not held up by a pass's writes.
+                    tokio::select! {
+                        changed = done.changed() => {
+                            if changed.is_err() {
+                                // The bulk stage is gone without saying it ended: judge what is
+                                // settled now; the evidence stage fails or ends with it.
+                                return self.judge(ctx, subs, Judging::Settled, "", None).await.map(drop);
+                            }
+                            continue;
+                        }
+                        () = tokio::time::sleep(SETTLED_PASS_EVERY) => {}
+                    }
+                }
                 let last = *done.borrow_and_update();
                 self.judge(ctx, subs, Judging::Settled, "", None).await?;
                 if last {
                     return Ok(());
-                }
-                tokio::select! {
-                    changed = done.changed() => {
-                        if changed.is_err() {
-                            // The bulk stage is gone without saying it ended: judge what is settled
-                            // now, the evidence stage fails or ends with it.
-                            return self.judge(ctx, subs, Judging::Settled, "", None).await.map(drop);
-                        }
-                    }
-                    () = tokio::time::sleep(SETTLED_PASS_EVERY) => {}
                 }
             }
         };
@@ -470,12 +476,24 @@ impl Scanner {
             for (table, types, subs) in asked.extend(targets, |s| visibility(subscriptions, s)) {
                 for batch in subs.chunks(ARG_SUBSCRIPTION_BATCH) {
                     let mut sink = *ctx;
-                    if let Err(e) = arm
+                    match arm
                         .fetch_identity_principals(ctx.tenant, batch, table, &types, &mut sink)
                         .await
                     {
-                        tracing::warn!(error = %e, table = table.name(), "Resource Graph query failed; falling back to ARM");
-                        notes.failed(format!("resource graph ({}): {e}", table.name()));
+                        Ok(_) => {}
+                        // Our own database failed, not Resource Graph: the rows it did stage are
+                        // lost to the judge (a principal seen on another resource among them), so
+                        // the tenant fails rather than go on without them.
+                        Err(crate::azure::AzureError::Staging(e)) => {
+                            return Err(crate::store::StoreError::Corrupt {
+                                table: "scan_arg_rows",
+                                reason: format!("a Resource Graph page could not be staged: {e}"),
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, table = table.name(), "Resource Graph query failed; falling back to ARM");
+                            notes.failed(format!("resource graph ({}): {e}", table.name()));
+                        }
                     }
                 }
             }

@@ -207,6 +207,7 @@ impl Store {
         // run at once; with two, a candidates range waited 4 s for a connection at 1,000,000.
         let pool = SqlitePoolOptions::new()
             .max_connections(3)
+            .acquire_timeout(super::WAIT_FOR_CONNECTION)
             .connect_with(opts)
             .await?;
         Ok((WorkStore::migrated(pool).await?, file))

@@ -30,6 +30,11 @@ pub static WORK_MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations
 /// Rows read back per chunk.
 pub const CHUNK: i64 = 2_000;
 
+/// How long a stage waits for one of the working database's connections: several stages of several
+/// tenants share them, and a statement at 1,000,000 identities can take seconds, so queueing is normal;
+/// the tenant's deadline, not this, ends a scan that stalls.
+pub(crate) const WAIT_FOR_CONNECTION: std::time::Duration = std::time::Duration::from_secs(3600);
+
 /// Verdicts written per transaction ([`WorkStore::stage_results`]).
 const RESULTS_PER_TRANSACTION: usize = 250;
 
@@ -147,9 +152,14 @@ pub struct WorkStore {
 impl WorkStore {
     /// A working database in memory (a scan without a store).
     pub async fn open_in_memory() -> Result<Self, StoreError> {
-        // An in-memory database exists per connection: exactly one.
+        // An in-memory database exists per connection: exactly one, never closed for its age or idleness
+        // (the pool's defaults, 30 and 10 minutes, would replace it with an empty one mid-scan), waited
+        // for as long as the scan lasts (its own deadline ends it).
         let pool = SqlitePoolOptions::new()
             .max_connections(1)
+            .max_lifetime(None)
+            .idle_timeout(None)
+            .acquire_timeout(WAIT_FOR_CONNECTION)
             .connect_with(SqliteConnectOptions::new().in_memory(true))
             .await?;
         Self::migrated(pool).await
