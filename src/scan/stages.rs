@@ -44,7 +44,7 @@ struct Notes {
     arm_checks: u64,
 }
 
-/// What the judge counted: a tenant's identities are judged in two passes ([`Judging`]).
+/// A tenant's verdicts counted from what it staged ([`WorkStore::judged_summary`]), for its report.
 #[derive(Debug, Default)]
 struct Judged {
     summary: crate::domain::Summary,
@@ -389,24 +389,22 @@ impl Scanner {
             if !listed_in_full(watcher.clone()).await {
                 return Ok(());
             }
-            let mut done = bulk_watch;
+            let (mut done, mut gone) = (bulk_watch, false);
             loop {
-                if !*done.borrow_and_update() {
+                if !gone && !*done.borrow_and_update() {
                     // Resource Graph still pages: a pass only once it has paged a while, so a short
                     // bulk stage (10,000 identities: 2 s) is not held up by a pass's writes.
                     tokio::select! {
                         changed = done.changed() => {
-                            if changed.is_err() {
-                                // The bulk stage is gone without saying it ended: judge what is
-                                // settled now; the evidence stage fails or ends with it.
-                                return self.judge(ctx, subs, Judging::Settled, "", None).await.map(drop);
-                            }
+                            // The bulk stage gone without saying it ended: one last pass; the
+                            // evidence stage fails or ends with it.
+                            gone = changed.is_err();
                             continue;
                         }
                         () = tokio::time::sleep(SETTLED_PASS_EVERY) => {}
                     }
                 }
-                let last = *done.borrow_and_update();
+                let last = gone || *done.borrow_and_update();
                 self.judge(ctx, subs, Judging::Settled, "", None).await?;
                 if last {
                     return Ok(());
@@ -576,22 +574,13 @@ impl Scanner {
             }))
             .buffer_unordered(self.concurrency.max(1))
             .collect::<Vec<(Candidate, crate::arm::Check)>>();
-            let previous = match checked.take() {
-                Some(upto) => {
-                    let from = std::mem::replace(&mut judged, upto.clone());
-                    Some(judge_range(from, Some(upto)))
-                }
-                None => None,
-            };
-            let previous = async {
-                match previous {
-                    Some(p) => p.await,
-                    None => Ok(()),
-                }
-            };
+            let previous: futures::future::OptionFuture<_> = checked
+                .take()
+                .map(|upto| judge_range(std::mem::replace(&mut judged, upto.clone()), Some(upto)))
+                .into();
             let (checks, next, previous) =
                 futures::join!(checks, candidates_after(after.clone(), limit), previous);
-            previous?;
+            previous.transpose()?;
             let rows: Vec<_> = checks
                 .iter()
                 .map(|(c, check)| Checked {
