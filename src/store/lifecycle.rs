@@ -48,12 +48,22 @@ pub(super) async fn apply_lifecycle(
             now: report.finished_at,
             confirm_after,
         };
+        // Whether the tenant had rows that can be absent before this scan's: without any (its first
+        // scan), every row after the lifecycle is one the scan listed, and absence is not looked for.
+        let had_rows: bool = sqlx::query_scalar(
+            "select exists (select 1 from findings where tenant_id = ? and state is not 'resolved')",
+        )
+        .bind(scan.tenant.as_str())
+        .fetch_one(&mut **tx)
+        .await?;
         insert_new_healthy(tx, scan).await?;
         let confirmed = apply_verdicts(tx, scan).await?;
         // Only a complete inventory tells which identities are gone; after an incomplete one the
         // lifecycle leaves the absent ones as they are, so they are not read.
         if tenant.inventory_complete {
-            apply_absence(tx, scan).await?;
+            if had_rows {
+                apply_absence(tx, scan).await?;
+            }
             note_inventory(tx, scan).await?;
         }
         newly_confirmed.insert(tenant.tenant_id.clone(), confirmed);
@@ -378,6 +388,32 @@ async fn note_inventory(
     Ok(())
 }
 
+/// The lifecycle of an identity new to the tenant and judged healthy, when it is the plain one (no
+/// transition, nothing confirmed): the new healthy identities are then inserted in one statement
+/// ([`insert_new_healthy`]).
+fn fresh_healthy(now: DateTime<Utc>, confirm_after: Duration) -> Option<Tracked> {
+    let fresh = lifecycle::advance(
+        None,
+        Observation::Judged {
+            verdict: Verdict::Healthy,
+            reason: Reason::ResourcePresent,
+        },
+        now,
+        confirm_after,
+    );
+    match (fresh.next, fresh.transition, fresh.newly_confirmed) {
+        (Some(t), None, false) => Some(t),
+        _ => None,
+    }
+}
+
+/// Whether recording a scan finished at `now` inserts the identities new to a tenant and judged healthy
+/// with their run of verdicts already held by the row (`findings.run_since`, when the object id is
+/// lower-case): ending and starting the runs of verdicts (`runs`) then leaves them out.
+pub(super) fn new_healthy_hold_their_runs(now: DateTime<Utc>, confirm_after: Duration) -> bool {
+    fresh_healthy(now, confirm_after).is_some()
+}
+
 /// Inserts, in one statement, every identity of the scan that is new to the tenant's findings and judged
 /// healthy: at a first scan nearly all of them. The lifecycle gives each the same fresh state with no
 /// transition (checked here, not assumed: otherwise they take the row-by-row path), and the row-by-row
@@ -386,14 +422,7 @@ async fn insert_new_healthy(
     tx: &mut Transaction<'_, Sqlite>,
     scan: TenantScan<'_>,
 ) -> Result<(), StoreError> {
-    let fresh = scan.advance(
-        None,
-        Observation::Judged {
-            verdict: Verdict::Healthy,
-            reason: Reason::ResourcePresent,
-        },
-    );
-    let (Some(t), None, false) = (&fresh.next, &fresh.transition, fresh.newly_confirmed) else {
+    let Some(t) = fresh_healthy(scan.now, scan.confirm_after) else {
         return Ok(());
     };
     // A row that has exactly the scan's columns (its object id already lower-case) holds the run of
@@ -415,7 +444,7 @@ async fn insert_new_healthy(
     )
     .bind(scan.now.to_rfc3339())
     .bind(scan.scan_id);
-    bind_tracked(q, t)
+    bind_tracked(q, &t)
         .bind(scan.scan_id)
         .bind(scan.tenant.as_str())
         .execute(&mut **tx)

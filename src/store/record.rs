@@ -109,11 +109,14 @@ async fn record_in(
 ) -> Result<Recorded, StoreError> {
     write_scan(tx, report).await?;
     let seq = runs::number_scan(tx, &report.scan_id).await?;
+    let new_healthy_held =
+        super::lifecycle::new_healthy_hold_their_runs(report.finished_at, confirm_after);
     let tenants = || {
         report.tenants.iter().map(|t| TenantRuns {
             scan_id: &report.scan_id,
             tenant: t.tenant_id.as_str(),
             seq,
+            new_healthy_held,
         })
     };
     for t in tenants() {

@@ -53,6 +53,10 @@ pub(super) struct TenantRuns<'a> {
     pub tenant: &'a str,
     /// This scan's seq.
     pub seq: i64,
+    /// The lifecycle inserts the identities new to the tenant and judged healthy with their run held
+    /// by the row ([`super::lifecycle::new_healthy_hold_their_runs`]): they are left out of the runs
+    /// gathered (at a first scan, nearly every identity: three passes over all of them saved).
+    pub new_healthy_held: bool,
 }
 
 /// Numbers the scan being recorded (its `scans` row written): the next seq in recording order.
@@ -78,7 +82,9 @@ pub(super) async fn end_runs(tx: &mut Tx<'_>, scan: TenantRuns<'_>) -> Result<()
     )
     .execute(&mut **tx)
     .await?;
-    // Listed, and not in a current run with the same columns (new, changed, or back).
+    // Listed, and not in a current run with the same columns (new, changed, or back); but for the new
+    // healthy identities whose rows the lifecycle inserts holding their runs (`findings.run_since` set
+    // when the object id is lower-case, the condition here), which have no run to end either.
     let changed = format!(
         "insert or ignore into temp.run_keys (tenant_id, object_key, listed, ended)
          select r.tenant_id, r.object_key, 1, f.run_since is not null or o.since is not null
@@ -87,13 +93,16 @@ pub(super) async fn end_runs(tx: &mut Tx<'_>, scan: TenantRuns<'_>) -> Result<()
          left join verdict_runs o on o.tenant_id = r.tenant_id and o.object_key = r.object_key and o.until is null
          where r.scan_id = ?1 and r.tenant_id = ?2
            and not (f.run_since is not null and {})
-           and not (o.since is not null and {})",
+           and not (o.since is not null and {})
+           and not (?3 and f.object_id is null and o.since is null
+                    and r.verdict = 'healthy' and r.object_id = r.object_key)",
         same("r", "f"),
         same("r", "o"),
     );
     sqlx::query(sqlx::AssertSqlSafe(changed))
         .bind(scan.scan_id)
         .bind(scan.tenant)
+        .bind(scan.new_healthy_held)
         .execute(&mut **tx)
         .await?;
     // In a current run, and not listed (gone, or missing from an incomplete inventory).
