@@ -220,7 +220,7 @@ impl ScanRunner {
     ) {
         let recorded = self
             .store
-            .record_scan_from(report, work, self.settings.lifecycle.confirm_after)
+            .commit_scan_from(report, work, self.settings.lifecycle.confirm_after)
             .await;
         match recorded {
             Ok(recorded) => {
@@ -250,8 +250,20 @@ impl ScanRunner {
                     orphaned = report.summary.orphaned,
                     unknown = report.summary.unknown,
                     seconds = elapsed,
+                    transaction_seconds = recorded.transaction.as_secs_f64(),
                     "scan recorded"
                 );
+                // After the scan is published: the metrics and the API show it meanwhile.
+                match self.store.checkpoint().await {
+                    Ok(took) => tracing::debug!(
+                        seconds = took.as_secs_f64(),
+                        "write-ahead log checkpointed"
+                    ),
+                    Err(e) => {
+                        self.metrics.store_errors.inc();
+                        tracing::warn!(error = %e, "could not checkpoint the write-ahead log");
+                    }
+                }
             }
             Err(e) => {
                 self.metrics.store_errors.inc();

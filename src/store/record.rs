@@ -39,8 +39,26 @@ impl Store {
     }
 
     /// [`Store::record_scan`] of a scan whose verdicts are in its working database `work` (a scan made
-    /// for this store); without one, the report's own findings are every verdict.
+    /// for this store); without one, the report's own findings are every verdict. The write-ahead log is
+    /// checkpointed after the commit ([`Store::checkpoint`]).
     pub async fn record_scan_from(
+        &self,
+        report: &ScanReport,
+        work: Option<&WorkFile>,
+        confirm_after: std::time::Duration,
+    ) -> Result<Recorded, StoreError> {
+        let mut recorded = self.commit_scan_from(report, work, confirm_after).await?;
+        recorded.checkpoint = self.checkpoint().await?;
+        Ok(recorded)
+    }
+
+    /// [`Store::record_scan_from`] up to the commit: the scan is recorded, and its writes are still in
+    /// the write-ahead log, which the caller checkpoints with [`Store::checkpoint`] when it suits it
+    /// (the command line while it prints the report, which reads only the scan's working database; the
+    /// daemon once the scan's metrics are published). The connection does not checkpoint at the commit
+    /// (`wal_autocheckpoint` 0 for the transaction), which would copy the whole transaction into the
+    /// database before the commit returns.
+    pub async fn commit_scan_from(
         &self,
         report: &ScanReport,
         work: Option<&WorkFile>,
@@ -67,14 +85,22 @@ impl Store {
             }
         };
         let mut conn = self.pool.acquire().await?;
-        // Attached outside the transaction (SQLite requires it) and detached after it; a connection that
-        // cannot be detached is closed rather than returned to the pool.
-        sqlx::query("attach database ? as work")
-            .bind(work.to_string_lossy().into_owned())
+        let auto_checkpoint: i64 = sqlx::query_scalar("pragma wal_autocheckpoint")
+            .fetch_one(&mut *conn)
+            .await?;
+        // Attached outside the transaction (SQLite requires it) and detached after it, and the automatic
+        // checkpoint put back; a connection that cannot be set back is closed rather than returned to the
+        // pool.
+        sqlx::query("pragma wal_autocheckpoint = 0")
             .execute(&mut *conn)
             .await?;
+        let attached = sqlx::query("attach database ? as work")
+            .bind(work.to_string_lossy().into_owned())
+            .execute(&mut *conn)
+            .await;
         let started = std::time::Instant::now();
         let result = async {
+            attached?;
             let mut tx = sqlx::Connection::begin(&mut *conn).await?;
             let recorded = record_in(&mut tx, report, confirm_after, self).await?;
             tx.commit().await?;
@@ -82,19 +108,29 @@ impl Store {
         }
         .await;
         let transaction = started.elapsed();
-        if sqlx::query("detach database work")
+        let restore = format!("pragma wal_autocheckpoint = {auto_checkpoint}");
+        let detached = sqlx::query("detach database work")
             .execute(&mut *conn)
             .await
-            .is_err()
-        {
+            .is_ok();
+        let restored = sqlx::query(sqlx::AssertSqlSafe(restore))
+            .execute(&mut *conn)
+            .await
+            .is_ok();
+        if !(detached && restored) {
             conn.close_on_drop();
         }
         let mut recorded = result?;
         recorded.transaction = transaction;
-        let started = std::time::Instant::now();
-        super::reclaim_and_checkpoint(&mut conn).await;
-        recorded.checkpoint = started.elapsed();
         Ok(recorded)
+    }
+
+    /// Returns the space of expired verdicts and checkpoints the write-ahead log (truncating it) after
+    /// a recorded scan; how long it took. Failures are logged: nothing depends on them.
+    pub async fn checkpoint(&self) -> Result<std::time::Duration, StoreError> {
+        let started = std::time::Instant::now();
+        super::reclaim_and_checkpoint(&mut *self.pool.acquire().await?).await;
+        Ok(started.elapsed())
     }
 }
 

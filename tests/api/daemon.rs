@@ -672,6 +672,34 @@ async fn sigterm_during_a_scan_exits_cleanly_and_keeps_the_previous_state() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// The running daemon checkpoints the write-ahead log (truncating it) after each recorded scan, so the
+/// log does not keep the size of a scan's writes until the next one.
+#[tokio::test]
+async fn the_daemon_truncates_the_log_after_a_recorded_scan() {
+    let env = TestEnv::start(World::generate(5, 600), SimConfig::default()).await;
+    let d = env.daemon("").await;
+    let wal = env.dir.path().join("miaudit.db-wal");
+    let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    for _ in 0..2 {
+        // The scan as the schedule runs it (`Daemon::scan` opens the database afterwards).
+        d.runner
+            .run_now(miaudit::domain::Trigger::Manual)
+            .await
+            .expect("no scan running")
+            .expect("scan finished");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while wal_len() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the log still holds {} B",
+                wal_len()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+    d.stop().await;
+}
+
 #[tokio::test]
 async fn the_exposition_passes_promtool() {
     use tokio::io::AsyncWriteExt;

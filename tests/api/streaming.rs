@@ -200,6 +200,10 @@ async fn reader_goes_away(env: &TestEnv, args: &[&str], code: i32) {
 async fn scan_all_reads_every_verdict_back_and_a_closed_stdout_is_no_error() {
     let env = TestEnv::start(World::generate(7, 2_000), SimConfig::default()).await;
     let out = cli(&env, &["scan", "--output", "json", "--all"]).await;
+    // The write-ahead log was checkpointed (while the report printed) before the process exited.
+    let wal = env.dir.path().join("miaudit.db-wal");
+    let wal_len = || std::fs::metadata(&wal).map_or(0, |m| m.len());
+    assert_eq!(wal_len(), 0, "the scan left its writes in the log");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON document");
     let findings = v["findings"].as_array().expect("findings");
     assert_eq!(
@@ -245,6 +249,7 @@ async fn scan_all_reads_every_verdict_back_and_a_closed_stdout_is_no_error() {
     );
     // `| head`: the rest of the report is not wanted; the scan is recorded and exits as it would.
     reader_goes_away(&env, &["scan", "--output", "json", "--all"], 0).await;
+    assert_eq!(wal_len(), 0, "a report cut short still checkpoints");
     reader_goes_away(&env, &["scan", "--all"], 0).await;
     record_orphans(&env).await;
     reader_goes_away(&env, &["export"], 0).await;
