@@ -255,10 +255,9 @@ impl ScanRunner {
                 );
                 // After the scan is published: the metrics and the API show it meanwhile.
                 match self.store.checkpoint().await {
-                    Ok(took) => tracing::debug!(
-                        seconds = took.as_secs_f64(),
-                        "write-ahead log checkpointed"
-                    ),
+                    Ok(took) => {
+                        tracing::info!(seconds = took.as_secs_f64(), "write-ahead log checkpointed")
+                    }
                     Err(e) => {
                         self.metrics.store_errors.inc();
                         tracing::warn!(error = %e, "could not checkpoint the write-ahead log");

@@ -450,7 +450,7 @@ pub async fn scan_and_print(
         store.checkpoint()
     );
     match checkpoint {
-        Ok(took) => tracing::debug!(seconds = took.as_secs_f64(), "write-ahead log checkpointed"),
+        Ok(took) => tracing::info!(seconds = took.as_secs_f64(), "write-ahead log checkpointed"),
         Err(e) => tracing::warn!(error = %e, "could not checkpoint the write-ahead log"),
     }
     deliver_once(settings, &store).await;
