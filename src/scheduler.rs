@@ -238,11 +238,6 @@ impl ScanRunner {
                 }
                 log_suppressions(&recorded.suppressions);
                 self.publish(report).await;
-                if recorded.notifications > 0
-                    && let Some(n) = &self.notifier
-                {
-                    n.wake();
-                }
                 tracing::info!(
                     notifications = recorded.notifications,
                     complete = report.complete,
@@ -253,7 +248,9 @@ impl ScanRunner {
                     transaction_seconds = recorded.transaction.as_secs_f64(),
                     "scan recorded"
                 );
-                // After the scan is published: the metrics and the API show it meanwhile.
+                // After the scan is published (the metrics and the API show it meanwhile), and before
+                // the notifier writes to the outbox: the first write after the commit would otherwise
+                // pay the automatic checkpoint of the whole scan.
                 match self.store.checkpoint().await {
                     Ok(took) => {
                         tracing::info!(seconds = took.as_secs_f64(), "write-ahead log checkpointed")
@@ -262,6 +259,11 @@ impl ScanRunner {
                         self.metrics.store_errors.inc();
                         tracing::warn!(error = %e, "could not checkpoint the write-ahead log");
                     }
+                }
+                if recorded.notifications > 0
+                    && let Some(n) = &self.notifier
+                {
+                    n.wake();
                 }
             }
             Err(e) => {

@@ -432,6 +432,7 @@ pub async fn scan_and_print(
     let recorded = store
         .commit_scan_from(&report, work.as_ref(), settings.lifecycle.confirm_after)
         .await;
+    let committed = recorded.is_ok();
     let code = match recorded {
         Ok(r) => {
             tracing::info!(
@@ -445,13 +446,23 @@ pub async fn scan_and_print(
             EXIT_INCOMPLETE
         }
     };
+    let checkpoint = async {
+        if committed {
+            Some(store.checkpoint().await)
+        } else {
+            None
+        }
+    };
     let (printed, checkpoint) = tokio::join!(
         print_report(&report, output, all, work.as_ref()),
-        store.checkpoint()
+        checkpoint
     );
     match checkpoint {
-        Ok(took) => tracing::info!(seconds = took.as_secs_f64(), "write-ahead log checkpointed"),
-        Err(e) => tracing::warn!(error = %e, "could not checkpoint the write-ahead log"),
+        Some(Ok(took)) => {
+            tracing::info!(seconds = took.as_secs_f64(), "write-ahead log checkpointed");
+        }
+        Some(Err(e)) => tracing::warn!(error = %e, "could not checkpoint the write-ahead log"),
+        None => {}
     }
     deliver_once(settings, &store).await;
     match printed {

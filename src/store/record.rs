@@ -84,42 +84,28 @@ impl Store {
                 own.path()
             }
         };
-        let mut conn = self.pool.acquire().await?;
-        let auto_checkpoint: i64 = sqlx::query_scalar("pragma wal_autocheckpoint")
-            .fetch_one(&mut *conn)
+        let mut rec = Recording {
+            conn: self.pool.acquire().await?,
+            set_back: false,
+        };
+        // Attached outside the transaction (SQLite requires it); the connection is set back after it.
+        sqlx::raw_sql("pragma wal_autocheckpoint = 0; pragma synchronous = full")
+            .execute(&mut *rec.conn)
             .await?;
-        // Attached outside the transaction (SQLite requires it) and detached after it, and the automatic
-        // checkpoint put back; a connection that cannot be set back is closed rather than returned to the
-        // pool.
-        sqlx::query("pragma wal_autocheckpoint = 0")
-            .execute(&mut *conn)
-            .await?;
-        let attached = sqlx::query("attach database ? as work")
+        sqlx::query("attach database ? as work")
             .bind(work.to_string_lossy().into_owned())
-            .execute(&mut *conn)
-            .await;
+            .execute(&mut *rec.conn)
+            .await?;
         let started = std::time::Instant::now();
         let result = async {
-            attached?;
-            let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+            let mut tx = sqlx::Connection::begin(&mut *rec.conn).await?;
             let recorded = record_in(&mut tx, report, confirm_after, self).await?;
             tx.commit().await?;
             Ok::<_, StoreError>(recorded)
         }
         .await;
         let transaction = started.elapsed();
-        let restore = format!("pragma wal_autocheckpoint = {auto_checkpoint}");
-        let detached = sqlx::query("detach database work")
-            .execute(&mut *conn)
-            .await
-            .is_ok();
-        let restored = sqlx::query(sqlx::AssertSqlSafe(restore))
-            .execute(&mut *conn)
-            .await
-            .is_ok();
-        if !(detached && restored) {
-            conn.close_on_drop();
-        }
+        rec.set_back().await;
         let mut recorded = result?;
         recorded.transaction = transaction;
         Ok(recorded)
@@ -131,6 +117,43 @@ impl Store {
         let started = std::time::Instant::now();
         super::reclaim_and_checkpoint(&mut *self.pool.acquire().await?).await;
         Ok(started.elapsed())
+    }
+}
+
+/// The connection that records a scan, while it is set up for it: the scan's working file attached, no
+/// automatic checkpoint (the commit would otherwise copy the whole transaction into the database before
+/// returning; [`Store::checkpoint`] does it after), and `synchronous = full`, so the commit syncs the log
+/// and a recorded scan, whose notifications may go out at once, survives a power loss before the
+/// checkpoint. Unless [`Recording::set_back`] restores the connection, it is closed rather than returned
+/// to the pool, also when recording fails half-way, panics or is dropped.
+struct Recording {
+    conn: sqlx::pool::PoolConnection<sqlx::Sqlite>,
+    set_back: bool,
+}
+
+impl Recording {
+    /// Detaches the working file and restores the store's settings; a connection that cannot be set back
+    /// is closed (logged).
+    async fn set_back(&mut self) {
+        // The store's settings: `synchronous = normal` (its connect options) and SQLite's default
+        // automatic checkpoint, 1000 pages.
+        const RESTORE: &str =
+            "detach database work; pragma synchronous = normal; pragma wal_autocheckpoint = 1000";
+        match sqlx::raw_sql(RESTORE).execute(&mut *self.conn).await {
+            Ok(_) => self.set_back = true,
+            Err(e) => tracing::warn!(
+                error = %e,
+                "could not set the recording connection back; it is closed"
+            ),
+        }
+    }
+}
+
+impl Drop for Recording {
+    fn drop(&mut self) {
+        if !self.set_back {
+            self.conn.close_on_drop();
+        }
     }
 }
 
@@ -394,6 +417,44 @@ mod tests {
             .record_scan(&report("s1", true), std::time::Duration::ZERO)
             .await
             .expect("recorded");
+    }
+
+    /// Recording sets its connection up (working file attached, no automatic checkpoint, full sync):
+    /// whether the record succeeds or fails, every connection of the pool has the store's settings after.
+    #[tokio::test]
+    async fn the_recording_connection_goes_back_with_the_store_settings() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .expect("store");
+        let ok = report("ok", true);
+        let mut dup = report("dup", true);
+        dup.findings.push(dup.findings[0].clone());
+        for (r, fails) in [(&ok, false), (&dup, true)] {
+            let recorded = store.record_scan(r, std::time::Duration::ZERO).await;
+            assert_eq!(recorded.is_err(), fails, "{}", r.scan_id);
+            let mut held = Vec::new();
+            for _ in 0..store.pool().size() {
+                held.push(store.pool().acquire().await.expect("connection"));
+            }
+            for conn in &mut held {
+                let auto: i64 = sqlx::query_scalar("pragma wal_autocheckpoint")
+                    .fetch_one(&mut **conn)
+                    .await
+                    .expect("autocheckpoint");
+                let sync: i64 = sqlx::query_scalar("pragma synchronous")
+                    .fetch_one(&mut **conn)
+                    .await
+                    .expect("synchronous");
+                let names: Vec<String> =
+                    sqlx::query_scalar("select name from pragma_database_list")
+                        .fetch_all(&mut **conn)
+                        .await
+                        .expect("databases");
+                assert_eq!((auto, sync), (1000, 1), "after {}", r.scan_id);
+                assert!(!names.iter().any(|n| n == "work"), "{names:?}");
+            }
+        }
     }
 
     #[sqlx::test]
