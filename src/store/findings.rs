@@ -128,7 +128,10 @@ impl Store {
         note: Option<String>,
         now: DateTime<Utc>,
     ) -> Result<Acknowledged, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // Immediate: the row is read, then written. A deferred transaction would take its snapshot at the
+        // read, and a write by another connection in between (the daemon starting, a scan being recorded)
+        // would fail the update at once with SQLITE_BUSY, which the busy timeout does not wait out.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let Some(row) = sqlx::query("select * from findings where tenant_id = ? and object_id = ?")
             .bind(tenant.as_str())
             .bind(object.as_str())
@@ -161,6 +164,43 @@ mod tests {
     use crate::store::fixtures::{T, finding, scan};
     use sqlx::SqlitePool;
     use std::time::Duration;
+
+    /// An acknowledgement while another connection writes (a scan being recorded, the daemon starting)
+    /// waits for the write lock and succeeds, rather than failing on a snapshot the other write made
+    /// stale.
+    #[tokio::test]
+    async fn an_acknowledgement_waits_for_a_concurrent_write() {
+        let dir = tempfile::tempdir().expect("dir");
+        let store = Store::connect(&format!("sqlite://{}", dir.path().join("t.db").display()))
+            .await
+            .expect("store");
+        let orphan = finding("o1", Verdict::Orphaned, Reason::ResourceNotFound);
+        store
+            .record_scan(&scan("s1", 0, vec![orphan], true), Duration::ZERO)
+            .await
+            .expect("s1");
+        let mut writer = store
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .expect("lock");
+        sqlx::query("update scans set trigger = trigger")
+            .execute(&mut *writer)
+            .await
+            .expect("write");
+        let acknowledging = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .acknowledge(&T.into(), &"o1".into(), "TKT-1".into(), None, Utc::now())
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        writer.commit().await.expect("commit");
+        let done = acknowledging.await.expect("task").expect("acknowledged");
+        assert!(matches!(done, Acknowledged::Done(_)), "{done:?}");
+    }
 
     #[sqlx::test]
     async fn acknowledge_reopen_and_filters(pool: SqlitePool) {

@@ -245,7 +245,8 @@ impl Store {
         keys: &[(TenantId, ObjectId, u32)],
         at: DateTime<Utc>,
     ) -> Result<u64, StoreError> {
-        let mut tx = self.pool.begin().await?;
+        // Immediate, as every read-then-write transaction of the API: the write lock is waited for up front.
+        let mut tx = self.pool.begin_with("BEGIN IMMEDIATE").await?;
         let mut n = 0;
         for (t, o, episode) in keys {
             n += sqlx::query(
