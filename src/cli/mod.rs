@@ -446,24 +446,16 @@ pub async fn scan_and_print(
             EXIT_INCOMPLETE
         }
     };
+    // The checkpoint logs its own outcome.
     let checkpoint = async {
         if committed {
-            Some(store.checkpoint().await)
-        } else {
-            None
+            let _ = store.checkpoint().await;
         }
     };
-    let (printed, checkpoint) = tokio::join!(
+    let (printed, ()) = tokio::join!(
         print_report(&report, output, all, work.as_ref()),
         checkpoint
     );
-    match checkpoint {
-        Some(Ok(took)) => {
-            tracing::info!(seconds = took.as_secs_f64(), "write-ahead log checkpointed");
-        }
-        Some(Err(e)) => tracing::warn!(error = %e, "could not checkpoint the write-ahead log"),
-        None => {}
-    }
     deliver_once(settings, &store).await;
     match printed {
         Ok(()) => ExitCode::from(code),
